@@ -1,0 +1,2 @@
+//! Command construction and supervision of torchrun.
+//! OWNER: launch helper.

@@ -1,0 +1,14 @@
+//! vla-launch: plan and launch OpenVLA-OFT fine-tuning with torchrun.
+//!
+//! Data flow (see docs/ and design.md): profile + GPUs + topology -> model components ->
+//! budget per configuration -> planner -> command -> supervisor -> run record.
+//! `model`, `budget` and `plan` are pure (no I/O, no clock).
+
+pub mod budget;
+pub mod cluster;
+pub mod gpu;
+pub mod launch;
+pub mod model;
+pub mod plan;
+pub mod profile;
+pub mod units;

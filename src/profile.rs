@@ -1,0 +1,1 @@
+//! Launch profiles (YAML): lookup, overrides, validation.
