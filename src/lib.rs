@@ -1,10 +1,12 @@
 //! vla-launch: plan and launch OpenVLA-OFT fine-tuning with torchrun.
 //!
-//! Data flow (see docs/ and design.md): profile + GPUs + topology -> model components ->
-//! budget per configuration -> planner -> command -> supervisor -> run record.
+//! Data flow (design.md): profile + GPUs + topology -> model components -> budget per
+//! configuration -> planner -> command -> supervisor -> run record.
 //! `model`, `budget` and `plan` are pure (no I/O, no clock).
 
+pub mod app;
 pub mod budget;
+pub mod cli;
 pub mod cluster;
 pub mod gpu;
 pub mod launch;

@@ -1,0 +1,214 @@
+//! Command-line types only (clap); no logic. The names here are a contract (design.md).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const ENV_GPUS: &str = "VLA_LAUNCH_GPUS";
+pub const ENV_PROFILE_DIR: &str = "VLA_LAUNCH_PROFILE_DIR";
+
+const LAUNCH_EXAMPLES: &str = "\
+Examples:
+  vla-launch --profile aloha                         plan for this machine's GPUs and launch
+  vla-launch --profile aloha --dry-run --gpus 8xh100 print the exact torchrun command
+  vla-launch plan --profile aloha --gpus 4xrtx4090   plan for GPUs you do not have here
+  vla-launch --profile libero --set train.max_steps=1000 -- --run_id_note test
+";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vla-launch",
+    version,
+    about = "Plan and launch OpenVLA-OFT fine-tuning with torchrun, fitted to the GPUs at hand",
+    long_about = "Plan and launch OpenVLA-OFT fine-tuning with torchrun.\n\n\
+        vla-launch asks NVML which GPUs exist and how much memory is free, predicts the peak memory \
+        of every candidate configuration, picks DDP or FSDP, the per-GPU batch size, gradient \
+        accumulation and gradient checkpointing so that the global batch reaches the profile's \
+        minimum (16) as fast as possible, then runs `torchrun vla-scripts/finetune.py` with exactly \
+        those flags and supervises it.",
+    after_help = LAUNCH_EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan only: print the chosen configuration, its memory budget and the alternatives.
+    #[command(after_help = "\
+Examples:
+  vla-launch plan --profile aloha --gpus 4xrtx4090
+  vla-launch plan --profile aloha --gpus 1xh100 --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off --json
+  vla-launch plan --profile aloha --gpus 8xh100 --nnodes 4 -o plan.json
+")]
+    Plan(PlanArgs),
+    /// List the GPUs NVML sees, in the order torchrun will get them.
+    #[command(after_help = "Examples:\n  vla-launch gpus\n  CUDA_VISIBLE_DEVICES=1 vla-launch gpus --json\n")]
+    Gpus {
+        /// Print the records as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the known launch profiles and where each comes from.
+    #[command(after_help = "Example:\n  vla-launch profiles\n")]
+    Profiles,
+    /// Check the environment: torchrun, python, torch, the script and its flags, NVML, disk, RAM.
+    #[command(after_help = "Example:\n  vla-launch doctor --profile aloha\n")]
+    Doctor {
+        /// Profile name or path to a .yaml file.
+        #[arg(long, short = 'p')]
+        profile: String,
+        /// Override a profile field: --set train.max_steps=1000 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  vla-launch completions bash > ~/.local/share/bash-completion/completions/vla-launch\n")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Options shared by `plan` and the launch form.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PlanningArgs {
+    /// Profile name (aloha, libero, bridge, ...) or path to a .yaml file.
+    #[arg(long, short = 'p')]
+    pub profile: Option<String>,
+
+    /// Plan for GPUs described instead of queried: 4x24GiB, 2x80GB, 4xrtx4090, 1xh100,1xa100-40gb.
+    #[arg(long, env = ENV_GPUS, value_name = "SPEC")]
+    pub gpus: Option<String>,
+
+    /// Minimum global batch (batch x GPUs x nodes x accumulation); the profile's default is 16.
+    #[arg(long, value_name = "N")]
+    pub global_batch: Option<u32>,
+
+    /// Pin the strategy.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    pub strategy: StrategyArg,
+
+    /// Pin the per-GPU batch size.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<u32>,
+
+    /// Pin the gradient accumulation steps.
+    #[arg(long, value_name = "N")]
+    pub grad_accum: Option<u32>,
+
+    /// Pin gradient checkpointing.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub checkpointing: Toggle,
+
+    /// Pin the number of GPUs (processes) per node.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<u32>,
+
+    /// Treat every GPU as holding at most SIZE (e.g. 24GiB); exported to the script as
+    /// VLA_LAUNCH_VRAM_CAP_BYTES so it can cap its allocator.
+    #[arg(long, value_name = "SIZE")]
+    pub vram_cap: Option<String>,
+
+    /// Number of nodes (default: 1, or from Slurm / torchrun variables).
+    #[arg(long, value_name = "N")]
+    pub nnodes: Option<u32>,
+
+    /// This node's rank among the nodes (default: from Slurm / torchrun variables).
+    #[arg(long, value_name = "N")]
+    pub node_rank: Option<u32>,
+
+    /// Rendezvous endpoint host[:port] for several nodes (default: first host of the Slurm job).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub rdzv_endpoint: Option<String>,
+
+    /// Override a profile field: --set train.max_steps=1000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+
+    /// Host RAM of this node for the checkpoint-time check (default: /proc/meminfo; e.g. 256GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub host_ram: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub planning: PlanningArgs,
+
+    /// Print one JSON object on stdout (logs stay on stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show the memory budget term by term and a bar per GPU.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// Also write the plan as JSON to FILE (for --plan-file on every node).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Extra arguments for the training script (after `--`); they count for the platform words.
+    #[arg(last = true, value_name = "SCRIPT_ARGS")]
+    pub extra: Vec<String>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    pub planning: PlanningArgs,
+
+    /// Print the exact command and environment, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// torchrun binary (default: the profile's, then PATH).
+    #[arg(long, value_name = "PATH")]
+    pub torchrun: Option<PathBuf>,
+
+    /// Use this plan (written by `vla-launch plan -o`) instead of planning; every node checks it fits.
+    #[arg(long, value_name = "FILE")]
+    pub plan_file: Option<PathBuf>,
+
+    /// Seconds to wait after forwarding SIGTERM before killing the whole process tree.
+    #[arg(long, value_name = "SECONDS", default_value_t = 40)]
+    pub grace: u64,
+
+    /// Directory for the run log (default: the run_root_dir, else ./vla-launch-logs).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+
+    /// Extra arguments passed to the training script, last.
+    #[arg(last = true, value_name = "SCRIPT_ARGS")]
+    pub extra: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum StrategyArg {
+    #[default]
+    Auto,
+    Ddp,
+    Fsdp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Toggle {
+    #[default]
+    Auto,
+    On,
+    Off,
+}

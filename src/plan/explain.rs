@@ -1,0 +1,131 @@
+//! Human-readable plan output (`vla-launch plan`, and before a launch). Pure string building.
+
+use std::fmt::Write as _;
+
+use super::{Candidate, Plan, strategy_name};
+use crate::budget::render;
+use crate::gpu::Gpu;
+use crate::units::fmt_gib;
+
+/// Text for a terminal: the choice, the global batch equation, the budget, the next alternatives.
+/// `explain` adds the budget table and one bar per chosen GPU.
+pub fn render_plan(profile: &str, plan: &Plan, gpus: &[Gpu], min_global: u32, explain: bool) -> String {
+    let mut out = String::new();
+    let Some(c) = &plan.chosen else {
+        let _ = writeln!(out, "No feasible plan for profile '{profile}'.");
+        write_reasons(&mut out, plan);
+        write_levers(&mut out, plan);
+        return out;
+    };
+    let verdict = if plan.feasible { "Plan" } else { "Does not work" };
+    let _ = writeln!(out, "{verdict} for profile '{profile}': {}", c.label());
+    let _ = writeln!(
+        out,
+        "  global batch   {} = {} per GPU x {} GPU{} x {} node{} x {} accumulation (minimum {})",
+        c.global_batch,
+        c.batch_size,
+        c.nproc_per_node,
+        plural(c.nproc_per_node),
+        c.nnodes,
+        plural(c.nnodes),
+        c.grad_accumulation_steps,
+        min_global
+    );
+    let _ = writeln!(
+        out,
+        "  memory         {} predicted peak per GPU (nvidia-smi), {} usable -> {}",
+        fmt_gib(c.predicted_peak_bytes),
+        fmt_gib(c.usable_bytes),
+        if c.fits { "fits" } else { "DOES NOT FIT" }
+    );
+    let _ = writeln!(
+        out,
+        "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",
+        c.step_time_s, c.samples_per_s
+    );
+    let names: Vec<String> = c
+        .gpu_indices
+        .iter()
+        .filter_map(|i| gpus.iter().find(|g| g.index == *i))
+        .map(|g| format!("{} {}", g.index, g.name))
+        .collect();
+    let _ = writeln!(out, "  GPUs           {}", names.join(", "));
+    if explain {
+        let _ = writeln!(out, "\nMemory budget per GPU ({}):", mode(c));
+        out.push_str(&render::table(&c.budget));
+        let _ = writeln!(out);
+        for i in &c.gpu_indices {
+            if let Some(g) = gpus.iter().find(|g| g.index == *i) {
+                let _ = writeln!(out, "GPU {} {} ({} total):", g.index, g.name, fmt_gib(g.total_bytes));
+                out.push_str(&render::bar(&c.budget, c.usable_bytes, g.total_bytes, 60));
+                let _ = writeln!(out);
+            }
+        }
+        let t = &c.step_time;
+        let _ = writeln!(
+            out,
+            "Step time: compute {:.2} s + fixed per micro-batch {:.2} s + communication {:.2} s + optimizer {:.2} s",
+            t.compute_s, t.fixed_s, t.communication_s, t.optimizer_s
+        );
+        if let Some(h) = &plan.host_ram {
+            let _ = writeln!(
+                out,
+                "Host RAM per node: {} steady, {} at checkpoint time",
+                fmt_gib(h.steady_bytes),
+                fmt_gib(h.checkpoint_peak_bytes)
+            );
+        }
+    }
+    if !plan.alternatives.is_empty() {
+        let _ = writeln!(out, "\nNext best:");
+        for a in &plan.alternatives {
+            let _ = writeln!(
+                out,
+                "  - {} ({} peak): {}",
+                a.candidate.label(),
+                fmt_gib(a.candidate.predicted_peak_bytes),
+                a.why_not
+            );
+        }
+    }
+    write_reasons(&mut out, plan);
+    write_levers(&mut out, plan);
+    out
+}
+
+fn mode(c: &Candidate) -> String {
+    format!(
+        "{}, batch {}, {}",
+        strategy_name(c.strategy),
+        c.batch_size,
+        if c.gradient_checkpointing {
+            "checkpointing"
+        } else {
+            "no checkpointing"
+        }
+    )
+}
+
+fn write_reasons(out: &mut String, plan: &Plan) {
+    if plan.reasons.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nWhy:");
+    for r in &plan.reasons {
+        let _ = writeln!(out, "  - {r}");
+    }
+}
+
+fn write_levers(out: &mut String, plan: &Plan) {
+    if plan.levers.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nWhat would make it fit:");
+    for l in &plan.levers {
+        let _ = writeln!(out, "  - {l}");
+    }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

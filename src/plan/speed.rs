@@ -1,0 +1,115 @@
+//! Step-time estimate per candidate. Pure.
+//!
+//! Calibrated on measured-vram.md's s/step column (H100 80GB HBM3, ALOHA unless noted):
+//! DDP world 1 batch 1 = 0.59 s, batch 2 = 0.69 s, batch 2 + checkpointing = 0.94 s,
+//! DDP world 2 batch 2 + checkpointing = 1.23 s, LIBERO batch 1 = 0.44 s, FSDP world 2 batch 2 +
+//! checkpointing = 2.4 s. What the numbers say: one more sample costs only ~0.10 s while a
+//! micro-batch has a ~0.5 s fixed cost (kernel launches of 32 LoRA'd Llama layers and 51 ViT blocks
+//! per image), so small micro-batches are inefficient; checkpointing re-runs the Llama forward (x4/3);
+//! DDP's three wrappers add ~0.3 s of gradient synchronisation per micro-batch on 2 GPUs, FSDP1
+//! ~1.5 s (all-gathers and reduce-scatters of every unit, forward, recompute and backward).
+
+use crate::budget::Strategy;
+use crate::model::ModelSpec;
+
+/// Dense bf16 tensor TFLOP/s of the GPU the calibration was measured on (H100 SXM).
+pub const REFERENCE_TFLOPS: f64 = 989.0;
+
+/// Fixed cost of one micro-batch on the reference GPU: a base plus one part per input image
+/// (each image runs both ViTs). Fitted: ALOHA (3 images) 0.49 s, LIBERO (2 images) 0.39 s.
+const MICRO_FIXED_BASE_S: f64 = 0.19;
+const MICRO_FIXED_PER_IMAGE_S: f64 = 0.10;
+
+/// Seconds per training FLOP on the reference GPU, fitted so that one ALOHA sample (1144 tokens)
+/// costs 0.10 s there: the fraction of peak the per-sample part reaches.
+const EFFECTIVE_FRACTION_OF_PEAK: f64 = 0.36;
+
+/// Recompute factor of checkpointing on the fixed (launch-bound) part of a micro-batch.
+const CHECKPOINT_FIXED_FACTOR: f64 = 4.0 / 3.0;
+
+/// DDP gradient synchronisation per micro-batch on 2 GPUs of one node, for the ALOHA gradients
+/// (2.65 GB, measured 1.23 - 0.94 s); scaled by gradient bytes and by the ring factor 2(w-1)/w.
+const DDP_SYNC_S_AT_2: f64 = 0.29;
+const DDP_SYNC_REFERENCE_BYTES: f64 = 2.65e9;
+
+/// FSDP1 communication and bookkeeping per micro-batch on 2 GPUs (measured 2.4 - 0.94 s),
+/// scaled by the ring factor and by the frozen + trainable weights that are gathered.
+const FSDP_PER_MICRO_S_AT_2: f64 = 1.46;
+const FSDP_REFERENCE_WEIGHT_BYTES: f64 = 17.74e9;
+
+/// Crossing nodes over the network instead of NVLink: not measured here; an assumption.
+const INTER_NODE_SLOWDOWN: f64 = 4.0;
+
+/// AdamW step over the trainable parameters, once per optimizer step.
+const OPTIMIZER_STEP_S: f64 = 0.01;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpeedInput {
+    pub strategy: Strategy,
+    pub checkpointing: bool,
+    pub batch_size: u32,
+    pub grad_accum: u32,
+    pub world_size: u32,
+    pub nnodes: u32,
+    /// Dense bf16 TFLOP/s of the slowest chosen GPU.
+    pub gpu_tflops: f64,
+    /// Training FLOPs of one sample (with the recompute when checkpointing).
+    pub flops_per_sample: f64,
+    pub gradient_bytes: u64,
+    pub weight_bytes: u64,
+}
+
+/// Estimated seconds per optimizer step, split into its parts for `--explain`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct StepTime {
+    pub compute_s: f64,
+    pub fixed_s: f64,
+    pub communication_s: f64,
+    pub optimizer_s: f64,
+}
+
+impl StepTime {
+    pub fn total(&self) -> f64 {
+        self.compute_s + self.fixed_s + self.communication_s + self.optimizer_s
+    }
+}
+
+pub fn step_time(spec: &ModelSpec, s: &SpeedInput) -> StepTime {
+    let speed = s.gpu_tflops.max(1.0) / REFERENCE_TFLOPS;
+    // The fixed part is partly launch-bound (CPU), so it shrinks less than linearly on faster GPUs.
+    let mut fixed = (MICRO_FIXED_BASE_S + MICRO_FIXED_PER_IMAGE_S * spec.num_images as f64)
+        / speed.sqrt();
+    if s.checkpointing {
+        fixed *= CHECKPOINT_FIXED_FACTOR;
+    }
+    let per_sample =
+        s.flops_per_sample / (s.gpu_tflops.max(1.0) * 1e12 * EFFECTIVE_FRACTION_OF_PEAK);
+    let ring = if s.world_size > 1 {
+        2.0 * (s.world_size - 1) as f64 / s.world_size as f64
+    } else {
+        0.0
+    };
+    let network = if s.nnodes > 1 {
+        INTER_NODE_SLOWDOWN
+    } else {
+        1.0
+    };
+    let sync_per_micro = match s.strategy {
+        Strategy::Ddp => {
+            DDP_SYNC_S_AT_2 * (s.gradient_bytes as f64 / DDP_SYNC_REFERENCE_BYTES) * ring * network
+        }
+        Strategy::Fsdp => {
+            FSDP_PER_MICRO_S_AT_2
+                * (s.weight_bytes as f64 / FSDP_REFERENCE_WEIGHT_BYTES)
+                * ring
+                * network
+        }
+    };
+    let a = s.grad_accum as f64;
+    StepTime {
+        compute_s: a * per_sample * s.batch_size as f64,
+        fixed_s: a * fixed,
+        communication_s: a * sync_per_micro,
+        optimizer_s: OPTIMIZER_STEP_S,
+    }
+}
