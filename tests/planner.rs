@@ -1,0 +1,267 @@
+//! The planner over a table of GPU setups: feasibility, the global batch, the fit, the strategy.
+
+use vla_launch::budget::{Allocator, Strategy};
+use vla_launch::gpu::{Gpu, parse_gpus_spec};
+use vla_launch::plan::{Pins, Plan, PlanInput, Policy, plan};
+use vla_launch::profile::{self, BUILTIN};
+use vla_launch::units::GIB;
+
+fn policy(accepts_fsdp: bool, accepts_ckpt: bool) -> Policy {
+    Policy {
+        min_global_batch: 16,
+        exact_global_batch: false,
+        strategies: vec![Strategy::Ddp, Strategy::Fsdp],
+        script_accepts_fsdp: accepts_fsdp,
+        script_accepts_checkpointing: accepts_ckpt,
+        margin_fraction: 0.05,
+        margin_min_bytes: GIB,
+        max_batch_size: 64,
+        allocator: Allocator::ExpandableSegments,
+    }
+}
+
+fn profile_spec(name: &str) -> vla_launch::model::ModelSpec {
+    let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
+    profile::model_spec(&profile::parse(text, name).unwrap(), &[])
+}
+
+fn run(profile_name: &str, gpus: &[Gpu], policy: Policy, pins: Pins) -> Plan {
+    let spec = profile_spec(profile_name);
+    plan(&PlanInput {
+        spec: &spec,
+        gpus,
+        nnodes: 1,
+        policy,
+        pins,
+        host_ram_bytes: None,
+        merge_lora_during_training: false,
+    })
+    .unwrap()
+}
+
+/// A GPU with `busy_gib` already used by another process.
+fn busy(spec: &str, index: usize, busy_gib: u64) -> Vec<Gpu> {
+    let mut gpus = parse_gpus_spec(spec).unwrap();
+    gpus[index].free_bytes = gpus[index].free_bytes.saturating_sub(busy_gib * GIB);
+    gpus[index].used_bytes += busy_gib * GIB;
+    gpus
+}
+
+#[derive(Debug)]
+enum Expect {
+    Infeasible,
+    Feasible(Option<Strategy>),
+}
+
+struct Case {
+    name: &'static str,
+    profile: &'static str,
+    gpus: Vec<Gpu>,
+    fsdp: bool,
+    ckpt: bool,
+    expect: Expect,
+}
+
+fn case(name: &'static str, profile: &'static str, spec: &str, expect: Expect) -> Case {
+    Case {
+        name,
+        profile,
+        gpus: parse_gpus_spec(spec).unwrap(),
+        fsdp: true,
+        ckpt: true,
+        expect,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::*;
+    let ddp = Some(Strategy::Ddp);
+    let mut v = vec![
+        case("1x4090 aloha", "aloha", "1xrtx4090", Infeasible),
+        case("8x4090 aloha", "aloha", "8xrtx4090", Feasible(Some(Strategy::Fsdp))),
+        case("1xA100-40 aloha", "aloha", "1xa100-40gb", Feasible(ddp)),
+        case("2xA100-40 aloha", "aloha", "2xa100-40gb", Feasible(ddp)),
+        case("4xA100-40 aloha", "aloha", "4xa100-40gb", Feasible(ddp)),
+        case("8xA100-40 aloha", "aloha", "8xa100-40gb", Feasible(ddp)),
+        case("1xA100-80 aloha", "aloha", "1xa100-80gb", Feasible(ddp)),
+        case("2xA100-80 aloha", "aloha", "2xa100-80gb", Feasible(ddp)),
+        case("4xA100-80 aloha", "aloha", "4xa100-80gb", Feasible(ddp)),
+        case("8xA100-80 aloha", "aloha", "8xa100-80gb", Feasible(ddp)),
+        case("1xH100 aloha", "aloha", "1xh100", Feasible(ddp)),
+        case("2xH100 aloha", "aloha", "2xh100", Feasible(ddp)),
+        case("4xH100 aloha", "aloha", "4xh100", Feasible(ddp)),
+        case("8xH100 aloha", "aloha", "8xh100", Feasible(ddp)),
+        case("1xH200 aloha", "aloha", "1xh200", Feasible(ddp)),
+        case("8xH200 aloha", "aloha", "8xh200", Feasible(ddp)),
+        case("1xL40S aloha", "aloha", "1xl40s", Feasible(ddp)),
+        case("2xL40S aloha", "aloha", "2xl40s", Feasible(ddp)),
+        case("4xL40S libero", "libero", "4xl40s", Feasible(ddp)),
+        case("1x4090 libero", "libero", "1xrtx4090", Feasible(ddp)),
+        case("1xH100 libero", "libero", "1xh100", Feasible(ddp)),
+        case("1xH100 bridge", "bridge", "1xh100", Feasible(ddp)),
+        case("mixed H100 + A100-40", "aloha", "1xh100,1xa100-40gb", Feasible(ddp)),
+        case("mixed H100 + 4090", "aloha", "1xh100,1xrtx4090", Feasible(ddp)),
+        case("2x24GiB aloha", "aloha", "2x24GiB", Infeasible),
+    ];
+    v.push(Case {
+        name: "H100 half used by another process",
+        profile: "aloha",
+        gpus: busy("2xh100", 1, 40),
+        fsdp: true,
+        ckpt: true,
+        expect: Feasible(ddp),
+    });
+    v.push(Case {
+        name: "4x4090, script without --use_fsdp",
+        profile: "aloha",
+        gpus: parse_gpus_spec("4xrtx4090").unwrap(),
+        fsdp: false,
+        ckpt: true,
+        expect: Infeasible,
+    });
+    v.push(Case {
+        name: "1xA100-40, upstream script (no fsdp, no ckpt)",
+        profile: "aloha",
+        gpus: parse_gpus_spec("1xa100-40gb").unwrap(),
+        fsdp: false,
+        ckpt: false,
+        expect: Feasible(ddp),
+    });
+    v
+}
+
+#[test]
+fn planner_table() {
+    let mut failures = Vec::new();
+    for c in cases() {
+        let p = run(c.profile, &c.gpus, policy(c.fsdp, c.ckpt), Pins::default());
+        let chosen = p.chosen.as_ref();
+        let line = format!(
+            "{:45} feasible={} {}",
+            c.name,
+            p.feasible,
+            chosen.map(|c| c.label()).unwrap_or_default()
+        );
+        println!("{line}");
+        match (&c.expect, p.feasible) {
+            (Expect::Infeasible, false) => {
+                assert!(chosen.is_none(), "{}: infeasible but chose", c.name);
+                assert!(!p.levers.is_empty(), "{}: infeasible without levers", c.name);
+            }
+            (Expect::Feasible(strategy), true) => {
+                let ch = chosen.unwrap();
+                assert!(ch.global_batch >= 16, "{}: global {}", c.name, ch.global_batch);
+                assert_eq!(
+                    ch.global_batch,
+                    ch.batch_size * ch.nproc_per_node * ch.nnodes * ch.grad_accumulation_steps
+                );
+                assert!(ch.fits && ch.predicted_peak_bytes <= ch.usable_bytes, "{}", c.name);
+                if !c.ckpt {
+                    assert!(!ch.gradient_checkpointing, "{}: ckpt not accepted", c.name);
+                }
+                if !c.fsdp {
+                    assert_eq!(ch.strategy, Strategy::Ddp, "{}", c.name);
+                }
+                if let Some(s) = strategy
+                    && ch.strategy != *s
+                {
+                    failures.push(format!("{line}: expected {s:?}"));
+                }
+                // Every GPU used must itself have room for the peak.
+                for i in &ch.gpu_indices {
+                    let g = c.gpus.iter().find(|g| g.index == *i).unwrap();
+                    assert!(ch.predicted_peak_bytes <= g.free_bytes, "{}: GPU {i}", c.name);
+                }
+            }
+            _ => failures.push(format!("{line}: expected {:?}", c.expect)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn busy_gpu_is_left_out_or_limits_the_plan() {
+    let gpus = busy("2xh100", 1, 70);
+    let p = run("aloha", &gpus, policy(true, true), Pins::default());
+    let c = p.chosen.unwrap();
+    assert_eq!(c.gpu_indices, vec![0], "the nearly full GPU 1 must be left out");
+    assert!(p.reasons[0].contains("left out GPU 1"), "{}", p.reasons[0]);
+}
+
+#[test]
+fn explicit_global_batch_is_honoured_exactly() {
+    let gpus = parse_gpus_spec("3xh100").unwrap();
+    let mut pol = policy(true, true);
+    pol.min_global_batch = 48;
+    pol.exact_global_batch = true;
+    let p = run("aloha", &gpus, pol, Pins::default());
+    assert_eq!(p.chosen.unwrap().global_batch, 48);
+    // 16 on 3 GPUs cannot be exact on all three; the minimum is never rounded down.
+    let p = run("aloha", &gpus, policy(true, true), Pins::default());
+    assert!(p.chosen.unwrap().global_batch >= 16);
+}
+
+#[test]
+fn fully_pinned_configuration_is_evaluated_even_when_it_does_not_fit() {
+    let gpus = parse_gpus_spec("1xrtx4090").unwrap();
+    let pins = Pins {
+        strategy: Some(Strategy::Ddp),
+        batch_size: Some(2),
+        grad_accum: Some(8),
+        checkpointing: Some(false),
+        nproc: None,
+    };
+    let p = run("aloha", &gpus, policy(true, true), pins);
+    assert!(!p.feasible);
+    let c = p.chosen.unwrap();
+    assert!(c.predicted_peak_bytes > 40 * GIB, "{}", c.predicted_peak_bytes);
+    assert!(p.reasons.iter().any(|r| r.contains("does not fit")));
+}
+
+#[test]
+fn pinned_flag_the_script_lacks_is_infeasible_with_reason() {
+    let gpus = parse_gpus_spec("2xh100").unwrap();
+    let pins = Pins {
+        strategy: Some(Strategy::Fsdp),
+        batch_size: Some(2),
+        grad_accum: Some(4),
+        checkpointing: Some(true),
+        nproc: None,
+    };
+    let p = run("aloha", &gpus, policy(false, true), pins);
+    assert!(!p.feasible);
+    assert!(p.reasons.iter().any(|r| r.contains("--use_fsdp")), "{:?}", p.reasons);
+    assert!(p.chosen.unwrap().predicted_peak_bytes > 0);
+}
+
+#[test]
+fn levers_name_what_would_fit() {
+    let gpus = parse_gpus_spec("1xrtx4090").unwrap();
+    let p = run("aloha", &gpus, policy(true, true), Pins::default());
+    assert!(!p.feasible);
+    assert!(
+        p.levers.iter().any(|l| l.contains("8 GPUs") && l.contains("fits")),
+        "{:#?}",
+        p.levers
+    );
+}
+
+#[test]
+fn planning_is_deterministic() {
+    let gpus = parse_gpus_spec("1xh100,2xa100-40gb,1xl40s").unwrap();
+    let a = run("aloha", &gpus, policy(true, true), Pins::default());
+    let b = run("aloha", &gpus, policy(true, true), Pins::default());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn more_gpus_never_plan_slower() {
+    let mut last = 0.0;
+    for n in [1, 2, 4, 8] {
+        let gpus = parse_gpus_spec(&format!("{n}xh100")).unwrap();
+        let p = run("aloha", &gpus, policy(true, true), Pins::default());
+        let s = p.chosen.unwrap().samples_per_s;
+        assert!(s >= last, "{n} GPUs: {s} samples/s < {last}");
+        last = s;
+    }
+}
