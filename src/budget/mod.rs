@@ -423,6 +423,8 @@ pub const SHUFFLE_BYTES_PER_IMAGE: u64 = 24 * 1024;
 /// finetune.py's default --shuffle_buffer_size.
 pub const SHUFFLE_BUFFER_FRAMES: u64 = 100_000;
 
+/// Host RAM per node for `nproc_per_node` ranks. Call with a spec `predict` accepted: an invalid
+/// spec has no components, so only the per-process terms are counted.
 pub fn host_ram(
     spec: &ModelSpec,
     nproc_per_node: u32,
@@ -436,12 +438,18 @@ pub fn host_ram(
         .map(|c| c.params * Dtype::Bf16.bytes())
         .sum();
     let trainable = param_bytes(&components, true);
+    let lora: u64 = components
+        .iter()
+        .filter(|c| c.name.starts_with("lora-"))
+        .map(|c| c.params * c.dtype.bytes())
+        .sum();
     let per_rank = HOST_PROCESS_BASE
         + SHUFFLE_BUFFER_FRAMES * u64::from(spec.num_images) * SHUFFLE_BYTES_PER_IMAGE;
     let steady = ranks * per_rank;
-    // Saving: rank 0 gathers the trainable state dicts; merging adds a base model on every rank.
+    // Saving: rank 0 copies the trainable state dicts; merging loads a bf16 base model and the
+    // saved adapters on every rank.
     let merge = if merge_lora_during_training {
-        ranks * (base_bf16 + trainable)
+        ranks * (base_bf16 + lora)
     } else {
         0
     };

@@ -65,7 +65,7 @@ pub enum ModelError {
         valid: Vec<&'static str>,
     },
     #[error(
-        "lora_rank 0 means full fine-tuning, which is not modelled; set lora_rank to 1 or more (32 is upstream's default)"
+        "lora_rank is 0: full fine-tuning is not modelled; set lora_rank to 1 or more (32 is upstream's default)"
     )]
     FullFineTuning,
     #[error("{field} is {value}; it must be between {min} and {max}")]
