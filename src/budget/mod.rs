@@ -51,3 +51,411 @@ pub struct Budget {
     /// CUDA context, cuBLAS workspaces, NCCL buffers.
     pub overhead: u64,
 }
+
+pub mod render;
+
+use crate::model::{self, Arch, Component, Dtype, ModelError, ModelSpec};
+use crate::units::{GIB, MIB};
+
+/// Bytes of parameters, optionally only trainable ones, each in its own dtype.
+fn param_bytes(components: &[Component], trainable_only: bool) -> u64 {
+    components
+        .iter()
+        .filter(|c| c.trainable || !trainable_only)
+        .map(|c| c.params * c.dtype.bytes())
+        .sum()
+}
+
+/// Weights: every parameter in its dtype (frozen base bf16, FiLM/proprio fp32, LoRA as configured).
+/// FSDP FULL_SHARD keeps a 1/world shard of each flat parameter between uses (padding ignored).
+pub fn weights(components: &[Component], cfg: &Config) -> u64 {
+    let all = param_bytes(components, false);
+    match cfg.strategy {
+        Strategy::Ddp => all,
+        Strategy::Fsdp => all.div_ceil(u64::from(cfg.world_size.max(1))),
+    }
+}
+
+/// Gradients. DDP with gradient_as_bucket_view=True: one bucket copy per trainable parameter in
+/// its own dtype, allocated at wrap time (measured: 2.47 GiB for ALOHA), no second .grad copy.
+/// FSDP1 use_orig_params: the gradient of a flat parameter is allocated whole as soon as one of
+/// its parameters trains; with LoRA in every Llama layer, ViT block and the root, that is every
+/// flat parameter, frozen base included -- sharded 1/world.
+pub fn gradients(components: &[Component], cfg: &Config) -> u64 {
+    match cfg.strategy {
+        Strategy::Ddp => param_bytes(components, true),
+        Strategy::Fsdp => weights(components, cfg),
+    }
+}
+
+/// torch AdamW: exp_avg + exp_avg_sq in the parameter's own dtype (bf16 params get bf16 states,
+/// not fp32 as the seed assumed), for trainable parameters only, created at the first step.
+/// FSDP: states follow the sharded original parameters, 1/world.
+pub fn optimizer(components: &[Component], cfg: &Config) -> u64 {
+    let states = 2 * param_bytes(components, true);
+    match cfg.strategy {
+        Strategy::Ddp => states,
+        Strategy::Fsdp => states.div_ceil(u64::from(cfg.world_size.max(1))),
+    }
+}
+
+/// Activation memory of one sample, by part (bytes), as autograd saves it under bf16 autocast.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationBreakdown {
+    /// Tensors saved inside the Llama decoder layers (all 32, or one recomputed layer when checkpointed).
+    pub llm_layers: u64,
+    /// The 33 hidden states kept by output_hidden_states=True (also the checkpointed layer inputs).
+    pub hidden_states: u64,
+    /// Final norm, bf16 logits, fp32 upcast and log-softmax of the full-vocabulary cross-entropy.
+    pub logits_loss: u64,
+    /// Both ViTs for every image (never checkpointed).
+    pub vision: u64,
+    pub projector: u64,
+    pub action_head: u64,
+}
+
+impl ActivationBreakdown {
+    pub fn total(&self) -> u64 {
+        self.llm_layers
+            + self.hidden_states
+            + self.logits_loss
+            + self.vision
+            + self.projector
+            + self.action_head
+    }
+}
+
+/// Bytes autograd keeps per token in one Llama decoder layer (bf16 autocast, sdpa attention).
+/// RMSNorm keeps its fp32 upcast input (4h) twice per layer; q/k/v share their bf16 input (2h);
+/// RoPE'd q, k and v are saved by sdpa (6h) with its output (2h) and the contiguous copy o_proj
+/// saves (2h); gate/up share their input (2h); SiLU input, SiLU output, up output and the product
+/// down_proj saves (4 x 2I); LoRA adds its rank-r A outputs (7 x 2r). Total 22h + 8I + 14r.
+pub fn llama_layer_bytes_per_token(arch: &Arch, lora_rank: u64) -> u64 {
+    let (h, i) = (arch.llm.hidden, arch.llm.mlp);
+    22 * h + 8 * i + 14 * lora_rank
+}
+
+/// Bytes autograd keeps per token in one timm ViT block under autocast. LayerNorm runs in fp32
+/// there: its fp32 input is saved (2 x 4d) and its fp32 output is cast to bf16 separately for the
+/// base Linear and for the LoRA A Linear (qkv and fc1: 2 x 2 x 2d). qkv output (6d, q/k/v for
+/// sdpa), sdpa output (2d), proj input (2d), fc1 output and GELU output (2 x 2m), LoRA A outputs
+/// (4 x 2r), and with FiLM the pre-modulation residual (2d).
+pub fn vit_block_bytes_per_token(dim: u64, mlp: u64, film: bool, lora_rank: u64) -> u64 {
+    let film = if film { 2 * dim } else { 0 };
+    8 * dim + 8 * dim + 6 * dim + 4 * dim + 4 * mlp + 8 * lora_rank + film
+}
+
+/// Activations of one sample. Checkpointed: the Llama layers keep only their inputs (which are
+/// the retained hidden states) plus one layer recomputed during backward; ViTs are not checkpointed.
+/// The ViTs run up to the second-to-last block (OpenVLA takes that block's output).
+pub fn activations_per_sample(
+    spec: &ModelSpec,
+    arch: &Arch,
+    checkpointing: bool,
+) -> ActivationBreakdown {
+    let r = u64::from(spec.lora_rank);
+    let s = u64::from(model::sequence_tokens(spec));
+    let images = u64::from(spec.num_images);
+    let (h, v) = (arch.llm.hidden, arch.llm.vocab);
+    let layer = llama_layer_bytes_per_token(arch, r) * s;
+    let llm_layers = if checkpointing {
+        layer
+    } else {
+        arch.llm.layers * layer
+    };
+    let hidden_states = (arch.llm.layers + 1) * 2 * h * s;
+    // Final RMSNorm (fp32 input 4h + bf16 output 2h); logits bf16 2V, fp32 copy 4V, log-softmax 4V.
+    let logits_loss = (6 * h + 10 * v) * s;
+    let vit = |vit: &model::VitShape| {
+        let blocks = vit.depth - 1;
+        blocks * vit.tokens() * vit_block_bytes_per_token(vit.dim, vit.mlp, spec.use_film, r)
+            + vit.tokens() * 2 * vit.dim // patch embedding output
+    };
+    let vision = images * (vit(&arch.dino) + vit(&arch.siglip));
+    // Fused input 2F, fc1 out + GELU out 2 x 2(4F), fc2 out + GELU out 2 x 2h.
+    let f = arch.fused_vision_dim();
+    let projector = images * u64::from(arch.patches_per_image) * (2 * f + 16 * f + 4 * h);
+    // MLPResNet on chunk rows of h*A: LN in/out 2 x 2hA, three (LN in, LN out, ReLU out) at 2h each.
+    let a = u64::from(spec.action_dim);
+    let action_head = u64::from(spec.action_chunk) * (4 * h * a + 18 * h);
+    ActivationBreakdown {
+        llm_layers,
+        hidden_states,
+        logits_loss,
+        vision,
+        projector,
+        action_head,
+    }
+}
+
+/// bf16 copies autocast caches of fp32 trainable leaf weights used inside the autocast region
+/// (FiLM, proprio projector, noisy-action projector, fp32 LoRA). Alive until the forward ends:
+/// measured as the ~0.87 GiB batch-independent part of ALOHA's activation peak.
+pub fn autocast_weight_cache(components: &[Component]) -> u64 {
+    components
+        .iter()
+        .filter(|c| c.trainable && c.dtype == Dtype::Fp32)
+        .map(|c| c.params * Dtype::Bf16.bytes())
+        .sum()
+}
+
+/// Per-GPU activations: batch x per-sample.
+pub fn activations(spec: &ModelSpec, arch: &Arch, cfg: &Config) -> u64 {
+    u64::from(cfg.batch_size) * activations_per_sample(spec, arch, cfg.checkpointing).total()
+}
+
+/// Temporaries of the foreach AdamW step: one tensor list as large as the biggest dtype group
+/// of trainable parameters (the sqrt(exp_avg_sq) denominators). Sharded under FSDP.
+pub fn optimizer_step_temporaries(components: &[Component], cfg: &Config) -> u64 {
+    let group = |d: Dtype| {
+        components
+            .iter()
+            .filter(|c| c.trainable && c.dtype == d)
+            .map(|c| c.params * d.bytes())
+            .sum::<u64>()
+    };
+    let largest = group(Dtype::Bf16).max(group(Dtype::Fp32));
+    match cfg.strategy {
+        Strategy::Ddp => largest,
+        Strategy::Fsdp => largest.div_ceil(u64::from(cfg.world_size.max(1))),
+    }
+}
+
+/// Transients above weights + gradients + optimizer + activations at the peak moment: the
+/// peak is the larger of (end of forward: activations + autocast cache) and (optimizer step:
+/// activations freed, step temporaries), so this term is max(cache, step - activations).
+pub fn transients(components: &[Component], cfg: &Config, activations: u64) -> u64 {
+    let cache = autocast_weight_cache(components);
+    let step = optimizer_step_temporaries(components, cfg);
+    cache.max(step.saturating_sub(activations))
+}
+
+/// FSDP1 working memory (0 under DDP): parameters outside any auto-wrap unit stay unsharded
+/// from the forward to the end of the backward (roots are not resharded after forward): the VLA
+/// root (embeddings, lm_head, ViT stems, projector and their LoRA), the action head and proprio
+/// projector roots, whose full gradient also exists before its reduce-scatter; plus, with
+/// limit_all_gathers, two all-gathered decoder layers in flight and one unsharded layer gradient.
+pub fn fsdp_working(spec: &ModelSpec, arch: &Arch, components: &[Component], cfg: &Config) -> u64 {
+    if cfg.strategy == Strategy::Ddp {
+        return 0;
+    }
+    let r = u64::from(spec.lora_rank);
+    let lora = spec.lora_dtype.bytes();
+    let vla_root = 2
+        * (arch.llm.outer_params()
+            + arch.dino.outer_params()
+            + arch.siglip.outer_params()
+            + arch.projector_params())
+        + lora
+            * (arch.llm.lm_head_lora(r)
+                + arch.dino.outer_lora(r)
+                + arch.siglip.outer_lora(r)
+                + arch.projector_lora(r));
+    let head_roots: u64 = components
+        .iter()
+        .filter(|c| {
+            [
+                model::names::ACTION_HEAD_L1,
+                model::names::ACTION_HEAD_DIFFUSION,
+                model::names::NOISY_ACTION_PROJECTOR,
+                model::names::PROPRIO_PROJECTOR,
+            ]
+            .contains(&c.name.as_str())
+        })
+        .map(|c| c.params * c.dtype.bytes())
+        .sum();
+    let unit = 2 * arch.llm.layer_params() + lora * arch.llm.layer_lora(r);
+    vla_root + 2 * head_roots + 3 * unit
+}
+
+/// Fitted allocator constants (see docs/budget-model.md for the fit).
+pub mod fitted {
+    use crate::units::MIB;
+    /// Default allocator, DDP: slack = FIXED + FRAC x (activations + transients).
+    pub const DDP_DEFAULT_FIXED: u64 = 790 * MIB;
+    pub const DDP_DEFAULT_FRAC: f64 = 0.098;
+    /// expandable_segments, DDP: slack = FRAC x (activations + transients).
+    pub const DDP_EXPANDABLE_FRAC: f64 = 0.065;
+    /// FSDP: slack = FRAC x (everything allocated and freed each step: gradients, activations,
+    /// transients, working), from the one FSDP measurement per allocator.
+    pub const FSDP_DEFAULT_FRAC: f64 = 0.83;
+    pub const FSDP_EXPANDABLE_FRAC: f64 = 0.47;
+    /// Memory outside torch's allocator that appears once training runs (cuBLAS/cuBLASLt
+    /// workspaces, lazily loaded kernel modules incl. sdpa): nvml - reserved - context on H100.
+    pub const RUNTIME_BEYOND_CONTEXT: u64 = 790 * MIB;
+    /// NCCL communicator buffers per rank once a process group has peers (world 2 on H100).
+    pub const NCCL_BUFFERS: u64 = 287 * MIB;
+}
+
+/// Reserved-but-unallocated memory of the caching allocator at the peak.
+/// Default allocator: blocks freed by activations cannot always be merged for the next request.
+/// FSDP is far worse: all-gathers and reduce-scatters run on their own streams and each stream
+/// keeps its own cached blocks. expandable_segments maps pages into one growing segment instead.
+pub fn allocator_slack(
+    cfg: &Config,
+    gradients: u64,
+    activations: u64,
+    transients: u64,
+    fsdp_working: u64,
+) -> u64 {
+    let churn_ddp = (activations + transients) as f64;
+    let churn_fsdp = (gradients + activations + transients + fsdp_working) as f64;
+    let bytes = match (cfg.strategy, cfg.allocator) {
+        (Strategy::Ddp, Allocator::Default) => {
+            fitted::DDP_DEFAULT_FIXED as f64 + fitted::DDP_DEFAULT_FRAC * churn_ddp
+        }
+        (Strategy::Ddp, Allocator::ExpandableSegments) => fitted::DDP_EXPANDABLE_FRAC * churn_ddp,
+        (Strategy::Fsdp, Allocator::Default) => fitted::FSDP_DEFAULT_FRAC * churn_fsdp,
+        (Strategy::Fsdp, Allocator::ExpandableSegments) => {
+            fitted::FSDP_EXPANDABLE_FRAC * churn_fsdp
+        }
+    };
+    bytes.round() as u64
+}
+
+/// CUDA context as nvidia-smi shows it before the model loads, by GPU family. H100 measured
+/// (~1.0 GiB); the others are typical figures for their driver/architecture (not measured
+/// here). Unknown GPUs get the H100 figure, the largest, so the model errs on the safe side.
+pub fn cuda_context(gpu_name: &str) -> u64 {
+    let name = gpu_name.to_ascii_lowercase();
+    let table: [(&[&str], u64); 3] = [
+        (
+            &["h100", "h200", "h800", "h20", "gh200", "b200", "b100"],
+            1024 * MIB,
+        ),
+        (
+            &[
+                "a100", "a800", "a6000", "a40", "a10", "l40", "l4", "a5000", "a4000",
+            ],
+            800 * MIB,
+        ),
+        (
+            &["4090", "4080", "3090", "3080", "titan", "2080"],
+            700 * MIB,
+        ),
+    ];
+    table
+        .iter()
+        .find(|(keys, _)| keys.iter().any(|k| name.contains(k)))
+        .map_or(1024 * MIB, |&(_, bytes)| bytes)
+}
+
+/// Per-rank memory outside torch's allocator: CUDA context + runtime workspaces/modules +
+/// NCCL buffers when the job has more than one rank. nproc_per_node is accepted for NCCL's
+/// intra-node buffers; one measurement (world 2) exists, so the NCCL figure is flat in it.
+pub fn gpu_context_overhead(gpu_name: &str, world_size: u32, nproc_per_node: u32) -> u64 {
+    let _ = nproc_per_node;
+    let nccl = if world_size > 1 {
+        fitted::NCCL_BUFFERS
+    } else {
+        0
+    };
+    cuda_context(gpu_name) + fitted::RUNTIME_BEYOND_CONTEXT + nccl
+}
+
+/// Predicted per-GPU peak, by term. Errors only for a spec the model does not describe.
+pub fn predict(spec: &ModelSpec, cfg: &Config) -> Result<Budget, ModelError> {
+    let arch = model::validate(spec)?;
+    let components = model::components(spec)?;
+    let weights = weights(&components, cfg);
+    let gradients = gradients(&components, cfg);
+    let optimizer = optimizer(&components, cfg);
+    let activations = activations(spec, arch, cfg);
+    let fsdp_working = fsdp_working(spec, arch, &components, cfg);
+    let transients = transients(&components, cfg, activations);
+    let allocator_slack = allocator_slack(cfg, gradients, activations, transients, fsdp_working);
+    let overhead = gpu_context_overhead(&cfg.gpu_name, cfg.world_size, cfg.nproc_per_node);
+    Ok(Budget {
+        weights,
+        gradients,
+        optimizer,
+        activations,
+        fsdp_working,
+        transients,
+        allocator_slack,
+        overhead,
+    })
+}
+
+impl Budget {
+    /// What nvidia-smi shows for one rank at its peak: the sum of the terms.
+    pub fn peak(&self) -> u64 {
+        self.terms().iter().map(|t| t.2).sum()
+    }
+
+    /// Bytes torch allocates at the peak (nvidia-smi minus slack and overhead).
+    pub fn allocated(&self) -> u64 {
+        self.peak() - self.allocator_slack - self.overhead
+    }
+
+    /// (json key, label, bytes) for every term, in display order.
+    pub fn terms(&self) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
+            ("weights", "weights", self.weights),
+            ("gradients", "gradients", self.gradients),
+            ("optimizer", "AdamW states", self.optimizer),
+            ("activations", "activations", self.activations),
+            ("fsdp_working", "FSDP gathered units", self.fsdp_working),
+            ("transients", "transients", self.transients),
+            ("allocator_slack", "allocator slack", self.allocator_slack),
+            ("overhead", "CUDA/NCCL overhead", self.overhead),
+        ]
+    }
+}
+
+/// Host memory per node (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRam {
+    /// While training: every rank's process plus its RLDS shuffle buffer.
+    pub steady_bytes: u64,
+    /// At model load: every rank materialises the bf16 checkpoint on the CPU before moving it.
+    pub load_peak_bytes: u64,
+    /// At a checkpoint save: with merge_lora_during_training every rank loads another full bf16
+    /// base model on the CPU to merge LoRA into it (openvla-oft issues 20 and 28).
+    pub checkpoint_peak_bytes: u64,
+}
+
+/// Assumed host memory of one training process without the model: Python, torch, CUDA host
+/// state, TensorFlow/RLDS dataloader threads. Not measured here; a round, conservative figure.
+pub const HOST_PROCESS_BASE: u64 = 6 * GIB;
+/// Assumed bytes per frame in the RLDS shuffle buffer (encoded JPEGs + state) per image.
+pub const SHUFFLE_BYTES_PER_IMAGE: u64 = 24 * 1024;
+/// finetune.py's default --shuffle_buffer_size.
+pub const SHUFFLE_BUFFER_FRAMES: u64 = 100_000;
+
+/// Host RAM per node for `nproc_per_node` ranks. Call with a spec `predict` accepted: an invalid
+/// spec has no components, so only the per-process terms are counted.
+pub fn host_ram(
+    spec: &ModelSpec,
+    nproc_per_node: u32,
+    merge_lora_during_training: bool,
+) -> HostRam {
+    let ranks = u64::from(nproc_per_node.max(1));
+    let components = model::components(spec).unwrap_or_default();
+    let base_bf16: u64 = components
+        .iter()
+        .filter(|c| !c.trainable)
+        .map(|c| c.params * Dtype::Bf16.bytes())
+        .sum();
+    let trainable = param_bytes(&components, true);
+    let lora: u64 = components
+        .iter()
+        .filter(|c| c.name.starts_with("lora-"))
+        .map(|c| c.params * c.dtype.bytes())
+        .sum();
+    let per_rank = HOST_PROCESS_BASE
+        + SHUFFLE_BUFFER_FRAMES * u64::from(spec.num_images) * SHUFFLE_BYTES_PER_IMAGE;
+    let steady = ranks * per_rank;
+    // Saving: rank 0 copies the trainable state dicts; merging loads a bf16 base model and the
+    // saved adapters on every rank.
+    let merge = if merge_lora_during_training {
+        ranks * (base_bf16 + lora)
+    } else {
+        0
+    };
+    HostRam {
+        steady_bytes: steady,
+        load_peak_bytes: steady + ranks * base_bf16,
+        checkpoint_peak_bytes: steady + trainable + merge,
+    }
+}
