@@ -1,7 +1,26 @@
 //! GPU discovery (NVML), CUDA_VISIBLE_DEVICES, and the `--gpus` spec.
-//! OWNER: gpu helper. The types below are the agreed interface.
+//!
+//! Flow: a `GpuSource` (NVML, or a fake) gives raw devices -> they are put in PCI bus order
+//! (the launcher sets CUDA_DEVICE_ORDER=PCI_BUS_ID) -> CUDA_VISIBLE_DEVICES picks and orders
+//! them by position or UUID, never by NVML index -> GPUs without bf16 are left out.
+
+pub mod cuda_visible;
+pub mod known;
+pub mod nvml;
+pub mod source;
+pub mod spec;
+mod table;
+
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use known::{KnownGpu, lookup_alias, lookup_by_name};
+pub use nvml::NvmlSource;
+pub use source::{FakeSource, GpuSource, RawDevice};
+pub use spec::{SpecError, parse_gpus_spec};
+pub use table::render_table;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuProcess {
@@ -26,4 +45,211 @@ pub struct Gpu {
     pub processes: Vec<GpuProcess>,
     /// True when built from `--gpus`, not queried.
     pub described: bool,
+}
+
+/// The sentence the user sees on a machine without the NVIDIA driver (exit 4).
+pub const NVML_UNAVAILABLE: &str =
+    "NVML not found: no NVIDIA driver on this machine; use --gpus to plan for other GPUs";
+
+#[derive(Debug, Error)]
+pub enum GpuError {
+    /// The reason (libloading's or NVML's words) is for `--verbose` logs, not the sentence.
+    #[error("{NVML_UNAVAILABLE}")]
+    NvmlUnavailable { reason: String },
+    #[error("NVML could not start: {reason}; check the NVIDIA driver with nvidia-smi")]
+    NvmlInit { reason: String },
+    #[error(
+        "NVML could not read the {what} of GPU {nvml_index} (nvidia-smi numbering): {message}; check the GPU with nvidia-smi"
+    )]
+    Query {
+        what: &'static str,
+        nvml_index: u32,
+        message: String,
+    },
+    #[error("NVML sees no GPU on this machine; use --gpus to plan for other GPUs")]
+    NoGpus,
+    #[error(
+        "CUDA_VISIBLE_DEVICES={value} leaves no GPU visible ({why}); unset it, or list GPUs by number (0,1) or UUID (GPU-...)"
+    )]
+    NoneVisible { value: String, why: String },
+    #[error(
+        "no visible GPU can train in bf16, which needs compute capability 8.0 (Ampere) or newer: {gpus}; use newer GPUs, or --gpus to plan for them"
+    )]
+    NoBf16 { gpus: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+impl GpuError {
+    /// design.md: 2 for usage errors, 4 for the environment.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            GpuError::Spec(_) => 2,
+            _ => 4,
+        }
+    }
+}
+
+/// The GPUs in CUDA order, what was left out and why, and how long the query took.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Discovery {
+    pub gpus: Vec<Gpu>,
+    pub warnings: Vec<String>,
+    /// Time spent in the device source and selection (NVML start-up dominates).
+    pub elapsed_ms: f64,
+}
+
+/// Sort key for NVML's "DDDDDDDD:BB:DD.F" (hex); unparsable ids sort last, by NVML index.
+fn pci_key(device: &RawDevice) -> (u8, u64, u32) {
+    let parsed = device.pci_bus_id.as_deref().and_then(|id| {
+        let (domain, rest) = id.split_once(':')?;
+        let (bus, rest) = rest.split_once(':')?;
+        let (dev, func) = rest.split_once('.')?;
+        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+        Some((((hex(domain)? * 256 + hex(bus)?) * 256 + hex(dev)?) * 16) + hex(func)?)
+    });
+    match parsed {
+        Some(k) => (0, k, device.nvml_index),
+        None => (1, 0, device.nvml_index),
+    }
+}
+
+fn describe(d: &RawDevice) -> String {
+    format!("{} ({})", d.name, d.uuid)
+}
+
+/// Picks the GPUs the training processes will see, in their CUDA order.
+/// `cuda_visible_devices` is the raw environment value (`None` when unset).
+pub fn discover(
+    source: &dyn GpuSource,
+    cuda_visible_devices: Option<&str>,
+) -> Result<Discovery, GpuError> {
+    let started = Instant::now();
+    let mut physical = source.devices()?;
+    if physical.is_empty() {
+        return Err(GpuError::NoGpus);
+    }
+    physical.sort_by_key(pci_key);
+    let migs: Vec<(usize, &RawDevice)> = physical
+        .iter()
+        .enumerate()
+        .flat_map(|(p, d)| d.mig_instances.iter().map(move |m| (p, m)))
+        .collect();
+    // Candidates in CUDA order: physical GPUs (what ordinals count), then MIG instances.
+    let candidates: Vec<&RawDevice> = physical
+        .iter()
+        .chain(migs.iter().map(|(_, m)| *m))
+        .collect();
+    let mut warnings = Vec::new();
+
+    let chosen_positions: Vec<usize> = match cuda_visible_devices {
+        None => (0..physical.len())
+            .flat_map(|p| {
+                let mine: Vec<usize> = migs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (parent, _))| *parent == p)
+                    .map(|(i, _)| physical.len() + i)
+                    .collect();
+                if mine.is_empty() { vec![p] } else { mine }
+            })
+            .collect(),
+        Some(value) => {
+            let uuids: Vec<&str> = candidates.iter().map(|d| d.uuid.as_str()).collect();
+            let resolved =
+                cuda_visible::resolve(&cuda_visible::parse(value), &uuids, physical.len());
+            warnings.extend(resolved.warnings.iter().cloned());
+            if resolved.positions.is_empty() {
+                let why = resolved
+                    .warnings
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| "the value is empty".into());
+                return Err(GpuError::NoneVisible {
+                    value: cuda_visible::echo(value),
+                    why,
+                });
+            }
+            // A GPU in MIG mode is reached through its MIG instance: CUDA shows the first one.
+            resolved
+                .positions
+                .into_iter()
+                .map(|pos| {
+                    let first_mig = migs.iter().position(|(parent, _)| *parent == pos);
+                    match first_mig {
+                        Some(i) if pos < physical.len() => {
+                            warnings.push(format!(
+                                "GPU {} is in MIG mode; CUDA uses its MIG instance {}",
+                                describe(&physical[pos]),
+                                migs[i].1.uuid
+                            ));
+                            physical.len() + i
+                        }
+                        _ => pos,
+                    }
+                })
+                .collect()
+        }
+    };
+
+    if chosen_positions.len() > 1 && chosen_positions.iter().any(|&p| p >= physical.len()) {
+        warnings.push(
+            "MIG instances are visible: CUDA gives one process a single MIG instance, so a multi-GPU torchrun cannot use them; name one with CUDA_VISIBLE_DEVICES=MIG-..."
+                .into(),
+        );
+    }
+
+    let mut gpus = Vec::new();
+    let mut refused = Vec::new();
+    for pos in chosen_positions {
+        let d = candidates[pos];
+        let cc = d
+            .compute_capability
+            .or_else(|| lookup_by_name(&d.name).map(|k| k.compute_capability));
+        if let Some((major, minor)) = cc.filter(|(major, _)| *major < 8) {
+            warnings.push(format!(
+                "GPU {} has compute capability {major}.{minor}; bf16 needs 8.0 (Ampere) or newer, so it is left out",
+                describe(d)
+            ));
+            refused.push(describe(d));
+            continue;
+        }
+        gpus.push(Gpu {
+            index: gpus.len() as u32,
+            name: d.name.clone(),
+            uuid: d.uuid.clone(),
+            pci_bus_id: d.pci_bus_id.clone(),
+            total_bytes: d.total_bytes,
+            free_bytes: d.free_bytes,
+            used_bytes: d.used_bytes,
+            compute_capability: cc,
+            processes: d.processes.clone(),
+            described: false,
+        });
+    }
+    if gpus.is_empty() {
+        return Err(GpuError::NoBf16 {
+            gpus: refused.join(", "),
+        });
+    }
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::debug!(elapsed_ms, gpus = gpus.len(), "GPU discovery done");
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(Discovery {
+        gpus,
+        warnings,
+        elapsed_ms,
+    })
+}
+
+/// CUDA_VISIBLE_DEVICES for torchrun: the chosen GPUs by UUID, in their order, so the ranks
+/// see exactly these whatever the NVML or CUDA numbering (real GPUs only: described GPUs
+/// carry synthetic UUIDs).
+pub fn cuda_visible_devices_value(gpus: &[Gpu]) -> String {
+    gpus.iter()
+        .map(|g| g.uuid.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
