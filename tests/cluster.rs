@@ -276,7 +276,12 @@ fn invalid_environments_name_the_variable_and_value() {
         rdzv_endpoint: Some(endpoint.into()),
         rdzv_port: None,
     };
-    let cases: Vec<(Vec<(&str, &str)>, TopologyFlags, &[&str])> = vec![
+    type Case = (
+        Vec<(&'static str, &'static str)>,
+        TopologyFlags,
+        &'static [&'static str],
+    );
+    let cases: Vec<Case> = vec![
         (
             vec![
                 ("SLURM_JOB_ID", "5"),
@@ -429,7 +434,10 @@ fn ports_are_derived_from_the_job_id_within_range() {
             (PORT_BASE..PORT_BASE + PORT_SPAN).contains(&p),
             "{id} -> {p}"
         );
-        assert!(p < 29_400 && p < 32_768);
+        assert!(
+            p < 29_400,
+            "below torchrun defaults and the ephemeral range"
+        );
     }
     assert_eq!(port_for_job("job_7"), port_for_job("job_7"));
 }
