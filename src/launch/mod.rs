@@ -1,2 +1,4 @@
 //! Command construction and supervision of torchrun.
 //! OWNER: launch helper.
+
+pub mod diagnosis;

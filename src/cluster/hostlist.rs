@@ -1,0 +1,124 @@
+//! Slurm's compressed hostlist form (`gpu[01-04,07],gpu-b12`) expanded to host names.
+//!
+//! Grammar (as `scontrol show hostnames` accepts it): entries separated by commas outside
+//! brackets; each entry is literal text with zero or more `[ranges]` groups, the groups
+//! expanding as a cartesian product (`rack[1-2]-n[1-2]`). A range keeps the zero padding of
+//! its lower bound (`[08-10]` -> 08, 09, 10), as Slurm does.
+
+use super::ClusterError;
+
+/// Refuse absurd expansions (a typo like `n[1-99999999]`) instead of allocating forever.
+pub const MAX_HOSTS: usize = 65_536;
+
+/// Expand a Slurm hostlist into host names, in the order Slurm lists them.
+pub fn parse_hostlist(list: &str) -> Result<Vec<String>, ClusterError> {
+    let err = |why: String| ClusterError::Hostlist {
+        list: list.to_string(),
+        why,
+    };
+    if list.trim().is_empty() {
+        return Err(err("it is empty".into()));
+    }
+    let mut hosts = Vec::new();
+    for entry in split_top_level(list).map_err(&err)? {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(err("it has an empty entry (two commas in a row?)".into()));
+        }
+        expand_entry(entry, &mut hosts).map_err(&err)?;
+        if hosts.len() > MAX_HOSTS {
+            return Err(err(format!("it expands to more than {MAX_HOSTS} hosts")));
+        }
+    }
+    Ok(hosts)
+}
+
+/// Split at commas that are not inside brackets, checking that brackets balance.
+fn split_top_level(list: &str) -> Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in list.char_indices() {
+        match c {
+            '[' if depth > 0 => return Err(format!("nested '[' at byte {i}")),
+            '[' => depth = 1,
+            ']' if depth == 0 => return Err(format!("unmatched ']' at byte {i}")),
+            ']' => depth = 0,
+            ',' if depth == 0 => {
+                parts.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("a '[' is never closed".into());
+    }
+    parts.push(&list[start..]);
+    Ok(parts)
+}
+
+/// One entry such as `node[1-3]-ib` or `rack[1-2]-n[01-02]`.
+fn expand_entry(entry: &str, out: &mut Vec<String>) -> Result<(), String> {
+    // Prefixes built so far; each bracket group multiplies them.
+    let mut partial = vec![String::new()];
+    let mut rest = entry;
+    while let Some(open) = rest.find('[') {
+        let close = rest[open..]
+            .find(']')
+            .map(|c| open + c)
+            .ok_or_else(|| format!("'[' without ']' in {entry:?}"))?;
+        let literal = &rest[..open];
+        let values = expand_ranges(&rest[open + 1..close], entry)?;
+        if partial.len().saturating_mul(values.len()) > MAX_HOSTS {
+            return Err(format!("{entry:?} expands to more than {MAX_HOSTS} hosts"));
+        }
+        partial = partial
+            .iter()
+            .flat_map(|p| values.iter().map(move |v| format!("{p}{literal}{v}")))
+            .collect();
+        rest = &rest[close + 1..];
+    }
+    if partial.len() == 1 && partial[0].is_empty() && rest.is_empty() {
+        return Err(format!("{entry:?} has no host name"));
+    }
+    out.extend(partial.into_iter().map(|p| format!("{p}{rest}")));
+    Ok(())
+}
+
+/// The inside of one bracket group: `01-04,07`.
+fn expand_ranges(inner: &str, entry: &str) -> Result<Vec<String>, String> {
+    let mut values = Vec::new();
+    for range in inner.split(',') {
+        let range = range.trim();
+        if range.is_empty() {
+            return Err(format!("empty range inside the brackets of {entry:?}"));
+        }
+        let (lo, hi) = match range.split_once('-') {
+            Some((lo, hi)) => (lo, hi),
+            None => (range, range),
+        };
+        let number = |s: &str| -> Result<u64, String> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "{range:?} in {entry:?} is not a number or a range N-M"
+                ));
+            }
+            s.parse::<u64>()
+                .map_err(|_| format!("{s:?} in {entry:?} is too large"))
+        };
+        let (start, end) = (number(lo)?, number(hi)?);
+        if start > end {
+            return Err(format!("range {range:?} in {entry:?} runs backwards"));
+        }
+        if end - start >= MAX_HOSTS as u64 {
+            return Err(format!(
+                "range {range:?} in {entry:?} has more than {MAX_HOSTS} hosts"
+            ));
+        }
+        // Slurm pads to the width of the lower bound as written (`08-10`, `001-3`).
+        let width = lo.len();
+        values.extend((start..=end).map(|n| format!("{n:0width$}")));
+    }
+    Ok(values)
+}
