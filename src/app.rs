@@ -107,7 +107,7 @@ fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded> {
 }
 
 fn parse_size(flag: &str, value: &str) -> Result<u64> {
-    gpu::spec::parse_size(value).map_err(|e| exit(2, format!("{flag} {value}: {e}")))
+    gpu::spec::parse_size(value, value).map_err(|e| exit(2, format!("{flag} {value}: {e}")))
 }
 
 /// GPUs from `--gpus` (described) or NVML (queried), with `--vram-cap` applied.

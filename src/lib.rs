@@ -5,6 +5,8 @@
 //! `model`, `budget` and `plan` are pure (no I/O, no clock).
 
 pub mod app;
+pub mod doctor;
+pub mod script_caps;
 pub mod budget;
 pub mod cli;
 pub mod cluster;

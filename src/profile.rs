@@ -35,7 +35,7 @@ pub const PLANNER_FLAGS: &[&str] = &[
 /// Planner flags a script may or may not accept (upstream finetune.py accepts neither).
 pub const OPTIONAL_PLANNER_FLAGS: &[&str] = &["use_fsdp", "gradient_checkpointing"];
 
-pub const PRESETS: &[&str] = &["openvla-7b"];
+pub use crate::model::PRESETS;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -623,9 +623,9 @@ pub fn platform_of(p: &Profile, extra_args: &[String]) -> (Platform, Option<Stri
     let mut words: Vec<String> = p.train.values().map(render_value).collect();
     words.extend(extra_args.iter().cloned());
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-    match Platform::from_words(&refs) {
+    match Platform::detect(&refs) {
         Some((platform, word)) => (platform, Some(word.to_string())),
-        None => (Platform::Libero, None),
+        None => (Platform::DEFAULT, None),
     }
 }
 

@@ -71,7 +71,7 @@ enum Kind {
 }
 
 /// Parses a size such as `24GiB`, `80GB`, `1.5GiB`, `40960MiB` into bytes.
-fn parse_size(item: &str, s: &str) -> Result<u64, SpecError> {
+pub fn parse_size(item: &str, s: &str) -> Result<u64, SpecError> {
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());

@@ -9,8 +9,10 @@
 //! 3. Global batch = batch x GPUs x nodes x accumulation >= the minimum, with the least overshoot a
 //!    world size allows: batch x accumulation = ceil(minimum / world). Never rounded down. A global
 //!    batch the user asked for explicitly is honoured exactly when any fitting candidate can.
-//! 4. Among what remains, the lowest predicted time per sample (step time / global batch) wins;
-//!    ties go to DDP, no checkpointing, fewer accumulation steps, fewer GPUs.
+//! 4. Among what remains, the lowest predicted time per optimizer step wins: a run is `max_steps`
+//!    optimizer steps whatever the global batch, so the step time is its wall-clock (a larger
+//!    overshoot makes steps longer and loses). Ties go to DDP, no checkpointing, fewer accumulation
+//!    steps, fewer GPUs.
 
 pub mod explain;
 pub mod speed;
@@ -117,10 +119,6 @@ impl Candidate {
             }
         )
     }
-
-    fn time_per_sample(&self) -> f64 {
-        self.step_time_s / self.global_batch as f64
-    }
 }
 
 pub fn strategy_name(s: Strategy) -> &'static str {
@@ -184,7 +182,7 @@ fn usable(gpu: &Gpu, policy: &Policy) -> u64 {
 
 fn tflops_of(gpu: &Gpu) -> f64 {
     crate::gpu::known::lookup_by_name(&gpu.name)
-        .map(|k| k.bf16_tflops)
+        .and_then(|k| k.bf16_dense_tflops)
         .unwrap_or(speed::REFERENCE_TFLOPS / 4.0)
 }
 
@@ -332,10 +330,10 @@ fn ceil_div(a: u32, b: u32) -> u32 {
     a.div_ceil(b.max(1))
 }
 
-/// Ranking key: lower is better (time per sample, then the tie-breakers of rule 4).
+/// Ranking key: lower is better (time per optimizer step, then the tie-breakers of rule 4).
 fn rank_key(c: &Candidate) -> (u64, u8, u8, u32, u32, u32) {
     (
-        (c.time_per_sample() * 1e9) as u64,
+        (c.step_time_s * 1e9) as u64,
         (c.strategy == Strategy::Fsdp) as u8,
         c.gradient_checkpointing as u8,
         c.grad_accumulation_steps,
@@ -684,10 +682,10 @@ fn alternatives(ranked: &[&Candidate], best: &Candidate) -> Vec<Alternative> {
         }) {
             continue;
         }
-        let slower = (c.time_per_sample() / best.time_per_sample() - 1.0) * 100.0;
+        let slower = (c.step_time_s / best.step_time_s - 1.0) * 100.0;
         let mut why = format!(
-            "{:.0}% slower per sample ({:.1} vs {:.1} samples/s)",
-            slower, c.samples_per_s, best.samples_per_s
+            "{:.0}% slower per optimizer step ({:.2} vs {:.2} s)",
+            slower, c.step_time_s, best.step_time_s
         );
         if c.strategy == Strategy::Fsdp && best.strategy == Strategy::Ddp {
             why.push_str("; FSDP pays all-gathers and reduce-scatters every micro-batch");
