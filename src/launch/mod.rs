@@ -1,2 +1,8 @@
 //! Command construction and supervision of torchrun.
-//! OWNER: launch helper.
+//! `command` is pure (plan -> argv + env); `supervisor` spawns, relays output and handles signals,
+//! with the Linux process-tree details in `process_tree`.
+
+pub mod command;
+pub mod log;
+mod process_tree;
+pub mod supervisor;
