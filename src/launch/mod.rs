@@ -1,4 +1,9 @@
 //! Command construction and supervision of torchrun.
-//! OWNER: launch helper.
+//! `command` is pure (plan -> argv + env); `supervisor` spawns, relays output and handles signals,
+//! with the Linux process-tree details in `process_tree`; `diagnosis` reads a failed run's log.
 
+pub mod command;
 pub mod diagnosis;
+pub mod log;
+mod process_tree;
+pub mod supervisor;

@@ -1,0 +1,306 @@
+//! Plan -> the exact torchrun argv and environment. Pure: the inherited environment and the
+//! host's CPU count are inputs (`Inherited`), so every case is a table test.
+//!
+//! The result is executed with an argv (never a shell); `display` only renders a copy-pasteable
+//! shell line for humans, with secrets masked.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::budget::Allocator;
+use crate::cluster::Topology;
+
+/// The allocator setting the launcher exports when the user chose none: it avoids the
+/// fragmentation the budget model would otherwise have to reserve for.
+pub const DEFAULT_ALLOC_CONF: &str = "expandable_segments:True";
+pub const ENV_ALLOC_CONF: &str = "PYTORCH_CUDA_ALLOC_CONF";
+pub const ENV_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+pub const ENV_DEVICE_ORDER: &str = "CUDA_DEVICE_ORDER";
+pub const ENV_UNBUFFERED: &str = "PYTHONUNBUFFERED";
+pub const ENV_OMP_THREADS: &str = "OMP_NUM_THREADS";
+pub const ENV_VRAM_CAP: &str = "VLA_LAUNCH_VRAM_CAP_BYTES";
+
+/// What the plan decided, in the terms torchrun needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub torchrun: PathBuf,
+    pub script: PathBuf,
+    pub workdir: PathBuf,
+    pub nproc_per_node: u32,
+    pub topology: Topology,
+    pub max_restarts: u32,
+    /// ("--name", value), already merged and ordered.
+    pub script_flags: Vec<(String, String)>,
+    /// Passed through last, unchanged.
+    pub extra_args: Vec<String>,
+    /// Profile env + planner env; later entries win.
+    pub env: Vec<(String, String)>,
+    pub cuda_visible_devices: Option<String>,
+    pub vram_cap_bytes: Option<u64>,
+}
+
+/// The parts of the launcher's own environment that change the command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inherited {
+    pub vars: BTreeMap<String, String>,
+    /// Logical CPUs of this host, to split between the ranks.
+    pub cpus: u32,
+}
+
+impl Inherited {
+    /// Reads the process environment and CPU count (the only I/O of this module).
+    pub fn from_process() -> Self {
+        Inherited {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        }
+    }
+}
+
+/// Where the effective `PYTORCH_CUDA_ALLOC_CONF` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocConfSource {
+    /// The launcher's default (`DEFAULT_ALLOC_CONF`).
+    Launcher,
+    /// The user's shell environment.
+    User,
+    /// The profile's or planner's env entries.
+    Profile,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AllocConf {
+    pub value: String,
+    pub source: AllocConfSource,
+}
+
+impl AllocConf {
+    /// The allocator the budget model must assume for this setting.
+    pub fn allocator(&self) -> Allocator {
+        allocator_for(&self.value)
+    }
+}
+
+/// `expandable_segments:True` anywhere in the comma list switches the allocator mode.
+pub fn allocator_for(conf: &str) -> Allocator {
+    let expandable = conf.split(',').any(|opt| {
+        let mut kv = opt.splitn(2, ':');
+        kv.next().map(str::trim) == Some("expandable_segments")
+            && kv.next().map(|v| v.trim().eq_ignore_ascii_case("true")) == Some(true)
+    });
+    if expandable {
+        Allocator::ExpandableSegments
+    } else {
+        Allocator::Default
+    }
+}
+
+/// The allocator setting torchrun's workers will see: profile env, else the user's, else ours.
+/// The planner calls this before planning, since the budget depends on it.
+pub fn effective_alloc_conf(profile_env: &[(String, String)], inherited: &Inherited) -> AllocConf {
+    if let Some((_, v)) = profile_env.iter().rev().find(|(k, _)| k == ENV_ALLOC_CONF) {
+        return AllocConf {
+            value: v.clone(),
+            source: AllocConfSource::Profile,
+        };
+    }
+    if let Some(v) = inherited.vars.get(ENV_ALLOC_CONF) {
+        return AllocConf {
+            value: v.clone(),
+            source: AllocConfSource::User,
+        };
+    }
+    AllocConf {
+        value: DEFAULT_ALLOC_CONF.into(),
+        source: AllocConfSource::Launcher,
+    }
+}
+
+/// What the supervisor executes: program + argv + env to set on top of the inherited one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Variables to set (the rest of the launcher's environment is inherited).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// The allocator setting in `env` and where it came from (the budget model depends on it).
+    pub alloc_conf: AllocConf,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("nproc_per_node is 0: the plan must use at least one GPU per node")]
+    NoProcesses,
+    #[error(
+        "topology has {nnodes} nodes but no rendezvous endpoint: set one (e.g. --rdzv-endpoint host:29500) or run inside a Slurm job"
+    )]
+    MissingRendezvous { nnodes: u32 },
+    #[error("node rank {node_rank} is out of range for {nnodes} nodes: use a rank in 0..{nnodes}")]
+    BadNodeRank { node_rank: u32, nnodes: u32 },
+    #[error("script flag {name:?} does not start with \"--\": write it as \"--{name}\"")]
+    BadFlagName { name: String },
+}
+
+/// Builds the torchrun argv and environment for `spec`.
+pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand, CommandError> {
+    if spec.nproc_per_node == 0 {
+        return Err(CommandError::NoProcesses);
+    }
+    let topo = &spec.topology;
+    if topo.nnodes == 0 || topo.node_rank >= topo.nnodes {
+        return Err(CommandError::BadNodeRank {
+            node_rank: topo.node_rank,
+            nnodes: topo.nnodes,
+        });
+    }
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| args.push(s.into());
+    if topo.nnodes == 1 {
+        // --standalone picks a free local port and a fresh rendezvous id: no collisions
+        // between two single-node runs on one host.
+        push("--standalone");
+        push("--nnodes");
+        push("1");
+        push("--nproc-per-node");
+        push(&spec.nproc_per_node.to_string());
+    } else {
+        let rdzv = topo
+            .rendezvous
+            .as_ref()
+            .ok_or(CommandError::MissingRendezvous {
+                nnodes: topo.nnodes,
+            })?;
+        push("--nnodes");
+        push(&topo.nnodes.to_string());
+        push("--nproc-per-node");
+        push(&spec.nproc_per_node.to_string());
+        push("--node-rank");
+        push(&topo.node_rank.to_string());
+        push("--rdzv-backend");
+        push(&rdzv.backend);
+        push("--rdzv-endpoint");
+        push(&rdzv.endpoint);
+        push("--rdzv-id");
+        push(&rdzv.id);
+        push("--max-restarts");
+        push(&spec.max_restarts.to_string());
+    }
+    args.push(spec.script.clone().into_os_string());
+    for (name, value) in &spec.script_flags {
+        if !name.starts_with("--") {
+            return Err(CommandError::BadFlagName { name: name.clone() });
+        }
+        args.push(name.into());
+        args.push(value.into());
+    }
+    args.extend(spec.extra_args.iter().map(OsString::from));
+
+    let alloc_conf = effective_alloc_conf(&spec.env, inherited);
+    let mut env = EnvList::default();
+    env.set(ENV_UNBUFFERED, "1");
+    if !inherited.vars.contains_key(ENV_OMP_THREADS) {
+        // torchrun would force 1 with a warning; a fair share of the cores keeps dataloading fast.
+        let per_rank = (inherited.cpus / spec.nproc_per_node).max(1);
+        env.set(ENV_OMP_THREADS, &per_rank.to_string());
+    }
+    if alloc_conf.source == AllocConfSource::Launcher {
+        env.set(ENV_ALLOC_CONF, &alloc_conf.value);
+    }
+    for (k, v) in &spec.env {
+        env.set(k, v);
+    }
+    // The plan's device choice is set last: a profile cannot silently move the run to other GPUs.
+    env.set(ENV_DEVICE_ORDER, "PCI_BUS_ID");
+    if let Some(devices) = &spec.cuda_visible_devices {
+        env.set(ENV_VISIBLE_DEVICES, devices);
+    }
+    if let Some(cap) = spec.vram_cap_bytes {
+        env.set(ENV_VRAM_CAP, &cap.to_string());
+    }
+    Ok(LaunchCommand {
+        program: spec.torchrun.clone(),
+        args,
+        env: env.0,
+        cwd: spec.workdir.clone(),
+        alloc_conf,
+    })
+}
+
+/// Ordered variables where setting a name again replaces its value in place.
+#[derive(Default)]
+struct EnvList(Vec<(String, String)>);
+
+impl EnvList {
+    fn set(&mut self, name: &str, value: &str) {
+        match self.0.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => self.0.push((name.to_string(), value.to_string())),
+        }
+    }
+}
+
+/// Whether a variable (or a `--flag` name) holds a credential that must never be printed or
+/// recorded. Matches by convention, so it errs towards masking.
+pub fn is_secret(name: &str) -> bool {
+    let upper = name.trim_start_matches('-').to_ascii_uppercase().replace('-', "_");
+    const SUFFIXES: &[&str] = &["_TOKEN", "_KEY", "_SECRET", "_CREDENTIALS", "_PASS"];
+    const EXACT: &[&str] = &["TOKEN", "SECRET", "API_KEY", "WANDB_API_KEY", "HF_TOKEN"];
+    const INFIXES: &[&str] = &["PASSWORD", "PASSWD", "SECRET", "ACCESS_KEY", "API_KEY"];
+    EXACT.contains(&upper.as_str())
+        || SUFFIXES.iter().any(|s| upper.ends_with(s))
+        || INFIXES.iter().any(|s| upper.contains(s))
+}
+
+pub const MASK: &str = "***";
+
+/// A copy-pasteable shell line (`cd DIR && VAR=... torchrun ...`) for humans and logs. Secret
+/// variables and the values of secret-named flags are shown as `***`. Never executed.
+pub fn display(cmd: &LaunchCommand) -> String {
+    let mut words: Vec<String> = vec![
+        "cd".into(),
+        shell_quote(&cmd.cwd.to_string_lossy()),
+        "&&".into(),
+    ];
+    for (k, v) in &cmd.env {
+        let shown = if is_secret(k) { MASK } else { v.as_str() };
+        words.push(format!("{k}={}", shell_quote(shown)));
+    }
+    words.push(shell_quote(&cmd.program.to_string_lossy()));
+    let mut mask_next = false;
+    for arg in &cmd.args {
+        let arg = arg.to_string_lossy();
+        if mask_next {
+            words.push(shell_quote(MASK));
+            mask_next = false;
+            continue;
+        }
+        match arg.split_once('=') {
+            Some((flag, _)) if flag.starts_with("--") && is_secret(flag) => {
+                words.push(format!("{}={}", shell_quote(flag), shell_quote(MASK)));
+            }
+            _ => {
+                mask_next = arg.starts_with("--") && is_secret(&arg);
+                words.push(shell_quote(&arg));
+            }
+        }
+    }
+    words.join(" ")
+}
+
+/// POSIX single-quote quoting; bare when every character is shell-inert.
+pub fn shell_quote(s: &str) -> String {
+    let inert = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !s.is_empty() && s.chars().all(inert) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! The run's log file: every byte of torchrun's stdout and stderr, one record per line with a
+//! UTC timestamp and the stream, written by its own thread so disk latency never stalls the relay.
+//!
+//! Record format (one file line each):
+//! `2026-11-27T08:50:01.123Z out |payload`  payload ends with `\n`, or with `\r` (a `\n` is
+//!                                          added after it so the file stays line-oriented)
+//! `2026-11-27T08:50:01.123Z out~|payload`  a piece cut without terminator (long line or end of
+//!                                          stream); the `\n` after it is not part of the stream
+//! `2026-11-27T08:50:01.123Z --- |message`  the launcher's own notes (signals sent, exit)
+//! Concatenating the payloads of one stream gives back its bytes exactly (`parse_stream`).
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest piece kept waiting for a terminator before it is written as a cut record.
+const MAX_PENDING: usize = 64 * 1024;
+const PREFIX_LEN: usize = 24 + 1 + 4 + 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+impl Stream {
+    fn tag(self, cut: bool) -> &'static str {
+        match (self, cut) {
+            (Stream::Out, false) => "out |",
+            (Stream::Out, true) => "out~|",
+            (Stream::Err, false) => "err |",
+            (Stream::Err, true) => "err~|",
+        }
+    }
+}
+
+enum Message {
+    Chunk(Stream, Arc<Vec<u8>>),
+    Note(String),
+}
+
+/// Handle to the log thread; cloneable senders feed it.
+pub struct LogWriter {
+    tx: mpsc::Sender<Message>,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+#[derive(Clone)]
+pub struct LogSender(mpsc::Sender<Message>);
+
+impl LogSender {
+    pub fn chunk(&self, stream: Stream, bytes: Arc<Vec<u8>>) {
+        // The receiver lives until `finish`; a send error means the log thread failed, which
+        // `finish` reports.
+        let _ = self.0.send(Message::Chunk(stream, bytes));
+    }
+    pub fn note(&self, text: impl Into<String>) {
+        let _ = self.0.send(Message::Note(text.into()));
+    }
+}
+
+impl LogWriter {
+    pub fn create(path: &Path) -> io::Result<LogWriter> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = File::create(path)?;
+        // Unbounded on purpose: the log must hold every byte, and blocking here would block the
+        // training's pipe; the disk is far faster than any training prints.
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("vla-launch-log".into())
+            .spawn(move || write_loop(file, rx))?;
+        Ok(LogWriter { tx, thread })
+    }
+
+    pub fn sender(&self) -> LogSender {
+        LogSender(self.tx.clone())
+    }
+
+    /// Writes what is pending (cut records included), flushes and closes the file.
+    pub fn finish(self) -> io::Result<()> {
+        drop(self.tx);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("log thread panicked")))
+    }
+}
+
+fn write_loop(file: File, rx: mpsc::Receiver<Message>) -> io::Result<()> {
+    let mut out = RecordWriter::new(BufWriter::with_capacity(256 * 1024, file));
+    for msg in rx {
+        match msg {
+            Message::Chunk(stream, bytes) => out.chunk(stream, &bytes)?,
+            Message::Note(text) => out.note(&text)?,
+        }
+    }
+    out.finish()
+}
+
+struct Pending {
+    bytes: Vec<u8>,
+    stamp: [u8; 24],
+}
+
+/// Splits chunks into records; generic over the sink so tests run it in memory.
+struct RecordWriter<W: Write> {
+    out: W,
+    clock: Clock,
+    pending: [Option<Pending>; 2],
+}
+
+impl<W: Write> RecordWriter<W> {
+    fn new(out: W) -> Self {
+        RecordWriter {
+            out,
+            clock: Clock::default(),
+            pending: [None, None],
+        }
+    }
+
+    fn chunk(&mut self, stream: Stream, mut bytes: &[u8]) -> io::Result<()> {
+        let slot = stream as usize;
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) {
+            let (line, rest) = bytes.split_at(end + 1);
+            bytes = rest;
+            match self.pending[slot].take() {
+                Some(mut p) => {
+                    p.bytes.extend_from_slice(line);
+                    self.record(&p.stamp, stream.tag(false), &p.bytes)?;
+                }
+                None => {
+                    let stamp = self.clock.now();
+                    self.record(&stamp, stream.tag(false), line)?;
+                }
+            }
+        }
+        if !bytes.is_empty() {
+            let stamp = self.clock.now();
+            let p = self.pending[slot].get_or_insert_with(|| Pending {
+                bytes: Vec::new(),
+                stamp,
+            });
+            p.bytes.extend_from_slice(bytes);
+            if p.bytes.len() >= MAX_PENDING {
+                self.cut(stream)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self, stream: Stream) -> io::Result<()> {
+        if let Some(p) = self.pending[stream as usize].take() {
+            self.record(&p.stamp, stream.tag(true), &p.bytes)?;
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, text: &str) -> io::Result<()> {
+        let stamp = self.clock.now();
+        for line in text.lines() {
+            self.out.write_all(&stamp)?;
+            self.out.write_all(b" --- |")?;
+            self.out.write_all(line.as_bytes())?;
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, stamp: &[u8; 24], tag: &str, payload: &[u8]) -> io::Result<()> {
+        self.out.write_all(stamp)?;
+        self.out.write_all(b" ")?;
+        self.out.write_all(tag.as_bytes())?;
+        self.out.write_all(payload)?;
+        if payload.last() != Some(&b'\n') {
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.cut(Stream::Out)?;
+        self.cut(Stream::Err)?;
+        self.out.flush()
+    }
+}
+
+/// Formats the wall clock once per millisecond at most (a log line per tqdm update is common).
+#[derive(Default)]
+struct Clock {
+    last_ms: u128,
+    text: [u8; 24],
+}
+
+impl Clock {
+    fn now(&mut self) -> [u8; 24] {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if ms != self.last_ms || self.text[0] == 0 {
+            self.last_ms = ms;
+            self.text = format_utc_millis(ms);
+        }
+        self.text
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch (proleptic Gregorian).
+fn format_utc_millis(ms: u128) -> [u8; 24] {
+    let secs = (ms / 1000) as i64;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let s = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        ms % 1000
+    );
+    let mut out = [b'?'; 24];
+    let n = s.len().min(24);
+    out[..n].copy_from_slice(&s.as_bytes()[..n]);
+    out
+}
+
+/// Days since 1970-01-01 -> (year, month, day), after H. Hinnant's published civil calendar
+/// algorithm (eras of 400 years starting on March 1st).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Rebuilds the exact bytes of one stream from a log file's contents (for tests and tools).
+pub fn parse_stream(log: &[u8], stream: Stream) -> Vec<u8> {
+    let (whole, cut) = (stream.tag(false).as_bytes(), stream.tag(true).as_bytes());
+    let mut out = Vec::new();
+    for line in log.split_inclusive(|&b| b == b'\n') {
+        if line.len() < PREFIX_LEN {
+            continue;
+        }
+        let (tag, payload) = line[25..].split_at(5);
+        if tag == whole {
+            // A `\r` record carries an added `\n`; a `\n` record's `\n` is its own.
+            let own_cr = payload.len() >= 2 && payload[payload.len() - 2] == b'\r';
+            out.extend_from_slice(if own_cr { &payload[..payload.len() - 1] } else { payload });
+        } else if tag == cut {
+            out.extend_from_slice(&payload[..payload.len() - 1]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_bytes(chunks: &[(Stream, &[u8])]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        {
+            let mut w = RecordWriter::new(&mut buf);
+            for (s, c) in chunks {
+                w.chunk(*s, c).unwrap();
+            }
+            w.note("a note\nover two lines").unwrap();
+            w.finish().unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn streams_round_trip_exactly() {
+        let long = vec![b'x'; MAX_PENDING + 10];
+        let cases: Vec<Vec<(Stream, &[u8])>> = vec![
+            vec![(Stream::Out, b"hello\nworld\n")],
+            vec![(Stream::Out, b" 10%|#\r 20%|##\r"), (Stream::Out, b"\r\n done\n")],
+            vec![(Stream::Out, b"par"), (Stream::Err, b"error line\n"), (Stream::Out, b"tial\n")],
+            vec![(Stream::Err, b"no terminator at the end")],
+            vec![(Stream::Out, &long), (Stream::Out, b"end\n")],
+            vec![(Stream::Out, b"\n\n\r\r"), (Stream::Err, b"\r")],
+            vec![(Stream::Out, b"bin\x00\xff\xfe\n")],
+        ];
+        for (i, chunks) in cases.iter().enumerate() {
+            let log = render_bytes(chunks);
+            for stream in [Stream::Out, Stream::Err] {
+                let want: Vec<u8> = chunks
+                    .iter()
+                    .filter(|(s, _)| *s == stream)
+                    .flat_map(|(_, c)| c.iter().copied())
+                    .collect();
+                assert_eq!(parse_stream(&log, stream), want, "case {i} {stream:?}");
+            }
+            for line in log.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                assert!(line.len() >= PREFIX_LEN && line[23] == b'Z', "case {i}: {line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_terminator_starts_a_record() {
+        let log = render_bytes(&[(Stream::Out, b" 1%\r 2%\r 3%\n")]);
+        let text = String::from_utf8(log).unwrap();
+        let records: Vec<&str> = text.lines().map(|l| &l[25..]).collect();
+        assert_eq!(
+            records,
+            ["out | 1%\r", "out | 2%\r", "out | 3%", "--- |a note", "--- |over two lines"]
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_123, "2000-02-29T00:00:00.123Z"),
+            (1_795_768_201_999, "2026-11-27T08:30:01.999Z"),
+            (4_107_542_399_000, "2100-02-28T23:59:59.000Z"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(std::str::from_utf8(&format_utc_millis(ms)).unwrap(), want);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The supervisor against a fake torchrun (tests/fixtures/fake_torchrun): argv and environment
+//! exactness, exit codes, byte-exact relay and log, and shutdown that leaves no process behind.
+
+mod supervisor_support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use supervisor_support::{Fixture, alive, assert_all_dead};
+use vla_launch::launch::log::{Stream, parse_stream};
+
+fn recorded(fx: &Fixture) -> serde_json::Value {
+    serde_json::from_slice(&fx.read("record.json")).unwrap()
+}
+
+fn flags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
+    let aloha = flags(&[
+        ("--vla_path", "openvla/openvla-7b"),
+        ("--data_root_dir", "/data/rlds"),
+        ("--dataset_name", "aloha1_put_X_into_pot_300_demos"),
+        ("--use_l1_regression", "True"),
+        ("--use_film", "True"),
+        ("--num_images_in_input", "3"),
+        ("--use_proprio", "True"),
+        ("--batch_size", "4"),
+        ("--grad_accumulation_steps", "2"),
+        ("--lora_rank", "32"),
+        ("--run_id_note", "parallel_dec--25_acts_chunk--continuous_acts--L1_regression"),
+    ]);
+    let libero = flags(&[
+        ("--dataset_name", "libero_spatial_no_noops"),
+        ("--num_images_in_input", "2"),
+        ("--batch_size", "8"),
+        ("--use_fsdp", "True"),
+        ("--gradient_checkpointing", "True"),
+    ]);
+    let hostile = flags(&[
+        ("--run_id_note", "two words; rm -rf / && echo $(id) `id` \"dq\" 'sq' \\ * ?"),
+        ("--wandb_entity", ""),
+        ("--note", "line1\nline2\ttab"),
+    ]);
+    let extra = vec!["--wandb_project".to_string(), "my proj;$HOME".to_string()];
+    for (name, script_flags) in [("aloha", aloha), ("libero", libero), ("hostile", hostile)] {
+        let fx = Fixture::with_spec(&[], |s| {
+            s.script_flags = script_flags.clone();
+            s.extra_args = extra.clone();
+            s.nproc_per_node = 2;
+            s.env = vec![("HF_TOKEN".into(), "hf_secret value".into())];
+        });
+        let record_path = fx.path("record.json");
+        let mut cmd = fx.cmd.clone();
+        cmd.env.push(("FAKE_RECORD".into(), record_path.to_string_lossy().into()));
+        let opts = fx.options(Duration::from_secs(5));
+        let outcome = vla_launch::launch::supervisor::run_blocking(&cmd, &opts).unwrap();
+        assert_eq!(outcome.exit_code, 0, "{name}");
+        let rec = recorded(&fx);
+        let mut want: Vec<String> =
+            ["--standalone", "--nnodes", "1", "--nproc-per-node", "2", "vla-scripts/finetune.py"]
+                .map(String::from)
+                .to_vec();
+        for (k, v) in &script_flags {
+            want.push(k.clone());
+            want.push(v.clone());
+        }
+        want.extend(extra.iter().cloned());
+        let got: Vec<String> = serde_json::from_value(rec["argv"].clone()).unwrap();
+        assert_eq!(got, want, "{name}");
+        let env = &rec["env"];
+        assert_eq!(env["HF_TOKEN"], "hf_secret value", "{name}: secrets are passed");
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], "GPU-test");
+        assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
+        assert_eq!(env["PYTHONUNBUFFERED"], "1");
+        assert!(env["VLA_LAUNCH_RUN"].is_string(), "{name}: run marker set");
+        assert_eq!(rec["cwd"], fx.dir.path().canonicalize().unwrap().to_string_lossy().as_ref());
+        let log = String::from_utf8_lossy(&fx.read("run.log")).into_owned();
+        assert!(!log.contains("hf_secret"), "{name}: the log never holds a secret");
+        assert!(log.contains("HF_TOKEN='***'"), "{name}: {log}");
+    }
+}
+
+#[test]
+fn exit_codes_are_torchruns_or_128_plus_signal() {
+    // (fake env, exit_code, signal, launcher exit status per design.md)
+    let cases: [(&[(&str, &str)], i32, Option<i32>, i32); 5] = [
+        (&[], 0, None, 0),
+        (&[("FAKE_EXIT", "1")], 1, None, 1),
+        (&[("FAKE_EXIT", "42")], 42, None, 1),
+        (&[("FAKE_EXIT_SIGNAL", "9")], 137, Some(9), 137),
+        (&[("FAKE_EXIT_SIGNAL", "15")], 143, Some(15), 143),
+    ];
+    for (env, code, signal, status) in cases {
+        let fx = Fixture::new(env);
+        let o = fx.run(Duration::from_secs(5));
+        assert_eq!((o.exit_code, o.signal, o.process_exit_code()), (code, signal, status), "{env:?}");
+        assert_eq!(o.interrupted_by, None);
+        let summary = vla_launch::launch::supervisor::summary_line(&o);
+        assert!(summary.contains(&fx.path("run.log").display().to_string()), "{summary}");
+    }
+}
+
+fn progress_bytes(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.extend_from_slice(format!("\r{i:3}%|{:10}| {i}/100", "#".repeat(i / 10)).as_bytes());
+    }
+    out.push(b'\n');
+    out
+}
+
+#[test]
+fn carriage_returns_arrive_unchanged_and_stderr_is_kept_apart() {
+    let fx = Fixture::new(&[("FAKE_PROGRESS", "100"), ("FAKE_STDERR", "warn: x\r\nno newline")]);
+    let o = fx.run(Duration::from_secs(5));
+    assert_eq!(o.exit_code, 0);
+    let want = progress_bytes(100);
+    assert_eq!(fx.read("stdout"), want);
+    assert_eq!(fx.read("stderr"), b"warn: x\r\nno newline");
+    let log = fx.read("run.log");
+    assert_eq!(parse_stream(&log, Stream::Out), want);
+    assert_eq!(parse_stream(&log, Stream::Err), b"warn: x\r\nno newline");
+    // One timestamped record per `\r`-terminated update.
+    let records = log.split(|&b| b == b'\n').filter(|l| l.len() > 25 && &l[25..30] == b"out |").count();
+    assert_eq!(records, 101);
+}
+
+#[test]
+fn hundred_megabytes_reach_the_terminal_and_the_log_byte_for_byte() {
+    let fx = Fixture::new(&[("FAKE_OUTPUT_MB", "100")]);
+    let o = fx.run(Duration::from_secs(5));
+    assert_eq!(o.exit_code, 0);
+    let block: Vec<u8> = (0..4096 * 16).flat_map(|i| format!("{i:08} {}\n", "x".repeat(70)).into_bytes()).collect();
+    let total = 100 << 20;
+    let want: Vec<u8> = block.iter().copied().cycle().take(total).collect();
+    let stdout = fx.read("stdout");
+    assert_eq!(stdout.len() as u64 + o.terminal_dropped_bytes, total as u64);
+    if o.terminal_dropped_bytes == 0 {
+        assert!(stdout == want, "terminal copy differs");
+    }
+    assert!(parse_stream(&fx.read("run.log"), Stream::Out) == want, "log differs");
+}
+
+/// Each stop scenario: the signal, how the fake torchrun reacts, how its children react.
+#[test]
+fn stop_signals_leave_no_process_alive_within_grace_plus_one_second() {
+    let grace = Duration::from_millis(1500);
+    let cases = [
+        (Signal::SIGINT, "exit", "", false),
+        (Signal::SIGTERM, "slow:0.5", "", false),
+        (Signal::SIGTERM, "exit", "ignore", false),
+        (Signal::SIGINT, "ignore", "ignore", true),
+        (Signal::SIGTERM, "ignore", "ignore", true),
+        (Signal::SIGHUP, "ignore", "", true),
+    ];
+    for (sig, on_stop, child_term, force) in cases {
+        let fx = Fixture::new(&[
+            ("FAKE_ON_STOP", on_stop),
+            ("FAKE_CHILD_TERM", child_term),
+            ("FAKE_WORKERS", "2"),
+            ("FAKE_ORPHANS", "2"),
+            ("FAKE_SLEEP", "60"),
+        ]);
+        let (signals, thread) = fx.start(fx.options(grace));
+        let pids = fx.wait_ready();
+        assert_eq!(pids.len(), 5);
+        let sent = Instant::now();
+        signals.send(sig);
+        let o = thread.join().unwrap().unwrap();
+        let took = sent.elapsed();
+        let case = format!("{sig} on_stop={on_stop} children={child_term:?}");
+        assert_all_dead(&pids, &case);
+        assert!(took <= grace + Duration::from_secs(1), "{case}: took {took:?}");
+        assert_eq!(o.interrupted_by, Some(sig as i32), "{case}");
+        assert_eq!(o.force_killed, force, "{case}");
+        assert_eq!(o.process_exit_code(), 128 + sig as i32, "{case}");
+    }
+}
+
+#[test]
+fn second_stop_signal_kills_at_once() {
+    let fx = Fixture::new(&[
+        ("FAKE_ON_STOP", "ignore"),
+        ("FAKE_CHILD_TERM", "ignore"),
+        ("FAKE_ORPHANS", "1"),
+        ("FAKE_SLEEP", "60"),
+    ]);
+    let (signals, thread) = fx.start(fx.options(Duration::from_secs(60)));
+    let pids = fx.wait_ready();
+    signals.send(Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pids.iter().all(|&p| alive(p)), "one SIGINT is not a kill");
+    let second = Instant::now();
+    signals.send(Signal::SIGINT);
+    let o = thread.join().unwrap().unwrap();
+    assert!(second.elapsed() < Duration::from_secs(1), "{:?}", second.elapsed());
+    assert_all_dead(&pids, "after the second SIGINT");
+    assert!(o.force_killed);
+    assert_eq!(o.signal, Some(9));
+}
+
+#[test]
+fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() {
+    for child_term in ["", "ignore"] {
+        let fx = Fixture::new(&[("FAKE_ORPHANS", "2"), ("FAKE_WORKERS", "1"), ("FAKE_CHILD_TERM", child_term)]);
+        let start = Instant::now();
+        let o = fx.run(Duration::from_secs(5));
+        let pids = fx.pids();
+        assert_all_dead(&pids, child_term);
+        assert_eq!(o.exit_code, 0);
+        assert_eq!(o.leftover_processes, 3, "{child_term:?}");
+        // orphan grace (0.3 s) + leak timeout (0.5 s) + python start-up, far below forever.
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    }
+}
+
+#[test]
+fn sigusr1_reaches_the_workers_not_torchrun() {
+    let scratch = tempfile::tempdir().unwrap();
+    let usr1 = scratch.path().join("usr1");
+    let fx = Fixture::new(&[
+        ("FAKE_WORKERS", "2"),
+        ("FAKE_USR1_FILE", usr1.to_str().unwrap()),
+        ("FAKE_SLEEP", "1.5"),
+    ]);
+    let (signals, thread) = fx.start(fx.options(Duration::from_secs(5)));
+    let pids = fx.wait_ready();
+    signals.send(Signal::SIGUSR1);
+    let o = thread.join().unwrap().unwrap();
+    // torchrun's default SIGUSR1 action would have killed it (exit 138).
+    assert_eq!((o.exit_code, o.interrupted_by), (0, None));
+    let mut got: Vec<i32> = std::fs::read_to_string(&usr1)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_start_matches("usr1 ").parse().unwrap())
+        .collect();
+    got.sort();
+    let mut workers = pids[1..3].to_vec(); // pids[0] is the fake torchrun
+    workers.sort();
+    assert_eq!(got, workers);
+    assert_all_dead(&pids, "after exit");
+}
