@@ -6,9 +6,11 @@
 
 pub mod budget;
 pub mod cluster;
+pub mod doctor;
 pub mod gpu;
 pub mod launch;
 pub mod model;
 pub mod plan;
 pub mod profile;
+pub mod script_caps;
 pub mod units;
