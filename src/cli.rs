@@ -192,6 +192,11 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 
+    /// Launch a fully pinned configuration even though the plan says it does not fit (to see
+    /// the failure for yourself); needs --strategy, --batch-size, --grad-accum and --checkpointing.
+    #[arg(long)]
+    pub force: bool,
+
     /// Extra arguments passed to the training script, last.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]
     pub extra: Vec<String>,

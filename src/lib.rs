@@ -5,8 +5,6 @@
 //! `model`, `budget` and `plan` are pure (no I/O, no clock).
 
 pub mod app;
-pub mod doctor;
-pub mod script_caps;
 pub mod budget;
 pub mod cli;
 pub mod cluster;
@@ -14,6 +12,7 @@ pub mod doctor;
 pub mod gpu;
 pub mod launch;
 pub mod model;
+pub mod monitor;
 pub mod plan;
 pub mod profile;
 pub mod script_caps;

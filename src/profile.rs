@@ -339,6 +339,7 @@ fn explain_serde(msg: &str) -> String {
         None => msg,
     };
     msg.replace("invalid value: integer `-", "negative value `-")
+        .replace("invalid type: integer `-", "negative value `-")
         .replace("expected u32", "expected a positive whole number")
 }
 

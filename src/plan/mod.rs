@@ -51,7 +51,7 @@ pub struct Pins {
 }
 
 impl Pins {
-    fn all_pinned(&self) -> bool {
+    pub fn all_pinned(&self) -> bool {
         self.strategy.is_some()
             && self.batch_size.is_some()
             && self.grad_accum.is_some()

@@ -1,0 +1,370 @@
+//! End-to-end tests of the real binary: profiles, plan output, exit codes, the launch form with a
+//! fake torchrun. Runs on machines without a GPU or NVML (CI).
+
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn bin() -> Command {
+    let mut c = Command::cargo_bin("vla-launch").unwrap();
+    // A clean, predictable environment: no user profiles, no inherited planning variables.
+    c.env_remove("VLA_LAUNCH_GPUS")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .env_remove("SLURM_JOB_ID")
+        .env_remove("SLURM_NNODES")
+        .env_remove("MASTER_ADDR")
+        .env_remove("NNODES")
+        .env_remove("NODE_RANK")
+        .env_remove("PYTORCH_CUDA_ALLOC_CONF")
+        .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
+        .env("RUST_LOG", "vla_launch=warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/profiles/{name}")
+}
+
+fn has_nvidia_driver() -> bool {
+    StdCommand::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Each broken profile exits 2 with one message that names the place and the fix.
+#[test]
+fn broken_profiles_exit_2_naming_the_place() {
+    let cases: &[(&str, &[&str])] = &[
+        ("syntax-error.yaml", &["syntax-error.yaml:5", "expected"]),
+        ("unknown-field.yaml", &["unknown-field.yaml:6", "planing", "expected one of"]),
+        ("wrong-type.yaml", &["wrong-type.yaml:5", "num_images_in_input", "positive whole number"]),
+        ("negative-batch.yaml", &["negative-batch.yaml:6", "batch_size", "negative value `-2`"]),
+        ("unknown-preset.yaml", &["unknown-preset.yaml:4", "openvla-13b", "valid: openvla-7b"]),
+        ("empty.yaml", &["empty.yaml", "empty", "script:"]),
+        ("a-directory.yaml", &["a-directory.yaml", "directory"]),
+        ("zero-images.yaml", &["zero-images.yaml:5", "num_images_in_input"]),
+        ("planner-flag.yaml", &["planner-flag.yaml:5", "chosen by the planner", "--batch-size"]),
+        ("bad-bool.yaml", &["bad-bool.yaml:5", "use_film", "true or false"]),
+    ];
+    for (file, needles) in cases {
+        let out = bin()
+            .args(["plan", "--gpus", "1xh100", "--profile", &fixture(file)])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{file}: one message expected:\n{stderr}");
+        for n in *needles {
+            assert!(errors[0].contains(n), "{file}: {n:?} missing from: {}", errors[0]);
+        }
+    }
+}
+
+#[test]
+fn unknown_profile_lists_where_it_looked() {
+    bin()
+        .args(["plan", "--gpus", "1xh100", "--profile", "alhoa"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("profile 'alhoa' not found").and(predicate::str::contains("aloha")));
+}
+
+#[test]
+fn missing_env_placeholder_warns_in_plan_and_refuses_a_launch() {
+    bin()
+        .args(["plan", "--gpus", "1xh100", "--profile", &fixture("missing-env.yaml")])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("${VLA_TEST_SURELY_UNSET_ROOT}"))
+        .stderr(predicate::str::contains("VLA_TEST_SURELY_UNSET_ROOT"));
+    bin()
+        .args(["--gpus", "1xh100", "--torchrun", "/bin/true", "--profile", &fixture("missing-env.yaml")])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("VLA_TEST_SURELY_UNSET_ROOT")
+                .and(predicate::str::contains("train.data_root_dir")),
+        );
+}
+
+#[test]
+fn bad_override_exits_2() {
+    bin()
+        .args(["plan", "--gpus", "1xh100", "--profile", "aloha", "--set", "train.lora_rank=-3"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("lora_rank"));
+}
+
+const DESIGN_KEYS: &[&str] = &[
+    "profile",
+    "feasible",
+    "strategy",
+    "gradient_checkpointing",
+    "batch_size",
+    "grad_accumulation_steps",
+    "nproc_per_node",
+    "nnodes",
+    "global_batch",
+    "predicted_peak_bytes",
+    "usable_bytes",
+    "budget",
+    "params",
+    "gpus",
+    "command",
+    "alternatives",
+    "reasons",
+];
+
+fn plan_json(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = bin().args(["plan", "--json"]).args(args).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code(), v)
+}
+
+#[test]
+fn plan_json_has_every_design_key_and_consistent_budget() {
+    let (code, v) = plan_json(&["--profile", "aloha", "--gpus", "4xrtx4090"]);
+    assert_eq!(code, Some(0), "{v}");
+    for k in DESIGN_KEYS {
+        assert!(v.get(k).is_some(), "missing key {k}");
+    }
+    for k in ["weights", "gradients", "optimizer", "activations", "overhead"] {
+        assert!(v["budget"][k].is_u64(), "budget.{k}");
+    }
+    let sum: u64 = v["budget"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|x| x.as_u64())
+        .sum();
+    assert_eq!(sum, v["predicted_peak_bytes"].as_u64().unwrap(), "budget terms sum to the peak");
+    assert_eq!(v["params"]["total"], 8_393_794_510u64);
+    assert_eq!(v["params"]["trainable"], 852_557_326u64);
+    assert_eq!(v["gpus"].as_array().unwrap().len(), 4);
+    assert!(v["gpus"][0]["uuid"].is_string() && v["gpus"][0]["total_bytes"].is_u64());
+    let g = v["global_batch"].as_u64().unwrap();
+    let product = v["batch_size"].as_u64().unwrap()
+        * v["nproc_per_node"].as_u64().unwrap()
+        * v["nnodes"].as_u64().unwrap()
+        * v["grad_accumulation_steps"].as_u64().unwrap();
+    assert_eq!(g, product);
+    assert!(g >= 16);
+}
+
+#[test]
+fn infeasible_plan_exits_3_with_levers() {
+    let (code, v) = plan_json(&["--profile", "aloha", "--gpus", "1xrtx4090"]);
+    assert_eq!(code, Some(3));
+    assert_eq!(v["feasible"], false);
+    assert!(!v["levers"].as_array().unwrap().is_empty());
+    assert!(v["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("nothing fits")));
+}
+
+#[test]
+fn fully_pinned_plan_prints_the_prediction_even_when_it_does_not_fit() {
+    // The seed's configuration: ALOHA on one RTX 4090, DDP, batch 2.
+    let (code, v) = plan_json(&[
+        "--profile", "aloha", "--gpus", "1xrtx4090", "--strategy", "ddp", "--batch-size", "2",
+        "--grad-accum", "8", "--checkpointing", "off",
+    ]);
+    assert_eq!(code, Some(3));
+    assert_eq!(v["feasible"], false);
+    let peak = v["predicted_peak_bytes"].as_u64().unwrap() as f64 / (1u64 << 30) as f64;
+    assert!(peak > 40.0, "{peak}");
+    // The real static total: weights + gradient buckets + Adam states, ~23.9 GiB.
+    let b = &v["budget"];
+    let static_gib = (b["weights"].as_u64().unwrap() + b["gradients"].as_u64().unwrap()
+        + b["optimizer"].as_u64().unwrap()) as f64
+        / (1u64 << 30) as f64;
+    assert!((static_gib - 23.94).abs() < 0.3, "{static_gib}");
+}
+
+const OFFICIAL_ALOHA_FLAGS: &[(&str, &str)] = &[
+    ("--vla_path", "openvla/openvla-7b"),
+    ("--dataset_name", "aloha1_put_X_into_pot_300_demos"),
+    ("--use_l1_regression", "True"),
+    ("--use_diffusion", "False"),
+    ("--use_film", "True"),
+    ("--num_images_in_input", "3"),
+    ("--use_proprio", "True"),
+    ("--learning_rate", "0.0005"),
+    ("--num_steps_before_decay", "50000"),
+    ("--max_steps", "100005"),
+    ("--use_val_set", "True"),
+    ("--val_freq", "10000"),
+    ("--save_freq", "10000"),
+    ("--save_latest_checkpoint_only", "False"),
+    ("--image_aug", "True"),
+    ("--lora_rank", "32"),
+    (
+        "--run_id_note",
+        "parallel_dec--25_acts_chunk--continuous_acts--L1_regression--3rd_person_img--left_right_wrist_imgs--proprio_state--film",
+    ),
+];
+
+#[test]
+fn dry_run_prints_the_official_aloha_command_with_the_planners_values() {
+    let out = bin()
+        .args(["--profile", "aloha", "--dry-run", "--gpus", "8xh100"])
+        .env("VLA_DATA_ROOT", "/data/rlds")
+        .env("VLA_RUN_ROOT", "/runs")
+        .env("WANDB_ENTITY", "lab")
+        .env("WANDB_PROJECT", "aloha")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains("torchrun")).expect("a torchrun line");
+    assert!(line.contains("--standalone --nnodes 1 --nproc-per-node 8 vla-scripts/finetune.py"), "{line}");
+    for (flag, value) in OFFICIAL_ALOHA_FLAGS {
+        assert!(line.contains(&format!("{flag} {value}")), "{flag} {value} missing: {line}");
+    }
+    for (flag, value) in [
+        ("--data_root_dir", "/data/rlds"),
+        ("--run_root_dir", "/runs"),
+        ("--wandb_entity", "lab"),
+        ("--wandb_project", "aloha"),
+        ("--batch_size", "2"),
+        ("--grad_accumulation_steps", "1"),
+        ("--use_fsdp", "False"),
+        ("--gradient_checkpointing", "False"),
+    ] {
+        assert!(line.contains(&format!("{flag} {value}")), "{flag} {value} missing: {line}");
+    }
+}
+
+#[test]
+fn without_a_driver_nvml_commands_exit_4_with_one_sentence() {
+    if has_nvidia_driver() {
+        return; // the sentence is for machines without the NVIDIA driver
+    }
+    const SENTENCE: &str =
+        "NVML not found: no NVIDIA driver on this machine; use --gpus to plan for other GPUs";
+    for args in [
+        vec!["gpus"],
+        vec!["gpus", "--json"],
+        vec!["plan", "--profile", "aloha"],
+        vec!["--profile", "aloha"],
+    ] {
+        bin().args(&args).assert().code(4).stderr(predicate::str::contains(SENTENCE));
+    }
+}
+
+#[test]
+fn malformed_gpus_spec_exits_2_naming_the_bad_part() {
+    bin()
+        .args(["plan", "--profile", "aloha", "--gpus", "4xrtx4090,2xbanana"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("banana"));
+}
+
+#[test]
+fn profiles_lists_built_in_and_local_ones() {
+    bin()
+        .arg("profiles")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("aloha")
+                .and(predicate::str::contains("libero"))
+                .and(predicate::str::contains("bridge"))
+                .and(predicate::str::contains("launch-profiles/aloha.yaml")),
+        );
+}
+
+#[test]
+fn profile_works_from_any_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .current_dir(dir.path())
+        .args(["plan", "--profile", "aloha", "--gpus", "1xh100"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Plan for profile 'aloha'"));
+}
+
+#[test]
+fn help_of_every_command_reads_well_and_has_an_example() {
+    for args in [vec!["--help"], vec!["plan", "--help"], vec!["gpus", "--help"], vec!["doctor", "--help"]] {
+        bin()
+            .args(&args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Example"));
+    }
+}
+
+#[test]
+fn completions_are_generated() {
+    bin()
+        .args(["completions", "bash"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("vla-launch"));
+}
+
+fn fake_torchrun() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_torchrun")
+}
+
+/// The whole launch path against a fake torchrun: argv, environment, exit code, log and record.
+#[test]
+fn launch_runs_torchrun_with_the_plan_and_returns_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.json");
+    let hostile = "it's a \"test\"; $(rm -rf /) `x` & done";
+    let out = bin()
+        .args(["--profile", "aloha", "--gpus", "2xh100", "--torchrun"])
+        .arg(fake_torchrun())
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .args(["--", "--run_id_note", hostile])
+        .env("VLA_DATA_ROOT", "/data")
+        .env("VLA_RUN_ROOT", dir.path())
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .env("WANDB_API_KEY", "sekrit-value")
+        .env("FAKE_RECORD", &record)
+        .env("FAKE_PROGRESS", "5")
+        .env("FAKE_EXIT", "7")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "training failure exits 1: {stderr}");
+    assert!(!stderr.contains("sekrit-value"));
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let argv: Vec<String> = rec["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(argv.last().unwrap(), hostile, "a hostile value arrives as one literal argument");
+    let pos = |f: &str| argv.iter().position(|a| a == f).unwrap_or_else(|| panic!("{f} in {argv:?}"));
+    assert_eq!(argv[pos("--nproc-per-node") + 1], "2");
+    assert_eq!(argv[pos("--batch_size") + 1], "8");
+    assert_eq!(argv[pos("--data_root_dir") + 1], "/data");
+    assert_eq!(rec["env"]["WANDB_API_KEY"], "sekrit-value", "secrets are passed to the script");
+    assert_eq!(rec["env"]["PYTORCH_CUDA_ALLOC_CONF"], "expandable_segments:True");
+    assert_eq!(rec["env"]["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
+    // The run record: plan, argv, environment with secrets redacted, and the outcome.
+    let logs = dir.path().join("logs");
+    let plan_file = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("plan-"))
+        .expect("a plan record")
+        .path();
+    let text = std::fs::read_to_string(&plan_file).unwrap();
+    assert!(!text.contains("sekrit-value"), "secrets never recorded");
+    let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(plan["outcome"]["exit_code"], 7);
+}
