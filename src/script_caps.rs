@@ -129,10 +129,23 @@ impl CommandRunner for SystemRunner {
         if let Some(dir) = workdir {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        })?;
+        // ETXTBSY: a just-written executable can be briefly held open by another thread's
+        // fork; it clears within milliseconds.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => {
+                    break other.map_err(|source| RunError::Spawn {
+                        program: program.to_path_buf(),
+                        source,
+                    })?;
+                }
+            }
+        };
         let (tx, rx) = mpsc::channel();
         for (is_stdout, pipe) in [
             (
@@ -532,5 +545,45 @@ options:
             )
             .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/python"), "{e}");
+    }
+
+    #[test]
+    fn probe_runs_python_with_the_script_in_its_workdir() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("vla-scripts")).unwrap();
+        std::fs::write(dir.path().join("vla-scripts/finetune.py"), "").unwrap();
+        // A stand-in interpreter: prints the help only when given the script (relative to its
+        // working directory) and --help, as the real Python would.
+        let python = dir.path().join("python");
+        std::fs::write(
+            &python,
+            "#!/bin/sh\n[ -f \"$1\" ] && [ \"$2\" = --help ] || { echo \"bad argv: $*\" >&2; exit 9; }\ncat <<'EOF'\nusage: finetune.py [-h] [--batch_size int] [--use_fsdp bool]\nEOF\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let caps = probe(
+            &python,
+            Path::new("vla-scripts/finetune.py"),
+            dir.path(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(
+            caps.flags,
+            ["batch_size", "use_fsdp"].map(String::from).into()
+        );
+        let e = probe(
+            &python,
+            Path::new("missing.py"),
+            dir.path(),
+            Duration::from_secs(10),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("exited with code 9")
+                && e.to_string().contains("bad argv: missing.py --help"),
+            "{e}"
+        );
     }
 }

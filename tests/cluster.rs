@@ -214,6 +214,7 @@ fn in_slurm_world_size_is_not_read_as_nodes() {
     env.push(("MASTER_ADDR", "gpu07".into()));
     let t = topo(&as_refs(&env), &TopologyFlags::default()).unwrap();
     assert_eq!((t.nnodes, t.node_rank), (4, 2));
+    assert_eq!(t.source, "slurm job 123456");
     // MASTER_ADDR given without MASTER_PORT: the job's derived port.
     assert_eq!(
         t.rendezvous.unwrap().endpoint,

@@ -322,9 +322,13 @@ pub fn topology_from_env(
         });
     }
 
+    // An sbatch script that only exports MASTER_ADDR is still a Slurm topology.
     let source = if flag_nnodes.is_some() || flag_rank.is_some() || flag_endpoint.is_some() {
         "flags".to_string()
-    } else if torch_nnodes.is_some() || torch_rank.is_some() || master_addr.is_some() {
+    } else if torch_nnodes.is_some()
+        || torch_rank.is_some()
+        || (master_addr.is_some() && slurm.is_none())
+    {
         "torchrun env".to_string()
     } else if let Some(s) = &slurm {
         format!("slurm job {}", s.job_id)

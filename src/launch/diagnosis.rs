@@ -506,6 +506,16 @@ fn nccl_timeout(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
     })
 }
 
+/// `s` up to the first of `stops`.
+fn cut_at_first<'a>(s: &'a str, stops: &[&str]) -> &'a str {
+    let end = stops
+        .iter()
+        .filter_map(|p| s.find(p))
+        .min()
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
 fn nccl_error(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
     let idx = lines.iter().position(|l| {
         l.text.contains("NCCL error")
@@ -518,14 +528,7 @@ fn nccl_error(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
     // "NCCL error in: FILE:LINE, unhandled system error (run with ...), NCCL version X"
     let what = text_after(t, "NCCL error in:")
         .and_then(|r| r.split_once(", ").map(|(_, w)| w))
-        .map(|w| {
-            w.split(" (")
-                .next()
-                .unwrap_or(w)
-                .split(", NCCL version")
-                .next()
-                .unwrap_or(w)
-        })
+        .map(|w| cut_at_first(w, &[" (", ", NCCL version"]))
         .unwrap_or(t)
         .to_string();
     // NCCL prints the cause a few lines later as "Last error:" then the message.
