@@ -15,9 +15,9 @@ use crate::gpu::{self, Gpu, GpuError, NvmlSource};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
 use crate::launch::diagnosis;
 use crate::launch::supervisor::{self, SuperviseOptions};
-use crate::monitor::{Monitor, NvmlSampler};
 use crate::model;
-use crate::plan::{self, Plan, PlanInput, Pins, Policy, explain};
+use crate::monitor::{Monitor, NvmlSampler};
+use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
 use crate::profile::{self, Loaded};
 use crate::script_caps;
 use crate::units::{GIB, fmt_gib};
@@ -118,7 +118,10 @@ fn gpus_for(args: &PlanningArgs) -> Result<(Vec<Gpu>, Vec<String>)> {
     let mut gpus = match &args.gpus {
         Some(spec) => gpu::parse_gpus_spec(spec)?,
         None => {
-            let d = gpu::discover(&NvmlSource::new(), env_var("CUDA_VISIBLE_DEVICES").as_deref())?;
+            let d = gpu::discover(
+                &NvmlSource::new(),
+                env_var("CUDA_VISIBLE_DEVICES").as_deref(),
+            )?;
             tracing::debug!(elapsed_ms = d.elapsed_ms, "GPU discovery");
             warnings.extend(d.warnings);
             d.gpus
@@ -286,11 +289,19 @@ fn planner_flags(ctx: &Context) -> Vec<(String, String)> {
     ));
     // Only flags the script takes: upstream finetune.py rejects unknown flags at start.
     if ctx.accepts.iter().any(|a| a == "use_fsdp") {
-        let v = if c.strategy == Strategy::Fsdp { "True" } else { "False" };
+        let v = if c.strategy == Strategy::Fsdp {
+            "True"
+        } else {
+            "False"
+        };
         flags.push(("--use_fsdp".into(), v.into()));
     }
     if ctx.accepts.iter().any(|a| a == "gradient_checkpointing") {
-        let v = if c.gradient_checkpointing { "True" } else { "False" };
+        let v = if c.gradient_checkpointing {
+            "True"
+        } else {
+            "False"
+        };
         flags.push(("--gradient_checkpointing".into(), v.into()));
     }
     flags.extend(ctx.plan.extra_flags.iter().cloned());
@@ -298,7 +309,10 @@ fn planner_flags(ctx: &Context) -> Vec<(String, String)> {
 }
 
 /// The torchrun command for the chosen plan; also the list of unset `${VAR}` placeholders.
-fn command_for(ctx: &Context, torchrun: Option<&Path>) -> Result<(LaunchCommand, Vec<(String, String)>)> {
+fn command_for(
+    ctx: &Context,
+    torchrun: Option<&Path>,
+) -> Result<(LaunchCommand, Vec<(String, String)>)> {
     let p = &ctx.loaded.profile;
     let (mut flags, mut missing) = profile::resolved_flags(p, &env_var);
     flags.extend(planner_flags(ctx));
@@ -343,8 +357,8 @@ fn command_for(ctx: &Context, torchrun: Option<&Path>) -> Result<(LaunchCommand,
         },
         vram_cap_bytes: ctx.vram_cap,
     };
-    let cmd = command::build(&spec, &Inherited::from_process())
-        .map_err(|e| exit(2, e.to_string()))?;
+    let cmd =
+        command::build(&spec, &Inherited::from_process()).map_err(|e| exit(2, e.to_string()))?;
     Ok((cmd, missing))
 }
 
@@ -360,7 +374,11 @@ pub fn plan_json(ctx: &Context, command: Option<&LaunchCommand>) -> serde_json::
     let c = plan.chosen.as_ref();
     let components = model::components(&ctx.spec).unwrap_or_default();
     let total: u64 = components.iter().map(|c| c.params).sum();
-    let trainable: u64 = components.iter().filter(|c| c.trainable).map(|c| c.params).sum();
+    let trainable: u64 = components
+        .iter()
+        .filter(|c| c.trainable)
+        .map(|c| c.params)
+        .sum();
     json!({
         "profile": ctx.loaded.name,
         "profile_origin": ctx.loaded.origin,
@@ -422,8 +440,12 @@ fn cmd_plan(args: PlanArgs) -> Result<i32> {
     };
     let value = plan_json(&ctx, command.as_ref());
     if let Some(path) = &args.output {
-        std::fs::write(path, serde_json::to_string_pretty(&value)? + "\n")
-            .map_err(|e| exit(2, format!("-o {}: cannot write the plan: {e}", path.display())))?;
+        std::fs::write(path, serde_json::to_string_pretty(&value)? + "\n").map_err(|e| {
+            exit(
+                2,
+                format!("-o {}: cannot write the plan: {e}", path.display()),
+            )
+        })?;
         info!("plan written to {}", path.display());
     }
     if args.json {
@@ -453,7 +475,10 @@ fn warn_missing(missing: &[(String, String)]) {
 }
 
 fn cmd_gpus(json: bool) -> Result<i32> {
-    let d = gpu::discover(&NvmlSource::new(), env_var("CUDA_VISIBLE_DEVICES").as_deref())?;
+    let d = gpu::discover(
+        &NvmlSource::new(),
+        env_var("CUDA_VISIBLE_DEVICES").as_deref(),
+    )?;
     for w in &d.warnings {
         warn!("{w}");
     }
@@ -481,7 +506,11 @@ fn cmd_profiles() -> Result<i32> {
             if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
                 continue;
             }
-            let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if !seen.insert(name.clone()) {
                 continue;
             }
@@ -509,7 +538,61 @@ fn cmd_profiles() -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_doctor(_p: &str, _s: &[String]) -> Result<i32> { Ok(0) }
+fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<i32> {
+    use crate::doctor::{self, DoctorContext, SystemHost};
+    let loaded = load_profile(Some(profile_name), sets)?;
+    let p = &loaded.profile;
+    let expand = |s: &str| profile::expand(s, &env_var);
+    let nvml = gpu::discover(
+        &NvmlSource::new(),
+        env_var("CUDA_VISIBLE_DEVICES").as_deref(),
+    )
+    .map(|d| {
+        d.gpus
+            .iter()
+            .map(|g| {
+                format!(
+                    "GPU {} {} ({} free)",
+                    g.index,
+                    g.name,
+                    fmt_gib(g.free_bytes)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+    .map_err(|e| e.to_string());
+    let run_root = profile::resolved_flags(p, &env_var);
+    let run_root_dir = run_root
+        .0
+        .iter()
+        .find(|(k, _)| k == "--run_root_dir")
+        .filter(|_| !run_root.1.iter().any(|(f, _)| f == "train.run_root_dir"))
+        .map(|(_, v)| PathBuf::from(v));
+    let torchrun = expand(&p.script.torchrun);
+    let python = expand(&p.script.python);
+    let mut planner_flags: Vec<String> =
+        vec!["batch_size".into(), "grad_accumulation_steps".into()];
+    planner_flags.extend(p.script.accepts.iter().cloned());
+    let ctx = DoctorContext {
+        torchrun: (torchrun.value.contains('/')).then(|| PathBuf::from(&torchrun.value)),
+        python: (python.value.contains('/')).then(|| PathBuf::from(&python.value)),
+        path_env: std::env::var_os("PATH"),
+        script: PathBuf::from(expand(&p.script.path).value),
+        workdir: PathBuf::from(expand(&p.script.workdir).value),
+        planner_flags,
+        nvml,
+        run_root_dir,
+        min_free_disk_bytes: doctor::DEFAULT_MIN_FREE_DISK_BYTES,
+        min_host_ram_bytes: doctor::DEFAULT_MIN_HOST_RAM_BYTES,
+        timeout: script_caps::DEFAULT_PROBE_TIMEOUT,
+        runner: &script_caps::SystemRunner,
+        host: &SystemHost,
+    };
+    let checks = doctor::run_checks(&ctx);
+    print!("{}", doctor::render(&checks));
+    Ok(if checks.iter().all(|c| c.ok) { 0 } else { 4 })
+}
 
 /// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
 fn confirm_script_flags(loaded: &Loaded) -> Result<Option<Vec<String>>> {
@@ -570,7 +653,9 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         warn!("{w}");
     }
     if ctx.gpus.iter().any(|g| g.described) {
-        warn!("the GPUs were described with --gpus, not queried: the plan is only as good as that description");
+        warn!(
+            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
+        );
     }
     eprint!(
         "{}",
@@ -689,7 +774,10 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         })),
     });
     if let Err(e) = std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n") {
-        warn!("cannot complete the run record {}: {e}", plan_path.display());
+        warn!(
+            "cannot complete the run record {}: {e}",
+            plan_path.display()
+        );
     }
     eprintln!("vla-launch: run record {}", plan_path.display());
     Ok(outcome.process_exit_code())

@@ -57,7 +57,9 @@ Examples:
 ")]
     Plan(PlanArgs),
     /// List the GPUs NVML sees, in the order torchrun will get them.
-    #[command(after_help = "Examples:\n  vla-launch gpus\n  CUDA_VISIBLE_DEVICES=1 vla-launch gpus --json\n")]
+    #[command(
+        after_help = "Examples:\n  vla-launch gpus\n  CUDA_VISIBLE_DEVICES=1 vla-launch gpus --json\n"
+    )]
     Gpus {
         /// Print the records as JSON on stdout.
         #[arg(long)]
@@ -77,7 +79,9 @@ Examples:
         sets: Vec<String>,
     },
     /// Print a shell completion script.
-    #[command(after_help = "Example:\n  vla-launch completions bash > ~/.local/share/bash-completion/completions/vla-launch\n")]
+    #[command(
+        after_help = "Example:\n  vla-launch completions bash > ~/.local/share/bash-completion/completions/vla-launch\n"
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,

@@ -276,7 +276,7 @@ pub fn run_checks(ctx: &DoctorContext) -> Vec<Check> {
         Check::fail(
             "script",
             format!("{} does not exist", script.display()),
-            "set the profile's script and workdir to your OpenVLA-OFT checkout (e.g. --set workdir=/path/to/openvla-oft)",
+            "set the profile's script and workdir to your OpenVLA-OFT checkout (e.g. --set script.workdir=/path/to/openvla-oft)",
         )
     });
     checks.push(match (&python, script_found) {
@@ -362,7 +362,7 @@ fn disk_check(ctx: &DoctorContext) -> Check {
         return Check::fail(
             "disk",
             "run_root_dir is not set",
-            "export VLA_RUN_ROOT=/path/with/space (or --set run_root_dir=...)",
+            "export VLA_RUN_ROOT=/path/with/space (or --set train.run_root_dir=...)",
         );
     };
     // The run directory is created at launch; measure the file system it will land on.

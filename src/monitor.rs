@@ -135,7 +135,10 @@ mod tests {
     #[test]
     fn thread_samples_until_stopped() {
         let m = Monitor::start(
-            Box::new(Scripted(vec![vec![Some(1)], vec![Some(9)], vec![Some(4)]], 0)),
+            Box::new(Scripted(
+                vec![vec![Some(1)], vec![Some(9)], vec![Some(4)]],
+                0,
+            )),
             Duration::from_millis(1),
         );
         std::thread::sleep(Duration::from_millis(50));

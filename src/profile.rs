@@ -20,8 +20,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("aloha", include_str!("../launch-profiles/aloha.yaml")),
     ("libero", include_str!("../launch-profiles/libero.yaml")),
     ("bridge", include_str!("../launch-profiles/bridge.yaml")),
-    ("aloha-probe", include_str!("../launch-profiles/aloha-probe.yaml")),
-    ("libero-probe", include_str!("../launch-profiles/libero-probe.yaml")),
+    (
+        "aloha-probe",
+        include_str!("../launch-profiles/aloha-probe.yaml"),
+    ),
+    (
+        "libero-probe",
+        include_str!("../launch-profiles/libero-probe.yaml"),
+    ),
 ];
 
 /// Training flags the planner owns: a profile may not fix them in `train:`.
@@ -288,7 +294,11 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
     }
     searched.push(format!(
         "the built-in profiles ({})",
-        BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        BUILTIN
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     Err(ProfileError::NotFound {
         name: name_or_path.to_string(),
@@ -449,7 +459,10 @@ fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileEr
     if !(0.0..64.0).contains(&pl.margin_min_gib) {
         return Err(ProfileError::invalid(
             place("planning.margin_min_gib"),
-            format!("{} is outside 0..64 GiB; the default is 1", pl.margin_min_gib),
+            format!(
+                "{} is outside 0..64 GiB; the default is 1",
+                pl.margin_min_gib
+            ),
         ));
     }
     if pl.max_batch_size == 0 || pl.max_batch_size > 1024 {
@@ -460,7 +473,10 @@ fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileEr
     }
     for (key, pin) in [
         ("planning.batch_size", pl.batch_size),
-        ("planning.grad_accumulation_steps", pl.grad_accumulation_steps),
+        (
+            "planning.grad_accumulation_steps",
+            pl.grad_accumulation_steps,
+        ),
     ] {
         if pin == Some(0) {
             return Err(ProfileError::invalid(place(key), "must be at least 1"));
@@ -479,7 +495,8 @@ fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileEr
                 place(&at),
                 format!(
                     "'{key}' is chosen by the planner; remove it, or pin it with planning.{key} or --{}",
-                    key.replace('_', "-").replace("grad-accumulation-steps", "grad-accum")
+                    key.replace('_', "-")
+                        .replace("grad-accumulation-steps", "grad-accum")
                 ),
             ));
         }
@@ -665,10 +682,11 @@ pub fn apply_overrides(loaded: &mut Loaded, sets: &[String]) -> Result<(), Profi
     if sets.is_empty() {
         return Ok(());
     }
-    let mut tree = serde_yaml::to_value(&loaded.profile).map_err(|e| ProfileError::BadOverride {
-        arg: String::new(),
-        message: e.to_string(),
-    })?;
+    let mut tree =
+        serde_yaml::to_value(&loaded.profile).map_err(|e| ProfileError::BadOverride {
+            arg: String::new(),
+            message: e.to_string(),
+        })?;
     for arg in sets {
         let bad = |message: String| ProfileError::BadOverride {
             arg: arg.clone(),
@@ -703,7 +721,9 @@ pub fn apply_overrides(loaded: &mut Loaded, sets: &[String]) -> Result<(), Profi
 fn set_path(tree: &mut Value, path: &[&str], value: Value) -> Result<(), String> {
     let (first, rest) = path.split_first().expect("non-empty path");
     let Value::Mapping(map) = tree else {
-        return Err(format!("cannot set '{first}' inside a value that is not a mapping"));
+        return Err(format!(
+            "cannot set '{first}' inside a value that is not a mapping"
+        ));
     };
     if rest.is_empty() {
         map.insert(Value::String(first.to_string()), value);
@@ -865,7 +885,10 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(l.profile.train.get("max_steps").unwrap().as_u64(), Some(1000));
+        assert_eq!(
+            l.profile.train.get("max_steps").unwrap().as_u64(),
+            Some(1000)
+        );
         assert_eq!(model_spec(&l.profile, &[]).lora_rank, 8);
         assert_eq!(l.profile.planning.min_global_batch, 32);
         let err = apply_overrides(&mut l, &["train.lora_rank=-1".into()]).unwrap_err();
@@ -879,8 +902,14 @@ mod tests {
     #[test]
     fn locate_finds_nested_keys() {
         let text = "script:\n  path: x\ntrain:\n  lora_rank: 3\n  max_steps: 5\n";
-        assert_eq!(locate(text, "f.yaml", "train.max_steps"), "f.yaml:5:3 (train.max_steps)");
-        assert_eq!(locate(text, "f.yaml", "script.path"), "f.yaml:2:3 (script.path)");
+        assert_eq!(
+            locate(text, "f.yaml", "train.max_steps"),
+            "f.yaml:5:3 (train.max_steps)"
+        );
+        assert_eq!(
+            locate(text, "f.yaml", "script.path"),
+            "f.yaml:2:3 (script.path)"
+        );
         assert_eq!(locate(text, "f.yaml", "planning.x"), "f.yaml (planning.x)");
     }
 
@@ -890,8 +919,13 @@ mod tests {
         let (_, missing) = resolved_flags(&p, &|_| None);
         let vars: Vec<&str> = missing.iter().map(|(_, v)| v.as_str()).collect();
         assert!(vars.contains(&"VLA_DATA_ROOT") && vars.contains(&"VLA_RUN_ROOT"));
-        let err = require_env(&missing, &Origin::BuiltIn).unwrap_err().to_string();
-        assert!(err.contains("train.data_root_dir") && err.contains("export VLA_DATA_ROOT="), "{err}");
+        let err = require_env(&missing, &Origin::BuiltIn)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.data_root_dir") && err.contains("export VLA_DATA_ROOT="),
+            "{err}"
+        );
         let env = env_of(&[
             ("VLA_DATA_ROOT", "/d"),
             ("VLA_RUN_ROOT", "/r"),

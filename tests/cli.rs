@@ -40,15 +40,44 @@ fn has_nvidia_driver() -> bool {
 fn broken_profiles_exit_2_naming_the_place() {
     let cases: &[(&str, &[&str])] = &[
         ("syntax-error.yaml", &["syntax-error.yaml:5", "expected"]),
-        ("unknown-field.yaml", &["unknown-field.yaml:6", "planing", "expected one of"]),
-        ("wrong-type.yaml", &["wrong-type.yaml:5", "num_images_in_input", "positive whole number"]),
-        ("negative-batch.yaml", &["negative-batch.yaml:6", "batch_size", "negative value `-2`"]),
-        ("unknown-preset.yaml", &["unknown-preset.yaml:4", "openvla-13b", "valid: openvla-7b"]),
+        (
+            "unknown-field.yaml",
+            &["unknown-field.yaml:6", "planing", "expected one of"],
+        ),
+        (
+            "wrong-type.yaml",
+            &[
+                "wrong-type.yaml:5",
+                "num_images_in_input",
+                "positive whole number",
+            ],
+        ),
+        (
+            "negative-batch.yaml",
+            &["negative-batch.yaml:6", "batch_size", "negative value `-2`"],
+        ),
+        (
+            "unknown-preset.yaml",
+            &["unknown-preset.yaml:4", "openvla-13b", "valid: openvla-7b"],
+        ),
         ("empty.yaml", &["empty.yaml", "empty", "script:"]),
         ("a-directory.yaml", &["a-directory.yaml", "directory"]),
-        ("zero-images.yaml", &["zero-images.yaml:5", "num_images_in_input"]),
-        ("planner-flag.yaml", &["planner-flag.yaml:5", "chosen by the planner", "--batch-size"]),
-        ("bad-bool.yaml", &["bad-bool.yaml:5", "use_film", "true or false"]),
+        (
+            "zero-images.yaml",
+            &["zero-images.yaml:5", "num_images_in_input"],
+        ),
+        (
+            "planner-flag.yaml",
+            &[
+                "planner-flag.yaml:5",
+                "chosen by the planner",
+                "--batch-size",
+            ],
+        ),
+        (
+            "bad-bool.yaml",
+            &["bad-bool.yaml:5", "use_film", "true or false"],
+        ),
     ];
     for (file, needles) in cases {
         let out = bin()
@@ -60,7 +89,11 @@ fn broken_profiles_exit_2_naming_the_place() {
         let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "{file}: one message expected:\n{stderr}");
         for n in *needles {
-            assert!(errors[0].contains(n), "{file}: {n:?} missing from: {}", errors[0]);
+            assert!(
+                errors[0].contains(n),
+                "{file}: {n:?} missing from: {}",
+                errors[0]
+            );
         }
     }
 }
@@ -71,19 +104,35 @@ fn unknown_profile_lists_where_it_looked() {
         .args(["plan", "--gpus", "1xh100", "--profile", "alhoa"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("profile 'alhoa' not found").and(predicate::str::contains("aloha")));
+        .stderr(
+            predicate::str::contains("profile 'alhoa' not found")
+                .and(predicate::str::contains("aloha")),
+        );
 }
 
 #[test]
 fn missing_env_placeholder_warns_in_plan_and_refuses_a_launch() {
     bin()
-        .args(["plan", "--gpus", "1xh100", "--profile", &fixture("missing-env.yaml")])
+        .args([
+            "plan",
+            "--gpus",
+            "1xh100",
+            "--profile",
+            &fixture("missing-env.yaml"),
+        ])
         .assert()
         .code(0)
         .stdout(predicate::str::contains("${VLA_TEST_SURELY_UNSET_ROOT}"))
         .stderr(predicate::str::contains("VLA_TEST_SURELY_UNSET_ROOT"));
     bin()
-        .args(["--gpus", "1xh100", "--torchrun", "/bin/true", "--profile", &fixture("missing-env.yaml")])
+        .args([
+            "--gpus",
+            "1xh100",
+            "--torchrun",
+            "/bin/true",
+            "--profile",
+            &fixture("missing-env.yaml"),
+        ])
         .assert()
         .code(2)
         .stderr(
@@ -95,7 +144,15 @@ fn missing_env_placeholder_warns_in_plan_and_refuses_a_launch() {
 #[test]
 fn bad_override_exits_2() {
     bin()
-        .args(["plan", "--gpus", "1xh100", "--profile", "aloha", "--set", "train.lora_rank=-3"])
+        .args([
+            "plan",
+            "--gpus",
+            "1xh100",
+            "--profile",
+            "aloha",
+            "--set",
+            "train.lora_rank=-3",
+        ])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("lora_rank"));
@@ -123,8 +180,12 @@ const DESIGN_KEYS: &[&str] = &[
 
 fn plan_json(args: &[&str]) -> (Option<i32>, serde_json::Value) {
     let out = bin().args(["plan", "--json"]).args(args).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     (out.status.code(), v)
 }
 
@@ -135,7 +196,13 @@ fn plan_json_has_every_design_key_and_consistent_budget() {
     for k in DESIGN_KEYS {
         assert!(v.get(k).is_some(), "missing key {k}");
     }
-    for k in ["weights", "gradients", "optimizer", "activations", "overhead"] {
+    for k in [
+        "weights",
+        "gradients",
+        "optimizer",
+        "activations",
+        "overhead",
+    ] {
         assert!(v["budget"][k].is_u64(), "budget.{k}");
     }
     let sum: u64 = v["budget"]
@@ -144,7 +211,11 @@ fn plan_json_has_every_design_key_and_consistent_budget() {
         .values()
         .filter_map(|x| x.as_u64())
         .sum();
-    assert_eq!(sum, v["predicted_peak_bytes"].as_u64().unwrap(), "budget terms sum to the peak");
+    assert_eq!(
+        sum,
+        v["predicted_peak_bytes"].as_u64().unwrap(),
+        "budget terms sum to the peak"
+    );
     assert_eq!(v["params"]["total"], 8_393_794_510u64);
     assert_eq!(v["params"]["trainable"], 852_557_326u64);
     assert_eq!(v["gpus"].as_array().unwrap().len(), 4);
@@ -164,15 +235,31 @@ fn infeasible_plan_exits_3_with_levers() {
     assert_eq!(code, Some(3));
     assert_eq!(v["feasible"], false);
     assert!(!v["levers"].as_array().unwrap().is_empty());
-    assert!(v["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("nothing fits")));
+    assert!(
+        v["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("nothing fits"))
+    );
 }
 
 #[test]
 fn fully_pinned_plan_prints_the_prediction_even_when_it_does_not_fit() {
     // The seed's configuration: ALOHA on one RTX 4090, DDP, batch 2.
     let (code, v) = plan_json(&[
-        "--profile", "aloha", "--gpus", "1xrtx4090", "--strategy", "ddp", "--batch-size", "2",
-        "--grad-accum", "8", "--checkpointing", "off",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "1xrtx4090",
+        "--strategy",
+        "ddp",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "8",
+        "--checkpointing",
+        "off",
     ]);
     assert_eq!(code, Some(3));
     assert_eq!(v["feasible"], false);
@@ -180,7 +267,8 @@ fn fully_pinned_plan_prints_the_prediction_even_when_it_does_not_fit() {
     assert!(peak > 40.0, "{peak}");
     // The real static total: weights + gradient buckets + Adam states, ~23.9 GiB.
     let b = &v["budget"];
-    let static_gib = (b["weights"].as_u64().unwrap() + b["gradients"].as_u64().unwrap()
+    let static_gib = (b["weights"].as_u64().unwrap()
+        + b["gradients"].as_u64().unwrap()
         + b["optimizer"].as_u64().unwrap()) as f64
         / (1u64 << 30) as f64;
     assert!((static_gib - 23.94).abs() < 0.3, "{static_gib}");
@@ -219,12 +307,26 @@ fn dry_run_prints_the_official_aloha_command_with_the_planners_values() {
         .env("WANDB_PROJECT", "aloha")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.contains("torchrun")).expect("a torchrun line");
-    assert!(line.contains("--standalone --nnodes 1 --nproc-per-node 8 vla-scripts/finetune.py"), "{line}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("torchrun"))
+        .expect("a torchrun line");
+    assert!(
+        line.contains("--standalone --nnodes 1 --nproc-per-node 8 vla-scripts/finetune.py"),
+        "{line}"
+    );
     for (flag, value) in OFFICIAL_ALOHA_FLAGS {
-        assert!(line.contains(&format!("{flag} {value}")), "{flag} {value} missing: {line}");
+        assert!(
+            line.contains(&format!("{flag} {value}")),
+            "{flag} {value} missing: {line}"
+        );
     }
     for (flag, value) in [
         ("--data_root_dir", "/data/rlds"),
@@ -236,7 +338,10 @@ fn dry_run_prints_the_official_aloha_command_with_the_planners_values() {
         ("--use_fsdp", "False"),
         ("--gradient_checkpointing", "False"),
     ] {
-        assert!(line.contains(&format!("{flag} {value}")), "{flag} {value} missing: {line}");
+        assert!(
+            line.contains(&format!("{flag} {value}")),
+            "{flag} {value} missing: {line}"
+        );
     }
 }
 
@@ -253,7 +358,11 @@ fn without_a_driver_nvml_commands_exit_4_with_one_sentence() {
         vec!["plan", "--profile", "aloha"],
         vec!["--profile", "aloha"],
     ] {
-        bin().args(&args).assert().code(4).stderr(predicate::str::contains(SENTENCE));
+        bin()
+            .args(&args)
+            .assert()
+            .code(4)
+            .stderr(predicate::str::contains(SENTENCE));
     }
 }
 
@@ -268,16 +377,12 @@ fn malformed_gpus_spec_exits_2_naming_the_bad_part() {
 
 #[test]
 fn profiles_lists_built_in_and_local_ones() {
-    bin()
-        .arg("profiles")
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::contains("aloha")
-                .and(predicate::str::contains("libero"))
-                .and(predicate::str::contains("bridge"))
-                .and(predicate::str::contains("launch-profiles/aloha.yaml")),
-        );
+    bin().arg("profiles").assert().success().stdout(
+        predicate::str::contains("aloha")
+            .and(predicate::str::contains("libero"))
+            .and(predicate::str::contains("bridge"))
+            .and(predicate::str::contains("launch-profiles/aloha.yaml")),
+    );
 }
 
 #[test]
@@ -293,7 +398,12 @@ fn profile_works_from_any_directory() {
 
 #[test]
 fn help_of_every_command_reads_well_and_has_an_example() {
-    for args in [vec!["--help"], vec!["plan", "--help"], vec!["gpus", "--help"], vec!["doctor", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["plan", "--help"],
+        vec!["gpus", "--help"],
+        vec!["doctor", "--help"],
+    ] {
         bin()
             .args(&args)
             .assert()
@@ -338,7 +448,11 @@ fn launch_runs_torchrun_with_the_plan_and_returns_its_exit_code() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "training failure exits 1: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "training failure exits 1: {stderr}"
+    );
     assert!(!stderr.contains("sekrit-value"));
     let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     let argv: Vec<String> = rec["argv"]
@@ -347,13 +461,27 @@ fn launch_runs_torchrun_with_the_plan_and_returns_its_exit_code() {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(argv.last().unwrap(), hostile, "a hostile value arrives as one literal argument");
-    let pos = |f: &str| argv.iter().position(|a| a == f).unwrap_or_else(|| panic!("{f} in {argv:?}"));
+    assert_eq!(
+        argv.last().unwrap(),
+        hostile,
+        "a hostile value arrives as one literal argument"
+    );
+    let pos = |f: &str| {
+        argv.iter()
+            .position(|a| a == f)
+            .unwrap_or_else(|| panic!("{f} in {argv:?}"))
+    };
     assert_eq!(argv[pos("--nproc-per-node") + 1], "2");
     assert_eq!(argv[pos("--batch_size") + 1], "8");
     assert_eq!(argv[pos("--data_root_dir") + 1], "/data");
-    assert_eq!(rec["env"]["WANDB_API_KEY"], "sekrit-value", "secrets are passed to the script");
-    assert_eq!(rec["env"]["PYTORCH_CUDA_ALLOC_CONF"], "expandable_segments:True");
+    assert_eq!(
+        rec["env"]["WANDB_API_KEY"], "sekrit-value",
+        "secrets are passed to the script"
+    );
+    assert_eq!(
+        rec["env"]["PYTORCH_CUDA_ALLOC_CONF"],
+        "expandable_segments:True"
+    );
     assert_eq!(rec["env"]["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
     // The run record: plan, argv, environment with secrets redacted, and the outcome.
     let logs = dir.path().join("logs");

@@ -78,7 +78,12 @@ fn cases() -> Vec<Case> {
     let ddp = Some(Strategy::Ddp);
     let mut v = vec![
         case("1x4090 aloha", "aloha", "1xrtx4090", Infeasible),
-        case("8x4090 aloha", "aloha", "8xrtx4090", Feasible(Some(Strategy::Fsdp))),
+        case(
+            "8x4090 aloha",
+            "aloha",
+            "8xrtx4090",
+            Feasible(Some(Strategy::Fsdp)),
+        ),
         case("1xA100-40 aloha", "aloha", "1xa100-40gb", Feasible(ddp)),
         case("2xA100-40 aloha", "aloha", "2xa100-40gb", Feasible(ddp)),
         case("4xA100-40 aloha", "aloha", "4xa100-40gb", Feasible(ddp)),
@@ -99,8 +104,18 @@ fn cases() -> Vec<Case> {
         case("1x4090 libero", "libero", "1xrtx4090", Feasible(ddp)),
         case("1xH100 libero", "libero", "1xh100", Feasible(ddp)),
         case("1xH100 bridge", "bridge", "1xh100", Feasible(ddp)),
-        case("mixed H100 + A100-40", "aloha", "1xh100,1xa100-40gb", Feasible(ddp)),
-        case("mixed H100 + 4090", "aloha", "1xh100,1xrtx4090", Feasible(ddp)),
+        case(
+            "mixed H100 + A100-40",
+            "aloha",
+            "1xh100,1xa100-40gb",
+            Feasible(ddp),
+        ),
+        case(
+            "mixed H100 + 4090",
+            "aloha",
+            "1xh100,1xrtx4090",
+            Feasible(ddp),
+        ),
         case("2x24GiB aloha", "aloha", "2x24GiB", Infeasible),
     ];
     v.push(Case {
@@ -146,16 +161,29 @@ fn planner_table() {
         match (&c.expect, p.feasible) {
             (Expect::Infeasible, false) => {
                 assert!(chosen.is_none(), "{}: infeasible but chose", c.name);
-                assert!(!p.levers.is_empty(), "{}: infeasible without levers", c.name);
+                assert!(
+                    !p.levers.is_empty(),
+                    "{}: infeasible without levers",
+                    c.name
+                );
             }
             (Expect::Feasible(strategy), true) => {
                 let ch = chosen.unwrap();
-                assert!(ch.global_batch >= 16, "{}: global {}", c.name, ch.global_batch);
+                assert!(
+                    ch.global_batch >= 16,
+                    "{}: global {}",
+                    c.name,
+                    ch.global_batch
+                );
                 assert_eq!(
                     ch.global_batch,
                     ch.batch_size * ch.nproc_per_node * ch.nnodes * ch.grad_accumulation_steps
                 );
-                assert!(ch.fits && ch.predicted_peak_bytes <= ch.usable_bytes, "{}", c.name);
+                assert!(
+                    ch.fits && ch.predicted_peak_bytes <= ch.usable_bytes,
+                    "{}",
+                    c.name
+                );
                 if !c.ckpt {
                     assert!(!ch.gradient_checkpointing, "{}: ckpt not accepted", c.name);
                 }
@@ -170,7 +198,11 @@ fn planner_table() {
                 // Every GPU used must itself have room for the peak.
                 for i in &ch.gpu_indices {
                     let g = c.gpus.iter().find(|g| g.index == *i).unwrap();
-                    assert!(ch.predicted_peak_bytes <= g.free_bytes, "{}: GPU {i}", c.name);
+                    assert!(
+                        ch.predicted_peak_bytes <= g.free_bytes,
+                        "{}: GPU {i}",
+                        c.name
+                    );
                 }
             }
             _ => failures.push(format!("{line}: expected {:?}", c.expect)),
@@ -184,7 +216,11 @@ fn busy_gpu_is_left_out_or_limits_the_plan() {
     let gpus = busy("2xh100", 1, 70);
     let p = run("aloha", &gpus, policy(true, true), Pins::default());
     let c = p.chosen.unwrap();
-    assert_eq!(c.gpu_indices, vec![0], "the nearly full GPU 1 must be left out");
+    assert_eq!(
+        c.gpu_indices,
+        vec![0],
+        "the nearly full GPU 1 must be left out"
+    );
     assert!(p.reasons[0].contains("left out GPU 1"), "{}", p.reasons[0]);
 }
 
@@ -214,7 +250,11 @@ fn fully_pinned_configuration_is_evaluated_even_when_it_does_not_fit() {
     let p = run("aloha", &gpus, policy(true, true), pins);
     assert!(!p.feasible);
     let c = p.chosen.unwrap();
-    assert!(c.predicted_peak_bytes > 40 * GIB, "{}", c.predicted_peak_bytes);
+    assert!(
+        c.predicted_peak_bytes > 40 * GIB,
+        "{}",
+        c.predicted_peak_bytes
+    );
     assert!(p.reasons.iter().any(|r| r.contains("does not fit")));
 }
 
@@ -230,7 +270,11 @@ fn pinned_flag_the_script_lacks_is_infeasible_with_reason() {
     };
     let p = run("aloha", &gpus, policy(false, true), pins);
     assert!(!p.feasible);
-    assert!(p.reasons.iter().any(|r| r.contains("--use_fsdp")), "{:?}", p.reasons);
+    assert!(
+        p.reasons.iter().any(|r| r.contains("--use_fsdp")),
+        "{:?}",
+        p.reasons
+    );
     assert!(p.chosen.unwrap().predicted_peak_bytes > 0);
 }
 
@@ -240,7 +284,9 @@ fn levers_name_what_would_fit() {
     let p = run("aloha", &gpus, policy(true, true), Pins::default());
     assert!(!p.feasible);
     assert!(
-        p.levers.iter().any(|l| l.contains("8 GPUs") && l.contains("fits")),
+        p.levers
+            .iter()
+            .any(|l| l.contains("8 GPUs") && l.contains("fits")),
         "{:#?}",
         p.levers
     );
@@ -271,7 +317,9 @@ fn more_gpus_never_plan_slower() {
 fn all_gpus_used_when_the_batch_divides() {
     for n in [2, 4, 8] {
         let gpus = parse_gpus_spec(&format!("{n}xh100")).unwrap();
-        let c = run("aloha", &gpus, policy(true, true), Pins::default()).chosen.unwrap();
+        let c = run("aloha", &gpus, policy(true, true), Pins::default())
+            .chosen
+            .unwrap();
         assert_eq!((c.nproc_per_node, c.global_batch), (n, 16), "{}", c.label());
     }
 }
@@ -280,7 +328,9 @@ fn all_gpus_used_when_the_batch_divides() {
 fn four_rtx4090_with_fsdp_in_the_script_shards_with_checkpointing() {
     // Issue 4, acceptance 3: the seed's recommended setup for 24 GB cards.
     let gpus = parse_gpus_spec("4xrtx4090").unwrap();
-    let c = run("aloha", &gpus, policy(true, true), Pins::default()).chosen.unwrap();
+    let c = run("aloha", &gpus, policy(true, true), Pins::default())
+        .chosen
+        .unwrap();
     assert_eq!(c.strategy, Strategy::Fsdp, "{}", c.label());
     assert!(c.gradient_checkpointing, "{}", c.label());
     assert_eq!((c.nproc_per_node, c.global_batch), (4, 16), "{}", c.label());

@@ -9,7 +9,13 @@ use crate::units::fmt_gib;
 
 /// Text for a terminal: the choice, the global batch equation, the budget, the next alternatives.
 /// `explain` adds the budget table and one bar per chosen GPU.
-pub fn render_plan(profile: &str, plan: &Plan, gpus: &[Gpu], min_global: u32, explain: bool) -> String {
+pub fn render_plan(
+    profile: &str,
+    plan: &Plan,
+    gpus: &[Gpu],
+    min_global: u32,
+    explain: bool,
+) -> String {
     let mut out = String::new();
     let Some(c) = &plan.chosen else {
         let _ = writeln!(out, "No feasible plan for profile '{profile}'.");
@@ -17,7 +23,11 @@ pub fn render_plan(profile: &str, plan: &Plan, gpus: &[Gpu], min_global: u32, ex
         write_levers(&mut out, plan);
         return out;
     };
-    let verdict = if plan.feasible { "Plan" } else { "Does not work" };
+    let verdict = if plan.feasible {
+        "Plan"
+    } else {
+        "Does not work"
+    };
     let _ = writeln!(out, "{verdict} for profile '{profile}': {}", c.label());
     let _ = writeln!(
         out,
@@ -56,7 +66,13 @@ pub fn render_plan(profile: &str, plan: &Plan, gpus: &[Gpu], min_global: u32, ex
         let _ = writeln!(out);
         for i in &c.gpu_indices {
             if let Some(g) = gpus.iter().find(|g| g.index == *i) {
-                let _ = writeln!(out, "GPU {} {} ({} total):", g.index, g.name, fmt_gib(g.total_bytes));
+                let _ = writeln!(
+                    out,
+                    "GPU {} {} ({} total):",
+                    g.index,
+                    g.name,
+                    fmt_gib(g.total_bytes)
+                );
                 out.push_str(&render::bar(&c.budget, c.usable_bytes, g.total_bytes, 60));
                 let _ = writeln!(out);
             }

@@ -385,7 +385,9 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
             vec![false]
         }
     };
-    if pins.strategy.is_none() && !policy.script_accepts_fsdp && strategies.contains(&Strategy::Fsdp)
+    if pins.strategy.is_none()
+        && !policy.script_accepts_fsdp
+        && strategies.contains(&Strategy::Fsdp)
     {
         strategies.retain(|s| *s != Strategy::Fsdp);
         reasons.push("FSDP not considered: the script does not take --use_fsdp".into());
@@ -575,7 +577,11 @@ fn pinned_plan(
         chosen: Some(c),
         alternatives: Vec::new(),
         reasons,
-        levers: if ok || !with_levers { Vec::new() } else { levers(input) },
+        levers: if ok || !with_levers {
+            Vec::new()
+        } else {
+            levers(input)
+        },
         extra_flags: Vec::new(),
         host_ram: None,
         evaluated: ev.evaluated,
@@ -720,7 +726,9 @@ fn why_nothing_fits(all: &[Candidate], input: &PlanInput) -> String {
             if input.gpus.len() == 1 { "" } else { "s" },
             input.gpus[0].name
         ),
-        None => "nothing fits: no strategy is allowed for these GPUs (FSDP needs 2 or more GPUs)".into(),
+        None => {
+            "nothing fits: no strategy is allowed for these GPUs (FSDP needs 2 or more GPUs)".into()
+        }
     }
 }
 
@@ -799,7 +807,10 @@ fn levers(input: &PlanInput) -> Vec<String> {
     if input.spec.num_images > 1 {
         let n = input.spec.num_images - 1;
         try_with(
-            format!("with {n} image{} (--set train.num_images_in_input={n})", if n == 1 { "" } else { "s" }),
+            format!(
+                "with {n} image{} (--set train.num_images_in_input={n})",
+                if n == 1 { "" } else { "s" }
+            ),
             &|_, spec, _| spec.num_images = n,
         );
     }

@@ -77,8 +77,8 @@ impl StepTime {
 pub fn step_time(spec: &ModelSpec, s: &SpeedInput) -> StepTime {
     let speed = s.gpu_tflops.max(1.0) / REFERENCE_TFLOPS;
     // The fixed part is partly launch-bound (CPU), so it shrinks less than linearly on faster GPUs.
-    let mut fixed = (MICRO_FIXED_BASE_S + MICRO_FIXED_PER_IMAGE_S * spec.num_images as f64)
-        / speed.sqrt();
+    let mut fixed =
+        (MICRO_FIXED_BASE_S + MICRO_FIXED_PER_IMAGE_S * spec.num_images as f64) / speed.sqrt();
     if s.checkpointing {
         fixed *= CHECKPOINT_FIXED_FACTOR;
     }
