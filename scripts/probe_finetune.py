@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,8 +125,8 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
-            print(file=sys.stderr, flush=True)
+        # end the carriage-return line so the result line starts a line even when streams are merged
+        print(file=sys.stderr, flush=True)
 
 
 def main() -> int:
@@ -148,6 +149,8 @@ def main() -> int:
     from probe.model import FULL, TINY, Block, init_module_, materialise_
 
     dims = TINY if tiny else FULL
+    if tiny and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # the tiny matmuls are slower with a thread pool per rank
     if cfg.count_params_only:
         print(f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
               f"proprio dim {consts['proprio_dim']}){' [VLA_PROBE_TINY]' if tiny else ''}")
@@ -183,7 +186,9 @@ def main() -> int:
 
     vla, film, proprio, head, params = build_on_meta(cfg, dims, consts, rank)
     if cfg.gradient_checkpointing:
-        vla.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        with warnings.catch_warnings():  # newer transformers rename it; the behaviour is the same
+            warnings.simplefilter("ignore", FutureWarning)
+            vla.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     vla.train()
 
     if cfg.use_fsdp:
@@ -198,12 +203,13 @@ def main() -> int:
             lambda_fn=lambda m: isinstance(m, (LlamaDecoderLayer, Block)) or id(m) in film_ids,
         )
         common = dict(sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
-                      limit_all_gathers=True, device_id=device if cuda else None,
+                      limit_all_gathers=True, device_id=device,
                       param_init_fn=lambda m: init_module_(m, device))
         vla = FSDP(vla, auto_wrap_policy=policy, **common)
         proprio = FSDP(proprio, **common) if proprio is not None else None
         head = FSDP(head, **common) if head is not None else None
         head_call = head
+        wrap_units = sum(isinstance(m, FSDP) for r in (vla, proprio, head) if r is not None for m in r.modules())
     else:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -217,6 +223,7 @@ def main() -> int:
             materialise_(head, device)
             head = DDP(head, device_ids=ids, gradient_as_bucket_view=True)
         head_call = head.module if head is not None else None  # finetune.py calls action_head.module
+        wrap_units = sum(m is not None for m in (vla, proprio, head))
 
     trainable = [p for m in (vla, proprio, head) if m is not None for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
@@ -283,6 +290,7 @@ def main() -> int:
         "use_proprio": cfg.use_proprio,
         "use_fsdp": cfg.use_fsdp,
         "gradient_checkpointing": cfg.gradient_checkpointing,
+        "wrap_units": wrap_units,
         "lora_rank": cfg.lora_rank if cfg.use_lora else None,
         "vram_cap_bytes": int(cap) if cap else None,
         "static_bytes": static,
