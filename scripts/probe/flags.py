@@ -120,9 +120,10 @@ def parse(argv: list[str], prog: str = "probe_finetune.py") -> SimpleNamespace:
             continue
         name, eq, inline = tok[2:].partition("=")
         name = name.replace("-", "_")
-        if name not in known:
-            unknown.append(tok)
-            i += 1 if eq or i + 1 >= len(argv) or argv[i + 1].startswith("--") else 2
+        if name not in known:  # listed with its value, as argparse does
+            takes_value = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            unknown.extend(argv[i : i + 2] if takes_value else [tok])
+            i += 2 if takes_value else 1
             continue
         if eq:
             raw = inline

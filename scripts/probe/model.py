@@ -358,14 +358,15 @@ def llama_config(dims: Dims):
         num_attention_heads=dims.llm_heads,
         num_key_value_heads=dims.llm_heads,
         vocab_size=dims.vocab,
-        max_position_embeddings=2048,
+        max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
         pad_token_id=min(32000, dims.vocab - 1),
         bos_token_id=1,
         eos_token_id=2,
+        attn_implementation="sdpa",
     )
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = "sdpa"  # older 5.x releases read only the attribute
     return cfg
 
 
