@@ -143,6 +143,11 @@ def main() -> int:
         return 2
 
     tiny = os.environ.get("VLA_PROBE_TINY") == "1"
+    cap = os.environ.get("VLA_LAUNCH_VRAM_CAP_BYTES") or None
+    if cap is not None and not (cap.isdigit() and int(cap) > 0):
+        print(f"probe_finetune.py: error: VLA_LAUNCH_VRAM_CAP_BYTES={cap!r} is not a positive byte count; "
+              "unset it or give bytes, e.g. 25254903808", file=sys.stderr)
+        return 2
     import torch
     from torch import nn
 
@@ -165,7 +170,7 @@ def main() -> int:
     rank, world, local_rank = init_distributed(cuda)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
-    gpu_uuid, cap, sampler = None, os.environ.get("VLA_LAUNCH_VRAM_CAP_BYTES"), None
+    gpu_uuid, sampler = None, None
     if cuda:
         props = torch.cuda.get_device_properties(device)
         gpu_uuid = str(props.uuid)

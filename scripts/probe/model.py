@@ -7,7 +7,6 @@ parameter for parameter, and LoRA follows peft's Linear/Conv2d adapters.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -17,8 +17,9 @@ check() { # name expected_lines cmd...
   local name=$1 want=$2; shift 2
   local out; out=$(mktemp)
   if "$@" >"$out" 2>&1; then
-    local got; got=$(grep -c '^VLA_PROBE_RESULT {' "$out" || true)
-    local bad; bad=$(grep '^VLA_PROBE_RESULT' "$out" | grep -c -E '"last_loss":(null|NaN|Infinity)' || true)
+    # ranks share the merged stream here, so a result may follow another rank's progress bar
+    local got; got=$(grep -o 'VLA_PROBE_RESULT {.*' "$out" | wc -l)
+    local bad; bad=$(grep -o 'VLA_PROBE_RESULT {.*' "$out" | grep -c -E '"last_loss":(null|NaN|Infinity)' || true)
     if [[ $got == "$want" && $bad == 0 ]]; then
       echo "ok   $name ($got result lines)"
     else
