@@ -1,0 +1,1 @@
+"""Helpers of scripts/probe_finetune.py (the OpenVLA-OFT memory probe)."""
