@@ -179,10 +179,18 @@ def main() -> int:
 
         sampler = NvmlSampler(gpu_uuid).start()
         if cap:
-            frac = min(1.0, int(cap) / props.total_memory)
+            # The cap is for the whole GPU as nvidia-smi sees it (a smaller card): the CUDA context,
+            # NCCL's buffers and the driver's reservation come out of it before torch's allocator
+            # gets the rest. A first collective creates the NCCL communicator so it is counted.
+            import torch.distributed as dist
+
+            dist.all_reduce(torch.zeros(1, device=device))
+            torch.cuda.synchronize(device)
+            outside = (sampler.used_now() or 0) - torch.cuda.memory_reserved(device)
+            frac = max(0.0, min(1.0, (int(cap) - outside) / props.total_memory))
             torch.cuda.set_per_process_memory_fraction(frac, device)
-            log(rank, f"probe: VLA_LAUNCH_VRAM_CAP_BYTES={cap}: torch allocator capped at {frac:.4f} of "
-                      f"{props.total_memory} bytes")
+            log(rank, f"probe: VLA_LAUNCH_VRAM_CAP_BYTES={cap}: {outside} bytes already used outside torch's "
+                      f"allocator (context, NCCL, driver); allocator capped at {frac:.4f} of {props.total_memory} bytes")
     log(rank, f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
               f"proprio dim {consts['proprio_dim']}), world {world}, "
               f"{'FSDP' if cfg.use_fsdp else 'DDP'}, gradient checkpointing {cfg.gradient_checkpointing}"

@@ -51,6 +51,13 @@ class NvmlSampler:
             if self._lib.nvmlDeviceGetMemoryInfo_v2(self._handle, ctypes.byref(m2)) == 0:
                 self.peak_v2 = max(self.peak_v2 or 0, m2.used)
 
+    def used_now(self):
+        """NVML used bytes of the whole GPU right now (v1, like the peak), or None."""
+        if self.error is not None:
+            return None
+        m = _MemV1()
+        return m.used if self._lib.nvmlDeviceGetMemoryInfo(self._handle, ctypes.byref(m)) == 0 else None
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
