@@ -401,12 +401,16 @@ pub enum CalibrationError {
         "no cache directory: neither {ENV_CACHE_DIR}, XDG_CACHE_HOME nor HOME is set; set {ENV_CACHE_DIR}=DIR"
     )]
     NoCacheDir,
-    #[error("cannot read the calibration store {path}: {source}; fix its permissions or set {ENV_CACHE_DIR}")]
+    #[error(
+        "cannot read the calibration store {path}: {source}; fix its permissions or set {ENV_CACHE_DIR}"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write the calibration store {path}: {source}; fix its permissions or set {ENV_CACHE_DIR}")]
+    #[error(
+        "cannot write the calibration store {path}: {source}; fix its permissions or set {ENV_CACHE_DIR}"
+    )]
     Write {
         path: PathBuf,
         source: std::io::Error,

@@ -78,7 +78,9 @@ pub struct RunRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("cannot read the run record {path}: {source}; pass the plan-<stamp>.json a launch wrote")]
+    #[error(
+        "cannot read the run record {path}: {source}; pass the plan-<stamp>.json a launch wrote"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -222,9 +224,7 @@ pub fn parse(text: &str, path: &Path) -> Result<RunRecord, RecordError> {
                 grad_accumulation_steps: accum,
                 nproc_per_node: nproc,
                 nnodes,
-                global_batch: raw
-                    .global_batch
-                    .unwrap_or(batch * accum * nproc * nnodes),
+                global_batch: raw.global_batch.unwrap_or(batch * accum * nproc * nnodes),
                 gpu_indices: raw.gpu_indices.unwrap_or_default(),
                 // The budget terms are the uncorrected model even once a calibration correction
                 // changes `predicted_peak_bytes`; fitting against a corrected figure would compound.

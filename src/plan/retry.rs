@@ -23,7 +23,7 @@ pub enum RetryDecision {
     /// Do not relaunch; `reason` is one sentence for the user.
     Stop { reason: String },
     /// Relaunch with `plan.chosen`; `message` says what changed and why.
-    Retry { plan: Plan, message: String },
+    Retry { plan: Box<Plan>, message: String },
 }
 
 /// The best evidence of what the failed run needed on its worst GPU: the NVML peak, or what torch
@@ -158,11 +158,12 @@ pub fn replan_after_oom(
             fmt_gib(c.predicted_peak_bytes),
             fmt_gib((c.predicted_peak_bytes as f64 * factor) as u64),
             (factor - 1.0) * 100.0,
-            fmt_gib(gpus
-                .iter()
-                .map(|g| usable(g, &input.policy))
-                .min()
-                .unwrap_or(0)),
+            fmt_gib(
+                gpus.iter()
+                    .map(|g| usable(g, &input.policy))
+                    .min()
+                    .unwrap_or(0)
+            ),
             if released {
                 "; your --strategy/--checkpointing choice was released, nothing safer fits with it"
             } else {
@@ -170,7 +171,10 @@ pub fn replan_after_oom(
             },
             failed.global_batch
         );
-        return RetryDecision::Retry { plan: p, message };
+        return RetryDecision::Retry {
+            plan: Box::new(p),
+            message,
+        };
     }
     stop(format!(
         "CUDA out of memory with {} ({evidence}, {:.0}% above the prediction) and no configuration of global batch {} on these {} GPU{} fits with that overshoot{}; use more GPUs or lower --global-batch",
