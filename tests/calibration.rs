@@ -47,7 +47,11 @@ fn fit_recovers_a_known_linear_relation() {
         let s = linear_store(slope, intercept, &[2, 4, 8]);
         let f = s.fit(&key()).expect("observations");
         assert_eq!(f.kind, FitKind::Linear);
-        assert!((f.slope - slope).abs() < 1e-6, "slope {} vs {slope}", f.slope);
+        assert!(
+            (f.slope - slope).abs() < 1e-6,
+            "slope {} vs {slope}",
+            f.slope
+        );
         assert!(
             (f.intercept_bytes - intercept).abs() < 1e3,
             "intercept {} vs {intercept}",
@@ -220,7 +224,10 @@ fn cache_path_from_the_environment() {
             &[("XDG_CACHE_HOME", ""), ("HOME", "/h")],
             Some("/h/.cache/vla-launch/calibration.json"),
         ),
-        (&[("HOME", "/h")], Some("/h/.cache/vla-launch/calibration.json")),
+        (
+            &[("HOME", "/h")],
+            Some("/h/.cache/vla-launch/calibration.json"),
+        ),
         (&[], None),
     ];
     for (vars, want) in table {
@@ -315,7 +322,12 @@ fn record_gives_what_replay_needs() {
     assert_eq!(rec.started_unix, Some(1700000123));
     let c = rec.chosen.as_ref().unwrap();
     assert_eq!(
-        (c.strategy, c.batch_size, c.grad_accumulation_steps, c.global_batch),
+        (
+            c.strategy,
+            c.batch_size,
+            c.grad_accumulation_steps,
+            c.global_batch
+        ),
         (Strategy::Ddp, 4, 4, 32)
     );
 
@@ -338,7 +350,12 @@ fn record_gives_what_replay_needs() {
 fn only_completed_runs_are_observations() {
     let dir = tempfile::tempdir().unwrap();
     // (exit code, interrupted_by, observations)
-    let table = [(0, None, 1), (1, None, 0), (137, None, 0), (130, Some(2), 0)];
+    let table = [
+        (0, None, 1),
+        (1, None, 0),
+        (137, None, 0),
+        (130, Some(2), 0),
+    ];
     for (exit, interrupted, n) in table {
         let mut v: serde_json::Value =
             serde_json::from_str(&record_json(4, 30 * GIB, 40 * GIB, exit)).unwrap();

@@ -148,22 +148,36 @@ pub fn replan_after_oom(
             );
             continue;
         }
+        let overshoot = factor > 1.0005;
+        let why = if overshoot {
+            format!(
+                "{evidence}: {:.0}% above the prediction",
+                (factor - 1.0) * 100.0
+            )
+        } else {
+            "the prediction already exceeded the usable memory".to_string()
+        };
+        let scaled = if overshoot {
+            format!(
+                " ({} with the same overshoot)",
+                fmt_gib((c.predicted_peak_bytes as f64 * factor) as u64)
+            )
+        } else {
+            String::new()
+        };
+        let usable_now = gpus
+            .iter()
+            .map(|g| usable(g, &input.policy))
+            .min()
+            .unwrap_or(0);
         let message = format!(
-            "CUDA out of memory with {} (predicted {}, {evidence}: {:.0}% more): retry {} of {max_retries} with {}, predicted {} ({} with the same {:.0}% overshoot) of {} usable{}; global batch {} unchanged",
+            "CUDA out of memory with {} (predicted {}; {why}): retry {} of {max_retries} with {}, predicted {}{scaled} of {} usable{}; global batch {} unchanged",
             failed.label(),
             fmt_gib(failed.predicted_peak_bytes),
-            (factor - 1.0) * 100.0,
             attempt + 1,
             c.label(),
             fmt_gib(c.predicted_peak_bytes),
-            fmt_gib((c.predicted_peak_bytes as f64 * factor) as u64),
-            (factor - 1.0) * 100.0,
-            fmt_gib(
-                gpus.iter()
-                    .map(|g| usable(g, &input.policy))
-                    .min()
-                    .unwrap_or(0)
-            ),
+            fmt_gib(usable_now),
             if released {
                 "; your --strategy/--checkpointing choice was released, nothing safer fits with it"
             } else {
