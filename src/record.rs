@@ -187,6 +187,11 @@ pub fn load(path: &Path) -> Result<RunRecord, RecordError> {
     parse(&text, path)
 }
 
+/// The record from the JSON value the launcher just wrote (no file read).
+pub fn from_value(value: &serde_json::Value, path: &Path) -> Result<RunRecord, RecordError> {
+    parse(&value.to_string(), path)
+}
+
 /// Parses a run record's text; `path` names it in errors and gives the fallback start time.
 pub fn parse(text: &str, path: &Path) -> Result<RunRecord, RecordError> {
     let raw: Raw = serde_json::from_str(text).map_err(|e| RecordError::Parse {

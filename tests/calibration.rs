@@ -410,3 +410,144 @@ fn record_errors_name_the_file_and_the_fix() {
         .to_string();
     assert!(e.contains("cannot read the run record"), "{e}");
 }
+
+fn probe_input<'a>(
+    spec: &'a vla_launch::model::ModelSpec,
+    gpus: &'a [vla_launch::gpu::Gpu],
+    accepts_ckpt: bool,
+) -> vla_launch::plan::PlanInput<'a> {
+    use vla_launch::plan::{Pins, PlanInput, Policy};
+    PlanInput {
+        spec,
+        gpus,
+        nnodes: 1,
+        policy: Policy {
+            min_global_batch: 16,
+            exact_global_batch: false,
+            strategies: vec![Strategy::Ddp, Strategy::Fsdp],
+            script_accepts_fsdp: true,
+            script_accepts_checkpointing: accepts_ckpt,
+            margin_fraction: 0.05,
+            margin_min_bytes: GIB,
+            max_batch_size: 64,
+            allocator: Allocator::ExpandableSegments,
+        },
+        pins: Pins::default(),
+        host_ram_bytes: None,
+        merge_lora_during_training: false,
+    }
+}
+
+fn builtin_spec(name: &str) -> vla_launch::model::ModelSpec {
+    use vla_launch::profile::{self, BUILTIN};
+    let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
+    profile::model_spec(&profile::parse(text, name).unwrap(), &[])
+}
+
+#[test]
+fn probe_runs_cover_every_mode_at_two_batch_sizes() {
+    use vla_launch::gpu::parse_gpus_spec;
+    // (GPUs, accepts checkpointing, expected (strategy, checkpointing) modes)
+    let table: [(&str, bool, &[(Strategy, bool)]); 3] = [
+        (
+            "1xh100",
+            true,
+            &[(Strategy::Ddp, false), (Strategy::Ddp, true)],
+        ),
+        ("1xh100", false, &[(Strategy::Ddp, false)]),
+        (
+            "2xh100",
+            true,
+            &[
+                (Strategy::Ddp, false),
+                (Strategy::Ddp, true),
+                (Strategy::Fsdp, false),
+                (Strategy::Fsdp, true),
+            ],
+        ),
+    ];
+    let spec = builtin_spec("aloha");
+    for (gpus, ckpt, modes) in table {
+        let gpus = parse_gpus_spec(gpus).unwrap();
+        let inp = probe_input(&spec, &gpus, ckpt);
+        let runs = calibration::probe_runs(&inp, "aloha").unwrap();
+        let mut got: Vec<(Strategy, bool)> = runs
+            .iter()
+            .map(|r| (r.pins.strategy.unwrap(), r.pins.checkpointing.unwrap()))
+            .collect();
+        got.dedup();
+        assert_eq!(got, modes, "{gpus:?}");
+        for pair in runs.chunks(2) {
+            let (lo, hi) = (&pair[0], &pair[1]);
+            let (bl, bh) = (lo.pins.batch_size.unwrap(), hi.pins.batch_size.unwrap());
+            assert_eq!(bl, (bh / 4).max(1));
+            assert!(bl < bh, "two distinct batch sizes: {bl} {bh}");
+            assert_eq!(lo.key, hi.key);
+            assert_eq!(hi.pins.grad_accum, Some(1));
+            assert_eq!(hi.key.world_bucket, gpus.len() as u32);
+            let usable = gpus[0].free_bytes - (gpus[0].total_bytes / 20).max(GIB);
+            assert!(hi.predicted_peak_bytes as f64 <= 0.9 * usable as f64);
+            // One batch more would pass the headroom (or the batch limit).
+            let mut next = inp.clone();
+            next.policy.min_global_batch = 1;
+            next.pins = vla_launch::plan::Pins {
+                batch_size: Some(bh + 1),
+                ..hi.pins.clone()
+            };
+            let c = vla_launch::plan::plan(&next).unwrap().chosen.unwrap();
+            assert!(
+                bh == 64 || c.predicted_peak_bytes as f64 > 0.9 * usable as f64,
+                "{bh}"
+            );
+        }
+    }
+}
+
+/// The `calibrate` acceptance on synthetic data: probe runs on a GPU whose true peak is linear in
+/// the prediction, then a held-out batch size of each mode within 5% of the truth.
+#[test]
+fn calibrate_flow_predicts_held_out_batches() {
+    use vla_launch::gpu::parse_gpus_spec;
+    let spec = builtin_spec("aloha");
+    let gpus = parse_gpus_spec("2xh100").unwrap();
+    let inp = probe_input(&spec, &gpus, true);
+    let runs = calibration::probe_runs(&inp, "aloha").unwrap();
+    let truth = |p: u64| 1.09 * p as f64 + 0.6 * GIB as f64;
+    let mut store = Store::default();
+    for (i, r) in runs.iter().enumerate() {
+        store.add(
+            r.key.clone(),
+            obs(
+                r.pins.batch_size.unwrap(),
+                r.predicted_peak_bytes,
+                truth(r.predicted_peak_bytes) as u64,
+                i as u64,
+            ),
+        );
+    }
+    for pair in runs.chunks(2) {
+        let (lo, hi) = (
+            pair[0].pins.batch_size.unwrap(),
+            pair[1].pins.batch_size.unwrap(),
+        );
+        let held_out = (lo + hi) / 2 + 1;
+        let mut q = inp.clone();
+        q.policy.min_global_batch = 1;
+        q.pins = vla_launch::plan::Pins {
+            batch_size: Some(held_out),
+            ..pair[1].pins.clone()
+        };
+        let p = vla_launch::plan::plan(&q)
+            .unwrap()
+            .chosen
+            .unwrap()
+            .predicted_peak_bytes;
+        let (corrected, _) = store.corrected_peak(&pair[0].key, p);
+        let err = corrected as f64 / truth(p) - 1.0;
+        assert!(
+            err.abs() < 0.05,
+            "{:?} batch {held_out}: {err:.3}",
+            pair[0].key
+        );
+    }
+}
