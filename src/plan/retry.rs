@@ -134,18 +134,22 @@ pub fn replan_after_oom(
             Err(e) => return stop(format!("cannot re-plan after CUDA out of memory: {e}")),
         };
         let Some(c) = p.chosen.as_ref().filter(|_| p.feasible) else {
-            last_reason = p.reasons.last().cloned().unwrap_or_default();
+            // The planner's own reason quotes the shrunk usable memory: confusing here.
             continue;
         };
         if c.global_batch != failed.global_batch
             || c.nproc_per_node != failed.nproc_per_node
             || c.predicted_peak_bytes >= failed.predicted_peak_bytes
         {
-            last_reason = format!(
-                "the closest, {}, would change the global batch to {}",
-                c.label(),
-                c.global_batch
-            );
+            last_reason = if c.global_batch != failed.global_batch {
+                format!(
+                    "the closest, {}, would change the global batch to {}",
+                    c.label(),
+                    c.global_batch
+                )
+            } else {
+                format!("the closest, {}, is not smaller", c.label())
+            };
             continue;
         }
         let overshoot = factor > 1.0005;
@@ -191,12 +195,15 @@ pub fn replan_after_oom(
         };
     }
     stop(format!(
-        "CUDA out of memory with {} ({evidence}, {:.0}% above the prediction) and no configuration of global batch {} on these {} GPU{} fits with that overshoot{}; use more GPUs or lower --global-batch",
+        "CUDA out of memory with {} ({evidence}, {:.0}% above the prediction) and no configuration of global batch {} on {} fits with that overshoot{}; use more GPUs or lower --global-batch",
         failed.label(),
         (factor - 1.0) * 100.0,
         failed.global_batch,
-        failed.nproc_per_node,
-        if failed.nproc_per_node == 1 { "" } else { "s" },
+        if failed.nproc_per_node == 1 {
+            "this GPU".to_string()
+        } else {
+            format!("these {} GPUs", failed.nproc_per_node)
+        },
         if last_reason.is_empty() {
             String::new()
         } else {
