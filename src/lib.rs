@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod budget;
+pub mod calibration;
 pub mod cli;
 pub mod cluster;
 pub mod doctor;
@@ -15,5 +16,6 @@ pub mod model;
 pub mod monitor;
 pub mod plan;
 pub mod profile;
+pub mod record;
 pub mod script_caps;
 pub mod units;

@@ -15,6 +15,7 @@
 //!    steps, fewer GPUs.
 
 pub mod explain;
+pub mod retry;
 pub mod speed;
 
 use serde::Serialize;

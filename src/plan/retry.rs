@@ -1,0 +1,213 @@
+//! The OOM re-plan policy: after a run dies of CUDA out-of-memory, plan again with the observed
+//! peak as evidence, or stop. Pure.
+//!
+//! Rules (docs/calibration.md):
+//! - never loop: `attempt` retries already made >= `max_retries` stops;
+//! - never change the global batch, the GPUs or the node count: only how each rank gets there
+//!   (micro-batch x accumulation, checkpointing, DDP/FSDP);
+//! - evidence: the run needed at least max(observed peak, the free memory it started with) where
+//!   the model predicted `failed.predicted_peak_bytes`; every candidate's prediction is scaled by that
+//!   overshoot (done by shrinking usable memory by the same factor), so the failed configuration
+//!   no longer fits and the retry is strictly below its prediction;
+//! - the user's strategy/checkpointing pins are kept when something fits with them, released
+//!   otherwise; multi-node runs stop (every node would have to agree on the new plan).
+
+use crate::gpu::Gpu;
+use crate::launch::diagnosis::OomDetails;
+use crate::units::fmt_gib;
+
+use super::{Candidate, Pins, Plan, PlanInput, margin_bytes, plan, usable};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryDecision {
+    /// Do not relaunch; `reason` is one sentence for the user.
+    Stop { reason: String },
+    /// Relaunch with `plan.chosen`; `message` says what changed and why.
+    Retry { plan: Box<Plan>, message: String },
+}
+
+/// The best evidence of what the failed run needed on its worst GPU: the NVML peak, or what torch
+/// said the process held plus the allocation that failed, whichever is larger.
+pub fn oom_evidence(nvml_peak_bytes: Option<u64>, oom: Option<&OomDetails>) -> Option<u64> {
+    let from_torch = oom.and_then(|d| {
+        d.process_in_use_bytes
+            .or(d.allocated_by_pytorch_bytes)
+            .map(|held| held + d.tried_to_allocate_bytes.unwrap_or(0))
+    });
+    match (nvml_peak_bytes, from_torch) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Decides whether and how to relaunch after a CUDA OOM of `failed` (planned from `input`).
+/// `attempt` is the number of retries already made (0 after the first launch failed).
+pub fn replan_after_oom(
+    input: &PlanInput,
+    failed: &Candidate,
+    observed_peak_bytes: Option<u64>,
+    attempt: u32,
+    max_retries: u32,
+) -> RetryDecision {
+    let stop = |reason: String| RetryDecision::Stop { reason };
+    if attempt >= max_retries {
+        return stop(format!(
+            "CUDA out of memory again after {attempt} re-plan{}: not retrying (--oom-retries {max_retries}); lower --batch-size or turn --checkpointing on",
+            if attempt == 1 { "" } else { "s" }
+        ));
+    }
+    if failed.nnodes > 1 || input.nnodes > 1 {
+        return stop(format!(
+            "CUDA out of memory in a {}-node run: not re-planned automatically, every node would have to agree on the new plan; relaunch all nodes with --batch-size {} --grad-accum {} or --checkpointing on",
+            failed.nnodes.max(input.nnodes),
+            (failed.batch_size / 2).max(1),
+            failed.grad_accumulation_steps * 2
+        ));
+    }
+    let gpus: Vec<&Gpu> = input
+        .gpus
+        .iter()
+        .filter(|g| failed.gpu_indices.contains(&g.index))
+        .collect();
+    if gpus.len() != failed.gpu_indices.len() || failed.predicted_peak_bytes == 0 {
+        return stop(format!(
+            "cannot re-plan: the failed run's GPUs {:?} are not all among the GPUs planned for",
+            failed.gpu_indices
+        ));
+    }
+    let min_free = gpus.iter().map(|g| g.free_bytes).min().unwrap_or(0);
+    let need = observed_peak_bytes.unwrap_or(0).max(min_free);
+    let factor = (need as f64 / failed.predicted_peak_bytes as f64).max(1.0);
+    // Same test as the planner's, with every prediction scaled by `factor`:
+    // peak x factor <= usable  <=>  peak <= usable / factor; and strictly below the failed peak.
+    let shrunk: Vec<Gpu> = gpus
+        .iter()
+        .map(|g| {
+            let u = ((usable(g, &input.policy) as f64 / factor).floor() as u64)
+                .min(failed.predicted_peak_bytes.saturating_sub(1));
+            Gpu {
+                free_bytes: margin_bytes(g, &input.policy) + u,
+                ..(*g).clone()
+            }
+        })
+        .collect();
+
+    let mut policy = input.policy.clone();
+    policy.min_global_batch = failed.global_batch;
+    policy.exact_global_batch = true;
+    let nproc = Some(failed.nproc_per_node);
+    let keep_user = Pins {
+        strategy: input.pins.strategy,
+        checkpointing: input.pins.checkpointing,
+        nproc,
+        ..Pins::default()
+    };
+    let release = Pins {
+        nproc,
+        ..Pins::default()
+    };
+    let mut tiers = vec![(keep_user.clone(), false)];
+    if keep_user != release {
+        tiers.push((release, true));
+    }
+
+    let evidence = match observed_peak_bytes {
+        Some(o) if o >= min_free => format!("observed {}", fmt_gib(o)),
+        _ => format!(
+            "it needed more than the {} free when it started",
+            fmt_gib(min_free)
+        ),
+    };
+    let mut last_reason = String::new();
+    for (pins, released) in tiers {
+        let inp = PlanInput {
+            spec: input.spec,
+            gpus: &shrunk,
+            nnodes: input.nnodes,
+            policy: policy.clone(),
+            pins,
+            host_ram_bytes: input.host_ram_bytes,
+            merge_lora_during_training: input.merge_lora_during_training,
+        };
+        let p = match plan(&inp) {
+            Ok(p) => p,
+            Err(e) => return stop(format!("cannot re-plan after CUDA out of memory: {e}")),
+        };
+        let Some(c) = p.chosen.as_ref().filter(|_| p.feasible) else {
+            // The planner's own reason quotes the shrunk usable memory: confusing here.
+            continue;
+        };
+        if c.global_batch != failed.global_batch
+            || c.nproc_per_node != failed.nproc_per_node
+            || c.predicted_peak_bytes >= failed.predicted_peak_bytes
+        {
+            last_reason = if c.global_batch != failed.global_batch {
+                format!(
+                    "the closest, {}, would change the global batch to {}",
+                    c.label(),
+                    c.global_batch
+                )
+            } else {
+                format!("the closest, {}, is not smaller", c.label())
+            };
+            continue;
+        }
+        let overshoot = factor > 1.0005;
+        let why = if overshoot {
+            format!(
+                "{evidence}: {:.0}% above the prediction",
+                (factor - 1.0) * 100.0
+            )
+        } else {
+            "the prediction already exceeded the usable memory".to_string()
+        };
+        let scaled = if overshoot {
+            format!(
+                " ({} with the same overshoot)",
+                fmt_gib((c.predicted_peak_bytes as f64 * factor) as u64)
+            )
+        } else {
+            String::new()
+        };
+        let usable_now = gpus
+            .iter()
+            .map(|g| usable(g, &input.policy))
+            .min()
+            .unwrap_or(0);
+        let message = format!(
+            "CUDA out of memory with {} (predicted {}; {why}): retry {} of {max_retries} with {}, predicted {}{scaled} of {} usable{}; global batch {} unchanged",
+            failed.label(),
+            fmt_gib(failed.predicted_peak_bytes),
+            attempt + 1,
+            c.label(),
+            fmt_gib(c.predicted_peak_bytes),
+            fmt_gib(usable_now),
+            if released {
+                "; your --strategy/--checkpointing choice was released, nothing safer fits with it"
+            } else {
+                ""
+            },
+            failed.global_batch
+        );
+        return RetryDecision::Retry {
+            plan: Box::new(p),
+            message,
+        };
+    }
+    stop(format!(
+        "CUDA out of memory with {} ({evidence}, {:.0}% above the prediction) and no configuration of global batch {} on {} fits with that overshoot{}; use more GPUs or lower --global-batch",
+        failed.label(),
+        (factor - 1.0) * 100.0,
+        failed.global_batch,
+        if failed.nproc_per_node == 1 {
+            "this GPU".to_string()
+        } else {
+            format!("these {} GPUs", failed.nproc_per_node)
+        },
+        if last_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({last_reason})")
+        }
+    ))
+}
