@@ -14,7 +14,10 @@ fn recorded(fx: &Fixture) -> serde_json::Value {
 }
 
 fn flags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -30,7 +33,10 @@ fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
         ("--batch_size", "4"),
         ("--grad_accumulation_steps", "2"),
         ("--lora_rank", "32"),
-        ("--run_id_note", "parallel_dec--25_acts_chunk--continuous_acts--L1_regression"),
+        (
+            "--run_id_note",
+            "parallel_dec--25_acts_chunk--continuous_acts--L1_regression",
+        ),
     ]);
     let libero = flags(&[
         ("--dataset_name", "libero_spatial_no_noops"),
@@ -40,7 +46,10 @@ fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
         ("--gradient_checkpointing", "True"),
     ]);
     let hostile = flags(&[
-        ("--run_id_note", "two words; rm -rf / && echo $(id) `id` \"dq\" 'sq' \\ * ?"),
+        (
+            "--run_id_note",
+            "two words; rm -rf / && echo $(id) `id` \"dq\" 'sq' \\ * ?",
+        ),
         ("--wandb_entity", ""),
         ("--note", "line1\nline2\ttab"),
     ]);
@@ -54,15 +63,22 @@ fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
         });
         let record_path = fx.path("record.json");
         let mut cmd = fx.cmd.clone();
-        cmd.env.push(("FAKE_RECORD".into(), record_path.to_string_lossy().into()));
+        cmd.env
+            .push(("FAKE_RECORD".into(), record_path.to_string_lossy().into()));
         let opts = fx.options(Duration::from_secs(5));
         let outcome = vla_launch::launch::supervisor::run_blocking(&cmd, &opts).unwrap();
         assert_eq!(outcome.exit_code, 0, "{name}");
         let rec = recorded(&fx);
-        let mut want: Vec<String> =
-            ["--standalone", "--nnodes", "1", "--nproc-per-node", "2", "vla-scripts/finetune.py"]
-                .map(String::from)
-                .to_vec();
+        let mut want: Vec<String> = [
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "vla-scripts/finetune.py",
+        ]
+        .map(String::from)
+        .to_vec();
         for (k, v) in &script_flags {
             want.push(k.clone());
             want.push(v.clone());
@@ -71,14 +87,28 @@ fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
         let got: Vec<String> = serde_json::from_value(rec["argv"].clone()).unwrap();
         assert_eq!(got, want, "{name}");
         let env = &rec["env"];
-        assert_eq!(env["HF_TOKEN"], "hf_secret value", "{name}: secrets are passed");
+        assert_eq!(
+            env["HF_TOKEN"], "hf_secret value",
+            "{name}: secrets are passed"
+        );
         assert_eq!(env["CUDA_VISIBLE_DEVICES"], "GPU-test");
         assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
         assert_eq!(env["PYTHONUNBUFFERED"], "1");
         assert!(env["VLA_LAUNCH_RUN"].is_string(), "{name}: run marker set");
-        assert_eq!(rec["cwd"], fx.dir.path().canonicalize().unwrap().to_string_lossy().as_ref());
+        assert_eq!(
+            rec["cwd"],
+            fx.dir
+                .path()
+                .canonicalize()
+                .unwrap()
+                .to_string_lossy()
+                .as_ref()
+        );
         let log = String::from_utf8_lossy(&fx.read("run.log")).into_owned();
-        assert!(!log.contains("hf_secret"), "{name}: the log never holds a secret");
+        assert!(
+            !log.contains("hf_secret"),
+            "{name}: the log never holds a secret"
+        );
         assert!(log.contains("HF_TOKEN='***'"), "{name}: {log}");
     }
 }
@@ -86,7 +116,8 @@ fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
 #[test]
 fn exit_codes_are_torchruns_or_128_plus_signal() {
     // (fake env, exit_code, signal, launcher exit status per design.md)
-    let cases: [(&[(&str, &str)], i32, Option<i32>, i32); 5] = [
+    type FakeEnv = &'static [(&'static str, &'static str)];
+    let cases: [(FakeEnv, i32, Option<i32>, i32); 5] = [
         (&[], 0, None, 0),
         (&[("FAKE_EXIT", "1")], 1, None, 1),
         (&[("FAKE_EXIT", "42")], 42, None, 1),
@@ -96,10 +127,17 @@ fn exit_codes_are_torchruns_or_128_plus_signal() {
     for (env, code, signal, status) in cases {
         let fx = Fixture::new(env);
         let o = fx.run(Duration::from_secs(5));
-        assert_eq!((o.exit_code, o.signal, o.process_exit_code()), (code, signal, status), "{env:?}");
+        assert_eq!(
+            (o.exit_code, o.signal, o.process_exit_code()),
+            (code, signal, status),
+            "{env:?}"
+        );
         assert_eq!(o.interrupted_by, None);
         let summary = vla_launch::launch::supervisor::summary_line(&o);
-        assert!(summary.contains(&fx.path("run.log").display().to_string()), "{summary}");
+        assert!(
+            summary.contains(&fx.path("run.log").display().to_string()),
+            "{summary}"
+        );
     }
 }
 
@@ -114,7 +152,10 @@ fn progress_bytes(n: usize) -> Vec<u8> {
 
 #[test]
 fn carriage_returns_arrive_unchanged_and_stderr_is_kept_apart() {
-    let fx = Fixture::new(&[("FAKE_PROGRESS", "100"), ("FAKE_STDERR", "warn: x\r\nno newline")]);
+    let fx = Fixture::new(&[
+        ("FAKE_PROGRESS", "100"),
+        ("FAKE_STDERR", "warn: x\r\nno newline"),
+    ]);
     let o = fx.run(Duration::from_secs(5));
     assert_eq!(o.exit_code, 0);
     let want = progress_bytes(100);
@@ -124,7 +165,10 @@ fn carriage_returns_arrive_unchanged_and_stderr_is_kept_apart() {
     assert_eq!(parse_stream(&log, Stream::Out), want);
     assert_eq!(parse_stream(&log, Stream::Err), b"warn: x\r\nno newline");
     // One timestamped record per `\r`-terminated update.
-    let records = log.split(|&b| b == b'\n').filter(|l| l.len() > 25 && &l[25..30] == b"out |").count();
+    let records = log
+        .split(|&b| b == b'\n')
+        .filter(|l| l.len() > 25 && &l[25..30] == b"out |")
+        .count();
     assert_eq!(records, 101);
 }
 
@@ -133,7 +177,9 @@ fn hundred_megabytes_reach_the_terminal_and_the_log_byte_for_byte() {
     let fx = Fixture::new(&[("FAKE_OUTPUT_MB", "100")]);
     let o = fx.run(Duration::from_secs(5));
     assert_eq!(o.exit_code, 0);
-    let block: Vec<u8> = (0..4096 * 16).flat_map(|i| format!("{i:08} {}\n", "x".repeat(70)).into_bytes()).collect();
+    let block: Vec<u8> = (0..4096 * 16)
+        .flat_map(|i| format!("{i:08} {}\n", "x".repeat(70)).into_bytes())
+        .collect();
     let total = 100 << 20;
     let want: Vec<u8> = block.iter().copied().cycle().take(total).collect();
     let stdout = fx.read("stdout");
@@ -141,7 +187,10 @@ fn hundred_megabytes_reach_the_terminal_and_the_log_byte_for_byte() {
     if o.terminal_dropped_bytes == 0 {
         assert!(stdout == want, "terminal copy differs");
     }
-    assert!(parse_stream(&fx.read("run.log"), Stream::Out) == want, "log differs");
+    assert!(
+        parse_stream(&fx.read("run.log"), Stream::Out) == want,
+        "log differs"
+    );
 }
 
 /// Each stop scenario: the signal, how the fake torchrun reacts, how its children react.
@@ -173,7 +222,10 @@ fn stop_signals_leave_no_process_alive_within_grace_plus_one_second() {
         let took = sent.elapsed();
         let case = format!("{sig} on_stop={on_stop} children={child_term:?}");
         assert_all_dead(&pids, &case);
-        assert!(took <= grace + Duration::from_secs(1), "{case}: took {took:?}");
+        assert!(
+            took <= grace + Duration::from_secs(1),
+            "{case}: took {took:?}"
+        );
         assert_eq!(o.interrupted_by, Some(sig as i32), "{case}");
         assert_eq!(o.force_killed, force, "{case}");
         assert_eq!(o.process_exit_code(), 128 + sig as i32, "{case}");
@@ -196,7 +248,11 @@ fn second_stop_signal_kills_at_once() {
     let second = Instant::now();
     signals.send(Signal::SIGINT);
     let o = thread.join().unwrap().unwrap();
-    assert!(second.elapsed() < Duration::from_secs(1), "{:?}", second.elapsed());
+    assert!(
+        second.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        second.elapsed()
+    );
     assert_all_dead(&pids, "after the second SIGINT");
     assert!(o.force_killed);
     assert_eq!(o.signal, Some(9));
@@ -205,7 +261,11 @@ fn second_stop_signal_kills_at_once() {
 #[test]
 fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() {
     for child_term in ["", "ignore"] {
-        let fx = Fixture::new(&[("FAKE_ORPHANS", "2"), ("FAKE_WORKERS", "1"), ("FAKE_CHILD_TERM", child_term)]);
+        let fx = Fixture::new(&[
+            ("FAKE_ORPHANS", "2"),
+            ("FAKE_WORKERS", "1"),
+            ("FAKE_CHILD_TERM", child_term),
+        ]);
         let start = Instant::now();
         let o = fx.run(Duration::from_secs(5));
         let pids = fx.pids();
@@ -213,7 +273,11 @@ fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() 
         assert_eq!(o.exit_code, 0);
         assert_eq!(o.leftover_processes, 3, "{child_term:?}");
         // orphan grace (0.3 s) + leak timeout (0.5 s) + python start-up, far below forever.
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -242,4 +306,55 @@ fn sigusr1_reaches_the_workers_not_torchrun() {
     workers.sort();
     assert_eq!(got, workers);
     assert_all_dead(&pids, "after exit");
+}
+
+/// Not a test on its own: when `torchrun_gets_sigterm_when_the_launcher_is_killed` re-runs this
+/// binary with VLA_TEST_LAUNCHER_LOG set, this plays the launcher process (then gets killed).
+#[test]
+fn launcher_process_helper() {
+    let Some(log) = std::env::var_os("VLA_TEST_LAUNCHER_LOG") else {
+        return;
+    };
+    let fx = Fixture::new(&[("FAKE_SLEEP", "60")]);
+    let mut opts = fx.options(Duration::from_secs(5));
+    opts.log_path = log.into();
+    let mut cmd = fx.cmd.clone();
+    // Report into the parent test's pid file.
+    cmd.env.retain(|(k, _)| k != "FAKE_PIDS");
+    cmd.env.push((
+        "FAKE_PIDS".into(),
+        std::env::var("VLA_TEST_LAUNCHER_PIDS").unwrap(),
+    ));
+    let _ = vla_launch::launch::supervisor::run_blocking(&cmd, &opts);
+}
+
+#[test]
+fn torchrun_gets_sigterm_when_the_launcher_is_killed() {
+    let fx = Fixture::new(&[]);
+    let mut launcher = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "launcher_process_helper",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("VLA_TEST_LAUNCHER_LOG", fx.path("run.log"))
+        .env("VLA_TEST_LAUNCHER_PIDS", fx.path("pids"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let torchrun = fx.wait_ready()[0];
+    assert!(alive(torchrun));
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while alive(torchrun) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let survived = alive(torchrun);
+    if survived {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(torchrun), Signal::SIGKILL);
+    }
+    assert!(!survived, "torchrun {torchrun} outlived its launcher");
 }

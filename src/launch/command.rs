@@ -247,7 +247,10 @@ impl EnvList {
 /// Whether a variable (or a `--flag` name) holds a credential that must never be printed or
 /// recorded. Matches by convention, so it errs towards masking.
 pub fn is_secret(name: &str) -> bool {
-    let upper = name.trim_start_matches('-').to_ascii_uppercase().replace('-', "_");
+    let upper = name
+        .trim_start_matches('-')
+        .to_ascii_uppercase()
+        .replace('-', "_");
     const SUFFIXES: &[&str] = &["_TOKEN", "_KEY", "_SECRET", "_CREDENTIALS", "_PASS"];
     const EXACT: &[&str] = &["TOKEN", "SECRET", "API_KEY", "WANDB_API_KEY", "HF_TOKEN"];
     const INFIXES: &[&str] = &["PASSWORD", "PASSWD", "SECRET", "ACCESS_KEY", "API_KEY"];

@@ -254,7 +254,11 @@ pub fn parse_stream(log: &[u8], stream: Stream) -> Vec<u8> {
         if tag == whole {
             // A `\r` record carries an added `\n`; a `\n` record's `\n` is its own.
             let own_cr = payload.len() >= 2 && payload[payload.len() - 2] == b'\r';
-            out.extend_from_slice(if own_cr { &payload[..payload.len() - 1] } else { payload });
+            out.extend_from_slice(if own_cr {
+                &payload[..payload.len() - 1]
+            } else {
+                payload
+            });
         } else if tag == cut {
             out.extend_from_slice(&payload[..payload.len() - 1]);
         }
@@ -284,8 +288,15 @@ mod tests {
         let long = vec![b'x'; MAX_PENDING + 10];
         let cases: Vec<Vec<(Stream, &[u8])>> = vec![
             vec![(Stream::Out, b"hello\nworld\n")],
-            vec![(Stream::Out, b" 10%|#\r 20%|##\r"), (Stream::Out, b"\r\n done\n")],
-            vec![(Stream::Out, b"par"), (Stream::Err, b"error line\n"), (Stream::Out, b"tial\n")],
+            vec![
+                (Stream::Out, b" 10%|#\r 20%|##\r"),
+                (Stream::Out, b"\r\n done\n"),
+            ],
+            vec![
+                (Stream::Out, b"par"),
+                (Stream::Err, b"error line\n"),
+                (Stream::Out, b"tial\n"),
+            ],
             vec![(Stream::Err, b"no terminator at the end")],
             vec![(Stream::Out, &long), (Stream::Out, b"end\n")],
             vec![(Stream::Out, b"\n\n\r\r"), (Stream::Err, b"\r")],
@@ -302,7 +313,10 @@ mod tests {
                 assert_eq!(parse_stream(&log, stream), want, "case {i} {stream:?}");
             }
             for line in log.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                assert!(line.len() >= PREFIX_LEN && line[23] == b'Z', "case {i}: {line:?}");
+                assert!(
+                    line.len() >= PREFIX_LEN && line[23] == b'Z',
+                    "case {i}: {line:?}"
+                );
             }
         }
     }
@@ -311,10 +325,16 @@ mod tests {
     fn every_terminator_starts_a_record() {
         let log = render_bytes(&[(Stream::Out, b" 1%\r 2%\r 3%\n")]);
         let text = String::from_utf8(log).unwrap();
-        let records: Vec<&str> = text.lines().map(|l| &l[25..]).collect();
+        let records: Vec<&str> = text.split_terminator('\n').map(|l| &l[25..]).collect();
         assert_eq!(
             records,
-            ["out | 1%\r", "out | 2%\r", "out | 3%", "--- |a note", "--- |over two lines"]
+            [
+                "out | 1%\r",
+                "out | 2%\r",
+                "out | 3%",
+                "--- |a note",
+                "--- |over two lines"
+            ]
         );
     }
 

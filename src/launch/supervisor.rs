@@ -88,7 +88,12 @@ impl SignalHandle {
 /// "terminate" action is replaced, so the launcher can clean up).
 pub fn install_signal_forwarding(handle: &SignalHandle) -> io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1] {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
         let mut stream = signal(SignalKind::from_raw(sig as i32))?;
         let tx = handle.clone();
         tokio::spawn(async move {
@@ -209,10 +214,16 @@ pub fn summary_line(o: &Outcome) -> String {
         extra.push("grace period over, SIGKILL sent".to_string());
     }
     if o.leftover_processes > 0 {
-        extra.push(format!("{} leftover process(es) ended", o.leftover_processes));
+        extra.push(format!(
+            "{} leftover process(es) ended",
+            o.leftover_processes
+        ));
     }
     if o.terminal_dropped_bytes > 0 {
-        extra.push(format!("{} bytes not shown on the terminal", o.terminal_dropped_bytes));
+        extra.push(format!(
+            "{} bytes not shown on the terminal",
+            o.terminal_dropped_bytes
+        ));
     }
     let extra = if extra.is_empty() {
         String::new()
@@ -259,7 +270,9 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         install_signal_forwarding(&opts.signals).map_err(LaunchError::Signals)?;
     }
     if let Err(e) = process_tree::become_child_subreaper() {
-        tracing::warn!("cannot become a child subreaper ({e}): workers in new sessions are found by marker only");
+        tracing::warn!(
+            "cannot become a child subreaper ({e}): workers in new sessions are found by marker only"
+        );
     }
     if let Err(source) = std::fs::metadata(&cmd.cwd) {
         return Err(LaunchError::Workdir {
@@ -292,10 +305,22 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let (err_tx, err_thread) = terminal_writer(&opts.stderr).map_err(log_err)?;
     let mut readers = tokio::task::JoinSet::new();
     if let Some(pipe) = child.stdout.take() {
-        readers.spawn(relay(pipe, Stream::Out, log.sender(), out_tx, dropped.clone()));
+        readers.spawn(relay(
+            pipe,
+            Stream::Out,
+            log.sender(),
+            out_tx,
+            dropped.clone(),
+        ));
     }
     if let Some(pipe) = child.stderr.take() {
-        readers.spawn(relay(pipe, Stream::Err, log.sender(), err_tx, dropped.clone()));
+        readers.spawn(relay(
+            pipe,
+            Stream::Err,
+            log.sender(),
+            err_tx,
+            dropped.clone(),
+        ));
     }
 
     let usr1_to_torchrun = declares_usr1(cmd);
@@ -440,7 +465,11 @@ fn declares_usr1(cmd: &LaunchCommand) -> bool {
         .find(|(k, _)| k == VAR)
         .map(|(_, v)| OsString::from(v))
         .or_else(|| std::env::var_os(VAR));
-    value.is_some_and(|v| v.to_string_lossy().split(',').any(|s| s.trim() == "SIGUSR1"))
+    value.is_some_and(|v| {
+        v.to_string_lossy()
+            .split(',')
+            .any(|s| s.trim() == "SIGUSR1")
+    })
 }
 
 /// SIGKILL to torchrun's group and to every member of the run, until none is left.
@@ -471,7 +500,11 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> usiz
     let live = |marker: &str| -> Vec<i32> {
         let members = process_tree::members(None, marker);
         process_tree::reap_adopted(&members, None);
-        members.iter().filter(|p| !p.zombie).map(|p| p.pid).collect()
+        members
+            .iter()
+            .filter(|p| !p.zombie)
+            .map(|p| p.pid)
+            .collect()
     };
     let first = live(marker);
     if first.is_empty() {
@@ -563,7 +596,9 @@ async fn relay(
                 Ok(()) => dropping = false,
                 Err(mpsc::TrySendError::Full(_)) => {
                     if !dropping {
-                        log.note(format!("terminal not keeping up: {stream:?} output dropped there (kept here)"));
+                        log.note(format!(
+                            "terminal not keeping up: {stream:?} output dropped there (kept here)"
+                        ));
                     }
                     dropping = true;
                     dropped.fetch_add(len, Ordering::Relaxed);

@@ -46,7 +46,8 @@ impl Fixture {
         edit(&mut spec);
         let mut cmd = build(&spec, &Inherited::from_process()).unwrap();
         let pids = dir.path().join("pids");
-        cmd.env.push(("FAKE_PIDS".into(), pids.to_string_lossy().into()));
+        cmd.env
+            .push(("FAKE_PIDS".into(), pids.to_string_lossy().into()));
         for (k, v) in fake_env {
             cmd.env.push((k.to_string(), v.to_string()));
         }
@@ -74,10 +75,16 @@ impl Fixture {
     }
 
     /// Starts the run on its own thread; signals go through the returned handle.
-    pub fn start(&self, opts: SuperviseOptions) -> (SignalHandle, JoinHandle<Result<Outcome, LaunchError>>) {
+    pub fn start(
+        &self,
+        opts: SuperviseOptions,
+    ) -> (SignalHandle, JoinHandle<Result<Outcome, LaunchError>>) {
         let handle = opts.signals.clone();
         let cmd = self.cmd.clone();
-        (handle, std::thread::spawn(move || run_blocking(&cmd, &opts)))
+        (
+            handle,
+            std::thread::spawn(move || run_blocking(&cmd, &opts)),
+        )
     }
 
     /// Waits until the fake has started all its processes; returns their pids.

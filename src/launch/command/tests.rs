@@ -22,17 +22,26 @@ fn spec() -> CommandSpec {
 
 fn host(vars: &[(&str, &str)]) -> Inherited {
     Inherited {
-        vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        vars: vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         cpus: 16,
     }
 }
 
 fn argv(cmd: &LaunchCommand) -> Vec<String> {
-    cmd.args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    cmd.args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 fn env_of<'a>(cmd: &'a LaunchCommand, name: &str) -> Option<&'a str> {
-    cmd.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    cmd.env
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -114,8 +123,19 @@ fn invalid_specs_are_rejected_with_the_value_at_fault() {
     let cases = [
         (no_procs, CommandError::NoProcesses),
         (no_rdzv, CommandError::MissingRendezvous { nnodes: 2 }),
-        (bad_rank, CommandError::BadNodeRank { node_rank: 1, nnodes: 1 }),
-        (bad_flag, CommandError::BadFlagName { name: "batch_size".into() }),
+        (
+            bad_rank,
+            CommandError::BadNodeRank {
+                node_rank: 1,
+                nnodes: 1,
+            },
+        ),
+        (
+            bad_flag,
+            CommandError::BadFlagName {
+                name: "batch_size".into(),
+            },
+        ),
     ];
     for (s, want) in cases {
         assert_eq!(build(&s, &host(&[])), Err(want));
@@ -149,7 +169,10 @@ fn environment_table() {
             cap_env: None,
         },
         Case {
-            user: &[("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128"), ("OMP_NUM_THREADS", "3")],
+            user: &[
+                ("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128"),
+                ("OMP_NUM_THREADS", "3"),
+            ],
             profile: &[],
             cap: Some(24 << 30),
             alloc: None,
@@ -162,7 +185,10 @@ fn environment_table() {
         Case {
             user: &[("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")],
             profile: &[
-                ("PYTORCH_CUDA_ALLOC_CONF", "garbage_collection_threshold:0.6, expandable_segments:true"),
+                (
+                    "PYTORCH_CUDA_ALLOC_CONF",
+                    "garbage_collection_threshold:0.6, expandable_segments:true",
+                ),
                 ("CUDA_VISIBLE_DEVICES", "0"),
                 ("HF_TOKEN", "hf_abc"),
             ],
@@ -177,22 +203,38 @@ fn environment_table() {
     ];
     for (i, c) in cases.iter().enumerate() {
         let mut s = spec();
-        s.env = c.profile.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        s.env = c
+            .profile
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         s.vram_cap_bytes = c.cap;
         let cmd = build(&s, &host(c.user)).unwrap();
         assert_eq!(env_of(&cmd, ENV_ALLOC_CONF), c.alloc, "case {i}");
         assert_eq!(cmd.alloc_conf.source, c.alloc_source, "case {i}");
         assert_eq!(cmd.alloc_conf.allocator(), c.allocator, "case {i}");
         assert_eq!(env_of(&cmd, ENV_OMP_THREADS), c.omp, "case {i}");
-        assert_eq!(env_of(&cmd, ENV_VISIBLE_DEVICES), Some(c.visible), "case {i}");
-        assert_eq!(env_of(&cmd, ENV_DEVICE_ORDER), Some("PCI_BUS_ID"), "case {i}");
+        assert_eq!(
+            env_of(&cmd, ENV_VISIBLE_DEVICES),
+            Some(c.visible),
+            "case {i}"
+        );
+        assert_eq!(
+            env_of(&cmd, ENV_DEVICE_ORDER),
+            Some("PCI_BUS_ID"),
+            "case {i}"
+        );
         assert_eq!(env_of(&cmd, ENV_UNBUFFERED), Some("1"), "case {i}");
         assert_eq!(env_of(&cmd, ENV_VRAM_CAP), c.cap_env, "case {i}");
         let names: Vec<&str> = cmd.env.iter().map(|(k, _)| k.as_str()).collect();
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
-        assert_eq!(unique.len(), names.len(), "case {i}: duplicate names {names:?}");
+        assert_eq!(
+            unique.len(),
+            names.len(),
+            "case {i}: duplicate names {names:?}"
+        );
     }
 }
 
@@ -238,11 +280,21 @@ fn quoting_table() {
 #[test]
 fn display_masks_secrets_and_quotes_values() {
     let mut s = spec();
-    s.env = vec![("HF_TOKEN".into(), "hf_abc".into()), ("WANDB_MODE".into(), "offline".into())];
-    s.extra_args = vec!["--hf_token".into(), "hf_xyz".into(), "--wandb_api_key=k123".into()];
+    s.env = vec![
+        ("HF_TOKEN".into(), "hf_abc".into()),
+        ("WANDB_MODE".into(), "offline".into()),
+    ];
+    s.extra_args = vec![
+        "--hf_token".into(),
+        "hf_xyz".into(),
+        "--wandb_api_key=k123".into(),
+    ];
     let cmd = build(&s, &host(&[])).unwrap();
     let line = display(&cmd);
-    assert!(!line.contains("hf_abc") && !line.contains("hf_xyz") && !line.contains("k123"), "{line}");
+    assert!(
+        !line.contains("hf_abc") && !line.contains("hf_xyz") && !line.contains("k123"),
+        "{line}"
+    );
     assert_eq!(
         line,
         "cd /work/openvla-oft && PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 \
