@@ -200,7 +200,7 @@ fn stop_signals_leave_no_process_alive_within_grace_plus_one_second() {
     let cases = [
         (Signal::SIGINT, "exit", "", false),
         (Signal::SIGTERM, "slow:0.5", "", false),
-        (Signal::SIGTERM, "exit", "ignore", false),
+        (Signal::SIGTERM, "exit", "ignore", true),
         (Signal::SIGINT, "ignore", "ignore", true),
         (Signal::SIGTERM, "ignore", "ignore", true),
         (Signal::SIGHUP, "ignore", "", true),
