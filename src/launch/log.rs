@@ -1,5 +1,5 @@
 //! The run's log file: every byte of torchrun's stdout and stderr, one record per line with a
-//! UTC timestamp and the stream, written by its own thread so disk latency never stalls the relay.
+//! UTC timestamp and the stream.
 //!
 //! Record format (one file line each):
 //! `2026-11-27T08:50:01.123Z out |payload`  payload ends with `\n`, or with `\r` (a `\n` is
@@ -13,8 +13,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest piece kept waiting for a terminator before it is written as a cut record.
@@ -38,28 +37,39 @@ impl Stream {
     }
 }
 
-enum Message {
-    Chunk(Stream, Arc<Vec<u8>>),
-    Note(String),
+/// The log file, shared by the two relay tasks and the supervisor's notes. Written inline by
+/// the reader that got the bytes: a write to the page cache costs less than waking a log
+/// thread for every chunk (which halved relay throughput when measured).
+pub struct LogWriter {
+    shared: Arc<Mutex<Shared>>,
 }
 
-/// Handle to the log thread; cloneable senders feed it.
-pub struct LogWriter {
-    tx: mpsc::Sender<Message>,
-    thread: JoinHandle<io::Result<()>>,
+struct Shared {
+    out: RecordWriter<File>,
+    /// The first write error; later writes are skipped and `finish` reports it.
+    error: Option<io::Error>,
 }
 
 #[derive(Clone)]
-pub struct LogSender(mpsc::Sender<Message>);
+pub struct LogSender(Arc<Mutex<Shared>>);
 
 impl LogSender {
-    pub fn chunk(&self, stream: Stream, bytes: Arc<Vec<u8>>) {
-        // The receiver lives until `finish`; a send error means the log thread failed, which
-        // `finish` reports.
-        let _ = self.0.send(Message::Chunk(stream, bytes));
+    fn with(&self, f: impl FnOnce(&mut RecordWriter<File>) -> io::Result<()>) {
+        let mut shared = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if shared.error.is_none() {
+            if let Err(e) = f(&mut shared.out) {
+                shared.error = Some(e);
+            }
+        }
     }
-    pub fn note(&self, text: impl Into<String>) {
-        let _ = self.0.send(Message::Note(text.into()));
+    pub fn chunk(&self, stream: Stream, bytes: &[u8]) {
+        self.with(|out| out.chunk(stream, bytes));
+    }
+    pub fn note(&self, text: impl AsRef<str>) {
+        self.with(|out| out.note(text.as_ref()));
     }
 }
 
@@ -68,39 +78,31 @@ impl LogWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = File::create(path)?;
-        // Unbounded on purpose: the log must hold every byte, and blocking here would block the
-        // training's pipe; the disk is far faster than any training prints.
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("vla-launch-log".into())
-            .spawn(move || write_loop(file, rx))?;
-        Ok(LogWriter { tx, thread })
+        // Unbuffered: RecordWriter already writes one large buffer per chunk.
+        let out = RecordWriter::new(File::create(path)?);
+        Ok(LogWriter {
+            shared: Arc::new(Mutex::new(Shared { out, error: None })),
+        })
     }
 
     pub fn sender(&self) -> LogSender {
-        LogSender(self.tx.clone())
+        LogSender(self.shared.clone())
     }
 
-    /// Writes what is pending (cut records included), flushes and closes the file.
+    /// Writes what is pending (cut records included) and reports the first write error.
+    /// Senders still alive (an aborted relay task) can no longer reach the file afterwards.
     pub fn finish(self) -> io::Result<()> {
-        drop(self.tx);
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("log thread panicked")))
-    }
-}
-
-fn write_loop(file: File, rx: mpsc::Receiver<Message>) -> io::Result<()> {
-    // Unbuffered: RecordWriter already writes one large buffer per chunk.
-    let mut out = RecordWriter::new(file);
-    for msg in rx {
-        match msg {
-            Message::Chunk(stream, bytes) => out.chunk(stream, &bytes)?,
-            Message::Note(text) => out.note(&text)?,
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = shared.error.take() {
+            return Err(e);
         }
+        shared.out.cut(Stream::Out)?;
+        shared.out.cut(Stream::Err)?;
+        shared.out.out.flush()?;
+        // Later writes from leftover senders are dropped instead of appended after the end.
+        shared.error = Some(io::Error::other("log closed"));
+        Ok(())
     }
-    out.finish()
 }
 
 struct Pending {
@@ -176,6 +178,7 @@ impl<W: Write> RecordWriter<W> {
         self.out.write_all(&self.buf)
     }
 
+    #[cfg(test)]
     fn finish(mut self) -> io::Result<()> {
         self.cut(Stream::Out)?;
         self.cut(Stream::Err)?;

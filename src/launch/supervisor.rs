@@ -18,8 +18,8 @@
 //! - The launcher becomes a child subreaper, so workers started in new sessions are re-parented
 //!   to it and can be found, killed and reaped (`process_tree`).
 //!
-//! Output: both pipes are read concurrently as bytes; each chunk goes to the log thread (every
-//! byte, timestamped per line there) and to a terminal thread through a bounded queue. When the
+//! Output: both pipes are read concurrently as bytes; the reader writes each chunk to the log
+//! (every byte, timestamped per line there) and hands it to a terminal thread through a bounded queue. When the
 //! terminal does not keep up (paused, or piped into a stalled reader) chunks are dropped from the
 //! terminal only, so a full pipe never blocks training.
 
@@ -605,7 +605,7 @@ async fn relay(
             }
         }
         let chunk = Arc::new(buf);
-        log.chunk(stream, chunk.clone());
+        log.chunk(stream, &chunk);
         if let Some(tx) = &terminal {
             let len = chunk.len() as u64;
             match tx.try_send(chunk) {
