@@ -116,7 +116,8 @@ fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
 #[test]
 fn exit_codes_are_torchruns_or_128_plus_signal() {
     // (fake env, exit_code, signal, launcher exit status per design.md)
-    let cases: [(&[(&str, &str)], i32, Option<i32>, i32); 5] = [
+    type FakeEnv = &'static [(&'static str, &'static str)];
+    let cases: [(FakeEnv, i32, Option<i32>, i32); 5] = [
         (&[], 0, None, 0),
         (&[("FAKE_EXIT", "1")], 1, None, 1),
         (&[("FAKE_EXIT", "42")], 42, None, 1),
@@ -199,7 +200,7 @@ fn stop_signals_leave_no_process_alive_within_grace_plus_one_second() {
     let cases = [
         (Signal::SIGINT, "exit", "", false),
         (Signal::SIGTERM, "slow:0.5", "", false),
-        (Signal::SIGTERM, "exit", "ignore", false),
+        (Signal::SIGTERM, "exit", "ignore", true),
         (Signal::SIGINT, "ignore", "ignore", true),
         (Signal::SIGTERM, "ignore", "ignore", true),
         (Signal::SIGHUP, "ignore", "", true),
@@ -305,4 +306,55 @@ fn sigusr1_reaches_the_workers_not_torchrun() {
     workers.sort();
     assert_eq!(got, workers);
     assert_all_dead(&pids, "after exit");
+}
+
+/// Not a test on its own: when `torchrun_gets_sigterm_when_the_launcher_is_killed` re-runs this
+/// binary with VLA_TEST_LAUNCHER_LOG set, this plays the launcher process (then gets killed).
+#[test]
+fn launcher_process_helper() {
+    let Some(log) = std::env::var_os("VLA_TEST_LAUNCHER_LOG") else {
+        return;
+    };
+    let fx = Fixture::new(&[("FAKE_SLEEP", "60")]);
+    let mut opts = fx.options(Duration::from_secs(5));
+    opts.log_path = log.into();
+    let mut cmd = fx.cmd.clone();
+    // Report into the parent test's pid file.
+    cmd.env.retain(|(k, _)| k != "FAKE_PIDS");
+    cmd.env.push((
+        "FAKE_PIDS".into(),
+        std::env::var("VLA_TEST_LAUNCHER_PIDS").unwrap(),
+    ));
+    let _ = vla_launch::launch::supervisor::run_blocking(&cmd, &opts);
+}
+
+#[test]
+fn torchrun_gets_sigterm_when_the_launcher_is_killed() {
+    let fx = Fixture::new(&[]);
+    let mut launcher = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "launcher_process_helper",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("VLA_TEST_LAUNCHER_LOG", fx.path("run.log"))
+        .env("VLA_TEST_LAUNCHER_PIDS", fx.path("pids"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let torchrun = fx.wait_ready()[0];
+    assert!(alive(torchrun));
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while alive(torchrun) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let survived = alive(torchrun);
+    if survived {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(torchrun), Signal::SIGKILL);
+    }
+    assert!(!survived, "torchrun {torchrun} outlived its launcher");
 }

@@ -1,5 +1,5 @@
 //! The run's log file: every byte of torchrun's stdout and stderr, one record per line with a
-//! UTC timestamp and the stream, written by its own thread so disk latency never stalls the relay.
+//! UTC timestamp and the stream.
 //!
 //! Record format (one file line each):
 //! `2026-11-27T08:50:01.123Z out |payload`  payload ends with `\n`, or with `\r` (a `\n` is
@@ -10,11 +10,10 @@
 //! Concatenating the payloads of one stream gives back its bytes exactly (`parse_stream`).
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest piece kept waiting for a terminator before it is written as a cut record.
@@ -38,28 +37,39 @@ impl Stream {
     }
 }
 
-enum Message {
-    Chunk(Stream, Arc<Vec<u8>>),
-    Note(String),
+/// The log file, shared by the two relay tasks and the supervisor's notes. Written inline by
+/// the reader that got the bytes: a write to the page cache costs less than waking a log
+/// thread for every chunk (which halved relay throughput when measured).
+pub struct LogWriter {
+    shared: Arc<Mutex<Shared>>,
 }
 
-/// Handle to the log thread; cloneable senders feed it.
-pub struct LogWriter {
-    tx: mpsc::Sender<Message>,
-    thread: JoinHandle<io::Result<()>>,
+struct Shared {
+    out: RecordWriter<File>,
+    /// The first write error; later writes are skipped and `finish` reports it.
+    error: Option<io::Error>,
 }
 
 #[derive(Clone)]
-pub struct LogSender(mpsc::Sender<Message>);
+pub struct LogSender(Arc<Mutex<Shared>>);
 
 impl LogSender {
-    pub fn chunk(&self, stream: Stream, bytes: Arc<Vec<u8>>) {
-        // The receiver lives until `finish`; a send error means the log thread failed, which
-        // `finish` reports.
-        let _ = self.0.send(Message::Chunk(stream, bytes));
+    fn with(&self, f: impl FnOnce(&mut RecordWriter<File>) -> io::Result<()>) {
+        let mut shared = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if shared.error.is_none() {
+            if let Err(e) = f(&mut shared.out) {
+                shared.error = Some(e);
+            }
+        }
     }
-    pub fn note(&self, text: impl Into<String>) {
-        let _ = self.0.send(Message::Note(text.into()));
+    pub fn chunk(&self, stream: Stream, bytes: &[u8]) {
+        self.with(|out| out.chunk(stream, bytes));
+    }
+    pub fn note(&self, text: impl AsRef<str>) {
+        self.with(|out| out.note(text.as_ref()));
     }
 }
 
@@ -68,38 +78,31 @@ impl LogWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = File::create(path)?;
-        // Unbounded on purpose: the log must hold every byte, and blocking here would block the
-        // training's pipe; the disk is far faster than any training prints.
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("vla-launch-log".into())
-            .spawn(move || write_loop(file, rx))?;
-        Ok(LogWriter { tx, thread })
+        // Unbuffered: RecordWriter already writes one large buffer per chunk.
+        let out = RecordWriter::new(File::create(path)?);
+        Ok(LogWriter {
+            shared: Arc::new(Mutex::new(Shared { out, error: None })),
+        })
     }
 
     pub fn sender(&self) -> LogSender {
-        LogSender(self.tx.clone())
+        LogSender(self.shared.clone())
     }
 
-    /// Writes what is pending (cut records included), flushes and closes the file.
+    /// Writes what is pending (cut records included) and reports the first write error.
+    /// Senders still alive (an aborted relay task) can no longer reach the file afterwards.
     pub fn finish(self) -> io::Result<()> {
-        drop(self.tx);
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("log thread panicked")))
-    }
-}
-
-fn write_loop(file: File, rx: mpsc::Receiver<Message>) -> io::Result<()> {
-    let mut out = RecordWriter::new(BufWriter::with_capacity(256 * 1024, file));
-    for msg in rx {
-        match msg {
-            Message::Chunk(stream, bytes) => out.chunk(stream, &bytes)?,
-            Message::Note(text) => out.note(&text)?,
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = shared.error.take() {
+            return Err(e);
         }
+        shared.out.cut(Stream::Out)?;
+        shared.out.cut(Stream::Err)?;
+        shared.out.out.flush()?;
+        // Later writes from leftover senders are dropped instead of appended after the end.
+        shared.error = Some(io::Error::other("log closed"));
+        Ok(())
     }
-    out.finish()
 }
 
 struct Pending {
@@ -107,11 +110,14 @@ struct Pending {
     stamp: [u8; 24],
 }
 
-/// Splits chunks into records; generic over the sink so tests run it in memory.
+/// Splits chunks into records; generic over the sink so tests run it in memory. Each chunk's
+/// records are assembled in one buffer and written with one call: the log keeps up with a
+/// stream of short lines at well over 1 GB/s.
 struct RecordWriter<W: Write> {
     out: W,
     clock: Clock,
     pending: [Option<Pending>; 2],
+    buf: Vec<u8>,
 }
 
 impl<W: Write> RecordWriter<W> {
@@ -120,72 +126,73 @@ impl<W: Write> RecordWriter<W> {
             out,
             clock: Clock::default(),
             pending: [None, None],
+            buf: Vec::with_capacity(512 * 1024),
         }
     }
 
     fn chunk(&mut self, stream: Stream, mut bytes: &[u8]) -> io::Result<()> {
         let slot = stream as usize;
+        // Every line of one chunk arrived with the same read: one clock reading serves them all.
+        let stamp = self.clock.now();
+        self.buf.clear();
         while let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) {
             let (line, rest) = bytes.split_at(end + 1);
             bytes = rest;
             match self.pending[slot].take() {
                 Some(mut p) => {
                     p.bytes.extend_from_slice(line);
-                    self.record(&p.stamp, stream.tag(false), &p.bytes)?;
+                    push_record(&mut self.buf, &p.stamp, stream.tag(false), &p.bytes);
                 }
-                None => {
-                    let stamp = self.clock.now();
-                    self.record(&stamp, stream.tag(false), line)?;
-                }
+                None => push_record(&mut self.buf, &stamp, stream.tag(false), line),
             }
         }
         if !bytes.is_empty() {
-            let stamp = self.clock.now();
             let p = self.pending[slot].get_or_insert_with(|| Pending {
                 bytes: Vec::new(),
                 stamp,
             });
             p.bytes.extend_from_slice(bytes);
             if p.bytes.len() >= MAX_PENDING {
-                self.cut(stream)?;
+                let p = self.pending[slot].take().expect("just filled");
+                push_record(&mut self.buf, &p.stamp, stream.tag(true), &p.bytes);
             }
         }
-        Ok(())
+        self.out.write_all(&self.buf)
     }
 
     fn cut(&mut self, stream: Stream) -> io::Result<()> {
         if let Some(p) = self.pending[stream as usize].take() {
-            self.record(&p.stamp, stream.tag(true), &p.bytes)?;
+            self.buf.clear();
+            push_record(&mut self.buf, &p.stamp, stream.tag(true), &p.bytes);
+            self.out.write_all(&self.buf)?;
         }
         Ok(())
     }
 
     fn note(&mut self, text: &str) -> io::Result<()> {
         let stamp = self.clock.now();
+        self.buf.clear();
         for line in text.lines() {
-            self.out.write_all(&stamp)?;
-            self.out.write_all(b" --- |")?;
-            self.out.write_all(line.as_bytes())?;
-            self.out.write_all(b"\n")?;
+            push_record(&mut self.buf, &stamp, "--- |", line.as_bytes());
         }
-        Ok(())
+        self.out.write_all(&self.buf)
     }
 
-    fn record(&mut self, stamp: &[u8; 24], tag: &str, payload: &[u8]) -> io::Result<()> {
-        self.out.write_all(stamp)?;
-        self.out.write_all(b" ")?;
-        self.out.write_all(tag.as_bytes())?;
-        self.out.write_all(payload)?;
-        if payload.last() != Some(&b'\n') {
-            self.out.write_all(b"\n")?;
-        }
-        Ok(())
-    }
-
+    #[cfg(test)]
     fn finish(mut self) -> io::Result<()> {
         self.cut(Stream::Out)?;
         self.cut(Stream::Err)?;
         self.out.flush()
+    }
+}
+
+fn push_record(buf: &mut Vec<u8>, stamp: &[u8; 24], tag: &str, payload: &[u8]) {
+    buf.extend_from_slice(stamp);
+    buf.push(b' ');
+    buf.extend_from_slice(tag.as_bytes());
+    buf.extend_from_slice(payload);
+    if payload.last() != Some(&b'\n') {
+        buf.push(b'\n');
     }
 }
 
@@ -325,7 +332,7 @@ mod tests {
     fn every_terminator_starts_a_record() {
         let log = render_bytes(&[(Stream::Out, b" 1%\r 2%\r 3%\n")]);
         let text = String::from_utf8(log).unwrap();
-        let records: Vec<&str> = text.lines().map(|l| &l[25..]).collect();
+        let records: Vec<&str> = text.split_terminator('\n').map(|l| &l[25..]).collect();
         assert_eq!(
             records,
             [

@@ -18,14 +18,15 @@
 //! - The launcher becomes a child subreaper, so workers started in new sessions are re-parented
 //!   to it and can be found, killed and reaped (`process_tree`).
 //!
-//! Output: both pipes are read concurrently as bytes; each chunk goes to the log thread (every
-//! byte, timestamped per line there) and to a terminal thread through a bounded queue. When the
+//! Output: both pipes are read concurrently as bytes; the reader writes each chunk to the log
+//! (every byte, timestamped per line there) and hands it to a terminal thread through a bounded queue. When the
 //! terminal does not keep up (paused, or piped into a stalled reader) chunks are dropped from the
 //! terminal only, so a full pipe never blocks training.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -49,9 +50,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
 pub const DEFAULT_LEAK_TIMEOUT: Duration = Duration::from_secs(1);
 /// After torchrun exits on its own, leftover processes get SIGTERM and this long before SIGKILL.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(2);
-/// Chunks (of up to 64 KiB) waiting for a slow terminal before further ones are dropped there.
+/// Chunks (of up to 256 KiB) waiting for a slow terminal before further ones are dropped there.
 const TERMINAL_QUEUE: usize = 256;
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Where relayed output goes besides the log file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +149,8 @@ pub struct Outcome {
     pub log_path: PathBuf,
     /// The first stop signal the launcher received (SIGINT, SIGTERM, SIGHUP).
     pub interrupted_by: Option<i32>,
-    /// True when the grace period ran out (or a second signal came) and SIGKILL was used.
+    /// True when SIGKILL was needed: the grace period ran out, a second stop signal came, or a
+    /// leftover process ignored SIGTERM.
     pub force_killed: bool,
     /// Processes of the run still alive after torchrun exited, which the launcher ended.
     pub leftover_processes: usize,
@@ -304,6 +307,18 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let (out_tx, out_thread) = terminal_writer(&opts.stdout).map_err(log_err)?;
     let (err_tx, err_thread) = terminal_writer(&opts.stderr).map_err(log_err)?;
     let mut readers = tokio::task::JoinSet::new();
+    // A larger pipe lets a burst of output sit in the kernel instead of blocking the writer,
+    // and lets each read move more bytes (best effort: the kernel may refuse).
+    for fd in [
+        child.stdout.as_ref().map(|p| p.as_raw_fd()),
+        child.stderr.as_ref().map(|p| p.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        // SAFETY: fcntl on a pipe fd we own; no memory is passed.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    }
     if let Some(pipe) = child.stdout.take() {
         readers.spawn(relay(
             pipe,
@@ -377,8 +392,8 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         None if force_killed => Duration::ZERO,
         None => opts.orphan_grace,
     };
-    let leftover_processes = end_leftovers(&marker, orphan_grace, &notes).await;
-    force_killed |= leftover_processes > 0 && orphan_grace.is_zero();
+    let (leftover_processes, needed_kill) = end_leftovers(&marker, orphan_grace, &notes).await;
+    force_killed |= needed_kill;
 
     // Pipes held open by processes we could not find must not keep us waiting forever.
     let drained = tokio::time::timeout(opts.leak_timeout, async {
@@ -496,7 +511,8 @@ fn kill_run(root: Option<i32>, marker: &str) -> usize {
 }
 
 /// Ends whatever of the run is still alive after torchrun exited: SIGTERM, `grace`, SIGKILL.
-async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> usize {
+/// Returns how many there were and whether SIGKILL was needed.
+async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> (usize, bool) {
     let live = |marker: &str| -> Vec<i32> {
         let members = process_tree::members(None, marker);
         process_tree::reap_adopted(&members, None);
@@ -508,7 +524,7 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> usiz
     };
     let first = live(marker);
     if first.is_empty() {
-        return 0;
+        return (0, false);
     }
     notes.note(format!(
         "{} process(es) of the run outlived torchrun: {first:?}; ending them",
@@ -521,7 +537,7 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> usiz
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    kill_run(None, marker);
+    let needed_kill = kill_run(None, marker) > 0;
     // Give the kernel a moment to turn them into zombies we can reap.
     for _ in 0..20 {
         if live(marker).is_empty() {
@@ -529,7 +545,7 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> usiz
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    first.len()
+    (first.len(), needed_kill)
 }
 
 type TerminalQueue = mpsc::SyncSender<Arc<Vec<u8>>>;
@@ -589,7 +605,7 @@ async fn relay(
             }
         }
         let chunk = Arc::new(buf);
-        log.chunk(stream, chunk.clone());
+        log.chunk(stream, &chunk);
         if let Some(tx) = &terminal {
             let len = chunk.len() as u64;
             match tx.try_send(chunk) {

@@ -1,0 +1,36 @@
+//! Runs any program under the supervisor, as the launcher runs torchrun; for benchmarks and
+//! manual checks: `supervise LOG_PATH PROGRAM [ARGS...]`. Output is relayed to this process's
+//! stdout/stderr, the log goes to LOG_PATH, the summary line to stderr.
+
+use std::path::PathBuf;
+
+use vla_launch::launch::command::{AllocConf, AllocConfSource, LaunchCommand};
+use vla_launch::launch::supervisor::{SuperviseOptions, run_blocking, summary_line};
+
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(log), Some(program)) = (args.next(), args.next()) else {
+        eprintln!("usage: supervise LOG_PATH PROGRAM [ARGS...]");
+        std::process::exit(2);
+    };
+    let cmd = LaunchCommand {
+        program: PathBuf::from(program),
+        args: args.collect(),
+        env: vec![],
+        cwd: std::env::current_dir().expect("current directory"),
+        alloc_conf: AllocConf {
+            value: String::new(),
+            source: AllocConfSource::User,
+        },
+    };
+    match run_blocking(&cmd, &SuperviseOptions::new(PathBuf::from(log))) {
+        Ok(outcome) => {
+            eprintln!("{}", summary_line(&outcome));
+            std::process::exit(outcome.process_exit_code());
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}
