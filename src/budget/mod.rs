@@ -275,13 +275,13 @@ pub mod fitted {
     /// over the five DDP default-allocator calibration rows (residuals <= 0.14 GiB).
     pub const DDP_DEFAULT_FIXED: u64 = 100 * MIB;
     pub const DDP_DEFAULT_FRAC: f64 = 0.084;
-    /// FSDP, default allocator: slack = FRAC x (gradients + activations + transients + working),
-    /// everything allocated and freed within a step. One measurement (ALOHA, 2 GPUs).
-    pub const FSDP_DEFAULT_FRAC: f64 = 0.83;
-    /// expandable_segments keeps this share of the default allocator's slack (one measurement
-    /// each: DDP 0.39 of 1.32 GiB, FSDP 8.02 of 14.29 GiB).
+    /// FSDP, default allocator: slack = FRAC x the unsharded weights, independent of world size
+    /// (measured ALOHA batch 2 with checkpointing: 14.29 GiB at 2 GPUs, 16.62 GiB at 4 GPUs).
+    pub const FSDP_DEFAULT_FULL_WEIGHTS_FRAC: f64 = 0.936;
+    /// expandable_segments keeps this share of the default allocator's slack (DDP: 0.39 of
+    /// 1.32 GiB; FSDP: 8.02 of 14.29 GiB at 2 GPUs, 9.66 of 16.62 GiB at 4 GPUs).
     pub const DDP_EXPANDABLE_SHARE: f64 = 0.27;
-    pub const FSDP_EXPANDABLE_SHARE: f64 = 0.56;
+    pub const FSDP_EXPANDABLE_SHARE: f64 = 0.57;
     /// Memory outside torch's allocator that appears once training runs (cuBLAS/cuBLASLt
     /// workspaces, lazily loaded kernel modules incl. sdpa): nvml - reserved - context on H100.
     pub const RUNTIME_BEYOND_CONTEXT: u64 = 790 * MIB;
@@ -293,28 +293,26 @@ pub mod fitted {
 #[derive(Debug, Clone, Copy)]
 pub struct SlackInputs {
     pub autocast_cache: u64,
-    pub gradients: u64,
     pub activations: u64,
-    pub transients: u64,
-    pub fsdp_working: u64,
+    /// All parameters unsharded, in their dtypes.
+    pub full_weights: u64,
 }
 
 /// Reserved-but-unallocated memory of the caching allocator at the peak (torch's peak reserved
 /// minus peak allocated). DDP, default allocator: the autocast weight cache is freed at the end
 /// of the forward and its blocks stay reserved while backward asks for other sizes, plus a
-/// fixed part and a share of the activations that cannot be coalesced. FSDP is far worse:
-/// all-gathers and reduce-scatters run on their own streams and each stream keeps its own
-/// cached blocks. expandable_segments maps pages into growing segments, keeping a fraction.
+/// fixed part and a share of the activations that cannot be coalesced. FSDP1 is far worse and
+/// does not shrink with more GPUs: all-gathers (unshard stream) and reduce-scatters (post-backward
+/// stream) allocate from their own per-stream pools, which the compute stream cannot reuse, and
+/// the full-size blocks freed when the model was flattened and sharded stay cached; we model it
+/// as a fitted fraction of the unsharded weights. expandable_segments keeps a fraction of either.
 pub fn allocator_slack(cfg: &Config, x: SlackInputs) -> u64 {
     let default = match cfg.strategy {
         Strategy::Ddp => {
             (x.autocast_cache + fitted::DDP_DEFAULT_FIXED) as f64
                 + fitted::DDP_DEFAULT_FRAC * x.activations as f64
         }
-        Strategy::Fsdp => {
-            fitted::FSDP_DEFAULT_FRAC
-                * (x.gradients + x.activations + x.transients + x.fsdp_working) as f64
-        }
+        Strategy::Fsdp => fitted::FSDP_DEFAULT_FULL_WEIGHTS_FRAC * x.full_weights as f64,
     };
     let share = match (cfg.allocator, cfg.strategy) {
         (Allocator::Default, _) => 1.0,
@@ -378,10 +376,8 @@ pub fn predict(spec: &ModelSpec, cfg: &Config) -> Result<Budget, ModelError> {
         cfg,
         SlackInputs {
             autocast_cache: autocast_weight_cache(&components),
-            gradients,
             activations,
-            transients,
-            fsdp_working,
+            full_weights: param_bytes(&components, false),
         },
     );
     let overhead = gpu_context_overhead(&cfg.gpu_name, cfg.world_size, cfg.nproc_per_node);
