@@ -233,8 +233,9 @@ pub fn transients(components: &[Component], cfg: &Config, activations: u64) -> u
 /// FSDP1 working memory (0 under DDP): parameters outside any auto-wrap unit stay unsharded
 /// from the forward to the end of the backward (roots are not resharded after forward): the VLA
 /// root (embeddings, lm_head, ViT stems, projector and their LoRA), the action head and proprio
-/// projector roots, whose full gradient also exists before its reduce-scatter; plus, with
-/// limit_all_gathers, two all-gathered decoder layers in flight and one unsharded layer gradient.
+/// projector roots; each root's whole unsharded gradient also exists before its reduce-scatter
+/// (frozen members included, use_orig_params); plus, with limit_all_gathers, two all-gathered
+/// decoder layers in flight and one unsharded layer gradient.
 pub fn fsdp_working(spec: &ModelSpec, arch: &Arch, components: &[Component], cfg: &Config) -> u64 {
     if cfg.strategy == Strategy::Ddp {
         return 0;
@@ -265,7 +266,7 @@ pub fn fsdp_working(spec: &ModelSpec, arch: &Arch, components: &[Component], cfg
         .map(|c| c.params * c.dtype.bytes())
         .sum();
     let unit = 2 * arch.llm.layer_params() + lora * arch.llm.layer_lora(r);
-    vla_root + 2 * head_roots + 3 * unit
+    2 * vla_root + 2 * head_roots + 3 * unit
 }
 
 /// Fitted allocator constants (see docs/budget-model.md for the fit).
