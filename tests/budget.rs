@@ -339,3 +339,56 @@ fn host_ram_merge_spike() {
     assert!(no_merge.checkpoint_peak_bytes > no_merge.steady_bytes);
     assert!(budget::host_ram(&s, 1, true).checkpoint_peak_bytes < merge.checkpoint_peak_bytes);
 }
+
+/// The seed's section 5.5 table, with no checkpointing except the FSDP row it pairs with
+/// --gradient_checkpointing: every row is predicted above the card once activations count.
+#[test]
+fn seed_recommended_rows_do_not_fit() {
+    const MIB: u64 = 1 << 20;
+    let rows = [
+        (
+            Strategy::Fsdp,
+            4,
+            2,
+            true,
+            "NVIDIA GeForce RTX 4090",
+            24_564 * MIB,
+        ),
+        (
+            Strategy::Ddp,
+            1,
+            2,
+            false,
+            "NVIDIA A100-SXM4-40GB",
+            40_960 * MIB,
+        ),
+        (
+            Strategy::Ddp,
+            2,
+            4,
+            false,
+            "NVIDIA A100-SXM4-40GB",
+            40_960 * MIB,
+        ),
+        (
+            Strategy::Ddp,
+            1,
+            8,
+            false,
+            "NVIDIA A100-SXM4-80GB",
+            81_920 * MIB,
+        ),
+    ];
+    for (strategy, world, batch, ckpt, gpu, card) in rows {
+        let b = budget::predict(
+            &spec(Platform::Aloha),
+            &cfg(strategy, world, batch, ckpt, gpu),
+        )
+        .unwrap();
+        assert!(
+            b.peak() > card,
+            "{strategy:?} x{world} b{batch} on {gpu}: {:.2} GiB",
+            gib(b.peak())
+        );
+    }
+}

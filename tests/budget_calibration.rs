@@ -137,3 +137,65 @@ fn every_measured_row_within_ten_percent() {
         );
     }
 }
+
+const PROBE: &str = include_str!("fixtures/measured-vram-probe.csv");
+
+/// The probe's points: held-out configurations (never used for fitting), the FSDP points at
+/// 4 GPUs that fixed the FSDP slack, and re-measurements of reference rows.
+#[test]
+fn probe_points_within_ten_percent() {
+    let mut n = 0;
+    for line in PROBE.lines().filter(|l| !l.starts_with('#')).skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let platform = Platform::from_words(&[f[1]]).expect("platform word");
+        let mut s = spec(platform, Dtype::Bf16);
+        s.lora_rank = f[3].parse().unwrap();
+        let world: u32 = f[5].parse().unwrap();
+        let cfg = Config {
+            strategy: if f[2] == "fsdp" {
+                Strategy::Fsdp
+            } else {
+                Strategy::Ddp
+            },
+            world_size: world,
+            nproc_per_node: world,
+            batch_size: f[6].parse().unwrap(),
+            checkpointing: f[7] == "yes",
+            allocator: if f[4] == "default" {
+                Allocator::Default
+            } else {
+                Allocator::ExpandableSegments
+            },
+            gpu_name: H100.into(),
+        };
+        let (static_m, alloc_m, nvml_m): (f64, f64, f64) = (
+            f[8].parse().unwrap(),
+            f[9].parse().unwrap(),
+            f[11].parse().unwrap(),
+        );
+        let b = budget::predict(&s, &cfg).unwrap();
+        let static_pred = match cfg.strategy {
+            Strategy::Ddp => b.weights + b.gradients,
+            Strategy::Fsdp => b.weights,
+        };
+        let err = (gib(b.peak()) - nvml_m) / nvml_m * 100.0;
+        println!(
+            "{:<58} static {:>6.2}/{:<6.2} alloc {:>6.2}/{:<6.2} nvml {:>6.2}/{:<6.2} {:+5.1}%",
+            line,
+            gib(static_pred),
+            static_m,
+            gib(b.allocated()),
+            alloc_m,
+            gib(b.peak()),
+            nvml_m,
+            err
+        );
+        assert!(
+            (gib(static_pred) - static_m).abs() / static_m < 0.03,
+            "{line}: static"
+        );
+        assert!(err.abs() < 10.0, "{line}: {err:+.1}%");
+        n += 1;
+    }
+    assert_eq!(n, 8);
+}
