@@ -224,3 +224,14 @@ fn table_has_one_aligned_row_per_gpu() {
         assert!(line.trim_end().ends_with('-'), "no processes: {line}");
     }
 }
+
+#[test]
+fn torchrun_env_names_gpus_by_uuid_in_pci_order() {
+    let d = discover(&four_h100(), Some("GPU-4444,GPU-11")).unwrap();
+    let env = vla_launch::gpu::torchrun_gpu_env(&d.gpus);
+    assert_eq!(
+        env[0],
+        ("CUDA_VISIBLE_DEVICES", "GPU-4444,GPU-1111".to_string())
+    );
+    assert_eq!(env[1], ("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string()));
+}

@@ -244,6 +244,19 @@ pub fn discover(
     })
 }
 
+/// Environment variable names the launcher sets for torchrun.
+pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+pub const CUDA_DEVICE_ORDER: &str = "CUDA_DEVICE_ORDER";
+
+/// The environment that makes torchrun's ranks see exactly `gpus`, in this order: UUIDs (immune
+/// to numbering differences) and PCI bus order (so ordinals inside the job match `gpus` too).
+pub fn torchrun_gpu_env(gpus: &[Gpu]) -> [(&'static str, String); 2] {
+    [
+        (CUDA_VISIBLE_DEVICES, cuda_visible_devices_value(gpus)),
+        (CUDA_DEVICE_ORDER, "PCI_BUS_ID".to_string()),
+    ]
+}
+
 /// CUDA_VISIBLE_DEVICES for torchrun: the chosen GPUs by UUID, in their order, so the ranks
 /// see exactly these whatever the NVML or CUDA numbering (real GPUs only: described GPUs
 /// carry synthetic UUIDs).
