@@ -168,6 +168,15 @@ ok = g["used_bytes"] >= 20 * (1 << 30) and g["free_bytes"] <= g["total_bytes"] -
 print("- result: " + ("OK (free memory reduced by the 20 GiB)" if ok else "**free memory not reduced**"))
 sys.exit(0 if ok else 1)
 PY
+    echo
+    echo "The plan accounts for it: the busy GPU 0 has only its free memory to offer."
+    echo
+    echo '```'
+    echo '$ CUDA_VISIBLE_DEVICES=0,1 vla-launch plan --profile aloha-probe'
+    CUDA_VISIBLE_DEVICES=0,1 "$BIN" plan --profile aloha-probe 2>&1 | sed -n '1,12p' || FAILED=1
+    echo '$ CUDA_VISIBLE_DEVICES=0 vla-launch plan --profile aloha-probe --json | (usable_bytes, predicted_peak_bytes, batch)'
+    CUDA_VISIBLE_DEVICES=0 "$BIN" plan --profile aloha-probe --json 2>/dev/null | python3 -c 'import json,sys; p=json.load(sys.stdin); g=p["gpus"][0]; print("free", round(g["free_bytes"]/2**30,2), "GiB; usable", round(p["usable_bytes"]/2**30,2), "GiB; predicted", round(p["predicted_peak_bytes"]/2**30,2), "GiB; batch", p["batch_size"], "x accum", p["grad_accumulation_steps"], "ckpt", p["gradient_checkpointing"])'
+    echo '```'
     kill "$HOLDER_PID" 2>/dev/null || true
     wait "$HOLDER_PID" 2>/dev/null || true
     HOLDER_PID=""

@@ -28,7 +28,17 @@ run() {
   mkdir -p "$dir"
   echo "$*" >"$dir/args"
   echo "$visible" >"$dir/visible"
-  CUDA_VISIBLE_DEVICES=$visible "$BIN" plan --json "$@" >"$dir/plan.json" 2>"$dir/plan.err"
+  # The same planning flags for `plan` (launch-only flags dropped).
+  local plan_args=() skip=0 a
+  for a in "$@"; do
+    if ((skip)); then skip=0; continue; fi
+    case $a in
+      --force) ;;
+      --oom-retries) skip=1 ;;
+      *) plan_args+=("$a") ;;
+    esac
+  done
+  CUDA_VISIBLE_DEVICES=$visible "$BIN" plan --json "${plan_args[@]}" >"$dir/plan.json" 2>"$dir/plan.err"
   echo $? >"$dir/plan.rc"
   local t0=$SECONDS
   CUDA_VISIBLE_DEVICES=$visible timeout 600 "$BIN" --log-dir "$dir/log" --grace 20 "$@" \
@@ -68,7 +78,7 @@ if has smoke; then
 fi
 
 if has one; then
-  # The launcher's own choice on 1, 2 and 4 H100s; the calibration row DDP batch 2 beside it.
+  # The launcher's own choice on 1 H100, and pinned configurations outside the calibration table.
   run one-plan 0 --profile aloha-probe &
   run one-ddp-b2 1 --profile aloha-probe --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off &
   run one-libero-plan 2 --profile libero-probe &
@@ -86,54 +96,46 @@ if has four; then
   run four-plan 0,1,2,3 --profile aloha-probe
 fi
 
+CAP=24564MiB # an RTX 4090 as NVML reports it
 if has cap; then
-  # 4x RTX 4090 emulated: each process may use at most 23.52 GiB (24564 MiB card minus what the
-  # driver keeps), CUDA context and NCCL included.
-  run cap-4x4090-plan 0,1,2,3 --profile aloha-probe --vram-cap 24564MiB
-  # The seed's configuration, refused by the planner...
-  CUDA_VISIBLE_DEVICES=0 "$BIN" plan --profile aloha-probe --vram-cap 24564MiB --nproc 1 \
+  # 4x RTX 4090 emulated: each GPU may hold at most 24564 MiB in all (driver reservation, CUDA
+  # context and NCCL included; the probe caps its allocator to what is left).
+  STEPS_SAVED=$STEPS
+  STEPS=${VLA_VALIDATE_CAP_STEPS:-4}
+  run cap-4x4090-plan 0,1,2,3 --profile aloha-probe --vram-cap $CAP
+  run cap-4x4090-fsdp-b2 0,1,2,3 --profile aloha-probe --vram-cap $CAP --force \
+    --strategy fsdp --batch-size 2 --grad-accum 2 --checkpointing on
+  run cap-4x4090-fsdp-b1 0,1,2,3 --profile aloha-probe --vram-cap $CAP --force \
+    --strategy fsdp --batch-size 1 --grad-accum 4 --checkpointing on
+  STEPS=$STEPS_SAVED
+  # The seed's configuration (1 GPU, DDP, batch 2), refused by the planner...
+  CUDA_VISIBLE_DEVICES=0 "$BIN" plan --profile aloha-probe --vram-cap $CAP \
     --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off >"$OUTDIR/seed-refused.txt" 2>&1
   echo "exit $?" >>"$OUTDIR/seed-refused.txt"
 fi
 
 if has oom; then
-  # ...and forced: with every axis pinned and VLA_LAUNCH_FORCE the launcher runs it and must
-  # diagnose the CUDA OOM.
-  run cap-seed-forced 0 --profile aloha-probe --vram-cap 24564MiB --force \
-    --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off
-fi
-
-if has quality; then
-  # Plan quality: the chosen plan and the planner's listed alternatives, 10+ steps each.
-  for n in 1 2; do
-    vis=$(seq -s, 0 $((n - 1)))
-    CUDA_VISIBLE_DEVICES=$vis "$BIN" plan --profile aloha-probe --json >"$OUTDIR/quality-$n.plan.json" 2>/dev/null
-    python3 - "$OUTDIR/quality-$n.plan.json" >"$OUTDIR/quality-$n.args" <<'EOF'
-import json, sys
-p = json.load(open(sys.argv[1]))
-rows = [p] + p["alternatives"]
-for i, r in enumerate(rows):
-    print(f"{i} --strategy {r['strategy']} --batch-size {r['batch_size']} --grad-accum {r['grad_accumulation_steps']} "
-          f"--checkpointing {'on' if r['gradient_checkpointing'] else 'off'} --nproc {r['nproc_per_node']}")
-EOF
-    while read -r i args; do
-      # shellcheck disable=SC2086
-      run "quality-$n-$i" "$vis" --profile aloha-probe $args
-    done <"$OUTDIR/quality-$n.args"
-  done
+  # ...and forced: it must OOM and be reported as a CUDA OOM (no retry can fit a 24 GiB card).
+  run cap-seed-forced 0 --profile aloha-probe --vram-cap $CAP --force \
+    --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off &
+  # An over-large batch forced on a full H100: OOM, diagnosis, re-plan (same global batch), retry.
+  run oom-retry 1 --profile aloha-probe --force --oom-retries 1 \
+    --strategy ddp --batch-size 8 --grad-accum 2 --checkpointing off &
+  # (no wait: the signal phase uses GPUs 2 and 3 meanwhile)
 fi
 
 if has signal; then
   # Ctrl-C: SIGINT to the launcher once training prints progress; nothing may stay on the GPUs.
   dir="$OUTDIR/runs/signal"
   mkdir -p "$dir"
-  CUDA_VISIBLE_DEVICES=0,1 "$BIN" --log-dir "$dir/log" --grace 40 --profile aloha-probe \
+  CUDA_VISIBLE_DEVICES=2,3 "$BIN" --log-dir "$dir/log" --grace 40 --profile aloha-probe \
     --set train.max_steps=1000 >"$dir/stdout" 2>"$dir/stderr" &
   pid=$!
-  for _ in $(seq 1 240); do
+  for _ in $(seq 1 300); do
     grep -q "it/s\|s/it" "$dir/stderr" "$dir/stdout" 2>/dev/null && break
     sleep 0.5
   done
+  nvidia-smi --query-compute-apps=pid,used_memory --format=csv >"$dir/nvidia-smi-before.csv"
   t0=$(date +%s%N)
   kill -INT $pid
   wait $pid
@@ -143,24 +145,90 @@ if has signal; then
   sleep 1
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv >"$dir/nvidia-smi-after.csv"
   ps -eo pid,pgid,sid,cmd | grep -E "probe_finetune|torchrun" | grep -v grep >"$dir/ps-after.txt"
-  log "signal: launcher exit $(cat "$dir/rc"), stopped in $(cat "$dir/stop_s"); GPU processes after: $(($(wc -l <"$dir/nvidia-smi-after.csv") - 1)); stray processes: $(wc -l <"$dir/ps-after.txt")"
+  log "signal: launcher exit $(cat "$dir/rc") after SIGINT, stopped in $(cat "$dir/stop_s"); GPU processes before: $(($(wc -l <"$dir/nvidia-smi-before.csv") - 1)), after: $(($(wc -l <"$dir/nvidia-smi-after.csv") - 1)); stray processes: $(wc -l <"$dir/ps-after.txt")"
 fi
+
+# slurm_node JOB RANK GPU DIR MAX_STEPS: one "node" of a 2-node Slurm job on this host.
+slurm_node() {
+  env SLURM_JOB_ID=$1 SLURM_NNODES=2 SLURM_JOB_NUM_NODES=2 SLURM_NODEID=$2 SLURM_JOB_NODELIST=127.0.0.1 \
+    SLURM_PROCID=$2 SLURM_NTASKS=2 CUDA_VISIBLE_DEVICES=$3 \
+    "$BIN" --log-dir "$4/log$2" --grace 20 --profile aloha-probe --nproc 1 \
+    --set train.max_steps="$5" >"$4/stdout$2" 2>"$4/stderr$2"
+}
 
 if has slurm; then
-  # Two "nodes" on one host: two launchers with a Slurm-like environment, one GPU each,
-  # rendezvous through c10d on 127.0.0.1.
+  # Two "nodes" on one host: two launchers with a Slurm-like environment, one GPU each, one
+  # world of 2 through c10d on 127.0.0.1. Beside it, a second job whose node 1 launcher is killed.
   dir="$OUTDIR/runs/slurm"
-  mkdir -p "$dir"
-  for rank in 0 1; do
-    env SLURM_JOB_ID=4242 SLURM_NNODES=2 SLURM_NODEID=$rank SLURM_JOB_NODELIST=127.0.0.1 \
-      SLURM_PROCID=$rank CUDA_VISIBLE_DEVICES=$rank \
-      "$BIN" --log-dir "$dir/log$rank" --grace 20 --profile aloha-probe --nproc 1 \
-      --set train.max_steps="$STEPS" >"$dir/stdout$rank" 2>"$dir/stderr$rank" &
-    echo $! >"$dir/pid$rank"
+  kdir="$OUTDIR/runs/slurm-kill"
+  mkdir -p "$dir" "$kdir"
+  slurm_node 4242 0 0 "$dir" "$STEPS" &
+  p0=$!
+  slurm_node 4242 1 1 "$dir" "$STEPS" &
+  p1=$!
+  slurm_node 4343 0 2 "$kdir" 1000 &
+  k0=$!
+  slurm_node 4343 1 3 "$kdir" 1000 &
+  k1=$!
+  for _ in $(seq 1 300); do
+    grep -q "it/s\|s/it" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
+    sleep 0.5
   done
-  wait
-  log "slurm: node 0 exit, node 1 exit: $(cat "$dir"/stdout* | grep -c VLA_PROBE_RESULT) result lines"
+  t0=$(date +%s%N)
+  kill -TERM $k1
+  wait $k1
+  echo "node 1 launcher (SIGTERM) exit $?" >"$kdir/result"
+  for _ in $(seq 1 180); do kill -0 $k0 2>/dev/null || break; sleep 0.5; done
+  if kill -0 $k0 2>/dev/null; then
+    echo "node 0 launcher still running 90 s after node 1 was killed: sending SIGTERM" >>"$kdir/result"
+    kill -TERM $k0
+  fi
+  wait $k0
+  echo "node 0 launcher exit $? after $((($(date +%s%N) - t0) / 1000000)) ms" >>"$kdir/result"
+  sleep 1
+  nvidia-smi --query-compute-apps=pid,used_memory --format=csv >"$kdir/nvidia-smi-after.csv"
+  wait $p0; echo "node 0 exit $?" >"$dir/result"
+  wait $p1; echo "node 1 exit $?" >>"$dir/result"
+  log "slurm: $(tr '\n' ' ' <"$dir/result"); $(cat "$dir"/stdout* "$dir"/stderr* | grep -c VLA_PROBE_RESULT) result lines"
+  log "slurm-kill: $(tr '\n' ' ' <"$kdir/result"); GPU processes after: $(($(wc -l <"$kdir/nvidia-smi-after.csv") - 1))"
 fi
 
+if has quality; then
+  # Plan quality: the chosen plan and the planner's listed alternatives, 10+ steps each, the
+  # 1-GPU ones side by side on separate GPUs, the 2-GPU ones two at a time.
+  STEPS_SAVED=$STEPS
+  STEPS=${VLA_VALIDATE_QUALITY_STEPS:-12}
+  for n in 1 2; do
+    vis=$(seq -s, 0 $((n - 1)))
+    CUDA_VISIBLE_DEVICES=$vis "$BIN" plan --profile aloha-probe --json >"$OUTDIR/quality-$n.plan.json" 2>/dev/null
+    python3 - "$OUTDIR/quality-$n.plan.json" >"$OUTDIR/quality-$n.args" <<'EOF'
+import json, sys
+p = json.load(open(sys.argv[1]))
+rows = [p] + [dict(a) for a in p["alternatives"]]
+for i, r in enumerate(rows):
+    print(f"{i} --strategy {r['strategy']} --batch-size {r['batch_size']} --grad-accum {r['grad_accumulation_steps']} "
+          f"--checkpointing {'on' if r['gradient_checkpointing'] else 'off'} --nproc {r['nproc_per_node']}")
+EOF
+  done
+  slot=0
+  while read -r i args; do
+    # shellcheck disable=SC2086
+    run "quality-1-$i" "$slot" --profile aloha-probe $args &
+    slot=$((slot + 1))
+  done <"$OUTDIR/quality-1.args"
+  wait
+  pairs=("0,1" "2,3")
+  k=0
+  while read -r i args; do
+    # shellcheck disable=SC2086
+    run "quality-2-$i" "${pairs[$((k % 2))]}" --profile aloha-probe $args &
+    k=$((k + 1))
+    if ((k % 2 == 0)); then wait; fi
+  done <"$OUTDIR/quality-2.args"
+  wait
+  STEPS=$STEPS_SAVED
+fi
+
+wait
 python3 scripts/validation_report.py "$OUTDIR" >"$OUTDIR/report.md" 2>"$OUTDIR/report.err"
 log "report written: $OUTDIR/report.md"

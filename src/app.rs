@@ -17,7 +17,7 @@ use crate::launch::diagnosis;
 use crate::launch::supervisor::{self, SuperviseOptions};
 use crate::model;
 use crate::monitor::{Monitor, NvmlSampler};
-use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
+use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain, retry};
 use crate::profile::{self, Loaded};
 use crate::script_caps;
 use crate::units::{GIB, fmt_gib};
@@ -69,10 +69,11 @@ pub fn exit_code_of(err: &anyhow::Error) -> i32 {
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Some(Command::Plan(args)) => cmd_plan(args),
+        Some(Command::Plan(args)) => cmd_plan(*args),
         Some(Command::Gpus { json }) => cmd_gpus(json),
         Some(Command::Profiles) => cmd_profiles(),
         Some(Command::Doctor { profile, sets }) => cmd_doctor(&profile, &sets),
+        Some(Command::Replay { record, grace }) => cmd_replay(&record, grace),
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vla-launch", &mut std::io::stdout());
@@ -174,6 +175,22 @@ pub struct Context {
     pub vram_cap: Option<u64>,
     pub alloc_conf: command::AllocConf,
     pub accepts: Vec<String>,
+    pub host_ram_bytes: Option<u64>,
+}
+
+impl Context {
+    /// The planner's input again (for a re-plan after a failure).
+    pub fn plan_input(&self) -> PlanInput<'_> {
+        PlanInput {
+            spec: &self.spec,
+            gpus: &self.gpus,
+            nnodes: self.topology.nnodes,
+            policy: self.policy.clone(),
+            pins: self.pins.clone(),
+            host_ram_bytes: self.host_ram_bytes,
+            merge_lora_during_training: profile::merges_lora_during_training(&self.loaded.profile),
+        }
+    }
 }
 
 fn pins_from(args: &PlanningArgs, loaded: &Loaded) -> Result<Pins> {
@@ -251,13 +268,14 @@ fn build_context(
         Some(s) => Some(parse_size("--vram-cap", s)?),
         None => None,
     };
+    let host_ram_bytes = host_ram_bytes(args)?;
     let plan = plan::plan(&PlanInput {
         spec: &spec,
         gpus: &gpus,
         nnodes: topology.nnodes,
         policy: policy.clone(),
         pins: pins.clone(),
-        host_ram_bytes: host_ram_bytes(args)?,
+        host_ram_bytes,
         merge_lora_during_training: profile::merges_lora_during_training(p),
     })?;
     Ok(Context {
@@ -273,6 +291,7 @@ fn build_context(
         vram_cap,
         alloc_conf,
         accepts,
+        host_ram_bytes,
     })
 }
 
@@ -648,14 +667,12 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         let loaded = load_profile(args.planning.profile.as_deref(), &args.planning.sets)?;
         confirm_script_flags(&loaded)?
     };
-    let ctx = build_context(&args.planning, &args.extra, accepts)?;
+    let mut ctx = build_context(&args.planning, &args.extra, accepts)?;
     for w in &ctx.warnings {
         warn!("{w}");
     }
     if ctx.gpus.iter().any(|g| g.described) {
-        warn!(
-            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
-        );
+        warn!("the GPUs were described with --gpus, not queried: the plan is only as good as that description");
     }
     eprint!(
         "{}",
@@ -680,13 +697,12 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         }
         warn!("--force: launching a configuration the plan says does not work");
     }
-    let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref())?;
     if args.dry_run {
+        let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref())?;
         warn_missing(&missing);
         println!("{}", command::display(&cmd));
         return Ok(0);
     }
-    profile::require_env(&missing, &ctx.loaded.origin)?;
     let log_dir = match &args.log_dir {
         Some(d) => d.clone(),
         None => profile::resolved_flags(&ctx.loaded.profile, &env_var)
@@ -696,16 +712,71 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
             .map(|(_, v)| Path::new(v).join("vla-launch"))
             .unwrap_or_else(|| PathBuf::from("vla-launch-logs")),
     };
-    std::fs::create_dir_all(&log_dir)
+    let mut attempt = 0;
+    loop {
+        let run = launch_once(&ctx, &args, &log_dir, attempt)?;
+        let oom = run
+            .diagnosis
+            .as_ref()
+            .filter(|d| d.kind == diagnosis::DiagnosisKind::CudaOom);
+        let (Some(d), Some(failed)) = (oom, ctx.plan.chosen.clone()) else {
+            return Ok(run.outcome.process_exit_code());
+        };
+        let oom_details = match &d.details {
+            diagnosis::Details::CudaOom(o) => Some(o),
+            _ => None,
+        };
+        let observed = retry::oom_evidence(run.worst_peak, oom_details);
+        match retry::replan_after_oom(
+            &ctx.plan_input(),
+            &failed,
+            observed,
+            attempt,
+            args.oom_retries,
+        ) {
+            retry::RetryDecision::Stop { reason } => {
+                eprintln!("vla-launch: {reason}");
+                return Ok(run.outcome.process_exit_code());
+            }
+            retry::RetryDecision::Retry { plan, message } => {
+                eprintln!("vla-launch: {message}");
+                ctx.plan = *plan;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// What one launch of torchrun left behind.
+struct RunResult {
+    outcome: supervisor::Outcome,
+    diagnosis: Option<diagnosis::Diagnosis>,
+    /// The largest NVML (total - free) peak among the run's GPUs.
+    worst_peak: Option<u64>,
+}
+
+fn launch_once(ctx: &Context, args: &LaunchArgs, log_dir: &Path, attempt: u32) -> Result<RunResult> {
+    let (cmd, missing) = command_for(ctx, args.torchrun.as_deref())?;
+    profile::require_env(&missing, &ctx.loaded.origin)?;
+    std::fs::create_dir_all(log_dir)
         .with_context(|| format!("cannot create the log directory {}", log_dir.display()))
         .map_err(|e| exit(4, format!("{e:#}; pass --log-dir DIR")))?;
-    let stamp = std::time::SystemTime::now()
+    let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let stamp = if attempt == 0 {
+        started.to_string()
+    } else {
+        format!("{started}-retry{attempt}")
+    };
     let log_path = log_dir.join(format!("run-{stamp}.log"));
     let plan_path = log_dir.join(format!("plan-{stamp}.json"));
-    let record = plan_json(&ctx, Some(&cmd));
+    let mut record = plan_json(ctx, Some(&cmd));
+    record["cwd"] = json!(cmd.cwd);
+    record["started_unix"] = json!(started);
+    record["attempt"] = json!(attempt);
+    record["launcher_version"] = json!(env!("CARGO_PKG_VERSION"));
     std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n")
         .map_err(|e| exit(4, format!("cannot write {}: {e}", plan_path.display())))?;
     eprintln!("vla-launch: {}", command::display(&cmd));
@@ -734,18 +805,22 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
     let outcome = result?;
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
     if let Some(p) = &peaks {
-        for (uuid, peak) in uuids.iter().zip(&p.peak_used_bytes) {
-            if let Some(peak) = peak {
-                eprintln!(
-                    "vla-launch: {uuid}: peak {} used (nvidia-smi), predicted {} ({:+.1}%)",
-                    fmt_gib(*peak),
-                    fmt_gib(chosen.predicted_peak_bytes),
-                    (*peak as f64 / chosen.predicted_peak_bytes as f64 - 1.0) * 100.0
-                );
-            }
+        for (i, uuid) in uuids.iter().enumerate() {
+            let (Some(Some(used)), Some(Some(held))) =
+                (p.peak_used_bytes.get(i), p.peak_total_minus_free_bytes.get(i))
+            else {
+                continue;
+            };
+            eprintln!(
+                "vla-launch: {uuid}: peak {} used as nvidia-smi shows it ({} NVML total - free), predicted {} ({:+.1}%)",
+                fmt_gib(*used),
+                fmt_gib(*held),
+                fmt_gib(chosen.predicted_peak_bytes),
+                (*held as f64 / chosen.predicted_peak_bytes as f64 - 1.0) * 100.0
+            );
         }
     }
-    let diagnosis = if outcome.exit_code != 0 && outcome.interrupted_by.is_none() {
+    let diagnosis = if outcome.exit_code != 0 && outcome.interrupted_by.is_none() && !outcome.force_killed {
         let tail = read_tail(&log_path, 256 * 1024);
         diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)
     } else {
@@ -755,16 +830,17 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         eprintln!("vla-launch: {}", d.summary);
         eprintln!("vla-launch: hint: {}", d.hint);
     }
-    let mut record = record;
     record["outcome"] = json!({
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
         "interrupted_by": outcome.interrupted_by,
         "force_killed": outcome.force_killed,
+        "leftover_processes": outcome.leftover_processes,
         "duration_s": outcome.duration.as_secs_f64(),
         "log": outcome.log_path,
-        "observed_peak_used_bytes": peaks.as_ref().map(|p| &p.peak_used_bytes),
         "observed_gpu_uuids": uuids,
+        "observed_peak_used_bytes": peaks.as_ref().map(|p| &p.peak_used_bytes),
+        "observed_peak_total_minus_free_bytes": peaks.as_ref().map(|p| &p.peak_total_minus_free_bytes),
         "diagnosis": diagnosis.as_ref().map(|d| json!({
             "kind": format!("{:?}", d.kind),
             "rank": d.rank,
@@ -774,12 +850,49 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         })),
     });
     if let Err(e) = std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n") {
-        warn!(
-            "cannot complete the run record {}: {e}",
-            plan_path.display()
-        );
+        warn!("cannot complete the run record {}: {e}", plan_path.display());
     }
     eprintln!("vla-launch: run record {}", plan_path.display());
+    let worst_peak = peaks
+        .as_ref()
+        .and_then(|p| p.peak_total_minus_free_bytes.iter().flatten().max().copied());
+    Ok(RunResult {
+        outcome,
+        diagnosis,
+        worst_peak,
+    })
+}
+
+/// `vla-launch replay plan.json`: runs exactly the recorded command again.
+fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
+    let rec = crate::record::load(path).map_err(|e| exit(2, e.to_string()))?;
+    let env = rec
+        .replay_env(&env_var)
+        .map_err(|e| exit(2, e.to_string()))?;
+    let (program, rest) = rec
+        .argv
+        .split_first()
+        .ok_or_else(|| exit(2, format!("{}: the record has no command", path.display())))?;
+    let cmd = LaunchCommand {
+        program: PathBuf::from(program),
+        args: rest.iter().map(Into::into).collect(),
+        env,
+        cwd: rec.cwd.clone().unwrap_or_else(|| PathBuf::from(".")),
+        alloc_conf: command::AllocConf {
+            value: String::new(),
+            source: command::AllocConfSource::Profile,
+        },
+    };
+    let log_dir = path.parent().unwrap_or(Path::new("."));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    eprintln!("vla-launch: replaying {}: {}", path.display(), command::display(&cmd));
+    let mut opts = SuperviseOptions::new(log_dir.join(format!("replay-{stamp}.log")));
+    opts.grace = Duration::from_secs(grace);
+    let outcome = supervisor::run_blocking(&cmd, &opts)?;
+    eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
     Ok(outcome.process_exit_code())
 }
 

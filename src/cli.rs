@@ -55,7 +55,7 @@ Examples:
   vla-launch plan --profile aloha --gpus 1xh100 --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off --json
   vla-launch plan --profile aloha --gpus 8xh100 --nnodes 4 -o plan.json
 ")]
-    Plan(PlanArgs),
+    Plan(Box<PlanArgs>),
     /// List the GPUs NVML sees, in the order torchrun will get them.
     #[command(
         after_help = "Examples:\n  vla-launch gpus\n  CUDA_VISIBLE_DEVICES=1 vla-launch gpus --json\n"
@@ -77,6 +77,15 @@ Examples:
         /// Override a profile field: --set train.max_steps=1000 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+    },
+    /// Run a recorded launch again, exactly (the plan-*.json a launch leaves in its log directory).
+    #[command(after_help = "Example:\n  vla-launch replay runs/vla-launch/plan-1764230400.json\n")]
+    Replay {
+        /// The run record.
+        record: PathBuf,
+        /// Seconds to wait after forwarding SIGTERM before killing the whole process tree.
+        #[arg(long, value_name = "SECONDS", default_value_t = 40)]
+        grace: u64,
     },
     /// Print a shell completion script.
     #[command(
@@ -195,6 +204,11 @@ pub struct LaunchArgs {
     /// Directory for the run log (default: the run_root_dir, else ./vla-launch-logs).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+
+    /// After a CUDA out-of-memory, re-plan with the observed peak and relaunch at most N times
+    /// (the global batch never changes).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub oom_retries: u32,
 
     /// Launch a fully pinned configuration even though the plan says it does not fit (to see
     /// the failure for yourself); needs --strategy, --batch-size, --grad-accum and --checkpointing.

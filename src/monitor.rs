@@ -8,9 +8,18 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Reads used memory of a set of GPUs; `None` for a GPU that could not be read this time.
+/// One reading of a GPU's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// What nvidia-smi prints as used.
+    pub used: u64,
+    /// NVML total - free: `used` plus the driver's reservation; the budget model predicts this.
+    pub total_minus_free: u64,
+}
+
+/// Reads the memory of a set of GPUs; `None` for a GPU that could not be read this time.
 pub trait MemorySampler: Send {
-    fn sample(&mut self) -> Vec<Option<u64>>;
+    fn sample(&mut self) -> Vec<Option<Reading>>;
 }
 
 /// NVML by UUID (never by index: NVML and CUDA orders can differ).
@@ -29,7 +38,7 @@ impl NvmlSampler {
 }
 
 impl MemorySampler for NvmlSampler {
-    fn sample(&mut self) -> Vec<Option<u64>> {
+    fn sample(&mut self) -> Vec<Option<Reading>> {
         self.uuids
             .iter()
             .map(|u| {
@@ -37,7 +46,10 @@ impl MemorySampler for NvmlSampler {
                     .device_by_uuid(u.as_str())
                     .and_then(|d| d.memory_info())
                     .ok()
-                    .map(|m| m.used)
+                    .map(|m| Reading {
+                        used: m.used,
+                        total_minus_free: m.total.saturating_sub(m.free),
+                    })
             })
             .collect()
     }
@@ -45,26 +57,38 @@ impl MemorySampler for NvmlSampler {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Peaks {
-    /// Peak used bytes per GPU, in the order the sampler was given.
+    /// Peak used bytes per GPU as nvidia-smi shows them, in the order the sampler was given.
     pub peak_used_bytes: Vec<Option<u64>>,
+    /// Peak NVML total - free per GPU (what the budget model predicts).
+    pub peak_total_minus_free_bytes: Vec<Option<u64>>,
     /// Used bytes per GPU at the first sample (before training had allocated much).
     pub baseline_used_bytes: Vec<Option<u64>>,
     pub samples: u64,
 }
 
-impl Peaks {
-    fn update(&mut self, sample: &[Option<u64>]) {
-        if self.samples == 0 {
-            self.baseline_used_bytes = sample.to_vec();
-            self.peak_used_bytes = sample.to_vec();
-        } else {
-            for (peak, now) in self.peak_used_bytes.iter_mut().zip(sample) {
-                *peak = match (*peak, *now) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-            }
+fn max_into(peaks: &mut Vec<Option<u64>>, now: impl Iterator<Item = Option<u64>>) {
+    for (i, now) in now.enumerate() {
+        if i >= peaks.len() {
+            peaks.push(now);
+            continue;
         }
+        peaks[i] = match (peaks[i], now) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+impl Peaks {
+    fn update(&mut self, sample: &[Option<Reading>]) {
+        if self.samples == 0 {
+            self.baseline_used_bytes = sample.iter().map(|r| r.map(|r| r.used)).collect();
+        }
+        max_into(&mut self.peak_used_bytes, sample.iter().map(|r| r.map(|r| r.used)));
+        max_into(
+            &mut self.peak_total_minus_free_bytes,
+            sample.iter().map(|r| r.map(|r| r.total_minus_free)),
+        );
         self.samples += 1;
     }
 }
@@ -108,11 +132,18 @@ mod tests {
 
     struct Scripted(Vec<Vec<Option<u64>>>, usize);
 
+    fn reading(used: u64) -> Reading {
+        Reading {
+            used,
+            total_minus_free: used + 100,
+        }
+    }
+
     impl MemorySampler for Scripted {
-        fn sample(&mut self) -> Vec<Option<u64>> {
+        fn sample(&mut self) -> Vec<Option<Reading>> {
             let s = self.0[self.1.min(self.0.len() - 1)].clone();
             self.1 += 1;
-            s
+            s.into_iter().map(|u| u.map(reading)).collect()
         }
     }
 
@@ -125,9 +156,10 @@ mod tests {
             vec![Some(3), Some(6)],
             vec![None, Some(2)],
         ] {
-            p.update(&s);
+            p.update(&s.into_iter().map(|u| u.map(reading)).collect::<Vec<_>>());
         }
         assert_eq!(p.peak_used_bytes, vec![Some(7), Some(6)]);
+        assert_eq!(p.peak_total_minus_free_bytes, vec![Some(107), Some(106)]);
         assert_eq!(p.baseline_used_bytes, vec![Some(1), Some(5)]);
         assert_eq!(p.samples, 4);
     }

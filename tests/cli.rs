@@ -191,7 +191,7 @@ fn plan_json(args: &[&str]) -> (Option<i32>, serde_json::Value) {
 
 #[test]
 fn plan_json_has_every_design_key_and_consistent_budget() {
-    let (code, v) = plan_json(&["--profile", "aloha", "--gpus", "4xrtx4090"]);
+    let (code, v) = plan_json(&["--profile", "aloha", "--gpus", "4xa100-40gb"]);
     assert_eq!(code, Some(0), "{v}");
     for k in DESIGN_KEYS {
         assert!(v.get(k).is_some(), "missing key {k}");
@@ -495,4 +495,49 @@ fn launch_runs_torchrun_with_the_plan_and_returns_its_exit_code() {
     assert!(!text.contains("sekrit-value"), "secrets never recorded");
     let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(plan["outcome"]["exit_code"], 7);
+}
+
+const TORCH_OOM: &str = "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.12 GiB memory in use. Of the allocated memory 75.80 GiB is allocated by PyTorch, and 1.21 GiB is reserved by PyTorch but unallocated.\n";
+
+/// A CUDA OOM is diagnosed, re-planned with the same global batch, relaunched at most
+/// --oom-retries times, and never loops.
+#[test]
+fn cuda_oom_is_diagnosed_and_replanned_without_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.json");
+    let out = bin()
+        .args([
+            "--profile", "aloha", "--gpus", "1xh100", "--force", "--oom-retries", "1",
+            "--strategy", "ddp", "--batch-size", "16", "--grad-accum", "1", "--checkpointing", "off",
+            "--torchrun",
+        ])
+        .arg(fake_torchrun())
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env("VLA_DATA_ROOT", "/data")
+        .env("VLA_RUN_ROOT", dir.path())
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .env("FAKE_RECORD", &record)
+        .env("FAKE_STDERR", TORCH_OOM)
+        .env("FAKE_EXIT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CUDA out of memory") || stderr.contains("out of GPU memory"), "{stderr}");
+    let launches = stderr.matches("vla-launch: cd ").count();
+    assert_eq!(launches, 2, "one launch and exactly one retry:\n{stderr}");
+    // The retry kept the global batch and lowered the micro-batch.
+    let argv: Vec<String> = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&record).unwrap())
+        .unwrap()["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let val = |f: &str| -> u32 { argv[argv.iter().position(|a| a == f).unwrap() + 1].parse().unwrap() };
+    assert!(val("--batch_size") < 16, "{argv:?}");
+    assert_eq!(val("--batch_size") * val("--grad_accumulation_steps"), 16, "{argv:?}");
+    assert!(stderr.contains("not retrying"), "the second OOM stops: {stderr}");
 }
