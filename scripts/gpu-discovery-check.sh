@@ -127,7 +127,8 @@ for _ in range(5):
     t0 = time.perf_counter()
     p = subprocess.run([sys.argv[1], "gpus", "--json"], capture_output=True, text=True, env=env)
     runs.append((time.perf_counter() - t0) * 1000)
-inner = re.findall(r"elapsed_ms[=:]\s*([0-9.]+)", p.stderr)
+plain = re.sub(r"\x1b\[[0-9;]*m", "", p.stderr)  # tracing colours its fields
+inner = re.findall(r"elapsed_ms[=:]\s*([0-9.]+)", plain)
 print(f"- wall time of `vla-launch gpus --json`, 5 runs (ms): {', '.join(f'{r:.0f}' for r in runs)}")
 print(f"- discovery itself (Discovery.elapsed_ms, last run): {inner[-1] + ' ms' if inner else 'not logged'}")
 PY

@@ -1,7 +1,7 @@
 //! Table-driven parsing of CUDA_VISIBLE_DEVICES and `--gpus`, hostile inputs included.
 
 use vla_launch::gpu::cuda_visible::{Entry, parse, resolve};
-use vla_launch::gpu::spec::{MAX_GPUS, SpecError, parse_gpus_spec};
+use vla_launch::gpu::spec::{DRIVER_RESERVE_BYTES, MAX_GPUS, SpecError, parse_gpus_spec};
 use vla_launch::gpu::{GpuError, lookup_alias, lookup_by_name};
 use vla_launch::units::{GIB, MIB};
 
@@ -101,7 +101,7 @@ fn gpus_spec_valid_forms() {
         ("4x24GiB", 4, 24 * GIB),
         ("2x80GB", 2, 80_000_000_000),
         ("1x40960MiB", 1, 40960 * MIB),
-        ("1x500MB", 1, 500_000_000),
+        ("1x2000MB", 1, 2_000_000_000),
         ("1x1.5gib", 1, 3 * GIB / 2),
         ("3X24gib", 3, 24 * GIB),
         (" 2 x 24GiB ", 2, 24 * GIB),
@@ -120,7 +120,8 @@ fn gpus_spec_valid_forms() {
         for (i, g) in gpus.iter().enumerate() {
             assert_eq!(g.total_bytes, bytes, "{spec}");
             assert_eq!(
-                g.free_bytes, g.total_bytes,
+                g.free_bytes,
+                g.total_bytes - DRIVER_RESERVE_BYTES,
                 "{spec}: described GPUs are idle"
             );
             assert_eq!(g.index as usize, i);
@@ -175,6 +176,7 @@ fn gpus_spec_errors_name_the_bad_part() {
         ("4x1.2.3GiB", "\"1.2.3GiB\""),
         ("4x0GiB", "outside the accepted range"),
         ("4x100MB", "outside the accepted range"),
+        ("1x1000MB", "outside the accepted range"),
         ("1x99999999999GiB", "outside the accepted range"),
         ("1x18446744073709551616GiB", "\"18446744073709551616GiB\""),
         ("4xh1000", "known models: rtx3090"),

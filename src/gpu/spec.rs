@@ -3,8 +3,9 @@
 //! SPEC is a comma list of `COUNTxSIZE` or `COUNTxMODEL`: `4x24GiB`, `2x80GB`, `4xrtx4090`,
 //! `1xh100,1xa100-40gb`. SIZE units: GiB and MiB (binary), GB and MB (decimal, 10^9 and 10^6),
 //! any letter case; a decimal point is allowed (`1.5GiB`).
-//! Described GPUs are taken as idle: free = total. The CUDA context and the driver's reserve
-//! are the budget's overhead term, not a guess made here.
+//! Described GPUs are taken as idle: free = total minus the driver's reserve that NVML shows
+//! on an idle GPU (DRIVER_RESERVE_BYTES), so a plan made with `--gpus 1xh100` matches one made
+//! on the real H100. The CUDA context of the training process is the budget's business.
 
 use thiserror::Error;
 
@@ -13,12 +14,16 @@ use super::cuda_visible::echo;
 use super::known::{self, KnownGpu};
 use crate::units::{GIB, MIB};
 
+/// NVML free memory of an idle GPU is total minus this: measured 480 MiB on every H100 80GB HBM3
+/// (total 81559 MiB, free 81079 MiB, driver 580.159.04, 4-GPU host).
+pub const DRIVER_RESERVE_BYTES: u64 = 480 * MIB;
+
 /// More GPUs than any single plan could use: a typo (`10000xh100`), not a cluster.
 pub const MAX_GPUS: u64 = 1024;
 /// The largest capacity accepted for one GPU (a typo guard well above any real card).
 pub const MAX_GPU_BYTES: u64 = 16 * 1024 * GIB;
-/// Below this a GPU cannot hold anything useful; also catches `1x24` read as bytes.
-pub const MIN_GPU_BYTES: u64 = 256 * MIB;
+/// Below this a GPU cannot hold anything useful (and would not cover the driver reserve).
+pub const MIN_GPU_BYTES: u64 = GIB;
 
 const FORMS: &str = "COUNTxSIZE or COUNTxMODEL, comma-separated, e.g. 4x24GiB, 2x80GB, 4xrtx4090, 1xh100,1xa100-40gb";
 const UNITS: &str = "GiB, GB, MiB or MB";
@@ -40,7 +45,7 @@ pub enum SpecError {
     #[error("--gpus item {item}: unit {unit} is not one of {UNITS}")]
     BadUnit { item: String, unit: String },
     #[error(
-        "--gpus item {item}: {size} per GPU is outside the accepted range (256 MiB to 16384 GiB)"
+        "--gpus item {item}: {size} per GPU is outside the accepted range (1 GiB to 16384 GiB)"
     )]
     SizeOutOfRange { item: String, size: String },
     #[error(
@@ -234,7 +239,7 @@ pub fn parse_gpus_spec(spec: &str) -> Result<Vec<Gpu>, SpecError> {
                 uuid: format!("described-{index}"),
                 pci_bus_id: None,
                 total_bytes,
-                free_bytes: total_bytes,
+                free_bytes: total_bytes.saturating_sub(DRIVER_RESERVE_BYTES),
                 used_bytes: 0,
                 compute_capability: cc,
                 processes: Vec::new(),
