@@ -170,7 +170,7 @@ if has slurm; then
   k0=$!
   slurm_node 4343 1 3 "$kdir" 1000 &
   k1=$!
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 240); do
     grep -q "it/s\|s/it" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
     sleep 0.5
   done
@@ -178,9 +178,9 @@ if has slurm; then
   kill -TERM $k1
   wait $k1
   echo "node 1 launcher (SIGTERM) exit $?" >"$kdir/result"
-  for _ in $(seq 1 180); do kill -0 $k0 2>/dev/null || break; sleep 0.5; done
+  for _ in $(seq 1 90); do kill -0 $k0 2>/dev/null || break; sleep 0.5; done
   if kill -0 $k0 2>/dev/null; then
-    echo "node 0 launcher still running 90 s after node 1 was killed: sending SIGTERM" >>"$kdir/result"
+    echo "node 0 launcher still running 45 s after node 1 was killed: sending SIGTERM" >>"$kdir/result"
     kill -TERM $k0
   fi
   wait $k0
@@ -197,7 +197,7 @@ if has quality; then
   # Plan quality: the chosen plan and the planner's listed alternatives, 10+ steps each, the
   # 1-GPU ones side by side on separate GPUs, the 2-GPU ones two at a time.
   STEPS_SAVED=$STEPS
-  STEPS=${VLA_VALIDATE_QUALITY_STEPS:-12}
+  STEPS=${VLA_VALIDATE_QUALITY_STEPS:-10}
   for n in 1 2; do
     vis=$(seq -s, 0 $((n - 1)))
     CUDA_VISIBLE_DEVICES=$vis "$BIN" plan --profile aloha-probe --json >"$OUTDIR/quality-$n.plan.json" 2>/dev/null
@@ -219,12 +219,13 @@ EOF
   wait
   pairs=("0,1" "2,3")
   k=0
+  head -n "${VLA_VALIDATE_QUALITY2_RUNS:-4}" "$OUTDIR/quality-2.args" >"$OUTDIR/quality-2.run"
   while read -r i args; do
     # shellcheck disable=SC2086
     run "quality-2-$i" "${pairs[$((k % 2))]}" --profile aloha-probe $args &
     k=$((k + 1))
     if ((k % 2 == 0)); then wait; fi
-  done <"$OUTDIR/quality-2.args"
+  done <"$OUTDIR/quality-2.run"
   wait
   STEPS=$STEPS_SAVED
 fi

@@ -413,6 +413,7 @@ pub fn plan_json(ctx: &Context, command: Option<&LaunchCommand>) -> serde_json::
         "min_global_batch": ctx.policy.min_global_batch,
         "gpu_indices": c.map(|c| c.gpu_indices.clone()),
         "predicted_peak_bytes": c.map(|c| c.predicted_peak_bytes),
+        "required_bytes": c.map(|c| c.required_bytes),
         "usable_bytes": c.map(|c| c.usable_bytes),
         "fits": c.map(|c| c.fits),
         "step_time_s": c.map(|c| c.step_time_s),

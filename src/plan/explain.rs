@@ -43,11 +43,19 @@ pub fn render_plan(
     );
     let _ = writeln!(
         out,
-        "  memory         {} predicted peak per GPU (nvidia-smi), {} usable -> {}",
+        "  memory         {} predicted peak per GPU (nvidia-smi), needs {} of {} usable -> {}",
         fmt_gib(c.predicted_peak_bytes),
+        fmt_gib(c.required_bytes),
         fmt_gib(c.usable_bytes),
         if c.fits { "fits" } else { "DOES NOT FIT" }
     );
+    if c.required_bytes < c.predicted_peak_bytes && c.predicted_peak_bytes > c.usable_bytes && c.fits {
+        let _ = writeln!(
+            out,
+            "                 (the peak counts {} of allocator cache that PyTorch gives back when memory runs short)",
+            fmt_gib(c.predicted_peak_bytes - c.required_bytes)
+        );
+    }
     let _ = writeln!(
         out,
         "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",
