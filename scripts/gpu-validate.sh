@@ -150,7 +150,7 @@ fi
 
 # slurm_node JOB RANK GPU DIR MAX_STEPS: one "node" of a 2-node Slurm job on this host.
 slurm_node() {
-  env SLURM_JOB_ID=$1 SLURM_NNODES=2 SLURM_JOB_NUM_NODES=2 SLURM_NODEID=$2 SLURM_JOB_NODELIST=127.0.0.1 \
+  env SLURM_JOB_ID=$1 SLURM_NNODES=2 SLURM_JOB_NUM_NODES=2 SLURM_NODEID=$2 SLURM_JOB_NODELIST=127.0.0.1,localhost \
     SLURM_PROCID=$2 SLURM_NTASKS=2 CUDA_VISIBLE_DEVICES=$3 \
     "$BIN" --log-dir "$4/log$2" --grace 20 --profile aloha-probe --nproc 1 \
     --set train.max_steps="$5" >"$4/stdout$2" 2>"$4/stderr$2"

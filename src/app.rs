@@ -227,10 +227,11 @@ fn build_context(
     args: &PlanningArgs,
     extra: &[String],
     accepts_override: Option<Vec<String>>,
+    plan_only: bool,
 ) -> Result<Context> {
     let loaded = load_profile(args.profile.as_deref(), &args.sets)?;
     let (gpus, mut warnings) = gpus_for(args)?;
-    let topology = cluster::topology_from_env(
+    let topology = match cluster::topology_from_env(
         &env_var,
         &TopologyFlags {
             nnodes: args.nnodes,
@@ -238,7 +239,19 @@ fn build_context(
             rdzv_endpoint: args.rdzv_endpoint.clone(),
             rdzv_port: None,
         },
-    )?;
+    ) {
+        Ok(t) => t,
+        // Planning for a multi-node job from a login node: only the node count matters.
+        Err(e) if plan_only && args.nnodes.is_some_and(|n| n > 1) => {
+            warnings.push(format!("{e}; planning only, so this is taken as node 0"));
+            Topology {
+                nnodes: args.nnodes.unwrap_or(1),
+                source: "--nnodes (plan only)".into(),
+                ..Topology::single_node()
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let p = &loaded.profile;
     let spec = profile::model_spec(p, extra);
     let (platform, word) = profile::platform_of(p, extra);
@@ -333,7 +346,10 @@ fn command_for(
     torchrun: Option<&Path>,
 ) -> Result<(LaunchCommand, Vec<(String, String)>)> {
     let p = &ctx.loaded.profile;
-    let (mut flags, mut missing) = profile::resolved_flags(p, &env_var);
+    let profile::ResolvedFlags {
+        mut flags,
+        mut missing,
+    } = profile::resolved_flags(p, &env_var);
     flags.extend(planner_flags(ctx));
     let mut expand = |field: &str, s: &str| {
         let e = profile::expand(s, &env_var);
@@ -446,16 +462,23 @@ pub fn plan_json(ctx: &Context, command: Option<&LaunchCommand>) -> serde_json::
 }
 
 fn cmd_plan(args: PlanArgs) -> Result<i32> {
-    let ctx = build_context(&args.planning, &args.extra, None)?;
+    let ctx = build_context(&args.planning, &args.extra, None, true)?;
     for w in &ctx.warnings {
         warn!("{w}");
     }
     let command = match &ctx.plan.chosen {
-        Some(_) if ctx.plan.feasible => {
-            let (cmd, missing) = command_for(&ctx, None)?;
-            warn_missing(&missing);
-            Some(cmd)
-        }
+        Some(_) if ctx.plan.feasible => match command_for(&ctx, None) {
+            Ok((cmd, missing)) => {
+                warn_missing(&missing);
+                Some(cmd)
+            }
+            // A plan for a job that is not running yet (no rendezvous known) has no command.
+            Err(e) if ctx.topology.rendezvous.is_none() && ctx.topology.nnodes > 1 => {
+                warn!("no command: {e:#}");
+                None
+            }
+            Err(e) => return Err(e),
+        },
         _ => None,
     };
     let value = plan_json(&ctx, command.as_ref());
@@ -584,10 +607,15 @@ fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<i32> {
     .map_err(|e| e.to_string());
     let run_root = profile::resolved_flags(p, &env_var);
     let run_root_dir = run_root
-        .0
+        .flags
         .iter()
         .find(|(k, _)| k == "--run_root_dir")
-        .filter(|_| !run_root.1.iter().any(|(f, _)| f == "train.run_root_dir"))
+        .filter(|_| {
+            !run_root
+                .missing
+                .iter()
+                .any(|(f, _)| f == "train.run_root_dir")
+        })
         .map(|(_, v)| PathBuf::from(v));
     let torchrun = expand(&p.script.torchrun);
     let python = expand(&p.script.python);
@@ -668,12 +696,14 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         let loaded = load_profile(args.planning.profile.as_deref(), &args.planning.sets)?;
         confirm_script_flags(&loaded)?
     };
-    let mut ctx = build_context(&args.planning, &args.extra, accepts)?;
+    let mut ctx = build_context(&args.planning, &args.extra, accepts, args.dry_run)?;
     for w in &ctx.warnings {
         warn!("{w}");
     }
     if ctx.gpus.iter().any(|g| g.described) {
-        warn!("the GPUs were described with --gpus, not queried: the plan is only as good as that description");
+        warn!(
+            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
+        );
     }
     eprint!(
         "{}",
@@ -707,7 +737,7 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
     let log_dir = match &args.log_dir {
         Some(d) => d.clone(),
         None => profile::resolved_flags(&ctx.loaded.profile, &env_var)
-            .0
+            .flags
             .iter()
             .find(|(k, _)| k == "--run_root_dir")
             .map(|(_, v)| Path::new(v).join("vla-launch"))
@@ -756,7 +786,12 @@ struct RunResult {
     worst_peak: Option<u64>,
 }
 
-fn launch_once(ctx: &Context, args: &LaunchArgs, log_dir: &Path, attempt: u32) -> Result<RunResult> {
+fn launch_once(
+    ctx: &Context,
+    args: &LaunchArgs,
+    log_dir: &Path,
+    attempt: u32,
+) -> Result<RunResult> {
     let (cmd, missing) = command_for(ctx, args.torchrun.as_deref())?;
     profile::require_env(&missing, &ctx.loaded.origin)?;
     std::fs::create_dir_all(log_dir)
@@ -807,9 +842,10 @@ fn launch_once(ctx: &Context, args: &LaunchArgs, log_dir: &Path, attempt: u32) -
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
     if let Some(p) = &peaks {
         for (i, uuid) in uuids.iter().enumerate() {
-            let (Some(Some(used)), Some(Some(held))) =
-                (p.peak_used_bytes.get(i), p.peak_total_minus_free_bytes.get(i))
-            else {
+            let (Some(Some(used)), Some(Some(held))) = (
+                p.peak_used_bytes.get(i),
+                p.peak_total_minus_free_bytes.get(i),
+            ) else {
                 continue;
             };
             eprintln!(
@@ -821,12 +857,13 @@ fn launch_once(ctx: &Context, args: &LaunchArgs, log_dir: &Path, attempt: u32) -
             );
         }
     }
-    let diagnosis = if outcome.exit_code != 0 && outcome.interrupted_by.is_none() && !outcome.force_killed {
-        let tail = read_tail(&log_path, 256 * 1024);
-        diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)
-    } else {
-        None
-    };
+    let diagnosis =
+        if outcome.exit_code != 0 && outcome.interrupted_by.is_none() && !outcome.force_killed {
+            let tail = read_tail(&log_path, 256 * 1024);
+            diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)
+        } else {
+            None
+        };
     if let Some(d) = &diagnosis {
         eprintln!("vla-launch: {}", d.summary);
         eprintln!("vla-launch: hint: {}", d.hint);
@@ -851,12 +888,19 @@ fn launch_once(ctx: &Context, args: &LaunchArgs, log_dir: &Path, attempt: u32) -
         })),
     });
     if let Err(e) = std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n") {
-        warn!("cannot complete the run record {}: {e}", plan_path.display());
+        warn!(
+            "cannot complete the run record {}: {e}",
+            plan_path.display()
+        );
     }
     eprintln!("vla-launch: run record {}", plan_path.display());
-    let worst_peak = peaks
-        .as_ref()
-        .and_then(|p| p.peak_total_minus_free_bytes.iter().flatten().max().copied());
+    let worst_peak = peaks.as_ref().and_then(|p| {
+        p.peak_total_minus_free_bytes
+            .iter()
+            .flatten()
+            .max()
+            .copied()
+    });
     Ok(RunResult {
         outcome,
         diagnosis,
@@ -889,7 +933,11 @@ fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    eprintln!("vla-launch: replaying {}: {}", path.display(), command::display(&cmd));
+    eprintln!(
+        "vla-launch: replaying {}: {}",
+        path.display(),
+        command::display(&cmd)
+    );
     let mut opts = SuperviseOptions::new(log_dir.join(format!("replay-{stamp}.log")));
     opts.grace = Duration::from_secs(grace);
     let outcome = supervisor::run_blocking(&cmd, &opts)?;

@@ -84,7 +84,10 @@ impl Peaks {
         if self.samples == 0 {
             self.baseline_used_bytes = sample.iter().map(|r| r.map(|r| r.used)).collect();
         }
-        max_into(&mut self.peak_used_bytes, sample.iter().map(|r| r.map(|r| r.used)));
+        max_into(
+            &mut self.peak_used_bytes,
+            sample.iter().map(|r| r.map(|r| r.used)),
+        );
         max_into(
             &mut self.peak_total_minus_free_bytes,
             sample.iter().map(|r| r.map(|r| r.total_minus_free)),

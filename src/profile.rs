@@ -778,12 +778,20 @@ pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Expanded {
     }
 }
 
+/// A `--name value` pair for the script.
+pub type Flag = (String, String);
+
+/// The profile's fixed flags, placeholders expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedFlags {
+    pub flags: Vec<Flag>,
+    /// Placeholders left unset, as (field, variable).
+    pub missing: Vec<(String, String)>,
+}
+
 /// The profile's fixed flags as (`--name`, value) pairs with placeholders expanded, plus the
-/// placeholders left unset as (field, variable) pairs.
-pub fn resolved_flags(
-    p: &Profile,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// placeholders left unset.
+pub fn resolved_flags(p: &Profile, env: &dyn Fn(&str) -> Option<String>) -> ResolvedFlags {
     let mut flags = Vec::new();
     let mut missing = Vec::new();
     for (k, v) in &p.train {
@@ -794,7 +802,7 @@ pub fn resolved_flags(
         }
         flags.push((format!("--{key}"), e.value));
     }
-    (flags, missing)
+    ResolvedFlags { flags, missing }
 }
 
 /// Refuses unset placeholders (a real launch), naming the field and the variable.
@@ -916,7 +924,7 @@ mod tests {
     #[test]
     fn missing_env_names_field_and_variable() {
         let p = parse(BUILTIN[0].1, "aloha").unwrap();
-        let (_, missing) = resolved_flags(&p, &|_| None);
+        let missing = resolved_flags(&p, &|_| None).missing;
         let vars: Vec<&str> = missing.iter().map(|(_, v)| v.as_str()).collect();
         assert!(vars.contains(&"VLA_DATA_ROOT") && vars.contains(&"VLA_RUN_ROOT"));
         let err = require_env(&missing, &Origin::BuiltIn)
@@ -932,7 +940,7 @@ mod tests {
             ("WANDB_ENTITY", "e"),
             ("WANDB_PROJECT", "p"),
         ]);
-        let (flags, missing) = resolved_flags(&p, &env);
+        let ResolvedFlags { flags, missing } = resolved_flags(&p, &env);
         assert!(missing.is_empty(), "{missing:?}");
         assert!(flags.contains(&("--data_root_dir".into(), "/d".into())));
         assert!(flags.contains(&("--use_film".into(), "True".into())));

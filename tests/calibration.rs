@@ -211,7 +211,8 @@ fn keeps_the_newest_observations() {
 
 #[test]
 fn cache_path_from_the_environment() {
-    let table: [(&[(&str, &str)], Option<&str>); 5] = [
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let table: [(Env, Option<&str>); 5] = [
         (
             &[("VLA_LAUNCH_CACHE_DIR", "/c"), ("XDG_CACHE_HOME", "/x")],
             Some("/c/calibration.json"),
@@ -448,7 +449,8 @@ fn builtin_spec(name: &str) -> vla_launch::model::ModelSpec {
 fn probe_runs_cover_every_mode_at_two_batch_sizes() {
     use vla_launch::gpu::parse_gpus_spec;
     // (GPUs, accepts checkpointing, expected (strategy, checkpointing) modes)
-    let table: [(&str, bool, &[(Strategy, bool)]); 3] = [
+    type Modes<'a> = &'a [(Strategy, bool)];
+    let table: [(&str, bool, Modes); 3] = [
         (
             "1xh100",
             true,

@@ -507,8 +507,21 @@ fn cuda_oom_is_diagnosed_and_replanned_without_looping() {
     let record = dir.path().join("record.json");
     let out = bin()
         .args([
-            "--profile", "aloha", "--gpus", "1xh100", "--force", "--oom-retries", "1",
-            "--strategy", "ddp", "--batch-size", "16", "--grad-accum", "1", "--checkpointing", "off",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--force",
+            "--oom-retries",
+            "1",
+            "--strategy",
+            "ddp",
+            "--batch-size",
+            "16",
+            "--grad-accum",
+            "1",
+            "--checkpointing",
+            "off",
             "--torchrun",
         ])
         .arg(fake_torchrun())
@@ -525,19 +538,35 @@ fn cuda_oom_is_diagnosed_and_replanned_without_looping() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("CUDA out of memory") || stderr.contains("out of GPU memory"), "{stderr}");
+    assert!(
+        stderr.contains("CUDA out of memory") || stderr.contains("out of GPU memory"),
+        "{stderr}"
+    );
     let launches = stderr.matches("vla-launch: cd ").count();
     assert_eq!(launches, 2, "one launch and exactly one retry:\n{stderr}");
     // The retry kept the global batch and lowered the micro-batch.
-    let argv: Vec<String> = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&record).unwrap())
-        .unwrap()["argv"]
+    let argv: Vec<String> = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(&record).unwrap(),
+    )
+    .unwrap()["argv"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    let val = |f: &str| -> u32 { argv[argv.iter().position(|a| a == f).unwrap() + 1].parse().unwrap() };
+    let val = |f: &str| -> u32 {
+        argv[argv.iter().position(|a| a == f).unwrap() + 1]
+            .parse()
+            .unwrap()
+    };
     assert!(val("--batch_size") < 16, "{argv:?}");
-    assert_eq!(val("--batch_size") * val("--grad_accumulation_steps"), 16, "{argv:?}");
-    assert!(stderr.contains("not retrying"), "the second OOM stops: {stderr}");
+    assert_eq!(
+        val("--batch_size") * val("--grad_accumulation_steps"),
+        16,
+        "{argv:?}"
+    );
+    assert!(
+        stderr.contains("not retrying"),
+        "the second OOM stops: {stderr}"
+    );
 }

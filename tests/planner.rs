@@ -180,10 +180,11 @@ fn planner_table() {
                     ch.batch_size * ch.nproc_per_node * ch.nnodes * ch.grad_accumulation_steps
                 );
                 assert!(
-                    ch.fits && ch.predicted_peak_bytes <= ch.usable_bytes,
+                    ch.fits && ch.required_bytes <= ch.usable_bytes,
                     "{}",
                     c.name
                 );
+                assert!(ch.required_bytes <= ch.predicted_peak_bytes, "{}", c.name);
                 if !c.ckpt {
                     assert!(!ch.gradient_checkpointing, "{}: ckpt not accepted", c.name);
                 }
@@ -198,11 +199,7 @@ fn planner_table() {
                 // Every GPU used must itself have room for the peak.
                 for i in &ch.gpu_indices {
                     let g = c.gpus.iter().find(|g| g.index == *i).unwrap();
-                    assert!(
-                        ch.predicted_peak_bytes <= g.free_bytes,
-                        "{}: GPU {i}",
-                        c.name
-                    );
+                    assert!(ch.required_bytes <= g.free_bytes, "{}: GPU {i}", c.name);
                 }
             }
             _ => failures.push(format!("{line}: expected {:?}", c.expect)),
@@ -334,4 +331,24 @@ fn four_rtx4090_with_fsdp_in_the_script_shards_with_checkpointing() {
     assert_eq!(c.strategy, Strategy::Fsdp, "{}", c.label());
     assert!(c.gradient_checkpointing, "{}", c.label());
     assert_eq!((c.nproc_per_node, c.global_batch), (4, 16), "{}", c.label());
+}
+
+#[test]
+fn multi_node_uses_every_gpu_of_each_node_with_the_fewest_accumulation_steps() {
+    let spec = profile_spec("aloha");
+    let gpus = parse_gpus_spec("8xh100").unwrap();
+    let p = plan(&PlanInput {
+        spec: &spec,
+        gpus: &gpus,
+        nnodes: 4,
+        policy: policy(true, true),
+        pins: Pins::default(),
+        host_ram_bytes: None,
+        merge_lora_during_training: false,
+    })
+    .unwrap();
+    let c = p.chosen.unwrap();
+    assert_eq!((c.nproc_per_node, c.nnodes), (8, 4), "{}", c.label());
+    assert_eq!(c.grad_accumulation_steps, 1, "{}", c.label());
+    assert_eq!(c.global_batch, 32, "1 per GPU on 32 GPUs: {}", c.label());
 }

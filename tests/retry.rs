@@ -119,7 +119,7 @@ fn retry_keeps_the_global_batch_and_is_strictly_safer() {
         let failed = launched(&inp);
         let observed = case
             .observed
-            .map(|f| (failed.predicted_peak_bytes as f64 * f) as u64);
+            .map(|f| (failed.required_bytes as f64 * f) as u64);
         match replan_after_oom(&inp, &failed, observed, 0, 1) {
             RetryDecision::Retry { plan, message } => {
                 let c = plan.chosen.as_ref().unwrap();
@@ -129,11 +129,11 @@ fn retry_keeps_the_global_batch_and_is_strictly_safer() {
                 assert_eq!(c.nnodes, failed.nnodes, "{}", case.name);
                 assert_eq!(c.gpu_indices, failed.gpu_indices, "{}", case.name);
                 assert!(
-                    c.predicted_peak_bytes < failed.predicted_peak_bytes,
+                    c.required_bytes < failed.required_bytes,
                     "{}: {} !< {}",
                     case.name,
-                    c.predicted_peak_bytes,
-                    failed.predicted_peak_bytes
+                    c.required_bytes,
+                    failed.required_bytes
                 );
                 assert_ne!(c.label(), failed.label(), "{}", case.name);
                 assert!(message.contains("retry 1 of 1"), "{message}");
@@ -155,7 +155,7 @@ fn the_observed_overshoot_applies_to_the_retry() {
     let inp = input(&spec, &gpus, 32, Pins::default());
     let failed = launched(&inp);
     let factor = 1.15;
-    let observed = (failed.predicted_peak_bytes as f64 * factor) as u64;
+    let observed = (failed.required_bytes as f64 * factor) as u64;
     let RetryDecision::Retry { plan, .. } = replan_after_oom(&inp, &failed, Some(observed), 0, 2)
     else {
         panic!("expected a retry");
@@ -163,9 +163,9 @@ fn the_observed_overshoot_applies_to_the_retry() {
     let c = plan.chosen.unwrap();
     let usable_real = failed.usable_bytes;
     assert!(
-        c.predicted_peak_bytes as f64 * factor <= usable_real as f64,
+        c.required_bytes as f64 * factor <= usable_real as f64,
         "{} x {factor} > {usable_real}",
-        c.predicted_peak_bytes
+        c.required_bytes
     );
 }
 
@@ -179,13 +179,13 @@ fn never_more_than_max_retries() {
         let mut failed = launched(&inp);
         let mut relaunches = 0;
         for attempt in 0..10 {
-            let observed = (failed.predicted_peak_bytes as f64 * 1.3) as u64;
+            let observed = (failed.required_bytes as f64 * 1.3) as u64;
             match replan_after_oom(&inp, &failed, Some(observed), attempt, max) {
                 RetryDecision::Retry { plan, .. } => {
                     relaunches += 1;
                     let c = plan.chosen.unwrap();
                     assert_eq!(c.global_batch, 64);
-                    assert!(c.predicted_peak_bytes < failed.predicted_peak_bytes);
+                    assert!(c.required_bytes < failed.required_bytes);
                     failed = c;
                 }
                 RetryDecision::Stop { reason } => {
@@ -208,7 +208,7 @@ fn stops_when_nothing_safer_keeps_the_global_batch() {
     let gpus = parse_gpus_spec("1xh100").unwrap();
     let inp = input(&spec, &gpus, 1, pinned(Strategy::Ddp, true, 1, 1));
     let failed = launched(&inp);
-    let observed = Some(failed.predicted_peak_bytes * 2);
+    let observed = Some(failed.required_bytes * 2);
     match replan_after_oom(&inp, &failed, observed, 0, 3) {
         RetryDecision::Stop { reason } => {
             assert!(
@@ -256,7 +256,7 @@ fn user_pins_are_kept_when_possible_and_released_otherwise() {
     let inp = input(&spec, &gpus, 4, pinned(Strategy::Ddp, false, 1, 4));
     let failed = launched(&inp);
     let RetryDecision::Retry { plan, message } =
-        replan_after_oom(&inp, &failed, Some(failed.predicted_peak_bytes + GIB), 0, 1)
+        replan_after_oom(&inp, &failed, Some(failed.required_bytes + GIB), 0, 1)
     else {
         panic!("expected a retry");
     };

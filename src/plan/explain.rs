@@ -49,7 +49,10 @@ pub fn render_plan(
         fmt_gib(c.usable_bytes),
         if c.fits { "fits" } else { "DOES NOT FIT" }
     );
-    if c.required_bytes < c.predicted_peak_bytes && c.predicted_peak_bytes > c.usable_bytes && c.fits {
+    if c.required_bytes < c.predicted_peak_bytes
+        && c.predicted_peak_bytes > c.usable_bytes
+        && c.fits
+    {
         let _ = writeln!(
             out,
             "                 (the peak counts {} of allocator cache that PyTorch gives back when memory runs short)",

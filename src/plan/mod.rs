@@ -14,6 +14,7 @@
 //! 3. Global batch = batch x GPUs x nodes x accumulation >= the minimum, with the least overshoot a
 //!    world size allows: batch x accumulation = ceil(minimum / world). Never rounded down. A global
 //!    batch the user asked for explicitly is honoured exactly when any fitting candidate can.
+//!    In a multi-node job each node uses all its visible GPUs unless --nproc is pinned.
 //! 4. Among what remains, the lowest predicted time per optimizer step wins: a run is `max_steps`
 //!    optimizer steps whatever the global batch, so the step time is its wall-clock (a larger
 //!    overshoot makes steps longer and loses). Ties go to DDP, no checkpointing, fewer accumulation
@@ -384,7 +385,12 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     let pins = &input.pins;
     let mut reasons = Vec::new();
     let mut ev = Evaluator::new(input.spec, policy, input.nnodes)?;
-    let sets = gpu_sets(input.gpus, policy, pins.nproc);
+    // In a multi-node job every node uses all the GPUs it was given (the scheduler allocated
+    // them to this job, and every node must plan the same); pin --nproc to use fewer.
+    let nproc = pins
+        .nproc
+        .or((input.nnodes > 1).then_some(input.gpus.len() as u32));
+    let sets = gpu_sets(input.gpus, policy, nproc);
     let g = policy.min_global_batch;
 
     let mut strategies: Vec<Strategy> = match pins.strategy {

@@ -6,7 +6,7 @@
 //! - never change the global batch, the GPUs or the node count: only how each rank gets there
 //!   (micro-batch x accumulation, checkpointing, DDP/FSDP);
 //! - evidence: the run needed at least max(observed peak, the free memory it started with) where
-//!   the model predicted `failed.predicted_peak_bytes`; every candidate's prediction is scaled by that
+//!   the model predicted `failed.required_bytes` (the memory the fit uses); every candidate's prediction is scaled by that
 //!   overshoot (done by shrinking usable memory by the same factor), so the failed configuration
 //!   no longer fits and the retry is strictly below its prediction;
 //! - the user's strategy/checkpointing pins are kept when something fits with them, released
@@ -69,7 +69,7 @@ pub fn replan_after_oom(
         .iter()
         .filter(|g| failed.gpu_indices.contains(&g.index))
         .collect();
-    if gpus.len() != failed.gpu_indices.len() || failed.predicted_peak_bytes == 0 {
+    if gpus.len() != failed.gpu_indices.len() || failed.required_bytes == 0 {
         return stop(format!(
             "cannot re-plan: the failed run's GPUs {:?} are not all among the GPUs planned for",
             failed.gpu_indices
@@ -77,14 +77,14 @@ pub fn replan_after_oom(
     }
     let min_free = gpus.iter().map(|g| g.free_bytes).min().unwrap_or(0);
     let need = observed_peak_bytes.unwrap_or(0).max(min_free);
-    let factor = (need as f64 / failed.predicted_peak_bytes as f64).max(1.0);
+    let factor = (need as f64 / failed.required_bytes as f64).max(1.0);
     // Same test as the planner's, with every prediction scaled by `factor`:
     // peak x factor <= usable  <=>  peak <= usable / factor; and strictly below the failed peak.
     let shrunk: Vec<Gpu> = gpus
         .iter()
         .map(|g| {
             let u = ((usable(g, &input.policy) as f64 / factor).floor() as u64)
-                .min(failed.predicted_peak_bytes.saturating_sub(1));
+                .min(failed.required_bytes.saturating_sub(1));
             Gpu {
                 free_bytes: margin_bytes(g, &input.policy) + u,
                 ..(*g).clone()
@@ -139,7 +139,7 @@ pub fn replan_after_oom(
         };
         if c.global_batch != failed.global_batch
             || c.nproc_per_node != failed.nproc_per_node
-            || c.predicted_peak_bytes >= failed.predicted_peak_bytes
+            || c.required_bytes >= failed.required_bytes
         {
             last_reason = if c.global_batch != failed.global_batch {
                 format!(
