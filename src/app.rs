@@ -676,17 +676,14 @@ fn confirm_script_flags(loaded: &Loaded) -> Result<Option<Vec<String>>> {
     }
 }
 
-fn cmd_launch(args: LaunchArgs) -> Result<i32> {
+fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
+    if let Some(path) = args.plan_file.clone() {
+        pin_to_plan_file(&mut args.planning, &path)?;
+    }
     if args.planning.profile.is_none() {
         return Err(exit(
             2,
             "no profile given: `vla-launch --profile aloha` launches, `vla-launch --help` lists the commands",
-        ));
-    }
-    if args.plan_file.is_some() {
-        return Err(exit(
-            2,
-            "--plan-file is not supported yet: plan on every node with the same flags",
         ));
     }
     // A real launch first asks the script which planner flags it really takes.
@@ -697,6 +694,16 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
         confirm_script_flags(&loaded)?
     };
     let mut ctx = build_context(&args.planning, &args.extra, accepts, args.dry_run)?;
+    if let (Some(path), false) = (&args.plan_file, ctx.plan.feasible) {
+        return Err(exit(
+            3,
+            format!(
+                "this node's GPUs cannot hold the plan in {}: {}",
+                path.display(),
+                ctx.plan.reasons.join("; ")
+            ),
+        ));
+    }
     for w in &ctx.warnings {
         warn!("{w}");
     }
@@ -776,6 +783,63 @@ fn cmd_launch(args: LaunchArgs) -> Result<i32> {
             }
         }
     }
+}
+
+/// `--plan-file`: every node runs the plan written by `vla-launch plan -o` (on a login node or
+/// node 0), so all nodes pass identical planner flags; this node only checks its GPUs can hold it.
+fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
+    let bad = |why: String| exit(2, format!("--plan-file {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("not a plan written by `vla-launch plan -o`: {e}")))?;
+    if v["feasible"] != json!(true) {
+        return Err(bad("the plan in it is not feasible; plan again".into()));
+    }
+    let num = |key: &str| -> Result<u32> {
+        v[key]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "no `{key}` in it; write it with `vla-launch plan -o FILE`"
+                ))
+            })
+    };
+    let profile = v["profile"].as_str().unwrap_or_default().to_string();
+    match &args.profile {
+        Some(p)
+            if Path::new(p).file_stem().and_then(|s| s.to_str()) != Some(profile.as_str())
+                && *p != profile =>
+        {
+            return Err(bad(format!(
+                "it was made for profile '{profile}', not '{p}'"
+            )));
+        }
+        Some(_) => {}
+        None => args.profile = Some(profile),
+    }
+    args.strategy = match v["strategy"].as_str() {
+        Some("ddp") => StrategyArg::Ddp,
+        Some("fsdp") => StrategyArg::Fsdp,
+        other => return Err(bad(format!("unknown strategy {other:?}"))),
+    };
+    args.checkpointing = match v["gradient_checkpointing"].as_bool() {
+        Some(true) => Toggle::On,
+        Some(false) => Toggle::Off,
+        None => return Err(bad("no `gradient_checkpointing` in it".into())),
+    };
+    args.batch_size = Some(num("batch_size")?);
+    args.grad_accum = Some(num("grad_accumulation_steps")?);
+    args.nproc = Some(num("nproc_per_node")?);
+    let nnodes = num("nnodes")?;
+    if args.nnodes.is_some_and(|n| n != nnodes) {
+        return Err(bad(format!(
+            "it is for {nnodes} nodes, but --nnodes says otherwise"
+        )));
+    }
+    args.nnodes = Some(nnodes);
+    args.global_batch = Some(num("min_global_batch")?);
+    Ok(())
 }
 
 /// What one launch of torchrun left behind.

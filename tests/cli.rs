@@ -570,3 +570,73 @@ fn cuda_oom_is_diagnosed_and_replanned_without_looping() {
         "the second OOM stops: {stderr}"
     );
 }
+
+/// A plan written once (`plan -o`) is run by every node; a node whose GPUs cannot hold it refuses.
+#[test]
+fn plan_file_gives_every_node_the_same_flags_and_is_checked_against_its_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    bin()
+        .args([
+            "plan",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "8xh100",
+            "--nnodes",
+            "2",
+            "-o",
+        ])
+        .arg(&plan)
+        .assert()
+        .success();
+    let node = |rank: &str, gpus: &str| {
+        bin()
+            .args(["--plan-file"])
+            .arg(&plan)
+            .args(["--gpus", gpus, "--dry-run"])
+            .env("SLURM_JOB_ID", "77")
+            .env("SLURM_NNODES", "2")
+            .env("SLURM_NODEID", rank)
+            .env("SLURM_JOB_NODELIST", "gpu[01-02]")
+            .env("VLA_DATA_ROOT", "/d")
+            .env("VLA_RUN_ROOT", "/r")
+            .env("WANDB_ENTITY", "e")
+            .env("WANDB_PROJECT", "p")
+            .output()
+            .unwrap()
+    };
+    let script_part = |out: &std::process::Output| {
+        let s = String::from_utf8_lossy(&out.stdout).to_string();
+        s[s.find("vla-scripts/finetune.py")
+            .expect("script in the command")..]
+            .to_string()
+    };
+    let (n0, n1) = (node("0", "8xh100"), node("1", "8xh100"));
+    assert_eq!(
+        n0.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&n0.stderr)
+    );
+    assert_eq!(
+        n1.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&n1.stderr)
+    );
+    assert_eq!(
+        script_part(&n0),
+        script_part(&n1),
+        "identical script flags on every node"
+    );
+    let s0 = String::from_utf8_lossy(&n0.stdout);
+    assert!(
+        s0.contains("--nnodes 2") && s0.contains("--node-rank 0") && s0.contains("gpu01:"),
+        "{s0}"
+    );
+    assert!(String::from_utf8_lossy(&n1.stdout).contains("--node-rank 1"));
+    let small = node("1", "8xrtx4090");
+    assert_eq!(small.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&small.stderr).contains("cannot hold the plan"));
+}
