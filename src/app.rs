@@ -9,7 +9,10 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::budget::Strategy;
-use crate::cli::{Cli, Command, LaunchArgs, PlanArgs, PlanningArgs, StrategyArg, Toggle};
+use crate::calibration::{self, Source, Store};
+use crate::cli::{
+    CalibrateArgs, Cli, Command, LaunchArgs, PlanArgs, PlanningArgs, StrategyArg, Toggle,
+};
 use crate::cluster::{self, Topology, TopologyFlags};
 use crate::gpu::{self, Gpu, GpuError, NvmlSource};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Some(Command::Profiles) => cmd_profiles(),
         Some(Command::Doctor { profile, sets }) => cmd_doctor(&profile, &sets),
         Some(Command::Replay { record, grace }) => cmd_replay(&record, grace),
+        Some(Command::Calibrate(args)) => cmd_calibrate(*args),
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vla-launch", &mut std::io::stdout());
@@ -176,6 +180,8 @@ pub struct Context {
     pub alloc_conf: command::AllocConf,
     pub accepts: Vec<String>,
     pub host_ram_bytes: Option<u64>,
+    /// Corrections learned from earlier runs; empty when none or unreadable.
+    pub store: Store,
 }
 
 impl Context {
@@ -189,6 +195,10 @@ impl Context {
             pins: self.pins.clone(),
             host_ram_bytes: self.host_ram_bytes,
             merge_lora_during_training: profile::merges_lora_during_training(&self.loaded.profile),
+            calibration: Some(plan::Calibration {
+                store: &self.store,
+                profile: &self.loaded.name,
+            }),
         }
     }
 }
@@ -282,6 +292,7 @@ fn build_context(
         None => None,
     };
     let host_ram_bytes = host_ram_bytes(args)?;
+    let store = load_store();
     let plan = plan::plan(&PlanInput {
         spec: &spec,
         gpus: &gpus,
@@ -290,6 +301,10 @@ fn build_context(
         pins: pins.clone(),
         host_ram_bytes,
         merge_lora_during_training: profile::merges_lora_during_training(p),
+        calibration: Some(plan::Calibration {
+            store: &store,
+            profile: &loaded.name,
+        }),
     })?;
     Ok(Context {
         loaded,
@@ -305,6 +320,7 @@ fn build_context(
         alloc_conf,
         accepts,
         host_ram_bytes,
+        store,
     })
 }
 
@@ -430,6 +446,8 @@ pub fn plan_json(ctx: &Context, command: Option<&LaunchCommand>) -> serde_json::
         "gpu_indices": c.map(|c| c.gpu_indices.clone()),
         "predicted_peak_bytes": c.map(|c| c.predicted_peak_bytes),
         "required_bytes": c.map(|c| c.required_bytes),
+        "model_peak_bytes": c.map(|c| c.model_peak_bytes),
+        "correction": c.and_then(|c| c.correction.clone()),
         "usable_bytes": c.map(|c| c.usable_bytes),
         "fits": c.map(|c| c.fits),
         "step_time_s": c.map(|c| c.step_time_s),
@@ -752,7 +770,7 @@ fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
     };
     let mut attempt = 0;
     loop {
-        let run = launch_once(&ctx, &args, &log_dir, attempt)?;
+        let run = launch_once(&ctx, &args, &log_dir, attempt, Source::Run)?;
         let oom = run
             .diagnosis
             .as_ref()
@@ -782,6 +800,50 @@ fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
                 attempt += 1;
             }
         }
+    }
+}
+
+fn store_path() -> Option<PathBuf> {
+    calibration::default_path(&env_var)
+        .map_err(|e| warn!("calibration store off: {e}"))
+        .ok()
+}
+
+/// The calibration store, or an empty one (a broken store is reported, never fatal).
+fn load_store() -> Store {
+    let Some(path) = store_path() else {
+        return Store::default();
+    };
+    calibration::load(&path).unwrap_or_else(|e| {
+        warn!("calibration store ignored: {e}");
+        Store::default()
+    })
+}
+
+/// Adds a completed run's observed peak to the store (normal runs and calibration probes alike).
+fn learn_from(record: &serde_json::Value, record_path: &Path, source: Source) {
+    let Ok(rec) = crate::record::from_value(record, record_path) else {
+        return;
+    };
+    let observations = crate::record::observations(&rec, source);
+    if observations.is_empty() {
+        return;
+    }
+    let Some(path) = store_path() else {
+        return;
+    };
+    let mut store = calibration::load(&path).unwrap_or_default();
+    for (key, obs) in observations {
+        info!(
+            "calibration: {} observed {} for predicted {}",
+            key.label(),
+            fmt_gib(obs.observed_peak_bytes),
+            fmt_gib(obs.predicted_peak_bytes)
+        );
+        store.add(key, obs);
+    }
+    if let Err(e) = calibration::save(&store, &path) {
+        warn!("cannot save the calibration store: {e}");
     }
 }
 
@@ -855,6 +917,7 @@ fn launch_once(
     args: &LaunchArgs,
     log_dir: &Path,
     attempt: u32,
+    source: Source,
 ) -> Result<RunResult> {
     let (cmd, missing) = command_for(ctx, args.torchrun.as_deref())?;
     profile::require_env(&missing, &ctx.loaded.origin)?;
@@ -904,6 +967,15 @@ fn launch_once(
     let peaks = monitor.map(Monitor::stop);
     let outcome = result?;
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
+    // Without NVML (described GPUs), a script that reports its own peaks (the probe trainer's
+    // `VLA_PROBE_RESULT` lines) still tells what each GPU held.
+    let (uuids, peaks) = match peaks {
+        Some(p) => (uuids, Some(p)),
+        None => match reported_peaks(&read_tail(&log_path, 4 << 20)) {
+            Some((u, p)) => (u, Some(p)),
+            None => (uuids, None),
+        },
+    };
     if let Some(p) = &peaks {
         for (i, uuid) in uuids.iter().enumerate() {
             let (Some(Some(used)), Some(Some(held))) = (
@@ -958,6 +1030,7 @@ fn launch_once(
         );
     }
     eprintln!("vla-launch: run record {}", plan_path.display());
+    learn_from(&record, &plan_path, source);
     let worst_peak = peaks.as_ref().and_then(|p| {
         p.peak_total_minus_free_bytes
             .iter()
@@ -970,6 +1043,121 @@ fn launch_once(
         diagnosis,
         worst_peak,
     })
+}
+
+/// `vla-launch calibrate`: probe runs at two batch sizes per mode, observed peaks into the store.
+fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
+    let CalibrateArgs {
+        mut launch,
+        steps,
+        show,
+        reset,
+    } = args;
+    let name = launch
+        .planning
+        .profile
+        .clone()
+        .ok_or_else(|| exit(2, "calibrate needs --profile NAME"))?;
+    let path =
+        store_path().ok_or_else(|| exit(4, "no calibration store: set VLA_LAUNCH_CACHE_DIR"))?;
+    let profile_name = load_profile(Some(&name), &launch.planning.sets)?.name;
+    let mut store = calibration::load(&path).map_err(|e| exit(4, e.to_string()))?;
+    if reset {
+        let n = store.remove_where(|k| k.profile == profile_name);
+        calibration::save(&store, &path).map_err(|e| exit(4, e.to_string()))?;
+        println!(
+            "removed {n} calibration entries of profile '{profile_name}' from {}",
+            path.display()
+        );
+        return Ok(0);
+    }
+    if show {
+        print!("{}", describe_store(&store, &profile_name));
+        return Ok(0);
+    }
+    if steps == 0 {
+        return Err(exit(
+            2,
+            "--steps 0: a probe run needs at least 1 optimizer step",
+        ));
+    }
+    launch
+        .planning
+        .sets
+        .push(format!("train.max_steps={steps}"));
+    let accepts = confirm_script_flags(&load_profile(Some(&name), &launch.planning.sets)?)?;
+    let mut ctx = build_context(&launch.planning, &launch.extra, accepts, false)?;
+    let runs = calibration::probe_runs(&ctx.plan_input(), &ctx.loaded.name)?;
+    if runs.is_empty() {
+        return Err(exit(
+            3,
+            "nothing to calibrate: not even batch 1 fits these GPUs",
+        ));
+    }
+    let log_dir = launch
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("vla-launch-logs").join("calibrate"));
+    eprintln!(
+        "vla-launch: {} probe runs of {steps} steps each",
+        runs.len()
+    );
+    let mut failed = 0;
+    for (i, run) in runs.iter().enumerate() {
+        ctx.pins = run.pins.clone();
+        ctx.policy.min_global_batch = 1;
+        let mut input = ctx.plan_input();
+        input.calibration = None;
+        ctx.plan = plan::plan(&input)?;
+        eprintln!(
+            "vla-launch: probe {}/{}: {} (predicted {})",
+            i + 1,
+            runs.len(),
+            run.key.label(),
+            fmt_gib(run.predicted_peak_bytes)
+        );
+        let result = launch_once(&ctx, &launch, &log_dir, 0, Source::Calibrate)?;
+        if result.outcome.interrupted_by.is_some() {
+            return Ok(result.outcome.process_exit_code());
+        }
+        if result.outcome.exit_code != 0 {
+            failed += 1;
+        }
+    }
+    let store = calibration::load(&path).map_err(|e| exit(4, e.to_string()))?;
+    print!("{}", describe_store(&store, &ctx.loaded.name));
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+fn describe_store(store: &Store, profile: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for entry in store.entries.iter().filter(|e| e.key.profile == profile) {
+        let key = &entry.key;
+        let _ = writeln!(out, "{}:", key.label());
+        for o in &entry.observations {
+            let _ = writeln!(
+                out,
+                "  batch {:>3}: predicted {}, observed {} ({:+.1}%)",
+                o.batch_size,
+                fmt_gib(o.predicted_peak_bytes),
+                fmt_gib(o.observed_peak_bytes),
+                (o.observed_peak_bytes as f64 / o.predicted_peak_bytes.max(1) as f64 - 1.0) * 100.0
+            );
+        }
+        let sample = entry
+            .observations
+            .last()
+            .map(|o| o.predicted_peak_bytes)
+            .unwrap_or(0);
+        if let (_, Some(info)) = store.corrected_peak(key, sample) {
+            let _ = writeln!(out, "  correction: {}", info.describe());
+        }
+    }
+    if out.is_empty() {
+        let _ = writeln!(out, "no calibration for profile '{profile}' yet");
+    }
+    out
 }
 
 /// `vla-launch replay plan.json`: runs exactly the recorded command again.
@@ -1007,6 +1195,32 @@ fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
     let outcome = supervisor::run_blocking(&cmd, &opts)?;
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
     Ok(outcome.process_exit_code())
+}
+
+/// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank
+/// (scripts/probe_finetune.py): GPU UUIDs and NVML total - free peaks.
+fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
+    const MARK: &str = "VLA_PROBE_RESULT ";
+    let text = String::from_utf8_lossy(log);
+    let mut uuids = Vec::new();
+    let mut peaks = crate::monitor::Peaks::default();
+    for line in text.split(['\n', '\r']) {
+        let Some(i) = line.find(MARK) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line[i + MARK.len()..]) else {
+            continue;
+        };
+        let (Some(uuid), Some(peak)) = (v["gpu_uuid"].as_str(), v["peak_nvml_used_bytes"].as_u64())
+        else {
+            continue;
+        };
+        uuids.push(uuid.to_string());
+        peaks.peak_total_minus_free_bytes.push(Some(peak));
+        peaks
+            .peak_used_bytes
+            .push(v["peak_nvml_used_v2_bytes"].as_u64().or(Some(peak)));
+        peaks.samples += 1;
+    }
+    (!uuids.is_empty()).then_some((uuids, peaks))
 }
 
 /// The last `max` bytes of a file (the diagnosis reads the end of the run log).

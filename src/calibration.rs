@@ -523,6 +523,8 @@ pub fn probe_runs(input: &PlanInput, profile: &str) -> Result<Vec<ProbeRun>, Pla
                 let inp = PlanInput {
                     policy: policy.clone(),
                     pins: pins_at(b),
+                    // Probes are chosen on the model's own predictions, not corrected ones.
+                    calibration: None,
                     ..input.clone()
                 };
                 let Some(c) = plan(&inp)?.chosen else { break };

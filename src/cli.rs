@@ -78,6 +78,15 @@ Examples:
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Learn how far the budget model is off on these GPUs: run the script a few steps at two
+    /// batch sizes per strategy the planner considers, record the observed peaks, fit a correction.
+    #[command(after_help = "\
+Examples:
+  vla-launch calibrate --profile aloha-probe            probe runs, then fit (minutes per run)
+  vla-launch calibrate --profile aloha --show           what was learned for this profile
+  vla-launch calibrate --profile aloha --reset          forget it
+")]
+    Calibrate(Box<CalibrateArgs>),
     /// Run a recorded launch again, exactly (the plan-*.json a launch leaves in its log directory).
     #[command(after_help = "Example:\n  vla-launch replay runs/vla-launch/plan-1764230400.json\n")]
     Replay {
@@ -218,6 +227,24 @@ pub struct LaunchArgs {
     /// Extra arguments passed to the training script, last.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]
     pub extra: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+
+    /// Optimizer steps per probe run.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub steps: u32,
+
+    /// Print what the store holds for this profile and exit.
+    #[arg(long)]
+    pub show: bool,
+
+    /// Remove what the store holds for this profile and exit.
+    #[arg(long, conflicts_with = "show")]
+    pub reset: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

@@ -167,6 +167,9 @@ struct RawOutcome {
     duration_s: Option<f64>,
     #[serde(default)]
     observed_peak_used_bytes: Option<Vec<Option<u64>>>,
+    /// NVML total - free: the quantity the budget model predicts (used + the driver's reserve).
+    #[serde(default)]
+    observed_peak_total_minus_free_bytes: Option<Vec<Option<u64>>>,
     #[serde(default)]
     observed_gpu_uuids: Vec<String>,
     #[serde(default)]
@@ -256,7 +259,11 @@ pub fn parse(text: &str, path: &Path) -> Result<RunRecord, RecordError> {
         signal: o.signal,
         interrupted_by: o.interrupted_by,
         duration_s: o.duration_s,
-        observed_peak_used_bytes: o.observed_peak_used_bytes.unwrap_or_default(),
+        // Prefer total - free, which is what predictions are in; older records have only `used`.
+        observed_peak_used_bytes: o
+            .observed_peak_total_minus_free_bytes
+            .or(o.observed_peak_used_bytes)
+            .unwrap_or_default(),
         observed_gpu_uuids: o.observed_gpu_uuids,
         diagnosis_kind: o.diagnosis.map(|d| d.kind),
     });

@@ -436,6 +436,7 @@ fn probe_input<'a>(
         pins: Pins::default(),
         host_ram_bytes: None,
         merge_lora_during_training: false,
+        calibration: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn bin() -> Command {
         .env_remove("NODE_RANK")
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
+        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
         .env("RUST_LOG", "vla_launch=warn")
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     c
@@ -639,4 +640,84 @@ fn plan_file_gives_every_node_the_same_flags_and_is_checked_against_its_gpus() {
     let small = node("1", "8xrtx4090");
     assert_eq!(small.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&small.stderr).contains("cannot hold the plan"));
+}
+
+/// `calibrate` runs the script at two batch sizes per mode, learns from the peaks it reports, and
+/// the next plan applies the correction; `--show` and `--reset` manage the store.
+#[test]
+fn calibrate_learns_from_reported_peaks_and_plans_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let report = "VLA_PROBE_RESULT {\"rank\":0,\"gpu_uuid\":\"described-0\",\"peak_nvml_used_bytes\":42949672960}\n";
+    let run = |args: &[&str]| {
+        bin()
+            .args(args)
+            .env("VLA_LAUNCH_CACHE_DIR", &cache)
+            .env("VLA_DATA_ROOT", "/d")
+            .env("VLA_RUN_ROOT", dir.path())
+            .env("WANDB_ENTITY", "e")
+            .env("WANDB_PROJECT", "p")
+            .env("FAKE_STDERR", report)
+            .output()
+            .unwrap()
+    };
+    let torchrun = fake_torchrun();
+    let logs = dir.path().join("logs");
+    let out = run(&[
+        "calibrate",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "1xh100",
+        "--steps",
+        "2",
+        "--torchrun",
+        torchrun.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("observed 40.00 GiB"), "{stdout}");
+    assert!(stdout.contains("correction"), "{stdout}");
+    let store = std::fs::read_to_string(cache.join("calibration.json")).unwrap();
+    assert!(store.contains("aloha"), "{store}");
+    let plan = run(&[
+        "plan",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "1xh100",
+        "--strategy",
+        "ddp",
+        "--checkpointing",
+        "off",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "16",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert!(v["correction"].is_string(), "{v}");
+    assert_ne!(
+        v["predicted_peak_bytes"], v["model_peak_bytes"],
+        "the correction changed the prediction"
+    );
+    let shown = run(&["calibrate", "--profile", "aloha", "--show"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("batch"));
+    let reset = run(&["calibrate", "--profile", "aloha", "--reset"]);
+    assert!(
+        String::from_utf8_lossy(&reset.stdout).contains("removed"),
+        "{}",
+        String::from_utf8_lossy(&reset.stdout)
+    );
+    let plan = run(&["plan", "--profile", "aloha", "--gpus", "1xh100", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert!(v["correction"].is_null(), "{v}");
 }

@@ -35,6 +35,7 @@ fn run(profile_name: &str, gpus: &[Gpu], policy: Policy, pins: Pins) -> Plan {
         pins,
         host_ram_bytes: None,
         merge_lora_during_training: false,
+        calibration: None,
     })
     .unwrap()
 }
@@ -345,6 +346,7 @@ fn multi_node_uses_every_gpu_of_each_node_with_the_fewest_accumulation_steps() {
         pins: Pins::default(),
         host_ram_bytes: None,
         merge_lora_during_training: false,
+        calibration: None,
     })
     .unwrap();
     let c = p.chosen.unwrap();

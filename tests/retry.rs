@@ -37,6 +37,7 @@ fn input<'a>(spec: &'a ModelSpec, gpus: &'a [Gpu], g: u32, pins: Pins) -> PlanIn
         pins,
         host_ram_bytes: None,
         merge_lora_during_training: false,
+        calibration: None,
     }
 }
 

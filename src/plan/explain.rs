@@ -59,6 +59,13 @@ pub fn render_plan(
             fmt_gib(c.predicted_peak_bytes - c.required_bytes)
         );
     }
+    if let Some(corr) = &c.correction {
+        let _ = writeln!(
+            out,
+            "  calibration    {corr} (the budget model alone: {})",
+            fmt_gib(c.model_peak_bytes)
+        );
+    }
     let _ = writeln!(
         out,
         "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",

@@ -77,6 +77,15 @@ pub struct PlanInput<'a> {
     /// This node's physical RAM, when known.
     pub host_ram_bytes: Option<u64>,
     pub merge_lora_during_training: bool,
+    /// Corrections learned from earlier runs on these GPUs (`vla-launch calibrate`, and every run).
+    pub calibration: Option<Calibration<'a>>,
+}
+
+/// The calibration store and the profile whose observations apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration<'a> {
+    pub store: &'a crate::calibration::Store,
+    pub profile: &'a str,
 }
 
 /// One evaluated configuration.
@@ -97,6 +106,10 @@ pub struct Candidate {
     pub required_bytes: u64,
     pub usable_bytes: u64,
     pub fits: bool,
+    /// The budget model's own peak; `predicted_peak_bytes` differs when a calibration applies.
+    pub model_peak_bytes: u64,
+    /// The calibration applied to the prediction, in words (`plan --explain`).
+    pub correction: Option<String>,
     pub budget: Budget,
     pub step_time: StepTime,
     pub step_time_s: f64,
@@ -245,6 +258,7 @@ fn gpu_sets(gpus: &[Gpu], policy: &Policy, nproc: Option<u32>) -> Vec<GpuSet> {
 }
 
 struct Evaluator<'a> {
+    calibration: Option<Calibration<'a>>,
     spec: &'a ModelSpec,
     policy: &'a Policy,
     nnodes: u32,
@@ -255,7 +269,12 @@ struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    fn new(spec: &'a ModelSpec, policy: &'a Policy, nnodes: u32) -> Result<Self, PlanError> {
+    fn new(
+        spec: &'a ModelSpec,
+        policy: &'a Policy,
+        nnodes: u32,
+        calibration: Option<Calibration<'a>>,
+    ) -> Result<Self, PlanError> {
         let components = model::components(spec)?;
         let weight_bytes = components.iter().map(|c| c.params * c.dtype.bytes()).sum();
         let gradient_bytes = components
@@ -264,6 +283,7 @@ impl<'a> Evaluator<'a> {
             .map(|c| c.params * c.dtype.bytes())
             .sum();
         Ok(Evaluator {
+            calibration,
             spec,
             policy,
             nnodes,
@@ -298,8 +318,22 @@ impl<'a> Evaluator<'a> {
             gpu_name: set.limiting_name.clone(),
         };
         let budget = budget::predict(self.spec, &cfg)?;
-        let peak = budget.peak();
-        let required = peak - reclaimable_cache(&budget, self.policy.allocator);
+        let model_peak = budget.peak();
+        let (peak, correction) = match self.calibration {
+            Some(c) => {
+                let key = crate::calibration::Key::new(
+                    &cfg.gpu_name,
+                    c.profile,
+                    strategy,
+                    checkpointing,
+                    world,
+                );
+                let (p, info) = c.store.corrected_peak(&key, model_peak);
+                (p, info.map(|i| i.describe()))
+            }
+            None => (model_peak, None),
+        };
+        let required = peak.saturating_sub(reclaimable_cache(&budget, self.policy.allocator));
         let step_time = speed::step_time(
             self.spec,
             &SpeedInput {
@@ -330,6 +364,8 @@ impl<'a> Evaluator<'a> {
             required_bytes: required,
             usable_bytes: set.usable_bytes,
             fits: required <= set.usable_bytes,
+            model_peak_bytes: model_peak,
+            correction,
             budget,
             step_time,
             step_time_s: total,
@@ -384,7 +420,7 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     let policy = &input.policy;
     let pins = &input.pins;
     let mut reasons = Vec::new();
-    let mut ev = Evaluator::new(input.spec, policy, input.nnodes)?;
+    let mut ev = Evaluator::new(input.spec, policy, input.nnodes, input.calibration)?;
     // In a multi-node job every node uses all the GPUs it was given (the scheduler allocated
     // them to this job, and every node must plan the same); pin --nproc to use fewer.
     let nproc = pins

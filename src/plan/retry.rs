@@ -128,6 +128,7 @@ pub fn replan_after_oom(
             pins,
             host_ram_bytes: input.host_ram_bytes,
             merge_lora_during_training: input.merge_lora_during_training,
+            calibration: input.calibration,
         };
         let p = match plan(&inp) {
             Ok(p) => p,
