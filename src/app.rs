@@ -114,7 +114,12 @@ fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded> {
 }
 
 fn parse_size(flag: &str, value: &str) -> Result<u64> {
-    gpu::spec::parse_size(value, value).map_err(|e| exit(2, format!("{flag} {value}: {e}")))
+    gpu::spec::parse_size(value, value).map_err(|_| {
+        exit(
+            2,
+            format!("{flag} {value}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB"),
+        )
+    })
 }
 
 /// GPUs from `--gpus` (described) or NVML (queried), with `--vram-cap` applied.
