@@ -36,6 +36,7 @@ fn bench(c: &mut Criterion) {
                     pins: Pins::default(),
                     host_ram_bytes: Some(512 * GIB),
                     merge_lora_during_training: true,
+                    calibration: None,
                 }))
                 .unwrap()
             })

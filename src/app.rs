@@ -19,7 +19,7 @@ use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
 use crate::launch::diagnosis;
 use crate::launch::supervisor::{self, SuperviseOptions};
 use crate::model;
-use crate::monitor::{Monitor, NvmlSampler};
+use crate::monitor::{Monitor, NvmlSampler, WatchdogConfig};
 use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain, retry};
 use crate::profile::{self, Loaded};
 use crate::script_caps;
@@ -959,7 +959,15 @@ fn launch_once(
         None
     } else {
         match NvmlSampler::new(uuids.clone()) {
-            Ok(s) => Some(Monitor::start(Box::new(s), Duration::from_millis(200))),
+            Ok(s) => Some(Monitor::start(
+                Box::new(s),
+                Duration::from_millis(200),
+                (args.hang_minutes > 0).then(|| WatchdogConfig {
+                    log_path: log_path.clone(),
+                    threshold: Duration::from_secs(args.hang_minutes * 60),
+                    idle_percent: 2,
+                }),
+            )),
             Err(e) => {
                 warn!("VRAM monitor off: {e}");
                 None
@@ -1018,6 +1026,7 @@ fn launch_once(
         "duration_s": outcome.duration.as_secs_f64(),
         "log": outcome.log_path,
         "observed_gpu_uuids": uuids,
+        "hangs": peaks.as_ref().map(|p| &p.hangs),
         "observed_peak_used_bytes": peaks.as_ref().map(|p| &p.peak_used_bytes),
         "observed_peak_total_minus_free_bytes": peaks.as_ref().map(|p| &p.peak_total_minus_free_bytes),
         "diagnosis": diagnosis.as_ref().map(|d| json!({

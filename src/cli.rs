@@ -214,6 +214,11 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 
+    /// Say so when the run prints nothing and every GPU is idle for this many minutes (0: never).
+    /// Longer than the silent, GPU-idle fill of the RLDS shuffle buffer at start.
+    #[arg(long, value_name = "MINUTES", default_value_t = 15)]
+    pub hang_minutes: u64,
+
     /// After a CUDA out-of-memory, re-plan with the observed peak and relaunch at most N times
     /// (the global batch never changes).
     #[arg(long, value_name = "N", default_value_t = 1)]

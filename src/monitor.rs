@@ -1,5 +1,6 @@
 //! Live VRAM monitor: while training runs, sample each planned GPU's used memory (NVML, what
-//! nvidia-smi shows) and keep its peak, for the final summary and the run record.
+//! nvidia-smi shows) and keep its peak, for the final summary and the run record. The same thread
+//! runs the hang watchdog: the run log growing is "output", NVML utilisation is "GPU activity".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::launch::diagnosis::HangWatchdog;
 
 /// One reading of a GPU's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +23,10 @@ pub struct Reading {
 /// Reads the memory of a set of GPUs; `None` for a GPU that could not be read this time.
 pub trait MemorySampler: Send {
     fn sample(&mut self) -> Vec<Option<Reading>>;
+    /// GPU utilisation in percent, one per GPU; empty when unknown.
+    fn utilisation(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// NVML by UUID (never by index: NVML and CUDA orders can differ).
@@ -53,6 +60,30 @@ impl MemorySampler for NvmlSampler {
             })
             .collect()
     }
+
+    fn utilisation(&mut self) -> Vec<u32> {
+        let rates: Option<Vec<u32>> = self
+            .uuids
+            .iter()
+            .map(|u| {
+                self.nvml
+                    .device_by_uuid(u.as_str())
+                    .and_then(|d| d.utilization_rates())
+                    .ok()
+                    .map(|r| r.gpu)
+            })
+            .collect();
+        rates.unwrap_or_default()
+    }
+}
+
+/// The hang watchdog's inputs: the run log (its growth is output) and when to speak up.
+#[derive(Debug, Clone)]
+pub struct WatchdogConfig {
+    pub log_path: std::path::PathBuf,
+    pub threshold: Duration,
+    /// NVML utilisation at or below this is idle.
+    pub idle_percent: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -64,6 +95,8 @@ pub struct Peaks {
     /// Used bytes per GPU at the first sample (before training had allocated much).
     pub baseline_used_bytes: Vec<Option<u64>>,
     pub samples: u64,
+    /// What the hang watchdog said, each time it spoke.
+    pub hangs: Vec<String>,
 }
 
 fn max_into(peaks: &mut Vec<Option<u64>>, now: impl Iterator<Item = Option<u64>>) {
@@ -103,15 +136,37 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn start(mut sampler: Box<dyn MemorySampler>, every: Duration) -> Self {
+    pub fn start(
+        mut sampler: Box<dyn MemorySampler>,
+        every: Duration,
+        watchdog: Option<WatchdogConfig>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("vram-monitor".into())
             .spawn(move || {
                 let mut peaks = Peaks::default();
+                let started = std::time::Instant::now();
+                let mut dog = watchdog
+                    .as_ref()
+                    .map(|w| HangWatchdog::new(w.threshold, w.idle_percent));
+                let mut log_len = 0;
                 loop {
                     peaks.update(&sampler.sample());
+                    if let (Some(dog), Some(w)) = (dog.as_mut(), watchdog.as_ref()) {
+                        let now = started.elapsed();
+                        let len = std::fs::metadata(&w.log_path).map(|m| m.len()).unwrap_or(0);
+                        if len != log_len {
+                            log_len = len;
+                            dog.on_output(now, None);
+                        }
+                        dog.on_gpu_sample(now, &sampler.utilisation());
+                        if let Some(hang) = dog.check(now) {
+                            tracing::warn!("{} Check the log ({}); py-spy dump --pid <worker> shows where it waits.", hang.summary, w.log_path.display());
+                            peaks.hangs.push(hang.summary);
+                        }
+                    }
                     if flag.load(Ordering::Relaxed) {
                         return peaks;
                     }
@@ -175,10 +230,61 @@ mod tests {
                 0,
             )),
             Duration::from_millis(1),
+            None,
         );
         std::thread::sleep(Duration::from_millis(50));
         let p = m.stop();
         assert!(p.samples >= 3, "{}", p.samples);
         assert_eq!(p.peak_used_bytes, vec![Some(9)]);
+        assert!(p.hangs.is_empty());
+    }
+
+    struct Idle(u32);
+
+    impl MemorySampler for Idle {
+        fn sample(&mut self) -> Vec<Option<Reading>> {
+            vec![Some(reading(1))]
+        }
+        fn utilisation(&mut self) -> Vec<u32> {
+            vec![self.0]
+        }
+    }
+
+    fn watch(util: u32, log: &std::path::Path, grow: bool) -> Peaks {
+        let m = Monitor::start(
+            Box::new(Idle(util)),
+            Duration::from_millis(2),
+            Some(WatchdogConfig {
+                log_path: log.to_path_buf(),
+                threshold: Duration::from_millis(150),
+                idle_percent: 2,
+            }),
+        );
+        for i in 0..80 {
+            if grow {
+                std::fs::write(log, "x".repeat(i + 1)).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        m.stop()
+    }
+
+    #[test]
+    fn watchdog_reports_a_silent_run_on_idle_gpus_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.log");
+        std::fs::write(&log, "started\n").unwrap();
+        let p = watch(0, &log, false);
+        assert_eq!(p.hangs.len(), 1, "{:?}", p.hangs);
+        assert!(p.hangs[0].contains("looks hung"), "{:?}", p.hangs);
+    }
+
+    #[test]
+    fn watchdog_is_quiet_while_output_flows_or_gpus_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.log");
+        std::fs::write(&log, "").unwrap();
+        assert!(watch(0, &log, true).hangs.is_empty(), "output flowing");
+        assert!(watch(95, &log, false).hangs.is_empty(), "GPUs busy");
     }
 }
