@@ -190,6 +190,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// The plan for a terminal (`--explain` adds the budget table and the bars).
+    fn render(&self, explain: bool) -> String {
+        explain::render_plan(
+            &self.loaded.name,
+            &self.plan,
+            &self.gpus,
+            self.policy.min_global_batch,
+            explain,
+        )
+    }
+
     /// The planner's input again (for a re-plan after a failure).
     pub fn plan_input(&self) -> PlanInput<'_> {
         PlanInput {
@@ -517,16 +528,7 @@ fn cmd_plan(args: PlanArgs) -> Result<i32> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print!(
-            "{}",
-            explain::render_plan(
-                &ctx.loaded.name,
-                &ctx.plan,
-                &ctx.gpus,
-                ctx.policy.min_global_batch,
-                args.explain
-            )
-        );
+        print!("{}", ctx.render(args.explain));
         if let Some(cmd) = &command {
             println!("\nCommand:\n  {}", command::display(cmd));
         }
@@ -735,16 +737,7 @@ fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
             "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
         );
     }
-    eprint!(
-        "{}",
-        explain::render_plan(
-            &ctx.loaded.name,
-            &ctx.plan,
-            &ctx.gpus,
-            ctx.policy.min_global_batch,
-            false
-        )
-    );
+    eprint!("{}", ctx.render(false));
     if !ctx.plan.feasible {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
         if !forced {

@@ -34,7 +34,15 @@ const SYMBOLS: [char; 8] = ['W', 'G', 'O', 'A', 'F', 'T', 's', 'c'];
 /// A bar `width` characters wide spanning max(peak, total): one run of a symbol per term
 /// (at least one character for any non-zero term), `|` above the bar where the usable budget
 /// ends and `#` where the card ends, then a legend with each term's GiB.
-pub fn bar(b: &Budget, usable_bytes: u64, total_bytes: u64, width: usize) -> String {
+/// `required_bytes` is what the run needs (the peak less the allocator cache it gives back under
+/// pressure, see plan::reclaimable_cache); the verdict compares that with `usable_bytes`.
+pub fn bar(
+    b: &Budget,
+    required_bytes: u64,
+    usable_bytes: u64,
+    total_bytes: u64,
+    width: usize,
+) -> String {
     let width = width.max(10);
     let scale = b.peak().max(total_bytes).max(1) as f64;
     let col = |bytes: u64| ((bytes as f64 / scale) * width as f64).round() as usize;
@@ -67,13 +75,18 @@ pub fn bar(b: &Budget, usable_bytes: u64, total_bytes: u64, width: usize) -> Str
     marks[total_at] = '#';
     let marks: String = marks.into_iter().collect();
     format!(
-        " {}\n[{}]\n peak {:.2} GiB, usable {:.2} GiB (|), card {:.2} GiB (#){}\n {}\n",
+        " {}\n[{}]\n peak {:.2} GiB{}, usable {:.2} GiB (|), card {:.2} GiB (#){}\n {}\n",
         marks.trim_end(),
         cells,
         gib(b.peak()),
+        if required_bytes < b.peak() {
+            format!(" (needs {:.2} GiB)", gib(required_bytes))
+        } else {
+            String::new()
+        },
         gib(usable_bytes),
         gib(total_bytes),
-        if b.peak() > usable_bytes {
+        if required_bytes > usable_bytes {
             ": DOES NOT FIT"
         } else {
             ""
@@ -111,14 +124,14 @@ mod tests {
     #[test]
     fn bar_marks_usable_and_total_and_flags_overflow() {
         let b = sample(); // 36 GiB peak
-        let s = bar(&b, 22 * GIB, 24 * GIB, 36);
+        let s = bar(&b, b.peak(), 22 * GIB, 24 * GIB, 36);
         let lines: Vec<&str> = s.lines().collect();
         // Scale is 1 GiB per column; the marks sit at columns 22 and 24 (offset 1 for '[').
         assert_eq!(lines[0].find('|'), Some(1 + 22));
         assert_eq!(lines[0].find('#'), Some(1 + 24));
         assert_eq!(lines[1].matches('W').count(), 16);
         assert!(s.contains("DOES NOT FIT"));
-        let fits = bar(&b, 70 * GIB, 80 * GIB, 40);
+        let fits = bar(&b, b.peak(), 70 * GIB, 80 * GIB, 40);
         assert!(!fits.contains("DOES NOT FIT"));
     }
 }

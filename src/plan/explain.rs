@@ -82,18 +82,39 @@ pub fn render_plan(
         let _ = writeln!(out, "\nMemory budget per GPU ({}):", mode(c));
         out.push_str(&render::table(&c.budget));
         let _ = writeln!(out);
-        for i in &c.gpu_indices {
-            if let Some(g) = gpus.iter().find(|g| g.index == *i) {
-                let _ = writeln!(
-                    out,
-                    "GPU {} {} ({} total):",
-                    g.index,
-                    g.name,
-                    fmt_gib(g.total_bytes)
-                );
-                out.push_str(&render::bar(&c.budget, c.usable_bytes, g.total_bytes, 60));
-                let _ = writeln!(out);
+        // One bar per distinct GPU (model, capacity): the budget is the same on every rank.
+        let chosen: Vec<&Gpu> = c
+            .gpu_indices
+            .iter()
+            .filter_map(|i| gpus.iter().find(|g| g.index == *i))
+            .collect();
+        let mut shown: Vec<(&str, u64)> = Vec::new();
+        for g in &chosen {
+            if shown.contains(&(g.name.as_str(), g.total_bytes)) {
+                continue;
             }
+            shown.push((g.name.as_str(), g.total_bytes));
+            let same: Vec<String> = chosen
+                .iter()
+                .filter(|o| o.name == g.name && o.total_bytes == g.total_bytes)
+                .map(|o| o.index.to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "GPU{} {} {} ({} total each):",
+                if same.len() == 1 { "" } else { "s" },
+                same.join(","),
+                g.name,
+                fmt_gib(g.total_bytes)
+            );
+            out.push_str(&render::bar(
+                &c.budget,
+                c.required_bytes,
+                c.usable_bytes,
+                g.total_bytes,
+                60,
+            ));
+            let _ = writeln!(out);
         }
         let t = &c.step_time;
         let _ = writeln!(
