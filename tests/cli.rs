@@ -721,3 +721,14 @@ fn calibrate_learns_from_reported_peaks_and_plans_use_it() {
     let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     assert!(v["correction"].is_null(), "{v}");
 }
+
+/// Issue 8: four nodes of 8 H100s plan one job of 32 GPUs with the fewest accumulation steps.
+#[test]
+fn multi_node_plan_counts_every_gpu_of_every_node() {
+    let (code, v) = plan_json(&["--profile", "aloha", "--gpus", "8xh100", "--nnodes", "4"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["nnodes"], 4);
+    assert_eq!(v["nproc_per_node"], 8);
+    assert_eq!(v["grad_accumulation_steps"], 1);
+    assert_eq!(v["global_batch"], 32, "1 per GPU x 8 GPUs x 4 nodes");
+}
