@@ -1,13 +1,16 @@
 //! Step-time estimate per candidate. Pure.
 //!
-//! Calibrated on measured-vram.md's s/step column (H100 80GB HBM3, ALOHA unless noted):
-//! DDP world 1 batch 1 = 0.59 s, batch 2 = 0.69 s, batch 2 + checkpointing = 0.94 s,
+//! Fitted (minimum of worst + mean relative error, a grid over the six constants below) to all 16
+//! step times measured on H100 80GB HBM3 (tests/speed.rs): measured-vram.md's s/step column
+//! (3 steps each: DDP world 1 batch 1 = 0.59 s, batch 2 = 0.69 s, batch 2 + checkpointing = 0.94 s,
 //! DDP world 2 batch 2 + checkpointing = 1.23 s, LIBERO batch 1 = 0.44 s, FSDP world 2 batch 2 +
-//! checkpointing = 2.4 s. What the numbers say: one more sample costs only ~0.10 s while a
-//! micro-batch has a ~0.5 s fixed cost (kernel launches of 32 LoRA'd Llama layers and 51 ViT blocks
-//! per image), so small micro-batches are inefficient; checkpointing re-runs the Llama forward (x4/3);
-//! DDP's three wrappers add ~0.3 s of gradient synchronisation per micro-batch on 2 GPUs, FSDP1
-//! ~1.5 s (all-gathers and reduce-scatters of every unit, forward, recompute and backward).
+//! checkpointing = 2.4 s) and 10 runs of the probe trainer (docs/validation.md; batches up to 16,
+//! accumulation up to 8, 1 to 4 GPUs). Worst error 13%, mean 6%. What the numbers say: one more
+//! ALOHA sample costs only ~0.08 s while a micro-batch has a ~0.5 s fixed cost (kernel launches of
+//! 32 LoRA'd Llama layers and 51 ViT blocks per image), so small micro-batches are inefficient;
+//! checkpointing re-runs the Llama forward (x4/3); DDP's exposed gradient synchronisation is
+//! ~0.15 s per micro-batch on 2 GPUs, FSDP1's communication and bookkeeping ~1.4 s (all-gathers
+//! and reduce-scatters of every unit, forward, recompute and backward).
 
 use crate::budget::Strategy;
 use crate::model::ModelSpec;
@@ -16,25 +19,25 @@ use crate::model::ModelSpec;
 pub const REFERENCE_TFLOPS: f64 = 989.0;
 
 /// Fixed cost of one micro-batch on the reference GPU: a base plus one part per input image
-/// (each image runs both ViTs). Fitted: ALOHA (3 images) 0.49 s, LIBERO (2 images) 0.39 s.
-const MICRO_FIXED_BASE_S: f64 = 0.19;
+/// (each image runs both ViTs): ALOHA (3 images) 0.52 s, LIBERO (2 images) 0.42 s.
+const MICRO_FIXED_BASE_S: f64 = 0.22;
 const MICRO_FIXED_PER_IMAGE_S: f64 = 0.10;
 
-/// Seconds per training FLOP on the reference GPU, fitted so that one ALOHA sample (1144 tokens)
-/// costs 0.10 s there: the fraction of peak the per-sample part reaches.
-const EFFECTIVE_FRACTION_OF_PEAK: f64 = 0.36;
+/// The fraction of the GPU's dense bf16 peak that the per-sample work reaches: one ALOHA sample
+/// (1144 tokens, 3.35e13 training FLOPs) costs 0.077 s on the reference GPU.
+const EFFECTIVE_FRACTION_OF_PEAK: f64 = 0.44;
 
 /// Recompute factor of checkpointing on the fixed (launch-bound) part of a micro-batch.
 const CHECKPOINT_FIXED_FACTOR: f64 = 4.0 / 3.0;
 
-/// DDP gradient synchronisation per micro-batch on 2 GPUs of one node, for the ALOHA gradients
-/// (2.65 GB, measured 1.23 - 0.94 s); scaled by gradient bytes and by the ring factor 2(w-1)/w.
-const DDP_SYNC_S_AT_2: f64 = 0.29;
+/// Exposed DDP gradient synchronisation per micro-batch on 2 GPUs of one node, for the ALOHA
+/// gradients (2.65 GB); scaled by gradient bytes and by the ring factor 2(w-1)/w.
+const DDP_SYNC_S_AT_2: f64 = 0.15;
 const DDP_SYNC_REFERENCE_BYTES: f64 = 2.65e9;
 
-/// FSDP1 communication and bookkeeping per micro-batch on 2 GPUs (measured 2.4 - 0.94 s),
-/// scaled by the ring factor and by the frozen + trainable weights that are gathered.
-const FSDP_PER_MICRO_S_AT_2: f64 = 1.46;
+/// FSDP1 communication and bookkeeping per micro-batch on 2 GPUs, scaled by the ring factor and
+/// by the frozen + trainable weights that are gathered (ALOHA: 17.74 GB).
+const FSDP_PER_MICRO_S_AT_2: f64 = 1.40;
 const FSDP_REFERENCE_WEIGHT_BYTES: f64 = 17.74e9;
 
 /// Crossing nodes over the network instead of NVLink: not measured here; an assumption.

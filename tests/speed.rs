@@ -1,0 +1,112 @@
+//! The step-time model against every step time measured on H100s: measured-vram.md's s/step
+//! column (3 steps each, so warm-up weighs in) and the probe trainer's runs of docs/validation
+//! (mean over steps 3..20, or 3..10 for the plan-quality runs).
+
+use vla_launch::budget::Strategy;
+use vla_launch::model::{self, ModelSpec};
+use vla_launch::plan::speed::{REFERENCE_TFLOPS, SpeedInput, step_time};
+use vla_launch::profile::{self, BUILTIN};
+
+fn spec(name: &str, lora_rank: u32) -> ModelSpec {
+    let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
+    let mut s = profile::model_spec(&profile::parse(text, name).unwrap(), &[]);
+    s.lora_rank = lora_rank;
+    s
+}
+
+struct Point {
+    source: &'static str,
+    profile: &'static str,
+    lora_rank: u32,
+    strategy: Strategy,
+    world: u32,
+    batch: u32,
+    accum: u32,
+    ckpt: bool,
+    measured_s: f64,
+}
+
+const fn pt(
+    source: &'static str,
+    profile: &'static str,
+    strategy: Strategy,
+    world: u32,
+    batch: u32,
+    accum: u32,
+    ckpt: bool,
+    measured_s: f64,
+) -> Point {
+    Point {
+        source,
+        profile,
+        lora_rank: 32,
+        strategy,
+        world,
+        batch,
+        accum,
+        ckpt,
+        measured_s,
+    }
+}
+
+use Strategy::{Ddp, Fsdp};
+
+const POINTS: &[Point] = &[
+    pt("measured-vram", "aloha", Ddp, 1, 1, 1, false, 0.59),
+    pt("measured-vram", "aloha", Ddp, 1, 2, 1, false, 0.69),
+    pt("measured-vram", "aloha", Ddp, 1, 2, 1, true, 0.94),
+    pt("measured-vram", "aloha", Ddp, 2, 2, 1, true, 1.23),
+    pt("measured-vram", "libero", Ddp, 1, 1, 1, false, 0.44),
+    pt("measured-vram", "aloha", Fsdp, 2, 2, 1, true, 2.4),
+    pt("v1 one-ddp-b2", "aloha", Ddp, 1, 2, 8, false, 6.21),
+    pt("v1 one-libero-plan", "libero", Ddp, 1, 8, 2, false, 1.45),
+    pt("v3 quality-1-0", "aloha", Ddp, 1, 16, 1, true, 2.62),
+    pt("v3 quality-1-1", "aloha", Ddp, 1, 4, 4, false, 3.46),
+    pt("v3 quality-1-2", "aloha", Ddp, 1, 8, 2, true, 3.04),
+    pt("v3 quality-1-3", "aloha", Ddp, 1, 4, 4, true, 4.06),
+    pt("v3 quality-2-0", "aloha", Ddp, 2, 8, 1, true, 1.60),
+    pt("v3 quality-2-1", "aloha", Ddp, 2, 4, 2, false, 1.81),
+    pt("v2 four-plan", "aloha", Ddp, 4, 4, 1, false, 1.16),
+    pt("v1 two-fsdp-b2", "aloha", Fsdp, 2, 2, 4, true, 8.92),
+];
+
+#[test]
+fn step_time_model_within_15_percent_of_every_measurement() {
+    let mut worst: f64 = 0.0;
+    let mut table = String::new();
+    for p in POINTS {
+        let s = spec(p.profile, p.lora_rank);
+        let comps = model::components(&s).unwrap();
+        let bytes = |trainable_only: bool| -> u64 {
+            comps
+                .iter()
+                .filter(|c| c.trainable || !trainable_only)
+                .map(|c| c.params * c.dtype.bytes())
+                .sum()
+        };
+        let t = step_time(
+            &s,
+            &SpeedInput {
+                strategy: p.strategy,
+                checkpointing: p.ckpt,
+                batch_size: p.batch,
+                grad_accum: p.accum,
+                world_size: p.world,
+                nnodes: 1,
+                gpu_tflops: REFERENCE_TFLOPS,
+                flops_per_sample: model::train_flops_per_sample(&s, p.ckpt),
+                gradient_bytes: bytes(true),
+                weight_bytes: bytes(false),
+            },
+        )
+        .total();
+        let err = (t / p.measured_s - 1.0) * 100.0;
+        worst = worst.max(err.abs());
+        table.push_str(&format!(
+            "{:20} {:6} {:?} w{} b{:2} a{} ckpt={:5} measured {:5.2} s predicted {:5.2} s ({:+5.1}%)\n",
+            p.source, p.profile, p.strategy, p.world, p.batch, p.accum, p.ckpt, p.measured_s, t, err
+        ));
+    }
+    println!("{table}");
+    assert!(worst <= 15.0, "worst error {worst:.1}%:\n{table}");
+}
