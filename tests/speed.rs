@@ -26,6 +26,7 @@ struct Point {
     measured_s: f64,
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per column of the table below
 const fn pt(
     source: &'static str,
     profile: &'static str,

@@ -1,0 +1,128 @@
+//! `vla-launch calibrate`: probe runs at two batch sizes per mode; their observed peaks go into
+//! the calibration store that every plan reads.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::launch::{launch_once, store_path};
+use super::{build_context, confirm_script_flags, exit, load_profile};
+use crate::calibration::{self, Source, Store};
+use crate::cli::CalibrateArgs;
+use crate::plan;
+use crate::units::fmt_gib;
+
+/// `vla-launch calibrate`: probe runs at two batch sizes per mode, observed peaks into the store.
+pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
+    let CalibrateArgs {
+        mut launch,
+        steps,
+        show,
+        reset,
+    } = args;
+    let name = launch
+        .planning
+        .profile
+        .clone()
+        .ok_or_else(|| exit(2, "calibrate needs --profile NAME"))?;
+    let path =
+        store_path().ok_or_else(|| exit(4, "no calibration store: set VLA_LAUNCH_CACHE_DIR"))?;
+    let profile_name = load_profile(Some(&name), &launch.planning.sets)?.name;
+    let mut store = calibration::load(&path).map_err(|e| exit(4, e.to_string()))?;
+    if reset {
+        let n = store.remove_where(|k| k.profile == profile_name);
+        calibration::save(&store, &path).map_err(|e| exit(4, e.to_string()))?;
+        println!(
+            "removed {n} calibration entries of profile '{profile_name}' from {}",
+            path.display()
+        );
+        return Ok(0);
+    }
+    if show {
+        print!("{}", describe_store(&store, &profile_name));
+        return Ok(0);
+    }
+    if steps == 0 {
+        return Err(exit(
+            2,
+            "--steps 0: a probe run needs at least 1 optimizer step",
+        ));
+    }
+    launch
+        .planning
+        .sets
+        .push(format!("train.max_steps={steps}"));
+    let accepts = confirm_script_flags(&load_profile(Some(&name), &launch.planning.sets)?)?;
+    let mut ctx = build_context(&launch.planning, &launch.extra, accepts, false)?;
+    let runs = calibration::probe_runs(&ctx.plan_input(), &ctx.loaded.name)?;
+    if runs.is_empty() {
+        return Err(exit(
+            3,
+            "nothing to calibrate: not even batch 1 fits these GPUs",
+        ));
+    }
+    let log_dir = launch
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("vla-launch-logs").join("calibrate"));
+    eprintln!(
+        "vla-launch: {} probe runs of {steps} steps each",
+        runs.len()
+    );
+    let mut failed = 0;
+    for (i, run) in runs.iter().enumerate() {
+        ctx.pins = run.pins.clone();
+        ctx.policy.min_global_batch = 1;
+        let mut input = ctx.plan_input();
+        input.calibration = None;
+        ctx.plan = plan::plan(&input)?;
+        eprintln!(
+            "vla-launch: probe {}/{}: {} (predicted {})",
+            i + 1,
+            runs.len(),
+            run.key.label(),
+            fmt_gib(run.predicted_peak_bytes)
+        );
+        let result = launch_once(&ctx, &launch, &log_dir, 0, Source::Calibrate)?;
+        if result.outcome.interrupted_by.is_some() {
+            return Ok(result.outcome.process_exit_code());
+        }
+        if result.outcome.exit_code != 0 {
+            failed += 1;
+        }
+    }
+    let store = calibration::load(&path).map_err(|e| exit(4, e.to_string()))?;
+    print!("{}", describe_store(&store, &ctx.loaded.name));
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+fn describe_store(store: &Store, profile: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for entry in store.entries.iter().filter(|e| e.key.profile == profile) {
+        let key = &entry.key;
+        let _ = writeln!(out, "{}:", key.label());
+        for o in &entry.observations {
+            let _ = writeln!(
+                out,
+                "  batch {:>3}: predicted {}, observed {} ({:+.1}%)",
+                o.batch_size,
+                fmt_gib(o.predicted_peak_bytes),
+                fmt_gib(o.observed_peak_bytes),
+                (o.observed_peak_bytes as f64 / o.predicted_peak_bytes.max(1) as f64 - 1.0) * 100.0
+            );
+        }
+        let sample = entry
+            .observations
+            .last()
+            .map(|o| o.predicted_peak_bytes)
+            .unwrap_or(0);
+        if let (_, Some(info)) = store.corrected_peak(key, sample) {
+            let _ = writeln!(out, "  correction: {}", info.describe());
+        }
+    }
+    if out.is_empty() {
+        let _ = writeln!(out, "no calibration for profile '{profile}' yet");
+    }
+    out
+}
