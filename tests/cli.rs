@@ -20,6 +20,7 @@ fn bin() -> Command {
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env("OPENVLA_OFT_DIR", fixture_checkout("openvla-oft"))
         .env("RUST_LOG", "vla_launch=warn")
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     c
@@ -27,6 +28,13 @@ fn bin() -> Command {
 
 fn fixture(name: &str) -> String {
     format!("tests/fixtures/profiles/{name}")
+}
+
+/// A stand-in OpenVLA-OFT checkout whose finetune.py answers `--help` (the fork, or upstream).
+fn fixture_checkout(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn has_nvidia_driver() -> bool {
@@ -731,4 +739,62 @@ fn multi_node_plan_counts_every_gpu_of_every_node() {
     assert_eq!(v["nproc_per_node"], 8);
     assert_eq!(v["grad_accumulation_steps"], 1);
     assert_eq!(v["global_batch"], 32, "1 per GPU x 8 GPUs x 4 nodes");
+}
+
+/// A real launch asks the script which planner flags it takes: upstream finetune.py has neither
+/// --use_fsdp nor --gradient_checkpointing, so the plan goes without them, and says so.
+#[test]
+fn launch_plans_without_the_flags_upstreams_script_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.json");
+    let out = bin()
+        .args(["--profile", "aloha", "--gpus", "2xh100", "--torchrun"])
+        .arg(fake_torchrun())
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env("OPENVLA_OFT_DIR", fixture_checkout("openvla-oft-upstream"))
+        .env("VLA_DATA_ROOT", "/data")
+        .env("VLA_RUN_ROOT", dir.path())
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .env("FAKE_RECORD", &record)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("does not take --use_fsdp"), "{stderr}");
+    assert!(
+        stderr.contains("does not take --gradient_checkpointing"),
+        "{stderr}"
+    );
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let argv = rec["argv"].to_string();
+    assert!(
+        !argv.contains("--use_fsdp") && !argv.contains("--gradient_checkpointing"),
+        "{argv}"
+    );
+    assert!(argv.contains("--batch_size"), "{argv}");
+}
+
+#[test]
+fn launch_without_the_training_script_is_an_environment_error() {
+    bin()
+        .args([
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--torchrun",
+            "/bin/true",
+        ])
+        .env("OPENVLA_OFT_DIR", "/nonexistent-openvla-oft")
+        .env("VLA_DATA_ROOT", "/d")
+        .env("VLA_RUN_ROOT", "/r")
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(
+            "/nonexistent-openvla-oft/vla-scripts/finetune.py not found",
+        ));
 }

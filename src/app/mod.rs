@@ -673,7 +673,13 @@ fn confirm_script_flags(loaded: &Loaded) -> Result<Option<Vec<String>>> {
     let workdir = PathBuf::from(profile::expand(&p.script.workdir, &env_var).value);
     let script = workdir.join(profile::expand(&p.script.path, &env_var).value);
     if !script.is_file() {
-        return Ok(None);
+        return Err(exit(
+            4,
+            format!(
+                "training script {} not found: run from your OpenVLA-OFT checkout, or export OPENVLA_OFT_DIR=/path/to/openvla-oft (or --set script.workdir=...)",
+                script.display()
+            ),
+        ));
     }
     let python = PathBuf::from(profile::expand(&p.script.python, &env_var).value);
     match script_caps::probe(&python, &script, &workdir, Duration::from_secs(120)) {
