@@ -210,6 +210,11 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 40)]
     pub grace: u64,
 
+    /// Show only these local ranks' output on the terminal, e.g. 0 or 0,1 (torchrun's
+    /// --local-ranks-filter); every rank's output stays in torchrun's logs beside the run log.
+    #[arg(long, value_name = "RANKS")]
+    pub ranks: Option<String>,
+
     /// Directory for the run log (default: the run_root_dir, else ./vla-launch-logs).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,

@@ -798,3 +798,65 @@ fn launch_without_the_training_script_is_an_environment_error() {
             "/nonexistent-openvla-oft/vla-scripts/finetune.py not found",
         ));
 }
+
+/// `--ranks 0` asks torchrun to show only local rank 0 and keep every rank's output in its logs.
+#[test]
+fn ranks_filter_reaches_torchrun_and_bad_ranks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.json");
+    let launch = |ranks: &str| {
+        bin()
+            .args([
+                "--profile",
+                "aloha",
+                "--gpus",
+                "2xh100",
+                "--ranks",
+                ranks,
+                "--torchrun",
+            ])
+            .arg(fake_torchrun())
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
+            .env("VLA_DATA_ROOT", "/d")
+            .env("VLA_RUN_ROOT", dir.path())
+            .env("WANDB_ENTITY", "e")
+            .env("WANDB_PROJECT", "p")
+            .env("FAKE_RECORD", &record)
+            .output()
+            .unwrap()
+    };
+    let out = launch("0");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let argv: Vec<&str> = rec["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = argv
+        .iter()
+        .position(|a| *a == "--local-ranks-filter")
+        .expect("filter passed");
+    assert_eq!(argv[at + 1], "0");
+    assert!(
+        argv.contains(&"--tee") && argv.contains(&"--log-dir"),
+        "{argv:?}"
+    );
+    assert!(
+        at < argv
+            .iter()
+            .position(|a| a.ends_with("finetune.py"))
+            .unwrap(),
+        "a torchrun option"
+    );
+    let bad = launch("0,7");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--ranks 0,7"));
+}

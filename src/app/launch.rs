@@ -9,8 +9,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    Context, build_context, command_for, confirm_script_flags, env_var, exit, load_profile,
-    plan_json, warn_missing,
+    Context, RanksFilter, build_context, command_for, confirm_script_flags, env_var, exit,
+    load_profile, plan_json, warn_missing,
 };
 use crate::calibration::{self, Source, Store};
 use crate::cli::{LaunchArgs, PlanningArgs, StrategyArg, Toggle};
@@ -73,7 +73,8 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
         warn!("--force: launching a configuration the plan says does not work");
     }
     if args.dry_run {
-        let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref())?;
+        let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
+        let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
         warn_missing(&missing);
         println!("{}", command::display(&cmd));
         return Ok(0);
@@ -223,6 +224,33 @@ fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--ranks 0,1`: local ranks whose output the terminal shows; each must exist on this node.
+fn ranks_filter<'a>(
+    args: &'a LaunchArgs,
+    ctx: &Context,
+    log_dir: PathBuf,
+) -> Result<Option<RanksFilter<'a>>> {
+    let Some(ranks) = args.ranks.as_deref() else {
+        return Ok(None);
+    };
+    let nproc = ctx.plan.chosen.as_ref().map_or(1, |c| c.nproc_per_node);
+    for part in ranks.split(',') {
+        match part.trim().parse::<u32>() {
+            Ok(r) if r < nproc => {}
+            _ => {
+                return Err(exit(
+                    2,
+                    format!(
+                        "--ranks {ranks}: '{part}' is not a local rank of this plan (0 to {})",
+                        nproc - 1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(RanksFilter { ranks, log_dir }))
+}
+
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
     pub(super) outcome: supervisor::Outcome,
@@ -238,7 +266,9 @@ pub(super) fn launch_once(
     attempt: u32,
     source: Source,
 ) -> Result<RunResult> {
-    let (cmd, missing) = command_for(ctx, args.torchrun.as_deref())?;
+    let stamp_dir = log_dir.join(format!("torchrun-{attempt}-{}", std::process::id()));
+    let ranks = ranks_filter(args, ctx, stamp_dir)?;
+    let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
     profile::require_env(&missing, &ctx.loaded.origin)?;
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("cannot create the log directory {}", log_dir.display()))

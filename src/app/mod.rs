@@ -373,9 +373,16 @@ fn planner_flags(ctx: &Context) -> Vec<(String, String)> {
 }
 
 /// The torchrun command for the chosen plan; also the list of unset `${VAR}` placeholders.
+/// Terminal output of only some local ranks (`--ranks`); torchrun keeps all ranks' in `log_dir`.
+pub struct RanksFilter<'a> {
+    pub ranks: &'a str,
+    pub log_dir: PathBuf,
+}
+
 fn command_for(
     ctx: &Context,
     torchrun: Option<&Path>,
+    ranks: Option<RanksFilter>,
 ) -> Result<(LaunchCommand, Vec<(String, String)>)> {
     let p = &ctx.loaded.profile;
     let profile::ResolvedFlags {
@@ -423,6 +430,8 @@ fn command_for(
             Some(gpu::cuda_visible_devices_value(&chosen))
         },
         vram_cap_bytes: ctx.vram_cap,
+        ranks_filter: ranks.as_ref().map(|r| r.ranks.to_string()),
+        torchrun_log_dir: ranks.map(|r| r.log_dir),
     };
     let cmd =
         command::build(&spec, &Inherited::from_process()).map_err(|e| exit(2, e.to_string()))?;
@@ -501,7 +510,7 @@ fn cmd_plan(args: PlanArgs) -> Result<i32> {
         warn!("{w}");
     }
     let command = match &ctx.plan.chosen {
-        Some(_) if ctx.plan.feasible => match command_for(&ctx, None) {
+        Some(_) if ctx.plan.feasible => match command_for(&ctx, None, None) {
             Ok((cmd, missing)) => {
                 warn_missing(&missing);
                 Some(cmd)

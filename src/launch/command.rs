@@ -38,6 +38,10 @@ pub struct CommandSpec {
     pub env: Vec<(String, String)>,
     pub cuda_visible_devices: Option<String>,
     pub vram_cap_bytes: Option<u64>,
+    /// Show only these local ranks' output on the terminal (torchrun's `--local-ranks-filter`,
+    /// with `--tee 3`); torchrun keeps every rank's output in files under `torchrun_log_dir`.
+    pub ranks_filter: Option<String>,
+    pub torchrun_log_dir: Option<PathBuf>,
 }
 
 /// The parts of the launcher's own environment that change the command.
@@ -189,6 +193,16 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
         push(&rdzv.id);
         push("--max-restarts");
         push(&spec.max_restarts.to_string());
+    }
+    if let Some(ranks) = &spec.ranks_filter {
+        args.push("--tee".into());
+        args.push("3".into());
+        args.push("--local-ranks-filter".into());
+        args.push(ranks.into());
+        if let Some(dir) = &spec.torchrun_log_dir {
+            args.push("--log-dir".into());
+            args.push(dir.clone().into_os_string());
+        }
     }
     args.push(spec.script.clone().into_os_string());
     for (name, value) in &spec.script_flags {

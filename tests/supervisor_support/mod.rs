@@ -42,6 +42,8 @@ impl Fixture {
             env: vec![],
             cuda_visible_devices: Some("GPU-test".into()),
             vram_cap_bytes: None,
+            ranks_filter: None,
+            torchrun_log_dir: None,
         };
         edit(&mut spec);
         let mut cmd = build(&spec, &Inherited::from_process()).unwrap();

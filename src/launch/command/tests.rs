@@ -16,6 +16,8 @@ fn spec() -> CommandSpec {
         extra_args: vec!["--wandb_project".into(), "x".into()],
         env: vec![],
         cuda_visible_devices: Some("GPU-aaa,GPU-bbb".into()),
+        ranks_filter: None,
+        torchrun_log_dir: None,
         vram_cap_bytes: None,
     }
 }
