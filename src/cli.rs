@@ -158,6 +158,10 @@ pub struct PlanningArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     pub rdzv_endpoint: Option<String>,
 
+    /// Rendezvous port (default: derived from the Slurm job id, so jobs sharing nodes differ).
+    #[arg(long, value_name = "PORT")]
+    pub rdzv_port: Option<u16>,
+
     /// Override a profile field: --set train.max_steps=1000 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,

@@ -263,7 +263,7 @@ fn build_context(
             nnodes: args.nnodes,
             node_rank: args.node_rank,
             rdzv_endpoint: args.rdzv_endpoint.clone(),
-            rdzv_port: None,
+            rdzv_port: args.rdzv_port,
         },
     ) {
         Ok(t) => t,
