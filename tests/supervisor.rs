@@ -3,6 +3,7 @@
 
 mod supervisor_support;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -357,4 +358,39 @@ fn torchrun_gets_sigterm_when_the_launcher_is_killed() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(torchrun), Signal::SIGKILL);
     }
     assert!(!survived, "torchrun {torchrun} outlived its launcher");
+}
+
+#[test]
+fn a_stalled_terminal_never_blocks_the_training() {
+    let fx = Fixture::new(&[("FAKE_OUTPUT_MB", "100")]);
+    // A FIFO whose reader never reads stands in for a terminal paused with Ctrl-S.
+    let fifo = fx.path("stalled");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let reader = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let mut opts = fx.options(Duration::from_secs(5));
+    opts.stdout = vla_launch::launch::supervisor::Sink::File(fifo);
+    let start = Instant::now();
+    let o = vla_launch::launch::supervisor::run_blocking(&fx.cmd, &opts).unwrap();
+    assert_eq!(o.exit_code, 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        o.terminal_dropped_bytes > 0,
+        "nothing was dropped: the FIFO took 100 MiB?"
+    );
+    let log = fx.read("run.log");
+    assert_eq!(
+        parse_stream(&log, Stream::Out).len(),
+        100 << 20,
+        "the log keeps every byte"
+    );
+    assert!(String::from_utf8_lossy(&log).contains("terminal not keeping up"));
+    drop(reader);
 }
