@@ -395,3 +395,34 @@ fn seed_recommended_rows_do_not_fit() {
         );
     }
 }
+
+/// FSDP at batch 1 on 4 H100s capped at 24564 MiB allocated 18.9-19.1 GiB (batch 2: 20.0-20.2):
+/// the prediction must not fall below what was measured, and DDP is untouched by the floor.
+#[test]
+fn fsdp_batch_one_is_not_predicted_below_its_measurement() {
+    let s = spec(Platform::Aloha);
+    let b1 = budget::predict(
+        &s,
+        &cfg(Strategy::Fsdp, 4, 1, true, "NVIDIA H100 80GB HBM3"),
+    )
+    .unwrap();
+    let b2 = budget::predict(
+        &s,
+        &cfg(Strategy::Fsdp, 4, 2, true, "NVIDIA H100 80GB HBM3"),
+    )
+    .unwrap();
+    assert!(
+        gib(b1.allocated()) >= 19.1,
+        "batch 1 allocated {:.2} GiB",
+        gib(b1.allocated())
+    );
+    assert!(
+        gib(b1.allocated()) <= 19.1 * 1.10,
+        "batch 1 allocated {:.2} GiB",
+        gib(b1.allocated())
+    );
+    assert!(b1.allocated() <= b2.allocated());
+    let d1 = budget::predict(&s, &cfg(Strategy::Ddp, 1, 1, true, "NVIDIA H100 80GB HBM3")).unwrap();
+    let d2 = budget::predict(&s, &cfg(Strategy::Ddp, 1, 2, true, "NVIDIA H100 80GB HBM3")).unwrap();
+    assert!(d2.activations > d1.activations && d1.fsdp_working == 0);
+}
