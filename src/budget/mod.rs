@@ -371,14 +371,17 @@ pub const FSDP_FLOOR_BATCH: u32 = 2;
 /// checkpointing allocated 18.9-19.1 GiB at batch 1 and 20.0-20.2 GiB at batch 2 (docs/validation.md,
 /// v2 cap runs), a difference of ~1.1 GiB where a sample's activations are ~2.6 GiB: at small
 /// batches the batch-independent backward phase (unsharded root gradients, gathered units) sets the
-/// peak. Modelled as the activations a batch of 2 would hold, counted with FSDP's working memory;
-/// without it batch 1 was predicted 2.5 GiB too low. Zero for DDP and for batches >= 2.
+/// peak. Modelled as a phase that needs as much as 2 checkpointed samples' activations: the
+/// shortfall of this configuration's activations below that is counted with FSDP's working
+/// memory (without it batch 1 was predicted 2.5 GiB too low). Zero for DDP, for batches >= 2, and
+/// without checkpointing (one sample's full activations already exceed it).
 pub fn fsdp_small_batch_floor(spec: &ModelSpec, arch: &Arch, cfg: &Config) -> u64 {
     if cfg.strategy != Strategy::Fsdp || cfg.batch_size >= FSDP_FLOOR_BATCH {
         return 0;
     }
     let at_floor = Config {
         batch_size: FSDP_FLOOR_BATCH,
+        checkpointing: true,
         ..cfg.clone()
     };
     activations(spec, arch, &at_floor).saturating_sub(activations(spec, arch, cfg))
