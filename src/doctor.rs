@@ -170,7 +170,7 @@ pub fn run_checks(ctx: &DoctorContext) -> Vec<Check> {
         Err(why) => Check::fail(
             "torchrun",
             why.clone(),
-            "activate the training environment (the one with torch installed), or pass --torchrun /path/to/env/bin/torchrun",
+            "activate the training environment (the one with torch installed), or --set script.torchrun=/path/to/env/bin/torchrun",
         ),
     });
 
