@@ -648,7 +648,7 @@ mod tests {
                     h.executables.remove(Path::new("/env/bin/torchrun"));
                 },
                 "not on PATH",
-                "--torchrun",
+                "--set script.torchrun=",
             ),
             (
                 "torch",
