@@ -126,7 +126,8 @@ fn default_lora_dtype() -> Dtype {
     Dtype::Bf16
 }
 fn default_prompt_tokens() -> u32 {
-    24
+    // 23 gives the measured sequence lengths exactly: ALOHA 1144 tokens, LIBERO 594.
+    23
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
