@@ -4,22 +4,10 @@ use vla_launch::budget::{self, Allocator, Config, Strategy, render};
 use vla_launch::model::{self, ActionHead, Dtype, ModelError, ModelSpec, Platform, names};
 use vla_launch::units::{GIB, gib};
 
+mod common;
+
 fn spec(platform: Platform) -> ModelSpec {
-    let aloha = platform == Platform::Aloha;
-    ModelSpec {
-        preset: "openvla-7b".into(),
-        num_images: if aloha { 3 } else { 2 },
-        use_film: aloha,
-        use_proprio: true,
-        action_head: ActionHead::L1Regression,
-        num_diffusion_steps_train: 50,
-        action_chunk: platform.action_chunk(),
-        action_dim: platform.action_dim(),
-        proprio_dim: platform.proprio_dim(),
-        lora_rank: 32,
-        lora_dtype: Dtype::Bf16,
-        prompt_tokens: 23,
-    }
+    common::spec(platform, Dtype::Bf16)
 }
 
 fn cfg(strategy: Strategy, world: u32, batch: u32, checkpointing: bool, gpu: &str) -> Config {

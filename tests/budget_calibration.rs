@@ -1,29 +1,14 @@
 //! Every row of the measured table (tests/fixtures/measured-vram.csv) predicted within 10%.
 
 use vla_launch::budget::{self, Allocator, Config, Strategy};
-use vla_launch::model::{ActionHead, Dtype, ModelSpec, Platform};
+use vla_launch::model::{Dtype, ModelSpec, Platform};
 use vla_launch::units::gib;
+
+mod common;
+use common::spec;
 
 const FIXTURE: &str = include_str!("fixtures/measured-vram.csv");
 const H100: &str = "NVIDIA H100 80GB HBM3";
-
-fn spec(platform: Platform, lora_dtype: Dtype) -> ModelSpec {
-    let aloha = platform == Platform::Aloha;
-    ModelSpec {
-        preset: "openvla-7b".into(),
-        num_images: if aloha { 3 } else { 2 },
-        use_film: aloha,
-        use_proprio: true,
-        action_head: ActionHead::L1Regression,
-        num_diffusion_steps_train: 50,
-        action_chunk: platform.action_chunk(),
-        action_dim: platform.action_dim(),
-        proprio_dim: platform.proprio_dim(),
-        lora_rank: 32,
-        lora_dtype,
-        prompt_tokens: 23,
-    }
-}
 
 struct Row {
     label: String,

@@ -30,6 +30,16 @@ fn fixture(name: &str) -> String {
     format!("tests/fixtures/profiles/{name}")
 }
 
+/// The shipped profiles' `${VAR}` placeholders, set so that a real launch accepts them.
+fn placeholders(run_root: impl AsRef<std::ffi::OsStr>) -> [(&'static str, std::ffi::OsString); 4] {
+    [
+        ("VLA_DATA_ROOT", "/data".into()),
+        ("VLA_RUN_ROOT", run_root.as_ref().to_owned()),
+        ("WANDB_ENTITY", "e".into()),
+        ("WANDB_PROJECT", "p".into()),
+    ]
+}
+
 /// A stand-in OpenVLA-OFT checkout whose finetune.py answers `--help` (the fork, or upstream).
 fn fixture_checkout(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -446,10 +456,7 @@ fn launch_runs_torchrun_with_the_plan_and_returns_its_exit_code() {
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
         .args(["--", "--run_id_note", hostile])
-        .env("VLA_DATA_ROOT", "/data")
-        .env("VLA_RUN_ROOT", dir.path())
-        .env("WANDB_ENTITY", "e")
-        .env("WANDB_PROJECT", "p")
+        .envs(placeholders(dir.path()))
         .env("WANDB_API_KEY", "sekrit-value")
         .env("FAKE_RECORD", &record)
         .env("FAKE_PROGRESS", "5")
@@ -536,10 +543,7 @@ fn cuda_oom_is_diagnosed_and_replanned_without_looping() {
         .arg(fake_torchrun())
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
-        .env("VLA_DATA_ROOT", "/data")
-        .env("VLA_RUN_ROOT", dir.path())
-        .env("WANDB_ENTITY", "e")
-        .env("WANDB_PROJECT", "p")
+        .envs(placeholders(dir.path()))
         .env("FAKE_RECORD", &record)
         .env("FAKE_STDERR", TORCH_OOM)
         .env("FAKE_EXIT", "1")
@@ -608,10 +612,7 @@ fn plan_file_gives_every_node_the_same_flags_and_is_checked_against_its_gpus() {
             .env("SLURM_NNODES", "2")
             .env("SLURM_NODEID", rank)
             .env("SLURM_JOB_NODELIST", "gpu[01-02]")
-            .env("VLA_DATA_ROOT", "/d")
-            .env("VLA_RUN_ROOT", "/r")
-            .env("WANDB_ENTITY", "e")
-            .env("WANDB_PROJECT", "p")
+            .envs(placeholders("/r"))
             .output()
             .unwrap()
     };
@@ -661,10 +662,7 @@ fn calibrate_learns_from_reported_peaks_and_plans_use_it() {
         bin()
             .args(args)
             .env("VLA_LAUNCH_CACHE_DIR", &cache)
-            .env("VLA_DATA_ROOT", "/d")
-            .env("VLA_RUN_ROOT", dir.path())
-            .env("WANDB_ENTITY", "e")
-            .env("WANDB_PROJECT", "p")
+            .envs(placeholders(dir.path()))
             .env("FAKE_STDERR", report)
             .output()
             .unwrap()
@@ -753,10 +751,7 @@ fn launch_plans_without_the_flags_upstreams_script_lacks() {
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
         .env("OPENVLA_OFT_DIR", fixture_checkout("openvla-oft-upstream"))
-        .env("VLA_DATA_ROOT", "/data")
-        .env("VLA_RUN_ROOT", dir.path())
-        .env("WANDB_ENTITY", "e")
-        .env("WANDB_PROJECT", "p")
+        .envs(placeholders(dir.path()))
         .env("FAKE_RECORD", &record)
         .output()
         .unwrap();
@@ -788,10 +783,7 @@ fn launch_without_the_training_script_is_an_environment_error() {
             "/bin/true",
         ])
         .env("OPENVLA_OFT_DIR", "/nonexistent-openvla-oft")
-        .env("VLA_DATA_ROOT", "/d")
-        .env("VLA_RUN_ROOT", "/r")
-        .env("WANDB_ENTITY", "e")
-        .env("WANDB_PROJECT", "p")
+        .envs(placeholders("/r"))
         .assert()
         .code(4)
         .stderr(predicate::str::contains(
@@ -818,10 +810,7 @@ fn ranks_filter_reaches_torchrun_and_bad_ranks_are_refused() {
             .arg(fake_torchrun())
             .arg("--log-dir")
             .arg(dir.path().join("logs"))
-            .env("VLA_DATA_ROOT", "/d")
-            .env("VLA_RUN_ROOT", dir.path())
-            .env("WANDB_ENTITY", "e")
-            .env("WANDB_PROJECT", "p")
+            .envs(placeholders(dir.path()))
             .env("FAKE_RECORD", &record)
             .output()
             .unwrap()
