@@ -394,7 +394,7 @@ fn disk_check(ctx: &DoctorContext) -> Check {
 }
 
 /// `MemTotal:  263842184 kB` -> bytes.
-fn meminfo_field(text: &str, key: &str) -> Option<u64> {
+pub fn meminfo_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(key)?.strip_prefix(':')?;
         let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;

@@ -161,13 +161,9 @@ fn host_ram_bytes(args: &PlanningArgs) -> Result<Option<u64>> {
         // Planning for another machine: this one's RAM says nothing about it.
         return Ok(None);
     }
-    Ok(std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    }))
+    Ok(std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| crate::doctor::meminfo_field(&m, "MemTotal")))
 }
 
 /// Everything `plan` and the launch form share, resolved once.
