@@ -691,6 +691,27 @@ fn calibrate_learns_from_reported_peaks_and_plans_use_it() {
     );
     assert!(stdout.contains("observed 40.00 GiB"), "{stdout}");
     assert!(stdout.contains("correction"), "{stdout}");
+    // Every probe run keeps its own record, even when several start within one second.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let probes: usize = stderr
+        .split("vla-launch: ")
+        .find_map(|s| s.strip_suffix(" probe runs of 2 steps each\n"))
+        .and_then(|n| n.parse().ok())
+        .expect("the probe count is printed");
+    let records = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("plan-")
+        })
+        .count();
+    assert!(
+        probes >= 2 && records == probes,
+        "{records} records for {probes} probe runs"
+    );
     let store = std::fs::read_to_string(cache.join("calibration.json")).unwrap();
     assert!(store.contains("aloha"), "{store}");
     let plan = run(&[

@@ -273,15 +273,18 @@ pub(super) fn launch_once(
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("cannot create the log directory {}", log_dir.display()))
         .map_err(|e| exit(4, format!("{e:#}; pass --log-dir DIR")))?;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let stamp = if attempt == 0 {
-        started.to_string()
-    } else {
-        format!("{started}-retry{attempt}")
-    };
+    let started = unix_seconds();
+    // Launches of one process (calibration probes, retries) can start within the same second:
+    // number them so no run's log or record overwrites another's.
+    static LAUNCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut stamp = started.to_string();
+    if n > 0 {
+        stamp.push_str(&format!("-{n}"));
+    }
+    if attempt > 0 {
+        stamp.push_str(&format!("-retry{attempt}"));
+    }
     let log_path = log_dir.join(format!("run-{stamp}.log"));
     let plan_path = log_dir.join(format!("plan-{stamp}.json"));
     let mut record = plan_json(ctx, Some(&cmd));
@@ -424,10 +427,7 @@ pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
         },
     };
     let log_dir = path.parent().unwrap_or(Path::new("."));
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let stamp = unix_seconds();
     eprintln!(
         "vla-launch: replaying {}: {}",
         path.display(),
@@ -464,6 +464,13 @@ fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
         peaks.samples += 1;
     }
     (!uuids.is_empty()).then_some((uuids, peaks))
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The last `max` bytes of a file (the diagnosis reads the end of the run log).
