@@ -194,6 +194,43 @@ fn hundred_megabytes_reach_the_terminal_and_the_log_byte_for_byte() {
     );
 }
 
+/// Output is coalesced and the log is written in batches, but neither may hold a quiet
+/// stream's last line back: it must be in the terminal copy and the log file while the
+/// training is still running (users `tail -f` the log).
+#[test]
+fn a_quiet_streams_output_is_in_the_log_and_terminal_while_the_run_goes_on() {
+    let fx = Fixture::new(&[
+        ("FAKE_PROGRESS", "3"),
+        ("FAKE_STDERR", "loading shards\n"),
+        ("FAKE_SLEEP", "30"),
+    ]);
+    let (signals, thread) = fx.start(fx.options(Duration::from_secs(5)));
+    fx.wait_ready();
+    let until = Instant::now() + Duration::from_secs(2);
+    let (mut log, mut out, mut err) = (vec![], vec![], vec![]);
+    while Instant::now() < until {
+        log = std::fs::read(fx.path("run.log")).unwrap_or_default();
+        out = std::fs::read(fx.path("stdout")).unwrap_or_default();
+        err = std::fs::read(fx.path("stderr")).unwrap_or_default();
+        if parse_stream(&log, Stream::Out) == progress_bytes(3)
+            && parse_stream(&log, Stream::Err) == b"loading shards\n"
+            && out == progress_bytes(3)
+            && err == b"loading shards\n"
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = thread.is_finished();
+    signals.send(Signal::SIGTERM);
+    thread.join().unwrap().unwrap();
+    assert!(!running, "the fake should still be sleeping");
+    assert_eq!(parse_stream(&log, Stream::Out), progress_bytes(3));
+    assert_eq!(parse_stream(&log, Stream::Err), b"loading shards\n");
+    assert_eq!(out, progress_bytes(3));
+    assert_eq!(err, b"loading shards\n");
+}
+
 /// Each stop scenario: the signal, how the fake torchrun reacts, how its children react.
 #[test]
 fn stop_signals_leave_no_process_alive_within_grace_plus_one_second() {

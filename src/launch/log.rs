@@ -12,13 +12,20 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest piece kept waiting for a terminator before it is written as a cut record.
 const MAX_PENDING: usize = 64 * 1024;
 const PREFIX_LEN: usize = 24 + 1 + 4 + 1;
+/// Records are assembled into a batch of this size before it goes to the writer thread, unless
+/// the relay flushes earlier (it does whenever it has drained its pipe).
+const BATCH: usize = 4 << 20;
+/// Batches in flight to the writer thread; a relay that gets further ahead waits (the log keeps
+/// every byte, so it is allowed to slow the reading down, never to drop).
+const BATCHES_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -37,39 +44,77 @@ impl Stream {
     }
 }
 
-/// The log file, shared by the two relay tasks and the supervisor's notes. Written inline by
-/// the reader that got the bytes: a write to the page cache costs less than waking a log
-/// thread for every chunk (which halved relay throughput when measured).
+/// The log file, shared by the two relay tasks and the supervisor's notes. The readers turn
+/// their chunks into records in a shared batch; whole batches go to a writer thread, so the
+/// write to the page cache overlaps the relay instead of adding to it. A batch is handed over
+/// when it is full (a few MiB: one thread wake-up per batch, not per chunk, which is what made a
+/// per-chunk log thread slower than writing inline) or when a reader has drained its pipe, so
+/// the file is current whenever the training is not out-running the relay.
 pub struct LogWriter {
     shared: Arc<Mutex<Shared>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
 }
 
 struct Shared {
-    out: RecordWriter<File>,
-    /// The first write error; later writes are skipped and `finish` reports it.
-    error: Option<io::Error>,
+    records: Records,
+    /// To the writer thread; `None` once the log is finished (later writes are dropped).
+    batches: Option<SyncSender<Vec<u8>>>,
+    /// Written batches, handed back for reuse (no fresh allocation and page faults per batch).
+    spare: Receiver<Vec<u8>>,
 }
+
+impl Shared {
+    fn hand_over(&mut self) {
+        if self.records.batch.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.batches else {
+            self.records.batch.clear();
+            return;
+        };
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH + READ_SLACK));
+        let full = std::mem::replace(&mut self.records.batch, next);
+        if tx.send(full).is_err() {
+            // The writer thread is gone (it panicked); finish() reports it.
+            self.batches = None;
+        }
+    }
+}
+
+/// Room beyond BATCH so that the chunk that fills a batch rarely makes it grow.
+const READ_SLACK: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct LogSender(Arc<Mutex<Shared>>);
 
 impl LogSender {
-    fn with(&self, f: impl FnOnce(&mut RecordWriter<File>) -> io::Result<()>) {
+    fn with(&self, f: impl FnOnce(&mut Records)) -> std::sync::MutexGuard<'_, Shared> {
         let mut shared = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if shared.error.is_none() {
-            if let Err(e) = f(&mut shared.out) {
-                shared.error = Some(e);
-            }
+        if shared.batches.is_some() {
+            f(&mut shared.records);
+        }
+        shared
+    }
+    /// Adds a chunk of the child's output; handed to the writer once the batch is full.
+    pub fn chunk(&self, stream: Stream, bytes: &[u8]) {
+        let mut shared = self.with(|r| r.chunk(stream, bytes));
+        if shared.records.batch.len() >= BATCH {
+            shared.hand_over();
         }
     }
-    pub fn chunk(&self, stream: Stream, bytes: &[u8]) {
-        self.with(|out| out.chunk(stream, bytes));
+    /// Hands what is batched to the writer now (a reader calls it when its pipe is drained).
+    pub fn flush(&self) {
+        self.with(|_| {}).hand_over();
     }
+    /// The launcher's own note, written at once.
     pub fn note(&self, text: impl AsRef<str>) {
-        self.with(|out| out.note(text.as_ref()));
+        self.with(|r| r.note(text.as_ref())).hand_over();
     }
 }
 
@@ -78,10 +123,32 @@ impl LogWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        // Unbuffered: RecordWriter already writes one large buffer per chunk.
-        let out = RecordWriter::new(File::create(path)?);
+        // Unbuffered: every write is a whole batch already.
+        let mut file = File::create(path)?;
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
+        let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT + 1);
+        let thread = std::thread::Builder::new()
+            .name("vla-launch-log".into())
+            .spawn(move || {
+                // The first write error stops writing (the batches are still drained, so no
+                // reader waits on a full queue); finish() reports it.
+                let mut result = Ok(());
+                for mut batch in rx {
+                    if result.is_ok() {
+                        result = file.write_all(&batch);
+                    }
+                    batch.clear();
+                    let _ = spare_tx.try_send(batch);
+                }
+                result.and_then(|()| file.flush())
+            })?;
         Ok(LogWriter {
-            shared: Arc::new(Mutex::new(Shared { out, error: None })),
+            shared: Arc::new(Mutex::new(Shared {
+                records: Records::new(),
+                batches: Some(tx),
+                spare: spare_rx,
+            })),
+            thread: Some(thread),
         })
     }
 
@@ -89,19 +156,36 @@ impl LogWriter {
         LogSender(self.shared.clone())
     }
 
-    /// Writes what is pending (cut records included) and reports the first write error.
-    /// Senders still alive (an aborted relay task) can no longer reach the file afterwards.
-    pub fn finish(self) -> io::Result<()> {
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = shared.error.take() {
-            return Err(e);
+    /// Writes what is pending (cut records included), waits for the writer thread and reports
+    /// the first write error. Senders still alive (an aborted relay task) can no longer reach
+    /// the file afterwards.
+    pub fn finish(mut self) -> io::Result<()> {
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.batches.is_some() {
+                shared.records.cut(Stream::Out);
+                shared.records.cut(Stream::Err);
+                shared.hand_over();
+            }
+            // Later writes from leftover senders are dropped instead of appended after the end.
+            shared.batches = None;
         }
-        shared.out.cut(Stream::Out)?;
-        shared.out.cut(Stream::Err)?;
-        shared.out.out.flush()?;
-        // Later writes from leftover senders are dropped instead of appended after the end.
-        shared.error = Some(io::Error::other("log closed"));
-        Ok(())
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the log writer thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // Not finished (an error path): close the queue so the writer thread ends on its own.
+        if self.thread.is_some() {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            shared.hand_over();
+            shared.batches = None;
+        }
     }
 }
 
@@ -110,40 +194,35 @@ struct Pending {
     stamp: [u8; 24],
 }
 
-/// Splits chunks into records; generic over the sink so tests run it in memory. Each chunk's
-/// records are assembled in one buffer and written with one call: the log keeps up with a
-/// stream of short lines at well over 1 GB/s.
-struct RecordWriter<W: Write> {
-    out: W,
+/// Splits chunks into records, appended to `batch`.
+struct Records {
     clock: Clock,
     pending: [Option<Pending>; 2],
-    buf: Vec<u8>,
+    batch: Vec<u8>,
 }
 
-impl<W: Write> RecordWriter<W> {
-    fn new(out: W) -> Self {
-        RecordWriter {
-            out,
+impl Records {
+    fn new() -> Self {
+        Records {
             clock: Clock::default(),
             pending: [None, None],
-            buf: Vec::with_capacity(512 * 1024),
+            batch: Vec::with_capacity(BATCH + READ_SLACK),
         }
     }
 
-    fn chunk(&mut self, stream: Stream, mut bytes: &[u8]) -> io::Result<()> {
+    fn chunk(&mut self, stream: Stream, mut bytes: &[u8]) {
         let slot = stream as usize;
         // Every line of one chunk arrived with the same read: one clock reading serves them all.
         let stamp = self.clock.now();
-        self.buf.clear();
         while let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) {
             let (line, rest) = bytes.split_at(end + 1);
             bytes = rest;
             match self.pending[slot].take() {
                 Some(mut p) => {
                     p.bytes.extend_from_slice(line);
-                    push_record(&mut self.buf, &p.stamp, stream.tag(false), &p.bytes);
+                    push_record(&mut self.batch, &p.stamp, stream.tag(false), &p.bytes);
                 }
-                None => push_record(&mut self.buf, &stamp, stream.tag(false), line),
+                None => push_record(&mut self.batch, &stamp, stream.tag(false), line),
             }
         }
         if !bytes.is_empty() {
@@ -154,35 +233,22 @@ impl<W: Write> RecordWriter<W> {
             p.bytes.extend_from_slice(bytes);
             if p.bytes.len() >= MAX_PENDING {
                 let p = self.pending[slot].take().expect("just filled");
-                push_record(&mut self.buf, &p.stamp, stream.tag(true), &p.bytes);
+                push_record(&mut self.batch, &p.stamp, stream.tag(true), &p.bytes);
             }
         }
-        self.out.write_all(&self.buf)
     }
 
-    fn cut(&mut self, stream: Stream) -> io::Result<()> {
+    fn cut(&mut self, stream: Stream) {
         if let Some(p) = self.pending[stream as usize].take() {
-            self.buf.clear();
-            push_record(&mut self.buf, &p.stamp, stream.tag(true), &p.bytes);
-            self.out.write_all(&self.buf)?;
+            push_record(&mut self.batch, &p.stamp, stream.tag(true), &p.bytes);
         }
-        Ok(())
     }
 
-    fn note(&mut self, text: &str) -> io::Result<()> {
+    fn note(&mut self, text: &str) {
         let stamp = self.clock.now();
-        self.buf.clear();
         for line in text.lines() {
-            push_record(&mut self.buf, &stamp, "--- |", line.as_bytes());
+            push_record(&mut self.batch, &stamp, "--- |", line.as_bytes());
         }
-        self.out.write_all(&self.buf)
-    }
-
-    #[cfg(test)]
-    fn finish(mut self) -> io::Result<()> {
-        self.cut(Stream::Out)?;
-        self.cut(Stream::Err)?;
-        self.out.flush()
     }
 }
 
@@ -278,16 +344,14 @@ mod tests {
     use super::*;
 
     fn render_bytes(chunks: &[(Stream, &[u8])]) -> Vec<u8> {
-        let mut buf = Vec::new();
-        {
-            let mut w = RecordWriter::new(&mut buf);
-            for (s, c) in chunks {
-                w.chunk(*s, c).unwrap();
-            }
-            w.note("a note\nover two lines").unwrap();
-            w.finish().unwrap();
+        let mut r = Records::new();
+        for (s, c) in chunks {
+            r.chunk(*s, c);
         }
-        buf
+        r.note("a note\nover two lines");
+        r.cut(Stream::Out);
+        r.cut(Stream::Err);
+        r.batch
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(2);
 /// Chunks (of up to 256 KiB) waiting for a slow terminal before further ones are dropped there.
 const TERMINAL_QUEUE: usize = 256;
 const READ_CHUNK: usize = 256 * 1024;
+/// A chunk is passed on once it holds this much, or when the stream has been quiet this long.
+const COALESCE_UNTIL: usize = 128 * 1024;
+const COALESCE: Duration = Duration::from_millis(2);
+/// Written chunk buffers kept for reuse (a fresh 256 KiB buffer per read costs page faults).
+const SPARE_BUFFERS: usize = 8;
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Where relayed output goes besides the log file.
@@ -548,10 +553,12 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> (usi
     (first.len(), needed_kill)
 }
 
-type TerminalQueue = mpsc::SyncSender<Arc<Vec<u8>>>;
+type TerminalQueue = mpsc::SyncSender<Vec<u8>>;
+/// A terminal queue and the channel on which written buffers come back for reuse.
+type Terminal = (TerminalQueue, mpsc::Receiver<Vec<u8>>);
 
 /// A thread that writes chunks to `sink`; `None` when the sink discards.
-fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
+fn terminal_writer(sink: &Sink) -> io::Result<(Option<Terminal>, Option<JoinHandle<()>>)> {
     let mut out: Box<dyn Write + Send> = match sink {
         Sink::Discard => return Ok((None, None)),
         // Flushed after every chunk: a `\r` progress update must appear now, not at the next `\n`.
@@ -559,17 +566,20 @@ fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<Joi
         Sink::Stderr => Box::new(io::stderr()),
         Sink::File(path) => Box::new(File::create(path)?),
     };
-    let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(TERMINAL_QUEUE);
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(TERMINAL_QUEUE);
+    let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(SPARE_BUFFERS);
     let thread = std::thread::Builder::new()
         .name("vla-launch-relay".into())
         .spawn(move || {
             // A closed terminal (EPIPE) must not stop the training: keep draining the queue.
             let mut broken = false;
-            for chunk in rx {
+            for mut chunk in rx {
                 broken = broken || out.write_all(&chunk).and_then(|()| out.flush()).is_err();
+                chunk.clear();
+                let _ = spare_tx.try_send(chunk);
             }
         })?;
-    Ok((Some(tx), Some(thread)))
+    Ok((Some((tx, spare_rx)), Some(thread)))
 }
 
 async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
@@ -585,30 +595,63 @@ async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
 }
 
 /// Copies one pipe to the log (every byte) and the terminal (if it keeps up) until EOF.
+///
+/// Reads are coalesced: after a read, more output that follows within [`COALESCE`] joins the
+/// same chunk (up to [`COALESCE_UNTIL`] bytes), so a flood of small writes (8 KiB each from
+/// most writers) costs one hand-off to the terminal and log threads per ~128 KiB instead of one
+/// per write; a lone line or a tqdm update is passed on [`COALESCE`] later at most.
 async fn relay(
     mut pipe: impl tokio::io::AsyncRead + Unpin,
     stream: Stream,
     log: LogSender,
-    terminal: Option<TerminalQueue>,
+    terminal: Option<(TerminalQueue, mpsc::Receiver<Vec<u8>>)>,
     dropped: Arc<AtomicU64>,
 ) {
     let mut dropping = false;
-    loop {
-        let mut buf = Vec::with_capacity(READ_CHUNK);
-        match pipe.read_buf(&mut buf).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log.note(format!("reading torchrun's {stream:?} failed: {e}"));
-                break;
+    let mut eof = false;
+    while !eof {
+        let mut buf = terminal
+            .as_ref()
+            .and_then(|(_, spare)| spare.try_recv().ok())
+            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
+        let mut quiet = false;
+        loop {
+            let first = buf.is_empty();
+            let read = if first {
+                pipe.read_buf(&mut buf).await
+            } else {
+                match tokio::time::timeout(COALESCE, pipe.read_buf(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        quiet = true;
+                        break;
+                    }
+                }
+            };
+            match read {
+                Ok(0) => eof = true,
+                Ok(_) if buf.len() < COALESCE_UNTIL => continue,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log.note(format!("reading torchrun's {stream:?} failed: {e}"));
+                    eof = true;
+                }
             }
+            break;
         }
-        let chunk = Arc::new(buf);
-        log.chunk(stream, &chunk);
-        if let Some(tx) = &terminal {
-            let len = chunk.len() as u64;
-            match tx.try_send(chunk) {
+        if buf.is_empty() {
+            continue;
+        }
+        log.chunk(stream, &buf);
+        // The stream went quiet (or ended): bring the log file up to date now. Under a flood,
+        // records go to the file in whole batches.
+        if quiet || eof {
+            log.flush();
+        }
+        if let Some((tx, _)) = &terminal {
+            let len = buf.len() as u64;
+            match tx.try_send(buf) {
                 Ok(()) => dropping = false,
                 Err(mpsc::TrySendError::Full(_)) => {
                     if !dropping {
