@@ -5,7 +5,8 @@
 #
 # Run on a GPU machine from the repository root; it builds nothing:
 #   scripts/gpu-validate.sh PHASES [BIN] [OUTDIR]
-# PHASES: comma list of smoke, gpus, one, two, four, cap, quality, signal, slurm, oom (or "all").
+# PHASES: comma list of smoke, gpus, one, two, four, cap, quality, signal, slurm, oom, ranks,
+# calib, bench (or "all"). calib and bench need one GPU (GPU 0), ranks two (the last two).
 # BIN defaults to .carry/vla-launch (a release binary built elsewhere), OUTDIR to $OUT or
 # /tmp/vla-validate. scripts/validation_report.py turns OUTDIR into the markdown of docs/validation.md.
 set -uo pipefail
@@ -34,7 +35,7 @@ run() {
     if ((skip)); then skip=0; continue; fi
     case $a in
       --force) ;;
-      --oom-retries) skip=1 ;;
+      --oom-retries | --ranks) skip=1 ;;
       *) plan_args+=("$a") ;;
     esac
   done
@@ -103,10 +104,12 @@ if has cap; then
   STEPS_SAVED=$STEPS
   STEPS=${VLA_VALIDATE_CAP_STEPS:-4}
   run cap-4x4090-plan 0,1,2,3 --profile aloha-probe --vram-cap $CAP
-  run cap-4x4090-fsdp-b2 0,1,2,3 --profile aloha-probe --vram-cap $CAP --force \
-    --strategy fsdp --batch-size 2 --grad-accum 2 --checkpointing on
-  run cap-4x4090-fsdp-b1 0,1,2,3 --profile aloha-probe --vram-cap $CAP --force \
-    --strategy fsdp --batch-size 1 --grad-accum 4 --checkpointing on
+  if [[ ${VLA_VALIDATE_CAP_FORCED:-0} == 1 ]]; then
+    run cap-4x4090-fsdp-b2 0,1,2,3 --profile aloha-probe --vram-cap $CAP --force \
+      --strategy fsdp --batch-size 2 --grad-accum 2 --checkpointing on
+    run cap-4x4090-fsdp-b1 0,1,2,3 --profile aloha-probe --vram-cap $CAP --force \
+      --strategy fsdp --batch-size 1 --grad-accum 4 --checkpointing on
+  fi
   STEPS=$STEPS_SAVED
   # The seed's configuration (1 GPU, DDP, batch 2), refused by the planner...
   CUDA_VISIBLE_DEVICES=0 "$BIN" plan --profile aloha-probe --vram-cap $CAP \
@@ -116,12 +119,15 @@ fi
 
 if has oom; then
   # ...and forced: it must OOM and be reported as a CUDA OOM (no retry can fit a 24 GiB card).
-  run cap-seed-forced 0 --profile aloha-probe --vram-cap $CAP --force \
-    --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off &
   # An over-large batch forced on a full H100: OOM, diagnosis, re-plan (same global batch), retry.
-  run oom-retry 1 --profile aloha-probe --force --oom-retries 1 \
-    --strategy ddp --batch-size 8 --grad-accum 2 --checkpointing off &
-  # (no wait: the signal phase uses GPUs 2 and 3 meanwhile)
+  # Side by side on GPUs 0 and 1 (no wait: the signal phase uses GPUs 2 and 3 meanwhile), one
+  # after the other on a 1-GPU machine.
+  bg=\&
+  ((NGPU >= 2)) || bg=
+  eval "run cap-seed-forced 0 --profile aloha-probe --vram-cap $CAP --force \
+    --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off $bg"
+  eval "run oom-retry $((NGPU >= 2 ? 1 : 0)) --profile aloha-probe --force --oom-retries 1 \
+    --strategy ddp --batch-size 8 --grad-accum 2 --checkpointing off $bg"
 fi
 
 if has signal; then
@@ -191,6 +197,72 @@ if has slurm; then
   wait $p1; echo "node 1 exit $?" >>"$dir/result"
   log "slurm: $(tr '\n' ' ' <"$dir/result"); $(cat "$dir"/stdout* "$dir"/stderr* | grep -c VLA_PROBE_RESULT) result lines"
   log "slurm-kill: $(tr '\n' ' ' <"$kdir/result"); GPU processes after: $(($(wc -l <"$kdir/nvidia-smi-after.csv") - 1))"
+fi
+
+if has ranks; then
+  # --ranks 0 on 2 GPUs: only local rank 0 reaches the terminal; torchrun keeps every rank's
+  # output in the launcher's log dir (torchrun/...).
+  (
+    STEPS=3
+    n=$NGPU
+    run ranks-0 "$((n - 2)),$((n - 1))" --profile aloha-probe --ranks 0
+    dir="$OUTDIR/runs/ranks-0"
+    {
+      echo "relayed result lines: $(cat "$dir/stdout" "$dir/stderr" | grep -c VLA_PROBE_RESULT)"
+      echo "relayed ranks: $(cat "$dir/stdout" "$dir/stderr" | grep -o '"rank":[0-9]*' | sort -u | tr '\n' ' ')"
+      echo "torchrun log files:"
+      find "$dir/log" -path '*torchrun*' -type f | sed "s|$dir/||" | sort
+      echo "ranks in torchrun's files: $(find "$dir/log" -path '*torchrun*' -type f -exec cat {} + | grep -o '"rank":[0-9]*' | sort -u | tr '\n' ' ')"
+    } >"$dir/ranks-check.txt"
+    log "ranks: $(tr '\n' ' ' <"$dir/ranks-check.txt" | cut -c1-300)"
+  ) &
+fi
+
+if has bench; then
+  # Relay throughput vs cat and the launcher's start-to-exec with NVML, on this host.
+  if [[ -x .carry/supervise ]]; then
+    SUPERVISE=.carry/supervise bash scripts/bench-relay.sh "${VLA_VALIDATE_RELAY_MIB:-1024}" 5 >"$OUTDIR/bench-relay.txt" 2>&1
+  fi
+  {
+    echo "$(nproc) CPUs, $(uname -r)"
+    CUDA_VISIBLE_DEVICES=0 bash scripts/bench-startup.sh "$BIN" 30 nvml
+    bash scripts/bench-startup.sh "$BIN" 30 2xh100
+  } >"$OUTDIR/bench-startup.txt" 2>&1
+  log "bench: $(tr '\n' ' ' <"$OUTDIR/bench-relay.txt" 2>/dev/null | cut -c1-400) | $(tr '\n' ' ' <"$OUTDIR/bench-startup.txt")"
+fi
+
+if has calib; then
+  # Calibration on GPU 0: `calibrate` probes two batch sizes per mode, then held-out batches run
+  # with the corrected prediction while nvidia-smi samples the GPU every 100 ms beside the
+  # launcher's own NVML monitor.
+  dir="$OUTDIR/runs/calib"
+  mkdir -p "$dir"
+  export VLA_LAUNCH_CACHE_DIR="$dir/cache"
+  CUDA_VISIBLE_DEVICES=0 "$BIN" calibrate --profile aloha-probe --steps "${VLA_VALIDATE_CALIB_STEPS:-4}" \
+    --log-dir "$dir/log" >"$dir/calibrate.out" 2>"$dir/calibrate.err"
+  echo $? >"$dir/calibrate.rc"
+  log "calibrate: exit $(cat "$dir/calibrate.rc"); $(tr '\n' ' ' <"$dir/calibrate.out")"
+  # Held out means not learned from: each held-out run starts from the store calibrate left
+  # (a completed run would otherwise add its own observation before the next one is planned).
+  cp "$dir/cache/calibration.json" "$dir/calibration.after-calibrate.json"
+  STEPS_SAVED=$STEPS
+  STEPS=${VLA_VALIDATE_CALIB_STEPS:-4}
+  for held in "on 8 2" "on 16 1" "off 2 8"; do
+    read -r ck b a <<<"$held"
+    name="heldout-ckpt-$ck-b$b"
+    mkdir -p "$OUTDIR/runs/$name"
+    cp "$dir/calibration.after-calibrate.json" "$dir/cache/calibration.json"
+    nvidia-smi -i 0 --query-gpu=timestamp,uuid,memory.used,memory.total,memory.free \
+      --format=csv,noheader,nounits -lms 100 >"$OUTDIR/runs/$name/nvidia-smi.csv" 2>&1 &
+    smi=$!
+    run "$name" 0 --profile aloha-probe --strategy ddp --batch-size "$b" --grad-accum "$a" --checkpointing "$ck"
+    kill $smi
+    wait $smi 2>/dev/null
+  done
+  STEPS=$STEPS_SAVED
+  python3 scripts/validation_calib.py "$OUTDIR" >"$OUTDIR/calib.md" 2>&1
+  log "calib: $(tr '\n' ' ' <"$OUTDIR/calib.md" | cut -c1-600)"
+  unset VLA_LAUNCH_CACHE_DIR
 fi
 
 if has quality; then

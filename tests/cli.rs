@@ -749,6 +749,43 @@ fn calibrate_learns_from_reported_peaks_and_plans_use_it() {
     assert!(v["correction"].is_null(), "{v}");
 }
 
+/// `calibrate --dry-run` prints each probe's torchrun command and runs nothing: no script is
+/// asked for its flags, no store is written.
+#[test]
+fn calibrate_dry_run_prints_the_probe_commands_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = bin()
+        .args([
+            "calibrate",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--steps",
+            "3",
+            "--dry-run",
+            "--torchrun",
+            "/nonexistent/torchrun",
+        ])
+        .env("VLA_LAUNCH_CACHE_DIR", &cache)
+        .env("OPENVLA_OFT_DIR", dir.path().join("no-checkout"))
+        .envs(placeholders(dir.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let commands: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("/nonexistent/torchrun"))
+        .collect();
+    assert_eq!(commands.len(), 4, "two batches x checkpointing on/off: {stdout}");
+    assert!(commands.iter().all(|c| c.contains("--max_steps 3")), "{stdout}");
+    assert!(commands[0].contains("--batch_size 1 "), "{}", commands[0]);
+    assert!(!cache.exists(), "a dry run wrote the calibration store");
+}
+
 /// Issue 8: four nodes of 8 H100s plan one job of 32 GPUs with the fewest accumulation steps.
 #[test]
 fn multi_node_plan_counts_every_gpu_of_every_node() {

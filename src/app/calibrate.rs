@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::launch::{launch_once, store_path};
-use super::{build_context, confirm_script_flags, exit, load_profile};
+use super::{build_context, command_for, confirm_script_flags, exit, load_profile, warn_missing};
 use crate::calibration::{self, Source, Store};
 use crate::cli::CalibrateArgs;
+use crate::launch::command;
 use crate::plan;
 use crate::units::fmt_gib;
 
@@ -52,8 +53,13 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
         .planning
         .sets
         .push(format!("train.max_steps={steps}"));
-    let accepts = confirm_script_flags(&load_profile(Some(&name), &launch.planning.sets)?)?;
-    let mut ctx = build_context(&launch.planning, &launch.extra, accepts, false)?;
+    // A dry run asks the script nothing (as `vla-launch --dry-run` does) and runs nothing.
+    let accepts = if launch.dry_run {
+        None
+    } else {
+        confirm_script_flags(&load_profile(Some(&name), &launch.planning.sets)?)?
+    };
+    let mut ctx = build_context(&launch.planning, &launch.extra, accepts, launch.dry_run)?;
     let runs = calibration::probe_runs(&ctx.plan_input(), &ctx.loaded.name)?;
     if runs.is_empty() {
         return Err(exit(
@@ -83,6 +89,12 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
             run.key.label(),
             fmt_gib(run.predicted_peak_bytes)
         );
+        if launch.dry_run {
+            let (cmd, missing) = command_for(&ctx, launch.torchrun.as_deref(), None)?;
+            warn_missing(&missing);
+            println!("{}", command::display(&cmd));
+            continue;
+        }
         let result = launch_once(&ctx, &launch, &log_dir, 0, Source::Calibrate)?;
         if result.outcome.interrupted_by.is_some() {
             return Ok(result.outcome.process_exit_code());
@@ -90,6 +102,9 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
         if result.outcome.exit_code != 0 {
             failed += 1;
         }
+    }
+    if launch.dry_run {
+        return Ok(0);
     }
     let store = calibration::load(&path).map_err(|e| exit(4, e.to_string()))?;
     print!("{}", describe_store(&store, &ctx.loaded.name));
