@@ -231,6 +231,8 @@ if has bench; then
   log "bench: $(tr '\n' ' ' <"$OUTDIR/bench-relay.txt" 2>/dev/null | cut -c1-400) | $(tr '\n' ' ' <"$OUTDIR/bench-startup.txt")"
 fi
 
+wait # the ranks and oom phases' runs hold GPUs that calib and quality use
+
 if has calib; then
   # Calibration on GPU 0: `calibrate` probes two batch sizes per mode, then held-out batches run
   # with the corrected prediction while nvidia-smi samples the GPU every 100 ms beside the
