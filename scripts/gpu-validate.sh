@@ -155,8 +155,9 @@ if has signal; then
 fi
 
 # slurm_node JOB RANK GPU DIR MAX_STEPS: one "node" of a 2-node Slurm job on this host.
+# `exec`: the background job's pid is the launcher's own, so a kill reaches the launcher.
 slurm_node() {
-  env SLURM_JOB_ID=$1 SLURM_NNODES=2 SLURM_JOB_NUM_NODES=2 SLURM_NODEID=$2 SLURM_JOB_NODELIST=127.0.0.1,localhost \
+  exec env SLURM_JOB_ID=$1 SLURM_NNODES=2 SLURM_JOB_NUM_NODES=2 SLURM_NODEID=$2 SLURM_JOB_NODELIST=127.0.0.1,localhost \
     SLURM_PROCID=$2 SLURM_NTASKS=2 CUDA_VISIBLE_DEVICES=$3 \
     "$BIN" --log-dir "$4/log$2" --grace 20 --profile aloha-probe --nproc 1 \
     --set train.max_steps="$5" >"$4/stdout$2" 2>"$4/stderr$2"
@@ -193,10 +194,16 @@ if has slurm; then
   echo "node 0 launcher exit $? after $((($(date +%s%N) - t0) / 1000000)) ms" >>"$kdir/result"
   sleep 1
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv >"$kdir/nvidia-smi-after.csv"
+  ps -eo pid,ppid,pgid,sid,etimes,cmd | grep -E "probe_finetune|torchrun|vla-launch" | grep -v grep >"$kdir/ps-after.txt"
+  # Leave no stray process to the later phases (their plans would see the GPUs taken).
+  if [[ -s $kdir/ps-after.txt ]]; then
+    pkill -9 -f "rdzv-id 4343" ; pkill -9 -f "probe_finetune.*max_steps 1000"
+    sleep 2
+  fi
   wait $p0; echo "node 0 exit $?" >"$dir/result"
   wait $p1; echo "node 1 exit $?" >>"$dir/result"
   log "slurm: $(tr '\n' ' ' <"$dir/result"); $(cat "$dir"/stdout* "$dir"/stderr* | grep -c VLA_PROBE_RESULT) result lines"
-  log "slurm-kill: $(tr '\n' ' ' <"$kdir/result"); GPU processes after: $(($(wc -l <"$kdir/nvidia-smi-after.csv") - 1))"
+  log "slurm-kill: $(tr '\n' ' ' <"$kdir/result"); GPU processes after: $(($(wc -l <"$kdir/nvidia-smi-after.csv") - 1)); processes of the job left: $(wc -l <"$kdir/ps-after.txt")"
 fi
 
 if has ranks; then

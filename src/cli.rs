@@ -228,6 +228,12 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "MINUTES", default_value_t = 15)]
     pub hang_minutes: u64,
 
+    /// Several nodes: the launchers watch each other over this TCP port (node 0 listens) so that
+    /// one node failing or being killed stops every node instead of leaving them in NCCL until
+    /// its timeout. Default: the rendezvous port - 10000; "off" disables the watch.
+    #[arg(long, value_name = "PORT|off")]
+    pub peer_watch_port: Option<String>,
+
     /// After a CUDA out-of-memory, re-plan with the observed peak and relaunch at most N times
     /// (the global batch never changes).
     #[arg(long, value_name = "N", default_value_t = 1)]

@@ -8,7 +8,12 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 
 fn bin() -> Command {
-    let mut c = Command::cargo_bin("vla-launch").unwrap();
+    Command::from_std(std_bin())
+}
+
+/// `bin()` as a plain std Command (for runs that must be spawned and signalled).
+fn std_bin() -> StdCommand {
+    let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("vla-launch"));
     // A clean, predictable environment: no user profiles, no inherited planning variables.
     c.env_remove("VLA_LAUNCH_GPUS")
         .env_remove("CUDA_VISIBLE_DEVICES")
@@ -651,6 +656,101 @@ fn plan_file_gives_every_node_the_same_flags_and_is_checked_against_its_gpus() {
     assert!(String::from_utf8_lossy(&small.stderr).contains("cannot hold the plan"));
 }
 
+/// Issue 8: two launchers of one 2-node Slurm job (fake torchrun, localhost): SIGTERM to node 1's
+/// launcher stops node 0's run too, through the peer watch, well before any NCCL timeout; node 0
+/// says why and records it.
+#[test]
+fn killing_one_nodes_launcher_stops_the_other_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = |rank: &str| {
+        let mut c = std_bin();
+        c.args([
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--grace",
+            "5",
+            "--torchrun",
+        ])
+        .arg(fake_torchrun())
+        .arg("--log-dir")
+        .arg(dir.path().join(format!("logs{rank}")))
+        .args(["--peer-watch-port", &port.to_string()])
+        .env("SLURM_JOB_ID", "4343")
+        .env("SLURM_NNODES", "2")
+        .env("SLURM_NODEID", rank)
+        .env("SLURM_JOB_NODELIST", "127.0.0.1,localhost")
+        .env("FAKE_SLEEP", "60")
+        .envs(placeholders(dir.path()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let n0 = node("0");
+    let n1 = node("1");
+    // Both fakes are up once each run log names torchrun's pid.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let started = |r: &str| {
+        std::fs::read_dir(dir.path().join(format!("logs{r}")))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("run-")
+                        && std::fs::read_to_string(e.path())
+                            .unwrap_or_default()
+                            .contains("torchrun pid")
+                })
+            })
+            .unwrap_or(false)
+    };
+    while !(started("0") && started("1")) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the launchers never started torchrun"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(n1.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o1 = n1.wait_with_output().unwrap();
+    let o0 = n0.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let e0 = String::from_utf8_lossy(&o0.stderr);
+    assert_eq!(
+        o1.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&o1.stderr)
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "node 0 took {took:?} to stop: {e0}"
+    );
+    assert_eq!(o0.status.code(), Some(143), "{e0}");
+    assert!(e0.contains("node 1's training ended with exit 143"), "{e0}");
+    let record = std::fs::read_dir(dir.path().join("logs0"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("plan-"))
+        .unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.path()).unwrap()).unwrap();
+    assert_eq!(
+        rec["outcome"]["stopped_by_peer"],
+        "node 1's training ended with exit 143"
+    );
+}
+
 /// `calibrate` runs the script at two batch sizes per mode, learns from the peaks it reports, and
 /// the next plan applies the correction; `--show` and `--reset` manage the store.
 #[test]
@@ -780,8 +880,15 @@ fn calibrate_dry_run_prints_the_probe_commands_and_runs_nothing() {
         .lines()
         .filter(|l| l.contains("/nonexistent/torchrun"))
         .collect();
-    assert_eq!(commands.len(), 4, "two batches x checkpointing on/off: {stdout}");
-    assert!(commands.iter().all(|c| c.contains("--max_steps 3")), "{stdout}");
+    assert_eq!(
+        commands.len(),
+        4,
+        "two batches x checkpointing on/off: {stdout}"
+    );
+    assert!(
+        commands.iter().all(|c| c.contains("--max_steps 3")),
+        "{stdout}"
+    );
     assert!(commands[0].contains("--batch_size 1 "), "{}", commands[0]);
     assert!(!cache.exists(), "a dry run wrote the calibration store");
 }

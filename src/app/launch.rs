@@ -2,6 +2,7 @@
 //! run record and feed the calibration store; `--plan-file` and `replay`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -14,6 +15,7 @@ use super::{
 };
 use crate::calibration::{self, Source, Store};
 use crate::cli::{LaunchArgs, PlanningArgs, StrategyArg, Toggle};
+use crate::cluster::peers::{self, PeerWatch};
 use crate::launch::command::{self, LaunchCommand};
 use crate::launch::diagnosis;
 use crate::launch::supervisor::{self, SuperviseOptions};
@@ -102,6 +104,15 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
             diagnosis::Details::CudaOom(o) => Some(o),
             _ => None,
         };
+        if ctx.topology.is_multi_node() {
+            // One node re-planning alone would give it other flags than the rest of the job
+            // (training hangs); the whole job must be resubmitted with the new evidence.
+            eprintln!(
+                "vla-launch: no OOM retry on one node of {}: every node must run the same plan. Resubmit the job with a smaller --batch-size and a larger --grad-accum (the same global batch)",
+                ctx.topology.nnodes
+            );
+            return Ok(run.outcome.process_exit_code());
+        }
         let observed = retry::oom_evidence(run.worst_peak, oom_details);
         match retry::replan_after_oom(
             &ctx.plan_input(),
@@ -323,9 +334,18 @@ pub(super) fn launch_once(
     };
     let mut opts = SuperviseOptions::new(&log_path);
     opts.grace = Duration::from_secs(args.grace);
+    let stopped_by_peer = Arc::new(Mutex::new(None::<String>));
+    let peers = start_peer_watch(ctx, args, &opts.signals, stopped_by_peer.clone())?;
     let result = supervisor::run_blocking(&cmd, &opts);
     let peaks = monitor.map(Monitor::stop);
+    if let Some(watch) = peers {
+        watch.finish(result.as_ref().map_or(1, |o| o.process_exit_code()));
+    }
     let outcome = result?;
+    let stopped_by_peer = stopped_by_peer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
     // Without NVML (described GPUs), a script that reports its own peaks (the probe trainer's
     // `VLA_PROBE_RESULT` lines) still tells what each GPU held.
@@ -368,6 +388,7 @@ pub(super) fn launch_once(
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
         "interrupted_by": outcome.interrupted_by,
+        "stopped_by_peer": stopped_by_peer,
         "force_killed": outcome.force_killed,
         "leftover_processes": outcome.leftover_processes,
         "duration_s": outcome.duration.as_secs_f64(),
@@ -442,6 +463,62 @@ pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
 
 /// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank
 /// (scripts/probe_finetune.py): GPU UUIDs and NVML total - free peaks.
+/// Several nodes: start the peer watch (node 0 listens, the others connect to it) so that one
+/// node's failure stops the whole job. `stopped` receives the reason when it stops this node.
+fn start_peer_watch(
+    ctx: &Context,
+    args: &LaunchArgs,
+    signals: &supervisor::SignalHandle,
+    stopped: Arc<Mutex<Option<String>>>,
+) -> Result<Option<PeerWatch>> {
+    let (true, Some(rdzv)) = (ctx.topology.is_multi_node(), &ctx.topology.rendezvous) else {
+        return Ok(None);
+    };
+    let Some((host, rdzv_port)) = rdzv
+        .endpoint
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+    else {
+        return Ok(None);
+    };
+    let port = match args.peer_watch_port.as_deref().map(str::trim) {
+        Some("off") => return Ok(None),
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            exit(
+                2,
+                format!("--peer-watch-port {p}: not a port number (1-65535) or \"off\""),
+            )
+        })?,
+        None => peers::watch_port(rdzv_port),
+    };
+    let handle = signals.clone();
+    let on_stop: peers::OnStop = Arc::new(move |why: String| {
+        warn!(
+            "{why}: stopping this node's training too (SIGTERM to torchrun, then the grace period)"
+        );
+        *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        handle.stop();
+    });
+    let node = ctx.topology.node_rank;
+    let watch = if node == 0 {
+        PeerWatch::hub(&rdzv.id, port, on_stop)
+    } else {
+        PeerWatch::peer(&rdzv.id, node, host, port, on_stop)
+    };
+    match watch {
+        Ok(w) => {
+            info!("peer watch: node {node} on port {port}");
+            Ok(Some(w))
+        }
+        Err(e) => {
+            warn!(
+                "peer watch off ({e} on port {port}; choose one with --peer-watch-port): if a node fails, the others wait for NCCL's timeout"
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
     const MARK: &str = "VLA_PROBE_RESULT ";
     let text = String::from_utf8_lossy(log);

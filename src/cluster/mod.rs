@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 mod hostlist;
+pub mod peers;
 mod topology;
 
 pub use hostlist::{MAX_HOSTS, parse_hostlist};

@@ -74,7 +74,15 @@ pub enum Sink {
 
 /// Lets the caller (or the real signal handlers) ask the supervisor to signal the run.
 #[derive(Debug, Clone)]
-pub struct SignalHandle(broadcast::Sender<Signal>);
+pub struct SignalHandle(broadcast::Sender<Request>);
+
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    /// As if the launcher had received the signal (a second stop signal kills at once).
+    Signal(Signal),
+    /// Stop the run as SIGTERM does, unless it is already stopping: never escalates.
+    Stop,
+}
 
 impl Default for SignalHandle {
     fn default() -> Self {
@@ -86,7 +94,13 @@ impl SignalHandle {
     /// Delivers `sig` as if the launcher had received it (SIGINT, SIGTERM, SIGHUP, SIGUSR1).
     pub fn send(&self, sig: Signal) {
         // No receiver yet means no run in progress: nothing to signal.
-        let _ = self.0.send(sig);
+        let _ = self.0.send(Request::Signal(sig));
+    }
+
+    /// Stops the run like a SIGTERM, with the grace period, but does nothing to a run that is
+    /// already stopping (so another node's failure never turns the user's Ctrl-C into a kill).
+    pub fn stop(&self) {
+        let _ = self.0.send(Request::Stop);
     }
 }
 
@@ -356,8 +370,13 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         };
         tokio::select! {
             status = child.wait() => break status.map_err(LaunchError::Wait)?,
-            Ok(sig) = signals.recv() => match sig {
-                Signal::SIGUSR1 => {
+            Ok(request) = signals.recv() => match match request {
+                Request::Signal(sig) => Some(sig),
+                Request::Stop if interrupted_by.is_none() => Some(Signal::SIGTERM),
+                Request::Stop => None,
+            } {
+                None => {}
+                Some(Signal::SIGUSR1) => {
                     let workers: Vec<i32> = process_tree::members(Some(pid), &marker)
                         .iter()
                         .filter(|p| !p.zombie && (p.pid != pid || usr1_to_torchrun))
@@ -366,14 +385,14 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                     let n = process_tree::signal_all(workers, Signal::SIGUSR1);
                     notes.note(format!("SIGUSR1 forwarded to {n} process(es)"));
                 }
-                sig if interrupted_by.is_none() => {
+                Some(sig) if interrupted_by.is_none() => {
                     interrupted_by = Some(sig as i32);
                     process_tree::signal_all([pid], sig);
                     deadline = Some(tokio::time::Instant::now() + opts.grace);
                     notes.note(format!("{sig} received: forwarded to torchrun, SIGKILL in {:?}", opts.grace));
                     tracing::warn!("{sig}: stopping torchrun (again to kill at once; SIGKILL in {:?})", opts.grace);
                 }
-                sig => {
+                Some(sig) => {
                     notes.note(format!("{sig} received again: killing the run now"));
                     kill_run(Some(pid), &marker);
                     force_killed = true;
