@@ -177,8 +177,10 @@ if has slurm; then
   k0=$!
   slurm_node 4343 1 3 "$kdir" 1000 &
   k1=$!
+  # Wait for training steps (not just tqdm's 0/1000 line): the kill must land while both ranks
+  # are in NCCL collectives, where a lost peer makes the other wait until NCCL's timeout.
   for _ in $(seq 1 240); do
-    grep -q "it/s\|s/it" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
+    grep -q " [3-9]/1000" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
     sleep 0.5
   done
   t0=$(date +%s%N)
