@@ -138,7 +138,7 @@ if has signal; then
     --set train.max_steps=1000 >"$dir/stdout" 2>"$dir/stderr" &
   pid=$!
   for _ in $(seq 1 300); do
-    grep -q "it/s\|s/it" "$dir/stderr" "$dir/stdout" 2>/dev/null && break
+    grep -q " [3-9]/1000" "$dir/stderr" "$dir/stdout" 2>/dev/null && break
     sleep 0.5
   done
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv >"$dir/nvidia-smi-before.csv"
