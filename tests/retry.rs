@@ -301,3 +301,27 @@ fn evidence_from_nvml_and_torch() {
         assert_eq!(got, want.map(|g| g * GIB), "{nvml:?} {details:?}");
     }
 }
+
+/// The seed's configuration forced on one 24 GiB card: it dies at the card's limit, far below its
+/// prediction. No retry can keep global batch 16 on that card, and the reason must say the
+/// prediction was already too large, not "0% above the prediction" (the GPU run's wording
+/// before this test).
+#[test]
+fn a_stop_below_the_prediction_says_the_prediction_already_exceeded_the_card() {
+    let spec = spec("aloha");
+    let gpus = parse_gpus_spec("1xrtx4090").unwrap();
+    let inp = input(&spec, &gpus, 16, pinned(Strategy::Ddp, false, 2, 8));
+    let failed = launched(&inp);
+    let observed = Some(gpus[0].total_bytes);
+    match replan_after_oom(&inp, &failed, observed, 0, 1) {
+        RetryDecision::Stop { reason } => {
+            assert!(
+                reason.contains("already exceeded the usable memory"),
+                "{reason}"
+            );
+            assert!(!reason.contains("% above"), "{reason}");
+            assert!(!reason.contains("overshoot"), "{reason}");
+        }
+        RetryDecision::Retry { message, .. } => panic!("retried: {message}"),
+    }
+}

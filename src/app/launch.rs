@@ -104,15 +104,6 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
             diagnosis::Details::CudaOom(o) => Some(o),
             _ => None,
         };
-        if ctx.topology.is_multi_node() {
-            // One node re-planning alone would give it other flags than the rest of the job
-            // (training hangs); the whole job must be resubmitted with the new evidence.
-            eprintln!(
-                "vla-launch: no OOM retry on one node of {}: every node must run the same plan. Resubmit the job with a smaller --batch-size and a larger --grad-accum (the same global batch)",
-                ctx.topology.nnodes
-            );
-            return Ok(run.outcome.process_exit_code());
-        }
         let observed = retry::oom_evidence(run.worst_peak, oom_details);
         match retry::replan_after_oom(
             &ctx.plan_input(),

@@ -195,10 +195,26 @@ pub fn replan_after_oom(
             message,
         };
     }
+    let (why, fits) = if factor > 1.0005 {
+        (
+            format!(
+                "{evidence}, {:.0}% above the prediction",
+                (factor - 1.0) * 100.0
+            ),
+            "fits with that overshoot",
+        )
+    } else {
+        (
+            format!(
+                "{evidence}; the prediction, {}, already exceeded the usable memory",
+                fmt_gib(failed.predicted_peak_bytes)
+            ),
+            "fits",
+        )
+    };
     stop(format!(
-        "CUDA out of memory with {} ({evidence}, {:.0}% above the prediction) and no configuration of global batch {} on {} fits with that overshoot{}; use more GPUs or lower --global-batch",
+        "CUDA out of memory with {} ({why}) and no configuration of global batch {} on {} {fits}{}; use more GPUs or lower --global-batch",
         failed.label(),
-        (factor - 1.0) * 100.0,
         failed.global_batch,
         if failed.nproc_per_node == 1 {
             "this GPU".to_string()
