@@ -168,3 +168,17 @@ fn a_peer_waits_for_node_0_to_come_up() {
         "node 1 already finished"
     );
 }
+
+#[test]
+fn a_node_stopped_before_its_watch_connected_still_reports_its_failure() {
+    for _ in 0..5 {
+        let (hub, port, hub_rx) = hub();
+        let (p1, _rx) = peer(port, 1);
+        p1.finish(3); // at once: connected or not, node 0 must hear it
+        assert_eq!(
+            hub_rx.recv_timeout(SOON).unwrap(),
+            "node 1's training ended with exit 3"
+        );
+        hub.finish(1);
+    }
+}

@@ -20,7 +20,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,12 @@ pub struct PeerWatch {
 struct Shared {
     job: String,
     node_rank: u32,
+    /// Node n: node 0's `host:port`.
+    target: Option<String>,
     /// This node's run has ended: losses after this are expected, not failures.
     finished: AtomicBool,
+    /// Its exit code, set before `finished`.
+    exit_code: AtomicI32,
     /// `on_stop` already called.
     stopped: AtomicBool,
     on_stop: OnStop,
@@ -94,7 +98,7 @@ impl PeerWatch {
     pub fn hub(job: &str, port: u16, on_stop: OnStop) -> io::Result<PeerWatch> {
         let listener = TcpListener::bind(("0.0.0.0", port))?;
         listener.set_nonblocking(true)?;
-        let mut watch = PeerWatch::new(job, 0, on_stop);
+        let mut watch = PeerWatch::new(job, 0, None, on_stop);
         watch.port = Some(listener.local_addr()?.port());
         let shared = watch.shared.clone();
         std::thread::Builder::new()
@@ -112,9 +116,9 @@ impl PeerWatch {
         port: u16,
         on_stop: OnStop,
     ) -> io::Result<PeerWatch> {
-        let watch = PeerWatch::new(job, node_rank, on_stop);
-        let shared = watch.shared.clone();
         let target = format!("{host}:{port}");
+        let watch = PeerWatch::new(job, node_rank, Some(target.clone()), on_stop);
+        let shared = watch.shared.clone();
         std::thread::Builder::new()
             .name("vla-launch-peers".into())
             .spawn(move || peer_loop(&target, shared))?;
@@ -126,13 +130,15 @@ impl PeerWatch {
         self.port
     }
 
-    fn new(job: &str, node_rank: u32, on_stop: OnStop) -> PeerWatch {
+    fn new(job: &str, node_rank: u32, target: Option<String>, on_stop: OnStop) -> PeerWatch {
         PeerWatch {
             port: None,
             shared: Arc::new(Shared {
                 job: job.to_string(),
                 node_rank,
+                target,
                 finished: AtomicBool::new(false),
+                exit_code: AtomicI32::new(0),
                 stopped: AtomicBool::new(false),
                 on_stop,
                 writers: Mutex::new(Vec::new()),
@@ -142,7 +148,30 @@ impl PeerWatch {
 
     /// This node's torchrun ended with `exit_code`: tell the other side(s) and close.
     pub fn finish(self, exit_code: i32) {
+        self.shared.exit_code.store(exit_code, Ordering::SeqCst);
         self.shared.finished.store(true, Ordering::SeqCst);
+        let never_connected = self
+            .shared
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if let (true, Some(target)) = (never_connected, &self.shared.target) {
+            // Stopped before the watch connected (node 0's launcher came up later): a failure
+            // must still reach node 0, so say it on a short-lived connection.
+            if exit_code != 0 {
+                if let Some(mut s) = connect(target, Duration::from_secs(2)) {
+                    let _ = s.write_all(
+                        format!(
+                            "hello {} {}\nexit {exit_code}\n",
+                            self.shared.job, self.shared.node_rank
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+            return;
+        }
         self.shared.send_all(&format!("exit {exit_code}"), None);
         let writers = std::mem::take(
             &mut *self
@@ -238,11 +267,8 @@ fn peer_loop(target: &str, shared: Arc<Shared>) {
         if shared.finished.load(Ordering::SeqCst) {
             return;
         }
-        let addr = target.to_socket_addrs().ok().and_then(|mut a| a.next());
-        if let Some(addr) = addr {
-            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                break s;
-            }
+        if let Some(s) = connect(target, Duration::from_secs(2)) {
+            break s;
         }
         if !warned && started.elapsed() > Duration::from_secs(120) {
             tracing::warn!(
@@ -250,7 +276,12 @@ fn peer_loop(target: &str, shared: Arc<Shared>) {
             );
             warned = true;
         }
-        std::thread::sleep(Duration::from_secs(1));
+        // Often at first (the launchers start together), then every second.
+        std::thread::sleep(if started.elapsed() < Duration::from_secs(10) {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        });
     };
     let Ok(writer) = stream.try_clone().map(|s| Arc::new(Mutex::new(s))) else {
         return;
@@ -270,13 +301,19 @@ fn peer_loop(target: &str, shared: Arc<Shared>) {
         .push((0, writer.clone()));
     if shared.finished.load(Ordering::SeqCst) {
         // Finished while connecting: finish() may have missed this writer.
-        let _ = send(&writer, "exit 0");
+        let code = shared.exit_code.load(Ordering::SeqCst);
+        let _ = send(&writer, &format!("exit {code}"));
         return;
     }
     let mut lines = Lines::new(stream);
     if let Some(why) = watch_lines(&mut lines, &writer, &shared, "node 0") {
         shared.stop(why);
     }
+}
+
+fn connect(target: &str, timeout: Duration) -> Option<TcpStream> {
+    let addr = target.to_socket_addrs().ok()?.next()?;
+    TcpStream::connect_timeout(&addr, timeout).ok()
 }
 
 /// Reads the other side's lines until it leaves. `Some(reason)` when that means a failure.
