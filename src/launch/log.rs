@@ -12,20 +12,20 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest piece kept waiting for a terminator before it is written as a cut record.
 const MAX_PENDING: usize = 64 * 1024;
 const PREFIX_LEN: usize = 24 + 1 + 4 + 1;
-/// Records are assembled into a batch of this size before it goes to the writer thread, unless
-/// the relay flushes earlier (it does whenever it has drained its pipe).
+/// The writer thread writes what it has once this much is assembled, or whenever no more
+/// chunks are waiting (so the file is current whenever the relay is keeping up).
 const BATCH: usize = 4 << 20;
-/// Batches in flight to the writer thread; a relay that gets further ahead waits (the log keeps
-/// every byte, so it is allowed to slow the reading down, never to drop).
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Chunks (of up to a few hundred KiB) queued for the writer thread; a relay that gets further
+/// ahead waits: the log keeps every byte, so it may slow the reading down, never drop.
+const QUEUE: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -44,77 +44,34 @@ impl Stream {
     }
 }
 
-/// The log file, shared by the two relay tasks and the supervisor's notes. The readers turn
-/// their chunks into records in a shared batch; whole batches go to a writer thread, so the
-/// write to the page cache overlaps the relay instead of adding to it. A batch is handed over
-/// when it is full (a few MiB: one thread wake-up per batch, not per chunk, which is what made a
-/// per-chunk log thread slower than writing inline) or when a reader has drained its pipe, so
-/// the file is current whenever the training is not out-running the relay.
+enum Msg {
+    Chunk(Stream, Arc<Vec<u8>>),
+    Note(String),
+    Finish,
+}
+
+/// The log file, written by a thread of its own. The relay tasks hand it the chunks they read
+/// (shared with the terminal copy, not copied) and the supervisor its notes, in the order they
+/// happen; the thread splits them into timestamped records and writes them in batches. All the
+/// per-line work and the write of a file larger than the stream run beside the relay, not in
+/// it: on a many-core host the relay then keeps up with `cat`.
 pub struct LogWriter {
-    shared: Arc<Mutex<Shared>>,
+    tx: SyncSender<Msg>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
-struct Shared {
-    records: Records,
-    /// To the writer thread; `None` once the log is finished (later writes are dropped).
-    batches: Option<SyncSender<Vec<u8>>>,
-    /// Written batches, handed back for reuse (no fresh allocation and page faults per batch).
-    spare: Receiver<Vec<u8>>,
-}
-
-impl Shared {
-    fn hand_over(&mut self) {
-        if self.records.batch.is_empty() {
-            return;
-        }
-        let Some(tx) = &self.batches else {
-            self.records.batch.clear();
-            return;
-        };
-        let next = self
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BATCH + READ_SLACK));
-        let full = std::mem::replace(&mut self.records.batch, next);
-        if tx.send(full).is_err() {
-            // The writer thread is gone (it panicked); finish() reports it.
-            self.batches = None;
-        }
-    }
-}
-
-/// Room beyond BATCH so that the chunk that fills a batch rarely makes it grow.
-const READ_SLACK: usize = 1 << 20;
-
 #[derive(Clone)]
-pub struct LogSender(Arc<Mutex<Shared>>);
+pub struct LogSender(SyncSender<Msg>);
 
 impl LogSender {
-    fn with(&self, f: impl FnOnce(&mut Records)) -> std::sync::MutexGuard<'_, Shared> {
-        let mut shared = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if shared.batches.is_some() {
-            f(&mut shared.records);
-        }
-        shared
+    /// A chunk of the child's output, in arrival order.
+    pub fn chunk(&self, stream: Stream, bytes: Arc<Vec<u8>>) {
+        // After finish() the thread is gone: later output (an aborted relay) is dropped.
+        let _ = self.0.send(Msg::Chunk(stream, bytes));
     }
-    /// Adds a chunk of the child's output; handed to the writer once the batch is full.
-    pub fn chunk(&self, stream: Stream, bytes: &[u8]) {
-        let mut shared = self.with(|r| r.chunk(stream, bytes));
-        if shared.records.batch.len() >= BATCH {
-            shared.hand_over();
-        }
-    }
-    /// Hands what is batched to the writer now (a reader calls it when its pipe is drained).
-    pub fn flush(&self) {
-        self.with(|_| {}).hand_over();
-    }
-    /// The launcher's own note, written at once.
+    /// The launcher's own note.
     pub fn note(&self, text: impl AsRef<str>) {
-        self.with(|r| r.note(text.as_ref())).hand_over();
+        let _ = self.0.send(Msg::Note(text.as_ref().to_string()));
     }
 }
 
@@ -124,52 +81,26 @@ impl LogWriter {
             std::fs::create_dir_all(dir)?;
         }
         // Unbuffered: every write is a whole batch already.
-        let mut file = File::create(path)?;
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
-        let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT + 1);
+        let file = File::create(path)?;
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("vla-launch-log".into())
-            .spawn(move || {
-                // The first write error stops writing (the batches are still drained, so no
-                // reader waits on a full queue); finish() reports it.
-                let mut result = Ok(());
-                for mut batch in rx {
-                    if result.is_ok() {
-                        result = file.write_all(&batch);
-                    }
-                    batch.clear();
-                    let _ = spare_tx.try_send(batch);
-                }
-                result.and_then(|()| file.flush())
-            })?;
+            .spawn(move || write_loop(file, rx))?;
         Ok(LogWriter {
-            shared: Arc::new(Mutex::new(Shared {
-                records: Records::new(),
-                batches: Some(tx),
-                spare: spare_rx,
-            })),
+            tx,
             thread: Some(thread),
         })
     }
 
     pub fn sender(&self) -> LogSender {
-        LogSender(self.shared.clone())
+        LogSender(self.tx.clone())
     }
 
-    /// Writes what is pending (cut records included), waits for the writer thread and reports
-    /// the first write error. Senders still alive (an aborted relay task) can no longer reach
-    /// the file afterwards.
+    /// Writes everything sent before it (cut records included), ends the writer thread and
+    /// reports the first write error. Senders still alive (an aborted relay task) can no longer
+    /// reach the file afterwards.
     pub fn finish(mut self) -> io::Result<()> {
-        {
-            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            if shared.batches.is_some() {
-                shared.records.cut(Stream::Out);
-                shared.records.cut(Stream::Err);
-                shared.hand_over();
-            }
-            // Later writes from leftover senders are dropped instead of appended after the end.
-            shared.batches = None;
-        }
+        let _ = self.tx.send(Msg::Finish);
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("the log writer thread panicked")),
@@ -180,11 +111,48 @@ impl LogWriter {
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        // Not finished (an error path): close the queue so the writer thread ends on its own.
+        // Not finished (an error path): let the thread write what it has and end on its own.
         if self.thread.is_some() {
-            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            shared.hand_over();
-            shared.batches = None;
+            let _ = self.tx.send(Msg::Finish);
+        }
+    }
+}
+
+fn write_loop(mut file: File, rx: Receiver<Msg>) -> io::Result<()> {
+    let mut records = Records::new();
+    // The first write error stops writing (the queue is still drained, so no relay waits on a
+    // full queue); it is returned at the end.
+    let mut result: io::Result<()> = Ok(());
+    loop {
+        // Wait for something, then take whatever else is already queued, up to a batch.
+        // (recv fails only once every sender is gone, which Finish always precedes.)
+        let mut next = rx.recv().ok();
+        let mut done = next.is_none();
+        while let Some(msg) = next {
+            match msg {
+                Msg::Chunk(stream, bytes) => records.chunk(stream, &bytes),
+                Msg::Note(text) => records.note(&text),
+                Msg::Finish => {
+                    done = true;
+                    break;
+                }
+            }
+            next = if records.batch.len() < BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if done {
+            records.cut(Stream::Out);
+            records.cut(Stream::Err);
+        }
+        if result.is_ok() && !records.batch.is_empty() {
+            result = file.write_all(&records.batch);
+        }
+        records.batch.clear();
+        if done {
+            return result.and_then(|()| file.flush());
         }
     }
 }
@@ -206,7 +174,7 @@ impl Records {
         Records {
             clock: Clock::default(),
             pending: [None, None],
-            batch: Vec::with_capacity(BATCH + READ_SLACK),
+            batch: Vec::with_capacity(BATCH + BATCH / 4),
         }
     }
 

@@ -56,8 +56,6 @@ const READ_CHUNK: usize = 256 * 1024;
 /// A chunk is passed on once it holds this much, or when the stream has been quiet this long.
 const COALESCE_UNTIL: usize = 128 * 1024;
 const COALESCE: Duration = Duration::from_millis(2);
-/// Written chunk buffers kept for reuse (a fresh 256 KiB buffer per read costs page faults).
-const SPARE_BUFFERS: usize = 8;
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Where relayed output goes besides the log file.
@@ -572,12 +570,10 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> (usi
     (first.len(), needed_kill)
 }
 
-type TerminalQueue = mpsc::SyncSender<Vec<u8>>;
-/// A terminal queue and the channel on which written buffers come back for reuse.
-type Terminal = (TerminalQueue, mpsc::Receiver<Vec<u8>>);
+type TerminalQueue = mpsc::SyncSender<Arc<Vec<u8>>>;
 
 /// A thread that writes chunks to `sink`; `None` when the sink discards.
-fn terminal_writer(sink: &Sink) -> io::Result<(Option<Terminal>, Option<JoinHandle<()>>)> {
+fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
     let mut out: Box<dyn Write + Send> = match sink {
         Sink::Discard => return Ok((None, None)),
         // Flushed after every chunk: a `\r` progress update must appear now, not at the next `\n`.
@@ -585,20 +581,17 @@ fn terminal_writer(sink: &Sink) -> io::Result<(Option<Terminal>, Option<JoinHand
         Sink::Stderr => Box::new(io::stderr()),
         Sink::File(path) => Box::new(File::create(path)?),
     };
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(TERMINAL_QUEUE);
-    let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(SPARE_BUFFERS);
+    let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(TERMINAL_QUEUE);
     let thread = std::thread::Builder::new()
         .name("vla-launch-relay".into())
         .spawn(move || {
             // A closed terminal (EPIPE) must not stop the training: keep draining the queue.
             let mut broken = false;
-            for mut chunk in rx {
+            for chunk in rx {
                 broken = broken || out.write_all(&chunk).and_then(|()| out.flush()).is_err();
-                chunk.clear();
-                let _ = spare_tx.try_send(chunk);
             }
         })?;
-    Ok((Some((tx, spare_rx)), Some(thread)))
+    Ok((Some(tx), Some(thread)))
 }
 
 async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
@@ -618,33 +611,26 @@ async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
 /// Reads are coalesced: after a read, more output that follows within [`COALESCE`] joins the
 /// same chunk (up to [`COALESCE_UNTIL`] bytes), so a flood of small writes (8 KiB each from
 /// most writers) costs one hand-off to the terminal and log threads per ~128 KiB instead of one
-/// per write; a lone line or a tqdm update is passed on [`COALESCE`] later at most.
+/// per write; a lone line or a tqdm update is passed on [`COALESCE`] later at most. The chunk
+/// itself is shared by both threads, never copied here.
 async fn relay(
     mut pipe: impl tokio::io::AsyncRead + Unpin,
     stream: Stream,
     log: LogSender,
-    terminal: Option<(TerminalQueue, mpsc::Receiver<Vec<u8>>)>,
+    terminal: Option<TerminalQueue>,
     dropped: Arc<AtomicU64>,
 ) {
     let mut dropping = false;
     let mut eof = false;
     while !eof {
-        let mut buf = terminal
-            .as_ref()
-            .and_then(|(_, spare)| spare.try_recv().ok())
-            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
-        let mut quiet = false;
+        let mut buf = Vec::with_capacity(READ_CHUNK);
         loop {
-            let first = buf.is_empty();
-            let read = if first {
+            let read = if buf.is_empty() {
                 pipe.read_buf(&mut buf).await
             } else {
                 match tokio::time::timeout(COALESCE, pipe.read_buf(&mut buf)).await {
                     Ok(read) => read,
-                    Err(_) => {
-                        quiet = true;
-                        break;
-                    }
+                    Err(_) => break, // quiet: pass on what we have
                 }
             };
             match read {
@@ -662,15 +648,11 @@ async fn relay(
         if buf.is_empty() {
             continue;
         }
-        log.chunk(stream, &buf);
-        // The stream went quiet (or ended): bring the log file up to date now. Under a flood,
-        // records go to the file in whole batches.
-        if quiet || eof {
-            log.flush();
-        }
-        if let Some((tx, _)) = &terminal {
-            let len = buf.len() as u64;
-            match tx.try_send(buf) {
+        let chunk = Arc::new(buf);
+        log.chunk(stream, chunk.clone());
+        if let Some(tx) = &terminal {
+            let len = chunk.len() as u64;
+            match tx.try_send(chunk) {
                 Ok(()) => dropping = false,
                 Err(mpsc::TrySendError::Full(_)) => {
                     if !dropping {
