@@ -156,11 +156,13 @@ fi
 
 # slurm_node JOB RANK GPU DIR MAX_STEPS: one "node" of a 2-node Slurm job on this host.
 # `exec`: the background job's pid is the launcher's own, so a kill reaches the launcher.
+# VLA_VALIDATE_NODE_ARGS: extra vla-launch flags (e.g. "--peer-watch-port off").
 slurm_node() {
+  # shellcheck disable=SC2086
   exec env SLURM_JOB_ID=$1 SLURM_NNODES=2 SLURM_JOB_NUM_NODES=2 SLURM_NODEID=$2 SLURM_JOB_NODELIST=127.0.0.1,localhost \
     SLURM_PROCID=$2 SLURM_NTASKS=2 CUDA_VISIBLE_DEVICES=$3 \
     "$BIN" --log-dir "$4/log$2" --grace 20 --profile aloha-probe --nproc 1 \
-    --set train.max_steps="$5" >"$4/stdout$2" 2>"$4/stderr$2"
+    --set train.max_steps="$5" ${VLA_VALIDATE_NODE_ARGS:-} >"$4/stdout$2" 2>"$4/stderr$2"
 }
 
 if has slurm; then
@@ -206,6 +208,34 @@ if has slurm; then
   wait $p1; echo "node 1 exit $?" >>"$dir/result"
   log "slurm: $(tr '\n' ' ' <"$dir/result"); $(cat "$dir"/stdout* "$dir"/stderr* | grep -c VLA_PROBE_RESULT) result lines"
   log "slurm-kill: $(tr '\n' ' ' <"$kdir/result"); GPU processes after: $(($(wc -l <"$kdir/nvidia-smi-after.csv") - 1)); processes of the job left: $(wc -l <"$kdir/ps-after.txt")"
+fi
+
+if has nowatch; then
+  # The same node kill with the peer watch off: does node 0 stop by itself? (What the watch is
+  # for.) Node 0 gets up to 120 s, then SIGTERM.
+  kdir="$OUTDIR/runs/slurm-kill-nowatch"
+  mkdir -p "$kdir"
+  VLA_VALIDATE_NODE_ARGS="--peer-watch-port off" slurm_node 4444 0 0 "$kdir" 1000 &
+  k0=$!
+  VLA_VALIDATE_NODE_ARGS="--peer-watch-port off" slurm_node 4444 1 1 "$kdir" 1000 &
+  k1=$!
+  for _ in $(seq 1 240); do
+    grep -q " [3-9]/1000" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
+    sleep 0.5
+  done
+  t0=$(date +%s%N)
+  kill -TERM $k1
+  wait $k1
+  echo "node 1 launcher (SIGTERM) exit $?" >"$kdir/result"
+  for _ in $(seq 1 240); do kill -0 $k0 2>/dev/null || break; sleep 0.5; done
+  if kill -0 $k0 2>/dev/null; then
+    echo "node 0 launcher still running 120 s after node 1 was killed: sending SIGTERM" >>"$kdir/result"
+    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv >"$kdir/nvidia-smi-node0-waiting.csv"
+    kill -TERM $k0
+  fi
+  wait $k0
+  echo "node 0 launcher exit $? after $((($(date +%s%N) - t0) / 1000000)) ms" >>"$kdir/result"
+  log "slurm-kill-nowatch: $(tr '\n' ' ' <"$kdir/result")"
 fi
 
 if has ranks; then
