@@ -751,6 +751,31 @@ fn killing_one_nodes_launcher_stops_the_other_node() {
     );
 }
 
+/// A bad --peer-watch-port is refused on any launch, single-node too (exit 2, naming the flag and
+/// value), before anything is planned or written.
+#[test]
+fn a_bad_peer_watch_port_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["abc", "0", "70000"] {
+        let out = bin()
+            .args(["--profile", "aloha", "--gpus", "1xh100", "--torchrun"])
+            .arg(fake_torchrun())
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
+            .args(["--peer-watch-port", bad])
+            .envs(placeholders(dir.path()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--peer-watch-port {bad}")) && stderr.contains("off"),
+            "{stderr}"
+        );
+        assert!(!dir.path().join("logs").exists(), "refused before any run record");
+    }
+}
+
 /// `calibrate` runs the script at two batch sizes per mode, learns from the peaks it reports, and
 /// the next plan applies the correction; `--show` and `--reset` manage the store.
 #[test]

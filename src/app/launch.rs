@@ -34,6 +34,8 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
             "no profile given: `vla-launch --profile aloha` launches, `vla-launch --help` lists the commands",
         ));
     }
+    // Checked on every launch, so a typo is caught on one node before the job goes wide.
+    peer_watch_port(&args)?;
     // A real launch first asks the script which planner flags it really takes.
     let accepts = if args.dry_run {
         None
@@ -454,6 +456,21 @@ pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
 
 /// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank
 /// (scripts/probe_finetune.py): GPU UUIDs and NVML total - free peaks.
+/// `--peer-watch-port`: `Ok(None)` for off, `Ok(Some(None))` for the default port.
+fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> {
+    match args.peer_watch_port.as_deref().map(str::trim) {
+        None => Ok(Some(None)),
+        Some("off") => Ok(None),
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(Some(Some(port))),
+            _ => Err(exit(
+                2,
+                format!("--peer-watch-port {p}: not a port number (1-65535) or \"off\""),
+            )),
+        },
+    }
+}
+
 /// Several nodes: start the peer watch (node 0 listens, the others connect to it) so that one
 /// node's failure stops the whole job. `stopped` receives the reason when it stops this node.
 fn start_peer_watch(
@@ -462,6 +479,9 @@ fn start_peer_watch(
     signals: &supervisor::SignalHandle,
     stopped: Arc<Mutex<Option<String>>>,
 ) -> Result<Option<PeerWatch>> {
+    let Some(asked) = peer_watch_port(args)? else {
+        return Ok(None);
+    };
     let (true, Some(rdzv)) = (ctx.topology.is_multi_node(), &ctx.topology.rendezvous) else {
         return Ok(None);
     };
@@ -472,16 +492,7 @@ fn start_peer_watch(
     else {
         return Ok(None);
     };
-    let port = match args.peer_watch_port.as_deref().map(str::trim) {
-        Some("off") => return Ok(None),
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-            exit(
-                2,
-                format!("--peer-watch-port {p}: not a port number (1-65535) or \"off\""),
-            )
-        })?,
-        None => peers::watch_port(rdzv_port),
-    };
+    let port = asked.unwrap_or_else(|| peers::watch_port(rdzv_port));
     let handle = signals.clone();
     let on_stop: peers::OnStop = Arc::new(move |why: String| {
         warn!(
