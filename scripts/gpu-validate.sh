@@ -165,6 +165,29 @@ slurm_node() {
     --set train.max_steps="$5" ${VLA_VALIDATE_NODE_ARGS:-} >"$4/stdout$2" 2>"$4/stderr$2"
 }
 
+# kill_test KDIR NODE0_PID NODE1_PID PATIENCE_S: once node 0 trains (step 3 or later, so both ranks
+# are in NCCL collectives, where a lost peer leaves the other waiting until NCCL's timeout),
+# SIGTERM node 1's launcher; give node 0's launcher PATIENCE_S to stop by itself, then SIGTERM it.
+kill_test() {
+  local kdir=$1 k0=$2 k1=$3 patience=$4 t0
+  for _ in $(seq 1 240); do
+    grep -q " [3-9]/1000" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
+    sleep 0.5
+  done
+  t0=$(date +%s%N)
+  kill -TERM "$k1"
+  wait "$k1"
+  echo "node 1 launcher (SIGTERM) exit $?" >"$kdir/result"
+  for _ in $(seq 1 $((patience * 2))); do kill -0 "$k0" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$k0" 2>/dev/null; then
+    echo "node 0 launcher still running $patience s after node 1 was killed: sending SIGTERM" >>"$kdir/result"
+    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv >"$kdir/nvidia-smi-node0-waiting.csv"
+    kill -TERM "$k0"
+  fi
+  wait "$k0"
+  echo "node 0 launcher exit $? after $((($(date +%s%N) - t0) / 1000000)) ms" >>"$kdir/result"
+}
+
 if has slurm; then
   # Two "nodes" on one host: two launchers with a Slurm-like environment, one GPU each, one
   # world of 2 through c10d on 127.0.0.1. Beside it, a second job whose node 1 launcher is killed.
@@ -179,23 +202,7 @@ if has slurm; then
   k0=$!
   slurm_node 4343 1 3 "$kdir" 1000 &
   k1=$!
-  # Wait for training steps (not just tqdm's 0/1000 line): the kill must land while both ranks
-  # are in NCCL collectives, where a lost peer makes the other wait until NCCL's timeout.
-  for _ in $(seq 1 240); do
-    grep -q " [3-9]/1000" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
-    sleep 0.5
-  done
-  t0=$(date +%s%N)
-  kill -TERM $k1
-  wait $k1
-  echo "node 1 launcher (SIGTERM) exit $?" >"$kdir/result"
-  for _ in $(seq 1 90); do kill -0 $k0 2>/dev/null || break; sleep 0.5; done
-  if kill -0 $k0 2>/dev/null; then
-    echo "node 0 launcher still running 45 s after node 1 was killed: sending SIGTERM" >>"$kdir/result"
-    kill -TERM $k0
-  fi
-  wait $k0
-  echo "node 0 launcher exit $? after $((($(date +%s%N) - t0) / 1000000)) ms" >>"$kdir/result"
+  kill_test "$kdir" $k0 $k1 45
   sleep 1
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv >"$kdir/nvidia-smi-after.csv"
   ps -eo pid,ppid,pgid,sid,etimes,cmd | grep -E "probe_finetune|torchrun|vla-launch" | grep -v grep >"$kdir/ps-after.txt"
@@ -207,34 +214,19 @@ if has slurm; then
   wait $p0; echo "node 0 exit $?" >"$dir/result"
   wait $p1; echo "node 1 exit $?" >>"$dir/result"
   log "slurm: $(tr '\n' ' ' <"$dir/result"); $(cat "$dir"/stdout* "$dir"/stderr* | grep -c VLA_PROBE_RESULT) result lines"
-  log "slurm-kill: $(tr '\n' ' ' <"$kdir/result"); GPU processes after: $(($(wc -l <"$kdir/nvidia-smi-after.csv") - 1)); processes of the job left: $(wc -l <"$kdir/ps-after.txt")"
+  log "slurm-kill: $(tr '\n' ' ' <"$kdir/result"); GPU processes after: $(($(wc -l <"$kdir/nvidia-smi-after.csv") - 1)); processes of the killed job left: $(grep -c -E "rdzv-id 4343|max_steps 1000" "$kdir/ps-after.txt")"
 fi
 
 if has nowatch; then
   # The same node kill with the peer watch off: does node 0 stop by itself? (What the watch is
-  # for.) Node 0 gets up to 120 s, then SIGTERM.
+  # for.) Node 0 gets up to 120 s.
   kdir="$OUTDIR/runs/slurm-kill-nowatch"
   mkdir -p "$kdir"
   VLA_VALIDATE_NODE_ARGS="--peer-watch-port off" slurm_node 4444 0 0 "$kdir" 1000 &
   k0=$!
   VLA_VALIDATE_NODE_ARGS="--peer-watch-port off" slurm_node 4444 1 1 "$kdir" 1000 &
   k1=$!
-  for _ in $(seq 1 240); do
-    grep -q " [3-9]/1000" "$kdir/stderr0" "$kdir/stdout0" 2>/dev/null && break
-    sleep 0.5
-  done
-  t0=$(date +%s%N)
-  kill -TERM $k1
-  wait $k1
-  echo "node 1 launcher (SIGTERM) exit $?" >"$kdir/result"
-  for _ in $(seq 1 240); do kill -0 $k0 2>/dev/null || break; sleep 0.5; done
-  if kill -0 $k0 2>/dev/null; then
-    echo "node 0 launcher still running 120 s after node 1 was killed: sending SIGTERM" >>"$kdir/result"
-    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv >"$kdir/nvidia-smi-node0-waiting.csv"
-    kill -TERM $k0
-  fi
-  wait $k0
-  echo "node 0 launcher exit $? after $((($(date +%s%N) - t0) / 1000000)) ms" >>"$kdir/result"
+  kill_test "$kdir" $k0 $k1 120
   log "slurm-kill-nowatch: $(tr '\n' ' ' <"$kdir/result")"
 fi
 
