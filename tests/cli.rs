@@ -772,7 +772,10 @@ fn a_bad_peer_watch_port_is_refused_naming_it() {
             stderr.contains(&format!("--peer-watch-port {bad}")) && stderr.contains("off"),
             "{stderr}"
         );
-        assert!(!dir.path().join("logs").exists(), "refused before any run record");
+        assert!(
+            !dir.path().join("logs").exists(),
+            "refused before any run record"
+        );
     }
 }
 
