@@ -454,8 +454,6 @@ pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
     Ok(outcome.process_exit_code())
 }
 
-/// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank
-/// (scripts/probe_finetune.py): GPU UUIDs and NVML total - free peaks.
 /// `--peer-watch-port`: `Ok(None)` for off, `Ok(Some(None))` for the default port.
 fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> {
     match args.peer_watch_port.as_deref().map(str::trim) {
@@ -521,6 +519,8 @@ fn start_peer_watch(
     }
 }
 
+/// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank
+/// (scripts/probe_finetune.py): GPU UUIDs and NVML total - free peaks.
 fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
     const MARK: &str = "VLA_PROBE_RESULT ";
     let text = String::from_utf8_lossy(log);
