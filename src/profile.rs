@@ -197,7 +197,7 @@ fn default_allocator() -> Allocator {
 }
 
 /// Where a profile was found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "path")]
 pub enum Origin {
     File(PathBuf),

@@ -1,79 +1,185 @@
-//! A typed view of the run record the launcher writes (`plan-<stamp>.json`: the `plan --json`
-//! object plus `outcome`), for `vla-launch replay` and for feeding observed peaks to the
-//! calibration store. `load` is the only I/O; the rest is pure.
+//! The plan record: one serde type for everything the launcher writes about a plan and reads back.
+//! `plan --json` and `plan -o` write it without `outcome`; a launch writes it before torchrun
+//! starts (`plan-<stamp>.json` in the log directory) and completes it with `outcome`;
+//! `--plan-file`, `replay` and the calibration store read it. `load` is the only I/O.
+//!
+//! Format versions: 0 is the format without a `format_version` key (main up to f32ef0c); 1 adds
+//! the key and is otherwise the same object. Newer versions are refused by name. Every field a
+//! reader may miss in an older or hand-written record has a serde default, so fields can be
+//! added (to `RunOutcome` especially) without breaking records already on disk.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::budget::{Allocator, Budget, Strategy};
+use crate::budget::{Allocator, Budget, HostRam, Strategy};
 use crate::calibration::{Key, Observation, Source};
+use crate::cluster::Topology;
+use crate::gpu::Gpu;
+use crate::launch::command::AllocConf;
+use crate::model::{Component, ModelSpec};
+use crate::plan::{Alternative, Pins};
+use crate::profile::Origin;
 
-/// The value `plan_json` writes in place of a secret environment variable.
+/// The format this build writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The value written in place of a secret environment variable.
 pub const REDACTED: &str = "***";
 
-/// The configuration the plan chose, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chosen {
-    pub strategy: Strategy,
-    pub gradient_checkpointing: bool,
-    pub batch_size: u32,
-    pub grad_accumulation_steps: u32,
-    pub nproc_per_node: u32,
-    pub nnodes: u32,
-    pub global_batch: u32,
-    pub gpu_indices: Vec<u32>,
-    /// Uncorrected budget-model peak per GPU.
-    pub predicted_peak_bytes: u64,
-}
-
-/// One planned GPU as recorded before launch.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct RecordedGpu {
-    pub index: u32,
-    pub name: String,
-    pub uuid: String,
-    pub total_bytes: u64,
+/// design.md's `plan --json` object, plus what a launch adds. The chosen configuration's fields
+/// are flat (`strategy`, `batch_size`, ...) and null when the plan chose nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    /// Absent (0) in records written before the format was versioned.
     #[serde(default)]
-    pub used_bytes: u64,
-    /// Memory held by other processes at plan time (sum of their NVML figures).
-    #[serde(skip)]
-    pub others_bytes: u64,
-}
-
-/// What happened, as the launcher completed the record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub exit_code: i32,
-    pub signal: Option<i32>,
-    pub interrupted_by: Option<i32>,
-    pub duration_s: Option<f64>,
-    /// Per GPU, in the order of `observed_gpu_uuids`.
-    pub observed_peak_used_bytes: Vec<Option<u64>>,
-    pub observed_gpu_uuids: Vec<String>,
-    /// `DiagnosisKind` as recorded ("CudaOom", ...).
-    pub diagnosis_kind: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRecord {
-    pub path: PathBuf,
+    pub format_version: u32,
+    #[serde(default)]
     pub profile: String,
-    /// The exact argv: program first.
-    pub argv: Vec<String>,
-    /// Variables the launcher set, without the redacted ones.
-    pub env: BTreeMap<String, String>,
-    /// Variables whose values were redacted: `replay` takes them from its own environment.
-    pub redacted: Vec<String>,
-    /// Working directory of torchrun, when the record has it.
-    pub cwd: Option<PathBuf>,
-    pub chosen: Option<Chosen>,
+    /// Where the profile came from; absent in hand-written records.
+    #[serde(default)]
+    pub profile_origin: Option<Origin>,
+    #[serde(default)]
+    pub feasible: bool,
+    pub strategy: Option<Strategy>,
+    pub gradient_checkpointing: Option<bool>,
+    pub batch_size: Option<u32>,
+    pub grad_accumulation_steps: Option<u32>,
+    pub nproc_per_node: Option<u32>,
+    #[serde(default = "one")]
+    pub nnodes: u32,
+    #[serde(default)]
+    pub node_rank: u32,
+    pub global_batch: Option<u32>,
+    #[serde(default)]
+    pub min_global_batch: u32,
+    pub gpu_indices: Option<Vec<u32>>,
+    /// What nvidia-smi shows at the peak, calibration correction included.
+    pub predicted_peak_bytes: Option<u64>,
+    pub required_bytes: Option<u64>,
+    /// The budget model's own peak, before any calibration correction.
+    pub model_peak_bytes: Option<u64>,
+    pub correction: Option<String>,
+    pub usable_bytes: Option<u64>,
+    pub fits: Option<bool>,
+    pub step_time_s: Option<f64>,
+    pub samples_per_s: Option<f64>,
+    /// The uncorrected budget model's terms.
+    pub budget: Option<Budget>,
     pub allocator: Option<Allocator>,
-    pub gpus: Vec<RecordedGpu>,
-    /// When the run started (the record's `started_unix`, else the stamp in `plan-<stamp>.json`).
+    pub alloc_conf: Option<AllocConf>,
+    pub params: Option<Params>,
+    pub model: Option<ModelSpec>,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    pub topology: Option<Topology>,
+    pub pins: Option<Pins>,
+    #[serde(default)]
+    pub script_accepts: Vec<String>,
+    /// The exact argv, program first; null when the plan has no command.
+    pub command: Option<Vec<String>>,
+    /// Variables the launcher sets, secrets as `REDACTED`.
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub alternatives: Vec<Alternative>,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    #[serde(default)]
+    pub levers: Vec<String>,
+    pub host_ram: Option<HostRam>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub evaluated: usize,
+    /// The launch's working directory (launch records only, as the four below).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_unix: Option<u64>,
-    pub outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher_version: Option<String>,
+    /// What happened; written once torchrun has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RunOutcome>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Parameter counts of the model as planned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub total: u64,
+    pub trainable: u64,
+    pub components: Vec<Component>,
+}
+
+/// What a launch observed, as the launcher completed the record. New fields: give them a serde
+/// default so that records written before them still read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// torchrun's exit code, or 128+N when signal N ended it.
+    pub exit_code: i32,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// The first stop signal the launcher received.
+    #[serde(default)]
+    pub interrupted_by: Option<i32>,
+    /// Why another node's failure stopped this one, when it did.
+    #[serde(default)]
+    pub stopped_by_peer: Option<String>,
+    #[serde(default)]
+    pub force_killed: bool,
+    #[serde(default)]
+    pub leftover_processes: usize,
+    #[serde(default)]
+    pub duration_s: Option<f64>,
+    #[serde(default)]
+    pub log: Option<PathBuf>,
+    /// The GPUs whose peaks follow, in the same order.
+    #[serde(default)]
+    pub observed_gpu_uuids: Vec<String>,
+    /// What the hang watchdog said, each time it spoke.
+    #[serde(default)]
+    pub hangs: Option<Vec<String>>,
+    /// NVML `used` peaks (what nvidia-smi shows).
+    #[serde(default)]
+    pub observed_peak_used_bytes: Option<Vec<Option<u64>>>,
+    /// NVML total - free peaks: the quantity the budget model predicts.
+    #[serde(default)]
+    pub observed_peak_total_minus_free_bytes: Option<Vec<Option<u64>>>,
+    #[serde(default)]
+    pub diagnosis: Option<RecordedDiagnosis>,
+}
+
+/// The diagnosis of a failed run, as recorded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordedDiagnosis {
+    /// `DiagnosisKind` by name ("CudaOom", ...).
+    pub kind: String,
+    #[serde(default)]
+    pub rank: Option<u32>,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub hint: String,
+    #[serde(default)]
+    pub evidence: String,
+}
+
+impl RunOutcome {
+    /// Per GPU (in `observed_gpu_uuids` order), the peak in the budget model's terms: total -
+    /// free, or `used` in records that have only that.
+    pub fn observed_peaks(&self) -> &[Option<u64>] {
+        self.observed_peak_total_minus_free_bytes
+            .as_deref()
+            .or(self.observed_peak_used_bytes.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +194,10 @@ pub enum RecordError {
     #[error("the run record {path} is not valid JSON: {message}")]
     Parse { path: PathBuf, message: String },
     #[error(
+        "the record {path} has format version {found}, newer than this vla-launch reads (up to {FORMAT_VERSION}); use the vla-launch that wrote it, or a newer one"
+    )]
+    TooNew { path: PathBuf, found: u32 },
+    #[error(
         "the run record {path} has no command: it was written by `plan -o` or for an infeasible plan; replay needs the plan-<stamp>.json of a launch"
     )]
     NoCommand { path: PathBuf },
@@ -101,88 +211,8 @@ pub enum RecordError {
     },
 }
 
-// The record's JSON, only the fields read here; everything else is ignored.
-#[derive(Deserialize)]
-struct Raw {
-    #[serde(default)]
-    profile: Option<String>,
-    #[serde(default)]
-    command: Option<Vec<String>>,
-    #[serde(default)]
-    env: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    cwd: Option<PathBuf>,
-    #[serde(default)]
-    started_unix: Option<u64>,
-    #[serde(default)]
-    strategy: Option<Strategy>,
-    #[serde(default)]
-    gradient_checkpointing: Option<bool>,
-    #[serde(default)]
-    batch_size: Option<u32>,
-    #[serde(default)]
-    grad_accumulation_steps: Option<u32>,
-    #[serde(default)]
-    nproc_per_node: Option<u32>,
-    #[serde(default)]
-    nnodes: Option<u32>,
-    #[serde(default)]
-    global_batch: Option<u32>,
-    #[serde(default)]
-    gpu_indices: Option<Vec<u32>>,
-    #[serde(default)]
-    predicted_peak_bytes: Option<u64>,
-    #[serde(default)]
-    budget: Option<Budget>,
-    #[serde(default)]
-    allocator: Option<Allocator>,
-    #[serde(default)]
-    gpus: Vec<RawGpu>,
-    #[serde(default)]
-    outcome: Option<RawOutcome>,
-}
-
-#[derive(Deserialize)]
-struct RawGpu {
-    #[serde(flatten)]
-    gpu: RecordedGpu,
-    #[serde(default)]
-    processes: Vec<RawProcess>,
-}
-
-#[derive(Deserialize)]
-struct RawProcess {
-    #[serde(default)]
-    used_bytes: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct RawOutcome {
-    exit_code: i32,
-    #[serde(default)]
-    signal: Option<i32>,
-    #[serde(default)]
-    interrupted_by: Option<i32>,
-    #[serde(default)]
-    duration_s: Option<f64>,
-    #[serde(default)]
-    observed_peak_used_bytes: Option<Vec<Option<u64>>>,
-    /// NVML total - free: the quantity the budget model predicts (used + the driver's reserve).
-    #[serde(default)]
-    observed_peak_total_minus_free_bytes: Option<Vec<Option<u64>>>,
-    #[serde(default)]
-    observed_gpu_uuids: Vec<String>,
-    #[serde(default)]
-    diagnosis: Option<RawDiagnosis>,
-}
-
-#[derive(Deserialize)]
-struct RawDiagnosis {
-    kind: String,
-}
-
-/// Reads a run record.
-pub fn load(path: &Path) -> Result<RunRecord, RecordError> {
+/// Reads a record from a file.
+pub fn load(path: &Path) -> Result<PlanRecord, RecordError> {
     let text = std::fs::read_to_string(path).map_err(|source| RecordError::Read {
         path: path.to_path_buf(),
         source,
@@ -190,96 +220,108 @@ pub fn load(path: &Path) -> Result<RunRecord, RecordError> {
     parse(&text, path)
 }
 
-/// The record from the JSON value the launcher just wrote (no file read).
-pub fn from_value(value: &serde_json::Value, path: &Path) -> Result<RunRecord, RecordError> {
-    parse(&value.to_string(), path)
-}
-
-/// Parses a run record's text; `path` names it in errors and gives the fallback start time.
-pub fn parse(text: &str, path: &Path) -> Result<RunRecord, RecordError> {
-    let raw: Raw = serde_json::from_str(text).map_err(|e| RecordError::Parse {
+/// Parses a record's text; `path` names it in errors. Refuses a newer format by its version.
+pub fn parse(text: &str, path: &Path) -> Result<PlanRecord, RecordError> {
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        format_version: u32,
+    }
+    let parse_error = |e: serde_json::Error| RecordError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    let argv = raw
-        .command
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| RecordError::NoCommand {
-            path: path.to_path_buf(),
-        })?;
-    let mut env = BTreeMap::new();
-    let mut redacted = Vec::new();
-    for (k, v) in raw.env.unwrap_or_default() {
-        if v == REDACTED {
-            redacted.push(k);
-        } else {
-            env.insert(k, v);
-        }
-    }
-    let chosen = match (
-        raw.strategy,
-        raw.gradient_checkpointing,
-        raw.batch_size,
-        raw.grad_accumulation_steps,
-        raw.nproc_per_node,
-    ) {
-        (Some(strategy), Some(ckpt), Some(batch), Some(accum), Some(nproc)) => {
-            let nnodes = raw.nnodes.unwrap_or(1);
-            Some(Chosen {
-                strategy,
-                gradient_checkpointing: ckpt,
-                batch_size: batch,
-                grad_accumulation_steps: accum,
-                nproc_per_node: nproc,
-                nnodes,
-                global_batch: raw.global_batch.unwrap_or(batch * accum * nproc * nnodes),
-                gpu_indices: raw.gpu_indices.unwrap_or_default(),
-                // The budget terms are the uncorrected model even once a calibration correction
-                // changes `predicted_peak_bytes`; fitting against a corrected figure would compound.
-                predicted_peak_bytes: raw
-                    .budget
-                    .as_ref()
-                    .map(Budget::peak)
-                    .or(raw.predicted_peak_bytes)
-                    .unwrap_or(0),
-            })
-        }
-        _ => None,
     };
-    let gpus = raw
-        .gpus
-        .into_iter()
-        .map(|g| RecordedGpu {
-            others_bytes: g.processes.iter().filter_map(|p| p.used_bytes).sum(),
-            ..g.gpu
-        })
-        .collect();
-    let outcome = raw.outcome.map(|o| Outcome {
-        exit_code: o.exit_code,
-        signal: o.signal,
-        interrupted_by: o.interrupted_by,
-        duration_s: o.duration_s,
-        // Prefer total - free, which is what predictions are in; older records have only `used`.
-        observed_peak_used_bytes: o
-            .observed_peak_total_minus_free_bytes
-            .or(o.observed_peak_used_bytes)
-            .unwrap_or_default(),
-        observed_gpu_uuids: o.observed_gpu_uuids,
-        diagnosis_kind: o.diagnosis.map(|d| d.kind),
-    });
-    Ok(RunRecord {
-        path: path.to_path_buf(),
-        profile: raw.profile.unwrap_or_default(),
-        argv,
-        env,
-        redacted,
-        cwd: raw.cwd,
-        chosen,
-        allocator: raw.allocator,
-        gpus,
-        started_unix: raw.started_unix.or_else(|| stamp_of(path)),
-        outcome,
-    })
+    // The version first: a newer format may not parse as this one at all.
+    let version: Version = serde_json::from_str(text).map_err(parse_error)?;
+    if version.format_version > FORMAT_VERSION {
+        return Err(RecordError::TooNew {
+            path: path.to_path_buf(),
+            found: version.format_version,
+        });
+    }
+    serde_json::from_str(text).map_err(parse_error)
+}
+
+impl PlanRecord {
+    /// The record as pretty JSON with keys in alphabetical order (as every earlier version wrote
+    /// it), newline-terminated.
+    pub fn to_json_pretty(&self) -> String {
+        let value = serde_json::to_value(self).expect("a plan record always serializes");
+        serde_json::to_string_pretty(&value).expect("a JSON value always serializes") + "\n"
+    }
+
+    /// The argv to replay, or the error naming the record.
+    pub fn argv(&self, path: &Path) -> Result<&[String], RecordError> {
+        self.command
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| RecordError::NoCommand {
+                path: path.to_path_buf(),
+            })
+    }
+
+    /// Recorded variables whose values were redacted.
+    pub fn redacted(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .flatten()
+            .filter(|(_, v)| *v == REDACTED)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The environment `replay` sets: the recorded entries plus the redacted ones taken from
+    /// `current` (the replaying process's environment); errors naming any that are unset.
+    pub fn replay_env(
+        &self,
+        path: &Path,
+        current: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, RecordError> {
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for (name, value) in self.env.iter().flatten() {
+            if value != REDACTED {
+                out.push((name.clone(), value.clone()));
+            } else {
+                match current(name) {
+                    Some(v) => out.push((name.clone(), v)),
+                    None => missing.push(name.clone()),
+                }
+            }
+        }
+        if let Some(first) = missing.first().cloned() {
+            return Err(RecordError::MissingSecrets {
+                path: path.to_path_buf(),
+                names: missing.join(", "),
+                first,
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// When the run started: `started_unix`, else the stamp in `plan-<stamp>.json`.
+    pub fn started_unix(&self, path: &Path) -> Option<u64> {
+        self.started_unix.or_else(|| stamp_of(path))
+    }
+
+    /// True when the run finished by itself with exit 0: only then is its peak the peak of a
+    /// full training step (a crash or Ctrl-C may end before the first optimizer step).
+    pub fn completed(&self) -> bool {
+        self.outcome
+            .as_ref()
+            .is_some_and(|o| o.exit_code == 0 && o.interrupted_by.is_none() && o.signal.is_none())
+    }
+
+    /// The uncorrected budget-model peak per GPU: the budget terms even once a calibration
+    /// correction changed `predicted_peak_bytes` (fitting against a corrected figure would
+    /// compound), else the recorded prediction.
+    pub fn model_peak(&self) -> Option<u64> {
+        self.budget
+            .as_ref()
+            .map(Budget::peak)
+            .or(self.predicted_peak_bytes)
+    }
 }
 
 /// The `<stamp>` of `plan-<stamp>.json`, the launcher's start time in Unix seconds.
@@ -291,65 +333,44 @@ fn stamp_of(path: &Path) -> Option<u64> {
         .ok()
 }
 
-impl RunRecord {
-    /// The environment `replay` sets: the recorded entries plus the redacted ones taken from
-    /// `current` (the replaying process's environment); errors naming any that are unset.
-    pub fn replay_env(
-        &self,
-        current: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<(String, String)>, RecordError> {
-        let mut out: Vec<(String, String)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut missing = Vec::new();
-        for name in &self.redacted {
-            match current(name) {
-                Some(v) => out.push((name.clone(), v)),
-                None => missing.push(name.clone()),
-            }
-        }
-        if let Some(first) = missing.first().cloned() {
-            return Err(RecordError::MissingSecrets {
-                path: self.path.clone(),
-                names: missing.join(", "),
-                first,
-            });
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// True when the run finished by itself with exit 0: only then is its peak the peak of a
-    /// full training step (a crash or Ctrl-C may end before the first optimizer step).
-    pub fn completed(&self) -> bool {
-        self.outcome
-            .as_ref()
-            .is_some_and(|o| o.exit_code == 0 && o.interrupted_by.is_none() && o.signal.is_none())
-    }
-}
-
 /// The calibration observation of a completed run: one, for the max over its GPUs of the NVML
 /// peak less the memory other processes held at plan time; none for a run that did not complete,
-/// has no prediction, or has no observed peak. `source` says whether it was a calibration probe.
-pub fn observations(record: &RunRecord, source: Source) -> Vec<(Key, Observation)> {
-    let (Some(chosen), Some(outcome)) = (&record.chosen, &record.outcome) else {
+/// has no prediction, or has no observed peak. `source` says whether it was a calibration probe;
+/// `path` gives the start time of records without `started_unix`.
+pub fn observations(record: &PlanRecord, path: &Path, source: Source) -> Vec<(Key, Observation)> {
+    let (
+        Some(outcome),
+        Some(strategy),
+        Some(checkpointing),
+        Some(batch_size),
+        Some(_),
+        Some(nproc),
+    ) = (
+        &record.outcome,
+        record.strategy,
+        record.gradient_checkpointing,
+        record.batch_size,
+        record.grad_accumulation_steps,
+        record.nproc_per_node,
+    )
+    else {
         return Vec::new();
     };
-    if !record.completed() || chosen.predicted_peak_bytes == 0 {
+    let predicted = record.model_peak().unwrap_or(0);
+    if !record.completed() || predicted == 0 {
         return Vec::new();
     }
-    let mut best: Option<(u64, &RecordedGpu)> = None;
+    let mut best: Option<(u64, &Gpu)> = None;
     for (uuid, peak) in outcome
         .observed_gpu_uuids
         .iter()
-        .zip(&outcome.observed_peak_used_bytes)
+        .zip(outcome.observed_peaks())
     {
         let (Some(peak), Some(gpu)) = (peak, record.gpus.iter().find(|g| &g.uuid == uuid)) else {
             continue;
         };
-        let own = peak.saturating_sub(gpu.others_bytes);
+        let others: u64 = gpu.processes.iter().filter_map(|p| p.used_bytes).sum();
+        let own = peak.saturating_sub(others);
         if best.is_none_or(|(b, _)| own > b) {
             best = Some((own, gpu));
         }
@@ -360,19 +381,97 @@ pub fn observations(record: &RunRecord, source: Source) -> Vec<(Key, Observation
     let key = Key::new(
         &gpu.name,
         &record.profile,
-        chosen.strategy,
-        chosen.gradient_checkpointing,
-        chosen.nproc_per_node * chosen.nnodes,
+        strategy,
+        checkpointing,
+        nproc * record.nnodes,
     );
     vec![(
         key,
         Observation {
-            batch_size: chosen.batch_size,
-            predicted_peak_bytes: chosen.predicted_peak_bytes,
+            batch_size,
+            predicted_peak_bytes: predicted,
             observed_peak_bytes: observed,
             allocator: record.allocator.unwrap_or(Allocator::Default),
-            timestamp_unix: record.started_unix.unwrap_or(0),
+            timestamp_unix: record.started_unix(path).unwrap_or(0),
             source,
         },
     )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIN_RUN: &str =
+        include_str!("../tests/fixtures/records/main-f32ef0c-run-plan-1795850263.json");
+    const MAIN_PLAN_O: &str = include_str!("../tests/fixtures/records/main-f32ef0c-plan-o.json");
+
+    /// A record written by main before versioning reads as version 0, and writing it back gives
+    /// the same JSON (plus the version): the typed record drops nothing of the old format.
+    #[test]
+    fn records_written_by_main_before_versioning_read_losslessly() {
+        for (name, text) in [("run", MAIN_RUN), ("plan -o", MAIN_PLAN_O)] {
+            let rec = parse(text, Path::new("plan-1795850263.json")).unwrap();
+            assert_eq!(rec.format_version, 0, "{name}");
+            let mut original: serde_json::Value = serde_json::from_str(text).unwrap();
+            original["format_version"] = 0.into();
+            let again: serde_json::Value = serde_json::from_str(&rec.to_json_pretty()).unwrap();
+            assert_eq!(again, original, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_launch_record_of_main_gives_replay_and_calibration_what_they_need() {
+        let path = Path::new("/logs/plan-1795850263.json");
+        let rec = parse(MAIN_RUN, path).unwrap();
+        let argv = rec.argv(path).unwrap();
+        assert!(argv[0].ends_with("fake_torchrun"), "{argv:?}");
+        assert_eq!(argv.last().map(String::as_str), Some("x"));
+        assert_eq!(rec.started_unix(path), Some(1795850263));
+        assert!(rec.completed());
+        let outcome = rec.outcome.as_ref().unwrap();
+        assert_eq!(outcome.observed_peaks(), &[Some(42949672960)]);
+        let obs = observations(&rec, path, Source::Run);
+        assert_eq!(obs.len(), 1);
+        assert_eq!(obs[0].1.observed_peak_bytes, 42949672960);
+        assert_eq!(obs[0].1.batch_size, 8);
+        assert_eq!(obs[0].0.profile, "aloha");
+    }
+
+    #[test]
+    fn a_plan_o_record_of_main_pins_but_teaches_calibration_nothing() {
+        let path = Path::new("/plans/plan.json");
+        let rec = parse(MAIN_PLAN_O, path).unwrap();
+        assert!(rec.feasible);
+        assert_eq!(
+            (rec.batch_size, rec.nproc_per_node, rec.min_global_batch),
+            (Some(8), Some(2), 16)
+        );
+        assert!(!rec.completed());
+        assert!(observations(&rec, path, Source::Run).is_empty());
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_naming_its_version() {
+        let mut v: serde_json::Value = serde_json::from_str(MAIN_RUN).unwrap();
+        v["format_version"] = (FORMAT_VERSION + 1).into();
+        // Even when the rest would not parse as this format.
+        v["gpus"] = "changed".into();
+        let e = parse(&v.to_string(), Path::new("/r/plan-2.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("format version {}", FORMAT_VERSION + 1))
+                && e.contains("/r/plan-2.json"),
+            "{e}"
+        );
+    }
+
+    /// The record format as this build writes it (plan -o of main's fixture, re-versioned).
+    #[test]
+    fn record_format_snapshot() {
+        let mut rec = parse(MAIN_RUN, Path::new("plan-1795850263.json")).unwrap();
+        rec.format_version = FORMAT_VERSION;
+        insta::assert_snapshot!(rec.to_json_pretty());
+    }
 }

@@ -255,7 +255,7 @@ fn run_records_feed_the_store() {
         let path = dir.path().join(format!("plan-{}.json", 1700000000 + i));
         std::fs::write(&path, record_json(batch, p, observed, 0)).unwrap();
         let rec = record::load(&path).unwrap();
-        for (k, o) in record::observations(&rec, Source::Calibrate) {
+        for (k, o) in record::observations(&rec, &path, Source::Calibrate) {
             store.add(k, o);
         }
     }
@@ -315,26 +315,32 @@ fn record_gives_what_replay_needs() {
     std::fs::write(&path, v.to_string()).unwrap();
     let rec = record::load(&path).unwrap();
     assert_eq!(rec.profile, "aloha");
-    assert_eq!(rec.argv[0], "torchrun");
-    assert_eq!(rec.argv.last().unwrap(), "4");
+    let argv = rec.argv(&path).unwrap();
+    assert_eq!(argv[0], "torchrun");
+    assert_eq!(argv.last().unwrap(), "4");
     assert_eq!(rec.cwd.as_deref(), Some(Path::new("/work/openvla-oft")));
-    assert_eq!(rec.redacted, vec!["HF_TOKEN".to_string()]);
-    assert!(!rec.env.contains_key("HF_TOKEN"));
-    assert_eq!(rec.started_unix, Some(1700000123));
-    let c = rec.chosen.as_ref().unwrap();
+    assert_eq!(rec.redacted(), vec!["HF_TOKEN".to_string()]);
+    assert_eq!(
+        rec.env.as_ref().unwrap()["HF_TOKEN"],
+        record::REDACTED,
+        "the secret's value is not in the record"
+    );
+    assert_eq!(rec.started_unix(&path), Some(1700000123));
     assert_eq!(
         (
-            c.strategy,
-            c.batch_size,
-            c.grad_accumulation_steps,
-            c.global_batch
+            rec.strategy,
+            rec.batch_size,
+            rec.grad_accumulation_steps,
+            rec.global_batch
         ),
-        (Strategy::Ddp, 4, 4, 32)
+        (Some(Strategy::Ddp), Some(4), Some(4), Some(32))
     );
 
     // Secrets come from the replaying environment, or replay refuses naming them.
     let env = rec
-        .replay_env(&|k: &str| (k == "HF_TOKEN").then(|| "hf_x".to_string()))
+        .replay_env(&path, &|k: &str| {
+            (k == "HF_TOKEN").then(|| "hf_x".to_string())
+        })
         .unwrap();
     assert_eq!(
         env,
@@ -343,7 +349,10 @@ fn record_gives_what_replay_needs() {
             ("HF_TOKEN".to_string(), "hf_x".to_string())
         ]
     );
-    let e = rec.replay_env(&|_: &str| None).unwrap_err().to_string();
+    let e = rec
+        .replay_env(&path, &|_: &str| None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("export HF_TOKEN="), "{e}");
 }
 
@@ -365,7 +374,7 @@ fn only_completed_runs_are_observations() {
         std::fs::write(&path, v.to_string()).unwrap();
         let rec = record::load(&path).unwrap();
         assert_eq!(
-            record::observations(&rec, Source::Run).len(),
+            record::observations(&rec, &path, Source::Run).len(),
             n,
             "exit {exit}, interrupted {interrupted:?}"
         );
@@ -383,7 +392,7 @@ fn observation_uses_the_uncorrected_budget_and_the_worst_gpu() {
         "fsdp_working": 0, "transients": 0, "allocator_slack": GIB, "overhead": GIB
     });
     let rec = record::parse(&v.to_string(), Path::new("plan-9.json")).unwrap();
-    let obs = record::observations(&rec, Source::Run);
+    let obs = record::observations(&rec, Path::new("plan-9.json"), Source::Run);
     let (k, o) = &obs[0];
     assert_eq!(k, &key());
     assert_eq!(o.predicted_peak_bytes, 30 * GIB);
@@ -401,7 +410,9 @@ fn record_errors_name_the_file_and_the_fix() {
         (r#"{"profile": "aloha"}"#, "has no command"),
     ];
     for (text, want) in table {
-        let e = record::parse(text, Path::new("/r/plan-1.json"))
+        let path = Path::new("/r/plan-1.json");
+        let e = record::parse(text, path)
+            .and_then(|r| r.argv(path).map(|_| ()))
             .unwrap_err()
             .to_string();
         assert!(e.contains(want) && e.contains("/r/plan-1.json"), "{e}");

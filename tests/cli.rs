@@ -1042,3 +1042,84 @@ fn ranks_filter_reaches_torchrun_and_bad_ranks_are_refused() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--ranks 0,7"));
 }
+
+/// `plan --json` as design.md's object, format version included: a snapshot of the whole record.
+#[test]
+fn plan_json_snapshot() {
+    let out = bin()
+        .args(["plan", "--profile", "aloha", "--gpus", "2xh100", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap());
+}
+
+/// A `plan -o` file written by main before the record had a format version still pins a launch.
+#[test]
+fn plan_file_written_before_format_versions_still_pins_a_launch() {
+    let out = bin()
+        .args([
+            "--plan-file",
+            "tests/fixtures/records/main-f32ef0c-plan-o.json",
+        ])
+        .args(["--gpus", "2xh100", "--dry-run"])
+        .envs(placeholders("/r"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("--nproc-per-node 2") && stdout.contains("--batch_size 8"),
+        "{stdout}"
+    );
+}
+
+/// A launch record written by main before format versions replays (its torchrun and working
+/// directory moved to this checkout); a record of a newer format is refused naming its version.
+#[test]
+fn replay_of_a_record_written_before_format_versions_and_refusal_of_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let old =
+        std::fs::read_to_string("tests/fixtures/records/main-f32ef0c-run-plan-1795850263.json")
+            .unwrap()
+            .replace(
+                "/work/wt/structure/tests/fixtures/",
+                &format!("{}/tests/fixtures/", env!("CARGO_MANIFEST_DIR")),
+            );
+    let path = dir.path().join("plan-1795850263.json");
+    std::fs::write(&path, &old).unwrap();
+    let argv_file = dir.path().join("argv.json");
+    let out = bin()
+        .arg("replay")
+        .arg(&path)
+        .env("FAKE_RECORD", &argv_file)
+        .env("FAKE_EXIT", "5")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the replayed run's failure: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&argv_file).unwrap()).unwrap();
+    assert_eq!(seen["argv"].as_array().unwrap().last().unwrap(), "x");
+    assert_eq!(
+        seen["env"]["PYTORCH_CUDA_ALLOC_CONF"],
+        "expandable_segments:True"
+    );
+
+    let mut newer: serde_json::Value = serde_json::from_str(&old).unwrap();
+    newer["format_version"] = 99.into();
+    std::fs::write(&path, newer.to_string()).unwrap();
+    let out = bin().arg("replay").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("format version 99"), "{stderr}");
+}

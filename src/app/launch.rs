@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
     Context, RanksFilter, build_context, command_for, confirm_script_flags, env_var, exit,
-    load_profile, plan_json, warn_missing,
+    load_profile, plan_record, warn_missing,
 };
+use crate::budget::Strategy;
 use crate::calibration::{self, Source, Store};
 use crate::cli::{LaunchArgs, PlanningArgs, StrategyArg, Toggle};
 use crate::cluster::peers::{self, PeerWatch};
@@ -22,6 +22,7 @@ use crate::launch::supervisor::{self, SuperviseOptions};
 use crate::monitor::{Monitor, NvmlSampler, WatchdogConfig};
 use crate::plan::retry;
 use crate::profile;
+use crate::record::{self, PlanRecord, RecordedDiagnosis, RunOutcome};
 use crate::units::fmt_gib;
 
 pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
@@ -145,11 +146,8 @@ pub(super) fn load_store() -> Store {
 }
 
 /// Adds a completed run's observed peak to the store (normal runs and calibration probes alike).
-fn learn_from(record: &serde_json::Value, record_path: &Path, source: Source) {
-    let Ok(rec) = crate::record::from_value(record, record_path) else {
-        return;
-    };
-    let observations = crate::record::observations(&rec, source);
+fn learn_from(record: &PlanRecord, record_path: &Path, source: Source) {
+    let observations = record::observations(record, record_path, source);
     if observations.is_empty() {
         return;
     }
@@ -175,23 +173,27 @@ fn learn_from(record: &serde_json::Value, record_path: &Path, source: Source) {
 /// node 0), so all nodes pass identical planner flags; this node only checks its GPUs can hold it.
 fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
     let bad = |why: String| exit(2, format!("--plan-file {}: {why}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("not a plan written by `vla-launch plan -o`: {e}")))?;
-    if v["feasible"] != json!(true) {
+    let v = match record::load(path) {
+        Ok(v) => v,
+        Err(record::RecordError::Read { source, .. }) => {
+            return Err(bad(format!("cannot read it: {source}")));
+        }
+        Err(record::RecordError::Parse { message, .. }) => {
+            return Err(bad(format!(
+                "not a plan written by `vla-launch plan -o`: {message}"
+            )));
+        }
+        Err(e) => return Err(exit(2, e.to_string())),
+    };
+    if !v.feasible {
         return Err(bad("the plan in it is not feasible; plan again".into()));
     }
-    let num = |key: &str| -> Result<u32> {
-        v[key]
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                bad(format!(
-                    "no `{key}` in it; write it with `vla-launch plan -o FILE`"
-                ))
-            })
+    let missing = |key: &str| {
+        bad(format!(
+            "no `{key}` in it; write it with `vla-launch plan -o FILE`"
+        ))
     };
-    let profile = v["profile"].as_str().unwrap_or_default().to_string();
+    let profile = v.profile.clone();
     match &args.profile {
         Some(p)
             if Path::new(p).file_stem().and_then(|s| s.to_str()) != Some(profile.as_str())
@@ -204,27 +206,30 @@ fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
         Some(_) => {}
         None => args.profile = Some(profile),
     }
-    args.strategy = match v["strategy"].as_str() {
-        Some("ddp") => StrategyArg::Ddp,
-        Some("fsdp") => StrategyArg::Fsdp,
-        other => return Err(bad(format!("unknown strategy {other:?}"))),
+    args.strategy = match v.strategy {
+        Some(Strategy::Ddp) => StrategyArg::Ddp,
+        Some(Strategy::Fsdp) => StrategyArg::Fsdp,
+        None => return Err(missing("strategy")),
     };
-    args.checkpointing = match v["gradient_checkpointing"].as_bool() {
+    args.checkpointing = match v.gradient_checkpointing {
         Some(true) => Toggle::On,
         Some(false) => Toggle::Off,
         None => return Err(bad("no `gradient_checkpointing` in it".into())),
     };
-    args.batch_size = Some(num("batch_size")?);
-    args.grad_accum = Some(num("grad_accumulation_steps")?);
-    args.nproc = Some(num("nproc_per_node")?);
-    let nnodes = num("nnodes")?;
+    args.batch_size = Some(v.batch_size.ok_or_else(|| missing("batch_size"))?);
+    args.grad_accum = Some(
+        v.grad_accumulation_steps
+            .ok_or_else(|| missing("grad_accumulation_steps"))?,
+    );
+    args.nproc = Some(v.nproc_per_node.ok_or_else(|| missing("nproc_per_node"))?);
+    let nnodes = v.nnodes;
     if args.nnodes.is_some_and(|n| n != nnodes) {
         return Err(bad(format!(
             "it is for {nnodes} nodes, but --nnodes says otherwise"
         )));
     }
     args.nnodes = Some(nnodes);
-    args.global_batch = Some(num("min_global_batch")?);
+    args.global_batch = Some(v.min_global_batch);
     Ok(())
 }
 
@@ -291,12 +296,14 @@ pub(super) fn launch_once(
     }
     let log_path = log_dir.join(format!("run-{stamp}.log"));
     let plan_path = log_dir.join(format!("plan-{stamp}.json"));
-    let mut record = plan_json(ctx, Some(&cmd));
-    record["cwd"] = json!(cmd.cwd);
-    record["started_unix"] = json!(started);
-    record["attempt"] = json!(attempt);
-    record["launcher_version"] = json!(env!("CARGO_PKG_VERSION"));
-    std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n")
+    let mut record = PlanRecord {
+        cwd: Some(cmd.cwd.clone()),
+        started_unix: Some(started),
+        attempt: Some(attempt),
+        launcher_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        ..plan_record(ctx, Some(&cmd))
+    };
+    std::fs::write(&plan_path, record.to_json_pretty())
         .map_err(|e| exit(4, format!("cannot write {}: {e}", plan_path.display())))?;
     eprintln!("vla-launch: {}", command::display(&cmd));
     let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
@@ -377,28 +384,30 @@ pub(super) fn launch_once(
         eprintln!("vla-launch: {}", d.summary);
         eprintln!("vla-launch: hint: {}", d.hint);
     }
-    record["outcome"] = json!({
-        "exit_code": outcome.exit_code,
-        "signal": outcome.signal,
-        "interrupted_by": outcome.interrupted_by,
-        "stopped_by_peer": stopped_by_peer,
-        "force_killed": outcome.force_killed,
-        "leftover_processes": outcome.leftover_processes,
-        "duration_s": outcome.duration.as_secs_f64(),
-        "log": outcome.log_path,
-        "observed_gpu_uuids": uuids,
-        "hangs": peaks.as_ref().map(|p| &p.hangs),
-        "observed_peak_used_bytes": peaks.as_ref().map(|p| &p.peak_used_bytes),
-        "observed_peak_total_minus_free_bytes": peaks.as_ref().map(|p| &p.peak_total_minus_free_bytes),
-        "diagnosis": diagnosis.as_ref().map(|d| json!({
-            "kind": format!("{:?}", d.kind),
-            "rank": d.rank,
-            "summary": d.summary,
-            "hint": d.hint,
-            "evidence": d.evidence,
-        })),
+    record.outcome = Some(RunOutcome {
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        interrupted_by: outcome.interrupted_by,
+        stopped_by_peer,
+        force_killed: outcome.force_killed,
+        leftover_processes: outcome.leftover_processes,
+        duration_s: Some(outcome.duration.as_secs_f64()),
+        log: Some(outcome.log_path.clone()),
+        observed_gpu_uuids: uuids,
+        hangs: peaks.as_ref().map(|p| p.hangs.clone()),
+        observed_peak_used_bytes: peaks.as_ref().map(|p| p.peak_used_bytes.clone()),
+        observed_peak_total_minus_free_bytes: peaks
+            .as_ref()
+            .map(|p| p.peak_total_minus_free_bytes.clone()),
+        diagnosis: diagnosis.as_ref().map(|d| RecordedDiagnosis {
+            kind: format!("{:?}", d.kind),
+            rank: d.rank,
+            summary: d.summary.clone(),
+            hint: d.hint.clone(),
+            evidence: d.evidence.clone(),
+        }),
     });
-    if let Err(e) = std::fs::write(&plan_path, serde_json::to_string_pretty(&record)? + "\n") {
+    if let Err(e) = std::fs::write(&plan_path, record.to_json_pretty()) {
         warn!(
             "cannot complete the run record {}: {e}",
             plan_path.display()
@@ -422,12 +431,12 @@ pub(super) fn launch_once(
 
 /// `vla-launch replay plan.json`: runs exactly the recorded command again.
 pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
-    let rec = crate::record::load(path).map_err(|e| exit(2, e.to_string()))?;
+    let rec = record::load(path).map_err(|e| exit(2, e.to_string()))?;
+    let argv = rec.argv(path).map_err(|e| exit(2, e.to_string()))?;
     let env = rec
-        .replay_env(&env_var)
+        .replay_env(path, &env_var)
         .map_err(|e| exit(2, e.to_string()))?;
-    let (program, rest) = rec
-        .argv
+    let (program, rest) = argv
         .split_first()
         .ok_or_else(|| exit(2, format!("{}: the record has no command", path.display())))?;
     let cmd = LaunchCommand {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
 use tracing::{info, warn};
 
 use crate::budget::Strategy;
@@ -22,6 +21,7 @@ use crate::launch::supervisor;
 use crate::model;
 use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
 use crate::profile::{self, Loaded};
+use crate::record::{self, Params, PlanRecord};
 use crate::script_caps;
 use crate::units::{GIB, fmt_gib};
 
@@ -440,8 +440,8 @@ fn argv_of(cmd: &LaunchCommand) -> Vec<String> {
         .collect()
 }
 
-/// design.md's `plan --json` object.
-pub fn plan_json(ctx: &Context, command: Option<&LaunchCommand>) -> serde_json::Value {
+/// design.md's `plan --json` object: the plan record without what a launch adds.
+pub fn plan_record(ctx: &Context, command: Option<&LaunchCommand>) -> PlanRecord {
     let plan = &ctx.plan;
     let c = plan.chosen.as_ref();
     let components = model::components(&ctx.spec).unwrap_or_default();
@@ -451,53 +451,68 @@ pub fn plan_json(ctx: &Context, command: Option<&LaunchCommand>) -> serde_json::
         .filter(|c| c.trainable)
         .map(|c| c.params)
         .sum();
-    json!({
-        "profile": ctx.loaded.name,
-        "profile_origin": ctx.loaded.origin,
-        "feasible": plan.feasible,
-        "strategy": c.map(|c| c.strategy),
-        "gradient_checkpointing": c.map(|c| c.gradient_checkpointing),
-        "batch_size": c.map(|c| c.batch_size),
-        "grad_accumulation_steps": c.map(|c| c.grad_accumulation_steps),
-        "nproc_per_node": c.map(|c| c.nproc_per_node),
-        "nnodes": ctx.topology.nnodes,
-        "node_rank": ctx.topology.node_rank,
-        "global_batch": c.map(|c| c.global_batch),
-        "min_global_batch": ctx.policy.min_global_batch,
-        "gpu_indices": c.map(|c| c.gpu_indices.clone()),
-        "predicted_peak_bytes": c.map(|c| c.predicted_peak_bytes),
-        "required_bytes": c.map(|c| c.required_bytes),
-        "model_peak_bytes": c.map(|c| c.model_peak_bytes),
-        "correction": c.and_then(|c| c.correction.clone()),
-        "usable_bytes": c.map(|c| c.usable_bytes),
-        "fits": c.map(|c| c.fits),
-        "step_time_s": c.map(|c| c.step_time_s),
-        "samples_per_s": c.map(|c| c.samples_per_s),
-        "budget": c.map(|c| &c.budget),
-        "allocator": ctx.policy.allocator,
-        "alloc_conf": ctx.alloc_conf,
-        "params": {
-            "total": total,
-            "trainable": trainable,
-            "components": components,
-        },
-        "model": ctx.spec,
-        "gpus": ctx.gpus,
-        "topology": ctx.topology,
-        "pins": ctx.pins,
-        "script_accepts": ctx.accepts,
-        "command": command.map(argv_of),
-        "env": command.map(|cmd| cmd.env.iter().map(|(k, v)| {
-            let v = if command::is_secret(k) { "***".to_string() } else { v.clone() };
-            (k.clone(), serde_json::Value::String(v))
-        }).collect::<serde_json::Map<_, _>>()),
-        "alternatives": plan.alternatives,
-        "reasons": plan.reasons,
-        "levers": plan.levers,
-        "host_ram": plan.host_ram,
-        "warnings": ctx.warnings,
-        "evaluated": plan.evaluated,
-    })
+    PlanRecord {
+        format_version: record::FORMAT_VERSION,
+        profile: ctx.loaded.name.clone(),
+        profile_origin: Some(ctx.loaded.origin.clone()),
+        feasible: plan.feasible,
+        strategy: c.map(|c| c.strategy),
+        gradient_checkpointing: c.map(|c| c.gradient_checkpointing),
+        batch_size: c.map(|c| c.batch_size),
+        grad_accumulation_steps: c.map(|c| c.grad_accumulation_steps),
+        nproc_per_node: c.map(|c| c.nproc_per_node),
+        nnodes: ctx.topology.nnodes,
+        node_rank: ctx.topology.node_rank,
+        global_batch: c.map(|c| c.global_batch),
+        min_global_batch: ctx.policy.min_global_batch,
+        gpu_indices: c.map(|c| c.gpu_indices.clone()),
+        predicted_peak_bytes: c.map(|c| c.predicted_peak_bytes),
+        required_bytes: c.map(|c| c.required_bytes),
+        model_peak_bytes: c.map(|c| c.model_peak_bytes),
+        correction: c.and_then(|c| c.correction.clone()),
+        usable_bytes: c.map(|c| c.usable_bytes),
+        fits: c.map(|c| c.fits),
+        step_time_s: c.map(|c| c.step_time_s),
+        samples_per_s: c.map(|c| c.samples_per_s),
+        budget: c.map(|c| c.budget.clone()),
+        allocator: Some(ctx.policy.allocator),
+        alloc_conf: Some(ctx.alloc_conf.clone()),
+        params: Some(Params {
+            total,
+            trainable,
+            components,
+        }),
+        model: Some(ctx.spec.clone()),
+        gpus: ctx.gpus.clone(),
+        topology: Some(ctx.topology.clone()),
+        pins: Some(ctx.pins.clone()),
+        script_accepts: ctx.accepts.clone(),
+        command: command.map(argv_of),
+        env: command.map(|cmd| {
+            cmd.env
+                .iter()
+                .map(|(k, v)| {
+                    let v = if command::is_secret(k) {
+                        record::REDACTED.to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        }),
+        alternatives: plan.alternatives.clone(),
+        reasons: plan.reasons.clone(),
+        levers: plan.levers.clone(),
+        host_ram: plan.host_ram,
+        warnings: ctx.warnings.clone(),
+        evaluated: plan.evaluated,
+        cwd: None,
+        started_unix: None,
+        attempt: None,
+        launcher_version: None,
+        outcome: None,
+    }
 }
 
 fn cmd_plan(args: PlanArgs) -> Result<i32> {
@@ -520,9 +535,9 @@ fn cmd_plan(args: PlanArgs) -> Result<i32> {
         },
         _ => None,
     };
-    let value = plan_json(&ctx, command.as_ref());
+    let record = plan_record(&ctx, command.as_ref()).to_json_pretty();
     if let Some(path) = &args.output {
-        std::fs::write(path, serde_json::to_string_pretty(&value)? + "\n").map_err(|e| {
+        std::fs::write(path, &record).map_err(|e| {
             exit(
                 2,
                 format!("-o {}: cannot write the plan: {e}", path.display()),
@@ -531,7 +546,7 @@ fn cmd_plan(args: PlanArgs) -> Result<i32> {
         info!("plan written to {}", path.display());
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        print!("{record}");
     } else {
         print!("{}", ctx.render(args.explain));
         if let Some(cmd) = &command {

@@ -65,7 +65,7 @@ impl Inherited {
 }
 
 /// Where the effective `PYTORCH_CUDA_ALLOC_CONF` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AllocConfSource {
     /// The launcher's default (`DEFAULT_ALLOC_CONF`).
@@ -76,7 +76,7 @@ pub enum AllocConfSource {
     Profile,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AllocConf {
     pub value: String,
     pub source: AllocConfSource,

@@ -24,7 +24,7 @@ pub mod explain;
 pub mod retry;
 pub mod speed;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::budget::{self, Allocator, Budget, Config, Strategy};
 use crate::gpu::Gpu;
@@ -48,7 +48,7 @@ pub struct Policy {
 }
 
 /// Axes pinned by the user (`--batch-size` etc.); `None` lets the search choose.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pins {
     pub strategy: Option<Strategy>,
     pub batch_size: Option<u32>,
@@ -89,7 +89,7 @@ pub struct Calibration<'a> {
 }
 
 /// One evaluated configuration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub strategy: Strategy,
     pub gradient_checkpointing: bool,
@@ -151,7 +151,7 @@ pub fn strategy_name(s: Strategy) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alternative {
     #[serde(flatten)]
     pub candidate: Candidate,

@@ -63,7 +63,7 @@ pub struct SpeedInput {
 }
 
 /// Estimated seconds per optimizer step, split into its parts for `--explain`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepTime {
     pub compute_s: f64,
     pub fixed_s: f64,
