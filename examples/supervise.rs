@@ -29,8 +29,9 @@ fn main() {
             std::process::exit(outcome.process_exit_code());
         }
         Err(e) => {
+            let e = vla_launch::app::AppError::from(e);
             eprintln!("error: {e}");
-            std::process::exit(e.exit_code());
+            std::process::exit(e.exit_code().code());
         }
     }
 }

@@ -29,12 +29,14 @@ fn init_tracing(verbose: u8, quiet: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
-    match app::run(cli) {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+    let code = match app::run(cli) {
+        Ok(code) => code,
         Err(err) => {
-            let code = app::exit_code_of(&err);
-            eprintln!("error: {err:#}");
-            ExitCode::from(code.clamp(0, 255) as u8)
+            let code = err.exit_code();
+            // anyhow prints the error with its causes, as one line.
+            eprintln!("error: {:#}", anyhow::Error::from(err));
+            code
         }
-    }
+    };
+    ExitCode::from(code.code().clamp(0, 255) as u8)
 }

@@ -1,5 +1,6 @@
 //! Discovery against fake device sources: ordering, CUDA_VISIBLE_DEVICES, bf16, MIG, output.
 
+use vla_launch::app::AppError;
 use vla_launch::gpu::{
     FakeSource, GpuError, GpuProcess, NVML_UNAVAILABLE, RawDevice, cuda_visible_devices_value,
     discover, render_table,
@@ -69,8 +70,8 @@ fn nothing_visible_is_an_environment_error_that_says_why() {
             matches!(err, GpuError::NoneVisible { .. }),
             "{cvd:?}: {err}"
         );
-        assert_eq!(err.exit_code(), 4);
         assert!(err.to_string().contains("CUDA_VISIBLE_DEVICES="), "{err}");
+        assert_eq!(AppError::from(err).exit_code().code(), 4);
     }
 }
 
@@ -103,7 +104,7 @@ fn gpus_without_bf16_are_left_out_or_refused() {
     let err = discover(&mixed, Some("0")).unwrap_err();
     assert!(matches!(err, GpuError::NoBf16 { .. }));
     assert!(err.to_string().contains("GPU-v100"), "{err}");
-    assert_eq!(err.exit_code(), 4);
+    assert_eq!(AppError::from(err).exit_code().code(), 4);
 
     // Compute capability unknown to NVML: the known-model table fills it in.
     let mut t4 = device(0, "GPU-t4", 0x10, "Tesla T4", (0, 0));
@@ -120,7 +121,7 @@ fn no_driver_and_no_gpu() {
         NVML_UNAVAILABLE,
         "NVML not found: no NVIDIA driver on this machine; use --gpus to plan for other GPUs"
     );
-    assert_eq!(err.exit_code(), 4);
+    assert_eq!(AppError::from(err).exit_code().code(), 4);
     let err = discover(&FakeSource::new(vec![]), None).unwrap_err();
     assert!(matches!(err, GpuError::NoGpus));
 }

@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use vla_launch::app::AppError;
 use vla_launch::gpu::{GpuError, GpuSource, NVML_UNAVAILABLE, NvmlSource, discover};
 use vla_launch::units::MIB;
 
@@ -36,7 +37,7 @@ fn nvml_source_matches_nvidia_smi_or_reports_no_driver() {
     let devices = match NvmlSource.devices() {
         Err(e @ GpuError::NvmlUnavailable { .. }) => {
             assert_eq!(e.to_string(), NVML_UNAVAILABLE);
-            assert_eq!(e.exit_code(), 4);
+            assert_eq!(AppError::from(e).exit_code().code(), 4);
             return;
         }
         other => other.expect("NVML is present but the query failed"),

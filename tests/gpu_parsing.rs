@@ -1,5 +1,6 @@
 //! Table-driven parsing of CUDA_VISIBLE_DEVICES and `--gpus`, hostile inputs included.
 
+use vla_launch::app::AppError;
 use vla_launch::gpu::cuda_visible::{Entry, parse, resolve};
 use vla_launch::gpu::spec::{DRIVER_RESERVE_BYTES, MAX_GPUS, SpecError, parse_gpus_spec};
 use vla_launch::gpu::{GpuError, lookup_alias, lookup_by_name};
@@ -197,7 +198,11 @@ fn gpus_spec_errors_name_the_bad_part() {
         assert!(msg.contains(fragment), "{shown:?}: {msg}");
         let bounded = msg.len() < 400 || matches!(err, SpecError::UnknownModel { .. });
         assert!(bounded, "{shown:?}: message too long: {msg}");
-        assert_eq!(GpuError::from(err).exit_code(), 2, "{shown:?}");
+        assert_eq!(
+            AppError::from(GpuError::from(err)).exit_code().code(),
+            2,
+            "{shown:?}"
+        );
     }
     assert_eq!(MAX_GPUS, 1024);
 }

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-
 use super::launch::{launch_once, store_path};
-use super::{build_context, command_for, confirm_script_flags, exit, load_profile, warn_missing};
+use super::{
+    AppError, ExitCode, Result, build_context, command_for, confirm_script_flags, load_profile,
+    warn_missing,
+};
 use crate::calibration::{self, Source, Store};
 use crate::cli::CalibrateArgs;
 use crate::launch::command;
@@ -14,7 +15,7 @@ use crate::plan;
 use crate::units::fmt_gib;
 
 /// `vla-launch calibrate`: probe runs at two batch sizes per mode, observed peaks into the store.
-pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
+pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     let CalibrateArgs {
         mut launch,
         steps,
@@ -25,27 +26,26 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
         .planning
         .profile
         .clone()
-        .ok_or_else(|| exit(2, "calibrate needs --profile NAME"))?;
-    let path =
-        store_path().ok_or_else(|| exit(4, "no calibration store: set VLA_LAUNCH_CACHE_DIR"))?;
+        .ok_or_else(|| AppError::usage("calibrate needs --profile NAME"))?;
+    let path = store_path()
+        .ok_or_else(|| AppError::environment("no calibration store: set VLA_LAUNCH_CACHE_DIR"))?;
     let profile_name = load_profile(Some(&name), &launch.planning.sets)?.name;
-    let mut store = calibration::load(&path).map_err(|e| exit(4, e.to_string()))?;
+    let mut store = calibration::load(&path)?;
     if reset {
         let n = store.remove_where(|k| k.profile == profile_name);
-        calibration::save(&store, &path).map_err(|e| exit(4, e.to_string()))?;
+        calibration::save(&store, &path)?;
         println!(
             "removed {n} calibration entries of profile '{profile_name}' from {}",
             path.display()
         );
-        return Ok(0);
+        return Ok(ExitCode::Success);
     }
     if show {
         print!("{}", describe_store(&store, &profile_name));
-        return Ok(0);
+        return Ok(ExitCode::Success);
     }
     if steps == 0 {
-        return Err(exit(
-            2,
+        return Err(AppError::usage(
             "--steps 0: a probe run needs at least 1 optimizer step",
         ));
     }
@@ -62,8 +62,7 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
     let mut ctx = build_context(&launch.planning, &launch.extra, accepts, launch.dry_run)?;
     let runs = calibration::probe_runs(&ctx.plan_input(), &ctx.loaded.name)?;
     if runs.is_empty() {
-        return Err(exit(
-            3,
+        return Err(AppError::infeasible(
             "nothing to calibrate: not even batch 1 fits these GPUs",
         ));
     }
@@ -97,18 +96,22 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<i32> {
         }
         let result = launch_once(&ctx, &launch, &log_dir, 0, Source::Calibrate)?;
         if result.outcome.interrupted_by.is_some() {
-            return Ok(result.outcome.process_exit_code());
+            return Ok(ExitCode::of_run(result.outcome.process_exit_code()));
         }
         if result.outcome.exit_code != 0 {
             failed += 1;
         }
     }
     if launch.dry_run {
-        return Ok(0);
+        return Ok(ExitCode::Success);
     }
-    let store = calibration::load(&path).map_err(|e| exit(4, e.to_string()))?;
+    let store = calibration::load(&path)?;
     print!("{}", describe_store(&store, &ctx.loaded.name));
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::TrainingFailed
+    })
 }
 
 fn describe_store(store: &Store, profile: &str) -> String {

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
 use super::{
-    Context, RanksFilter, build_context, command_for, confirm_script_flags, env_var, exit,
-    load_profile, plan_record, warn_missing,
+    AppError, Context, ExitCode, RanksFilter, Result, build_context, command_for,
+    confirm_script_flags, env_var, load_profile, plan_record, warn_missing,
 };
 use crate::budget::Strategy;
 use crate::calibration::{self, Source, Store};
@@ -25,13 +24,12 @@ use crate::profile;
 use crate::record::{self, PlanRecord, RecordedDiagnosis, RunOutcome};
 use crate::units::fmt_gib;
 
-pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
+pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
     if let Some(path) = args.plan_file.clone() {
         pin_to_plan_file(&mut args.planning, &path)?;
     }
     if args.planning.profile.is_none() {
-        return Err(exit(
-            2,
+        return Err(AppError::usage(
             "no profile given: `vla-launch --profile aloha` launches, `vla-launch --help` lists the commands",
         ));
     }
@@ -46,14 +44,11 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
     };
     let mut ctx = build_context(&args.planning, &args.extra, accepts, args.dry_run)?;
     if let (Some(path), false) = (&args.plan_file, ctx.plan.feasible) {
-        return Err(exit(
-            3,
-            format!(
-                "this node's GPUs cannot hold the plan in {}: {}",
-                path.display(),
-                ctx.plan.reasons.join("; ")
-            ),
-        ));
+        return Err(AppError::infeasible(format!(
+            "this node's GPUs cannot hold the plan in {}: {}",
+            path.display(),
+            ctx.plan.reasons.join("; ")
+        )));
     }
     for w in &ctx.warnings {
         warn!("{w}");
@@ -68,12 +63,11 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
         if !forced {
             if args.force {
-                return Err(exit(
-                    2,
+                return Err(AppError::usage(
                     "--force needs a fully pinned configuration: --strategy, --batch-size, --grad-accum and --checkpointing",
                 ));
             }
-            return Ok(3);
+            return Ok(ExitCode::Infeasible);
         }
         warn!("--force: launching a configuration the plan says does not work");
     }
@@ -82,7 +76,7 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
         let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
         warn_missing(&missing);
         println!("{}", command::display(&cmd));
-        return Ok(0);
+        return Ok(ExitCode::Success);
     }
     let log_dir = match &args.log_dir {
         Some(d) => d.clone(),
@@ -101,7 +95,7 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
             .as_ref()
             .filter(|d| d.kind == diagnosis::DiagnosisKind::CudaOom);
         let (Some(d), Some(failed)) = (oom, ctx.plan.chosen.clone()) else {
-            return Ok(run.outcome.process_exit_code());
+            return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
         };
         let oom_details = match &d.details {
             diagnosis::Details::CudaOom(o) => Some(o),
@@ -117,7 +111,7 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
         ) {
             retry::RetryDecision::Stop { reason } => {
                 eprintln!("vla-launch: {reason}");
-                return Ok(run.outcome.process_exit_code());
+                return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
             }
             retry::RetryDecision::Retry { plan, message } => {
                 eprintln!("vla-launch: {message}");
@@ -172,7 +166,7 @@ fn learn_from(record: &PlanRecord, record_path: &Path, source: Source) {
 /// `--plan-file`: every node runs the plan written by `vla-launch plan -o` (on a login node or
 /// node 0), so all nodes pass identical planner flags; this node only checks its GPUs can hold it.
 fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
-    let bad = |why: String| exit(2, format!("--plan-file {}: {why}", path.display()));
+    let bad = |why: String| AppError::usage(format!("--plan-file {}: {why}", path.display()));
     let v = match record::load(path) {
         Ok(v) => v,
         Err(record::RecordError::Read { source, .. }) => {
@@ -183,7 +177,7 @@ fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
                 "not a plan written by `vla-launch plan -o`: {message}"
             )));
         }
-        Err(e) => return Err(exit(2, e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     if !v.feasible {
         return Err(bad("the plan in it is not feasible; plan again".into()));
@@ -247,13 +241,10 @@ fn ranks_filter<'a>(
         match part.trim().parse::<u32>() {
             Ok(r) if r < nproc => {}
             _ => {
-                return Err(exit(
-                    2,
-                    format!(
-                        "--ranks {ranks}: '{part}' is not a local rank of this plan (0 to {})",
-                        nproc - 1
-                    ),
-                ));
+                return Err(AppError::usage(format!(
+                    "--ranks {ranks}: '{part}' is not a local rank of this plan (0 to {})",
+                    nproc - 1
+                )));
             }
         }
     }
@@ -279,9 +270,12 @@ pub(super) fn launch_once(
     let ranks = ranks_filter(args, ctx, stamp_dir)?;
     let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
     profile::require_env(&missing, &ctx.loaded.origin)?;
-    std::fs::create_dir_all(log_dir)
-        .with_context(|| format!("cannot create the log directory {}", log_dir.display()))
-        .map_err(|e| exit(4, format!("{e:#}; pass --log-dir DIR")))?;
+    std::fs::create_dir_all(log_dir).map_err(|e| {
+        AppError::environment(format!(
+            "cannot create the log directory {}: {e}; pass --log-dir DIR",
+            log_dir.display()
+        ))
+    })?;
     let started = unix_seconds();
     // Launches of one process (calibration probes, retries) can start within the same second:
     // number them so no run's log or record overwrites another's.
@@ -304,7 +298,7 @@ pub(super) fn launch_once(
         ..plan_record(ctx, Some(&cmd))
     };
     std::fs::write(&plan_path, record.to_json_pretty())
-        .map_err(|e| exit(4, format!("cannot write {}: {e}", plan_path.display())))?;
+        .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
     eprintln!("vla-launch: {}", command::display(&cmd));
     let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
     let uuids: Vec<String> = ctx
@@ -430,15 +424,13 @@ pub(super) fn launch_once(
 }
 
 /// `vla-launch replay plan.json`: runs exactly the recorded command again.
-pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
-    let rec = record::load(path).map_err(|e| exit(2, e.to_string()))?;
-    let argv = rec.argv(path).map_err(|e| exit(2, e.to_string()))?;
-    let env = rec
-        .replay_env(path, &env_var)
-        .map_err(|e| exit(2, e.to_string()))?;
+pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<ExitCode> {
+    let rec = record::load(path)?;
+    let argv = rec.argv(path)?;
+    let env = rec.replay_env(path, &env_var)?;
     let (program, rest) = argv
         .split_first()
-        .ok_or_else(|| exit(2, format!("{}: the record has no command", path.display())))?;
+        .ok_or_else(|| AppError::usage(format!("{}: the record has no command", path.display())))?;
     let cmd = LaunchCommand {
         program: PathBuf::from(program),
         args: rest.iter().map(Into::into).collect(),
@@ -460,7 +452,7 @@ pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<i32> {
     opts.grace = Duration::from_secs(grace);
     let outcome = supervisor::run_blocking(&cmd, &opts)?;
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
-    Ok(outcome.process_exit_code())
+    Ok(ExitCode::of_run(outcome.process_exit_code()))
 }
 
 /// `--peer-watch-port`: `Ok(None)` for off, `Ok(Some(None))` for the default port.
@@ -470,10 +462,9 @@ fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> {
         Some("off") => Ok(None),
         Some(p) => match p.parse::<u16>() {
             Ok(port) if port > 0 => Ok(Some(Some(port))),
-            _ => Err(exit(
-                2,
-                format!("--peer-watch-port {p}: not a port number (1-65535) or \"off\""),
-            )),
+            _ => Err(AppError::usage(format!(
+                "--peer-watch-port {p}: not a port number (1-65535) or \"off\""
+            ))),
         },
     }
 }

@@ -3,21 +3,25 @@
 //! run record live in `launch`; `calibrate` in `calibrate`.
 
 mod calibrate;
+mod error;
 mod launch;
+
+pub use error::{AppError, ExitCode};
+
+/// What every command returns.
+type Result<T, E = AppError> = std::result::Result<T, E>;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
 use tracing::{info, warn};
 
 use crate::budget::Strategy;
 use crate::calibration::Store;
 use crate::cli::{Cli, Command, PlanArgs, PlanningArgs, StrategyArg, Toggle};
 use crate::cluster::{self, Topology, TopologyFlags};
-use crate::gpu::{self, Gpu, GpuError, NvmlSource};
+use crate::gpu::{self, Gpu, NvmlSource};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
-use crate::launch::supervisor;
 use crate::model;
 use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
 use crate::profile::{self, Loaded};
@@ -25,52 +29,8 @@ use crate::record::{self, Params, PlanRecord};
 use crate::script_caps;
 use crate::units::{GIB, fmt_gib};
 
-/// An error that carries its exit code (design.md: 2 usage/profile, 3 infeasible, 4 environment).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Exit {
-    pub code: i32,
-    pub message: String,
-}
-
-pub fn exit(code: i32, message: impl Into<String>) -> anyhow::Error {
-    Exit {
-        code,
-        message: message.into(),
-    }
-    .into()
-}
-
-/// The exit code for an error that reached the top.
-pub fn exit_code_of(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<Exit>() {
-            return e.code;
-        }
-        if cause.downcast_ref::<profile::ProfileError>().is_some() {
-            return 2;
-        }
-        if let Some(e) = cause.downcast_ref::<GpuError>() {
-            return e.exit_code();
-        }
-        if cause.downcast_ref::<gpu::SpecError>().is_some() {
-            return 2;
-        }
-        if cause.downcast_ref::<cluster::ClusterError>().is_some() {
-            return 2;
-        }
-        if cause.downcast_ref::<plan::PlanError>().is_some() {
-            return 2;
-        }
-        if let Some(e) = cause.downcast_ref::<supervisor::LaunchError>() {
-            return e.exit_code();
-        }
-    }
-    1
-}
-
 /// Runs the command line; returns the process exit code.
-pub fn run(cli: Cli) -> Result<i32> {
+pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Plan(args)) => cmd_plan(*args),
         Some(Command::Gpus { json }) => cmd_gpus(json),
@@ -81,7 +41,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vla-launch", &mut std::io::stdout());
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         None => launch::cmd_launch(cli.launch),
     }
@@ -103,9 +63,7 @@ fn user_config_dir() -> Option<PathBuf> {
 
 fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded> {
     let name = name.ok_or_else(|| {
-        exit(
-            2,
-            "no profile given: pass --profile NAME (see `vla-launch profiles`) or --profile PATH.yaml",
+        AppError::usage("no profile given: pass --profile NAME (see `vla-launch profiles`) or --profile PATH.yaml",
         )
     })?;
     let mut loaded = profile::load(name, user_config_dir().as_deref())?;
@@ -115,9 +73,7 @@ fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded> {
 
 fn parse_size(flag: &str, value: &str) -> Result<u64> {
     gpu::spec::parse_size(value, value).map_err(|_| {
-        exit(
-            2,
-            format!("{flag} {value}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB"),
+        AppError::usage(format!("{flag} {value}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB"),
         )
     })
 }
@@ -225,7 +181,7 @@ fn pins_from(args: &PlanningArgs, loaded: &Loaded) -> Result<Pins> {
         ("--nnodes", args.nnodes),
     ] {
         if v == Some(0) {
-            return Err(exit(2, format!("{flag} 0: must be at least 1")));
+            return Err(AppError::usage(format!("{flag} 0: must be at least 1")));
         }
     }
     Ok(Pins {
@@ -429,8 +385,7 @@ fn command_for(
         ranks_filter: ranks.as_ref().map(|r| r.ranks.to_string()),
         torchrun_log_dir: ranks.map(|r| r.log_dir),
     };
-    let cmd =
-        command::build(&spec, &Inherited::from_process()).map_err(|e| exit(2, e.to_string()))?;
+    let cmd = command::build(&spec, &Inherited::from_process())?;
     Ok((cmd, missing))
 }
 
@@ -515,7 +470,7 @@ pub fn plan_record(ctx: &Context, command: Option<&LaunchCommand>) -> PlanRecord
     }
 }
 
-fn cmd_plan(args: PlanArgs) -> Result<i32> {
+fn cmd_plan(args: PlanArgs) -> Result<ExitCode> {
     let ctx = build_context(&args.planning, &args.extra, None, true)?;
     for w in &ctx.warnings {
         warn!("{w}");
@@ -538,10 +493,7 @@ fn cmd_plan(args: PlanArgs) -> Result<i32> {
     let record = plan_record(&ctx, command.as_ref()).to_json_pretty();
     if let Some(path) = &args.output {
         std::fs::write(path, &record).map_err(|e| {
-            exit(
-                2,
-                format!("-o {}: cannot write the plan: {e}", path.display()),
-            )
+            AppError::usage(format!("-o {}: cannot write the plan: {e}", path.display()))
         })?;
         info!("plan written to {}", path.display());
     }
@@ -553,7 +505,11 @@ fn cmd_plan(args: PlanArgs) -> Result<i32> {
             println!("\nCommand:\n  {}", command::display(cmd));
         }
     }
-    Ok(if ctx.plan.feasible { 0 } else { 3 })
+    Ok(if ctx.plan.feasible {
+        ExitCode::Success
+    } else {
+        ExitCode::Infeasible
+    })
 }
 
 fn warn_missing(missing: &[(String, String)]) {
@@ -562,7 +518,7 @@ fn warn_missing(missing: &[(String, String)]) {
     }
 }
 
-fn cmd_gpus(json: bool) -> Result<i32> {
+fn cmd_gpus(json: bool) -> Result<ExitCode> {
     let d = gpu::discover(
         &NvmlSource::new(),
         env_var("CUDA_VISIBLE_DEVICES").as_deref(),
@@ -572,14 +528,17 @@ fn cmd_gpus(json: bool) -> Result<i32> {
     }
     info!("GPU list in {:.1} ms", d.elapsed_ms);
     if json {
-        println!("{}", serde_json::to_string_pretty(&d.gpus)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&d.gpus).expect("GPUs always serialize")
+        );
     } else {
         print!("{}", gpu::render_table(&d.gpus));
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
-fn cmd_profiles() -> Result<i32> {
+fn cmd_profiles() -> Result<ExitCode> {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     let mut dirs = vec![PathBuf::from("launch-profiles")];
@@ -623,10 +582,10 @@ fn cmd_profiles() -> Result<i32> {
     for (name, from, desc) in rows {
         println!("{name:w_name$}  {from:w_from$}  {desc}");
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
-fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<i32> {
+fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<ExitCode> {
     use crate::doctor::{self, DoctorContext, SystemHost};
     let loaded = load_profile(Some(profile_name), sets)?;
     let p = &loaded.profile;
@@ -684,7 +643,11 @@ fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<i32> {
     };
     let checks = doctor::run_checks(&ctx);
     print!("{}", doctor::render(&checks));
-    Ok(if checks.iter().all(|c| c.ok) { 0 } else { 4 })
+    Ok(if checks.iter().all(|c| c.ok) {
+        ExitCode::Success
+    } else {
+        ExitCode::Environment
+    })
 }
 
 /// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
@@ -693,13 +656,10 @@ fn confirm_script_flags(loaded: &Loaded) -> Result<Option<Vec<String>>> {
     let workdir = PathBuf::from(profile::expand(&p.script.workdir, &env_var).value);
     let script = workdir.join(profile::expand(&p.script.path, &env_var).value);
     if !script.is_file() {
-        return Err(exit(
-            4,
-            format!(
-                "training script {} not found: run from your OpenVLA-OFT checkout, or export OPENVLA_OFT_DIR=/path/to/openvla-oft (or --set script.workdir=...)",
-                script.display()
-            ),
-        ));
+        return Err(AppError::environment(format!(
+            "training script {} not found: run from your OpenVLA-OFT checkout, or export OPENVLA_OFT_DIR=/path/to/openvla-oft (or --set script.workdir=...)",
+            script.display()
+        )));
     }
     let python = PathBuf::from(profile::expand(&p.script.python, &env_var).value);
     match script_caps::probe(&python, &script, &workdir, Duration::from_secs(120)) {

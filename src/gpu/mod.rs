@@ -80,16 +80,6 @@ pub enum GpuError {
     Spec(#[from] SpecError),
 }
 
-impl GpuError {
-    /// design.md: 2 for usage errors, 4 for the environment.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            GpuError::Spec(_) => 2,
-            _ => 4,
-        }
-    }
-}
-
 /// The GPUs in CUDA order, what was left out and why, and how long the query took.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Discovery {

@@ -69,13 +69,6 @@ pub enum SpecError {
     TooMany { total: u64 },
 }
 
-impl SpecError {
-    /// A malformed `--gpus` is a usage error (design.md).
-    pub fn exit_code(&self) -> i32 {
-        2
-    }
-}
-
 /// What one item describes.
 enum Kind {
     Model(&'static KnownGpu),

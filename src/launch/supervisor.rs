@@ -213,13 +213,6 @@ pub enum LaunchError {
     Wait(#[source] io::Error),
 }
 
-impl LaunchError {
-    /// design.md: 4 for environment errors.
-    pub fn exit_code(&self) -> i32 {
-        4
-    }
-}
-
 /// One line for the end of a run: exit, duration, how it ended, where the log is.
 pub fn summary_line(o: &Outcome) -> String {
     let how = match o.signal {
