@@ -484,7 +484,7 @@ fn probe_runs_cover_every_mode_at_two_batch_sizes() {
     for (gpus, ckpt, modes) in table {
         let gpus = parse_gpus_spec(gpus).unwrap();
         let inp = probe_input(&spec, &gpus, ckpt);
-        let runs = calibration::probe_runs(&inp, "aloha").unwrap();
+        let runs = vla_launch::plan::probe::probe_runs(&inp, "aloha").unwrap();
         let mut got: Vec<(Strategy, bool)> = runs
             .iter()
             .map(|r| (r.pins.strategy.unwrap(), r.pins.checkpointing.unwrap()))
@@ -525,7 +525,7 @@ fn calibrate_flow_predicts_held_out_batches() {
     let spec = builtin_spec("aloha");
     let gpus = parse_gpus_spec("2xh100").unwrap();
     let inp = probe_input(&spec, &gpus, true);
-    let runs = calibration::probe_runs(&inp, "aloha").unwrap();
+    let runs = vla_launch::plan::probe::probe_runs(&inp, "aloha").unwrap();
     let truth = |p: u64| 1.09 * p as f64 + 0.6 * GIB as f64;
     let mut store = Store::default();
     for (i, r) in runs.iter().enumerate() {

@@ -2,9 +2,9 @@
 
 use vla_launch::budget::{Allocator, Strategy};
 use vla_launch::gpu::{Gpu, parse_gpus_spec};
-use vla_launch::launch::diagnosis::OomDetails;
+use vla_launch::launch::diagnosis::{OomDetails, oom_evidence};
 use vla_launch::model::ModelSpec;
-use vla_launch::plan::retry::{RetryDecision, oom_evidence, replan_after_oom};
+use vla_launch::plan::retry::{RetryDecision, replan_after_oom};
 use vla_launch::plan::{Candidate, Pins, PlanInput, Policy, plan};
 use vla_launch::profile::{self, BUILTIN};
 use vla_launch::units::GIB;

@@ -12,6 +12,9 @@ use crate::plan::PlanError;
 use crate::profile::ProfileError;
 use crate::record::RecordError;
 
+/// What every command returns.
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
 /// How the process ends (docs/exit-codes.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {

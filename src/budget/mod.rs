@@ -35,6 +35,14 @@ pub struct Config {
     pub gpu_name: String,
 }
 
+/// "DDP" or "FSDP", as plans and messages write it.
+pub fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Ddp => "DDP",
+        Strategy::Fsdp => "FSDP",
+    }
+}
+
 /// Predicted bytes per GPU by term; `peak()` is their sum and what nvidia-smi shows at the peak.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budget {

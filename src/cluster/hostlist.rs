@@ -5,7 +5,7 @@
 //! expanding as a cartesian product (`rack[1-2]-n[1-2]`). A range keeps the zero padding of
 //! its lower bound (`[08-10]` -> 08, 09, 10), as Slurm does.
 
-use super::ClusterError;
+use super::error::ClusterError;
 
 /// Refuse absurd expansions (a typo like `n[1-99999999]`) instead of allocating forever.
 pub const MAX_HOSTS: usize = 65_536;

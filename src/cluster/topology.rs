@@ -2,7 +2,53 @@
 //! variables (Kubernetes PyTorchJob, hand-set) or Slurm, in that order of precedence, field by
 //! field. Pure: the environment comes in as a lookup function.
 
-use super::{ClusterError, Rendezvous, Topology, parse_hostlist};
+use serde::{Deserialize, Serialize};
+
+use super::error::ClusterError;
+use super::hostlist::parse_hostlist;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendezvous {
+    pub backend: String,
+    /// "host:port".
+    pub endpoint: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    pub nnodes: u32,
+    pub node_rank: u32,
+    /// None on a single node (torchrun --standalone).
+    pub rendezvous: Option<Rendezvous>,
+    /// Where this came from: "single node", "slurm job 1234", "torchrun env", "flags".
+    pub source: String,
+    pub slurm_job_id: Option<String>,
+    /// GPUs Slurm gave this node (`SLURM_GPUS_ON_NODE`), when it says.
+    #[serde(default)]
+    pub slurm_gpus_on_node: Option<u32>,
+    /// Physical GPU indices of this job step (`SLURM_STEP_GPUS`, e.g. "0,1"), when Slurm says.
+    #[serde(default)]
+    pub slurm_step_gpus: Option<Vec<u32>>,
+}
+
+impl Topology {
+    pub fn single_node() -> Self {
+        Topology {
+            nnodes: 1,
+            node_rank: 0,
+            rendezvous: None,
+            source: "single node".into(),
+            slurm_job_id: None,
+            slurm_gpus_on_node: None,
+            slurm_step_gpus: None,
+        }
+    }
+
+    pub fn is_multi_node(&self) -> bool {
+        self.nnodes > 1
+    }
+}
 
 /// Derived rendezvous ports lie in `PORT_BASE .. PORT_BASE + PORT_SPAN` (20000..=28999): below
 /// torchrun's own defaults (29400 c10d, 29500 MASTER_PORT) so a hand-started torchrun on a shared

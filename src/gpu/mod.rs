@@ -5,6 +5,8 @@
 //! them by position or UUID, never by NVML index -> GPUs without bf16 are left out.
 
 pub mod cuda_visible;
+mod device;
+mod error;
 pub mod known;
 pub mod nvml;
 pub mod source;
@@ -13,72 +15,15 @@ mod table;
 
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
+use serde::Serialize;
 
+pub use device::{Gpu, GpuProcess};
+pub use error::{GpuError, NVML_UNAVAILABLE};
 pub use known::{KnownGpu, lookup_alias, lookup_by_name};
 pub use nvml::NvmlSource;
 pub use source::{FakeSource, GpuSource, RawDevice};
 pub use spec::{SpecError, parse_gpus_spec};
 pub use table::render_table;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GpuProcess {
-    pub pid: u32,
-    pub used_bytes: Option<u64>,
-    pub name: Option<String>,
-}
-
-/// One GPU as the training processes will see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gpu {
-    /// Position in the CUDA order the launcher will hand to torchrun (0..n).
-    pub index: u32,
-    pub name: String,
-    /// "GPU-..." (or "MIG-..."); described GPUs get a synthetic "described-N".
-    pub uuid: String,
-    pub pci_bus_id: Option<String>,
-    pub total_bytes: u64,
-    pub free_bytes: u64,
-    pub used_bytes: u64,
-    pub compute_capability: Option<(u32, u32)>,
-    pub processes: Vec<GpuProcess>,
-    /// True when built from `--gpus`, not queried.
-    pub described: bool,
-}
-
-/// The sentence the user sees on a machine without the NVIDIA driver (exit 4).
-pub const NVML_UNAVAILABLE: &str =
-    "NVML not found: no NVIDIA driver on this machine; use --gpus to plan for other GPUs";
-
-#[derive(Debug, Error)]
-pub enum GpuError {
-    /// The reason (libloading's or NVML's words) is for `--verbose` logs, not the sentence.
-    #[error("{NVML_UNAVAILABLE}")]
-    NvmlUnavailable { reason: String },
-    #[error("NVML could not start: {reason}; check the NVIDIA driver with nvidia-smi")]
-    NvmlInit { reason: String },
-    #[error(
-        "NVML could not read the {what} of GPU {nvml_index} (nvidia-smi numbering): {message}; check the GPU with nvidia-smi"
-    )]
-    Query {
-        what: &'static str,
-        nvml_index: u32,
-        message: String,
-    },
-    #[error("NVML sees no GPU on this machine; use --gpus to plan for other GPUs")]
-    NoGpus,
-    #[error(
-        "CUDA_VISIBLE_DEVICES={value} leaves no GPU visible ({why}); unset it, or list GPUs by number (0,1) or UUID (GPU-...)"
-    )]
-    NoneVisible { value: String, why: String },
-    #[error(
-        "no visible GPU can train in bf16, which needs compute capability 8.0 (Ampere) or newer: {gpus}; use newer GPUs, or --gpus to plan for them"
-    )]
-    NoBf16 { gpus: String },
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-}
 
 /// The GPUs in CUDA order, what was left out and why, and how long the query took.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -5,8 +5,9 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
+use super::device::GpuProcess;
+use super::error::GpuError;
 use super::source::{GpuSource, RawDevice};
-use super::{GpuError, GpuProcess};
 
 /// NVML's "MIG enabled" value for `MigMode::current`.
 const MIG_ENABLED: u32 = 1;

@@ -1,6 +1,7 @@
 //! Where GPU records come from: NVML on a real machine, a fixed list in tests.
 
-use super::{GpuError, GpuProcess};
+use super::device::GpuProcess;
+use super::error::GpuError;
 
 /// One device as the driver reports it, before CUDA_VISIBLE_DEVICES and ordering are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,8 +9,8 @@
 
 use thiserror::Error;
 
-use super::Gpu;
 use super::cuda_visible::echo;
+use super::device::Gpu;
 use super::known::{self, KnownGpu};
 use crate::units::{GIB, MIB};
 

@@ -1,6 +1,6 @@
 //! The human table of `vla-launch gpus`.
 
-use super::Gpu;
+use super::device::Gpu;
 use crate::units::fmt_gib;
 
 fn processes_cell(gpu: &Gpu) -> String {

@@ -22,6 +22,20 @@ pub enum DiagnosisKind {
     ImportError,
 }
 
+/// The best evidence of what the failed run needed on its worst GPU: the NVML peak, or what torch
+/// said the process held plus the allocation that failed, whichever is larger.
+pub fn oom_evidence(nvml_peak_bytes: Option<u64>, oom: Option<&OomDetails>) -> Option<u64> {
+    let from_torch = oom.and_then(|d| {
+        d.process_in_use_bytes
+            .or(d.allocated_by_pytorch_bytes)
+            .map(|held| held + d.tried_to_allocate_bytes.unwrap_or(0))
+    });
+    match (nvml_peak_bytes, from_torch) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What a CUDA out-of-memory message says; sizes in bytes as torch printed them (rounded).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OomDetails {

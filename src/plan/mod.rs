@@ -21,6 +21,7 @@
 //!    steps, fewer GPUs.
 
 pub mod explain;
+pub mod probe;
 pub mod retry;
 pub mod speed;
 
@@ -144,12 +145,7 @@ impl Candidate {
     }
 }
 
-pub fn strategy_name(s: Strategy) -> &'static str {
-    match s {
-        Strategy::Ddp => "DDP",
-        Strategy::Fsdp => "FSDP",
-    }
-}
+pub use crate::budget::strategy_name;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alternative {

@@ -13,7 +13,6 @@
 //!   otherwise; multi-node runs stop (every node would have to agree on the new plan).
 
 use crate::gpu::Gpu;
-use crate::launch::diagnosis::OomDetails;
 use crate::units::fmt_gib;
 
 use super::{Candidate, Pins, Plan, PlanInput, margin_bytes, plan, usable};
@@ -24,20 +23,6 @@ pub enum RetryDecision {
     Stop { reason: String },
     /// Relaunch with `plan.chosen`; `message` says what changed and why.
     Retry { plan: Box<Plan>, message: String },
-}
-
-/// The best evidence of what the failed run needed on its worst GPU: the NVML peak, or what torch
-/// said the process held plus the allocation that failed, whichever is larger.
-pub fn oom_evidence(nvml_peak_bytes: Option<u64>, oom: Option<&OomDetails>) -> Option<u64> {
-    let from_torch = oom.and_then(|d| {
-        d.process_in_use_bytes
-            .or(d.allocated_by_pytorch_bytes)
-            .map(|held| held + d.tried_to_allocate_bytes.unwrap_or(0))
-    });
-    match (nvml_peak_bytes, from_torch) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// Decides whether and how to relaunch after a CUDA OOM of `failed` (planned from `input`).

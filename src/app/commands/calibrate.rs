@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::launch::{launch_once, store_path};
-use super::{
-    AppError, ExitCode, Result, build_context, command_for, confirm_script_flags, load_profile,
-    warn_missing,
-};
+use crate::app::error::{AppError, ExitCode, Result};
+use crate::app::settings::{load_profile, resolve_plan, store_path, warn_missing};
+use crate::app::supervised_run::launch_once;
+use crate::app::torchrun::command_for;
 use crate::calibration::{self, Source, Store};
 use crate::cli::CalibrateArgs;
 use crate::launch::command;
@@ -15,7 +14,7 @@ use crate::plan;
 use crate::units::fmt_gib;
 
 /// `vla-launch calibrate`: probe runs at two batch sizes per mode, observed peaks into the store.
-pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
+pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     let CalibrateArgs {
         mut launch,
         steps,
@@ -54,13 +53,13 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
         .sets
         .push(format!("train.max_steps={steps}"));
     // A dry run asks the script nothing (as `vla-launch --dry-run` does) and runs nothing.
-    let accepts = if launch.dry_run {
-        None
-    } else {
-        confirm_script_flags(&load_profile(Some(&name), &launch.planning.sets)?)?
-    };
-    let mut ctx = build_context(&launch.planning, &launch.extra, accepts, launch.dry_run)?;
-    let runs = calibration::probe_runs(&ctx.plan_input(), &ctx.loaded.name)?;
+    let mut ctx = resolve_plan(
+        &launch.planning,
+        &launch.extra,
+        !launch.dry_run,
+        launch.dry_run,
+    )?;
+    let runs = plan::probe::probe_runs(&ctx.plan_input(), &ctx.loaded.name)?;
     if runs.is_empty() {
         return Err(AppError::infeasible(
             "nothing to calibrate: not even batch 1 fits these GPUs",
@@ -114,7 +113,7 @@ pub(super) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     })
 }
 
-fn describe_store(store: &Store, profile: &str) -> String {
+pub(in crate::app) fn describe_store(store: &Store, profile: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     for entry in store.entries.iter().filter(|e| e.key.profile == profile) {

@@ -1,5 +1,5 @@
-//! The launch form: plan, spawn and supervise torchrun, diagnose, re-plan after an OOM, keep the
-//! run record and feed the calibration store; `--plan-file` and `replay`.
+//! One supervised run of torchrun: the command, the run record before and after, the VRAM
+//! monitor, the peer watch, the diagnosis, and what the calibration store learns from it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -7,260 +7,30 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{
-    AppError, Context, ExitCode, RanksFilter, Result, build_context, command_for,
-    confirm_script_flags, env_var, load_profile, plan_record, warn_missing,
-};
-use crate::budget::Strategy;
-use crate::calibration::{self, Source, Store};
-use crate::cli::{LaunchArgs, PlanningArgs, StrategyArg, Toggle};
+use super::error::{AppError, Result};
+use super::settings::{Planned, store_path};
+use super::torchrun::{RanksFilter, command_for, plan_record};
+use crate::calibration::{self, Source};
+use crate::cli::LaunchArgs;
 use crate::cluster::peers::{self, PeerWatch};
-use crate::launch::command::{self, LaunchCommand};
+use crate::launch::command;
 use crate::launch::diagnosis;
 use crate::launch::supervisor::{self, SuperviseOptions};
 use crate::monitor::{Monitor, NvmlSampler, WatchdogConfig};
-use crate::plan::retry;
 use crate::profile;
 use crate::record::{self, PlanRecord, RecordedDiagnosis, RunOutcome};
 use crate::units::fmt_gib;
 
-pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
-    if let Some(path) = args.plan_file.clone() {
-        pin_to_plan_file(&mut args.planning, &path)?;
-    }
-    if args.planning.profile.is_none() {
-        return Err(AppError::usage(
-            "no profile given: `vla-launch --profile aloha` launches, `vla-launch --help` lists the commands",
-        ));
-    }
-    // Checked on every launch, so a typo is caught on one node before the job goes wide.
-    peer_watch_port(&args)?;
-    // A real launch first asks the script which planner flags it really takes.
-    let accepts = if args.dry_run {
-        None
-    } else {
-        let loaded = load_profile(args.planning.profile.as_deref(), &args.planning.sets)?;
-        confirm_script_flags(&loaded)?
-    };
-    let mut ctx = build_context(&args.planning, &args.extra, accepts, args.dry_run)?;
-    if let (Some(path), false) = (&args.plan_file, ctx.plan.feasible) {
-        return Err(AppError::infeasible(format!(
-            "this node's GPUs cannot hold the plan in {}: {}",
-            path.display(),
-            ctx.plan.reasons.join("; ")
-        )));
-    }
-    for w in &ctx.warnings {
-        warn!("{w}");
-    }
-    if ctx.gpus.iter().any(|g| g.described) {
-        warn!(
-            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
-        );
-    }
-    eprint!("{}", ctx.render(false));
-    if !ctx.plan.feasible {
-        let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
-        if !forced {
-            if args.force {
-                return Err(AppError::usage(
-                    "--force needs a fully pinned configuration: --strategy, --batch-size, --grad-accum and --checkpointing",
-                ));
-            }
-            return Ok(ExitCode::Infeasible);
-        }
-        warn!("--force: launching a configuration the plan says does not work");
-    }
-    if args.dry_run {
-        let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
-        let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
-        warn_missing(&missing);
-        println!("{}", command::display(&cmd));
-        return Ok(ExitCode::Success);
-    }
-    let log_dir = match &args.log_dir {
-        Some(d) => d.clone(),
-        None => profile::resolved_flags(&ctx.loaded.profile, &env_var)
-            .flags
-            .iter()
-            .find(|(k, _)| k == "--run_root_dir")
-            .map(|(_, v)| Path::new(v).join("vla-launch"))
-            .unwrap_or_else(|| PathBuf::from("vla-launch-logs")),
-    };
-    let mut attempt = 0;
-    loop {
-        let run = launch_once(&ctx, &args, &log_dir, attempt, Source::Run)?;
-        let oom = run
-            .diagnosis
-            .as_ref()
-            .filter(|d| d.kind == diagnosis::DiagnosisKind::CudaOom);
-        let (Some(d), Some(failed)) = (oom, ctx.plan.chosen.clone()) else {
-            return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
-        };
-        let oom_details = match &d.details {
-            diagnosis::Details::CudaOom(o) => Some(o),
-            _ => None,
-        };
-        let observed = retry::oom_evidence(run.worst_peak, oom_details);
-        match retry::replan_after_oom(
-            &ctx.plan_input(),
-            &failed,
-            observed,
-            attempt,
-            args.oom_retries,
-        ) {
-            retry::RetryDecision::Stop { reason } => {
-                eprintln!("vla-launch: {reason}");
-                return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
-            }
-            retry::RetryDecision::Retry { plan, message } => {
-                eprintln!("vla-launch: {message}");
-                ctx.plan = *plan;
-                attempt += 1;
-            }
-        }
-    }
-}
-
-pub(super) fn store_path() -> Option<PathBuf> {
-    calibration::default_path(&env_var)
-        .map_err(|e| warn!("calibration store off: {e}"))
-        .ok()
-}
-
-/// The calibration store, or an empty one (a broken store is reported, never fatal).
-pub(super) fn load_store() -> Store {
-    let Some(path) = store_path() else {
-        return Store::default();
-    };
-    calibration::load(&path).unwrap_or_else(|e| {
-        warn!("calibration store ignored: {e}");
-        Store::default()
-    })
-}
-
-/// Adds a completed run's observed peak to the store (normal runs and calibration probes alike).
-fn learn_from(record: &PlanRecord, record_path: &Path, source: Source) {
-    let observations = record::observations(record, record_path, source);
-    if observations.is_empty() {
-        return;
-    }
-    let Some(path) = store_path() else {
-        return;
-    };
-    let mut store = calibration::load(&path).unwrap_or_default();
-    for (key, obs) in observations {
-        info!(
-            "calibration: {} observed {} for predicted {}",
-            key.label(),
-            fmt_gib(obs.observed_peak_bytes),
-            fmt_gib(obs.predicted_peak_bytes)
-        );
-        store.add(key, obs);
-    }
-    if let Err(e) = calibration::save(&store, &path) {
-        warn!("cannot save the calibration store: {e}");
-    }
-}
-
-/// `--plan-file`: every node runs the plan written by `vla-launch plan -o` (on a login node or
-/// node 0), so all nodes pass identical planner flags; this node only checks its GPUs can hold it.
-fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
-    let bad = |why: String| AppError::usage(format!("--plan-file {}: {why}", path.display()));
-    let v = match record::load(path) {
-        Ok(v) => v,
-        Err(record::RecordError::Read { source, .. }) => {
-            return Err(bad(format!("cannot read it: {source}")));
-        }
-        Err(record::RecordError::Parse { message, .. }) => {
-            return Err(bad(format!(
-                "not a plan written by `vla-launch plan -o`: {message}"
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !v.feasible {
-        return Err(bad("the plan in it is not feasible; plan again".into()));
-    }
-    let missing = |key: &str| {
-        bad(format!(
-            "no `{key}` in it; write it with `vla-launch plan -o FILE`"
-        ))
-    };
-    let profile = v.profile.clone();
-    match &args.profile {
-        Some(p)
-            if Path::new(p).file_stem().and_then(|s| s.to_str()) != Some(profile.as_str())
-                && *p != profile =>
-        {
-            return Err(bad(format!(
-                "it was made for profile '{profile}', not '{p}'"
-            )));
-        }
-        Some(_) => {}
-        None => args.profile = Some(profile),
-    }
-    args.strategy = match v.strategy {
-        Some(Strategy::Ddp) => StrategyArg::Ddp,
-        Some(Strategy::Fsdp) => StrategyArg::Fsdp,
-        None => return Err(missing("strategy")),
-    };
-    args.checkpointing = match v.gradient_checkpointing {
-        Some(true) => Toggle::On,
-        Some(false) => Toggle::Off,
-        None => return Err(bad("no `gradient_checkpointing` in it".into())),
-    };
-    args.batch_size = Some(v.batch_size.ok_or_else(|| missing("batch_size"))?);
-    args.grad_accum = Some(
-        v.grad_accumulation_steps
-            .ok_or_else(|| missing("grad_accumulation_steps"))?,
-    );
-    args.nproc = Some(v.nproc_per_node.ok_or_else(|| missing("nproc_per_node"))?);
-    let nnodes = v.nnodes;
-    if args.nnodes.is_some_and(|n| n != nnodes) {
-        return Err(bad(format!(
-            "it is for {nnodes} nodes, but --nnodes says otherwise"
-        )));
-    }
-    args.nnodes = Some(nnodes);
-    args.global_batch = Some(v.min_global_batch);
-    Ok(())
-}
-
-/// `--ranks 0,1`: local ranks whose output the terminal shows; each must exist on this node.
-fn ranks_filter<'a>(
-    args: &'a LaunchArgs,
-    ctx: &Context,
-    log_dir: PathBuf,
-) -> Result<Option<RanksFilter<'a>>> {
-    let Some(ranks) = args.ranks.as_deref() else {
-        return Ok(None);
-    };
-    let nproc = ctx.plan.chosen.as_ref().map_or(1, |c| c.nproc_per_node);
-    for part in ranks.split(',') {
-        match part.trim().parse::<u32>() {
-            Ok(r) if r < nproc => {}
-            _ => {
-                return Err(AppError::usage(format!(
-                    "--ranks {ranks}: '{part}' is not a local rank of this plan (0 to {})",
-                    nproc - 1
-                )));
-            }
-        }
-    }
-    Ok(Some(RanksFilter { ranks, log_dir }))
-}
-
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
     pub(super) outcome: supervisor::Outcome,
-    diagnosis: Option<diagnosis::Diagnosis>,
+    pub(super) diagnosis: Option<diagnosis::Diagnosis>,
     /// The largest NVML (total - free) peak among the run's GPUs.
-    worst_peak: Option<u64>,
+    pub(super) worst_peak: Option<u64>,
 }
 
 pub(super) fn launch_once(
-    ctx: &Context,
+    ctx: &Planned,
     args: &LaunchArgs,
     log_dir: &Path,
     attempt: u32,
@@ -423,40 +193,56 @@ pub(super) fn launch_once(
     })
 }
 
-/// `vla-launch replay plan.json`: runs exactly the recorded command again.
-pub(super) fn cmd_replay(path: &Path, grace: u64) -> Result<ExitCode> {
-    let rec = record::load(path)?;
-    let argv = rec.argv(path)?;
-    let env = rec.replay_env(path, &env_var)?;
-    let (program, rest) = argv
-        .split_first()
-        .ok_or_else(|| AppError::usage(format!("{}: the record has no command", path.display())))?;
-    let cmd = LaunchCommand {
-        program: PathBuf::from(program),
-        args: rest.iter().map(Into::into).collect(),
-        env,
-        cwd: rec.cwd.clone().unwrap_or_else(|| PathBuf::from(".")),
-        alloc_conf: command::AllocConf {
-            value: String::new(),
-            source: command::AllocConfSource::Profile,
-        },
+/// Adds a completed run's observed peak to the store (normal runs and calibration probes alike).
+pub(super) fn learn_from(record: &PlanRecord, record_path: &Path, source: Source) {
+    let observations = record::observations(record, record_path, source);
+    if observations.is_empty() {
+        return;
+    }
+    let Some(path) = store_path() else {
+        return;
     };
-    let log_dir = path.parent().unwrap_or(Path::new("."));
-    let stamp = unix_seconds();
-    eprintln!(
-        "vla-launch: replaying {}: {}",
-        path.display(),
-        command::display(&cmd)
-    );
-    let mut opts = SuperviseOptions::new(log_dir.join(format!("replay-{stamp}.log")));
-    opts.grace = Duration::from_secs(grace);
-    let outcome = supervisor::run_blocking(&cmd, &opts)?;
-    eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
-    Ok(ExitCode::of_run(outcome.process_exit_code()))
+    let mut store = calibration::load(&path).unwrap_or_default();
+    for (key, obs) in observations {
+        info!(
+            "calibration: {} observed {} for predicted {}",
+            key.label(),
+            fmt_gib(obs.observed_peak_bytes),
+            fmt_gib(obs.predicted_peak_bytes)
+        );
+        store.add(key, obs);
+    }
+    if let Err(e) = calibration::save(&store, &path) {
+        warn!("cannot save the calibration store: {e}");
+    }
+}
+
+/// `--ranks 0,1`: local ranks whose output the terminal shows; each must exist on this node.
+pub(super) fn ranks_filter<'a>(
+    args: &'a LaunchArgs,
+    ctx: &Planned,
+    log_dir: PathBuf,
+) -> Result<Option<RanksFilter<'a>>> {
+    let Some(ranks) = args.ranks.as_deref() else {
+        return Ok(None);
+    };
+    let nproc = ctx.plan.chosen.as_ref().map_or(1, |c| c.nproc_per_node);
+    for part in ranks.split(',') {
+        match part.trim().parse::<u32>() {
+            Ok(r) if r < nproc => {}
+            _ => {
+                return Err(AppError::usage(format!(
+                    "--ranks {ranks}: '{part}' is not a local rank of this plan (0 to {})",
+                    nproc - 1
+                )));
+            }
+        }
+    }
+    Ok(Some(RanksFilter { ranks, log_dir }))
 }
 
 /// `--peer-watch-port`: `Ok(None)` for off, `Ok(Some(None))` for the default port.
-fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> {
+pub(super) fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> {
     match args.peer_watch_port.as_deref().map(str::trim) {
         None => Ok(Some(None)),
         Some("off") => Ok(None),
@@ -471,8 +257,8 @@ fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> {
 
 /// Several nodes: start the peer watch (node 0 listens, the others connect to it) so that one
 /// node's failure stops the whole job. `stopped` receives the reason when it stops this node.
-fn start_peer_watch(
-    ctx: &Context,
+pub(super) fn start_peer_watch(
+    ctx: &Planned,
     args: &LaunchArgs,
     signals: &supervisor::SignalHandle,
     stopped: Arc<Mutex<Option<String>>>,
@@ -521,7 +307,7 @@ fn start_peer_watch(
 
 /// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank
 /// (scripts/probe_finetune.py): GPU UUIDs and NVML total - free peaks.
-fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
+pub(super) fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
     const MARK: &str = "VLA_PROBE_RESULT ";
     let text = String::from_utf8_lossy(log);
     let mut uuids = Vec::new();
@@ -545,7 +331,7 @@ fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
     (!uuids.is_empty()).then_some((uuids, peaks))
 }
 
-fn unix_seconds() -> u64 {
+pub(super) fn unix_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -553,7 +339,7 @@ fn unix_seconds() -> u64 {
 }
 
 /// The last `max` bytes of a file (the diagnosis reads the end of the run log).
-fn read_tail(path: &Path, max: u64) -> Vec<u8> {
+pub(super) fn read_tail(path: &Path, max: u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else {
         return Vec::new();

@@ -1,0 +1,172 @@
+//! The launch form (`vla-launch --profile NAME`): plan, run torchrun under supervision, re-plan
+//! after a CUDA OOM; `--plan-file` pins every node to one plan.
+
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use crate::app::error::{AppError, ExitCode, Result};
+use crate::app::settings::{resolve_plan, warn_missing};
+use crate::app::supervised_run::{launch_once, peer_watch_port, ranks_filter};
+use crate::app::torchrun::command_for;
+use crate::budget::Strategy;
+use crate::calibration::Source;
+use crate::cli::{LaunchArgs, PlanningArgs, StrategyArg, Toggle};
+use crate::launch::command;
+use crate::launch::diagnosis;
+use crate::plan::retry;
+use crate::record;
+
+pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
+    if let Some(path) = args.plan_file.clone() {
+        pin_to_plan_file(&mut args.planning, &path)?;
+    }
+    if args.planning.profile.is_none() {
+        return Err(AppError::usage(
+            "no profile given: `vla-launch --profile aloha` launches, `vla-launch --help` lists the commands",
+        ));
+    }
+    // Checked on every launch, so a typo is caught on one node before the job goes wide.
+    peer_watch_port(&args)?;
+    let mut ctx = resolve_plan(&args.planning, &args.extra, !args.dry_run, args.dry_run)?;
+    if let (Some(path), false) = (&args.plan_file, ctx.plan.feasible) {
+        return Err(AppError::infeasible(format!(
+            "this node's GPUs cannot hold the plan in {}: {}",
+            path.display(),
+            ctx.plan.reasons.join("; ")
+        )));
+    }
+    for w in &ctx.warnings {
+        warn!("{w}");
+    }
+    if ctx.gpus.iter().any(|g| g.described) {
+        warn!(
+            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
+        );
+    }
+    eprint!("{}", ctx.render(false));
+    if !ctx.plan.feasible {
+        let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
+        if !forced {
+            if args.force {
+                return Err(AppError::usage(
+                    "--force needs a fully pinned configuration: --strategy, --batch-size, --grad-accum and --checkpointing",
+                ));
+            }
+            return Ok(ExitCode::Infeasible);
+        }
+        warn!("--force: launching a configuration the plan says does not work");
+    }
+    if args.dry_run {
+        let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
+        let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
+        warn_missing(&missing);
+        println!("{}", command::display(&cmd));
+        return Ok(ExitCode::Success);
+    }
+    let log_dir = match &args.log_dir {
+        Some(d) => d.clone(),
+        None => ctx
+            .resolved
+            .run_root_dir()
+            .map(|d| d.join("vla-launch"))
+            .unwrap_or_else(|| PathBuf::from("vla-launch-logs")),
+    };
+    let mut attempt = 0;
+    loop {
+        let run = launch_once(&ctx, &args, &log_dir, attempt, Source::Run)?;
+        let oom = run
+            .diagnosis
+            .as_ref()
+            .filter(|d| d.kind == diagnosis::DiagnosisKind::CudaOom);
+        let (Some(d), Some(failed)) = (oom, ctx.plan.chosen.clone()) else {
+            return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
+        };
+        let oom_details = match &d.details {
+            diagnosis::Details::CudaOom(o) => Some(o),
+            _ => None,
+        };
+        let observed = diagnosis::oom_evidence(run.worst_peak, oom_details);
+        match retry::replan_after_oom(
+            &ctx.plan_input(),
+            &failed,
+            observed,
+            attempt,
+            args.oom_retries,
+        ) {
+            retry::RetryDecision::Stop { reason } => {
+                eprintln!("vla-launch: {reason}");
+                return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
+            }
+            retry::RetryDecision::Retry { plan, message } => {
+                eprintln!("vla-launch: {message}");
+                ctx.plan = *plan;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// `--plan-file`: every node runs the plan written by `vla-launch plan -o` (on a login node or
+/// node 0), so all nodes pass identical planner flags; this node only checks its GPUs can hold it.
+pub(in crate::app) fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> Result<()> {
+    let bad = |why: String| AppError::usage(format!("--plan-file {}: {why}", path.display()));
+    let v = match record::load(path) {
+        Ok(v) => v,
+        Err(record::RecordError::Read { source, .. }) => {
+            return Err(bad(format!("cannot read it: {source}")));
+        }
+        Err(record::RecordError::Parse { message, .. }) => {
+            return Err(bad(format!(
+                "not a plan written by `vla-launch plan -o`: {message}"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !v.feasible {
+        return Err(bad("the plan in it is not feasible; plan again".into()));
+    }
+    let missing = |key: &str| {
+        bad(format!(
+            "no `{key}` in it; write it with `vla-launch plan -o FILE`"
+        ))
+    };
+    let profile = v.profile.clone();
+    match &args.profile {
+        Some(p)
+            if Path::new(p).file_stem().and_then(|s| s.to_str()) != Some(profile.as_str())
+                && *p != profile =>
+        {
+            return Err(bad(format!(
+                "it was made for profile '{profile}', not '{p}'"
+            )));
+        }
+        Some(_) => {}
+        None => args.profile = Some(profile),
+    }
+    args.strategy = match v.strategy {
+        Some(Strategy::Ddp) => StrategyArg::Ddp,
+        Some(Strategy::Fsdp) => StrategyArg::Fsdp,
+        None => return Err(missing("strategy")),
+    };
+    args.checkpointing = match v.gradient_checkpointing {
+        Some(true) => Toggle::On,
+        Some(false) => Toggle::Off,
+        None => return Err(bad("no `gradient_checkpointing` in it".into())),
+    };
+    args.batch_size = Some(v.batch_size.ok_or_else(|| missing("batch_size"))?);
+    args.grad_accum = Some(
+        v.grad_accumulation_steps
+            .ok_or_else(|| missing("grad_accumulation_steps"))?,
+    );
+    args.nproc = Some(v.nproc_per_node.ok_or_else(|| missing("nproc_per_node"))?);
+    let nnodes = v.nnodes;
+    if args.nnodes.is_some_and(|n| n != nnodes) {
+        return Err(bad(format!(
+            "it is for {nnodes} nodes, but --nnodes says otherwise"
+        )));
+    }
+    args.nnodes = Some(nnodes);
+    args.global_batch = Some(v.min_global_batch);
+    Ok(())
+}

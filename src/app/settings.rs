@@ -1,0 +1,338 @@
+//! What every command resolves once from the command line, the environment and the profile:
+//! the profile (placeholders expanded), the GPUs, the topology, the planner's input and its plan.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::error::{AppError, Result};
+use crate::budget::Strategy;
+use crate::calibration::{self, Store};
+use crate::cli::{PlanningArgs, StrategyArg, Toggle};
+use crate::cluster::{self, Topology, TopologyFlags};
+use crate::gpu::{self, Gpu, NvmlSource};
+use crate::launch::command::{self, Inherited};
+use crate::model;
+use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
+use crate::profile::{self, Loaded, Resolved};
+use crate::script_caps;
+use crate::units::{GIB, fmt_gib};
+
+pub(super) fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+pub(super) fn user_config_dir() -> Option<PathBuf> {
+    if let Some(dir) = env_var(crate::cli::ENV_PROFILE_DIR) {
+        return Some(PathBuf::from(dir));
+    }
+    let base = env_var("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env_var("HOME").map(|h| Path::new(&h).join(".config")))?;
+    Some(base.join("vla-launch").join("profiles"))
+}
+
+pub(super) fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded> {
+    let name = name.ok_or_else(|| {
+        AppError::usage("no profile given: pass --profile NAME (see `vla-launch profiles`) or --profile PATH.yaml",
+        )
+    })?;
+    let mut loaded = profile::load(name, user_config_dir().as_deref())?;
+    profile::apply_overrides(&mut loaded, sets)?;
+    Ok(loaded)
+}
+
+pub(super) fn parse_size(flag: &str, value: &str) -> Result<u64> {
+    gpu::spec::parse_size(value, value).map_err(|_| {
+        AppError::usage(format!("{flag} {value}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB"),
+        )
+    })
+}
+
+/// GPUs from `--gpus` (described) or NVML (queried), with `--vram-cap` applied.
+pub(super) fn gpus_for(args: &PlanningArgs) -> Result<(Vec<Gpu>, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let mut gpus = match &args.gpus {
+        Some(spec) => gpu::parse_gpus_spec(spec)?,
+        None => {
+            let d = gpu::discover(
+                &NvmlSource::new(),
+                env_var("CUDA_VISIBLE_DEVICES").as_deref(),
+            )?;
+            tracing::debug!(elapsed_ms = d.elapsed_ms, "GPU discovery");
+            warnings.extend(d.warnings);
+            d.gpus
+        }
+    };
+    if let Some(cap) = &args.vram_cap {
+        let cap = parse_size("--vram-cap", cap)?;
+        for g in &mut gpus {
+            let used = g.total_bytes.saturating_sub(g.free_bytes);
+            g.total_bytes = g.total_bytes.min(cap);
+            g.free_bytes = g.total_bytes.saturating_sub(used).min(g.free_bytes);
+        }
+        warnings.push(format!(
+            "--vram-cap {}: every GPU treated as holding at most {}",
+            args.vram_cap.as_deref().unwrap_or_default(),
+            fmt_gib(cap)
+        ));
+    }
+    Ok((gpus, warnings))
+}
+
+pub(super) fn host_ram_bytes(args: &PlanningArgs) -> Result<Option<u64>> {
+    if let Some(s) = &args.host_ram {
+        return parse_size("--host-ram", s).map(Some);
+    }
+    if args.gpus.is_some() {
+        // Planning for another machine: this one's RAM says nothing about it.
+        return Ok(None);
+    }
+    Ok(std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| crate::doctor::meminfo_field(&m, "MemTotal")))
+}
+
+/// Everything `plan` and the launch form share, resolved once.
+pub(super) struct Planned {
+    pub loaded: Loaded,
+    /// The profile's placeholders, expanded once.
+    pub resolved: Resolved,
+    pub gpus: Vec<Gpu>,
+    pub topology: Topology,
+    pub spec: model::ModelSpec,
+    pub policy: Policy,
+    pub pins: Pins,
+    pub plan: Plan,
+    pub warnings: Vec<String>,
+    pub extra: Vec<String>,
+    pub vram_cap: Option<u64>,
+    pub alloc_conf: command::AllocConf,
+    pub accepts: Vec<String>,
+    pub host_ram_bytes: Option<u64>,
+    /// Corrections learned from earlier runs; empty when none or unreadable.
+    pub store: Store,
+}
+
+impl Planned {
+    /// The plan for a terminal (`--explain` adds the budget table and the bars).
+    pub(super) fn render(&self, explain: bool) -> String {
+        explain::render_plan(
+            &self.loaded.name,
+            &self.plan,
+            &self.gpus,
+            self.policy.min_global_batch,
+            explain,
+        )
+    }
+
+    /// The planner's input again (for a re-plan after a failure).
+    pub fn plan_input(&self) -> PlanInput<'_> {
+        PlanInput {
+            spec: &self.spec,
+            gpus: &self.gpus,
+            nnodes: self.topology.nnodes,
+            policy: self.policy.clone(),
+            pins: self.pins.clone(),
+            host_ram_bytes: self.host_ram_bytes,
+            merge_lora_during_training: profile::merges_lora_during_training(&self.loaded.profile),
+            calibration: Some(plan::Calibration {
+                store: &self.store,
+                profile: &self.loaded.name,
+            }),
+        }
+    }
+}
+
+pub(super) fn pins_from(args: &PlanningArgs, loaded: &Loaded) -> Result<Pins> {
+    let p = &loaded.profile.planning;
+    for (flag, v) in [
+        ("--batch-size", args.batch_size),
+        ("--grad-accum", args.grad_accum),
+        ("--nproc", args.nproc),
+        ("--global-batch", args.global_batch),
+        ("--nnodes", args.nnodes),
+    ] {
+        if v == Some(0) {
+            return Err(AppError::usage(format!("{flag} 0: must be at least 1")));
+        }
+    }
+    Ok(Pins {
+        strategy: match args.strategy {
+            StrategyArg::Auto => p.strategy,
+            StrategyArg::Ddp => Some(Strategy::Ddp),
+            StrategyArg::Fsdp => Some(Strategy::Fsdp),
+        },
+        batch_size: args.batch_size.or(p.batch_size),
+        grad_accum: args.grad_accum.or(p.grad_accumulation_steps),
+        checkpointing: match args.checkpointing {
+            Toggle::Auto => p.gradient_checkpointing,
+            Toggle::On => Some(true),
+            Toggle::Off => Some(false),
+        },
+        nproc: args.nproc,
+    })
+}
+
+/// Resolves everything a command shares, once: the profile and its placeholders, (with
+/// `ask_script`) the planner flags the script really takes, the GPUs, the topology, and the plan.
+/// `plan_only`: a plan for a job that is not running (a multi-node plan from a login node).
+pub(super) fn resolve_plan(
+    args: &PlanningArgs,
+    extra: &[String],
+    ask_script: bool,
+    plan_only: bool,
+) -> Result<Planned> {
+    let loaded = load_profile(args.profile.as_deref(), &args.sets)?;
+    let resolved = loaded.resolve(&env_var);
+    // A real launch first asks the script which planner flags it really takes.
+    let accepts_override = if ask_script {
+        confirm_script_flags(&loaded, &resolved)?
+    } else {
+        None
+    };
+    let (gpus, mut warnings) = gpus_for(args)?;
+    let topology = match cluster::topology_from_env(
+        &env_var,
+        &TopologyFlags {
+            nnodes: args.nnodes,
+            node_rank: args.node_rank,
+            rdzv_endpoint: args.rdzv_endpoint.clone(),
+            rdzv_port: args.rdzv_port,
+        },
+    ) {
+        Ok(t) => t,
+        // Planning for a multi-node job from a login node: only the node count matters.
+        Err(e) if plan_only && args.nnodes.is_some_and(|n| n > 1) => {
+            warnings.push(format!("{e}; planning only, so this is taken as node 0"));
+            Topology {
+                nnodes: args.nnodes.unwrap_or(1),
+                source: "--nnodes (plan only)".into(),
+                ..Topology::single_node()
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let p = &loaded.profile;
+    let spec = profile::model_spec(p, extra);
+    let (platform, word) = profile::platform_of(p, extra);
+    if word.is_none() {
+        warnings.push(format!(
+            "no platform word (libero, aloha, bridge) in the script's arguments: finetune.py will use {platform:?} constants"
+        ));
+    }
+    let inherited = Inherited::from_process();
+    let profile_env: Vec<(String, String)> =
+        p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let alloc_conf = command::effective_alloc_conf(&profile_env, &inherited);
+    let accepts = accepts_override.unwrap_or_else(|| p.script.accepts.clone());
+    let policy = Policy {
+        min_global_batch: args.global_batch.unwrap_or(p.planning.min_global_batch),
+        exact_global_batch: args.global_batch.is_some(),
+        strategies: p.planning.strategies.clone(),
+        script_accepts_fsdp: accepts.iter().any(|a| a == "use_fsdp"),
+        script_accepts_checkpointing: accepts.iter().any(|a| a == "gradient_checkpointing"),
+        margin_fraction: p.planning.margin_fraction,
+        margin_min_bytes: (p.planning.margin_min_gib * GIB as f64) as u64,
+        max_batch_size: p.planning.max_batch_size,
+        allocator: alloc_conf.allocator(),
+    };
+    let pins = pins_from(args, &loaded)?;
+    let vram_cap = match &args.vram_cap {
+        Some(s) => Some(parse_size("--vram-cap", s)?),
+        None => None,
+    };
+    let host_ram_bytes = host_ram_bytes(args)?;
+    let store = load_store();
+    let plan = plan::plan(&PlanInput {
+        spec: &spec,
+        gpus: &gpus,
+        nnodes: topology.nnodes,
+        policy: policy.clone(),
+        pins: pins.clone(),
+        host_ram_bytes,
+        merge_lora_during_training: profile::merges_lora_during_training(p),
+        calibration: Some(plan::Calibration {
+            store: &store,
+            profile: &loaded.name,
+        }),
+    })?;
+    Ok(Planned {
+        loaded,
+        resolved,
+        gpus,
+        topology,
+        spec,
+        policy,
+        pins,
+        plan,
+        warnings,
+        extra: extra.to_vec(),
+        vram_cap,
+        alloc_conf,
+        accepts,
+        host_ram_bytes,
+        store,
+    })
+}
+
+/// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
+fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Option<Vec<String>>> {
+    let p = &loaded.profile;
+    let workdir = PathBuf::from(&resolved.workdir.value);
+    let script = workdir.join(&resolved.script.value);
+    if !script.is_file() {
+        return Err(AppError::environment(format!(
+            "training script {} not found: run from your OpenVLA-OFT checkout, or export OPENVLA_OFT_DIR=/path/to/openvla-oft (or --set script.workdir=...)",
+            script.display()
+        )));
+    }
+    let python = PathBuf::from(&resolved.python.value);
+    match script_caps::probe(&python, &script, &workdir, Duration::from_secs(120)) {
+        Ok(caps) => {
+            let mut accepted = Vec::new();
+            for flag in &p.script.accepts {
+                if caps.flags.contains(flag.as_str()) {
+                    accepted.push(flag.clone());
+                } else {
+                    warn!(
+                        "{} does not take --{flag} (its --help does not list it): planning without it",
+                        script.display()
+                    );
+                }
+            }
+            Ok(Some(accepted))
+        }
+        Err(e) => {
+            warn!(
+                "could not ask {} for its flags ({e}); trusting the profile's script.accepts",
+                script.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
+pub(super) fn warn_missing(missing: &[(String, String)]) {
+    for (field, var) in missing {
+        warn!("{field}: ${{{var}}} is not set; a real launch refuses it (export {var}=...)");
+    }
+}
+
+pub(super) fn store_path() -> Option<PathBuf> {
+    calibration::default_path(&env_var)
+        .map_err(|e| warn!("calibration store off: {e}"))
+        .ok()
+}
+
+/// The calibration store, or an empty one (a broken store is reported, never fatal).
+pub(super) fn load_store() -> Store {
+    let Some(path) = store_path() else {
+        return Store::default();
+    };
+    calibration::load(&path).unwrap_or_else(|e| {
+        warn!("calibration store ignored: {e}");
+        Store::default()
+    })
+}

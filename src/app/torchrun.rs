@@ -1,0 +1,181 @@
+//! The torchrun command of a plan, and the plan record that describes it.
+
+use std::path::{Path, PathBuf};
+
+use super::error::Result;
+use super::settings::Planned;
+use crate::budget::Strategy;
+use crate::gpu::{self, Gpu};
+use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
+use crate::model;
+use crate::record::{self, Params, PlanRecord};
+
+/// The planner's flags for the script, in a fixed order, followed by any flags it adds.
+pub(super) fn planner_flags(ctx: &Planned) -> Vec<(String, String)> {
+    let mut flags = Vec::new();
+    let Some(c) = &ctx.plan.chosen else {
+        return flags;
+    };
+    flags.push(("--batch_size".into(), c.batch_size.to_string()));
+    flags.push((
+        "--grad_accumulation_steps".into(),
+        c.grad_accumulation_steps.to_string(),
+    ));
+    // Only flags the script takes: upstream finetune.py rejects unknown flags at start.
+    if ctx.accepts.iter().any(|a| a == "use_fsdp") {
+        let v = if c.strategy == Strategy::Fsdp {
+            "True"
+        } else {
+            "False"
+        };
+        flags.push(("--use_fsdp".into(), v.into()));
+    }
+    if ctx.accepts.iter().any(|a| a == "gradient_checkpointing") {
+        let v = if c.gradient_checkpointing {
+            "True"
+        } else {
+            "False"
+        };
+        flags.push(("--gradient_checkpointing".into(), v.into()));
+    }
+    flags.extend(ctx.plan.extra_flags.iter().cloned());
+    flags
+}
+
+/// The torchrun command for the chosen plan; also the list of unset `${VAR}` placeholders.
+/// Terminal output of only some local ranks (`--ranks`); torchrun keeps all ranks' in `log_dir`.
+pub(super) struct RanksFilter<'a> {
+    pub ranks: &'a str,
+    pub log_dir: PathBuf,
+}
+
+pub(super) fn command_for(
+    ctx: &Planned,
+    torchrun: Option<&Path>,
+    ranks: Option<RanksFilter>,
+) -> Result<(LaunchCommand, Vec<(String, String)>)> {
+    let p = &ctx.loaded.profile;
+    let r = &ctx.resolved;
+    let mut flags = r.flags.flags.clone();
+    flags.extend(planner_flags(ctx));
+    let missing = r.missing(torchrun.is_none());
+    let torchrun_path = match torchrun {
+        Some(t) => t.to_path_buf(),
+        None => PathBuf::from(&r.torchrun.value),
+    };
+    let env: Vec<(String, String)> = r
+        .env
+        .iter()
+        .map(|(k, e)| (k.clone(), e.value.clone()))
+        .collect();
+    let c = ctx.plan.chosen.as_ref().expect("command only for a plan");
+    let chosen: Vec<Gpu> = ctx
+        .gpus
+        .iter()
+        .filter(|g| c.gpu_indices.contains(&g.index))
+        .cloned()
+        .collect();
+    let described = chosen.iter().any(|g| g.described);
+    let spec = CommandSpec {
+        torchrun: torchrun_path,
+        script: PathBuf::from(&r.script.value),
+        workdir: PathBuf::from(&r.workdir.value),
+        nproc_per_node: c.nproc_per_node,
+        topology: ctx.topology.clone(),
+        max_restarts: p.script.max_restarts,
+        script_flags: flags,
+        extra_args: ctx.extra.clone(),
+        env,
+        cuda_visible_devices: if described {
+            None
+        } else {
+            Some(gpu::cuda_visible_devices_value(&chosen))
+        },
+        vram_cap_bytes: ctx.vram_cap,
+        ranks_filter: ranks.as_ref().map(|r| r.ranks.to_string()),
+        torchrun_log_dir: ranks.map(|r| r.log_dir),
+    };
+    let cmd = command::build(&spec, &Inherited::from_process())?;
+    Ok((cmd, missing))
+}
+
+pub(super) fn argv_of(cmd: &LaunchCommand) -> Vec<String> {
+    std::iter::once(cmd.program.to_string_lossy().into_owned())
+        .chain(cmd.args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// design.md's `plan --json` object: the plan record without what a launch adds.
+pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> PlanRecord {
+    let plan = &ctx.plan;
+    let c = plan.chosen.as_ref();
+    let components = model::components(&ctx.spec).unwrap_or_default();
+    let total: u64 = components.iter().map(|c| c.params).sum();
+    let trainable: u64 = components
+        .iter()
+        .filter(|c| c.trainable)
+        .map(|c| c.params)
+        .sum();
+    PlanRecord {
+        format_version: record::FORMAT_VERSION,
+        profile: ctx.loaded.name.clone(),
+        profile_origin: Some(ctx.loaded.origin.clone()),
+        feasible: plan.feasible,
+        strategy: c.map(|c| c.strategy),
+        gradient_checkpointing: c.map(|c| c.gradient_checkpointing),
+        batch_size: c.map(|c| c.batch_size),
+        grad_accumulation_steps: c.map(|c| c.grad_accumulation_steps),
+        nproc_per_node: c.map(|c| c.nproc_per_node),
+        nnodes: ctx.topology.nnodes,
+        node_rank: ctx.topology.node_rank,
+        global_batch: c.map(|c| c.global_batch),
+        min_global_batch: ctx.policy.min_global_batch,
+        gpu_indices: c.map(|c| c.gpu_indices.clone()),
+        predicted_peak_bytes: c.map(|c| c.predicted_peak_bytes),
+        required_bytes: c.map(|c| c.required_bytes),
+        model_peak_bytes: c.map(|c| c.model_peak_bytes),
+        correction: c.and_then(|c| c.correction.clone()),
+        usable_bytes: c.map(|c| c.usable_bytes),
+        fits: c.map(|c| c.fits),
+        step_time_s: c.map(|c| c.step_time_s),
+        samples_per_s: c.map(|c| c.samples_per_s),
+        budget: c.map(|c| c.budget.clone()),
+        allocator: Some(ctx.policy.allocator),
+        alloc_conf: Some(ctx.alloc_conf.clone()),
+        params: Some(Params {
+            total,
+            trainable,
+            components,
+        }),
+        model: Some(ctx.spec.clone()),
+        gpus: ctx.gpus.clone(),
+        topology: Some(ctx.topology.clone()),
+        pins: Some(ctx.pins.clone()),
+        script_accepts: ctx.accepts.clone(),
+        command: command.map(argv_of),
+        env: command.map(|cmd| {
+            cmd.env
+                .iter()
+                .map(|(k, v)| {
+                    let v = if command::is_secret(k) {
+                        record::REDACTED.to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        }),
+        alternatives: plan.alternatives.clone(),
+        reasons: plan.reasons.clone(),
+        levers: plan.levers.clone(),
+        host_ram: plan.host_ram,
+        warnings: ctx.warnings.clone(),
+        evaluated: plan.evaluated,
+        cwd: None,
+        started_unix: None,
+        attempt: None,
+        launcher_version: None,
+        outcome: None,
+    }
+}

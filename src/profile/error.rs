@@ -1,0 +1,39 @@
+//! What can be wrong with a profile; each message names the file, the line and the fix.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error(
+        "profile '{name}' not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file"
+    )]
+    NotFound { name: String, searched: String },
+    #[error("{path}: is a directory, not a profile; pass a .yaml file such as {path}/aloha.yaml")]
+    IsDirectory { path: String },
+    #[error("{path}: cannot read the profile: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{place}: {message}")]
+    Invalid { place: String, message: String },
+    #[error("--set {arg}: {message}")]
+    BadOverride { arg: String, message: String },
+    #[error(
+        "{place}: environment variable{s} {vars} not set; export {example} (or `--set {key}=VALUE`) before launching",
+        s = if vars.contains(',') { "s" } else { "" }
+    )]
+    MissingEnv {
+        place: String,
+        vars: String,
+        example: String,
+        key: String,
+    },
+}
+
+impl ProfileError {
+    pub(super) fn invalid(place: impl Into<String>, message: impl Into<String>) -> Self {
+        ProfileError::Invalid {
+            place: place.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Finding a profile (built-in, local directory, user directory, path), parsing and validating it.
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+use super::derive::{flag_bool, platform_of, show_value};
+use super::error::ProfileError;
+use super::schema::{Loaded, OPTIONAL_PLANNER_FLAGS, Origin, PLANNER_FLAGS, PRESETS, Profile};
+
+/// Profiles compiled into the binary, so `--profile aloha` works from any directory.
+/// Profiles compiled into the binary, so `--profile aloha` works from any directory.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("aloha", include_str!("../../launch-profiles/aloha.yaml")),
+    ("libero", include_str!("../../launch-profiles/libero.yaml")),
+    ("bridge", include_str!("../../launch-profiles/bridge.yaml")),
+    (
+        "aloha-probe",
+        include_str!("../../launch-profiles/aloha-probe.yaml"),
+    ),
+    (
+        "libero-probe",
+        include_str!("../../launch-profiles/libero-probe.yaml"),
+    ),
+];
+
+/// Finds a profile: a path; else `./launch-profiles/NAME.yaml`; else the user's config dir; else built-in.
+pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, ProfileError> {
+    let as_path = Path::new(name_or_path);
+    let looks_like_path = name_or_path.contains('/')
+        || name_or_path.ends_with(".yaml")
+        || name_or_path.ends_with(".yml");
+    if looks_like_path || as_path.exists() {
+        if as_path.is_dir() {
+            return Err(ProfileError::IsDirectory {
+                path: name_or_path.trim_end_matches('/').to_string(),
+            });
+        }
+        return load_file(as_path, name_or_path);
+    }
+    let mut searched = Vec::new();
+    let mut dirs = vec![PathBuf::from("launch-profiles")];
+    if let Some(dir) = config_dir {
+        dirs.push(dir.to_path_buf());
+    }
+    for dir in dirs {
+        let candidate = dir.join(format!("{name_or_path}.yaml"));
+        if candidate.is_file() {
+            return load_file(&candidate, name_or_path);
+        }
+        searched.push(candidate.display().to_string());
+    }
+    if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+        let profile = parse(text, &format!("<built-in {name_or_path}>"))?;
+        return Ok(Loaded {
+            name: name_or_path.to_string(),
+            origin: Origin::BuiltIn,
+            profile,
+        });
+    }
+    searched.push(format!(
+        "the built-in profiles ({})",
+        BUILTIN
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Err(ProfileError::NotFound {
+        name: name_or_path.to_string(),
+        searched: searched.join(", "),
+    })
+}
+
+fn load_file(path: &Path, display: &str) -> Result<Loaded, ProfileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        path: display.to_string(),
+        source,
+    })?;
+    let profile = parse(&text, display)?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| display.to_string());
+    Ok(Loaded {
+        name,
+        origin: Origin::File(path.to_path_buf()),
+        profile,
+    })
+}
+
+/// Parses and validates a profile's text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Profile, ProfileError> {
+    if text.trim().is_empty() || text.lines().all(|l| l.trim_start().starts_with('#')) {
+        return Err(ProfileError::invalid(
+            file,
+            "the profile is empty; it needs at least `script:` and `train:` (see launch-profiles/aloha.yaml)",
+        ));
+    }
+    let profile: Profile = serde_yaml::from_str(text).map_err(|e| {
+        let place = match e.location() {
+            Some(loc) => format!("{file}:{}:{}", loc.line(), loc.column()),
+            None => file.to_string(),
+        };
+        ProfileError::invalid(place, explain_serde(&e.to_string()))
+    })?;
+    validate(&profile, &|key: &str| locate(text, file, key))?;
+    Ok(profile)
+}
+
+/// serde's messages end with " at line L column C"; the place is printed already.
+pub(super) fn explain_serde(msg: &str) -> String {
+    let msg = match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    msg.replace("invalid value: integer `-", "negative value `-")
+        .replace("invalid type: integer `-", "negative value `-")
+        .replace("expected u32", "expected a positive whole number")
+}
+
+/// `file:line:col` of a dotted key such as `train.lora_rank`, found by indentation.
+pub(super) fn locate(text: &str, file: &str, dotted: &str) -> String {
+    let mut parts = dotted.split('.').peekable();
+    let mut indent_floor: Option<usize> = None;
+    let mut found: Option<(usize, usize)> = None;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0;
+    while let Some(part) = parts.next() {
+        let mut hit = None;
+        for (i, line) in lines.iter().enumerate().skip(start) {
+            let indent = line.len() - line.trim_start().len();
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if let Some(floor) = indent_floor
+                && indent <= floor
+                && i > start
+            {
+                break;
+            }
+            if trimmed.starts_with(&format!("{part}:")) {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        match hit {
+            Some((i, indent)) => {
+                found = Some((i + 1, indent + 1));
+                indent_floor = Some(indent);
+                start = i + 1;
+            }
+            None => break,
+        }
+        if parts.peek().is_none() {
+            break;
+        }
+    }
+    match found {
+        Some((line, col)) => format!("{file}:{line}:{col} ({dotted})"),
+        None => format!("{file} ({dotted})"),
+    }
+}
+
+pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileError> {
+    if p.script.path.trim().is_empty() {
+        return Err(ProfileError::invalid(
+            place("script.path"),
+            "the training script path is empty; set it to vla-scripts/finetune.py",
+        ));
+    }
+    for flag in &p.script.accepts {
+        if !OPTIONAL_PLANNER_FLAGS.contains(&flag.as_str()) {
+            return Err(ProfileError::invalid(
+                place("script.accepts"),
+                format!(
+                    "unknown planner flag '{flag}'; valid: {}",
+                    OPTIONAL_PLANNER_FLAGS.join(", ")
+                ),
+            ));
+        }
+    }
+    if !PRESETS.contains(&p.model.preset.as_str()) {
+        return Err(ProfileError::invalid(
+            place("model.preset"),
+            format!(
+                "unknown architecture preset '{}'; valid: {}",
+                p.model.preset,
+                PRESETS.join(", ")
+            ),
+        ));
+    }
+    if p.model.prompt_tokens == 0 || p.model.prompt_tokens > 512 {
+        return Err(ProfileError::invalid(
+            place("model.prompt_tokens"),
+            format!(
+                "{} prompt tokens is not plausible; OpenVLA-OFT prompts are about 20-30 tokens",
+                p.model.prompt_tokens
+            ),
+        ));
+    }
+    let pl = &p.planning;
+    if pl.min_global_batch == 0 {
+        return Err(ProfileError::invalid(
+            place("planning.min_global_batch"),
+            "must be at least 1 (OpenVLA-OFT recommends 16)",
+        ));
+    }
+    if pl.strategies.is_empty() {
+        return Err(ProfileError::invalid(
+            place("planning.strategies"),
+            "no strategy allowed; list at least one of: ddp, fsdp",
+        ));
+    }
+    if !(0.0..0.5).contains(&pl.margin_fraction) {
+        return Err(ProfileError::invalid(
+            place("planning.margin_fraction"),
+            format!(
+                "{} is outside 0.0..0.5; the default is 0.05",
+                pl.margin_fraction
+            ),
+        ));
+    }
+    if !(0.0..64.0).contains(&pl.margin_min_gib) {
+        return Err(ProfileError::invalid(
+            place("planning.margin_min_gib"),
+            format!(
+                "{} is outside 0..64 GiB; the default is 1",
+                pl.margin_min_gib
+            ),
+        ));
+    }
+    if pl.max_batch_size == 0 || pl.max_batch_size > 1024 {
+        return Err(ProfileError::invalid(
+            place("planning.max_batch_size"),
+            "must be between 1 and 1024",
+        ));
+    }
+    for (key, pin) in [
+        ("planning.batch_size", pl.batch_size),
+        (
+            "planning.grad_accumulation_steps",
+            pl.grad_accumulation_steps,
+        ),
+    ] {
+        if pin == Some(0) {
+            return Err(ProfileError::invalid(place(key), "must be at least 1"));
+        }
+    }
+    for (key, value) in &p.train {
+        let Some(key) = key.as_str() else {
+            return Err(ProfileError::invalid(
+                place("train"),
+                format!("flag names must be strings, found {key:?}"),
+            ));
+        };
+        let at = format!("train.{key}");
+        if PLANNER_FLAGS.contains(&key) {
+            return Err(ProfileError::invalid(
+                place(&at),
+                format!(
+                    "'{key}' is chosen by the planner; remove it, or pin it with planning.{key} or --{}",
+                    key.replace('_', "-")
+                        .replace("grad-accumulation-steps", "grad-accum")
+                ),
+            ));
+        }
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ProfileError::invalid(
+                place(&at),
+                format!("'{key}' is not a flag name (letters, digits and '_' only)"),
+            ));
+        }
+        check_flag_type(key, value).map_err(|m| ProfileError::invalid(place(&at), m))?;
+    }
+    if flag_bool(&p.train, "use_lora") == Some(false) {
+        return Err(ProfileError::invalid(
+            place("train.use_lora"),
+            "full fine-tuning (use_lora False) is not modelled by the budget model; use LoRA",
+        ));
+    }
+    let l1 = flag_bool(&p.train, "use_l1_regression").unwrap_or(true);
+    let diffusion = flag_bool(&p.train, "use_diffusion").unwrap_or(false);
+    if l1 == diffusion {
+        return Err(ProfileError::invalid(
+            place("train.use_diffusion"),
+            "exactly one of use_l1_regression and use_diffusion must be True",
+        ));
+    }
+    if let Some(explicit) = p.model.platform {
+        let (derived, _) = platform_of(p, &[]);
+        if derived != explicit {
+            return Err(ProfileError::invalid(
+                place("model.platform"),
+                format!(
+                    "says {explicit:?} but the script will pick {derived:?} constants from the words in its arguments; put the platform word in dataset_name or run_id_note"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Types of the upstream flags whose values the budget model reads or users commonly get wrong.
+fn check_flag_type(key: &str, value: &Value) -> Result<(), String> {
+    const BOOLS: &[&str] = &[
+        "use_l1_regression",
+        "use_diffusion",
+        "use_film",
+        "use_proprio",
+        "use_val_set",
+        "save_latest_checkpoint_only",
+        "resume",
+        "image_aug",
+        "use_lora",
+        "merge_lora_during_training",
+    ];
+    const POSITIVE_INTS: &[&str] = &[
+        "num_images_in_input",
+        "max_steps",
+        "lora_rank",
+        "num_diffusion_steps_train",
+        "shuffle_buffer_size",
+        "num_steps_before_decay",
+        "save_freq",
+        "val_freq",
+        "wandb_log_freq",
+        "diffusion_sample_freq",
+    ];
+    if BOOLS.contains(&key) && !value.is_bool() {
+        return Err(format!(
+            "'{key}' must be true or false, found {}",
+            show_value(value)
+        ));
+    }
+    if POSITIVE_INTS.contains(&key) {
+        match value.as_i64() {
+            Some(n) if n >= 1 => {}
+            _ => {
+                return Err(format!(
+                    "'{key}' must be a positive whole number, found {}",
+                    show_value(value)
+                ));
+            }
+        }
+    }
+    if key == "num_images_in_input" && value.as_i64().is_some_and(|n| n > 3) {
+        return Err(format!(
+            "OpenVLA-OFT takes 1 to 3 images (third-person + 2 wrist), found {}",
+            show_value(value)
+        ));
+    }
+    if key == "learning_rate" && !value.as_f64().is_some_and(|x| x > 0.0 && x < 1.0) {
+        return Err(format!(
+            "'learning_rate' must be a number in (0, 1), found {}",
+            show_value(value)
+        ));
+    }
+    if value.is_mapping() || value.is_sequence() {
+        return Err(format!(
+            "'{key}' must be a single value (string, number or boolean), found a list or mapping"
+        ));
+    }
+    Ok(())
+}

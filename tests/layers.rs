@@ -1,0 +1,527 @@
+//! The module structure of src/, checked from the source text (no extra tooling in CI):
+//! 1. no cycle among the modules (one node per file: `plan` is src/plan/mod.rs, `plan::retry`
+//!    is src/plan/retry.rs); an edge is any `use` of, or `crate::`/`super::` path into, another
+//!    module, and a module using its own submodule counts like any other edge;
+//! 2. the pure core (model, budget, plan) imports nothing of the process, launch, CLI or
+//!    NVML layers and does no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Modules the core may not import (prefix match on the module path).
+const NOT_FROM_CORE: &[&str] = &[
+    "app",
+    "cli",
+    "launch",
+    "monitor",
+    "doctor",
+    "script_caps",
+    "record",
+    "gpu::nvml",
+    "cluster::peers",
+];
+const CORE: &[&str] = &["model", "budget", "plan"];
+/// What the core may not name at all: files, processes, sockets, the runtime, NVML.
+const CORE_FORBIDDEN_PATHS: &[&str] = &[
+    "std::fs",
+    "std::process",
+    "std::net",
+    "std::env",
+    "tokio",
+    "nvml_wrapper",
+];
+
+/// Module path ("plan::retry") -> file.
+fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
+    fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                let mut p = prefix.to_vec();
+                p.push(name);
+                walk(&path, &p, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let mut p = prefix.to_vec();
+                if name != "mod" && !(prefix.is_empty() && (name == "lib" || name == "main")) {
+                    p.push(name.clone());
+                }
+                let key = if p.is_empty() {
+                    format!("crate({name})")
+                } else {
+                    p.join("::")
+                };
+                out.insert(key, path);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(src, &[], &mut out);
+    out
+}
+
+/// The text with comments and string literals blanked, so only code is scanned.
+fn code_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if b[i] == b'r' && (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#')) {
+            // Raw strings: r"..." or r#"..."#.
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while b.get(j) == Some(&b'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if b.get(j) != Some(&b'"') {
+                out.push('r');
+                i += 1;
+                continue;
+            }
+            j += 1;
+            let close: Vec<u8> = std::iter::once(b'"')
+                .chain(std::iter::repeat_n(b'#', hashes))
+                .collect();
+            while j < b.len() && !b[j..].starts_with(&close) {
+                j += 1;
+            }
+            i = j + close.len();
+            out.push_str("\"\"");
+        } else if b[i] == b'\'' && b.get(i + 2) == Some(&b'\'') {
+            // A char literal such as '{' (lifetimes have no closing quote two bytes on).
+            out.push_str("' '");
+            i += 3;
+        } else if b[i] == b'\'' && b.get(i + 1) == Some(&b'\\') {
+            // An escaped char literal such as '\'' or '\n': skip to the quote after the escape.
+            let mut j = i + 3;
+            while j < b.len() && b[j] != b'\'' {
+                j += 1;
+            }
+            i = j + 1;
+            out.push_str("' '");
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every path a `use` item names, its `{...}` groups expanded ("crate::plan::{a, b::c}" gives
+/// "crate::plan::a" and "crate::plan::b::c").
+fn use_paths(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(pos) = find_use(rest) {
+        let after = &rest[pos..];
+        let end = after.find(';').unwrap_or(after.len());
+        let tree: String = after[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        expand("", &tree, &mut out);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The byte offset just after the next `use ` keyword that starts an item.
+fn find_use(code: &str) -> Option<usize> {
+    find_word(code, "use ").map(|at| at + 4)
+}
+
+fn expand(prefix: &str, tree: &str, out: &mut Vec<String>) {
+    match tree.find('{') {
+        None => {
+            let path = tree.split("as").next().unwrap_or(tree);
+            let path = path.trim_end_matches("::*").trim_end_matches("::self");
+            out.push(format!("{prefix}{path}"));
+        }
+        Some(open) => {
+            let head = &tree[..open];
+            let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+            let mut depth = 0;
+            let mut start = 0;
+            for (i, c) in inner.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        expand(&format!("{prefix}{head}"), &inner[start..i], out);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            if start < inner.len() {
+                expand(&format!("{prefix}{head}"), &inner[start..], out);
+            }
+        }
+    }
+}
+
+/// `crate::a::b`, `super::x` and `child::y` paths written inline in code (outside `use` items);
+/// `children` are the submodules of the file, which code may name without `self::`.
+fn inline_paths(code: &str, children: &[String]) -> Vec<String> {
+    let mut without_uses = String::new();
+    let mut rest = code;
+    while let Some(at) = find_word(rest, "use ") {
+        without_uses.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = &rest[rest.find(';').unwrap_or(rest.len())..];
+    }
+    without_uses.push_str(rest);
+    let code = without_uses.as_str();
+    let mut out = Vec::new();
+    let roots = ["crate".to_string(), "super".to_string()];
+    for root in roots.iter().chain(children).map(|r| format!("{r}::")) {
+        let root = root.as_str();
+        let mut from = 0;
+        while let Some(i) = code[from..].find(root) {
+            let at = from + i;
+            let before = code[..at].chars().next_back();
+            from = at + root.len();
+            // Not a path in a longer path, nor a visibility (`pub(in crate::app)`).
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+                || code[..at].ends_with("(in ")
+            {
+                continue;
+            }
+            let path: String = code[at..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            out.push(path.trim_end_matches(':').to_string());
+        }
+    }
+    out
+}
+
+/// The module a path lands in, from the module `from` (None for other crates and for items of
+/// `from` itself).
+fn resolve(path: &str, from: &str, mods: &BTreeMap<String, PathBuf>) -> Option<String> {
+    let from_segs: Vec<&str> = if from.starts_with("crate(") {
+        Vec::new()
+    } else {
+        from.split("::").collect()
+    };
+    let segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+    let mut abs: Vec<&str> = match segs.first() {
+        Some(&"crate") => segs[1..].to_vec(),
+        Some(&"super") => {
+            let mut base = from_segs.clone();
+            let mut rest = &segs[..];
+            while rest.first() == Some(&"super") {
+                base.pop();
+                rest = &rest[1..];
+            }
+            base.extend_from_slice(rest);
+            base
+        }
+        Some(&"self") => {
+            let mut base = from_segs.clone();
+            base.extend_from_slice(&segs[1..]);
+            base
+        }
+        Some(first) => {
+            // A child module named without `self::` (2018 paths); anything else is a crate.
+            let mut child = from_segs.clone();
+            child.push(first);
+            if !mods.contains_key(&child.join("::")) {
+                return None;
+            }
+            let mut base = from_segs.clone();
+            base.extend_from_slice(&segs);
+            base
+        }
+        None => return None,
+    };
+    while !abs.is_empty() {
+        let key = abs.join("::");
+        if mods.contains_key(&key) {
+            return (key != from).then_some(key);
+        }
+        abs.pop();
+    }
+    None
+}
+
+/// The file's code outside inline modules (`None`), and each inline `mod x { ... }` body (one
+/// level deep, which is all this crate uses).
+fn inline_modules(code: &str) -> Vec<(Option<String>, String)> {
+    let mut outer = String::new();
+    let mut inner = Vec::new();
+    let mut rest = code;
+    loop {
+        let Some(at) = find_word(rest, "mod ") else {
+            outer.push_str(rest);
+            break;
+        };
+        let after = &rest[at + 4..];
+        let name: String = after
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let tail = after.trim_start()[name.len()..].trim_start();
+        if !tail.starts_with('{') {
+            // `mod x;`: a file module, resolved through its own file.
+            outer.push_str(&rest[..at + 4]);
+            rest = after;
+            continue;
+        }
+        outer.push_str(&rest[..at]);
+        let open = rest.len() - tail.len();
+        let mut depth = 0;
+        let mut close = rest.len();
+        for (i, c) in rest[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = open + i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        inner.push((Some(name), rest[open + 1..close].to_string()));
+        rest = &rest[(close + 1).min(rest.len())..];
+    }
+    let mut out = vec![(None, outer)];
+    out.extend(inner);
+    out
+}
+
+/// The byte offset of the next `word` that does not continue an identifier.
+fn find_word(code: &str, word: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = code[from..].find(word) {
+        let at = from + i;
+        let before = code[..at].chars().next_back();
+        if before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) {
+            return Some(at);
+        }
+        from = at + word.len();
+    }
+    None
+}
+
+/// Module -> the modules it uses.
+fn graph() -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<String, String>) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mods = modules(&src);
+    let mut edges = BTreeMap::new();
+    let mut code_of = BTreeMap::new();
+    for (name, file) in &mods {
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        let mut to = BTreeSet::new();
+        // Paths inside an inline `mod x { ... }` (the tests) are relative to `name::x`.
+        for (inner, text) in inline_modules(&code) {
+            let from = match &inner {
+                Some(m) => format!("{name}::{m}"),
+                None => name.clone(),
+            };
+            let children: Vec<String> = mods
+                .keys()
+                .filter_map(|m| m.strip_prefix(&format!("{name}::")))
+                .filter(|m| !m.contains("::"))
+                .map(String::from)
+                .collect();
+            let paths = use_paths(&text)
+                .into_iter()
+                .chain(inline_paths(&text, &children));
+            for path in paths {
+                if let Some(target) = resolve(&path, &from, &mods).filter(|t| t != name) {
+                    to.insert(target);
+                }
+            }
+        }
+        edges.insert(name.clone(), to);
+        code_of.insert(name.clone(), code);
+    }
+    (edges, code_of)
+}
+
+/// Strongly connected components with more than one module (Tarjan).
+fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct State<'a> {
+        edges: &'a BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: BTreeSet<&'a str>,
+        next: usize,
+        out: Vec<Vec<String>>,
+    }
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        s.index.insert(v, s.next);
+        s.low.insert(v, s.next);
+        s.next += 1;
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        for w in s.edges.get(v).into_iter().flatten() {
+            let w = w.as_str();
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let low = s.low[v].min(s.low[w]);
+                s.low.insert(v, low);
+            } else if s.on_stack.contains(w) {
+                let low = s.low[v].min(s.index[w]);
+                s.low.insert(v, low);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut component = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                component.push(w.to_string());
+                if w == v {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                component.sort();
+                s.out.push(component);
+            }
+        }
+    }
+    let mut s = State {
+        edges,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        next: 0,
+        out: Vec::new(),
+    };
+    for v in edges.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}
+
+fn in_any(module: &str, prefixes: &[&str]) -> bool {
+    prefixes
+        .iter()
+        .any(|p| module == *p || module.starts_with(&format!("{p}::")))
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let (edges, _) = graph();
+    let found = cycles(&edges);
+    let shown: Vec<String> = found
+        .iter()
+        .map(|c| {
+            let inner: Vec<String> = c
+                .iter()
+                .map(|m| {
+                    let to: Vec<&str> = edges[m]
+                        .iter()
+                        .filter(|t| c.contains(t))
+                        .map(String::as_str)
+                        .collect();
+                    format!("{m} -> {}", to.join(", "))
+                })
+                .collect();
+            inner.join("; ")
+        })
+        .collect();
+    assert!(found.is_empty(), "module cycles:\n  {}", shown.join("\n  "));
+}
+
+#[test]
+fn the_core_imports_no_io_layer_and_does_no_io() {
+    let (edges, code) = graph();
+    let mut bad = Vec::new();
+    for (m, to) in &edges {
+        if !in_any(m, CORE) {
+            continue;
+        }
+        for t in to.iter().filter(|t| in_any(t, NOT_FROM_CORE)) {
+            bad.push(format!("{m} uses {t}"));
+        }
+        for p in CORE_FORBIDDEN_PATHS {
+            if code[m].contains(p) {
+                bad.push(format!("{m} names {p}"));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the core reaches out:\n  {}",
+        bad.join("\n  ")
+    );
+}
+
+/// The checker itself: it sees the edges written in the ways this crate writes them.
+#[test]
+fn the_checker_finds_use_trees_inline_paths_and_child_modules() {
+    let code = code_only(
+        "use crate::{a::{B, c::D}, e as f};\n// use crate::commented;\nlet s = \"crate::in_string\";\nfn x() { crate::g::h(); super::i::J; k::l(); }\n",
+    );
+    let mut paths = use_paths(&code);
+    paths.extend(inline_paths(&code, &["k".to_string()]));
+    assert_eq!(
+        paths,
+        [
+            "crate::a::B",
+            "crate::a::c::D",
+            "crate::e",
+            "crate::g::h",
+            "super::i::J",
+            "k::l"
+        ]
+    );
+    let mods: BTreeMap<String, PathBuf> = ["a", "a::c", "e", "g", "p", "p::i", "p::q"]
+        .iter()
+        .map(|m| (m.to_string(), PathBuf::new()))
+        .collect();
+    assert_eq!(
+        resolve("crate::a::c::D", "p", &mods).as_deref(),
+        Some("a::c")
+    );
+    assert_eq!(
+        resolve("super::i::J", "p::q", &mods).as_deref(),
+        Some("p::i")
+    );
+    assert_eq!(resolve("q::X", "p", &mods).as_deref(), Some("p::q"));
+    assert_eq!(resolve("serde::Serialize", "p", &mods), None);
+    let edges: BTreeMap<String, BTreeSet<String>> = [
+        ("a", vec!["e"]),
+        ("e", vec!["g"]),
+        ("g", vec!["a"]),
+        ("p", vec!["a"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(cycles(&edges), vec![vec!["a", "e", "g"]]);
+}
