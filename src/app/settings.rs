@@ -245,20 +245,7 @@ pub(super) fn resolve_plan(
     };
     let host_ram_bytes = host_ram_bytes(args)?;
     let store = load_store();
-    let plan = plan::plan(&PlanInput {
-        spec: &spec,
-        gpus: &gpus,
-        nnodes: topology.nnodes,
-        policy: policy.clone(),
-        pins: pins.clone(),
-        host_ram_bytes,
-        merge_lora_during_training: profile::merges_lora_during_training(p),
-        calibration: Some(plan::Calibration {
-            store: &store,
-            profile: &loaded.name,
-        }),
-    })?;
-    Ok(Planned {
+    let mut planned = Planned {
         loaded,
         resolved,
         gpus,
@@ -266,7 +253,7 @@ pub(super) fn resolve_plan(
         spec,
         policy,
         pins,
-        plan,
+        plan: Plan::default(),
         warnings,
         extra: extra.to_vec(),
         vram_cap,
@@ -274,7 +261,9 @@ pub(super) fn resolve_plan(
         accepts,
         host_ram_bytes,
         store,
-    })
+    };
+    planned.plan = plan::plan(&planned.plan_input())?;
+    Ok(planned)
 }
 
 /// Asks the script which optional planner flags it takes (`python SCRIPT --help`).

@@ -154,7 +154,7 @@ pub struct Alternative {
     pub why_not: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
     pub feasible: bool,
     /// The chosen configuration; with every axis pinned, that configuration even when it does not fit.
