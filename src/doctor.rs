@@ -140,7 +140,7 @@ fn shebang_python(line: &str, path_env: Option<&OsStr>, host: &dyn Host) -> Opti
 }
 
 fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    crate::units::fmt_gib_digits(bytes, 1)
 }
 
 const TORCH_PROBE: &str = "import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'available': torch.cuda.is_available(), 'devices': torch.cuda.device_count()}))";
@@ -156,45 +156,69 @@ struct TorchInfo {
 /// Run every check, in the order a user fixes them.
 pub fn run_checks(ctx: &DoctorContext) -> Vec<Check> {
     let mut checks = Vec::new();
-    let path_env = ctx.path_env.as_deref();
+    let (torchrun, check) = torchrun_check(ctx);
+    checks.push(check);
+    let (python, check) = python_check(ctx, torchrun.as_deref());
+    checks.push(check);
+    checks.extend(torch_checks(ctx, python.as_deref()));
+    let (script_found, check) = script_check(ctx);
+    checks.push(check);
+    checks.push(match (&python, script_found) {
+        (Some(py), true) => script_flags_check(ctx, py),
+        _ => Check::fail(
+            "script flags",
+            "not checked: needs python and the script",
+            "fix the checks above first",
+        ),
+    });
+    checks.push(nvml_check(ctx));
+    checks.push(disk_check(ctx));
+    checks.push(ram_check(ctx));
+    checks
+}
 
-    // torchrun
+/// torchrun: given, else on PATH.
+fn torchrun_check(ctx: &DoctorContext) -> (Option<PathBuf>, Check) {
     let torchrun = match &ctx.torchrun {
         Some(p) if ctx.host.is_executable(p) => Ok(p.clone()),
         Some(p) => Err(format!("{} is not an executable file", p.display())),
-        None => find_in_path("torchrun", path_env, ctx.host)
+        None => find_in_path("torchrun", ctx.path_env.as_deref(), ctx.host)
             .ok_or_else(|| "torchrun is not on PATH".to_string()),
     };
-    checks.push(match &torchrun {
+    let check = match &torchrun {
         Ok(p) => Check::ok("torchrun", p.display().to_string()),
         Err(why) => Check::fail(
             "torchrun",
             why.clone(),
             "activate the training environment (the one with torch installed), or --set script.torchrun=/path/to/env/bin/torchrun",
         ),
-    });
+    };
+    (torchrun.ok(), check)
+}
 
-    // python: the one torchrun runs the script with.
+/// python: the one torchrun runs the script with (given, torchrun's #! line, or python3).
+fn python_check(ctx: &DoctorContext, torchrun: Option<&Path>) -> (Option<PathBuf>, Check) {
+    let path_env = ctx.path_env.as_deref();
     let python = ctx
         .python
         .clone()
-        .or_else(|| {
-            let t = torchrun.as_ref().ok()?;
-            shebang_python(&ctx.host.first_line(t)?, path_env, ctx.host)
-        })
-        .or_else(|| find_in_path("python3", path_env, ctx.host));
-    let python = python.filter(|p| ctx.host.is_executable(p));
-    checks.push(match &python {
+        .or_else(|| shebang_python(&ctx.host.first_line(torchrun?)?, path_env, ctx.host))
+        .or_else(|| find_in_path("python3", path_env, ctx.host))
+        .filter(|p| ctx.host.is_executable(p));
+    let check = match &python {
         Some(p) => Check::ok("python", p.display().to_string()),
         None => Check::fail(
             "python",
             "no Python interpreter found (given, from torchrun's #! line, or python3 on PATH)",
             "activate the training environment, or set the profile's python",
         ),
-    });
+    };
+    (python, check)
+}
 
-    // torch and CUDA, from the Python that will run the training.
-    let torch = python.as_ref().map(|py| {
+/// torch and CUDA, from the Python that will run the training: two checks.
+fn torch_checks(ctx: &DoctorContext, python: Option<&Path>) -> [Check; 2] {
+    let torch = python.map(|py| {
         ctx.runner
             .run(
                 py,
@@ -221,33 +245,25 @@ pub fn run_checks(ctx: &DoctorContext) -> Vec<Check> {
             })
     });
     match torch {
-        None => {
-            checks.push(Check::fail(
-                "torch",
-                "not checked: no Python",
-                "fix python first",
-            ));
-            checks.push(Check::fail(
-                "torch CUDA",
-                "not checked: no Python",
-                "fix python first",
-            ));
-        }
-        Some(Err(why)) => {
-            checks.push(Check::fail(
+        None => [
+            Check::fail("torch", "not checked: no Python", "fix python first"),
+            Check::fail("torch CUDA", "not checked: no Python", "fix python first"),
+        ],
+        Some(Err(why)) => [
+            Check::fail(
                 "torch",
                 format!("`import torch` failed: {why}"),
                 "install torch into the training environment (pip install torch, or the OpenVLA-OFT requirements)",
-            ));
-            checks.push(Check::fail(
+            ),
+            Check::fail(
                 "torch CUDA",
                 "not checked: torch does not import",
                 "fix torch first",
-            ));
-        }
-        Some(Ok(info)) => {
-            checks.push(Check::ok("torch", format!("torch {}", info.torch)));
-            checks.push(match (&info.cuda, info.available) {
+            ),
+        ],
+        Some(Ok(info)) => [
+            Check::ok("torch", format!("torch {}", info.torch)),
+            match (&info.cuda, info.available) {
                 (None, _) => Check::fail(
                     "torch CUDA",
                     format!("torch {} is a CPU-only build", info.torch),
@@ -258,19 +274,24 @@ pub fn run_checks(ctx: &DoctorContext) -> Vec<Check> {
                     format!("torch built for CUDA {cuda} sees no GPU"),
                     "check nvidia-smi and CUDA_VISIBLE_DEVICES; the driver may be older than CUDA {cuda} needs",
                 ),
-                (Some(cuda), true) => Check::ok("torch CUDA", format!("CUDA {cuda}, {} GPU(s) visible", info.devices)),
-            });
-        }
+                (Some(cuda), true) => Check::ok(
+                    "torch CUDA",
+                    format!("CUDA {cuda}, {} GPU(s) visible", info.devices),
+                ),
+            },
+        ],
     }
+}
 
-    // The script and the planner flags it accepts.
+/// The training script, in its workdir.
+fn script_check(ctx: &DoctorContext) -> (bool, Check) {
     let script = if ctx.script.is_absolute() {
         ctx.script.clone()
     } else {
         ctx.workdir.join(&ctx.script)
     };
-    let script_found = ctx.host.is_file(&script);
-    checks.push(if script_found {
+    let found = ctx.host.is_file(&script);
+    let check = if found {
         Check::ok("script", script.display().to_string())
     } else {
         Check::fail(
@@ -278,29 +299,20 @@ pub fn run_checks(ctx: &DoctorContext) -> Vec<Check> {
             format!("{} does not exist", script.display()),
             "set the profile's script and workdir to your OpenVLA-OFT checkout (e.g. --set script.workdir=/path/to/openvla-oft)",
         )
-    });
-    checks.push(match (&python, script_found) {
-        (Some(py), true) => script_flags_check(ctx, py),
-        _ => Check::fail(
-            "script flags",
-            "not checked: needs python and the script",
-            "fix the checks above first",
-        ),
-    });
+    };
+    (found, check)
+}
 
-    // NVML and the driver, as the GPU module found them.
-    checks.push(match &ctx.nvml {
+/// NVML and the driver, as the GPU module found them.
+fn nvml_check(ctx: &DoctorContext) -> Check {
+    match &ctx.nvml {
         Ok(detail) => Check::ok("NVML", detail.clone()),
         Err(why) => Check::fail(
             "NVML",
             why.clone(),
             "install the NVIDIA driver (libnvidia-ml.so comes with it); check `nvidia-smi`; plan with --gpus SPEC where there is no GPU",
         ),
-    });
-
-    checks.push(disk_check(ctx));
-    checks.push(ram_check(ctx));
-    checks
+    }
 }
 
 fn script_flags_check(ctx: &DoctorContext, python: &Path) -> Check {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::launch::diagnosis::HangWatchdog;
+use crate::launch::hang::HangWatchdog;
 
 /// One reading of a GPU's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

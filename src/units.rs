@@ -11,5 +11,10 @@ pub fn gib(bytes: u64) -> f64 {
 
 /// "12.34 GiB".
 pub fn fmt_gib(bytes: u64) -> String {
-    format!("{:.2} GiB", gib(bytes))
+    fmt_gib_digits(bytes, 2)
+}
+
+/// GiB with `digits` decimals: "12.3 GiB" for 1 (doctor's coarse host figures).
+pub fn fmt_gib_digits(bytes: u64, digits: usize) -> String {
+    format!("{:.digits$} GiB", gib(bytes))
 }

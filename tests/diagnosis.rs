@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use vla_launch::launch::diagnosis::{Details, DiagnosisKind, HangWatchdog, OomDetails, diagnose};
+use vla_launch::launch::diagnosis::{Details, DiagnosisKind, OomDetails, diagnose};
+use vla_launch::launch::hang::HangWatchdog;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/logs/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -6,8 +6,6 @@
 //! whose "Root Cause" names the first failing rank and its exit code. Both are used to say
 //! which rank failed.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,7 +230,7 @@ fn parse_oom(text: &str) -> OomDetails {
 }
 
 /// Sizes as torch prints them: MiB below 1 GiB, GiB with two decimals above.
-fn gib(bytes: u64) -> String {
+fn torch_size(bytes: u64) -> String {
     if bytes < 1 << 30 {
         format!("{:.0} MiB", bytes as f64 / 1024f64.powi(2))
     } else {
@@ -406,12 +404,12 @@ fn cuda_oom(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
         summary += &format!(" on its GPU {g}");
     }
     if let Some(t) = d.tried_to_allocate_bytes {
-        summary += &format!(": it tried to allocate {}", gib(t));
+        summary += &format!(": it tried to allocate {}", torch_size(t));
         if let (Some(free), Some(total)) = (d.free_bytes, d.total_capacity_bytes) {
-            summary += &format!(" with {} free of {}", gib(free), gib(total));
+            summary += &format!(" with {} free of {}", torch_size(free), torch_size(total));
         }
         if let Some(a) = d.allocated_by_pytorch_bytes {
-            summary += &format!(" ({} allocated by PyTorch)", gib(a));
+            summary += &format!(" ({} allocated by PyTorch)", torch_size(a));
         }
     }
     summary.push('.');
@@ -423,7 +421,7 @@ fn cuda_oom(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
     {
         hint += &format!(
             " {} was reserved but unallocated: set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True if the profile overrides it.",
-            gib(r)
+            torch_size(r)
         );
     }
     Some(Diagnosis {
@@ -571,111 +569,4 @@ fn nccl_error(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
         },
         evidence: t.to_string(),
     })
-}
-
-/// A detected hang: no output and idle GPUs for at least the watchdog's threshold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hang {
-    /// Time since the last output line of any rank.
-    pub silent_for: Duration,
-    /// The rank whose last output is oldest (the likeliest to be stuck), when lines carry ranks.
-    pub quietest_rank: Option<u32>,
-    /// Ranks (local, = index into the sampled GPUs) whose GPUs were idle.
-    pub idle_ranks: Vec<u32>,
-    pub summary: String,
-}
-
-/// Hang detection as a pure state machine: the supervisor feeds it output and GPU-utilisation
-/// samples with the time since start, and asks `check` now and then. A hang is reported once,
-/// when no rank has printed and every sampled GPU stayed at or below `idle_percent` for
-/// `threshold`; any output or GPU activity re-arms it. Both conditions are required: a long
-/// step or checkpoint save is silent but keeps GPUs busy. The RLDS shuffle-buffer fill at start
-/// is silent and idle too, so the threshold must exceed it (or feed samples only after the
-/// first progress line).
-#[derive(Debug, Clone)]
-pub struct HangWatchdog {
-    threshold: Duration,
-    idle_percent: u32,
-    last_output: Duration,
-    /// Last time each rank (index) printed.
-    rank_output: Vec<Option<Duration>>,
-    /// Start of the current streak of all-idle samples.
-    idle_since: Option<Duration>,
-    last_idle_ranks: Vec<u32>,
-    reported: bool,
-}
-
-impl HangWatchdog {
-    /// `threshold` e.g. 10 minutes; `idle_percent` e.g. 2 (NVML utilisation).
-    pub fn new(threshold: Duration, idle_percent: u32) -> Self {
-        HangWatchdog {
-            threshold,
-            idle_percent,
-            last_output: Duration::ZERO,
-            rank_output: Vec::new(),
-            idle_since: None,
-            last_idle_ranks: Vec::new(),
-            reported: false,
-        }
-    }
-
-    /// A line of output arrived at `now`, from `rank` when its prefix said so.
-    pub fn on_output(&mut self, now: Duration, rank: Option<u32>) {
-        self.last_output = self.last_output.max(now);
-        if let Some(r) = rank {
-            let r = r as usize;
-            if self.rank_output.len() <= r {
-                self.rank_output.resize(r + 1, None);
-            }
-            self.rank_output[r] = Some(now);
-        }
-        self.reported = false;
-    }
-
-    /// Utilisation (percent) of each planned GPU, index = local rank, sampled at `now`.
-    pub fn on_gpu_sample(&mut self, now: Duration, utilisation: &[u32]) {
-        let idle: Vec<u32> = (0u32..)
-            .zip(utilisation)
-            .filter(|&(_, &u)| u <= self.idle_percent)
-            .map(|(i, _)| i)
-            .collect();
-        if !utilisation.is_empty() && idle.len() == utilisation.len() {
-            self.idle_since.get_or_insert(now);
-        } else {
-            self.idle_since = None;
-            self.reported = false;
-        }
-        self.last_idle_ranks = idle;
-    }
-
-    /// Some(hang) the first time the conditions hold; None otherwise (and after reporting,
-    /// until output or GPU activity resumes).
-    pub fn check(&mut self, now: Duration) -> Option<Hang> {
-        let idle_since = self.idle_since?;
-        let quiet_since = idle_since.max(self.last_output);
-        if self.reported || now.saturating_sub(quiet_since) < self.threshold {
-            return None;
-        }
-        self.reported = true;
-        let quietest_rank = (0u32..)
-            .zip(&self.rank_output)
-            .min_by_key(|&(_, t)| t.unwrap_or(Duration::ZERO))
-            .map(|(r, _)| r);
-        let silent_for = now.saturating_sub(self.last_output);
-        let minutes = silent_for.as_secs() / 60;
-        let summary = match quietest_rank {
-            Some(r) => format!(
-                "The training looks hung: no output for {minutes} min and every GPU idle; rank {r} has been silent longest."
-            ),
-            None => {
-                format!("The training looks hung: no output for {minutes} min and every GPU idle.")
-            }
-        };
-        Some(Hang {
-            silent_for,
-            quietest_rank,
-            idle_ranks: self.last_idle_ranks.clone(),
-            summary,
-        })
-    }
 }

@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Candidate, Plan, strategy_name};
+use super::types::{Candidate, Plan};
 use crate::budget::render;
+use crate::budget::strategy_name;
 use crate::gpu::Gpu;
 use crate::units::fmt_gib;
 

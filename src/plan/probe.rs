@@ -5,7 +5,8 @@ use crate::budget::Strategy;
 use crate::calibration::Key;
 use crate::gpu::Gpu;
 
-use super::{Candidate, Pins, PlanError, PlanInput, plan};
+use super::search::plan;
+use super::types::{Candidate, Pins, PlanError, PlanInput};
 
 /// Batch sizes `calibrate` probes stay under this fraction of usable memory, so a model that
 /// under-predicts by up to 10% still completes the probe instead of dying of OOM.

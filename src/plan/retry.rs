@@ -15,7 +15,8 @@
 use crate::gpu::Gpu;
 use crate::units::fmt_gib;
 
-use super::{Candidate, Pins, Plan, PlanInput, margin_bytes, plan, usable};
+use super::search::plan;
+use super::types::{Candidate, Pins, Plan, PlanInput, margin_bytes, usable};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RetryDecision {

@@ -1,0 +1,246 @@
+//! The plan in words: why this configuration, what came close, why nothing fits, and the levers
+//! that would make an infeasible plan fit (each checked by re-planning with it).
+
+use crate::budget::{Strategy, strategy_name};
+use crate::gpu::Gpu;
+use crate::model::ModelSpec;
+use crate::units::fmt_gib;
+
+use super::types::{Alternative, Candidate, Pins, Plan, PlanError, PlanInput};
+
+pub(super) fn why_chosen(best: &Candidate, g: u32, gpus: &[Gpu]) -> String {
+    let mut s = format!(
+        "fastest configuration that fits: {} -- {:.2} s per optimizer step, {:.1} samples/s; global batch {} = {} x {} x {} x {}{}",
+        best.label(),
+        best.step_time_s,
+        best.samples_per_s,
+        best.global_batch,
+        best.batch_size,
+        best.nproc_per_node,
+        best.nnodes,
+        best.grad_accumulation_steps,
+        if best.global_batch > g {
+            format!(" (above {g}: the least the world size allows)")
+        } else {
+            String::new()
+        }
+    );
+    if (best.nproc_per_node as usize) < gpus.len() {
+        let left: Vec<String> = gpus
+            .iter()
+            .filter(|gpu| !best.gpu_indices.contains(&gpu.index))
+            .map(|gpu| {
+                format!(
+                    "GPU {} ({}, {} free)",
+                    gpu.index,
+                    gpu.name,
+                    fmt_gib(gpu.free_bytes)
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "; left out {}: using it would be slower or would not fit",
+            left.join(", ")
+        ));
+    }
+    s
+}
+
+/// For each (strategy, checkpointing) mode on the chosen GPUs: the largest batch that fits, or why none.
+pub(super) fn best_per_mode(all: &[Candidate], best: &Candidate) -> Vec<String> {
+    let mut out = Vec::new();
+    for strategy in [Strategy::Ddp, Strategy::Fsdp] {
+        for ckpt in [false, true] {
+            let same: Vec<&Candidate> = all
+                .iter()
+                .filter(|c| {
+                    c.strategy == strategy
+                        && c.gradient_checkpointing == ckpt
+                        && c.gpu_indices == best.gpu_indices
+                })
+                .collect();
+            if same.is_empty() {
+                continue;
+            }
+            let mode = format!(
+                "{} {} on {} GPU{}",
+                strategy_name(strategy),
+                if ckpt {
+                    "with checkpointing"
+                } else {
+                    "without checkpointing"
+                },
+                best.nproc_per_node,
+                if best.nproc_per_node == 1 { "" } else { "s" }
+            );
+            match same.iter().filter(|c| c.fits).max_by_key(|c| c.batch_size) {
+                Some(c) => out.push(format!(
+                    "{mode}: batch {} fits (needs {} of {})",
+                    c.batch_size,
+                    fmt_gib(c.required_bytes),
+                    fmt_gib(c.usable_bytes)
+                )),
+                None => {
+                    let smallest = same.iter().min_by_key(|c| c.batch_size).expect("non-empty");
+                    out.push(format!(
+                        "{mode}: does not fit even at batch {} (needs {} > {})",
+                        smallest.batch_size,
+                        fmt_gib(smallest.required_bytes),
+                        fmt_gib(smallest.usable_bytes)
+                    ))
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn alternatives(ranked: &[&Candidate], best: &Candidate) -> Vec<Alternative> {
+    let mut out: Vec<Alternative> = Vec::new();
+    for c in ranked.iter().skip(1) {
+        // One line per distinct shape: skip candidates that differ from one already listed only
+        // in which GPUs of the same count they use.
+        if out.iter().any(|a| {
+            a.candidate.strategy == c.strategy
+                && a.candidate.gradient_checkpointing == c.gradient_checkpointing
+                && a.candidate.batch_size == c.batch_size
+                && a.candidate.nproc_per_node == c.nproc_per_node
+        }) {
+            continue;
+        }
+        let slower = (c.step_time_s / best.step_time_s - 1.0) * 100.0;
+        let mut why = format!(
+            "{:.0}% slower per optimizer step ({:.2} vs {:.2} s)",
+            slower, c.step_time_s, best.step_time_s
+        );
+        if c.strategy == Strategy::Fsdp && best.strategy == Strategy::Ddp {
+            why.push_str("; FSDP pays all-gathers and reduce-scatters every micro-batch");
+        } else if c.gradient_checkpointing && !best.gradient_checkpointing {
+            why.push_str("; checkpointing recomputes the Llama forward");
+        } else if c.grad_accumulation_steps > best.grad_accumulation_steps {
+            why.push_str("; smaller micro-batches pay the fixed per-micro-batch cost more often");
+        }
+        out.push(Alternative {
+            candidate: (*c).clone(),
+            why_not: why,
+        });
+        if out.len() == 3 {
+            break;
+        }
+    }
+    out
+}
+
+pub(super) fn why_nothing_fits(all: &[Candidate], input: &PlanInput) -> String {
+    let closest = all.iter().min_by(|a, b| {
+        let over = |c: &Candidate| c.required_bytes as f64 / c.usable_bytes.max(1) as f64;
+        over(a).total_cmp(&over(b))
+    });
+    match closest {
+        Some(c) => format!(
+            "nothing fits: the smallest configuration, {}, needs {} per GPU but only {} is usable (free memory minus the margin); {} GPU{} of {}",
+            c.label(),
+            fmt_gib(c.required_bytes),
+            fmt_gib(c.usable_bytes),
+            input.gpus.len(),
+            if input.gpus.len() == 1 { "" } else { "s" },
+            input.gpus[0].name
+        ),
+        None => {
+            "nothing fits: no strategy is allowed for these GPUs (FSDP needs 2 or more GPUs)".into()
+        }
+    }
+}
+
+/// What would make an infeasible plan fit, each checked by planning again with that change.
+pub(super) fn levers(
+    input: &PlanInput,
+    replan: &dyn Fn(&PlanInput) -> Result<Plan, PlanError>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut try_with = |what: String, f: &dyn Fn(&mut PlanInput, &mut ModelSpec, &mut Vec<Gpu>)| {
+        let mut spec = input.spec.clone();
+        let mut gpus = input.gpus.to_vec();
+        let mut inp = input.clone();
+        inp.pins = Pins::default();
+        f(&mut inp, &mut spec, &mut gpus);
+        inp.spec = &spec;
+        inp.gpus = &gpus;
+        let verdict = match replan(&inp) {
+            Ok(p) if p.feasible => {
+                let c = p.chosen.expect("feasible plan has a choice");
+                format!(
+                    "fits: {} (needs {} of {} per GPU)",
+                    c.label(),
+                    fmt_gib(c.required_bytes),
+                    fmt_gib(c.usable_bytes)
+                )
+            }
+            _ => "still does not fit".into(),
+        };
+        out.push(format!("{what}: {verdict}"));
+    };
+    let p = &input.policy;
+    let add_script_flags = |inp: &mut PlanInput| {
+        inp.policy.script_accepts_fsdp = true;
+        inp.policy.script_accepts_checkpointing = true;
+        if !inp.policy.strategies.contains(&Strategy::Fsdp) {
+            inp.policy.strategies.push(Strategy::Fsdp);
+        }
+    };
+    if !p.script_accepts_checkpointing {
+        try_with(
+            "with --gradient_checkpointing in the script".into(),
+            &|inp, _, _| inp.policy.script_accepts_checkpointing = true,
+        );
+    }
+    for n in [2usize, 4, 8] {
+        if n <= input.gpus.len() {
+            continue;
+        }
+        let needs_flags = !p.script_accepts_fsdp || !p.script_accepts_checkpointing;
+        let what = format!(
+            "{}{n} GPUs like GPU 0 ({})",
+            if needs_flags {
+                "with --use_fsdp and --gradient_checkpointing in the script and "
+            } else {
+                "with "
+            },
+            input.gpus[0].name
+        );
+        try_with(what, &|inp, _, gpus| {
+            add_script_flags(inp);
+            let template = gpus[0].clone();
+            *gpus = (0..n as u32)
+                .map(|i| Gpu {
+                    index: i,
+                    uuid: format!("described-{i}"),
+                    processes: Vec::new(),
+                    ..template.clone()
+                })
+                .collect();
+        });
+    }
+    if input.spec.lora_rank > 8 {
+        try_with(
+            "with LoRA rank 8 (--set train.lora_rank=8)".into(),
+            &|_, spec, _| spec.lora_rank = 8,
+        );
+    }
+    if input.spec.num_images > 1 {
+        let n = input.spec.num_images - 1;
+        try_with(
+            format!(
+                "with {n} image{} (--set train.num_images_in_input={n})",
+                if n == 1 { "" } else { "s" }
+            ),
+            &|_, spec, _| spec.num_images = n,
+        );
+    }
+    if input.gpus.len() > 1 && !p.script_accepts_fsdp {
+        try_with("with --use_fsdp in the script".into(), &|inp, _, _| {
+            add_script_flags(inp)
+        });
+    }
+    out
+}
