@@ -5,11 +5,9 @@
 use vla_launch::budget::Strategy;
 use vla_launch::model::{self, ModelSpec};
 use vla_launch::plan::speed::{REFERENCE_TFLOPS, SpeedInput, step_time};
-use vla_launch::profile::{self, BUILTIN};
 
 fn spec(name: &str, lora_rank: u32) -> ModelSpec {
-    let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
-    let mut s = profile::model_spec(&profile::parse(text, name).unwrap(), &[]);
+    let mut s = crate::common::builtin_spec(name);
     s.lora_rank = lora_rank;
     s
 }

@@ -1,30 +1,19 @@
 //! The OOM re-plan policy: never loop, never change the global batch, always strictly safer.
 
-use vla_launch::budget::{Allocator, Strategy};
+use vla_launch::budget::Strategy;
 use vla_launch::gpu::{Gpu, parse_gpus_spec};
 use vla_launch::launch::diagnosis::{OomDetails, oom_evidence};
 use vla_launch::model::ModelSpec;
 use vla_launch::plan::retry::{RetryDecision, replan_after_oom};
 use vla_launch::plan::{Candidate, Pins, PlanInput, Policy, plan};
-use vla_launch::profile::{self, BUILTIN};
 use vla_launch::units::GIB;
 
-fn spec(name: &str) -> ModelSpec {
-    let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
-    profile::model_spec(&profile::parse(text, name).unwrap(), &[])
-}
+use crate::common::builtin_spec as spec;
 
 fn policy(min_global_batch: u32) -> Policy {
     Policy {
         min_global_batch,
-        exact_global_batch: false,
-        strategies: vec![Strategy::Ddp, Strategy::Fsdp],
-        script_accepts_fsdp: true,
-        script_accepts_checkpointing: true,
-        margin_fraction: 0.05,
-        margin_min_bytes: GIB,
-        max_batch_size: 64,
-        allocator: Allocator::ExpandableSegments,
+        ..crate::common::policy()
     }
 }
 

@@ -4,7 +4,7 @@ use vla_launch::budget::{self, Allocator, Config, Strategy, render};
 use vla_launch::model::{self, ActionHead, Dtype, ModelError, ModelSpec, Platform, names};
 use vla_launch::units::{GIB, gib};
 
-mod common;
+use crate::common;
 
 fn spec(platform: Platform) -> ModelSpec {
     common::spec(platform, Dtype::Bf16)

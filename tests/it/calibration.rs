@@ -434,15 +434,8 @@ fn probe_input<'a>(
         gpus,
         nnodes: 1,
         policy: Policy {
-            min_global_batch: 16,
-            exact_global_batch: false,
-            strategies: vec![Strategy::Ddp, Strategy::Fsdp],
-            script_accepts_fsdp: true,
             script_accepts_checkpointing: accepts_ckpt,
-            margin_fraction: 0.05,
-            margin_min_bytes: GIB,
-            max_batch_size: 64,
-            allocator: Allocator::ExpandableSegments,
+            ..crate::common::policy()
         },
         pins: Pins::default(),
         host_ram_bytes: None,
@@ -451,11 +444,7 @@ fn probe_input<'a>(
     }
 }
 
-fn builtin_spec(name: &str) -> vla_launch::model::ModelSpec {
-    use vla_launch::profile::{self, BUILTIN};
-    let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
-    profile::model_spec(&profile::parse(text, name).unwrap(), &[])
-}
+use crate::common::builtin_spec;
 
 #[test]
 fn probe_runs_cover_every_mode_at_two_batch_sizes() {

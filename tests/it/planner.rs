@@ -1,29 +1,19 @@
 //! The planner over a table of GPU setups: feasibility, the global batch, the fit, the strategy.
 
-use vla_launch::budget::{Allocator, Strategy};
+use vla_launch::budget::Strategy;
 use vla_launch::gpu::{Gpu, parse_gpus_spec};
 use vla_launch::plan::{Pins, Plan, PlanInput, Policy, plan};
-use vla_launch::profile::{self, BUILTIN};
 use vla_launch::units::GIB;
 
 fn policy(accepts_fsdp: bool, accepts_ckpt: bool) -> Policy {
     Policy {
-        min_global_batch: 16,
-        exact_global_batch: false,
-        strategies: vec![Strategy::Ddp, Strategy::Fsdp],
         script_accepts_fsdp: accepts_fsdp,
         script_accepts_checkpointing: accepts_ckpt,
-        margin_fraction: 0.05,
-        margin_min_bytes: GIB,
-        max_batch_size: 64,
-        allocator: Allocator::ExpandableSegments,
+        ..crate::common::policy()
     }
 }
 
-fn profile_spec(name: &str) -> vla_launch::model::ModelSpec {
-    let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
-    profile::model_spec(&profile::parse(text, name).unwrap(), &[])
-}
+use crate::common::builtin_spec as profile_spec;
 
 fn run(profile_name: &str, gpus: &[Gpu], policy: Policy, pins: Pins) -> Plan {
     let spec = profile_spec(profile_name);

@@ -2,6 +2,7 @@
 //! launcher would from a terminal or a scheduler) with `forward_process_signals` on. Its own
 //! test binary, so the process-wide handlers cannot disturb other tests.
 
+#[path = "it/supervisor_support.rs"]
 mod supervisor_support;
 
 use std::time::{Duration, Instant};

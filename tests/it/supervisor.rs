@@ -1,13 +1,11 @@
 //! The supervisor against a fake torchrun (tests/fixtures/fake_torchrun): argv and environment
 //! exactness, exit codes, byte-exact relay and log, and shutdown that leaves no process behind.
 
-mod supervisor_support;
-
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
+use crate::supervisor_support::{Fixture, alive, assert_all_dead};
 use nix::sys::signal::Signal;
-use supervisor_support::{Fixture, alive, assert_all_dead};
 use vla_launch::launch::log::{Stream, parse_stream};
 
 fn recorded(fx: &Fixture) -> serde_json::Value {
@@ -372,7 +370,7 @@ fn torchrun_gets_sigterm_when_the_launcher_is_killed() {
     let mut launcher = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "launcher_process_helper",
+            "supervisor::launcher_process_helper",
             "--nocapture",
             "--test-threads",
             "1",

@@ -445,9 +445,7 @@ fn completions_are_generated() {
         .stdout(predicate::str::contains("vla-launch"));
 }
 
-fn fake_torchrun() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_torchrun")
-}
+use crate::common::fake_torchrun;
 
 /// The whole launch path against a fake torchrun: argv, environment, exit code, log and record.
 #[test]

@@ -4,10 +4,9 @@ use vla_launch::budget::{self, Allocator, Config, Strategy};
 use vla_launch::model::{Dtype, ModelSpec, Platform};
 use vla_launch::units::gib;
 
-mod common;
-use common::spec;
+use crate::common::spec;
 
-const FIXTURE: &str = include_str!("fixtures/measured-vram.csv");
+const FIXTURE: &str = include_str!("../fixtures/measured-vram.csv");
 const H100: &str = "NVIDIA H100 80GB HBM3";
 
 struct Row {
@@ -123,7 +122,7 @@ fn every_measured_row_within_ten_percent() {
     }
 }
 
-const PROBE: &str = include_str!("fixtures/measured-vram-probe.csv");
+const PROBE: &str = include_str!("../fixtures/measured-vram-probe.csv");
 
 /// The probe's points: held-out configurations (never used for fitting), the FSDP points at
 /// 4 GPUs that fixed the FSDP slack, and re-measurements of reference rows.

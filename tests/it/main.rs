@@ -1,0 +1,26 @@
+//! The integration tests, one binary: every file here is a module of it, so the crate and its
+//! dependencies are linked once for all of them (16 binaries took most of `cargo test`'s time).
+//!
+//! A new test file: put it in tests/it/, add `mod its_name;` below, and take shared helpers from
+//! `crate::common` (model specs, policies, the fake torchrun, the CLI binary) rather than copying
+//! them. Only tests that must own their process (e.g. tests/signals.rs, which signals the test
+//! process itself) get a binary of their own in tests/.
+
+mod common;
+mod supervisor_support;
+
+mod budget;
+mod budget_calibration;
+mod calibration;
+mod cli;
+mod cluster;
+mod diagnosis;
+mod gpu_discovery;
+mod gpu_nvml;
+mod gpu_parsing;
+mod layers;
+mod peers;
+mod planner;
+mod retry;
+mod speed;
+mod supervisor;
