@@ -1,4 +1,4 @@
-//! Command-line types only (clap); no logic. The names here are a contract (design.md).
+//! Command-line types only (clap); no logic. The names here are a contract (docs/design.md).
 
 use std::path::PathBuf;
 

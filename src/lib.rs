@@ -1,6 +1,6 @@
 //! vla-launch: plan and launch OpenVLA-OFT fine-tuning with torchrun.
 //!
-//! Data flow (design.md): profile + GPUs + topology -> model components -> budget per
+//! Data flow (docs/design.md): profile + GPUs + topology -> model components -> budget per
 //! configuration -> planner -> command -> supervisor -> run record.
 //! `model`, `budget` and `plan` are pure (no I/O, no clock).
 

@@ -28,7 +28,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The value written in place of a secret environment variable.
 pub const REDACTED: &str = "***";
 
-/// design.md's `plan --json` object, plus what a launch adds. The chosen configuration's fields
+/// docs/design.md's `plan --json` object, plus what a launch adds. The chosen configuration's fields
 /// are flat (`strategy`, `batch_size`, ...) and null when the plan chose nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanRecord {

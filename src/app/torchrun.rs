@@ -42,13 +42,13 @@ pub(super) fn planner_flags(ctx: &Planned) -> Vec<(String, String)> {
     flags
 }
 
-/// The torchrun command for the chosen plan; also the list of unset `${VAR}` placeholders.
 /// Terminal output of only some local ranks (`--ranks`); torchrun keeps all ranks' in `log_dir`.
 pub(super) struct RanksFilter<'a> {
     pub ranks: &'a str,
     pub log_dir: PathBuf,
 }
 
+/// The torchrun command for the chosen plan; also the list of unset `${VAR}` placeholders.
 pub(super) fn command_for(
     ctx: &Planned,
     torchrun: Option<&Path>,
@@ -105,7 +105,7 @@ pub(super) fn argv_of(cmd: &LaunchCommand) -> Vec<String> {
         .collect()
 }
 
-/// design.md's `plan --json` object: the plan record without what a launch adds.
+/// docs/design.md's `plan --json` object: the plan record without what a launch adds.
 pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> PlanRecord {
     let plan = &ctx.plan;
     let c = plan.chosen.as_ref();

@@ -1,5 +1,4 @@
 //! Bytes per named term for one configuration. Pure.
-//! OWNER: budget helper. The types below are the agreed interface.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,4 @@
 //! Architecture -> components (parameter count, dtype, trainable). Pure.
-//! OWNER: budget helper. The types below are the agreed interface.
 
 use serde::{Deserialize, Serialize};
 

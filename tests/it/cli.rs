@@ -1041,7 +1041,7 @@ fn ranks_filter_reaches_torchrun_and_bad_ranks_are_refused() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--ranks 0,7"));
 }
 
-/// `plan --json` as design.md's object, format version included: a snapshot of the whole record.
+/// `plan --json` as docs/design.md's object, format version included: a snapshot of the whole record.
 #[test]
 fn plan_json_snapshot() {
     let out = bin()

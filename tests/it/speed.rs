@@ -1,4 +1,4 @@
-//! The step-time model against every step time measured on H100s: measured-vram.md's s/step
+//! The step-time model against every step time measured on H100s: the measured VRAM table's s/step
 //! column (3 steps each, so warm-up weighs in) and the probe trainer's runs of docs/validation
 //! (mean over steps 3..20, or 3..10 for the plan-quality runs).
 

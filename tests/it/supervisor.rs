@@ -114,7 +114,7 @@ fn argv_reaches_the_script_exactly_for_official_profiles_and_hostile_values() {
 
 #[test]
 fn exit_codes_are_torchruns_or_128_plus_signal() {
-    // (fake env, exit_code, signal, launcher exit status per design.md)
+    // (fake env, exit_code, signal, launcher exit status per docs/design.md)
     type FakeEnv = &'static [(&'static str, &'static str)];
     let cases: [(FakeEnv, i32, Option<i32>, i32); 5] = [
         (&[], 0, None, 0),
