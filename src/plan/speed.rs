@@ -1,7 +1,7 @@
 //! Step-time estimate per candidate. Pure.
 //!
 //! Fitted (minimum of worst + mean relative error, a grid over the six constants below) to all 16
-//! step times measured on H100 80GB HBM3 (tests/speed.rs): the measured VRAM table's s/step column (docs/design.md)
+//! step times measured on H100 80GB HBM3 (tests/it/speed.rs): the measured VRAM table's s/step column (docs/design.md)
 //! (3 steps each: DDP world 1 batch 1 = 0.59 s, batch 2 = 0.69 s, batch 2 + checkpointing = 0.94 s,
 //! DDP world 2 batch 2 + checkpointing = 1.23 s, LIBERO batch 1 = 0.44 s, FSDP world 2 batch 2 +
 //! checkpointing = 2.4 s) and 10 runs of the probe trainer (docs/validation.md; batches up to 16,
