@@ -94,7 +94,6 @@ pub const REQUIRED_PLANNER_FLAGS: [&str; 2] = ["batch_size", "grad_accumulation_
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 50 << 30;
 /// Each rank's RLDS pipeline keeps a shuffle buffer in host RAM (100 000 samples by default).
 pub const DEFAULT_MIN_HOST_RAM_BYTES: u64 = 32 << 30;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the doctor checks, as the caller resolved it from the profile and the CLI.
 pub struct DoctorContext<'a> {

@@ -3,19 +3,22 @@
 //! Data flow (docs/design.md): profile + GPUs + topology -> model components -> budget per
 //! configuration -> planner -> command -> supervisor -> run record.
 //! `model`, `budget` and `plan` are pure (no I/O, no clock).
+//! Public: what the binary, the benchmark and the tests use (`app::run` and its error and exit
+//! code types, the core, the record, GPUs, cluster, launch); `doctor`, `monitor` and
+//! `script_caps` serve only the commands and stay private.
 
 pub mod app;
 pub mod budget;
 pub mod calibration;
 pub mod cli;
 pub mod cluster;
-pub mod doctor;
+mod doctor;
 pub mod gpu;
 pub mod launch;
 pub mod model;
-pub mod monitor;
+mod monitor;
 pub mod plan;
 pub mod profile;
 pub mod record;
-pub mod script_caps;
+mod script_caps;
 pub mod units;

@@ -2,7 +2,6 @@
 //! the profile (placeholders expanded), the GPUs, the topology, the planner's input and its plan.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tracing::warn;
 
@@ -278,7 +277,12 @@ fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Option<V
         )));
     }
     let python = PathBuf::from(&resolved.python.value);
-    match script_caps::probe(&python, &script, &workdir, Duration::from_secs(120)) {
+    match script_caps::probe(
+        &python,
+        &script,
+        &workdir,
+        script_caps::DEFAULT_PROBE_TIMEOUT,
+    ) {
         Ok(caps) => {
             let mut accepted = Vec::new();
             for flag in &p.script.accepts {
