@@ -167,6 +167,10 @@ pub(in crate::app) fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> 
         )));
     }
     args.nnodes = Some(nnodes);
+    // Always at least 1 in a plan; 0 is the serde default of a file without it.
+    if v.min_global_batch == 0 {
+        return Err(missing("min_global_batch"));
+    }
     args.global_batch = Some(v.min_global_batch);
     Ok(())
 }
