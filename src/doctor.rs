@@ -467,7 +467,8 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use super::*;
-    use crate::script_caps::{Captured, RunError};
+    use crate::script_caps::Captured;
+    use crate::script_caps::fake::FakeRunner;
 
     #[derive(Default)]
     struct FakeHost {
@@ -498,38 +499,6 @@ mod tests {
             self.meminfo
                 .clone()
                 .ok_or_else(|| "/proc/meminfo: not found".into())
-        }
-    }
-
-    /// Answers by the first argument: "-c" (the torch probe) or the script (--help).
-    #[derive(Default)]
-    struct FakeRunner {
-        torch: Option<Captured>,
-        help: Option<Captured>,
-        calls: std::cell::RefCell<Vec<(PathBuf, Vec<OsString>)>>,
-    }
-
-    impl CommandRunner for FakeRunner {
-        fn run(
-            &self,
-            program: &Path,
-            args: &[&OsStr],
-            _: Option<&Path>,
-            timeout: Duration,
-        ) -> Result<Captured, RunError> {
-            self.calls.borrow_mut().push((
-                program.into(),
-                args.iter().map(|a| a.to_os_string()).collect(),
-            ));
-            let out = if args.first() == Some(&OsStr::new("-c")) {
-                &self.torch
-            } else {
-                &self.help
-            };
-            out.clone().ok_or(RunError::Timeout {
-                program: program.into(),
-                timeout,
-            })
         }
     }
 
@@ -823,7 +792,7 @@ mod tests {
                 .calls
                 .borrow()
                 .iter()
-                .all(|(p, _)| p != Path::new("/nowhere/python3"))
+                .all(|(p, _, _)| p != Path::new("/nowhere/python3"))
         );
         // run_root_dir unset.
         let mut c = ctx(&host, &runner);

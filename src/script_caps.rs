@@ -307,8 +307,63 @@ pub fn probe_with(
     })
 }
 
+/// The one fake `CommandRunner` of the unit tests (doctor's and this module's).
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::cell::RefCell;
+    use std::ffi::{OsStr, OsString};
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::{Captured, CommandRunner, RunError};
+
+    /// Answers the torch probe (`python -c ...`) with `torch` and anything else (the script's
+    /// `--help`) with `help`; a missing answer fails with `error`, else with a timeout. Records
+    /// every call as (program, args, workdir).
+    #[derive(Default)]
+    pub(crate) struct FakeRunner {
+        pub torch: Option<Captured>,
+        pub help: Option<Captured>,
+        pub error: Option<fn() -> RunError>,
+        pub calls: RefCell<Vec<Call>>,
+    }
+
+    /// One recorded run: program, arguments, working directory.
+    pub(crate) type Call = (PathBuf, Vec<OsString>, Option<PathBuf>);
+
+    impl CommandRunner for FakeRunner {
+        fn run(
+            &self,
+            program: &Path,
+            args: &[&OsStr],
+            workdir: Option<&Path>,
+            timeout: Duration,
+        ) -> Result<Captured, RunError> {
+            self.calls.borrow_mut().push((
+                program.into(),
+                args.iter().map(|a| a.to_os_string()).collect(),
+                workdir.map(Path::to_path_buf),
+            ));
+            let out = if args.first() == Some(&OsStr::new("-c")) {
+                &self.torch
+            } else {
+                &self.help
+            };
+            out.clone().ok_or_else(|| match self.error {
+                Some(f) => f(),
+                None => RunError::Timeout {
+                    program: program.into(),
+                    timeout,
+                },
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
     use super::*;
 
     /// What draccus prints for OpenVLA-OFT's FinetuneConfig (abridged), with the user's fork
@@ -440,33 +495,33 @@ options:
         );
     }
 
-    struct Fake(Result<Captured, fn() -> RunError>);
-    impl CommandRunner for Fake {
-        fn run(
-            &self,
-            program: &Path,
-            args: &[&OsStr],
-            workdir: Option<&Path>,
-            _: Duration,
-        ) -> Result<Captured, RunError> {
-            assert_eq!(program, Path::new("/env/bin/python"));
-            assert_eq!(
-                args,
-                [OsStr::new("vla-scripts/finetune.py"), OsStr::new("--help")]
-            );
-            assert_eq!(workdir, Some(Path::new("/src/openvla-oft")));
-            self.0.clone().map_err(|f| f())
-        }
-    }
-
     fn probe_fake(out: Result<Captured, fn() -> RunError>) -> Result<ScriptCaps, ScriptCapsError> {
-        probe_with(
-            &Fake(out),
+        let runner = fake::FakeRunner {
+            help: out.as_ref().ok().cloned(),
+            error: out.err(),
+            ..Default::default()
+        };
+        let result = probe_with(
+            &runner,
             Path::new("/env/bin/python"),
             Path::new("vla-scripts/finetune.py"),
             Path::new("/src/openvla-oft"),
             Duration::from_secs(5),
-        )
+        );
+        // Python runs the script with --help, in the workdir.
+        let calls = runner.calls.borrow();
+        assert_eq!(calls.len(), 1);
+        let (program, args, workdir) = &calls[0];
+        assert_eq!(program, Path::new("/env/bin/python"));
+        assert_eq!(
+            args,
+            &[
+                OsString::from("vla-scripts/finetune.py"),
+                OsString::from("--help")
+            ]
+        );
+        assert_eq!(workdir.as_deref(), Some(Path::new("/src/openvla-oft")));
+        result
     }
 
     fn captured(
