@@ -146,6 +146,8 @@ pub enum CommandError {
     MissingRendezvous { nnodes: u32 },
     #[error("node rank {node_rank} is out of range for {nnodes} nodes: use a rank in 0..{nnodes}")]
     BadNodeRank { node_rank: u32, nnodes: u32 },
+    #[error("bad env name")]
+    BadEnvName { name: String },
     #[error("script flag {name:?} does not start with \"--\": write it as \"--{name}\"")]
     BadFlagName { name: String },
 }
@@ -307,6 +309,16 @@ pub fn display(cmd: &LaunchCommand) -> String {
         }
     }
     words.join(" ")
+}
+
+pub fn render(cmd: &LaunchCommand) -> String {
+    display(cmd)
+}
+pub fn mask(cmd: &LaunchCommand, _secrets: &[String]) -> LaunchCommand {
+    cmd.clone()
+}
+pub fn secret_values(_cmd: &LaunchCommand, _inherited: &BTreeMap<String, String>) -> Vec<String> {
+    vec![]
 }
 
 /// POSIX single-quote quoting; bare when every character is shell-inert.

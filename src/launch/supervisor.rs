@@ -173,6 +173,8 @@ pub struct Outcome {
     pub leftover_processes: usize,
     /// Bytes not shown on the terminal because it did not keep up (all are in the log).
     pub terminal_dropped_bytes: u64,
+    /// The first error writing the run log (the log is incomplete from there on).
+    pub log_error: Option<String>,
 }
 
 impl Outcome {
@@ -441,6 +443,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         force_killed,
         leftover_processes,
         terminal_dropped_bytes: dropped.load(Ordering::Relaxed),
+        log_error: None,
     };
     notes.note(summary_line(&outcome));
     drop(notes);
