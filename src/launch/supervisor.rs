@@ -46,6 +46,10 @@ use super::process_tree::{self, MARKER_VAR};
 
 /// Longer than torchrun's own 30 s worker shutdown, so it can finish cleanly.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
+/// The longest `--grace` accepted (a week); longer ones are refused where they are parsed.
+pub const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
+/// Deadlines further away than this are treated as "never" (no arithmetic can overflow).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How long to wait for output pipes that leftover grandchildren keep open.
 pub const DEFAULT_LEAK_TIMEOUT: Duration = Duration::from_secs(1);
 /// After torchrun exits on its own, leftover processes get SIGTERM and this long before SIGKILL.
@@ -388,7 +392,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                 Some(sig) if interrupted_by.is_none() => {
                     interrupted_by = Some(sig as i32);
                     process_tree::signal_all([pid], sig);
-                    deadline = Some(tokio::time::Instant::now() + opts.grace);
+                    deadline = Some(after(tokio::time::Instant::now(), opts.grace));
                     notes.note(format!("{sig} received: forwarded to torchrun, SIGKILL in {:?}", opts.grace));
                     tracing::warn!("{sig}: stopping torchrun (again to kill at once; SIGKILL in {:?})", opts.grace);
                 }
@@ -451,6 +455,11 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     join_within([out_thread, err_thread], opts.leak_timeout).await;
     log.finish().map_err(log_err)?;
     Ok(outcome)
+}
+
+/// `now + d`, saturating at [`FAR_FUTURE`] (a `--grace` of u64::MAX seconds must not panic).
+fn after<I: std::ops::Add<Duration, Output = I> + Copy>(now: I, d: Duration) -> I {
+    now + d.min(FAR_FUTURE)
 }
 
 fn run_marker() -> String {
@@ -557,7 +566,7 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> (usi
     ));
     if !grace.is_zero() {
         process_tree::signal_all(first.iter().copied(), Signal::SIGTERM);
-        let until = Instant::now() + grace;
+        let until = after(Instant::now(), grace);
         while Instant::now() < until && !live(marker).is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -598,7 +607,7 @@ fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<Joi
 }
 
 async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
-    let until = Instant::now() + timeout;
+    let until = after(Instant::now(), timeout);
     for t in threads.into_iter().flatten() {
         while !t.is_finished() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(2)).await;
