@@ -561,6 +561,7 @@ fn read_tail(path: &Path, max: u64) -> Vec<u8> {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
+    // Bounded: the "file" may be a device that never ends (a log path on /dev/full).
+    let _ = f.take(max).read_to_end(&mut buf);
     buf
 }

@@ -245,6 +245,9 @@ pub fn summary_line(o: &Outcome) -> String {
             o.leftover_processes
         ));
     }
+    if let Some(e) = &o.log_error {
+        extra.push(format!("the log is incomplete: {e}"));
+    }
     if o.terminal_dropped_bytes > 0 {
         extra.push(format!(
             "{} bytes not shown on the terminal",
@@ -453,7 +456,10 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     drop(notes);
     // Terminal threads may sit on a stalled terminal: give them the leak timeout, then leave them.
     join_within([out_thread, err_thread], opts.leak_timeout).await;
-    log.finish().map_err(log_err)?;
+    // A log that could not be written (a full disk) was warned about when it happened; it never
+    // changes how the training ended.
+    let mut outcome = outcome;
+    outcome.log_error = log.finish().err().map(|e| e.to_string());
     Ok(outcome)
 }
 
