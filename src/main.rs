@@ -19,7 +19,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| EnvFilter::new(format!("vla_launch={default},warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| vla_launch::launch::term::LossyStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             let code = app::exit_code_of(&err);
-            eprintln!("error: {err:#}");
+            vla_launch::eprintln_lossy!("error: {err:#}");
             ExitCode::from(code.clamp(0, 255) as u8)
         }
     }

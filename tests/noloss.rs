@@ -165,6 +165,11 @@ fn closed_terminal_stops_the_run_like_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave: OwnedFd = pty.slave;
+    // openpty's fds are inheritable: a launcher holding the master itself would never see a hangup.
+    for fd in [pty.master.as_raw_fd(), slave.as_raw_fd()] {
+        // SAFETY: fcntl flags on fds we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let mut cmd = launcher(
         dir.path(),
         "2",
@@ -191,28 +196,33 @@ fn closed_terminal_stops_the_run_like_sigterm() {
     }
     let mut child = cmd.spawn().unwrap();
     drop(slave);
-    // Keep the terminal drained until it closes, as a terminal emulator would.
+    // Keep the terminal drained, as a terminal emulator would, until the fake is ready.
     let mut master = std::fs::File::from(pty.master);
-    let master_fd = master.as_raw_fd();
-    let drain = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        let mut seen = Vec::new();
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
+    // SAFETY: fcntl flags on a fd we own.
+    unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        while matches!(master.read(&mut buf), Ok(n) if n > 0) {}
+        let text = std::fs::read_to_string(dir.path().join("pids")).unwrap_or_default();
+        if text.lines().any(|l| l == "ready") {
+            break text
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect::<Vec<i32>>();
         }
-        seen
-    });
-    let pids = wait_ready(dir.path(), &mut child);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the launcher ended early"
+        );
+        assert!(Instant::now() < until, "fake torchrun never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let closed = Instant::now();
     // The terminal goes away: closing the master hangs up the session.
-    // SAFETY: closing the master fd the drain thread reads; its read then fails and it ends.
-    unsafe { libc::close(master_fd) };
+    drop(master);
     let status = wait_exit(&mut child, Duration::from_secs(15));
     let took = closed.elapsed();
-    let _ = drain.join();
     assert_ne!(status.code(), Some(101), "the launcher panicked");
     assert_eq!(status.code(), Some(128 + 1), "128 + SIGHUP: {status:?}");
     assert!(took < Duration::from_secs(2 + 5), "{took:?}");

@@ -14,6 +14,7 @@ use super::{
     load_profile, plan_json, warn_missing,
 };
 use crate::calibration::{self, Source, Store};
+// On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::cli::{LaunchArgs, PlanningArgs, StrategyArg, Toggle};
 use crate::cluster::peers::{self, PeerWatch};
 use crate::launch::command::{self, LaunchCommand};
@@ -23,6 +24,7 @@ use crate::monitor::{Monitor, NvmlSampler, WatchdogConfig};
 use crate::plan::retry;
 use crate::profile;
 use crate::units::fmt_gib;
+use crate::{eprint_lossy as eprint, eprintln_lossy as eprintln, println_lossy as println};
 
 pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
     if let Some(path) = args.plan_file.clone() {

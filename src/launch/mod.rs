@@ -7,3 +7,4 @@ pub mod diagnosis;
 pub mod log;
 mod process_tree;
 pub mod supervisor;
+pub mod term;
