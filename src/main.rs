@@ -27,6 +27,9 @@ fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 fn main() -> ExitCode {
+    // The watchdog of a supervised run is this binary re-executed (see launch::watchdog).
+    vla_launch::launch::watchdog::main_if_requested();
+    vla_launch::launch::watchdog::enable_self_exec();
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
     match app::run(cli) {

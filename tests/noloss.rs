@@ -354,23 +354,38 @@ fn huge_grace_then_sigint_does_not_panic() {
     assert_all_dead(&pids, "after SIGINT");
 }
 
-#[test]
-fn watchdog_exits_quietly_after_a_normal_run() {
-    // A normal end must not leave the watchdog behind.
-    let dir = tempfile::tempdir().unwrap();
-    let out = launcher(dir.path(), "1", &[("FAKE_EXIT", "0")])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    std::thread::sleep(Duration::from_millis(300));
-    let me = std::process::id().to_string();
-    let stray: Vec<String> = std::fs::read_dir("/proc")
+/// Command lines of the watchdogs watching a run logged under `dir`.
+fn watchdogs_of(dir: &Path) -> Vec<String> {
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("__watchdog") && c.contains(dir.path().to_str().unwrap()))
-        .collect();
-    assert!(stray.is_empty(), "watchdog left behind ({me}): {stray:?}");
-    let _ = out.status.signal();
+        .filter(|c| {
+            c.contains(vla_launch::launch::watchdog::SUBCOMMAND)
+                && c.contains(dir.to_str().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn watchdog_runs_beside_the_run_and_exits_quietly_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = launcher(dir.path(), "1", &[("FAKE_SLEEP", "1"), ("FAKE_EXIT", "0")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(dir.path(), &mut child);
+    assert_eq!(
+        watchdogs_of(dir.path()).len(),
+        1,
+        "one watchdog while the run lasts"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    // The launcher reaped it before exiting.
+    assert_eq!(watchdogs_of(dir.path()), Vec::<String>::new());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("watchdog"), "quiet: {stderr}");
 }

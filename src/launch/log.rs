@@ -229,6 +229,14 @@ impl Records {
     }
 }
 
+/// One `--- |` record for `text` (every line of it), stamped now: for a writer that appends to
+/// a log its `LogWriter` no longer writes (the watchdog, after the launcher died).
+pub fn note_record(text: &str) -> Vec<u8> {
+    let mut r = Records::new();
+    r.note(text);
+    std::mem::take(&mut r.batch)
+}
+
 fn push_record(buf: &mut Vec<u8>, stamp: &[u8; 24], tag: &str, payload: &[u8]) {
     buf.extend_from_slice(stamp);
     buf.push(b' ');

@@ -8,3 +8,4 @@ pub mod log;
 mod process_tree;
 pub mod supervisor;
 pub mod term;
+pub mod watchdog;

@@ -43,6 +43,7 @@ use tokio::sync::broadcast;
 use super::command::{LaunchCommand, display};
 use super::log::{LogSender, LogWriter, Stream};
 use super::process_tree::{self, MARKER_VAR};
+use super::watchdog::Watchdog;
 
 /// Longer than torchrun's own 30 s worker shutdown, so it can finish cleanly.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
@@ -139,6 +140,9 @@ pub struct SuperviseOptions {
     pub signals: SignalHandle,
     /// Also install real signal handlers (`install_signal_forwarding`) for the run.
     pub forward_process_signals: bool,
+    /// The program re-executed as the run's watchdog (`watchdog::Watchdog`), which ends the
+    /// run if the launcher is killed outright; `None` for no watchdog.
+    pub watchdog: Option<PathBuf>,
     /// Called with torchrun's pid right after spawn (e.g. to start a VRAM monitor).
     pub on_spawn: Option<Box<dyn Fn(u32) + Send + Sync>>,
 }
@@ -155,6 +159,7 @@ impl SuperviseOptions {
             stderr: Sink::Stderr,
             signals: SignalHandle::default(),
             forward_process_signals: true,
+            watchdog: super::watchdog::default_program(),
             on_spawn: None,
         }
     }
@@ -318,6 +323,16 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     notes.note(format!("launch: {}", display(cmd)));
 
     let marker = run_marker();
+    // Started before torchrun, so no moment of the run is without it.
+    let watchdog = opts.watchdog.as_deref().and_then(|program| {
+        Watchdog::start(program, &marker, opts.grace, &opts.log_path)
+            .map_err(|e| {
+                tracing::warn!(
+                    "no watchdog ({e}): if the launcher is killed outright, workers in new sessions may survive it"
+                );
+            })
+            .ok()
+    });
     let mut child = spawn(cmd, &marker).map_err(|source| LaunchError::Spawn {
         program: cmd.program.clone(),
         source,
@@ -460,6 +475,9 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     // changes how the training ended.
     let mut outcome = outcome;
     outcome.log_error = log.finish().err().map(|e| e.to_string());
+    if let Some(w) = watchdog {
+        w.finish(Duration::from_secs(1));
+    }
     Ok(outcome)
 }
 
