@@ -6,7 +6,7 @@ mod supervisor_support;
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,7 +238,7 @@ fn closed_terminal_stops_the_run_like_sigterm() {
 #[test]
 fn vanished_stderr_then_ctrl_c_exits_130_with_an_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let mut child = launcher(
         dir.path(),
         "5",

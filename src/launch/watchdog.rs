@@ -52,13 +52,15 @@ pub fn default_program() -> Option<PathBuf> {
 /// closes the pipe without the done byte, which makes the watchdog end the run.
 pub struct Watchdog {
     child: Child,
-    pipe: Option<io::PipeWriter>,
+    pipe: Option<std::fs::File>,
 }
 
 impl Watchdog {
     /// Starts `program` as the watchdog of the run tagged `marker`.
     pub fn start(program: &Path, marker: &str, grace: Duration, log: &Path) -> io::Result<Self> {
-        let (reader, writer) = io::pipe()?;
+        // Close-on-exec: torchrun and its workers must never hold the write end.
+        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let writer = std::fs::File::from(writer);
         let mut cmd = Command::new(program);
         cmd.arg(SUBCOMMAND)
             .arg(marker)
