@@ -416,8 +416,13 @@ fn process_vars() -> BTreeMap<String, String> {
 /// every secret masked by name and by value (see [`mask`]; the values of the launcher's own
 /// secret-named variables included). Never executed.
 pub fn display(cmd: &LaunchCommand) -> String {
-    let secrets = secret_values(cmd, &process_vars());
-    render(&mask(cmd, &secrets))
+    render(&masked(cmd))
+}
+
+/// `cmd` with every secret masked, by name and by value, the launcher's own secret-named
+/// variables' values included: what may be printed, logged or recorded (`plan-*.json`).
+pub fn masked(cmd: &LaunchCommand) -> LaunchCommand {
+    mask(cmd, &secret_values(cmd, &process_vars()))
 }
 
 /// `cmd` as one bash line, exactly, nothing masked: run by bash it executes the same program
