@@ -67,6 +67,20 @@ fn wait_ready(dir: &Path, child: &mut Child) -> Vec<i32> {
     }
 }
 
+/// SIGKILLs whatever of a run's pids is still alive when dropped, so a failing test leaves
+/// nothing behind (the failures this file tests for are exactly processes left behind).
+struct Reap(Vec<i32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            if alive(p) {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let until = Instant::now() + within;
     loop {
@@ -144,6 +158,7 @@ fn sigkilled_launcher_leaves_no_process_of_the_run() {
     .spawn()
     .unwrap();
     let pids = wait_ready(dir.path(), &mut child);
+    let _reap = Reap(pids.clone());
     assert_eq!(pids.len(), 5, "{pids:?}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -218,6 +233,7 @@ fn closed_terminal_stops_the_run_like_sigterm() {
         assert!(Instant::now() < until, "fake torchrun never became ready");
         std::thread::sleep(Duration::from_millis(20));
     };
+    let _reap = Reap(pids.clone());
     let closed = Instant::now();
     // The terminal goes away: closing the master hangs up the session.
     drop(master);
@@ -254,6 +270,7 @@ fn vanished_stderr_then_ctrl_c_exits_130_with_an_outcome() {
     .unwrap();
     drop(reader); // tee is gone
     let pids = wait_ready(dir.path(), &mut child);
+    let _reap = Reap(pids.clone());
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(130), "{status:?}");
