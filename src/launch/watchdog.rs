@@ -146,11 +146,12 @@ fn watch(marker: &str, grace: Duration, log: &Path) -> i32 {
          ({killed} needed SIGKILL) in {:.1}s",
         start.elapsed().as_secs_f64()
     );
+    // Nothing to end (the launcher failed before torchrun started): nothing to say either.
     if ended > 0 {
         crate::eprintln_lossy!("vla-launch: {text}");
-    }
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
-        let _ = f.write_all(&super::log::note_record(&text));
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+            let _ = f.write_all(&super::log::note_record(&text));
+        }
     }
     0
 }
