@@ -6,7 +6,7 @@ mod supervisor_support;
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -405,4 +405,68 @@ fn watchdog_runs_beside_the_run_and_exits_quietly_after_it() {
     assert_eq!(watchdogs_of(dir.path()), Vec::<String>::new());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("watchdog"), "quiet: {stderr}");
+}
+
+/// A process of run `marker` that ignores SIGTERM (as a stuck worker does).
+fn marked_stubborn_process(marker: &str) -> Child {
+    Command::new("sh")
+        .args(["-c", "trap '' TERM; while :; do sleep 0.05; done"])
+        .env("VLA_LAUNCH_RUN", marker)
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn watchdog_ends_the_run_when_its_launcher_side_goes_away() {
+    use vla_launch::launch::watchdog::Watchdog;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    std::fs::write(&log, "").unwrap();
+    let marker = format!("watchdog-test-{}", std::process::id());
+    let mut victim = marked_stubborn_process(&marker);
+    let _reap = Reap(vec![victim.id() as i32]);
+    let dog = Watchdog::start(&launcher_bin(), &marker, Duration::from_millis(300), &log).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    drop(dog); // as when the launcher dies: the pipe closes without the done byte
+    let status = wait_exit(&mut victim, Duration::from_secs(5));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "SIGKILL after the grace: {status:?}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The watchdog notes it once its SIGKILL rounds are over.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while !text.contains("watchdog:") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        text = std::fs::read_to_string(&log).unwrap();
+    }
+    // The shell and whichever `sleep` it had running then: some needed SIGKILL.
+    assert!(text.contains("watchdog: the launcher is gone"), "{text}");
+    assert!(!text.contains("(0 needed SIGKILL)"), "{text}");
+}
+
+#[test]
+fn finished_watchdog_leaves_the_processes_alone() {
+    use vla_launch::launch::watchdog::Watchdog;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let marker = format!("watchdog-test-done-{}", std::process::id());
+    let mut bystander = marked_stubborn_process(&marker);
+    let _reap = Reap(vec![bystander.id() as i32]);
+    let dog = Watchdog::start(&launcher_bin(), &marker, Duration::ZERO, &log).unwrap();
+    dog.finish(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the watchdog killed it"
+    );
+    assert!(!log.exists(), "nothing written");
 }
