@@ -151,7 +151,7 @@ alive_of_run() {
   done
   if [[ -n $marker ]]; then
     for p in /proc/[0-9]*; do
-      tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "VLA_LAUNCH_RUN=$marker" && out+=("${p#/proc/}")
+      { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qx "VLA_LAUNCH_RUN=$marker" && out+=("${p#/proc/}")
     done
   fi
   printf '%s\n' "${out[@]}" | sort -un | tr '\n' ' '
@@ -185,7 +185,9 @@ report() {
   sleep 1 # let the driver release the memory
   gpu=$(gpu_pids_of_run "$pids")
   [[ -n ${left// /} || -n ${gpu// /} ]] && verdict=FAIL && FAILED=1
-  echo "$phase: $verdict: $(grep -c '^pid ' "$pids") processes of the run; alive after ${gone_ms} ms (limit ${LIMIT} s): [${left% }]; on the GPU per nvidia-smi: [${gpu% }]; compute apps now: $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l)"
+  local how="all gone ${gone_ms} ms after it"
+  [[ -n ${left// /} ]] && how="still alive after ${gone_ms} ms: [${left% }]"
+  echo "$phase: $verdict: $(grep -c '^pid ' "$pids") processes of the run, $how (limit ${LIMIT} s); on the GPU per nvidia-smi: [${gpu% }]; compute apps now: $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l)"
   if [[ -n ${left// /} ]]; then
     for p in $left; do kill -KILL "$p" 2>/dev/null; done
   fi
