@@ -470,3 +470,46 @@ fn finished_watchdog_leaves_the_processes_alone() {
     );
     assert!(!log.exists(), "nothing written");
 }
+
+// Item 7, end to end: a hostile env key is refused naming it; the `--dry-run` line pasted into
+// bash runs exactly the argv the launcher would run, whatever bytes the arguments hold.
+#[test]
+fn dry_run_line_is_exact_shell_and_hostile_env_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = launcher(dir.path(), "1", &[])
+        .args(["--dry-run", "--set", "env.X;touch${IFS}PWN;Y=v"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("X;touch${IFS}PWN;Y"), "{stderr}");
+
+    let hostile = "a'b\"c $(touch PWN) `touch PWN` ; \x1b[2J\n\tend";
+    let out = launcher(dir.path(), "1", &[])
+        .args(["--dry-run", "--", "--note", hostile, "--x=$(touch PWN)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let line = line.trim_end_matches('\n');
+    assert!(!line.contains('\n') && !line.contains('\x1b'), "{line:?}");
+    let record = dir.path().join("record.json");
+    let ran = Command::new("bash")
+        .arg("-c")
+        .arg(line)
+        .env("FAKE_RECORD", &record)
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    assert!(!dir.path().join("PWN").exists());
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let argv: Vec<&str> = rec["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let n = argv.len();
+    assert_eq!(argv[n - 3..], ["--note", hostile, "--x=$(touch PWN)"]);
+}
