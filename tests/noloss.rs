@@ -513,3 +513,32 @@ fn dry_run_line_is_exact_shell_and_hostile_env_keys_are_refused() {
     let n = argv.len();
     assert_eq!(argv[n - 3..], ["--note", hostile, "--x=$(touch PWN)"]);
 }
+
+// Item 6 (printing half), end to end: a token passed under a name that says nothing is masked
+// by value in what is printed and in the log (the child still gets it).
+#[test]
+fn secret_values_are_masked_in_the_printed_command_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "hf_NoLossTokenValue42";
+    let record = dir.path().join("record.json");
+    let out = launcher(dir.path(), "1", &[("FAKE_EXIT", "0")])
+        .env("HF_TOKEN", token)
+        .env("FAKE_RECORD", &record)
+        .args(["--set", &format!("env.MY_HF_AUTH={token}")])
+        .args(["--", "--mirror_url", &format!("https://u:{token}@host/x")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("MY_HF_AUTH="), "{stderr}");
+    assert!(!stderr.contains(token), "{stderr}");
+    let log = run_log(dir.path());
+    assert!(log.contains("launch: "), "{log}");
+    assert!(!log.contains(token), "{log}");
+    let child: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(
+        child["env"]["MY_HF_AUTH"], token,
+        "the child gets the real value"
+    );
+}
