@@ -239,6 +239,7 @@ fn closed_terminal_stops_the_run_like_sigterm() {
     drop(master);
     let status = wait_exit(&mut child, Duration::from_secs(15));
     let took = closed.elapsed();
+    eprintln!("the launcher exited {took:?} after its terminal closed: {status:?}");
     assert_ne!(status.code(), Some(101), "the launcher panicked");
     assert_eq!(status.code(), Some(128 + 1), "128 + SIGHUP: {status:?}");
     assert!(took < Duration::from_secs(2 + 5), "{took:?}");
