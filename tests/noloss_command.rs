@@ -274,3 +274,30 @@ fn secrets_are_masked_by_value_wherever_they_appear() {
     // The unmasked command is unchanged (mask returns a copy).
     assert!(render(&cmd).contains(token));
 }
+
+#[test]
+fn short_or_flag_like_secret_values_do_not_mask_ordinary_arguments() {
+    // `USE_SECRET_MANAGER=1` in the user's environment must not turn `--nnodes 1` into `***`.
+    let mut inherited = Inherited::default();
+    inherited
+        .vars
+        .insert("USE_SECRET_MANAGER".into(), "1".into());
+    inherited
+        .vars
+        .insert("MY_SECRET_ENABLED".into(), "true".into());
+    inherited
+        .vars
+        .insert("DB_PASSWORD".into(), "hunter2hunter2".into());
+    let mut s = spec(&[]);
+    s.extra_args = vec![
+        "--flag".into(),
+        "true".into(),
+        "--pw".into(),
+        "hunter2hunter2".into(),
+    ];
+    let cmd = build(&s, &inherited).unwrap();
+    let line = render(&mask(&cmd, &secret_values(&cmd, &inherited.vars)));
+    assert!(line.contains("--nnodes 1 "), "{line}");
+    assert!(line.contains("--flag true"), "{line}");
+    assert!(line.contains("--pw '***'"), "{line}");
+}

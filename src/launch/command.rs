@@ -335,10 +335,23 @@ pub fn secret_values(cmd: &LaunchCommand, inherited: &BTreeMap<String, String>) 
             _ => secret_flag = arg.starts_with("--") && is_secret(&arg),
         }
     }
-    out.retain(|v| !v.is_empty());
+    // A value like `1` or `true` under a secret-looking name (`USE_SECRET_MANAGER=1`) is a
+    // switch, not a credential: masking it by value would hide every `--nnodes 1`.
+    out.retain(|v| maskable_value(v));
     out.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     out.dedup();
     out
+}
+
+/// Shortest value masked by value (names mask shorter ones where they appear).
+pub const MIN_MASKED_VALUE: usize = 4;
+
+fn maskable_value(v: &str) -> bool {
+    const SWITCHES: &[&str] = &["true", "false", "yes", "no", "on", "off", "none", "null"];
+    v.chars().count() >= MIN_MASKED_VALUE
+        && !SWITCHES.iter().any(|w| v.eq_ignore_ascii_case(w))
+        // Ports, counts and sizes; a long number may well be a key.
+        && !(v.len() < 8 && v.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A copy of `cmd` with secrets masked: secret-named variables and flag values by name, and
