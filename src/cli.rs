@@ -93,7 +93,8 @@ Examples:
         /// The run record.
         record: PathBuf,
         /// Seconds to wait after forwarding SIGTERM before killing the whole process tree.
-        #[arg(long, value_name = "SECONDS", default_value_t = 40)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 40,
+          value_parser = clap::value_parser!(u64).range(0..=crate::launch::supervisor::MAX_GRACE_SECS))]
         grace: u64,
     },
     /// Print a shell completion script.
@@ -211,7 +212,8 @@ pub struct LaunchArgs {
     pub plan_file: Option<PathBuf>,
 
     /// Seconds to wait after forwarding SIGTERM before killing the whole process tree.
-    #[arg(long, value_name = "SECONDS", default_value_t = 40)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 40,
+          value_parser = clap::value_parser!(u64).range(0..=crate::launch::supervisor::MAX_GRACE_SECS))]
     pub grace: u64,
 
     /// Show only these local ranks' output on the terminal, e.g. 0 or 0,1 (torchrun's

@@ -19,7 +19,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| EnvFilter::new(format!("vla_launch={default},warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| vla_launch::launch::term::LossyStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
@@ -27,6 +27,9 @@ fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 fn main() -> ExitCode {
+    // The watchdog of a supervised run is this binary re-executed (see launch::watchdog).
+    vla_launch::launch::watchdog::main_if_requested();
+    vla_launch::launch::watchdog::enable_self_exec();
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
     let code = match app::run(cli) {
@@ -34,7 +37,7 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = err.exit_code();
             // anyhow prints the error with its causes, as one line.
-            eprintln!("error: {:#}", anyhow::Error::from(err));
+            vla_launch::eprintln_lossy!("error: {:#}", anyhow::Error::from(err));
             code
         }
     };

@@ -20,6 +20,8 @@ use crate::monitor::{Monitor, NvmlSampler, WatchdogConfig};
 use crate::profile;
 use crate::record::{self, PlanRecord, RecordedDiagnosis, RunOutcome};
 use crate::units::fmt_gib;
+// On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
+use crate::eprintln_lossy as eprintln;
 
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
@@ -347,6 +349,7 @@ pub(super) fn read_tail(path: &Path, max: u64) -> Vec<u8> {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
+    // Bounded: the "file" may be a device that never ends (a log path on /dev/full).
+    let _ = f.take(max).read_to_end(&mut buf);
     buf
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use crate::budget::Allocator;
@@ -146,6 +147,12 @@ pub enum CommandError {
     MissingRendezvous { nnodes: u32 },
     #[error("node rank {node_rank} is out of range for {nnodes} nodes: use a rank in 0..{nnodes}")]
     BadNodeRank { node_rank: u32, nnodes: u32 },
+    #[error(
+        "environment variable name {} is not valid: a name is letters, digits and `_`, not starting with a digit{}; fix the key in the profile's `env:` (or in `--set env.NAME=VALUE`)",
+        excerpt(name),
+        if name.contains('=') { " (the `=` belongs between name and value)" } else { "" }
+    )]
+    BadEnvName { name: String },
     #[error("script flag {name:?} does not start with \"--\": write it as \"--{name}\"")]
     BadFlagName { name: String },
 }
@@ -214,6 +221,9 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
     }
     args.extend(spec.extra_args.iter().map(OsString::from));
 
+    if let Some((name, _)) = spec.env.iter().find(|(k, _)| !valid_env_name(k)) {
+        return Err(CommandError::BadEnvName { name: name.clone() });
+    }
     let alloc_conf = effective_alloc_conf(&spec.env, inherited);
     let mut env = EnvList::default();
     env.set(ENV_UNBUFFERED, "1");
@@ -275,47 +285,247 @@ pub fn is_secret(name: &str) -> bool {
 
 pub const MASK: &str = "***";
 
-/// A copy-pasteable shell line (`cd DIR && VAR=... torchrun ...`) for humans and logs. Secret
-/// variables and the values of secret-named flags are shown as `***`. Never executed.
-pub fn display(cmd: &LaunchCommand) -> String {
-    let mut words: Vec<String> = vec![
-        "cd".into(),
-        shell_quote(&cmd.cwd.to_string_lossy()),
-        "&&".into(),
-    ];
-    for (k, v) in &cmd.env {
-        let shown = if is_secret(k) { MASK } else { v.as_str() };
-        words.push(format!("{k}={}", shell_quote(shown)));
+/// `[A-Za-z_][A-Za-z0-9_]*`: a name every shell and `env` take as a variable name.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// At most 40 characters of `s`, debug-quoted (for messages about user input).
+fn excerpt(s: &str) -> String {
+    const MAX: usize = 40;
+    if s.chars().count() <= MAX {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head:?}... ({} bytes)", s.len())
     }
-    words.push(shell_quote(&cmd.program.to_string_lossy()));
-    let mut mask_next = false;
+}
+
+/// Secrets shorter than this are masked only where they are a whole value: a 3-character
+/// "secret" would otherwise turn every occurrence of, say, "abc" into `***`.
+pub const MIN_MASKED_SUBSTRING: usize = 6;
+
+/// Every value that must not be printed or recorded: those of secret-named variables of the
+/// command and of `inherited` (the user's environment, where `${HF_TOKEN}` in a profile comes
+/// from), and those of secret-named flags (`--hf_token V`, `--hf-token=V`). Longest first.
+pub fn secret_values(cmd: &LaunchCommand, inherited: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out: Vec<String> = cmd
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(inherited.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .filter(|(k, _)| is_secret(k))
+        .map(|(_, v)| v.to_string())
+        .collect();
+    let mut secret_flag = false;
     for arg in &cmd.args {
         let arg = arg.to_string_lossy();
-        if mask_next {
-            words.push(shell_quote(MASK));
-            mask_next = false;
+        if std::mem::take(&mut secret_flag) {
+            out.push(arg.into_owned());
             continue;
         }
         match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") && is_secret(flag) => {
+                out.push(value.to_string());
+            }
+            _ => secret_flag = arg.starts_with("--") && is_secret(&arg),
+        }
+    }
+    // A value like `1` or `true` under a secret-looking name (`USE_SECRET_MANAGER=1`) is a
+    // switch, not a credential: masking it by value would hide every `--nnodes 1`.
+    out.retain(|v| maskable_value(v));
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    out.dedup();
+    out
+}
+
+/// Shortest value masked by value (names mask shorter ones where they appear).
+pub const MIN_MASKED_VALUE: usize = 4;
+
+fn maskable_value(v: &str) -> bool {
+    const SWITCHES: &[&str] = &["true", "false", "yes", "no", "on", "off", "none", "null"];
+    v.chars().count() >= MIN_MASKED_VALUE
+        && !SWITCHES.iter().any(|w| v.eq_ignore_ascii_case(w))
+        // Ports, counts and sizes; a long number may well be a key.
+        && !(v.len() < 8 && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A copy of `cmd` with secrets masked: secret-named variables and flag values by name, and
+/// every value in `secrets` (from [`secret_values`]) wherever it appears, as a whole value or,
+/// from [`MIN_MASKED_SUBSTRING`] characters on, inside one. Use it before printing or recording.
+pub fn mask(cmd: &LaunchCommand, secrets: &[String]) -> LaunchCommand {
+    let env = cmd
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let shown = if is_secret(k) {
+                MASK.to_string()
+            } else {
+                String::from_utf8_lossy(&mask_bytes(v.as_bytes(), secrets)).into_owned()
+            };
+            (k.clone(), shown)
+        })
+        .collect();
+    let mut args = Vec::with_capacity(cmd.args.len());
+    let mut secret_flag = false;
+    for arg in &cmd.args {
+        if std::mem::take(&mut secret_flag) {
+            args.push(OsString::from(MASK));
+            continue;
+        }
+        let text = arg.to_string_lossy();
+        match text.split_once('=') {
             Some((flag, _)) if flag.starts_with("--") && is_secret(flag) => {
-                words.push(format!("{}={}", shell_quote(flag), shell_quote(MASK)));
+                args.push(OsString::from(format!("{flag}={MASK}")));
             }
             _ => {
-                mask_next = arg.starts_with("--") && is_secret(&arg);
-                words.push(shell_quote(&arg));
+                secret_flag = text.starts_with("--") && is_secret(&text);
+                args.push(OsString::from_vec(mask_bytes(arg.as_bytes(), secrets)));
             }
         }
+    }
+    LaunchCommand {
+        env,
+        args,
+        ..cmd.clone()
+    }
+}
+
+fn mask_bytes(value: &[u8], secrets: &[String]) -> Vec<u8> {
+    if secrets.iter().any(|s| s.as_bytes() == value) {
+        return MASK.as_bytes().to_vec();
+    }
+    let mut out = value.to_vec();
+    for s in secrets
+        .iter()
+        .filter(|s| s.chars().count() >= MIN_MASKED_SUBSTRING)
+    {
+        let needle = s.as_bytes();
+        let mut masked = Vec::with_capacity(out.len());
+        let mut rest = &out[..];
+        while let Some(at) = memchr::memmem::find(rest, needle) {
+            masked.extend_from_slice(&rest[..at]);
+            masked.extend_from_slice(MASK.as_bytes());
+            rest = &rest[at + needle.len()..];
+        }
+        masked.extend_from_slice(rest);
+        out = masked;
+    }
+    out
+}
+
+/// The launcher's own environment's variables (for [`secret_values`]).
+fn process_vars() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// A copy-pasteable shell line (`cd DIR && VAR=... torchrun ...`) for humans and logs, with
+/// every secret masked by name and by value (see [`mask`]; the values of the launcher's own
+/// secret-named variables included). Never executed.
+pub fn display(cmd: &LaunchCommand) -> String {
+    render(&masked(cmd))
+}
+
+/// `cmd` with every secret masked, by name and by value, the launcher's own secret-named
+/// variables' values included: what may be printed, logged or recorded (`plan-*.json`).
+pub fn masked(cmd: &LaunchCommand) -> LaunchCommand {
+    mask(cmd, &secret_values(cmd, &process_vars()))
+}
+
+/// `cmd` as one bash line, exactly, nothing masked: run by bash it executes the same program
+/// with the same argv, the same variables set and in the same directory, whatever bytes they
+/// hold (env names included), and it holds no control character. Variable names that are not
+/// shell names (only a record can hold them: `build` refuses them) are passed through `env`.
+pub fn render(cmd: &LaunchCommand) -> String {
+    let mut cwd = cmd.cwd.as_os_str().as_bytes().to_vec();
+    if cwd.is_empty() {
+        cwd = b".".to_vec();
+    } else if cwd.starts_with(b"-") {
+        // `cd -` means "the previous directory", `cd -x` an option.
+        cwd.splice(0..0, *b"./");
+    }
+    let mut words: Vec<String> = vec!["cd".into(), quote_bytes(&cwd), "&&".into()];
+    let plain_names = cmd.env.iter().all(|(k, _)| valid_env_name(k));
+    if !plain_names {
+        // `--`: a name starting with `-` is not an option of env.
+        words.push("env".into());
+        words.push("--".into());
+    }
+    for (k, v) in &cmd.env {
+        if plain_names {
+            words.push(format!("{k}={}", quote_bytes(v.as_bytes())));
+        } else {
+            words.push(quote_bytes(format!("{k}={v}").as_bytes()));
+        }
+    }
+    let program = cmd.program.as_os_str().as_bytes();
+    // A bare `A=b` in command position would be an assignment: quote it.
+    words.push(if program.contains(&b'=') {
+        quote_forced(program)
+    } else {
+        quote_bytes(program)
+    });
+    for arg in &cmd.args {
+        words.push(quote_arg(arg.as_bytes()));
     }
     words.join(" ")
 }
 
+/// `--flag=value` as `--flag=` + the quoted value, when the flag part needs no quoting (one
+/// shell word either way; this one reads better).
+fn quote_arg(arg: &[u8]) -> String {
+    match memchr::memchr(b'=', arg) {
+        Some(at) if at > 0 && arg[..at].iter().all(|&b| inert(b)) => {
+            let (flag, value) = arg.split_at(at + 1);
+            format!("{}{}", String::from_utf8_lossy(flag), quote_bytes(value))
+        }
+        _ => quote_bytes(arg),
+    }
+}
+
+fn inert(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b)
+}
+
 /// POSIX single-quote quoting; bare when every character is shell-inert.
 pub fn shell_quote(s: &str) -> String {
-    let inert = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
-    if !s.is_empty() && s.chars().all(inert) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+    quote_bytes(s.as_bytes())
+}
+
+/// Shell quoting for any bytes: bare when every byte is inert; `'...'` for printable UTF-8;
+/// bash's `$'...'` with `\xHH` escapes when there are control characters or bytes that are not
+/// UTF-8 (so the line is exact and cannot move the terminal's cursor).
+pub fn quote_bytes(b: &[u8]) -> String {
+    if !b.is_empty() && b.iter().all(|&c| inert(c)) {
+        return String::from_utf8_lossy(b).into_owned();
+    }
+    quote_forced(b)
+}
+
+fn quote_forced(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) if !s.chars().any(char::is_control) => {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+        _ => {
+            let mut out = String::from("$'");
+            for &c in b {
+                match c {
+                    b'\\' => out.push_str(r"\\"),
+                    b'\'' => out.push_str(r"\'"),
+                    0x20..=0x7e => out.push(c as char),
+                    _ => out.push_str(&format!("\\x{c:02x}")),
+                }
+            }
+            out.push('\'');
+            out
+        }
     }
 }
 

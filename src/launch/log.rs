@@ -83,9 +83,10 @@ impl LogWriter {
         // Unbuffered: every write is a whole batch already.
         let file = File::create(path)?;
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+        let shown = path.display().to_string();
         let thread = std::thread::Builder::new()
             .name("vla-launch-log".into())
-            .spawn(move || write_loop(file, rx))?;
+            .spawn(move || write_loop(file, rx, &shown))?;
         Ok(LogWriter {
             tx,
             thread: Some(thread),
@@ -118,10 +119,11 @@ impl Drop for LogWriter {
     }
 }
 
-fn write_loop(mut file: File, rx: Receiver<Msg>) -> io::Result<()> {
+fn write_loop(mut file: File, rx: Receiver<Msg>, shown: &str) -> io::Result<()> {
     let mut records = Records::new();
-    // The first write error stops writing (the queue is still drained, so no relay waits on a
-    // full queue); it is returned at the end.
+    // The first write error (a full disk) stops writing, once, with a warning on stderr: the
+    // queue is still drained, so no relay waits on a full queue and the terminal keeps getting
+    // the output. It is returned at the end, for the outcome; it never fails the run.
     let mut result: io::Result<()> = Ok(());
     loop {
         // Wait for something, then take whatever else is already queued, up to a batch.
@@ -149,6 +151,13 @@ fn write_loop(mut file: File, rx: Receiver<Msg>) -> io::Result<()> {
         }
         if result.is_ok() && !records.batch.is_empty() {
             result = file.write_all(&records.batch);
+            if let Err(e) = &result {
+                tracing::warn!(
+                    "cannot write the run log {shown}: {e}; the training goes on and its output \
+                     still reaches the terminal, but the log is incomplete from here (free space \
+                     there, or choose another --log-dir next time)"
+                );
+            }
         }
         records.batch.clear();
         if done {
@@ -218,6 +227,14 @@ impl Records {
             push_record(&mut self.batch, &stamp, "--- |", line.as_bytes());
         }
     }
+}
+
+/// One `--- |` record for `text` (every line of it), stamped now: for a writer that appends to
+/// a log its `LogWriter` no longer writes (the watchdog, after the launcher died).
+pub fn note_record(text: &str) -> Vec<u8> {
+    let mut r = Records::new();
+    r.note(text);
+    std::mem::take(&mut r.batch)
 }
 
 fn push_record(buf: &mut Vec<u8>, stamp: &[u8; 24], tag: &str, payload: &[u8]) {

@@ -8,3 +8,5 @@ pub mod hang;
 pub mod log;
 mod process_tree;
 pub mod supervisor;
+pub mod term;
+pub mod watchdog;

@@ -43,9 +43,14 @@ use tokio::sync::broadcast;
 use super::command::{LaunchCommand, display};
 use super::log::{LogSender, LogWriter, Stream};
 use super::process_tree::{self, MARKER_VAR};
+use super::watchdog::Watchdog;
 
 /// Longer than torchrun's own 30 s worker shutdown, so it can finish cleanly.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
+/// The longest `--grace` accepted (a week); longer ones are refused where they are parsed.
+pub const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
+/// Deadlines further away than this are treated as "never" (no arithmetic can overflow).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How long to wait for output pipes that leftover grandchildren keep open.
 pub const DEFAULT_LEAK_TIMEOUT: Duration = Duration::from_secs(1);
 /// After torchrun exits on its own, leftover processes get SIGTERM and this long before SIGKILL.
@@ -135,6 +140,9 @@ pub struct SuperviseOptions {
     pub signals: SignalHandle,
     /// Also install real signal handlers (`install_signal_forwarding`) for the run.
     pub forward_process_signals: bool,
+    /// The program re-executed as the run's watchdog (`watchdog::Watchdog`), which ends the
+    /// run if the launcher is killed outright; `None` for no watchdog.
+    pub watchdog: Option<PathBuf>,
     /// Called with torchrun's pid right after spawn (e.g. to start a VRAM monitor).
     pub on_spawn: Option<Box<dyn Fn(u32) + Send + Sync>>,
 }
@@ -151,6 +159,7 @@ impl SuperviseOptions {
             stderr: Sink::Stderr,
             signals: SignalHandle::default(),
             forward_process_signals: true,
+            watchdog: super::watchdog::default_program(),
             on_spawn: None,
         }
     }
@@ -173,6 +182,8 @@ pub struct Outcome {
     pub leftover_processes: usize,
     /// Bytes not shown on the terminal because it did not keep up (all are in the log).
     pub terminal_dropped_bytes: u64,
+    /// The first error writing the run log (the log is incomplete from there on).
+    pub log_error: Option<String>,
 }
 
 impl Outcome {
@@ -231,6 +242,9 @@ pub fn summary_line(o: &Outcome) -> String {
             "{} leftover process(es) ended",
             o.leftover_processes
         ));
+    }
+    if let Some(e) = &o.log_error {
+        extra.push(format!("the log is incomplete: {e}"));
     }
     if o.terminal_dropped_bytes > 0 {
         extra.push(format!(
@@ -302,6 +316,16 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     notes.note(format!("launch: {}", display(cmd)));
 
     let marker = run_marker();
+    // Started before torchrun, so no moment of the run is without it.
+    let watchdog = opts.watchdog.as_deref().and_then(|program| {
+        Watchdog::start(program, &marker, opts.grace, &opts.log_path)
+            .map_err(|e| {
+                tracing::warn!(
+                    "no watchdog ({e}): if the launcher is killed outright, workers in new sessions may survive it"
+                );
+            })
+            .ok()
+    });
     let mut child = spawn(cmd, &marker).map_err(|source| LaunchError::Spawn {
         program: cmd.program.clone(),
         source,
@@ -379,7 +403,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                 Some(sig) if interrupted_by.is_none() => {
                     interrupted_by = Some(sig as i32);
                     process_tree::signal_all([pid], sig);
-                    deadline = Some(tokio::time::Instant::now() + opts.grace);
+                    deadline = Some(after(tokio::time::Instant::now(), opts.grace));
                     notes.note(format!("{sig} received: forwarded to torchrun, SIGKILL in {:?}", opts.grace));
                     tracing::warn!("{sig}: stopping torchrun (again to kill at once; SIGKILL in {:?})", opts.grace);
                 }
@@ -434,13 +458,25 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         force_killed,
         leftover_processes,
         terminal_dropped_bytes: dropped.load(Ordering::Relaxed),
+        log_error: None,
     };
     notes.note(summary_line(&outcome));
     drop(notes);
     // Terminal threads may sit on a stalled terminal: give them the leak timeout, then leave them.
     join_within([out_thread, err_thread], opts.leak_timeout).await;
-    log.finish().map_err(log_err)?;
+    // A log that could not be written (a full disk) was warned about when it happened; it never
+    // changes how the training ended.
+    let mut outcome = outcome;
+    outcome.log_error = log.finish().err().map(|e| e.to_string());
+    if let Some(w) = watchdog {
+        w.finish(Duration::from_secs(1));
+    }
     Ok(outcome)
+}
+
+/// `now + d`, saturating at [`FAR_FUTURE`] (a `--grace` of u64::MAX seconds must not panic).
+fn after<I: std::ops::Add<Duration, Output = I> + Copy>(now: I, d: Duration) -> I {
+    now + d.min(FAR_FUTURE)
 }
 
 fn run_marker() -> String {
@@ -547,7 +583,7 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> (usi
     ));
     if !grace.is_zero() {
         process_tree::signal_all(first.iter().copied(), Signal::SIGTERM);
-        let until = Instant::now() + grace;
+        let until = after(Instant::now(), grace);
         while Instant::now() < until && !live(marker).is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -588,7 +624,7 @@ fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<Joi
 }
 
 async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
-    let until = Instant::now() + timeout;
+    let until = after(Instant::now(), timeout);
     for t in threads.into_iter().flatten() {
         while !t.is_finished() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -19,6 +19,8 @@ mod gpu_discovery;
 mod gpu_nvml;
 mod gpu_parsing;
 mod layers;
+mod noloss;
+mod noloss_command;
 mod peers;
 mod planner;
 mod retry;

@@ -12,6 +12,8 @@ use crate::cli::CalibrateArgs;
 use crate::launch::command;
 use crate::plan;
 use crate::units::fmt_gib;
+// On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
+use crate::{eprintln_lossy as eprintln, println_lossy as println};
 
 /// `vla-launch calibrate`: probe runs at two batch sizes per mode, observed peaks into the store.
 pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {

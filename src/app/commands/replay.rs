@@ -9,6 +9,8 @@ use crate::app::supervised_run::unix_seconds;
 use crate::launch::command::{self, LaunchCommand};
 use crate::launch::supervisor::{self, SuperviseOptions};
 use crate::record;
+// On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
+use crate::eprintln_lossy as eprintln;
 
 /// `vla-launch replay plan.json`: runs exactly the recorded command again.
 pub(in crate::app) fn cmd_replay(path: &Path, grace: u64) -> Result<ExitCode> {

@@ -16,6 +16,8 @@ use crate::launch::command;
 use crate::launch::diagnosis;
 use crate::plan::retry;
 use crate::record;
+// On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
+use crate::{eprint_lossy as eprint, eprintln_lossy as eprintln, println_lossy as println};
 
 pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
     if let Some(path) = args.plan_file.clone() {

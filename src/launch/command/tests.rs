@@ -273,7 +273,9 @@ fn quoting_table() {
         ("it's", r"'it'\''s'"),
         ("$(rm -rf /)", "'$(rm -rf /)'"),
         ("x;y", "'x;y'"),
-        ("tab\there", "'tab\there'"),
+        // Control characters are escaped (bash's $'...'): exact, and inert on a terminal.
+        ("tab\there", "$'tab\\x09here'"),
+        ("a\nb", "$'a\\x0ab'"),
     ];
     for (raw, want) in cases {
         assert_eq!(shell_quote(raw), want, "{raw:?}");
