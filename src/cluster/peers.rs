@@ -1239,7 +1239,17 @@ impl LineReader {
             let mut chunk = [0u8; 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Event::Closed,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    // No whole line yet: back to the caller, whose deadline runs by the clock
+                    // however the bytes trickle in.
+                    if memchr::memchr(b'\n', &self.buf).is_none() && self.buf.len() <= MAX_LINE {
+                        if self.discarding {
+                            self.buf.clear();
+                        }
+                        return Event::Idle;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(

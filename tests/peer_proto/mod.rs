@@ -39,6 +39,7 @@ pub struct Client {
     in_dir: &'static str,
     pub seq_out: u64,
     seq_in: u64,
+    partial: String,
 }
 
 impl Client {
@@ -50,12 +51,21 @@ impl Client {
             .write_all(format!("{seq} {body} {m}\n").as_bytes())
     }
 
-    /// The next authenticated body (`None`: closed, or a line that fails).
-    pub fn recv(&mut self) -> Option<String> {
-        let mut l = String::new();
-        if self.reader.read_line(&mut l).ok()? == 0 {
-            return None;
+    /// The next authenticated body if one comes within the read timeout (`None` otherwise);
+    /// a line cut by the timeout is kept for the next call.
+    pub fn recv_ready(&mut self) -> Option<String> {
+        let mut l = std::mem::take(&mut self.partial);
+        match self.reader.read_line(&mut l) {
+            Ok(_) if l.ends_with('\n') => {}
+            _ => {
+                self.partial = l;
+                return None;
+            }
         }
+        self.check(&l)
+    }
+
+    fn check(&mut self, l: &str) -> Option<String> {
         let l = l.trim_end();
         let (rest, m) = l.rsplit_once(' ')?;
         let (s, body) = rest.split_once(' ')?;
@@ -64,6 +74,15 @@ impl Client {
         }
         self.seq_in += 1;
         Some(body.to_string())
+    }
+
+    /// The next authenticated body (`None`: closed, or a line that fails).
+    pub fn recv(&mut self) -> Option<String> {
+        let mut l = String::new();
+        if self.reader.read_line(&mut l).ok()? == 0 {
+            return None;
+        }
+        self.check(&l)
     }
 }
 
@@ -110,6 +129,7 @@ pub fn connect_as(port: u16, secret: &str, job: &str, rank: &str) -> Result<Clie
         in_dir: "to-node",
         seq_out: 0,
         seq_in: 0,
+        partial: String::new(),
     })
 }
 
@@ -144,5 +164,6 @@ pub fn accept_as_hub(listener: &TcpListener, secret: &str, job: &str) -> Client 
         in_dir: "to-hub",
         seq_out: 0,
         seq_in: 0,
+        partial: String::new(),
     }
 }
