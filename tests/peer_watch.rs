@@ -155,7 +155,8 @@ fn both_sides_ping_on_their_own_timer_however_often_the_other_talks() {
     // Node 0's side, against a chatty node 1.
     let (on_stop, rx) = recorder();
     let hub = PeerWatch::hub(job("chat", 2), 0, on_stop).unwrap();
-    let mut c = peer_proto::connect_as(hub.port().unwrap(), peer_proto::SECRET, "chat", "1").unwrap();
+    let mut c =
+        peer_proto::connect_as(hub.port().unwrap(), peer_proto::SECRET, "chat", "1").unwrap();
     let from_hub = chatty(&mut c);
     assert!(rx.try_recv().is_err());
     hub.finish(0);
@@ -186,10 +187,7 @@ fn a_silent_node_is_lost_after_the_silence_limit() {
     let _mute = peer_proto::connect_as(port, peer_proto::SECRET, "silent", "1").unwrap();
     let why = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(why.node, 1);
-    assert!(
-        matches!(why.failure, PeerFailure::Lost { .. }),
-        "{why:?}"
-    );
+    assert!(matches!(why.failure, PeerFailure::Lost { .. }), "{why:?}");
     assert!(t0.elapsed() >= fast().silence_limit, "{:?}", t0.elapsed());
     hub.finish(143);
 }
@@ -240,7 +238,15 @@ fn forged_exit_and_stop_lines_stop_nobody() {
     .unwrap();
     assert!(closed_within(s).is_some());
     // With a wrong secret.
-    assert!(peer_proto::connect_as(j.port, "wrong-secret-wrong-secret-wrong-secret", "forge", "1").is_err());
+    assert!(
+        peer_proto::connect_as(
+            j.port,
+            "wrong-secret-wrong-secret-wrong-secret",
+            "forge",
+            "1"
+        )
+        .is_err()
+    );
     std::thread::sleep(Duration::from_millis(500));
     j.assert_healthy("forged lines");
     j.finish_with_node_1_failing(7);
@@ -286,7 +292,10 @@ fn replayed_and_injected_lines_are_dropped() {
     let mut other = peer_proto::connect_as(port, peer_proto::SECRET, "replay", "2").unwrap();
     other.send("ping").unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(rx.try_recv().is_err(), "a replayed or forged exit stopped node 0");
+    assert!(
+        rx.try_recv().is_err(),
+        "a replayed or forged exit stopped node 0"
+    );
     // The right next line still counts.
     c.seq_out = 1;
     c.send("exit 3").unwrap();
@@ -314,8 +323,7 @@ fn watch_threads() -> usize {
         .unwrap()
         .flatten()
         .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.starts_with("vla-peer"))
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("vla-peer"))
         })
         .count()
 }
@@ -345,14 +353,21 @@ fn silent_trickling_and_garbage_connections_are_closed_by_the_clock() {
     let mut garbage = raw(j.port);
     let noise: Vec<u8> = (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let _ = garbage.write_all(&noise);
-    for (what, s) in [("silent", silent), ("trickling", trickle), ("garbage", garbage)] {
+    for (what, s) in [
+        ("silent", silent),
+        ("trickling", trickle),
+        ("garbage", garbage),
+    ] {
         let took = closed_within(s).unwrap_or_else(|| panic!("{what} connection kept open"));
         assert!(
             took <= deadline + Duration::from_millis(1500),
             "{what}: closed after {took:?}"
         );
     }
-    assert!(trickler.join().unwrap(), "the trickler's writes end in an error");
+    assert!(
+        trickler.join().unwrap(),
+        "the trickler's writes end in an error"
+    );
     j.assert_healthy("slow connections");
     j.finish_with_node_1_failing(11);
 }
@@ -412,8 +427,13 @@ fn two_thousand_connections_neither_stop_nor_swamp_the_job() {
         max_watch_threads <= 6 * (MAX_PENDING + 8),
         "{max_watch_threads} watch threads"
     );
-    eprintln!("2000 connections: at most {max_threads} threads in the test process, {max_watch_threads} of them the watch's");
-    assert!(max_threads < 100, "{max_threads} threads in the test process");
+    eprintln!(
+        "2000 connections: at most {max_threads} threads in the test process, {max_watch_threads} of them the watch's"
+    );
+    assert!(
+        max_threads < 100,
+        "{max_threads} threads in the test process"
+    );
     let grew = rss_kib().saturating_sub(rss_before);
     assert!(grew < 64 * 1024, "RSS grew by {grew} KiB");
     j.assert_healthy("2000 connections held");
@@ -426,7 +446,10 @@ fn two_thousand_connections_neither_stop_nor_swamp_the_job() {
             matches!((&mut &**s).read(&mut b), Ok(0))
         })
         .count();
-    assert!(closed_at_once > 1000, "only {closed_at_once} closed at once");
+    assert!(
+        closed_at_once > 1000,
+        "only {closed_at_once} closed at once"
+    );
     drop(held);
     j.finish_with_node_1_failing(13);
 }
@@ -459,11 +482,17 @@ fn another_jobs_launcher_on_the_same_port_stops_nobody() {
     let squatter = PeerWatch::peer(squat, 1, "127.0.0.1", port, on_stop).unwrap();
     std::thread::sleep(fast().silence_limit + Duration::from_millis(500));
     assert!(hub_rx.try_recv().is_err());
-    assert!(other_rx.try_recv().is_err(), "the other job's node was stopped");
+    assert!(
+        other_rx.try_recv().is_err(),
+        "the other job's node was stopped"
+    );
     assert!(squat_rx.try_recv().is_err());
     hub.finish(1);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(other_rx.try_recv().is_err(), "node 0's exit reached another job");
+    assert!(
+        other_rx.try_recv().is_err(),
+        "node 0's exit reached another job"
+    );
     stranger.finish(0);
     squatter.finish(0);
 }
@@ -476,7 +505,11 @@ fn a_squatter_on_node_0s_port_cannot_stop_a_node() {
     let port = listener.local_addr().unwrap().port();
     let (on_stop, rx) = recorder();
     let p1 = PeerWatch::peer(job("sq", 2), 1, "127.0.0.1", port, on_stop).unwrap();
-    for reply in [&b"stop you\n"[..], b"challenge zz\n0 stop 0 failed 1 00\n", b""] {
+    for reply in [
+        &b"stop you\n"[..],
+        b"challenge zz\n0 stop 0 failed 1 00\n",
+        b"",
+    ] {
         let (mut s, _) = listener.accept().unwrap();
         let _ = s.write_all(reply);
         drop(s);
@@ -518,7 +551,12 @@ fn the_secret_file_is_private_and_required() {
     // Same secret on both: they authenticate each other.
     let (on_stop, rx0) = recorder();
     let hub = PeerWatch::hub(
-        WatchJob { id: "55".into(), nnodes: 2, secret: s0, timing: fast() },
+        WatchJob {
+            id: "55".into(),
+            nnodes: 2,
+            secret: s0,
+            timing: fast(),
+        },
         0,
         on_stop,
     )
@@ -526,7 +564,12 @@ fn the_secret_file_is_private_and_required() {
     let port = hub.port().unwrap();
     let (on_stop, _rx1) = recorder();
     let p1 = PeerWatch::peer(
-        WatchJob { id: "55".into(), nnodes: 2, secret: s1, timing: fast() },
+        WatchJob {
+            id: "55".into(),
+            nnodes: 2,
+            secret: s1,
+            timing: fast(),
+        },
         1,
         "127.0.0.1",
         port,
@@ -536,24 +579,67 @@ fn the_secret_file_is_private_and_required() {
     std::thread::sleep(Duration::from_millis(300));
     p1.finish(21);
     assert_eq!(
-        rx0.recv_timeout(Duration::from_secs(5)).unwrap().exit_code(),
+        rx0.recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .exit_code(),
         Some(21)
     );
     hub.finish(143);
     // Readable by others: refused, naming the file and the fix.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = peers::job_secret(&w1).unwrap_err().to_string();
-    assert!(e.contains("job-55.key") && e.contains("644") && e.contains("fix"), "{e}");
+    assert!(
+        e.contains("job-55.key") && e.contains("644") && e.contains("fix"),
+        "{e}"
+    );
     // No file within the wait: no secret, and the watch does not start.
     let empty = tempfile::tempdir().unwrap();
     let w1 = node_watch(empty.path(), 1, 1);
     let e = peers::job_secret(&w1).unwrap_err().to_string();
     assert!(e.contains(peers::SECRET_ENV), "{e}");
     let (on_stop, _) = recorder();
-    assert!(peers::start_node_watch(&w1, on_stop).unwrap().is_none());
+    let t0 = Instant::now();
+    let late = peers::start_node_watch(&w1, on_stop)
+        .unwrap()
+        .expect("waits on its own thread");
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "training held up"
+    );
+    late.finish(0);
     // A short environment secret is refused naming the variable.
     let e = JobSecret::from_env_value("short").unwrap_err().to_string();
     assert!(e.contains(peers::SECRET_ENV) && e.contains("32"), "{e}");
+}
+
+/// Node 1 may get to its watch before node 0 has created the secret file: its watch waits for
+/// the file on its own thread, then authenticates; node 0 then hears node 1's failure.
+#[test]
+fn a_node_started_before_the_secret_file_exists_joins_once_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut w1 = node_watch(dir.path(), 1, port);
+    w1.secret_wait = Duration::from_secs(10);
+    let (on_stop, _rx1) = recorder();
+    let p1 = peers::start_node_watch(&w1, on_stop).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let (on_stop, rx0) = recorder();
+    let hub = peers::start_node_watch(&node_watch(dir.path(), 0, port), on_stop)
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    p1.finish(17);
+    assert_eq!(
+        rx0.recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .exit_code(),
+        Some(17)
+    );
+    hub.finish(143);
 }
 
 /// Item 3: node 0 refuses a taken watch port or rendezvous port, naming the flag.
@@ -579,7 +665,10 @@ fn node_0_refuses_taken_ports_naming_the_flag() {
 #[test]
 fn unresolvable_or_foreign_node_names_are_warned_about() {
     let w = peers::rendezvous_host_warning("no-such-node.invalid", 20015, 1).unwrap();
-    assert!(w.contains("does not resolve") && w.contains("--rdzv-endpoint"), "{w}");
+    assert!(
+        w.contains("does not resolve") && w.contains("--rdzv-endpoint"),
+        "{w}"
+    );
     // TEST-NET-1: routable-looking, never this machine.
     let w = peers::rendezvous_host_warning("192.0.2.1", 20015, 0).unwrap();
     assert!(w.contains("none of them this machine's"), "{w}");
@@ -632,8 +721,15 @@ fn the_launcher_exits_4_when_node_0s_ports_are_taken() {
     let taken = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let record = dir.path().join("fake.json");
-    for (flag, other) in [("--rdzv-port", "--peer-watch-port"), ("--peer-watch-port", "--rdzv-port")] {
-        let free = TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    for (flag, other) in [
+        ("--rdzv-port", "--peer-watch-port"),
+        ("--peer-watch-port", "--rdzv-port"),
+    ] {
+        let free = TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut c = launcher(dir.path());
         slurm_node(&mut c, "880", "0");
         let out = c
@@ -660,7 +756,11 @@ fn slurm_node_0_hosts_the_rendezvous_store() {
         let mut c = launcher(dir.path());
         slurm_node(&mut c, "881", rank);
         let out = c.arg("--dry-run").output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     assert!(cmd("0").contains("--rdzv-conf is_host=1"), "{}", cmd("0"));

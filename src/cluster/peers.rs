@@ -490,7 +490,9 @@ struct Shared {
     job: String,
     node_rank: u32,
     nnodes: u32,
-    secret: JobSecret,
+    /// Set at start, or (node n) by its watch thread once node 0 has created the secret file.
+    secret: std::sync::OnceLock<JobSecret>,
+    loader: Mutex<Option<SecretLoader>>,
     timing: Timing,
     /// Node n: node 0's `host:port`.
     target: Option<String>,
@@ -509,7 +511,21 @@ struct Shared {
     pending: AtomicUsize,
 }
 
+/// Finds the job's secret later (node n waiting for node 0's file).
+type SecretLoader = Box<dyn FnOnce() -> Result<JobSecret, SecretError> + Send>;
+
+const OFF: &str = "PEER WATCH OFF: if a node fails, the other nodes' training waits for NCCL's timeout (10 min or more) instead of stopping";
+
 impl Shared {
+    /// The secret's bytes; only called once it is known (before any handshake).
+    fn key(&self) -> &[u8] {
+        &self
+            .secret
+            .get()
+            .expect("the secret is known before any handshake")
+            .0
+    }
+
     fn stop(&self, why: PeerStop) {
         if self.finished.load(Ordering::SeqCst) || self.stopped.swap(true, Ordering::SeqCst) {
             return;
@@ -523,7 +539,7 @@ impl Shared {
 
     /// A peer failed: node 0 tells every other node, then this node stops.
     fn failed(&self, why: PeerStop) {
-        if self.finished.load(Ordering::SeqCst) {
+        if self.finished.load(Ordering::SeqCst) || self.stopped.load(Ordering::SeqCst) {
             return;
         }
         if self.node_rank == 0 {
@@ -602,21 +618,41 @@ impl PeerWatch {
         port: u16,
         on_stop: OnStop,
     ) -> io::Result<PeerWatch> {
-        let target = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let watch = PeerWatch::new(job, node_rank, Some(target.clone()), on_stop);
-        let shared = watch.shared.clone();
+        let target = target_of(host, port);
+        PeerWatch::new(job, node_rank, Some(target), on_stop).spawn_peer()
+    }
+
+    /// Like [`PeerWatch::peer`], the secret found later by `loader` on the watch's own thread
+    /// (node 0 may create the secret file after this node starts): training is not held up.
+    fn peer_later(w: &NodeWatch, loader: SecretLoader, on_stop: OnStop) -> io::Result<PeerWatch> {
+        let target = target_of(&w.host, w.port);
+        let watch = PeerWatch::unkeyed(
+            &w.job_id,
+            w.nnodes,
+            w.timing,
+            w.node_rank,
+            Some(target),
+            on_stop,
+        );
+        *watch
+            .shared
+            .loader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(loader);
+        watch.spawn_peer()
+    }
+
+    fn spawn_peer(self) -> io::Result<PeerWatch> {
+        let shared = self.shared.clone();
+        let target = shared.target.clone().unwrap_or_default();
         std::thread::Builder::new()
             .name("vla-peers".into())
             .spawn(move || peer_loop(&target, shared))?;
-        let shared = watch.shared.clone();
+        let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("vla-peers-beat".into())
             .spawn(move || heartbeat(shared))?;
-        Ok(watch)
+        Ok(self)
     }
 
     /// Node 0: the port it listens on (the one asked for, or the one given for port 0).
@@ -625,15 +661,29 @@ impl PeerWatch {
     }
 
     fn new(job: WatchJob, node_rank: u32, target: Option<String>, on_stop: OnStop) -> PeerWatch {
+        let w = PeerWatch::unkeyed(&job.id, job.nnodes, job.timing, node_rank, target, on_stop);
+        let _ = w.shared.secret.set(job.secret);
+        w
+    }
+
+    fn unkeyed(
+        id: &str,
+        nnodes: u32,
+        timing: Timing,
+        node_rank: u32,
+        target: Option<String>,
+        on_stop: OnStop,
+    ) -> PeerWatch {
         PeerWatch {
             port: None,
             acceptor: None,
             shared: Arc::new(Shared {
-                job: job.id,
+                job: id.to_string(),
                 node_rank,
-                nnodes: job.nnodes,
-                secret: job.secret,
-                timing: job.timing,
+                nnodes,
+                secret: std::sync::OnceLock::new(),
+                loader: Mutex::new(None),
+                timing,
                 target,
                 finished: AtomicBool::new(false),
                 exit_code: AtomicI32::new(0),
@@ -652,7 +702,8 @@ impl PeerWatch {
         shared.exit_code.store(exit_code, Ordering::SeqCst);
         shared.finished.store(true, Ordering::SeqCst);
         let conns = std::mem::take(&mut *shared.conns.lock().unwrap_or_else(|p| p.into_inner()));
-        if let (true, Some(target)) = (conns.is_empty(), &shared.target) {
+        let keyed = shared.secret.get().is_some();
+        if let (true, true, Some(target)) = (keyed, conns.is_empty(), &shared.target) {
             // Stopped before the watch connected (node 0's launcher came up later): a failure
             // must still reach node 0, so say it on a short-lived connection.
             if exit_code != 0 {
@@ -754,9 +805,20 @@ pub fn job_secret(w: &NodeWatch) -> Result<JobSecret, SecretError> {
 /// Starts this node's watch. `Ok(None)` when it cannot run (no secret, node 0 unreachable...),
 /// after a loud warning that says how to fix it; `Err` when node 0's watch port is taken.
 pub fn start_node_watch(w: &NodeWatch, on_stop: OnStop) -> Result<Option<PeerWatch>, PortTaken> {
-    const OFF: &str = "PEER WATCH OFF: if a node fails, the other nodes' training waits for NCCL's timeout (10 min or more) instead of stopping";
     if let Some(msg) = rendezvous_host_warning(&w.host, w.port, w.node_rank) {
         tracing::warn!("{msg}");
+    }
+    if w.node_rank > 0 && w.env_secret.is_none() {
+        // Node 0 may create the file after this node gets here: wait on the watch's thread.
+        let (dir, id, wait) = (w.secrets_dir.clone(), w.job_id.clone(), w.secret_wait);
+        let loader: SecretLoader = Box::new(move || JobSecret::wait_for_file(&dir, &id, wait));
+        return match PeerWatch::peer_later(w, loader, on_stop) {
+            Ok(watch) => Ok(Some(watch)),
+            Err(e) => {
+                tracing::warn!("{OFF}. It could not start ({e})");
+                Ok(None)
+            }
+        };
     }
     let secret = match job_secret(w) {
         Ok(s) => s,
@@ -843,7 +905,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 fn session_key(shared: &Shared, rank: &str, nonce0: &str, nonce_n: &str) -> [u8; 32] {
     mac_of(
-        &shared.secret.0,
+        shared.key(),
         &["session", &shared.job, rank, nonce0, nonce_n],
     )
     .finalize()
@@ -900,7 +962,7 @@ fn serve_peer(stream: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
     };
     if unhex(nonce_n).is_none_or(|n| n.len() != 16)
         || !mac_ok(
-            &shared.secret.0,
+            shared.key(),
             &["hello", &shared.job, rank_text, &nonce0, nonce_n],
             mac,
         )
@@ -931,7 +993,7 @@ fn serve_peer(stream: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
             return;
         }
         let welcome = mac_hex(
-            &shared.secret.0,
+            shared.key(),
             &["welcome", &shared.job, rank_text, &nonce0, nonce_n],
         );
         let sent = conn
@@ -980,7 +1042,7 @@ fn handshake_peer(
     let nonce_n = hex(&random_bytes::<16>().map_err(|e| e.to_string())?);
     let rank = shared.node_rank.to_string();
     let mac = mac_hex(
-        &shared.secret.0,
+        shared.key(),
         &["hello", &shared.job, &rank, &nonce0, &nonce_n],
     );
     writer
@@ -989,7 +1051,7 @@ fn handshake_peer(
     let welcome = lines.line_before(deadline).ok_or("no welcome")?;
     let ok = match welcome.split(' ').collect::<Vec<_>>()[..] {
         ["welcome", m] => mac_ok(
-            &shared.secret.0,
+            shared.key(),
             &["welcome", &shared.job, &rank, &nonce0, &nonce_n],
             m,
         ),
@@ -1012,6 +1074,22 @@ fn handshake_peer(
 
 /// A node's loop: connect and authenticate (retrying), then watch node 0.
 fn peer_loop(target: &str, shared: Arc<Shared>) {
+    let loader = shared
+        .loader
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(load) = loader {
+        match load() {
+            Ok(secret) => {
+                let _ = shared.secret.set(secret);
+            }
+            Err(e) => {
+                tracing::warn!("{OFF}. No job secret: {e}");
+                return;
+            }
+        }
+    }
     let started = Instant::now();
     let mut warned_silent = false;
     let mut refused = 0u32;
@@ -1064,6 +1142,14 @@ fn peer_loop(target: &str, shared: Arc<Shared>) {
     }
 }
 
+fn target_of(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn connect(target: &str, timeout: Duration) -> Option<TcpStream> {
     let addr = target.to_socket_addrs().ok()?.next()?;
     TcpStream::connect_timeout(&addr, timeout).ok()
@@ -1099,13 +1185,13 @@ fn heartbeat(shared: Arc<Shared>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .elapsed();
             if silent >= t.silence_limit {
-                c.shutdown();
                 shared.failed(PeerStop {
                     node: c.rank,
                     failure: PeerFailure::Lost {
                         silent_s: silent.as_secs(),
                     },
                 });
+                c.shutdown();
                 return;
             }
             let _ = c.send("ping");
