@@ -766,3 +766,91 @@ fn slurm_node_0_hosts_the_rendezvous_store() {
     assert!(cmd("0").contains("--rdzv-conf is_host=1"), "{}", cmd("0"));
     assert!(!cmd("1").contains("is_host"));
 }
+
+/// Item 2: `accept` failing (EMFILE: the process is out of file descriptors) does not turn the
+/// watch off: it retries with backoff, and once descriptors are free again a node connects and
+/// its failure stops node 0. Runs in a child process of this test binary, whose fd soft limit it
+/// lowers to 64 (only the child's).
+#[test]
+fn accept_errors_are_retried_and_the_watch_stays_on() {
+    if std::env::var_os("VLA_PEER_WATCH_EMFILE_CHILD").is_some() {
+        return emfile_child();
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "accept_errors_are_retried_and_the_watch_stays_on",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VLA_PEER_WATCH_EMFILE_CHILD", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("EMFILE seen"), "{text}");
+    assert!(
+        text.contains("accepting a connection failed") && text.contains("retrying"),
+        "accept never failed, the test proves nothing: {text}"
+    );
+}
+
+fn emfile_child() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("vla_launch=debug")
+        .init();
+    let lim = libc::rlimit {
+        rlim_cur: 64,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on valid pointers.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut old);
+        let lim = libc::rlimit {
+            rlim_max: old.rlim_max,
+            ..lim
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let (on_stop, rx) = recorder();
+    let hub = PeerWatch::hub(job("emfile", 2), 0, on_stop).unwrap();
+    let port = hub.port().unwrap();
+    // Use up the descriptors: connections (each also costs node 0 one when accepted), then
+    // plain files, until the process has none left.
+    let mut hog: Vec<Box<dyn std::any::Any>> = Vec::new();
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => hog.push(Box::new(s)),
+            Err(_) => break,
+        }
+    }
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => hog.push(Box::new(f)),
+            Err(_) => break,
+        }
+    }
+    // Now a connection queued on the listener makes accept fail with EMFILE... if one can
+    // still be made: free one descriptor for the client side only.
+    hog.pop();
+    let _queued = TcpStream::connect(("127.0.0.1", port));
+    std::thread::sleep(Duration::from_millis(1500));
+    println!("EMFILE seen: {} descriptors held", hog.len());
+    drop(hog);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (on_stop, _rx1) = recorder();
+    let p1 = PeerWatch::peer(job("emfile", 2), 1, "127.0.0.1", port, on_stop).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    p1.finish(23);
+    let why = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("node 0's watch still accepts after EMFILE");
+    assert_eq!(why.exit_code(), Some(23));
+    hub.finish(143);
+}
