@@ -824,17 +824,11 @@ fn emfile_child() {
     // Use up the descriptors: connections (each also costs node 0 one when accepted), then
     // plain files, until the process has none left.
     let mut hog: Vec<Box<dyn std::any::Any>> = Vec::new();
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => hog.push(Box::new(s)),
-            Err(_) => break,
-        }
+    while let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+        hog.push(Box::new(s));
     }
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => hog.push(Box::new(f)),
-            Err(_) => break,
-        }
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        hog.push(Box::new(f));
     }
     // Now a connection queued on the listener makes accept fail with EMFILE... if one can
     // still be made: free one descriptor for the client side only.
