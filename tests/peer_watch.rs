@@ -848,3 +848,65 @@ fn emfile_child() {
     assert_eq!(why.exit_code(), Some(23));
     hub.finish(143);
 }
+
+/// End to end, two real launchers without VLA_LAUNCH_JOB_SECRET (node 0 creates the secret file
+/// under the shared run root, node 1 reads it): node 1's torchrun dies of SIGABRT (its launcher
+/// exits 134), node 0 is stopped and its run record keeps the cause as data: node 1, failed,
+/// node 1's exit code.
+#[test]
+fn a_peer_stop_is_recorded_with_its_structured_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let (rdzv, watch) = (free(), free());
+    let node = |rank: &str, fake: &[(&str, &str)]| {
+        let mut c = launcher(dir.path());
+        slurm_node(&mut c, "4545", rank);
+        c.args(["--rdzv-port", &rdzv, "--peer-watch-port", &watch])
+            .arg("--log-dir")
+            .arg(dir.path().join(format!("logs{rank}")))
+            .envs(fake.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let n0 = node("0", &[("FAKE_SLEEP", "60")]);
+    let n1 = node("1", &[("FAKE_SLEEP", "3"), ("FAKE_EXIT_SIGNAL", "6")]);
+    let o1 = n1.wait_with_output().unwrap();
+    let t0 = Instant::now();
+    let o0 = n0.wait_with_output().unwrap();
+    let e0 = String::from_utf8_lossy(&o0.stderr);
+    assert_eq!(
+        o1.status.code(),
+        Some(134),
+        "{}",
+        String::from_utf8_lossy(&o1.stderr)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "node 0 ran on: {e0}"
+    );
+    assert!(e0.contains("node 1's training ended with exit 134"), "{e0}");
+    let record = std::fs::read_dir(dir.path().join("logs0"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("plan-"))
+        .unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.path()).unwrap()).unwrap();
+    assert_eq!(
+        rec["outcome"]["stopped_by_peer_cause"],
+        serde_json::json!({"node": 1, "kind": "failed", "exit_code": 134})
+    );
+    let secrets = dir.path().join("vla-launch/.secrets");
+    assert!(
+        secrets.join("job-4545.key").is_file(),
+        "node 0 made the secret file"
+    );
+}
