@@ -509,6 +509,8 @@ struct Shared {
     seen: Mutex<Vec<u32>>,
     /// Node 0: connections in their handshake.
     pending: AtomicUsize,
+    /// Node 0: connections refused so far (only the first few are logged).
+    refusals: AtomicUsize,
 }
 
 /// Finds the job's secret later (node n waiting for node 0's file).
@@ -524,6 +526,15 @@ impl Shared {
             .get()
             .expect("the secret is known before any handshake")
             .0
+    }
+
+    /// Logs a refused connection; a flood of them is not logged line by line.
+    fn refused(&self, msg: String) {
+        match self.refusals.fetch_add(1, Ordering::SeqCst) {
+            0..5 => tracing::warn!("{msg}"),
+            5 => tracing::warn!("{msg}; further refused connections are not logged"),
+            _ => tracing::debug!("{msg}"),
+        }
     }
 
     fn stop(&self, why: PeerStop) {
@@ -692,6 +703,7 @@ impl PeerWatch {
                 conns: Mutex::new(Vec::new()),
                 seen: Mutex::new(Vec::new()),
                 pending: AtomicUsize::new(0),
+                refusals: AtomicUsize::new(0),
             }),
         }
     }
@@ -952,11 +964,11 @@ fn serve_peer(stream: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
     let rank = match rank_text.parse::<u32>() {
         Ok(r) if r > 0 && r < shared.nnodes && rank_text == r.to_string() => r,
         _ => {
-            tracing::warn!(
+            shared.refused(format!(
                 "peer watch: {from} claimed node rank {} of this {}-node job: closed",
                 printable(rank_text.as_bytes(), 20),
                 shared.nnodes
-            );
+            ));
             return;
         }
     };
@@ -967,9 +979,9 @@ fn serve_peer(stream: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
             mac,
         )
     {
-        tracing::warn!(
+        shared.refused(format!(
             "peer watch: {from} failed authentication as node {rank} (not this job's secret): closed"
-        );
+        ));
         return;
     }
     let conn = Arc::new(Conn {
@@ -987,9 +999,9 @@ fn serve_peer(stream: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
             return;
         }
         if conns.iter().any(|c| c.rank == rank) {
-            tracing::warn!(
+            shared.refused(format!(
                 "peer watch: {from} authenticated as node {rank}, which is connected already: closed (the first connection stays)"
-            );
+            ));
             return;
         }
         let welcome = mac_hex(
