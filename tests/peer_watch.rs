@@ -910,3 +910,84 @@ fn a_peer_stop_is_recorded_with_its_structured_cause() {
         "node 0 made the secret file"
     );
 }
+
+/// A TCP connection to 127.0.0.1:`port` from the source address 127.0.0.`last`.
+fn connect_from(last: u8, port: u16) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sin = |a: [u8; 4], p: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: p.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, valid sockaddr_in pointers and lengths; the fd is owned by the
+    // TcpStream (or closed) afterwards.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let src = sin([127, 0, 0, last], 0);
+        let dst = sin([127, 0, 0, 1], port);
+        if libc::bind(fd, (&raw const src).cast(), len) != 0
+            || libc::connect(fd, (&raw const dst).cast(), len) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
+}
+
+/// Item 2: one outsider holding every handshake slot it can (from one address) does not keep a
+/// node from another address out.
+#[test]
+fn one_address_cannot_take_every_handshake_slot() {
+    let (on_stop, rx) = recorder();
+    let hub = PeerWatch::hub(job("slots", 2), 0, on_stop).unwrap();
+    let port = hub.port().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outsider = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Keep 2 x MAX_PENDING silent connections from 127.0.0.2, reopening as node 0
+            // closes them.
+            let mut held: Vec<TcpStream> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                held.retain(|s| {
+                    s.set_nonblocking(true).unwrap();
+                    let mut b = [0u8; 128];
+                    !matches!((&mut &*s).read(&mut b), Ok(0))
+                });
+                while held.len() < 2 * MAX_PENDING {
+                    match connect_from(2, port) {
+                        Ok(s) => held.push(s),
+                        Err(_) => break,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut welcomed = 0;
+    for _ in 0..5 {
+        if let Ok(c) = peer_proto::connect_as(port, peer_proto::SECRET, "slots", "1") {
+            welcomed += 1;
+            // Dropping it stops node 0 (node 1 gone), as a real node's loss would: only the
+            // handshake getting through matters here.
+            drop(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    outsider.join().unwrap();
+    assert_eq!(welcomed, 1, "node 1 never got a handshake slot");
+    let _ = rx.recv_timeout(Duration::from_secs(5));
+    hub.finish(0);
+}

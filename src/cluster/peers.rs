@@ -46,8 +46,8 @@
 //!
 //! # Bounds
 //!
-//! At most [`MAX_PENDING`] connections are in their handshake at once (more are closed at
-//! once), each for at most [`Timing::auth_deadline`] by the clock; lines are read with a limit;
+//! At most [`MAX_PENDING`] connections are in their handshake at once, [`MAX_PENDING_PER_ADDRESS`]
+//! from one address (more are closed at once), each for at most [`Timing::auth_deadline`] by the clock; lines are read with a limit;
 //! one thread per handshake or authenticated node, plus the accept and heartbeat threads. Errors
 //! from `accept` (EMFILE...) are retried with backoff. Peer text is never printed raw
 //! ([`printable`]).
@@ -76,6 +76,8 @@ pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_LINE: usize = 256;
 /// Connections in their handshake at once on node 0; more are closed as soon as accepted.
 pub const MAX_PENDING: usize = 16;
+/// Of those, at most this many from one address.
+pub const MAX_PENDING_PER_ADDRESS: usize = 4;
 /// How long a node waits for node 0 to create the job's secret file.
 pub const SECRET_WAIT: Duration = Duration::from_secs(120);
 /// The environment variable that carries the job's secret.
@@ -507,8 +509,8 @@ struct Shared {
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Node 0: nodes that have authenticated once.
     seen: Mutex<Vec<u32>>,
-    /// Node 0: connections in their handshake.
-    pending: AtomicUsize,
+    /// Node 0: connections in their handshake, by address.
+    pending: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Node 0: connections refused so far (only the first few are logged).
     refusals: AtomicUsize,
 }
@@ -702,7 +704,7 @@ impl PeerWatch {
                 on_stop,
                 conns: Mutex::new(Vec::new()),
                 seen: Mutex::new(Vec::new()),
-                pending: AtomicUsize::new(0),
+                pending: Mutex::new(std::collections::HashMap::new()),
                 refusals: AtomicUsize::new(0),
             }),
         }
@@ -868,11 +870,42 @@ pub fn start_node_watch(w: &NodeWatch, on_stop: OnStop) -> Result<Option<PeerWat
 }
 
 /// Frees one handshake slot when dropped.
-struct PendingSlot<'a>(&'a AtomicUsize);
+struct PendingSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
 
-impl Drop for PendingSlot<'_> {
+impl PendingSlot {
+    /// A handshake slot for a connection from `ip`: `None` when [`MAX_PENDING`] are taken, or
+    /// [`MAX_PENDING_PER_ADDRESS`] by that address (one outsider cannot take them all).
+    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<PendingSlot> {
+        let mut by_ip = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = by_ip.values().sum();
+        let mine = by_ip.entry(ip).or_insert(0);
+        if total >= MAX_PENDING || *mine >= MAX_PENDING_PER_ADDRESS {
+            return None;
+        }
+        *mine += 1;
+        Some(PendingSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut by_ip = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -883,18 +916,15 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept() {
             Ok((stream, from)) => {
                 backoff = Duration::from_millis(10);
-                if shared.pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
-                    shared.pending.fetch_sub(1, Ordering::SeqCst);
+                let Some(slot) = PendingSlot::take(&shared, from.ip()) else {
                     drop(stream);
                     continue;
-                }
+                };
                 let s = shared.clone();
-                let spawned = std::thread::Builder::new()
+                // A failed spawn drops the closure, the slot with it.
+                let _ = std::thread::Builder::new()
                     .name("vla-peer".into())
-                    .spawn(move || serve_peer(stream, from, s));
-                if spawned.is_err() {
-                    shared.pending.fetch_sub(1, Ordering::SeqCst);
-                }
+                    .spawn(move || serve_peer(stream, from, s, slot));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -926,8 +956,7 @@ fn session_key(shared: &Shared, rank: &str, nonce0: &str, nonce_n: &str) -> [u8;
 }
 
 /// Node 0's side of one connection: handshake, then watch the node it authenticated as.
-fn serve_peer(stream: TcpStream, from: SocketAddr, shared: Arc<Shared>) {
-    let slot = PendingSlot(&shared.pending);
+fn serve_peer(stream: TcpStream, from: SocketAddr, shared: Arc<Shared>, slot: PendingSlot) {
     let deadline = Instant::now() + shared.timing.auth_deadline;
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
