@@ -46,11 +46,12 @@
 //!
 //! # Bounds
 //!
-//! At most [`MAX_PENDING`] connections are in their handshake at once, [`MAX_PENDING_PER_ADDRESS`]
-//! from one address (more are closed at once), each for at most [`Timing::auth_deadline`] by the clock; lines are read with a limit;
-//! one thread per handshake or authenticated node, plus the accept and heartbeat threads. Errors
-//! from `accept` (EMFILE...) are retried with backoff. Peer text is never printed raw
-//! ([`printable`]).
+//! At most [`MAX_PENDING`] connections are in their handshake at once, and at most
+//! [`MAX_PENDING_PER_ADDRESS`] from one address (more are closed at once), each for at most
+//! [`Timing::auth_deadline`] by the clock; lines are read with a limit; one thread per handshake
+//! or authenticated node, plus the accept and heartbeat threads. Errors from `accept` (EMFILE...)
+//! are retried with backoff. Peer text is never printed raw ([`printable`]); refused connections
+//! are logged for the first few only.
 
 use std::fmt;
 use std::io::{self, Read, Write};
