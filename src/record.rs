@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::budget::{Allocator, Budget, HostRam, Strategy};
 use crate::calibration::{Key, Observation, Source};
 use crate::cluster::Topology;
+use crate::cluster::peers::PeerStop;
 use crate::gpu::Gpu;
 use crate::launch::command::AllocConf;
 use crate::model::{Component, ModelSpec};
@@ -132,6 +133,9 @@ pub struct RunOutcome {
     /// Why another node's failure stopped this one, when it did.
     #[serde(default)]
     pub stopped_by_peer: Option<String>,
+    /// The same, as data: which node, and its exit code or how it was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by_peer_cause: Option<PeerStop>,
     #[serde(default)]
     pub force_killed: bool,
     #[serde(default)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::error::{AppError, Result};
-use super::settings::{Planned, store_path};
+use super::settings::{Planned, env_var, store_path};
 use super::torchrun::{RanksFilter, command_for, plan_record};
 use crate::calibration::{self, Source};
 use crate::cli::LaunchArgs;
@@ -100,8 +100,8 @@ pub(super) fn launch_once(
     };
     let mut opts = SuperviseOptions::new(&log_path);
     opts.grace = Duration::from_secs(args.grace);
-    let stopped_by_peer = Arc::new(Mutex::new(None::<String>));
-    let peers = start_peer_watch(ctx, args, &opts.signals, stopped_by_peer.clone())?;
+    let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
+    let peers = start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone())?;
     let result = supervisor::run_blocking(&cmd, &opts);
     let peaks = monitor.map(Monitor::stop);
     if let Some(watch) = peers {
@@ -154,7 +154,8 @@ pub(super) fn launch_once(
         exit_code: outcome.exit_code,
         signal: outcome.signal,
         interrupted_by: outcome.interrupted_by,
-        stopped_by_peer,
+        stopped_by_peer: stopped_by_peer.as_ref().map(|s| s.to_string()),
+        stopped_by_peer_cause: stopped_by_peer,
         force_killed: outcome.force_killed,
         leftover_processes: outcome.leftover_processes,
         duration_s: Some(outcome.duration.as_secs_f64()),
@@ -262,12 +263,11 @@ pub(super) fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> 
 pub(super) fn start_peer_watch(
     ctx: &Planned,
     args: &LaunchArgs,
+    log_dir: &Path,
     signals: &supervisor::SignalHandle,
-    stopped: Arc<Mutex<Option<String>>>,
+    stopped: Arc<Mutex<Option<peers::PeerStop>>>,
 ) -> Result<Option<PeerWatch>> {
-    let Some(asked) = peer_watch_port(args)? else {
-        return Ok(None);
-    };
+    let asked = peer_watch_port(args)?;
     let (true, Some(rdzv)) = (ctx.topology.is_multi_node(), &ctx.topology.rendezvous) else {
         return Ok(None);
     };
@@ -278,33 +278,47 @@ pub(super) fn start_peer_watch(
     else {
         return Ok(None);
     };
+    let node = ctx.topology.node_rank;
+    if node == 0 {
+        peers::check_rendezvous_port(rdzv_port)
+            .map_err(|e| AppError::Environment(e.to_string()))?;
+    }
+    let Some(asked) = asked else {
+        return Ok(None);
+    };
     let port = asked.unwrap_or_else(|| peers::watch_port(rdzv_port));
     let handle = signals.clone();
-    let on_stop: peers::OnStop = Arc::new(move |why: String| {
+    let on_stop: peers::OnStop = Arc::new(move |why: peers::PeerStop| {
         warn!(
             "{why}: stopping this node's training too (SIGTERM to torchrun, then the grace period)"
         );
         *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         handle.stop();
     });
-    let node = ctx.topology.node_rank;
-    let watch = if node == 0 {
-        PeerWatch::hub(&rdzv.id, port, on_stop)
-    } else {
-        PeerWatch::peer(&rdzv.id, node, host, port, on_stop)
+    // The secret file lives under the run root, which every node shares (--log-dir may not).
+    let secrets_dir = ctx
+        .resolved
+        .run_root_dir()
+        .map(|root| root.join("vla-launch"))
+        .unwrap_or_else(|| log_dir.to_path_buf())
+        .join(".secrets");
+    let w = peers::NodeWatch {
+        job_id: rdzv.id.clone(),
+        nnodes: ctx.topology.nnodes,
+        node_rank: node,
+        host: host.to_string(),
+        port,
+        env_secret: env_var(peers::SECRET_ENV),
+        secrets_dir,
+        secret_wait: peers::SECRET_WAIT,
+        timing: peers::Timing::default(),
     };
-    match watch {
-        Ok(w) => {
-            info!("peer watch: node {node} on port {port}");
-            Ok(Some(w))
-        }
-        Err(e) => {
-            warn!(
-                "peer watch off ({e} on port {port}; choose one with --peer-watch-port): if a node fails, the others wait for NCCL's timeout"
-            );
-            Ok(None)
-        }
+    let watch =
+        peers::start_node_watch(&w, on_stop).map_err(|e| AppError::Environment(e.to_string()))?;
+    if watch.is_some() {
+        info!("peer watch: node {node} on port {port}");
     }
+    Ok(watch)
 }
 
 /// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank

@@ -198,6 +198,11 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
         push(&rdzv.endpoint);
         push("--rdzv-id");
         push(&rdzv.id);
+        if topo.node_rank == 0 && topo.slurm_job_id.is_some() && rdzv.backend == "c10d" {
+            // Slurm's node 0 hosts the c10d store even where its node name is not its hostname.
+            push("--rdzv-conf");
+            push("is_host=1");
+        }
         push("--max-restarts");
         push(&spec.max_restarts.to_string());
     }

@@ -527,7 +527,7 @@ fn the_checker_finds_use_trees_inline_paths_and_child_modules() {
 }
 
 /// Files other branches are changing now; split them once those land (issue 18, item 5).
-const TOO_LONG_FOR_NOW: &[&str] = &["launch/supervisor.rs"];
+const TOO_LONG_FOR_NOW: &[&str] = &["launch/supervisor.rs", "cluster/peers.rs"];
 
 /// One job per file: no source file over 600 lines before its unit tests.
 #[test]

@@ -21,6 +21,8 @@ mod gpu_parsing;
 mod layers;
 mod noloss;
 mod noloss_command;
+mod peer_proto;
+mod peer_watch;
 mod peers;
 mod planner;
 mod retry;

@@ -2,20 +2,29 @@
 //! TCP on localhost: a node that fails or vanishes stops the others; a node that finishes
 //! normally does not; another job's launcher is turned away.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use crate::peer_proto;
+
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use vla_launch::cluster::peers::{OnStop, PeerWatch};
+use vla_launch::cluster::peers::{JobSecret, OnStop, PeerStop, PeerWatch, Timing, WatchJob};
+
+fn job(id: &str) -> WatchJob {
+    WatchJob {
+        id: id.into(),
+        nnodes: 3,
+        secret: JobSecret::from_env_value(peer_proto::SECRET).unwrap(),
+        timing: Timing::default(),
+    }
+}
 
 fn recorder() -> (OnStop, Receiver<String>) {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     (
-        Arc::new(move |why: String| {
-            let _ = tx.lock().unwrap().send(why);
+        Arc::new(move |why: PeerStop| {
+            let _ = tx.lock().unwrap().send(why.to_string());
         }),
         rx,
     )
@@ -23,7 +32,7 @@ fn recorder() -> (OnStop, Receiver<String>) {
 
 fn hub() -> (PeerWatch, u16, Receiver<String>) {
     let (on_stop, rx) = recorder();
-    let hub = PeerWatch::hub("job7", 0, on_stop).unwrap();
+    let hub = PeerWatch::hub(job("job7"), 0, on_stop).unwrap();
     let port = hub.port().unwrap();
     (hub, port, rx)
 }
@@ -31,16 +40,14 @@ fn hub() -> (PeerWatch, u16, Receiver<String>) {
 fn peer(port: u16, rank: u32) -> (PeerWatch, Receiver<String>) {
     let (on_stop, rx) = recorder();
     (
-        PeerWatch::peer("job7", rank, "127.0.0.1", port, on_stop).unwrap(),
+        PeerWatch::peer(job("job7"), rank, "127.0.0.1", port, on_stop).unwrap(),
         rx,
     )
 }
 
-/// A hand-made peer: connects and says hello, so a test controls exactly what it sends.
-fn raw_peer(port: u16, hello: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(format!("{hello}\n").as_bytes()).unwrap();
-    s
+/// A hand-made node `rank` with the job's secret, so a test controls exactly what it sends.
+fn raw_peer(port: u16, rank: &str) -> peer_proto::Client {
+    peer_proto::connect_as(port, peer_proto::SECRET, "job7", rank).unwrap()
 }
 
 const SOON: Duration = Duration::from_secs(5);
@@ -92,7 +99,7 @@ fn a_failed_node_stops_node_0_and_every_other_node() {
 fn a_vanished_launcher_stops_the_job() {
     let (hub, port, hub_rx) = hub();
     let (p2, p2_rx) = peer(port, 2);
-    let killed = raw_peer(port, "hello job7 1");
+    let killed = raw_peer(port, "1");
     settle();
     drop(killed); // SIGKILL: the kernel closes its socket, no `exit` line
     let why = hub_rx.recv_timeout(SOON).expect("node 0 stops");
@@ -114,16 +121,11 @@ fn node_0_failing_or_vanishing_stops_the_peers() {
     );
     p1.finish(1);
 
-    // Node 0 gone without a word: a listener that accepts and then closes.
+    // Node 0 gone without a word: a stand-in node 0 that authenticates, then closes.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (p1, p1_rx) = peer(port, 1);
-    let (conn, _) = listener.accept().unwrap();
-    let mut hello = String::new();
-    BufReader::new(conn.try_clone().unwrap())
-        .read_line(&mut hello)
-        .unwrap();
-    assert_eq!(hello, "hello job7 1\n");
+    let conn = peer_proto::accept_as_hub(&listener, peer_proto::SECRET, "job7");
     drop(conn);
     let why = p1_rx.recv_timeout(SOON).unwrap();
     assert!(why.contains("node 0's launcher is gone"), "{why}");
@@ -133,13 +135,8 @@ fn node_0_failing_or_vanishing_stops_the_peers() {
 #[test]
 fn a_launcher_of_another_job_is_turned_away_without_stopping_this_one() {
     let (hub, port, hub_rx) = hub();
-    let stranger = raw_peer(port, "hello job8 1");
-    let mut reply = String::new();
-    stranger
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    BufReader::new(stranger).read_line(&mut reply).unwrap();
-    assert!(reply.starts_with("stop "), "{reply}");
+    let refused = peer_proto::connect_as(port, peer_proto::SECRET, "job8", "1");
+    assert!(refused.is_err(), "another job's hello is not welcomed");
     assert!(hub_rx.recv_timeout(QUIET).is_err());
     hub.finish(0);
 }
@@ -155,7 +152,7 @@ fn a_peer_waits_for_node_0_to_come_up() {
     let (p1, p1_rx) = peer(port, 1);
     std::thread::sleep(Duration::from_millis(1500));
     let (on_stop, hub_rx) = recorder();
-    let hub = PeerWatch::hub("job7", port, on_stop).unwrap();
+    let hub = PeerWatch::hub(job("job7"), port, on_stop).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     p1.finish(2);
     assert_eq!(
