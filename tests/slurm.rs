@@ -715,3 +715,67 @@ fn a_plan_file_made_once_runs_on_every_node() {
     let pos = f0.iter().position(|a| a == "--batch_size").unwrap();
     assert_eq!(f0[pos + 1], "2", "the plan's pinned batch size: {f0:?}");
 }
+
+/// Issue 13 item 7: the shipped recipe's early signal goes to the batch shell only (`B:`), whose
+/// trap requeues the job; training sees SIGTERM (the requeue ending the step), never SIGUSR1,
+/// which kills torch < 2.6 and upstream finetune.py. A 2-minute limit puts the shipped warning
+/// time (300 s) in the past at once: Slurm sends it at its next time check.
+#[test]
+fn the_shipped_sbatch_requeues_itself_before_the_time_limit_without_signalling_training() {
+    let Some(s) = slurm(
+        "the_shipped_sbatch_requeues_itself_before_the_time_limit_without_signalling_training",
+    ) else {
+        return;
+    };
+    let bin = bin_dir(&tempfile::tempdir().unwrap().keep());
+    let usr1 = tempfile::NamedTempFile::new().unwrap();
+    let job = s.submit(
+        "signal",
+        &shipped_sbatch(&bin, "--profile aloha"),
+        &["--time=2"],
+        &[
+            ("FAKE_SLEEP", "600"),
+            ("FAKE_WORKERS", "2"),
+            ("FAKE_USR1_FILE", usr1.path().to_str().unwrap()),
+            ("VLA_LAUNCH_GPUS", "1xh100"),
+        ],
+    );
+    job.wait_events(
+        "torchrun started on both nodes",
+        Duration::from_secs(60),
+        started_on_both,
+    );
+    let until = Instant::now() + Duration::from_secs(90);
+    let info = loop {
+        let info = job.info();
+        if info.get("Restarts").is_some_and(|r| r != "0") {
+            break info;
+        }
+        assert!(
+            Instant::now() < until,
+            "the job did not requeue itself within 90 s of a 2-minute limit: {info:?}\n{}",
+            job.output()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let ev = job.wait_events("both torchruns stopped", Duration::from_secs(40), |ev| {
+        (0..2).all(|n| of(ev, "exit").any(|e| e["node"] == n))
+    });
+    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
+    let out = job.output();
+    assert!(
+        out.contains("requeueing job"),
+        "the batch shell's trap did not run: {info:?}\n{out}"
+    );
+    for n in 0..2 {
+        assert!(
+            of(&ev, "signal").any(|e| e["node"] == n && e["signum"] == 15),
+            "node {n}'s torchrun was not stopped by SIGTERM: {ev:#?}\n{out}"
+        );
+    }
+    let got = std::fs::read_to_string(usr1.path()).unwrap();
+    assert!(
+        got.is_empty(),
+        "training processes got SIGUSR1: {got}\n{out}"
+    );
+}

@@ -187,6 +187,8 @@ stop_pid() {
   local name=$1 pid i
   pid_alive "$name" || return 0
   read -r pid _ <"$STATE/pids/$name"
+  # munged runs under runuser: stop munged itself so that runuser reaps it and exits (no zombie).
+  [[ $name == munged ]] && pkill -TERM -P "$pid" -x munged 2>/dev/null
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do
     pid_alive "$name" || return 0
