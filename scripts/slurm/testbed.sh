@@ -198,16 +198,24 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-# Processes left of our daemons (slurmstepd daemonizes away from slurmd): found by the marker.
+# Processes left of our daemons (slurmstepd daemonizes away from slurmd): found by the marker,
+# with everything below them (a job's processes, should slurmctld have died before scancel).
 leftovers() {
-  local m p
+  local m p found=()
   m=$(marker)
   [[ -n $m ]] || return 0
   for p in /proc/[0-9]*; do
     [[ ${p#/proc/} -ne $$ ]] || continue
-    { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qx "$MARKER_VAR=$m" && echo "${p#/proc/}"
+    { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qx "$MARKER_VAR=$m" && found+=("${p#/proc/}")
   done
-  return 0
+  [[ ${#found[@]} -gt 0 ]] || return 0
+  ps -e -o pid=,ppid= | awk -v roots="${found[*]}" '
+    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+    { parent[$1] = $2 }
+    END {
+      do { grew = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grew = 1 } } while (grew)
+      for (p in keep) print p
+    }'
 }
 
 down() {
