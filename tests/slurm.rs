@@ -598,7 +598,8 @@ fn the_shipped_sbatch_runs_with_only_its_site_lines_changed() {
     ] {
         assert!(shipped.contains(line), "the shipped sbatch lost `{line}`");
     }
-    let bin = bin_dir(&tempfile::tempdir().unwrap().keep());
+    let tools = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tools.path());
     let job = s.submit(
         "shipped",
         &shipped_sbatch(&bin, "--profile aloha"),
@@ -607,7 +608,6 @@ fn the_shipped_sbatch_runs_with_only_its_site_lines_changed() {
     );
     let info = job.wait_done(Duration::from_secs(90));
     let out = job.output();
-    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
     assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{out}");
     assert_eq!(info["ExitCode"], "0:0", "{out}");
     let ev = job.events();
@@ -625,7 +625,8 @@ fn a_requeued_job_resumes_from_the_newest_checkpoint() {
     let Some(s) = slurm("a_requeued_job_resumes_from_the_newest_checkpoint") else {
         return;
     };
-    let bin = bin_dir(&tempfile::tempdir().unwrap().keep());
+    let tools = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tools.path());
     let job = s.submit(
         "requeue",
         &shipped_sbatch(&bin, "--profile aloha --set train.save_freq=5"),
@@ -672,7 +673,6 @@ fn a_requeued_job_resumes_from_the_newest_checkpoint() {
             })
         },
     );
-    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
     let out = job.output();
     let restarted = of(&ev, "start")
         .find(|e| e["node"] == 0 && e["restart"].as_u64() >= Some(1))
@@ -751,7 +751,8 @@ fn the_shipped_sbatch_requeues_itself_before_the_time_limit_without_signalling_t
     ) else {
         return;
     };
-    let bin = bin_dir(&tempfile::tempdir().unwrap().keep());
+    let tools = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tools.path());
     let usr1 = tempfile::NamedTempFile::new().unwrap();
     let job = s.submit(
         "signal",
@@ -785,7 +786,6 @@ fn the_shipped_sbatch_requeues_itself_before_the_time_limit_without_signalling_t
     let ev = job.wait_events("both torchruns stopped", Duration::from_secs(40), |ev| {
         (0..2).all(|n| of(ev, "exit").any(|e| e["node"] == n))
     });
-    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
     let out = job.output();
     assert!(
         out.contains("requeueing job"),
