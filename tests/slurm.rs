@@ -550,8 +550,8 @@ fn at_the_time_limit_every_node_writes_its_outcome_before_slurm_kills() {
     }
 }
 
-/// The shipped sbatch with only its `# SITE:` lines changed: paths, the environment (a PATH that
-/// holds vla-launch and the fake torchrun), the profile's overrides.
+/// The shipped sbatch with only its `# SITE:` lines changed: the environment (a PATH that holds
+/// vla-launch and the fake torchrun) and the profile line; the paths come from the environment.
 fn shipped_sbatch(bin: &Path, profile_args: &str) -> String {
     let shipped = std::fs::read_to_string(repo("scripts/slurm/finetune.sbatch")).unwrap();
     let mut out = String::new();
@@ -604,12 +604,42 @@ fn the_shipped_sbatch_runs_with_only_its_site_lines_changed() {
         "shipped",
         &shipped_sbatch(&bin, "--profile aloha"),
         &[],
-        &[("FAKE_SLEEP", "2"), ("VLA_LAUNCH_GPUS", "1xh100")],
+        &[("FAKE_SLEEP", "5"), ("VLA_LAUNCH_GPUS", "1xh100")],
     );
+    // Every node's launcher (the fake torchrun's parent) has the job's one secret.
+    let ev = job.wait_events(
+        "torchrun started on both nodes",
+        Duration::from_secs(60),
+        started_on_both,
+    );
+    let secrets: Vec<String> = (0..2)
+        .map(|n| {
+            let pid = of(&ev, "start").find(|e| e["node"] == n).unwrap()["pid"].clone();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .unwrap_or_else(|| panic!("node {n}'s torchrun ({pid}) ended too soon"));
+            let env = std::fs::read(format!("/proc/{ppid}/environ")).unwrap_or_default();
+            env.split(|&b| b == 0)
+                .find_map(|kv| kv.strip_prefix(b"VLA_LAUNCH_JOB_SECRET="))
+                .map(|v| String::from_utf8_lossy(v).to_string())
+                .unwrap_or_else(|| {
+                    panic!("node {n}'s launcher ({ppid}) has no VLA_LAUNCH_JOB_SECRET")
+                })
+        })
+        .collect();
+    assert!(
+        secrets[0].len() == 64 && secrets[0].bytes().all(|b| b.is_ascii_hexdigit()),
+        "VLA_LAUNCH_JOB_SECRET is not 32 random bytes in hex: {} characters",
+        secrets[0].len()
+    );
+    assert_eq!(secrets[0], secrets[1], "the nodes got different secrets");
     let info = job.wait_done(Duration::from_secs(90));
     let out = job.output();
     assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{out}");
     assert_eq!(info["ExitCode"], "0:0", "{out}");
+    assert!(!out.contains(&secrets[0]), "the job secret was printed");
     let ev = job.events();
     for n in 0..2 {
         assert!(
