@@ -26,5 +26,6 @@ mod peer_watch;
 mod peers;
 mod planner;
 mod retry;
+mod slurm;
 mod speed;
 mod supervisor;
