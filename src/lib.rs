@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod doctor;
 pub mod gpu;
+pub mod install;
 pub mod launch;
 pub mod model;
 pub mod monitor;

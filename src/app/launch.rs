@@ -77,6 +77,9 @@ pub(super) fn cmd_launch(mut args: LaunchArgs) -> Result<i32> {
         warn!("--force: launching a configuration the plan says does not work");
     }
     if args.dry_run {
+        if let Some(message) = super::missing_script(&ctx.loaded) {
+            warn!("{message}");
+        }
         let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
         let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
         warn_missing(&missing);

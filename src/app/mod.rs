@@ -88,6 +88,10 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 fn env_var(name: &str) -> Option<String> {
+    if name == crate::install::ENV_DIR {
+        // Unset: the files `pip install` put next to the binary (src/install.rs).
+        return crate::install::vla_launch_dir().value();
+    }
     std::env::var(name).ok()
 }
 
@@ -672,19 +676,27 @@ fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<i32> {
     Ok(if checks.iter().all(|c| c.ok) { 0 } else { 4 })
 }
 
+/// Why the profile's training script is not where the profile says, if it is not.
+fn missing_script(loaded: &Loaded) -> Option<String> {
+    let p = &loaded.profile;
+    let workdir = PathBuf::from(profile::expand(&p.script.workdir, &env_var).value);
+    let script = workdir.join(profile::expand(&p.script.path, &env_var).value);
+    (!script.is_file()).then(|| {
+        crate::install::missing_script_message(
+            &script,
+            &p.script.workdir,
+            &crate::install::vla_launch_dir(),
+        )
+    })
+}
+
 /// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
 fn confirm_script_flags(loaded: &Loaded) -> Result<Option<Vec<String>>> {
     let p = &loaded.profile;
     let workdir = PathBuf::from(profile::expand(&p.script.workdir, &env_var).value);
     let script = workdir.join(profile::expand(&p.script.path, &env_var).value);
-    if !script.is_file() {
-        return Err(exit(
-            4,
-            format!(
-                "training script {} not found: run from your OpenVLA-OFT checkout, or export OPENVLA_OFT_DIR=/path/to/openvla-oft (or --set script.workdir=...)",
-                script.display()
-            ),
-        ));
+    if let Some(message) = missing_script(loaded) {
+        return Err(exit(4, message));
     }
     let python = PathBuf::from(profile::expand(&p.script.python, &env_var).value);
     match script_caps::probe(&python, &script, &workdir, Duration::from_secs(120)) {
