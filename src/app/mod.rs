@@ -130,7 +130,11 @@ fn parse_size(flag: &str, value: &str) -> Result<u64> {
 fn gpus_for(args: &PlanningArgs) -> Result<(Vec<Gpu>, Vec<String>)> {
     let mut warnings = Vec::new();
     let mut gpus = match &args.gpus {
-        Some(spec) => gpu::parse_gpus_spec(spec)?,
+        Some(spec) => {
+            let described = gpu::describe_gpus(spec)?;
+            warnings.extend(described.notes);
+            described.gpus
+        }
         None => {
             let d = gpu::discover(
                 &NvmlSource::new(),

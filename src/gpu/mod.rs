@@ -19,7 +19,7 @@ use thiserror::Error;
 pub use known::{KnownGpu, lookup_alias, lookup_by_name};
 pub use nvml::NvmlSource;
 pub use source::{FakeSource, GpuSource, RawDevice};
-pub use spec::{SpecError, parse_gpus_spec};
+pub use spec::{Described, SpecError, describe_gpus, parse_gpus_spec};
 pub use table::render_table;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
