@@ -194,6 +194,7 @@ fn gpus_spec_errors_name_the_bad_part() {
         ("2x3090", "did you mean 2xrtx3090"),
         ("4-rtx4090", "did you mean 4xrtx4090"),
         ("4:h100", "did you mean 4xh100"),
+        ("4 rtx4090", "did you mean 4xrtx4090"),
         ("4xrtx490", "did you mean 4xrtx4090"),
         (
             "2xa100",

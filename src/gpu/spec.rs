@@ -240,13 +240,17 @@ fn wrong_separator(item: &str) -> Option<SpecError> {
     if digits == 0 || digits > 6 {
         return None;
     }
-    let (count, rest) = item.split_at(digits);
-    let rest = rest.trim_start();
-    let separator = rest.chars().next()?;
-    if separator.is_ascii_alphanumeric() || SEPARATORS.contains(&separator) || separator == '.' {
+    let (count, spaced) = item.split_at(digits);
+    let rest = spaced.trim_start();
+    let first = rest.chars().next()?;
+    let (separator, what) = if first.is_ascii_alphanumeric() && rest.len() < spaced.len() {
+        // `4 rtx4090`: a space where the x goes.
+        (' ', rest.trim())
+    } else if first.is_ascii_alphanumeric() || SEPARATORS.contains(&first) || first == '.' {
         return None;
-    }
-    let what = rest[separator.len_utf8()..].trim();
+    } else {
+        (first, rest[first.len_utf8()..].trim())
+    };
     if what.is_empty() || parse_what(item, count, what).is_err() {
         return None;
     }
