@@ -35,19 +35,17 @@ fn main() {
         .zip(dir.canonicalize().ok())
         .is_some_and(|(t, d)| t == d);
     let commit = if ours {
-        // Rebuild when HEAD moves: HEAD itself, the branch it names, and packed refs.
-        for rel in ["HEAD"] {
+        // Rebuild when HEAD moves: HEAD, its reflog, the branch it names, packed refs. Only
+        // paths that exist: cargo reruns a build script on every build while one is missing.
+        let mut watched = vec!["HEAD".to_string(), "logs/HEAD".into(), "packed-refs".into()];
+        watched.extend(git(dir, &["symbolic-ref", "-q", "HEAD"]));
+        for rel in &watched {
             if let Some(p) = git(dir, &["rev-parse", "--git-path", rel]) {
-                println!("cargo:rerun-if-changed={}", dir.join(p).display());
+                let p = dir.join(p);
+                if p.exists() {
+                    println!("cargo:rerun-if-changed={}", p.display());
+                }
             }
-        }
-        if let Some(refname) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
-            if let Some(p) = git(dir, &["rev-parse", "--git-path", &refname]) {
-                println!("cargo:rerun-if-changed={}", dir.join(p).display());
-            }
-        }
-        if let Some(p) = git(dir, &["rev-parse", "--git-path", "packed-refs"]) {
-            println!("cargo:rerun-if-changed={}", dir.join(p).display());
         }
         git(
             dir,
