@@ -8,12 +8,19 @@ use std::process::Command;
 
 const SHARE: &str = "share/vla-launch";
 
-/// Copies the built binary to `<prefix>/bin/vla-launch`, as pip or cargo install would.
+/// A temp dir on the target dir's file system, so the binary can be hard-linked into it.
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// Puts the built binary at `<prefix>/bin/vla-launch`, as pip or cargo install would. A hard link,
+/// not a copy: a file just written can fail to exec (ETXTBSY) while a parallel test forks with
+/// the write descriptor still open.
 fn install_binary(prefix: &Path) -> PathBuf {
     let bin = prefix.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("vla-launch");
-    std::fs::copy(env!("CARGO_BIN_EXE_vla-launch"), &exe).unwrap();
+    std::fs::hard_link(env!("CARGO_BIN_EXE_vla-launch"), &exe).unwrap();
     exe
 }
 
@@ -69,7 +76,7 @@ fn workdir_and_script(stdout: &str) -> (String, String) {
 
 #[test]
 fn pip_layout_dry_run_from_any_directory_points_at_the_shipped_trainer() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let prefix = tmp.path().join("venv");
     let exe = install_binary(&prefix);
     let share = install_data(&prefix);
@@ -96,7 +103,7 @@ fn pip_layout_dry_run_from_any_directory_points_at_the_shipped_trainer() {
 
 #[test]
 fn vla_launch_dir_overrides_the_installed_files() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let prefix = tmp.path().join("venv");
     let exe = install_binary(&prefix);
     install_data(&prefix);
@@ -121,7 +128,7 @@ fn vla_launch_dir_overrides_the_installed_files() {
 /// real launch refuses (exit 4), both naming where it looked, VLA_LAUNCH_DIR and pip.
 #[test]
 fn cargo_install_layout_says_where_it_looked_and_how_to_fix_it() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let prefix = tmp.path().join("cargo");
     let exe = install_binary(&prefix);
     let looked = prefix.join(SHARE);
