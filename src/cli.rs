@@ -18,7 +18,7 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(
     name = "vla-launch",
-    version,
+    version = env!("VLA_LAUNCH_VERSION"),
     about = "Plan and launch OpenVLA-OFT fine-tuning with torchrun, fitted to the GPUs at hand",
     long_about = "Plan and launch OpenVLA-OFT fine-tuning with torchrun.\n\n\
         vla-launch asks NVML which GPUs exist and how much memory is free, predicts the peak memory \

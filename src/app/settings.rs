@@ -19,6 +19,10 @@ use crate::script_caps;
 use crate::units::{GIB, fmt_gib};
 
 pub(super) fn env_var(name: &str) -> Option<String> {
+    if name == crate::install::ENV_DIR {
+        // Unset: the files `pip install` put next to the binary (src/install.rs).
+        return crate::install::vla_launch_dir().value();
+    }
     std::env::var(name).ok()
 }
 
@@ -53,7 +57,11 @@ pub(super) fn parse_size(flag: &str, value: &str) -> Result<u64> {
 pub(super) fn gpus_for(args: &PlanningArgs) -> Result<(Vec<Gpu>, Vec<String>)> {
     let mut warnings = Vec::new();
     let mut gpus = match &args.gpus {
-        Some(spec) => gpu::parse_gpus_spec(spec)?,
+        Some(spec) => {
+            let described = gpu::describe_gpus(spec)?;
+            warnings.extend(described.notes);
+            described.gpus
+        }
         None => {
             let d = gpu::discover(
                 &NvmlSource::new(),
@@ -266,15 +274,24 @@ pub(super) fn resolve_plan(
 }
 
 /// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
+/// Why the profile's training script is not where the profile says, if it is not.
+pub(super) fn missing_script(loaded: &Loaded, resolved: &Resolved) -> Option<String> {
+    let script = PathBuf::from(&resolved.workdir.value).join(&resolved.script.value);
+    (!script.is_file()).then(|| {
+        crate::install::missing_script_message(
+            &script,
+            &loaded.profile.script.workdir,
+            &crate::install::vla_launch_dir(),
+        )
+    })
+}
+
 fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Option<Vec<String>>> {
     let p = &loaded.profile;
     let workdir = PathBuf::from(&resolved.workdir.value);
     let script = workdir.join(&resolved.script.value);
-    if !script.is_file() {
-        return Err(AppError::environment(format!(
-            "training script {} not found: run from your OpenVLA-OFT checkout, or export OPENVLA_OFT_DIR=/path/to/openvla-oft (or --set script.workdir=...)",
-            script.display()
-        )));
+    if let Some(message) = missing_script(loaded, resolved) {
+        return Err(AppError::environment(message));
     }
     let python = PathBuf::from(&resolved.python.value);
     match script_caps::probe(

@@ -22,7 +22,7 @@ pub use error::{GpuError, NVML_UNAVAILABLE};
 pub use known::{KnownGpu, lookup_alias, lookup_by_name};
 pub use nvml::NvmlSource;
 pub use source::{FakeSource, GpuSource, RawDevice};
-pub use spec::{SpecError, parse_gpus_spec};
+pub use spec::{Described, SpecError, describe_gpus, parse_gpus_spec};
 pub use table::render_table;
 
 /// The GPUs in CUDA order, what was left out and why, and how long the query took.

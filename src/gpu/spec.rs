@@ -1,8 +1,22 @@
 //! `--gpus SPEC`: GPUs described instead of queried (a login node has none).
 //!
 //! SPEC is a comma list of `COUNTxSIZE` or `COUNTxMODEL`: `4x24GiB`, `2x80GB`, `4xrtx4090`,
-//! `1xh100,1xa100-40gb`. SIZE units: GiB and MiB (binary), GB and MB (decimal, 10^9 and 10^6),
-//! any letter case; a decimal point is allowed (`1.5GiB`).
+//! `1xh100,1xa100-40gb`; `*` and `×` are read as `x` (`4*rtx4090`). SIZE units: GiB and MiB
+//! (binary), GB and MB (decimal, 10^9 and 10^6), any letter case; a decimal point is allowed
+//! (`1.5GiB`).
+//!
+//! GPU names as people say them:
+//! - A whole number of GB that cards are sold with (`24GB`, `80GB`: known.rs `marketed_gb`) is that
+//!   marketed size, not 10^9 bytes: vendors mean GiB, and NVML shows less than that (reserved
+//!   memory, ECC on data-centre cards). It is planned with the least capacity NVML shows for a card
+//!   sold with it (24GB: 22.49 GiB, an A10 with ECC; an RTX 4090 shows 23.99 GiB), so the plan fits
+//!   any of them; a note names the cards and how to be exact (the model, or GiB). Other GB sizes
+//!   (`75GB`) stay decimal.
+//! - A bare model number (`4x4090`) is refused with "did you mean 4xrtx4090?": without a unit it is
+//!   no size. A mistyped model gets the closest known one; another separator (`4-rtx4090`) gets the
+//!   spelling with `x`.
+//! - A name sold with different memory sizes (`a100`: 40 or 80 GB) is refused with the choices.
+//!
 //! Described GPUs are taken as idle: free = total minus the driver's reserve that NVML shows
 //! on an idle GPU (DRIVER_RESERVE_BYTES), so a plan made with `--gpus 1xh100` matches one made
 //! on the real H100. The CUDA context of the training process is the budget's business.
@@ -12,7 +26,7 @@ use thiserror::Error;
 use super::cuda_visible::echo;
 use super::device::Gpu;
 use super::known::{self, KnownGpu};
-use crate::units::{GIB, MIB};
+use crate::units::{GIB, MIB, fmt_gib};
 
 /// NVML free memory of an idle GPU is total minus this: measured 480 MiB on every H100 80GB HBM3
 /// (total 81559 MiB, free 81079 MiB, driver 580.159.04, 4-GPU host).
@@ -49,12 +63,35 @@ pub enum SpecError {
     )]
     SizeOutOfRange { item: String, size: String },
     #[error(
-        "--gpus item {item}: unknown GPU model {model}; known models: {known}; or give a size such as 24GiB"
+        "--gpus item {item}: unknown GPU model {model}{hint}; known models: {known}; or give a size such as 24GiB"
     )]
     UnknownModel {
         item: String,
         model: String,
+        hint: String,
         known: String,
+    },
+    #[error(
+        "--gpus item {item}: {number} has no unit, so it is no size; it is a model number: did you mean {suggestion}?"
+    )]
+    ModelNumber {
+        item: String,
+        number: String,
+        suggestion: String,
+    },
+    #[error("--gpus item {item}: {model} is sold with different memory sizes; write {choices}")]
+    AmbiguousModel {
+        item: String,
+        model: String,
+        choices: String,
+    },
+    #[error(
+        "--gpus item {item}: the count and the size or model are joined by x (or *), not {separator}: did you mean {suggestion}?"
+    )]
+    WrongSeparator {
+        item: String,
+        separator: String,
+        suggestion: String,
     },
     #[error(
         "--gpus item {item}: {name} has compute capability {major}.{minor}, and bf16 training needs 8.0 or newer (Ampere)"
@@ -73,6 +110,25 @@ pub enum SpecError {
 enum Kind {
     Model(&'static KnownGpu),
     Size(u64),
+    /// A size cards are sold with (`24GB`): the cards, the smallest NVML capacity first.
+    Sold {
+        gb: u64,
+        cards: Vec<&'static KnownGpu>,
+    },
+}
+
+/// Characters read as the `x` between count and size or model.
+const SEPARATORS: [char; 4] = ['x', 'X', '*', '×'];
+
+/// `24GB` -> Some(24) when cards are sold with 24 GB.
+fn marketed_gb(what: &str) -> Option<u64> {
+    let lower = what.to_ascii_lowercase();
+    let digits = lower.strip_suffix("gb")?;
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let gb: u64 = digits.parse().ok()?;
+    (!known::sold_with(gb).is_empty()).then_some(gb)
 }
 
 /// Parses a size such as `24GiB`, `80GB`, `1.5GiB`, `40960MiB` into bytes.
@@ -121,13 +177,42 @@ pub fn parse_size(item: &str, s: &str) -> Result<u64, SpecError> {
     }
 }
 
-fn parse_what(item: &str, what: &str) -> Result<Kind, SpecError> {
+/// `what` of an item whose count is `count` (used in suggestions).
+fn parse_what(item: &str, count: &str, what: &str) -> Result<Kind, SpecError> {
     if what.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '.' | '-' | '+')) {
+        if what.bytes().all(|b| b.is_ascii_digit())
+            && let Some(model) = known::lookup_alias(what)
+        {
+            return Err(SpecError::ModelNumber {
+                item: echo(item),
+                number: echo(what),
+                suggestion: format!("{count}x{}", model.key),
+            });
+        }
+        if let Some(gb) = marketed_gb(what) {
+            let mut cards = known::sold_with(gb);
+            cards.sort_by_key(|g| g.total_mib);
+            return Ok(Kind::Sold { gb, cards });
+        }
         return parse_size(item, what).map(Kind::Size);
+    }
+    if let Some(cards) = known::ambiguous(what) {
+        let choices: Vec<String> = cards
+            .iter()
+            .map(|g| format!("{count}x{} ({})", g.key, fmt_gib(g.total_bytes())))
+            .collect();
+        return Err(SpecError::AmbiguousModel {
+            item: echo(item),
+            model: echo(what),
+            choices: choices.join(" or "),
+        });
     }
     let model = known::lookup_alias(what).ok_or_else(|| SpecError::UnknownModel {
         item: echo(item),
         model: echo(what),
+        hint: known::suggest(what)
+            .map(|k| format!(" (did you mean {count}x{k}?)"))
+            .unwrap_or_default(),
         known: known::known_keys().join(", "),
     })?;
     if !model.supports_bf16() {
@@ -142,10 +227,40 @@ fn parse_what(item: &str, what: &str) -> Result<Kind, SpecError> {
     Ok(Kind::Model(model))
 }
 
+/// `4-rtx4090`, `4:h100`: a count, another separator, then a valid size or model.
+fn wrong_separator(item: &str) -> Option<SpecError> {
+    let digits = item.len() - item.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 || digits > 6 {
+        return None;
+    }
+    let (count, spaced) = item.split_at(digits);
+    let rest = spaced.trim_start();
+    let first = rest.chars().next()?;
+    let (separator, what) = if first.is_ascii_alphanumeric() && rest.len() < spaced.len() {
+        // `4 rtx4090`: a space where the x goes.
+        (' ', rest.trim())
+    } else if first.is_ascii_alphanumeric() || SEPARATORS.contains(&first) || first == '.' {
+        return None;
+    } else {
+        (first, rest[first.len_utf8()..].trim())
+    };
+    if what.is_empty() || parse_what(item, count, what).is_err() {
+        return None;
+    }
+    Some(SpecError::WrongSeparator {
+        item: echo(item),
+        separator: echo(&separator.to_string()),
+        suggestion: format!("{count}x{what}"),
+    })
+}
+
 /// `4x24GiB` -> (4, what).
 fn parse_item(item: &str) -> Result<(u64, Kind), SpecError> {
-    let Some((count, what)) = item.split_once(['x', 'X']) else {
-        let hint = if parse_what(item, item).is_ok() {
+    let Some((count, what)) = item.split_once(SEPARATORS) else {
+        if let Some(e) = wrong_separator(item) {
+            return Err(e);
+        }
+        let hint = if parse_what(item, "1", item).is_ok() {
             format!(" (did you mean 1x{}?)", item)
         } else {
             String::new()
@@ -167,9 +282,12 @@ fn parse_item(item: &str) -> Result<(u64, Kind), SpecError> {
         count: echo(count),
     };
     if !count.bytes().all(|b| b.is_ascii_digit()) || count.len() > 6 {
+        if let Some(e) = wrong_separator(item) {
+            return Err(e);
+        }
         // `rtx4090` splits at its own x: say the count is missing rather than "rt" is bad.
         if !count.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
-            && parse_what(item, item).is_ok()
+            && parse_what(item, "1", item).is_ok()
         {
             return Err(SpecError::MissingCount {
                 item: echo(item),
@@ -186,11 +304,24 @@ fn parse_item(item: &str) -> Result<(u64, Kind), SpecError> {
     if what.is_empty() {
         return Err(SpecError::MissingWhat { item: echo(item) });
     }
-    Ok((n, parse_what(item, what)?))
+    Ok((n, parse_what(item, count, what)?))
+}
+
+/// Described GPUs and what the description left to interpretation (marketed sizes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Described {
+    pub gpus: Vec<Gpu>,
+    /// One line per interpreted item, for the plan's warnings.
+    pub notes: Vec<String>,
 }
 
 /// Builds the described GPUs, in spec order, indexed 0..n.
 pub fn parse_gpus_spec(spec: &str) -> Result<Vec<Gpu>, SpecError> {
+    describe_gpus(spec).map(|d| d.gpus)
+}
+
+/// [`parse_gpus_spec`] with the notes that say how a marketed size was read.
+pub fn describe_gpus(spec: &str) -> Result<Described, SpecError> {
     if spec.trim().is_empty() {
         return Err(SpecError::Empty);
     }
@@ -208,27 +339,37 @@ pub fn parse_gpus_spec(spec: &str) -> Result<Vec<Gpu>, SpecError> {
         if total > MAX_GPUS {
             return Err(SpecError::TooMany { total });
         }
-        items.push((count, kind));
+        items.push((item, count, kind));
     }
     let mut gpus = Vec::with_capacity(total as usize);
-    for (count, kind) in items {
+    let mut notes = Vec::new();
+    for (item, count, kind) in items {
+        let (name, total_bytes, cc) = match &kind {
+            Kind::Model(m) => (
+                m.nvml_name().to_string(),
+                m.total_bytes(),
+                Some(m.compute_capability),
+            ),
+            Kind::Size(bytes) => (
+                format!("GPU with {} (described)", fmt_gib(*bytes)),
+                *bytes,
+                None,
+            ),
+            Kind::Sold { gb, cards } => {
+                notes.push(sold_note(item, count, *gb, cards));
+                let least = cards[0];
+                (
+                    format!("GPU sold as {gb} GB (described)"),
+                    least.total_bytes(),
+                    None,
+                )
+            }
+        };
         for _ in 0..count {
             let index = gpus.len() as u32;
-            let (name, total_bytes, cc) = match kind {
-                Kind::Model(m) => (
-                    m.nvml_name().to_string(),
-                    m.total_bytes(),
-                    Some(m.compute_capability),
-                ),
-                Kind::Size(bytes) => (
-                    format!("GPU with {} (described)", crate::units::fmt_gib(bytes)),
-                    bytes,
-                    None,
-                ),
-            };
             gpus.push(Gpu {
                 index,
-                name,
+                name: name.clone(),
                 uuid: format!("described-{index}"),
                 pci_bus_id: None,
                 total_bytes,
@@ -240,5 +381,29 @@ pub fn parse_gpus_spec(spec: &str) -> Result<Vec<Gpu>, SpecError> {
             });
         }
     }
-    Ok(gpus)
+    Ok(Described { gpus, notes })
+}
+
+/// Why `4x24GB` is planned with 22.49 GiB, and how to be exact.
+fn sold_note(item: &str, count: u64, gb: u64, cards: &[&'static KnownGpu]) -> String {
+    let least = cards[0];
+    let listed: Vec<String> = cards
+        .iter()
+        .map(|g| format!("{} ({})", g.key, fmt_gib(g.total_bytes())))
+        .collect();
+    let models: Vec<String> = cards.iter().map(|g| format!("{count}x{}", g.key)).collect();
+    format!(
+        "--gpus {item}: {gb} GB is the memory {} sold with, and NVML shows less (reserved memory, ECC): \
+         planning with {}, the least of them ({}); for one card's own figure name it ({}), \
+         or write {count}x{gb}GiB for exactly {gb} GiB",
+        if cards.len() == 1 {
+            format!("{} is", listed[0])
+        } else {
+            format!("{} are", listed.join(", "))
+        },
+        fmt_gib(least.total_bytes()),
+        least.key,
+        models.join(", "),
+        item = echo(item),
+    )
 }

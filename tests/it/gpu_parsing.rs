@@ -2,7 +2,9 @@
 
 use vla_launch::app::AppError;
 use vla_launch::gpu::cuda_visible::{Entry, parse, resolve};
-use vla_launch::gpu::spec::{DRIVER_RESERVE_BYTES, MAX_GPUS, SpecError, parse_gpus_spec};
+use vla_launch::gpu::spec::{
+    DRIVER_RESERVE_BYTES, MAX_GPUS, SpecError, describe_gpus, parse_gpus_spec,
+};
 use vla_launch::gpu::{GpuError, lookup_alias, lookup_by_name};
 use vla_launch::units::{GIB, MIB};
 
@@ -100,7 +102,7 @@ fn warnings_name_the_bad_entry_and_its_position() {
 fn gpus_spec_valid_forms() {
     let cases: Vec<(&str, usize, u64)> = vec![
         ("4x24GiB", 4, 24 * GIB),
-        ("2x80GB", 2, 80_000_000_000),
+        ("2x75GB", 2, 75_000_000_000),
         ("1x40960MiB", 1, 40960 * MIB),
         ("1x2000MB", 1, 2_000_000_000),
         ("1x1.5gib", 1, 3 * GIB / 2),
@@ -109,7 +111,6 @@ fn gpus_spec_valid_forms() {
         ("4xrtx4090", 4, 24564 * MIB),
         ("1xa100-40gb", 1, 40960 * MIB),
         ("1xa100-80gb", 1, 81920 * MIB),
-        ("1xa100", 1, 81920 * MIB),
         ("8xh100", 8, 81559 * MIB),
         ("1xH100_PCIe", 1, 81559 * MIB),
         ("1xh200", 1, 143771 * MIB),
@@ -188,6 +189,19 @@ fn gpus_spec_errors_name_the_bad_part() {
         ("99999999999999999999x24GiB", "from 1 to 1024"),
         ("1000xh100,100xh100", "1100 GPUs"),
         ("4x24GiB;2x80GB", "\"GiB;2x80GB\""),
+        // GPU names as people say them: a model number, another separator, a typo, an
+        // ambiguous name.
+        ("4x4090", "did you mean 4xrtx4090"),
+        ("2x3090", "did you mean 2xrtx3090"),
+        ("4-rtx4090", "did you mean 4xrtx4090"),
+        ("4:h100", "did you mean 4xh100"),
+        ("4 rtx4090", "did you mean 4xrtx4090"),
+        ("4xrtx490", "did you mean 4xrtx4090"),
+        (
+            "2xa100",
+            "2xa100-40gb (40.00 GiB) or 2xa100-80gb (80.00 GiB)",
+        ),
+        ("2xA100_PCIe", "2xa100-40gb"),
         (&long, "characters)"),
         (&long_model, "characters)"),
     ];
@@ -246,4 +260,44 @@ fn nvml_names_map_to_models() {
     assert!(h100.bf16_dense_tflops.unwrap() > 900.0);
     assert_eq!(lookup_alias("A100-80GB").map(|k| k.key), Some("a100-80gb"));
     assert_eq!(lookup_alias("h100 sxm").map(|k| k.key), Some("h100"));
+}
+
+/// `4*rtx4090` and `4×rtx4090` are read as `4xrtx4090`.
+#[test]
+fn gpus_spec_accepts_star_and_times_as_the_separator() {
+    for spec in ["4*rtx4090", "4×rtx4090", "4 * 24GiB", "2*h100,2xh100"] {
+        let gpus = parse_gpus_spec(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert_eq!(gpus.len(), 4, "{spec}");
+    }
+}
+
+/// `4x24GB` is the size a card is sold with: planned with the least capacity NVML shows for a
+/// card sold with it, and a note says which cards those are and how to be exact.
+#[test]
+fn marketed_sizes_plan_with_what_nvml_shows() {
+    let d = describe_gpus("4x24GB").unwrap();
+    assert_eq!(d.gpus.len(), 4);
+    // a10: 23028 MiB with ECC on; rtx4090 24564, rtx3090 24576, l4 23034.
+    assert!(d.gpus.iter().all(|g| g.total_bytes == 23028 * MIB));
+    let note = d.notes.join("\n");
+    for word in ["rtx4090", "a10", "4xrtx4090", "22.49 GiB", "24GiB"] {
+        assert!(note.contains(word), "{word}: {note}");
+    }
+    let d = describe_gpus("2x80GB").unwrap();
+    assert!(
+        d.gpus.iter().all(|g| g.total_bytes == 81559 * MIB),
+        "h100: 81559 MiB"
+    );
+    // Not a size any card is sold with: decimal GB as before, and nothing to say.
+    let d = describe_gpus("1x75GB").unwrap();
+    assert_eq!(d.gpus[0].total_bytes, 75_000_000_000);
+    assert!(d.notes.is_empty());
+    // GiB is exact.
+    let d = describe_gpus("1x24GiB").unwrap();
+    assert_eq!(d.gpus[0].total_bytes, 24 * GIB);
+    assert!(d.notes.is_empty());
+    assert_eq!(
+        parse_gpus_spec("4x24GB").unwrap(),
+        describe_gpus("4x24GB").unwrap().gpus
+    );
 }

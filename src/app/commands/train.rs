@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use crate::app::error::{AppError, ExitCode, Result};
-use crate::app::settings::{resolve_plan, warn_missing};
+use crate::app::settings::{missing_script, resolve_plan, warn_missing};
 use crate::app::supervised_run::{launch_once, peer_watch_port, ranks_filter};
 use crate::app::torchrun::command_for;
 use crate::budget::Strategy;
@@ -60,6 +60,9 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
         warn!("--force: launching a configuration the plan says does not work");
     }
     if args.dry_run {
+        if let Some(message) = missing_script(&ctx.loaded, &ctx.resolved) {
+            warn!("{message}");
+        }
         let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
         let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
         warn_missing(&missing);

@@ -1,0 +1,1 @@
+../../../../../../scripts/probe_finetune.py

@@ -1,0 +1,59 @@
+//! `--gpus` with GPU names as people say them, through the real binary (issue 17, item 2).
+
+use std::process::{Command, Output};
+
+fn plan(gpus: &str) -> (Option<i32>, String, String) {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_vla-launch"))
+        .args(["plan", "--profile", "aloha", "--gpus", gpus])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("VLA_LAUNCH_GPUS")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
+        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env("RUST_LOG", "vla_launch=warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A marketed size is planned with what NVML shows for such a card, and the plan says so.
+#[test]
+fn marketed_size_is_planned_as_the_card_and_explained() {
+    let (_, stdout, stderr) = plan("4x24GB");
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains("24 GB is the memory"), "{all}");
+    assert!(all.contains("planning with 22.49 GiB"), "{all}");
+    assert!(all.contains("4xrtx4090"), "{all}");
+    let (code, stdout, stderr) = plan("4x80GB");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("planning with 79.65 GiB"), "{stderr}");
+}
+
+#[test]
+fn model_number_without_prefix_gets_did_you_mean() {
+    let (code, _, stderr) = plan("4x4090");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean 4xrtx4090?"), "{stderr}");
+}
+
+#[test]
+fn star_is_read_as_the_separator() {
+    let (code, stdout, stderr) = plan("4*rtx4090");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(!stderr.contains("count"), "{stderr}");
+    assert!(stdout.contains("--nproc-per-node 4"), "{stdout}");
+}
+
+#[test]
+fn ambiguous_model_is_refused_with_the_choices() {
+    let (code, _, stderr) = plan("2xa100");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("2xa100-40gb (40.00 GiB) or 2xa100-80gb (80.00 GiB)"),
+        "{stderr}"
+    );
+}
