@@ -41,6 +41,23 @@ def probe_config_class(ft):
     return RealProbeConfig
 
 
+def escape_percent_in_help() -> None:
+    """finetune.py's own `--help` crashes under draccus 0.8.0: a field comment says "(from 10% to 100%)" and
+    argparse %-formats help strings ("unsupported format character 't'"). Print such a text unformatted so
+    that `--help` lists every flag (the launcher reads them from it)."""
+    import argparse
+
+    real = argparse.HelpFormatter._expand_help
+
+    def expand_help(self, action):
+        try:
+            return real(self, action)
+        except (ValueError, TypeError):  # a bare % in the comment: print the text as written
+            return self._get_help_string(action)
+
+    argparse.HelpFormatter._expand_help = expand_help
+
+
 def init_distributed(cuda: bool):
     import torch
     import torch.distributed as dist
@@ -53,7 +70,10 @@ def init_distributed(cuda: bool):
     local_rank = int(os.environ["LOCAL_RANK"])
     if cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    # Under torchrun, importing finetune.py already created the process group (prismatic's overwatch
+    # builds an accelerate PartialState at import time when WORLD_SIZE is set), as in the real script.
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     from accelerate import PartialState  # finetune.py's source of the device index
 
     state = PartialState()
@@ -92,6 +112,7 @@ def main() -> int:
 
     import draccus
 
+    escape_percent_in_help()
     cfg = draccus.parse(config_class=probe_config_class(ft), args=argv)
     platform = ft.__dict__.get("ROBOT_PLATFORM") or __import__("prismatic.vla.constants").vla.constants.ROBOT_PLATFORM
     if cfg.use_diffusion or not cfg.use_l1_regression:
