@@ -6,6 +6,7 @@
 #   env: OPENVLA_OFT_DIR (upstream checkout), VLA_LAUNCH_DIR (the tree holding scripts/ and launch-profiles/),
 #        REAL_PYTHONPATH (where the pinned wheels are installed; given to the real-code runs only).
 # No new pair starts after DEADLINE_S seconds (default 400); every run is bounded by `timeout`.
+# ONLY="name ..." runs just those pairs.
 set -uo pipefail
 BIN=$(readlink -f "$1"); OUTDIR=$2; STEPS=${3:-3}; DEADLINE=${4:-400}
 PROFILES=${VLA_LAUNCH_DIR:-.}/launch-profiles
@@ -28,6 +29,7 @@ one() { # NAME GPU PROFILE args...
 
 pair() { # NAME PLATFORM args...  (real on GPU 0, probe on GPU 1)
   local name=$1 plat=$2; shift 2
+  if [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]]; then return; fi
   if ((SECONDS - T0 > DEADLINE)); then log "skip $name (past ${DEADLINE}s)"; return; fi
   one "$name-real" 0 "$plat-real" "$@" & one "$name-probe" 1 "$plat-probe" "$@" & wait
   log "$name: real rc $(cat "$OUTDIR/$name-real/rc") ($(cat "$OUTDIR/$name-real/wall_s")s), probe rc $(cat "$OUTDIR/$name-probe/rc") ($(cat "$OUTDIR/$name-probe/wall_s")s)"
@@ -40,7 +42,7 @@ pair() { # NAME PLATFORM args...  (real on GPU 0, probe on GPU 1)
 
 P="--strategy ddp --grad-accum 1 --global-batch 1"
 pair aloha-b2-off aloha $P --batch-size 2 --checkpointing off
-if [[ $(cat "$OUTDIR/aloha-b2-off-real/rc") != 0 ]]; then log "real probe failed: stopping"; tail -40 "$OUTDIR/aloha-b2-off-real/stderr"; exit 1; fi
+if [[ -f $OUTDIR/aloha-b2-off-real/rc && $(cat "$OUTDIR/aloha-b2-off-real/rc") != 0 ]]; then log "real probe failed: stopping"; tail -40 "$OUTDIR/aloha-b2-off-real/stderr"; exit 1; fi
 pair libero-b4-off libero $P --batch-size 4 --checkpointing off
 pair aloha-b4-on aloha $P --batch-size 4 --checkpointing on
 pair libero-b8-on libero $P --batch-size 8 --checkpointing on
