@@ -114,7 +114,8 @@ def main() -> int:
 
     escape_percent_in_help()
     cfg = draccus.parse(config_class=probe_config_class(ft), args=argv)
-    platform = ft.__dict__.get("ROBOT_PLATFORM") or __import__("prismatic.vla.constants").vla.constants.ROBOT_PLATFORM
+    from prismatic.vla.constants import ROBOT_PLATFORM as platform  # chosen from sys.argv, as for finetune.py
+
     if cfg.use_diffusion or not cfg.use_l1_regression:
         print("real_probe_finetune.py: error: only --use_l1_regression True --use_diffusion False is measured by "
               "the real-code probe (the launcher's plans use the L1 head)", file=sys.stderr)
@@ -271,10 +272,12 @@ def build(ft, cfg, device_id, device, tiny: bool, rank: int):
     if rank == 0:
         vla.print_trainable_parameters()
     if cfg.use_film:
-        ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (original)") if rank == 0 else None
+        if rank == 0:
+            ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (original)")
         vla.model.vision_backbone = ft.FiLMedPrismaticVisionBackbone(vision_backbone=vla.model.vision_backbone,
                                                                      llm_dim=vla.llm_dim)
-        ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (post-wrap)") if rank == 0 else None
+        if rank == 0:
+            ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (post-wrap)")
         vla.model.vision_backbone = vla.model.vision_backbone.to(device_id)
     parts_total, parts_trainable = count(vla), count(vla, True)
     vla = ft.wrap_ddp(vla, device_id, find_unused=True)
@@ -290,7 +293,9 @@ def build(ft, cfg, device_id, device, tiny: bool, rank: int):
     parts_total += count(action_head)
     parts_trainable += count(action_head, True)
     if torch.cuda.is_available() and not tiny:
-        torch.cuda.empty_cache()  # nothing of the build is live now; the real from_pretrained leaves nothing cached
+        # The random init ran on the GPU; from_pretrained loads on the CPU and leaves nothing in torch's
+        # cache, so hand back whatever the init left cached before training starts.
+        torch.cuda.empty_cache()
     return vla, proprio_projector, action_head, {"total": parts_total, "trainable": parts_trainable}
 
 
