@@ -4,6 +4,7 @@
 # 1. --count_params_only (meta device): the real classes must reproduce the seed's counts exactly.
 # 2. VLA_PROBE_TINY=1: a 2-layer Llama / 3-block ViTs through finetune.py's own run_forward_pass on the CPU.
 # 3. --help lists the upstream flags plus --gradient_checkpointing (upstream's own --help crashes, see probe.md).
+# 4. a bad checkout path exits 2; 5. torchrun x2 (gloo) gives one result line per rank.
 # Usage: scripts/real_probe/smoke.sh PYTHON OPENVLA_OFT_DIR
 set -uo pipefail
 PY=${1:?python}; OFT=${2:?openvla-oft checkout}
@@ -29,4 +30,12 @@ for f in --vla_path --use_film --grad_accumulation_steps --merge_lora_during_tra
 done
 out=$("$PY" "$SCRIPT" --openvla_oft_dir /nonexistent --max_steps 1 2>&1); rc=$?
 if [[ $rc == 2 && $out == *"not an openvla-oft checkout"* ]]; then echo "ok   bad checkout: exit 2"; else echo "FAIL bad checkout: exit $rc"; fail=1; fi
+TORCHRUN=$(dirname "$(command -v "$PY")")/torchrun
+if [[ -x $TORCHRUN ]]; then  # 2 ranks: the process group comes from finetune.py's import (overwatch's PartialState)
+  out=$(cd /tmp && VLA_PROBE_TINY=1 OMP_NUM_THREADS=1 "$TORCHRUN" --standalone --nnodes 1 --nproc-per-node 2 "$SCRIPT" \
+        --openvla_oft_dir "$OFT" --dataset_name libero_spatial_no_noops --num_images_in_input 2 --use_proprio True \
+        --batch_size 1 --max_steps 1 2>&1)
+  n=$(grep -o 'VLA_PROBE_RESULT {[^}]*"world_size":2' <<<"$out" | wc -l)
+  if [[ $n == 2 ]]; then echo "ok   torchrun x2: 2 result lines"; else echo "FAIL torchrun x2: $n result lines"; tail -20 <<<"$out"; fail=1; fi
+fi
 exit $fail
