@@ -20,7 +20,9 @@ Environment: FSDP_CHECK_OUT (directory for rank<N>.json, required), FSDP_CHECK_T
 holding the real_probe package, default: next to this script's parent), VLA_FINETUNE_SCRIPT or the
 current directory (the openvla-oft checkout), FSDP_CHECK_GRADS (file: rank 0 saves the reduced
 gradients of the first optimizer step there; `{rank}` in it becomes the rank), VLA_LAUNCH_VRAM_CAP_BYTES (as the probe: a cap on
-torch's allocator). The base model path is the literal `--vla_path synthetic/openvla-7b`.
+torch's allocator), FSDP_CHECK_DDP_SYNC_HEAD=1 (see patch_ddp_head_sync), FSDP_CHECK_SLOW_VAL_RANK=N
+and FSDP_CHECK_SLOW_VAL_S (rank N sleeps that long after each validation forward), FSDP_CHECK_LOCAL_CLOCK=1
+(undo finetune_fsdp's agreed validation clock: the negative test). The base model path is the literal `--vla_path synthetic/openvla-7b`.
 """
 
 from __future__ import annotations
@@ -157,12 +159,34 @@ def patch_io(ft, cuda: bool) -> None:
     # validation batch (under no_grad)
     real_forward = ft.run_forward_pass
 
+    slow_rank = os.environ.get("FSDP_CHECK_SLOW_VAL_RANK")
+
     def run_forward_pass(*args, **kwargs):
         loss, metrics = real_forward(*args, **kwargs)
+        if slow_rank is not None and int(slow_rank) == rank() and not torch.is_grad_enabled():
+            # a rank slowed down after its forward's collectives, before run_validation reads the clock
+            time.sleep(float(os.environ.get("FSDP_CHECK_SLOW_VAL_S", "0.5")))
         (RECORD["losses"] if torch.is_grad_enabled() else RECORD["val_losses"]).append(float(metrics["loss_value"]))
         return loss, metrics
 
     ft.run_forward_pass = run_forward_pass
+
+    # count Llama decoder-layer forwards: with gradient checkpointing each training micro-batch runs
+    # every layer twice (forward, then recomputation in backward)
+    real_get_peft_model = ft.get_peft_model
+
+    def get_peft_model(model, *a, **k):
+        RECORD["decoder_layer_calls"] = 0
+
+        def count(*_):
+            RECORD["decoder_layer_calls"] += 1
+
+        for layer in model.language_model.model.layers:
+            layer.register_forward_pre_hook(count)
+        RECORD["decoder_layers"] = len(model.language_model.model.layers)
+        return real_get_peft_model(model, *a, **k)
+
+    ft.get_peft_model = get_peft_model
 
     class AdamW(torch.optim.AdamW):
         def __init__(self, params, **kw):
@@ -296,6 +320,8 @@ def main() -> None:
     import torch
 
     rp_stubs.install()
+    if TINY:  # also for a saved tiny model loaded by --resume
+        rp_upstream.shrink_timm_for_tiny()
     cuda = torch.cuda.is_available()
     cap = os.environ.get("VLA_LAUNCH_VRAM_CAP_BYTES")
     if cuda:
@@ -324,6 +350,8 @@ def main() -> None:
         RECORD["events"].append({"save_s": time.time() - t0, "max_rss_kib": _max_rss_kib()})
 
     ft.save_training_checkpoint = save
+    if os.environ.get("FSDP_CHECK_LOCAL_CLOCK") == "1":
+        ft.time = time  # negative test: each rank's own clock in run_validation, as upstream
 
     peak = {}
     sampler = None

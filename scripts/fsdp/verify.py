@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Judge the outputs of cpu_check.sh (or gpu_check.sh): print one line per check, exit 1 if any
+fails.   python verify.py OUT_DIR"""
+
+import json
+import sys
+from pathlib import Path
+
+OUT = Path(sys.argv[1])
+# bf16 has an 8-bit significand: one unit in the last place is 2^-8..2^-7 relative. Losses of two
+# runs whose gradients differ only in rounding stay within a few units over a few steps.
+LOSS_REL_TOL = 0.02
+results = []
+
+
+def check(name, ok, detail=""):
+    results.append(ok)
+    print(f"{'PASS' if ok else 'FAIL'}  {name}  {detail}")
+
+
+def ranks(name):
+    d = OUT / name
+    return [json.loads((d / f"rank{r}.json").read_text()) for r in (0, 1)] if (d / "rank1.json").is_file() else None
+
+
+def rc(name):
+    f = OUT / f"{name}.rc"
+    return int(f.read_text()) if f.is_file() else None
+
+
+def rel_diff(a, b):
+    return max((abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)), default=0.0)
+
+
+def grads(name, r):
+    import torch
+
+    f = OUT / f"grads-{name}-{r}.pt"
+    return torch.load(f) if f.is_file() else None
+
+
+def main() -> int:
+    import torch
+
+    # 1. gradients
+    up0, up1 = grads("ddp-upstream", 0), grads("ddp-upstream", 1)
+    if up0 is not None and up1 is not None:
+        same = [(a is None and b is None) or (a is not None and b is not None and torch.equal(a, b)) for a, b in zip(up0, up1)]
+        n_head = 16  # L1 head: 3 LayerNorms + 4 Linears... counted below from the tail
+        differing = [i for i, s in enumerate(same) if not s]
+        check("upstream DDP leaves the action head's gradients unsynchronised (rank 0 != rank 1 only there)",
+              bool(differing) and all(i >= len(same) - n_head - 4 for i in differing),
+              f"{len(differing)} of {len(same)} parameters differ between ranks, indices {differing[:3]}..{differing[-1:]}")
+    for r in (0, 1):
+        a, b = grads("ddp", r), grads("fsdp", r)
+        if a is None or b is None:
+            check(f"gradient dumps rank {r}", False, "missing")
+            continue
+        worst, mism = 0.0, 0
+        for x, y in zip(a, b):
+            if (x is None) != (y is None):
+                mism += 1
+                continue
+            if x is None:
+                continue
+            if isinstance(x, dict):  # GPU: norms and a sample
+                worst = max(worst, abs(x["norm"] - y["norm"]) / max(x["norm"], 1e-30),
+                            (x["head"] - y["head"]).abs().max().item() / max(x["head"].abs().max().item(), 1e-30))
+            else:
+                worst = max(worst, (x - y).abs().max().item() / max(x.abs().max().item(), 1e-30))
+        n = sum(1 for x in a if x is not None)
+        check(f"first-step reduced gradients, FSDP vs DDP (head synchronised), rank {r}",
+              mism == 0 and len(a) == len(b) and worst <= 1e-2,
+              f"{n} parameters with gradients, worst relative max-abs difference {worst:.3g}, presence mismatches {mism}")
+
+    # 2. losses
+    for pair, exact in (("g", False), ("m", False), ("l", False), ("r", False)):
+        d, f = ranks(f"{pair}-ddp"), ranks(f"{pair}-fsdp")
+        if d is None or f is None:
+            if (OUT / f"{pair}-fsdp.rc").is_file():
+                check(f"{pair}: both runs finished", False, f"rc ddp={rc(pair + '-ddp')} fsdp={rc(pair + '-fsdp')}")
+            continue
+        for r in (0, 1):
+            lt = rel_diff(d[r]["losses"], f[r]["losses"])
+            lv = rel_diff(d[r]["val_losses"], f[r]["val_losses"]) if d[r]["val_losses"] and f[r]["val_losses"] else 0.0
+            n = min(len(d[r]["losses"]), len(f[r]["losses"]))
+            check(f"{pair}: training losses FSDP vs DDP, rank {r}",
+                  len(d[r]["losses"]) == len(f[r]["losses"]) and lt <= LOSS_REL_TOL,
+                  f"{n} micro-batches, worst relative difference {lt:.4f}; val worst {lv:.4f}")
+        for name, runs in ((f"{pair}-ddp", d), (f"{pair}-fsdp", f)):
+            x = runs[0]
+            if x.get("gradient_checkpointing") and "decoder_layer_calls" in x:
+                want = x["decoder_layers"] * (2 * len(x["losses"]) + len(x["val_losses"]))
+                check(f"{name}: gradient checkpointing recomputes every Llama layer in backward",
+                      x["decoder_layer_calls"] == want, f"{x['decoder_layer_calls']} layer forwards, expected {want}")
+
+    # 3. checkpoints
+    for name in ("compare-m", "compare-l"):
+        f = OUT / f"{name}.json"
+        if not f.is_file():
+            continue
+        c = json.loads(f.read_text())
+        check(f"{name}: same files, keys, shapes and dtypes", c["files"]["names_equal"] and not c["files"]["structural_differences"],
+              "; ".join(c["files"]["structural_differences"][:3]) or f"{len(c['files']['names_a'])} files")
+        worst = max((v["max_abs_diff"] for v in c["files"]["tensor_files"].values()), default=0.0)
+        print(f"      largest |DDP - FSDP| of any saved value: {worst:.3g}")
+        if "eval" in c:
+            e = c["eval"]
+            check(f"{name}: both load with openvla_utils (get_vla, get_action_head, get_proprio_projector) and agree",
+                  abs(e["loss_a"] - e["loss_b"]) / max(e["loss_a"], 1e-12) <= LOSS_REL_TOL,
+                  f"L1 loss {e['loss_a']:.5f} vs {e['loss_b']:.5f}; actions max |diff| {e['actions_max_abs_diff']:.3g} "
+                  f"(mean |action| {e['actions_mean_abs']:.3g})")
+            for m in ("ddp", "fsdp"):
+                rr = ranks(f"r-{m}")
+                if rr:
+                    want = e["loss_a"] if m == "ddp" else e["loss_b"]
+                    got = rr[0]["losses"][0]
+                    check(f"--resume from the {m.upper()} checkpoint: first loss = the saved model's loss (eval loader)",
+                          abs(got - want) / max(want, 1e-12) <= LOSS_REL_TOL / 4, f"{got:.5f} vs {want:.5f}")
+
+    # 4. validation clock
+    if rc("v-agreed") is not None:
+        v = ranks("v-agreed")
+        ok = rc("v-agreed") == 0 and v is not None and len(v[0]["val_losses"]) == len(v[1]["val_losses"])
+        check("FSDP validation with a slow rank: agreed clock, every rank stops on the same batch", ok,
+              f"rc={rc('v-agreed')}, val batches {[len(x['val_losses']) for x in v] if v else None}")
+    if rc("v-local") is not None:
+        check("negative control: each rank's own clock (upstream's) hangs FSDP validation", rc("v-local") == 124,
+              f"rc={rc('v-local')} (124 = killed by timeout)")
+
+    print(f"{sum(results)}/{len(results)} checks passed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
