@@ -101,7 +101,7 @@ def main() -> int:
                       x["decoder_layer_calls"] == want, f"{x['decoder_layer_calls']} layer forwards, expected {want}")
 
     # 3. checkpoints
-    for name in ("compare-m", "compare-l"):
+    for name in ("compare-g", "compare-m", "compare-l"):
         f = OUT / f"{name}.json"
         if not f.is_file():
             continue
@@ -133,6 +133,30 @@ def main() -> int:
     if rc("v-local") is not None:
         check("negative control: each rank's own clock (upstream's) hangs FSDP validation", rc("v-local") == 124,
               f"rc={rc('v-local')} (124 = killed by timeout)")
+
+    # 5. figures (GPU runs): per rank, GiB
+    gib = 2 ** 30
+    rows = []
+    for d in sorted(p for p in OUT.iterdir() if p.is_dir() and (p / "rank0.json").is_file()):
+        for r in (0, 1):
+            f = d / f"rank{r}.json"
+            if not f.is_file():
+                continue
+            x = json.loads(f.read_text())
+            if x.get("peak_alloc_bytes") is None:
+                continue
+            st = x["step_times"][2:] or x["step_times"]
+            g = lambda k: f"{x[k] / gib:.2f}" if x.get(k) is not None else "-"  # noqa: E731
+            rows.append(f"| {d.name} | {r} | {'FSDP' if x['use_fsdp'] else 'DDP'} | {x['batch_size']} | "
+                        f"{x['gradient_checkpointing']} | {g('static_bytes')} | {g('peak_alloc_bytes')} | "
+                        f"{g('peak_reserved_bytes')} | {g('peak_nvml_used_bytes')} | "
+                        f"{sum(st) / len(st) if st else float('nan'):.3f} | "
+                        f"{(x['vram_cap_bytes'] or 0) // 2**20 or '-'} | {x['max_rss_kib'] / 2**20:.1f} |")
+    if rows:
+        print("\n| run | rank | mode | batch | ckpt | static | peak alloc | peak reserved | peak NVML | s/step | cap MiB | max RSS GiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+        print("(GiB; s/step = mean optimizer-step time after the first two steps)")
 
     print(f"{sum(results)}/{len(results)} checks passed")
     return 0 if all(results) else 1
