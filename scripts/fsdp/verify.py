@@ -124,6 +124,14 @@ def main() -> int:
                     check(f"--resume from the {m.upper()} checkpoint: first loss = the saved model's loss (eval loader)",
                           abs(got - want) / max(want, 1e-12) <= LOSS_REL_TOL / 4, f"{got:.5f} vs {want:.5f}")
 
+    # merging LoRA: upstream (DDP) loads the base model on every rank, finetune_fsdp on rank 0 only
+    for pair in ("m",):
+        d, f = ranks(f"{pair}-ddp"), ranks(f"{pair}-fsdp")
+        if d and f:
+            loads = lambda runs: [sum(1 for e in x["events"] if "merge_base_built_s" in e) for x in runs]  # noqa: E731
+            check(f"{pair}: merge_lora_during_training loads the base model on rank 0 only under FSDP",
+                  loads(f) == [1, 0] and loads(d) == [1, 1], f"base-model loads per rank: DDP {loads(d)}, FSDP {loads(f)}")
+
     # 4. validation clock
     if rc("v-agreed") is not None:
         v = ranks("v-agreed")
