@@ -9,7 +9,7 @@
 #   A  DDP (head synchronised), ALOHA, batch 2, checkpointing, 10 steps, save (no merge), gradients
 #   B  the same with --use_fsdp True
 #   C  compare A's and B's checkpoint files
-#   D  FSDP under a 24564 MiB cap, 5 steps, save
+#   D  FSDP under a 24564 MiB cap, 5 steps, save (if it fails: again with expandable_segments)
 #   E  DDP and FSDP, 3 steps, merged checkpoints; both through openvla_utils; --resume from FSDP's
 # (default ABCD). Checkpoints go to /tmp/fsdp-runs (GBs), results and logs to OUT_DIR.
 set -u
@@ -36,7 +36,11 @@ case $PHASES in *C*)
   timeout 120 python3 "$S/fsdp/compare_ckpt.py" $RUNS/g-ddp/*--10_chkpt $RUNS/g-fsdp/*--10_chkpt $ALOHA --files_only \
     --out "$OUT/compare-g.json" > "$OUT/compare-g.log" 2>&1; echo "compare-g rc=$?" ;; esac
 case $PHASES in *D*)
-  VLA_LAUNCH_VRAM_CAP_BYTES=$((24564 * 1024 * 1024)) run cap-fsdp 240 $B2 --max_steps 5 --save_freq 5 --merge_lora_during_training False --use_fsdp True ;; esac
+  VLA_LAUNCH_VRAM_CAP_BYTES=$((24564 * 1024 * 1024)) run cap-fsdp 240 $B2 --max_steps 5 --save_freq 5 --merge_lora_during_training False --use_fsdp True
+  if [ "$(cat "$OUT/cap-fsdp.rc")" != 0 ]; then  # again with the allocator that fragments less
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True VLA_LAUNCH_VRAM_CAP_BYTES=$((24564 * 1024 * 1024)) \
+      run cap-fsdp-expandable 240 $B2 --max_steps 5 --save_freq 5 --merge_lora_during_training False --use_fsdp True
+  fi ;; esac
 case $PHASES in *E*)
   FSDP_CHECK_DDP_SYNC_HEAD=1 run m-ddp 300 $B2 --max_steps 3 --save_freq 3 --merge_lora_during_training True --use_fsdp False
   run m-fsdp 300 $B2 --max_steps 3 --save_freq 3 --merge_lora_during_training True --use_fsdp True
