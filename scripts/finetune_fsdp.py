@@ -363,11 +363,29 @@ def install(ft, cfg) -> FsdpWrapper:
     return wrapper
 
 
+def tolerate_percent_in_help() -> None:
+    """draccus turns the config's comments into argparse help strings, and argparse %-formats them:
+    upstream's "(from 10% to 100%)" makes `finetune.py --help` crash (ValueError) instead of
+    listing the flags. Print such a help string as written instead."""
+    import argparse
+
+    real = argparse.HelpFormatter._expand_help
+
+    def expand_help(self, action):
+        try:
+            return real(self, action)
+        except (ValueError, TypeError, KeyError):
+            return self._get_help_string(action)
+
+    argparse.HelpFormatter._expand_help = expand_help
+
+
 def main() -> None:
     import draccus
 
     ft = import_finetune(locate_finetune_script())
     config_class = extend_config(ft)
+    tolerate_percent_in_help()
     cfg = draccus.parse(config_class=config_class)
     install(ft, cfg)
     mode = "FSDP2" if cfg.use_fsdp else "DDP"

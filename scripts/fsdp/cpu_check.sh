@@ -25,6 +25,13 @@ run() { # name timeout flags...
 ALOHA="--dataset_name aloha1_synthetic --use_film True --num_images_in_input 3 --use_proprio True --batch_size 1"
 LIBERO="--dataset_name libero_synthetic --use_film False --num_images_in_input 2 --use_proprio True --batch_size 2"
 
+# 0. flags: --help of the wrapper lists upstream's flags and the two new ones (upstream's own --help
+#    crashes: draccus hands argparse the comment "(from 10% to 100%)" as a %-format string)
+PYTHONPATH="$CHECKOUT:$REAL_PROBE_DIR" "$BIN/python" -c "import runpy,sys; from real_probe import stubs; stubs.install(); sys.argv[0]='$HERE/../finetune_fsdp.py'; runpy.run_path(sys.argv[0], run_name='__main__')" --help > "$OUT/help.txt" 2>&1
+echo $? > "$OUT/help.rc"
+PYTHONPATH="$CHECKOUT:$REAL_PROBE_DIR" "$BIN/python" -c "import runpy,sys; from real_probe import stubs; stubs.install(); sys.argv[0]='vla-scripts/finetune.py'; runpy.run_path(sys.argv[0], run_name='__main__')" --help > "$OUT/help-upstream.txt" 2>&1
+echo $? > "$OUT/help-upstream.rc"
+
 # 1. reduced gradients of the first step: upstream DDP, DDP with the head synchronised, FSDP
 FSDP_CHECK_GRADS="$OUT/grads-ddp-upstream-{rank}.pt" run g-ddp-upstream 600 $ALOHA --max_steps 1 --save_freq 100 --use_fsdp False
 FSDP_CHECK_DDP_SYNC_HEAD=1 FSDP_CHECK_GRADS="$OUT/grads-ddp-{rank}.pt" run g-ddp 600 $ALOHA --max_steps 2 --save_freq 100 --use_fsdp False

@@ -42,9 +42,15 @@ def grads(name, r):
 def main() -> int:
     import torch
 
-    # 0. every run finished (the negative control excepted)
+    # 0. --help, and every run finished (the negative controls excepted)
+    if rc("help") is not None:
+        text = (OUT / "help.txt").read_text()
+        flags = ("--use_fsdp", "--gradient_checkpointing", "--vla_path", "--merge_lora_during_training")
+        check("finetune_fsdp.py --help exits 0 and lists upstream's flags and the two new ones",
+              rc("help") == 0 and all(f in text for f in flags), f"exit code {rc('help')}")
+        print(f"      (upstream finetune.py --help: exit code {rc('help-upstream')})")
     for f in sorted(OUT.glob("*.rc")):
-        if f.stem != "v-local":
+        if f.stem not in ("v-local", "help", "help-upstream"):
             check(f"{f.stem}: finished", rc(f.stem) == 0, f"exit code {rc(f.stem)}")
 
     # 1. gradients
@@ -56,7 +62,7 @@ def main() -> int:
         check("upstream DDP leaves the action head's gradients unsynchronised (rank 0 != rank 1 only there)",
               bool(differing) and all(i >= len(same) - n_head - 4 for i in differing),
               f"{len(differing)} of {len(same)} parameters differ between ranks, indices {differing[:3]}..{differing[-1:]}")
-    for r in (0, 1):
+    for r in (0, 1) if any(OUT.glob("grads-*.pt")) else ():
         a, b = grads("ddp", r), grads("fsdp", r)
         if a is None or b is None:
             check(f"gradient dumps rank {r}", False, "missing")
