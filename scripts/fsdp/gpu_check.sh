@@ -11,7 +11,7 @@
 #   C  compare A's and B's checkpoint files
 #   D  FSDP under a 24564 MiB cap, 5 steps, save (if it fails: again with expandable_segments)
 #   E  DDP and FSDP, 3 steps, merged checkpoints; both through openvla_utils; --resume from FSDP's
-# (default ABCD). Checkpoints go to /tmp/fsdp-runs (GBs), results and logs to OUT_DIR.
+# (default ABCD). B_CAP=1 runs B under the cap. Checkpoints go to /tmp/fsdp-runs (GBs), results and logs to OUT_DIR.
 set -u
 S=$(cd "$1" && pwd); CHECKOUT=$(cd "$2" && pwd); OUT=$3; PHASES=${4:-ABCD}
 mkdir -p "$OUT"; RUNS=/tmp/fsdp-runs; mkdir -p $RUNS
@@ -31,7 +31,10 @@ B2="$ALOHA --batch_size 2 --gradient_checkpointing True --vla_path synthetic/ope
 case $PHASES in *A*)
   FSDP_CHECK_DDP_SYNC_HEAD=1 FSDP_CHECK_GRADS="$OUT/grads-ddp-{rank}.pt" run g-ddp 240 $B2 --max_steps 10 --save_freq 10 --merge_lora_during_training False --use_fsdp False ;; esac
 case $PHASES in *B*)
-  FSDP_CHECK_GRADS="$OUT/grads-fsdp-{rank}.pt" run g-fsdp 240 $B2 --max_steps 10 --save_freq 10 --merge_lora_during_training False --use_fsdp True ;; esac
+  # B_CAP=1: run B itself under the 24564 MiB cap (one run instead of B and D when device time is short)
+  [ "${B_CAP:-0}" = 1 ] && export VLA_LAUNCH_VRAM_CAP_BYTES=$((24564 * 1024 * 1024))
+  FSDP_CHECK_GRADS="$OUT/grads-fsdp-{rank}.pt" run g-fsdp 240 $B2 --max_steps 10 --save_freq 10 --merge_lora_during_training False --use_fsdp True
+  unset VLA_LAUNCH_VRAM_CAP_BYTES ;; esac
 case $PHASES in *C*)
   timeout 120 python3 "$S/fsdp/compare_ckpt.py" $RUNS/g-ddp/*--10_chkpt $RUNS/g-fsdp/*--10_chkpt $ALOHA --files_only \
     --out "$OUT/compare-g.json" > "$OUT/compare-g.log" 2>&1; echo "compare-g rc=$?" ;; esac
