@@ -5,6 +5,7 @@
 
 mod commands;
 mod error;
+mod run_files;
 mod settings;
 mod supervised_run;
 mod torchrun;

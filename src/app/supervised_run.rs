@@ -8,6 +8,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::error::{AppError, Result};
+use super::run_files::{self, NodeTag};
 use super::settings::{Planned, env_var, store_path};
 use super::torchrun::{RanksFilter, command_for, plan_record};
 use crate::calibration::{self, Source};
@@ -49,19 +50,27 @@ pub(super) fn launch_once(
         ))
     })?;
     let started = unix_seconds();
-    // Launches of one process (calibration probes, retries) can start within the same second:
-    // number them so no run's log or record overwrites another's.
-    static LAUNCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut stamp = started.to_string();
-    if n > 0 {
-        stamp.push_str(&format!("-{n}"));
+    let node = node_tag(ctx);
+    let files = run_files::claim(
+        log_dir,
+        "run",
+        &run_files::local_stamp(started as i64),
+        node.as_ref(),
+        attempt,
+    )
+    .map_err(|e| {
+        AppError::environment(format!(
+            "cannot create this run's log and record in {}: {e}; pass --log-dir DIR with a writable directory",
+            log_dir.display()
+        ))
+    })?;
+    let log_path = files.log.clone();
+    let plan_path = files.record.clone().expect("a launch claims a record");
+    for f in [&log_path, &plan_path] {
+        if let Err(e) = run_files::point_latest(f, node.as_ref()) {
+            warn!("cannot point latest at {}: {e}", f.display());
+        }
     }
-    if attempt > 0 {
-        stamp.push_str(&format!("-retry{attempt}"));
-    }
-    let log_path = log_dir.join(format!("run-{stamp}.log"));
-    let plan_path = log_dir.join(format!("plan-{stamp}.json"));
     let mut record = PlanRecord {
         cwd: Some(cmd.cwd.clone()),
         started_unix: Some(started),
@@ -193,6 +202,24 @@ pub(super) fn launch_once(
         outcome,
         diagnosis,
         worst_peak,
+    })
+}
+
+/// A multi-node job's node, for its file names: job id, node rank, host.
+pub(super) fn node_tag(ctx: &Planned) -> Option<NodeTag> {
+    let t = &ctx.topology;
+    if !t.is_multi_node() {
+        return None;
+    }
+    let job = t
+        .slurm_job_id
+        .clone()
+        .or_else(|| t.rendezvous.as_ref().map(|r| r.id.clone()))
+        .unwrap_or_else(|| "local".into());
+    Some(NodeTag {
+        job,
+        node_rank: t.node_rank,
+        host: run_files::host_name(&env_var),
     })
 }
 

@@ -26,6 +26,7 @@ mod peer_watch;
 mod peers;
 mod planner;
 mod retry;
+mod run_names;
 mod slurm;
 mod speed;
 mod supervisor;
