@@ -19,6 +19,7 @@ mod gpu_discovery;
 mod gpu_nvml;
 mod gpu_parsing;
 mod layers;
+mod node_output;
 mod noloss;
 mod noloss_command;
 mod peer_proto;

@@ -38,6 +38,12 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
             ctx.plan.reasons.join("; ")
         )));
     }
+    let node = ctx.topology.node_rank;
+    let other_node = ctx.topology.is_multi_node() && node > 0;
+    if other_node {
+        // The job's nodes usually share one output file: say which node each line is from.
+        crate::launch::term::set_line_prefix(format!("[node {node}] "));
+    }
     for w in &ctx.warnings {
         warn!("{w}");
     }
@@ -46,7 +52,15 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
             "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
         );
     }
-    eprint!("{}", ctx.render(false));
+    // The plan once per job (node 0), unless this node's differs by failing.
+    if other_node && ctx.plan.feasible {
+        eprintln!(
+            "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
+            ctx.topology.nnodes
+        );
+    } else {
+        eprint!("{}", ctx.render(false));
+    }
     if !ctx.plan.feasible {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
         if !forced {
