@@ -46,7 +46,7 @@ mod relay;
 mod signals;
 
 use cleanup::{after, end_leftovers, kill_run};
-pub use outcome::{LaunchError, Outcome, fmt_duration, summary_line};
+pub use outcome::{KillReason, LaunchError, Outcome, fmt_duration, summary_line};
 pub use relay::Sink;
 use relay::{PIPE_SIZE, join_within, relay, terminal_writer};
 use signals::Request;
@@ -75,6 +75,10 @@ pub struct SuperviseOptions {
     /// The program re-executed as the run's watchdog (`watchdog::Watchdog`), which ends the
     /// run if the launcher is killed outright; `None` for no watchdog.
     pub watchdog: Option<PathBuf>,
+    /// Whether a SIGTERM while the run is already stopping kills it at once. `false` under
+    /// Slurm, which sends SIGTERM to every process of the step and srun forwards it as well:
+    /// the second one is not a user asking twice. A second SIGINT/SIGHUP always kills.
+    pub repeated_sigterm_escalates: bool,
     /// Called with torchrun's pid right after spawn (e.g. to start a VRAM monitor).
     pub on_spawn: Option<Box<dyn Fn(u32) + Send + Sync>>,
 }
@@ -91,6 +95,7 @@ impl SuperviseOptions {
             stderr: Sink::Stderr,
             signals: SignalHandle::default(),
             forward_process_signals: true,
+            repeated_sigterm_escalates: true,
             watchdog: super::watchdog::default_program(),
             on_spawn: None,
         }
@@ -194,6 +199,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let usr1_to_torchrun = declares_usr1(cmd);
     let mut interrupted_by: Option<i32> = None;
     let mut force_killed = false;
+    let mut kill_reason: Option<KillReason> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     let status = loop {
         let grace_over = async {
@@ -226,10 +232,14 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                     notes.note(format!("{sig} received: forwarded to torchrun, SIGKILL in {:?}", opts.grace));
                     tracing::warn!("{sig}: stopping torchrun (again to kill at once; SIGKILL in {:?})", opts.grace);
                 }
+                Some(Signal::SIGTERM) if !opts.repeated_sigterm_escalates => {
+                    notes.note("SIGTERM received again (Slurm signals every process of the step, and srun forwards it too): the grace period goes on");
+                }
                 Some(sig) => {
                     notes.note(format!("{sig} received again: killing the run now"));
                     kill_run(Some(pid), &marker);
                     force_killed = true;
+                    kill_reason.get_or_insert(KillReason::SignalAgain(sig as i32));
                     deadline = None;
                 }
             },
@@ -238,6 +248,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                 tracing::warn!("torchrun did not stop within {:?}: killing the run", opts.grace);
                 kill_run(Some(pid), &marker);
                 force_killed = true;
+                kill_reason.get_or_insert(KillReason::GraceOver);
                 deadline = None;
             }
         }
@@ -252,6 +263,9 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     };
     let (leftover_processes, needed_kill) = end_leftovers(&marker, orphan_grace, &notes).await;
     force_killed |= needed_kill;
+    if needed_kill {
+        kill_reason.get_or_insert(KillReason::Leftovers);
+    }
 
     // Pipes held open by processes we could not find must not keep us waiting forever.
     let drained = tokio::time::timeout(opts.leak_timeout, async {
@@ -275,6 +289,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         log_path: opts.log_path.clone(),
         interrupted_by,
         force_killed,
+        kill_reason,
         leftover_processes,
         terminal_dropped_bytes: dropped.load(Ordering::Relaxed),
         log_error: None,

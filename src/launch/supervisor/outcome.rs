@@ -19,12 +19,25 @@ pub struct Outcome {
     /// True when SIGKILL was needed: the grace period ran out, a second stop signal came, or a
     /// leftover process ignored SIGTERM.
     pub force_killed: bool,
+    /// Why SIGKILL was sent, when it was (the first reason).
+    pub kill_reason: Option<KillReason>,
     /// Processes of the run still alive after torchrun exited, which the launcher ended.
     pub leftover_processes: usize,
     /// Bytes not shown on the terminal because it did not keep up (all are in the log).
     pub terminal_dropped_bytes: u64,
     /// The first error writing the run log (the log is incomplete from there on).
     pub log_error: Option<String>,
+}
+
+/// Why the launcher sent SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// torchrun had not stopped when the grace period ran out.
+    GraceOver,
+    /// A second stop signal (this one) asked to kill at once.
+    SignalAgain(i32),
+    /// Processes of the run outlived torchrun and ignored SIGTERM.
+    Leftovers,
 }
 
 impl Outcome {
@@ -75,8 +88,17 @@ pub fn summary_line(o: &Outcome) -> String {
     if let Some(sig) = o.interrupted_by {
         extra.push(format!("stopped by {}", signal_name(sig)));
     }
-    if o.force_killed {
-        extra.push("grace period over, SIGKILL sent".to_string());
+    match (o.force_killed, o.kill_reason) {
+        (false, _) => {}
+        (true, Some(KillReason::SignalAgain(sig))) => {
+            extra.push(format!("{} again: SIGKILL sent", signal_name(sig)));
+        }
+        (true, Some(KillReason::Leftovers)) => {
+            extra.push("leftover processes ignored SIGTERM: SIGKILL sent".to_string());
+        }
+        (true, Some(KillReason::GraceOver) | None) => {
+            extra.push("grace period over, SIGKILL sent".to_string());
+        }
     }
     if o.leftover_processes > 0 {
         extra.push(format!(
