@@ -7,6 +7,7 @@ mod commands;
 mod error;
 mod run_files;
 mod settings;
+mod slurm;
 mod supervised_run;
 mod torchrun;
 

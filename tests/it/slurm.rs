@@ -277,7 +277,7 @@ impl Job {
     }
 
     /// The launchers' run records (any *.json with an "outcome" key under the run root's
-    /// vla-launch/, however the files are named), with their node rank ("node_rank", else the
+    /// vla-launch/, however the files are named; not the `latest*` symlinks to them), with their node rank ("node_rank", else the
     /// `--node-rank` of their torchrun command).
     fn records(&self) -> Vec<(u32, Value)> {
         let mut found = Vec::new();
@@ -287,6 +287,8 @@ impl Job {
                 let p = e.path();
                 if p.is_dir() {
                     stack.push(p);
+                } else if p.is_symlink() {
+                    // `latest*.json` points at a record counted under its own name.
                 } else if p.extension().is_some_and(|x| x == "json") {
                     let Ok(v) = serde_json::from_slice::<Value>(&std::fs::read(&p).unwrap()) else {
                         continue;
@@ -897,7 +899,7 @@ fn each_node_keeps_its_own_log_and_record_and_the_plan_is_printed_once() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.path().is_dir() {
                 stack.push(e.path());
-            } else if e.path().extension().is_some_and(|x| x == "log") {
+            } else if e.path().extension().is_some_and(|x| x == "log") && !e.path().is_symlink() {
                 logs.push(e.path());
             }
         }

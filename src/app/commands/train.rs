@@ -96,7 +96,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
             .as_ref()
             .filter(|d| d.kind == diagnosis::DiagnosisKind::CudaOom);
         let (Some(d), Some(failed)) = (oom, ctx.plan.chosen.clone()) else {
-            return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
+            return Ok(ExitCode::of_run(run.status));
         };
         let oom_details = match &d.details {
             diagnosis::Details::CudaOom(o) => Some(o),
@@ -112,7 +112,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
         ) {
             retry::RetryDecision::Stop { reason } => {
                 eprintln!("vla-launch: {reason}");
-                return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
+                return Ok(ExitCode::of_run(run.status));
             }
             retry::RetryDecision::Retry { plan, message } => {
                 eprintln!("vla-launch: {message}");

@@ -200,6 +200,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let mut interrupted_by: Option<i32> = None;
     let mut force_killed = false;
     let mut kill_reason: Option<KillReason> = None;
+    let mut stop_requested = false;
     let mut deadline: Option<tokio::time::Instant> = None;
     let status = loop {
         let grace_over = async {
@@ -211,8 +212,11 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         tokio::select! {
             status = child.wait() => break status.map_err(LaunchError::Wait)?,
             Ok(request) = signals.recv() => match match request {
+                Request::Stop if interrupted_by.is_none() => {
+                    stop_requested = true;
+                    Some(Signal::SIGTERM)
+                }
                 Request::Signal(sig) => Some(sig),
-                Request::Stop if interrupted_by.is_none() => Some(Signal::SIGTERM),
                 Request::Stop => None,
             } {
                 None => {}
@@ -288,6 +292,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         duration: start.elapsed(),
         log_path: opts.log_path.clone(),
         interrupted_by,
+        stop_requested,
         force_killed,
         kill_reason,
         leftover_processes,

@@ -16,6 +16,8 @@ pub struct Outcome {
     pub log_path: PathBuf,
     /// The first stop signal the launcher received (SIGINT, SIGTERM, SIGHUP).
     pub interrupted_by: Option<i32>,
+    /// The stop came from `SignalHandle::stop` (another node's failure), not a signal.
+    pub stop_requested: bool,
     /// True when SIGKILL was needed: the grace period ran out, a second stop signal came, or a
     /// leftover process ignored SIGTERM.
     pub force_killed: bool,
