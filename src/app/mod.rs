@@ -5,6 +5,7 @@
 
 mod commands;
 mod error;
+mod resume;
 mod run_files;
 mod settings;
 mod slurm;

@@ -26,6 +26,7 @@ mod peer_proto;
 mod peer_watch;
 mod peers;
 mod planner;
+mod resume;
 mod retry;
 mod run_names;
 mod slurm;

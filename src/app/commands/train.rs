@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use crate::app::error::{AppError, ExitCode, Result};
-use crate::app::settings::{resolve_plan, warn_missing};
+use crate::app::resume;
+use crate::app::settings::{Planned, env_var, resolve_plan, warn_missing};
 use crate::app::supervised_run::{launch_once, peer_watch_port, ranks_filter};
 use crate::app::torchrun::command_for;
 use crate::budget::Strategy;
@@ -52,6 +53,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
             "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
         );
     }
+    let resumed = decide_resume(&mut ctx, &args);
     // The plan once per job (node 0), unless this node's differs by failing.
     if other_node && ctx.plan.feasible {
         eprintln!(
@@ -60,6 +62,9 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
         );
     } else {
         eprint!("{}", ctx.render(false));
+    }
+    if let Some(line) = resumed {
+        eprintln!("vla-launch: {line}");
     }
     if !ctx.plan.feasible {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
@@ -121,6 +126,45 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `--resume`: sets the script's resume flags (and, under Slurm, its fixed run id) on `ctx`;
+/// returns what to tell the user.
+fn decide_resume(ctx: &mut Planned, args: &LaunchArgs) -> Option<String> {
+    let flag_value = |flags: &[(String, String)], name: &str| {
+        flags
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let extra_value = args
+        .extra
+        .iter()
+        .position(|a| a == "--run_id_override")
+        .and_then(|i| args.extra.get(i + 1).cloned())
+        .or_else(|| {
+            args.extra
+                .iter()
+                .find_map(|a| a.strip_prefix("--run_id_override=").map(str::to_string))
+        });
+    let run_id_given =
+        extra_value.or_else(|| flag_value(&ctx.resolved.flags.flags, "--run_id_override"));
+    let slurm_job = env_var("SLURM_JOB_ID").filter(|j| !j.is_empty());
+    let restart_count = env_var("SLURM_RESTART_COUNT")
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(0);
+    let run_root = ctx.resolved.run_root_dir();
+    let decision = resume::decide(&resume::Situation {
+        mode: args.resume,
+        profile: &ctx.loaded.name,
+        run_root: run_root.as_deref(),
+        run_id_given: run_id_given.as_deref(),
+        slurm_job: slurm_job.as_deref(),
+        restart_count,
+    });
+    resume::set_flags(&mut ctx.resolved.flags.flags, &decision.flags);
+    decision.message
 }
 
 /// `--plan-file`: every node runs the plan written by `vla-launch plan -o` (on a login node or
