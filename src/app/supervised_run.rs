@@ -83,7 +83,6 @@ pub(super) fn launch_once(
     };
     std::fs::write(&plan_path, record.to_json_pretty())
         .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
-    eprintln!("vla-launch: {}", command::display(&cmd));
     let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
     let uuids: Vec<String> = ctx
         .gpus
@@ -131,6 +130,8 @@ pub(super) fn launch_once(
     }
     let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
     let peers = start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone())?;
+    // After the peer watch's start-up warnings (an unresolvable node 0...), which belong first.
+    eprintln!("vla-launch: {}", command::display(&cmd));
     let result = supervisor::run_blocking(&cmd, &opts);
     let peaks = monitor.map(Monitor::stop);
     let stopped_by_peer = stopped_by_peer

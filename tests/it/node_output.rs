@@ -5,11 +5,17 @@ use std::path::Path;
 use std::process::Command;
 
 fn node(rank: u32) -> Command {
+    let mut c = launcher(rank, "127.0.0.1:23456");
+    c.arg("--dry-run");
+    c
+}
+
+fn launcher(rank: u32, endpoint: &str) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
-    c.args(["--profile", "aloha", "--gpus", "1xh100", "--dry-run"])
+    c.args(["--profile", "aloha", "--gpus", "1xh100"])
         .args(["--nnodes", "2", "--node-rank", &rank.to_string()])
-        .args(["--rdzv-endpoint", "127.0.0.1:23456"])
+        .args(["--rdzv-endpoint", endpoint])
         .arg("--torchrun")
         .arg(crate::common::fake_torchrun())
         .env_remove("VLA_LAUNCH_GPUS")
@@ -55,4 +61,35 @@ fn the_plan_is_printed_by_node_0_only_and_other_nodes_lines_carry_their_rank() {
         );
     }
     assert!(!e1.trim().is_empty(), "node 1 says something: {e1}");
+}
+
+/// Issue 13 item 4, end to end: a node 0 name that does not resolve is said loudly at start,
+/// with the fix, before training (not 40 s later, not never).
+#[test]
+fn an_unresolvable_node_0_name_is_warned_about_at_start_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = launcher(1, "no-such-node.invalid:23457")
+        .arg("--log-dir")
+        .arg(dir.path())
+        .env("VLA_RUN_ROOT", dir.path())
+        .env("FAKE_SLEEP", "0")
+        .env_remove("VLA_LAUNCH_JOB_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{stderr}"
+    );
+    let warning = stderr
+        .lines()
+        .position(|l| l.contains("does not resolve") && l.contains("--rdzv-endpoint"))
+        .unwrap_or_else(|| panic!("no warning about the name: {stderr}"));
+    let launched = stderr
+        .lines()
+        .position(|l| l.contains("fake_torchrun"))
+        .unwrap_or(usize::MAX);
+    assert!(warning < launched, "the warning comes at start: {stderr}");
 }
