@@ -74,9 +74,13 @@ pub(super) fn host_name(env: &dyn Fn(&str) -> Option<String>) -> String {
 /// Local time as `YYYYmmdd-HHMMSS`.
 pub(super) fn local_stamp(unix: i64) -> String {
     let t: libc::time_t = unix as libc::time_t;
-    // SAFETY: localtime_r writes only into `tm`, which we own; `t` lives across the call.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    // SAFETY: `tm` is plain old data (all-zero is a valid value); localtime_r (the reentrant
+    // form) reads `t` and writes only into `tm`, both ours and alive across the call.
+    let (ok, tm) = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        let ok = !libc::localtime_r(&t, &mut tm).is_null();
+        (ok, tm)
+    };
     if !ok {
         return format!("{unix}");
     }
