@@ -5,7 +5,10 @@
 
 mod commands;
 mod error;
+mod resume;
+mod run_files;
 mod settings;
+mod slurm;
 mod supervised_run;
 mod torchrun;
 

@@ -316,21 +316,28 @@ fn full_log_disk_is_warned_once_and_the_summary_printed() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // The log files of this second and the next few are /dev/full; the record's directory has room.
-    for s in stamp..stamp + 30 {
-        std::os::unix::fs::symlink("/dev/full", logs.join(format!("run-{s}.log"))).unwrap();
-    }
-    let out = launcher(
+    // Run files are created exclusively under unpredictable names, so the full disk is a file
+    // size limit instead: the 1 MiB log hits it (EFBIG, SIGXFSZ ignored), the record does not.
+    let mut cmd = launcher(
         dir.path(),
         "1",
         &[("FAKE_OUTPUT_MB", "1"), ("FAKE_EXIT", "0")],
-    )
-    .output()
-    .unwrap();
+    );
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 256 << 10,
+                rlim_max: 256 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(

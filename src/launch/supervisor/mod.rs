@@ -24,110 +24,42 @@
 //! terminal only, so a full pipe never blocks training.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::io::AsyncReadExt;
-use tokio::sync::broadcast;
 
-use super::command::{LaunchCommand, display};
-use super::log::{LogSender, LogWriter, Stream};
-use super::process_tree::{self, MARKER_VAR};
-use super::watchdog::Watchdog;
+use crate::launch::command::{LaunchCommand, display};
+use crate::launch::log::{LogWriter, Stream};
+use crate::launch::process_tree::{self, MARKER_VAR};
+use crate::launch::watchdog::Watchdog;
+
+mod cleanup;
+mod outcome;
+mod relay;
+mod signals;
+
+use cleanup::{after, end_leftovers, kill_run};
+pub use outcome::{KillReason, LaunchError, Outcome, fmt_duration, summary_line};
+pub use relay::Sink;
+use relay::{PIPE_SIZE, join_within, relay, terminal_writer};
+use signals::Request;
+pub use signals::{SignalHandle, install_signal_forwarding};
 
 /// Longer than torchrun's own 30 s worker shutdown, so it can finish cleanly.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
 /// The longest `--grace` accepted (a week); longer ones are refused where they are parsed.
 pub const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
-/// Deadlines further away than this are treated as "never" (no arithmetic can overflow).
-const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How long to wait for output pipes that leftover grandchildren keep open.
 pub const DEFAULT_LEAK_TIMEOUT: Duration = Duration::from_secs(1);
 /// After torchrun exits on its own, leftover processes get SIGTERM and this long before SIGKILL.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(2);
-/// Chunks (of up to 256 KiB) waiting for a slow terminal before further ones are dropped there.
-const TERMINAL_QUEUE: usize = 256;
-const READ_CHUNK: usize = 256 * 1024;
-/// A chunk is passed on once it holds this much, or when the stream has been quiet this long.
-const COALESCE_UNTIL: usize = 128 * 1024;
-const COALESCE: Duration = Duration::from_millis(2);
-const PIPE_SIZE: libc::c_int = 1 << 20;
-
-/// Where relayed output goes besides the log file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    /// The launcher's own stdout.
-    Stdout,
-    /// The launcher's own stderr.
-    Stderr,
-    /// A file (created or truncated); used by tests and benchmarks.
-    File(PathBuf),
-    Discard,
-}
-
-/// Lets the caller (or the real signal handlers) ask the supervisor to signal the run.
-#[derive(Debug, Clone)]
-pub struct SignalHandle(broadcast::Sender<Request>);
-
-#[derive(Debug, Clone, Copy)]
-enum Request {
-    /// As if the launcher had received the signal (a second stop signal kills at once).
-    Signal(Signal),
-    /// Stop the run as SIGTERM does, unless it is already stopping: never escalates.
-    Stop,
-}
-
-impl Default for SignalHandle {
-    fn default() -> Self {
-        SignalHandle(broadcast::channel(16).0)
-    }
-}
-
-impl SignalHandle {
-    /// Delivers `sig` as if the launcher had received it (SIGINT, SIGTERM, SIGHUP, SIGUSR1).
-    pub fn send(&self, sig: Signal) {
-        // No receiver yet means no run in progress: nothing to signal.
-        let _ = self.0.send(Request::Signal(sig));
-    }
-
-    /// Stops the run like a SIGTERM, with the grace period, but does nothing to a run that is
-    /// already stopping (so another node's failure never turns the user's Ctrl-C into a kill).
-    pub fn stop(&self) {
-        let _ = self.0.send(Request::Stop);
-    }
-}
-
-/// Routes the launcher's SIGINT, SIGTERM, SIGHUP and SIGUSR1 into `handle`. Must be called
-/// inside a tokio runtime; the handlers stay installed for the life of the process (the default
-/// "terminate" action is replaced, so the launcher can clean up).
-pub fn install_signal_forwarding(handle: &SignalHandle) -> io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    for sig in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-    ] {
-        let mut stream = signal(SignalKind::from_raw(sig as i32))?;
-        let tx = handle.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                tx.send(sig);
-            }
-        });
-    }
-    Ok(())
-}
 
 pub struct SuperviseOptions {
     pub log_path: PathBuf,
@@ -143,6 +75,10 @@ pub struct SuperviseOptions {
     /// The program re-executed as the run's watchdog (`watchdog::Watchdog`), which ends the
     /// run if the launcher is killed outright; `None` for no watchdog.
     pub watchdog: Option<PathBuf>,
+    /// Whether a SIGTERM while the run is already stopping kills it at once. `false` under
+    /// Slurm, which sends SIGTERM to every process of the step and srun forwards it as well:
+    /// the second one is not a user asking twice. A second SIGINT/SIGHUP always kills.
+    pub repeated_sigterm_escalates: bool,
     /// Called with torchrun's pid right after spawn (e.g. to start a VRAM monitor).
     pub on_spawn: Option<Box<dyn Fn(u32) + Send + Sync>>,
 }
@@ -159,122 +95,10 @@ impl SuperviseOptions {
             stderr: Sink::Stderr,
             signals: SignalHandle::default(),
             forward_process_signals: true,
+            repeated_sigterm_escalates: true,
             watchdog: super::watchdog::default_program(),
             on_spawn: None,
         }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// torchrun's exit code, or 128+N when a signal N ended it.
-    pub exit_code: i32,
-    /// The signal that ended torchrun, if one did.
-    pub signal: Option<i32>,
-    pub duration: Duration,
-    pub log_path: PathBuf,
-    /// The first stop signal the launcher received (SIGINT, SIGTERM, SIGHUP).
-    pub interrupted_by: Option<i32>,
-    /// True when SIGKILL was needed: the grace period ran out, a second stop signal came, or a
-    /// leftover process ignored SIGTERM.
-    pub force_killed: bool,
-    /// Processes of the run still alive after torchrun exited, which the launcher ended.
-    pub leftover_processes: usize,
-    /// Bytes not shown on the terminal because it did not keep up (all are in the log).
-    pub terminal_dropped_bytes: u64,
-    /// The first error writing the run log (the log is incomplete from there on).
-    pub log_error: Option<String>,
-}
-
-impl Outcome {
-    /// The launcher's exit status per design.md: 0 success, 1 training failed, 128+N signal.
-    pub fn process_exit_code(&self) -> i32 {
-        match (self.interrupted_by, self.signal, self.exit_code) {
-            (Some(sig), _, _) => 128 + sig,
-            (None, Some(sig), _) => 128 + sig,
-            (None, None, 0) => 0,
-            _ => 1,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    #[error("cannot start {program:?}: {source}; check --torchrun PATH or the profile's torchrun")]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("working directory {cwd:?} is not usable: {source}; set the profile's workdir")]
-    Workdir {
-        cwd: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write the run log {path:?}: {source}; choose a writable run directory")]
-    Log {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot install signal handlers: {0}")]
-    Signals(#[source] io::Error),
-    #[error("waiting for torchrun failed: {0}")]
-    Wait(#[source] io::Error),
-}
-
-/// One line for the end of a run: exit, duration, how it ended, where the log is.
-pub fn summary_line(o: &Outcome) -> String {
-    let how = match o.signal {
-        Some(sig) => format!("torchrun killed by {}", signal_name(sig)),
-        None => format!("torchrun exited with code {}", o.exit_code),
-    };
-    let mut extra = Vec::new();
-    if let Some(sig) = o.interrupted_by {
-        extra.push(format!("stopped by {}", signal_name(sig)));
-    }
-    if o.force_killed {
-        extra.push("grace period over, SIGKILL sent".to_string());
-    }
-    if o.leftover_processes > 0 {
-        extra.push(format!(
-            "{} leftover process(es) ended",
-            o.leftover_processes
-        ));
-    }
-    if let Some(e) = &o.log_error {
-        extra.push(format!("the log is incomplete: {e}"));
-    }
-    if o.terminal_dropped_bytes > 0 {
-        extra.push(format!(
-            "{} bytes not shown on the terminal",
-            o.terminal_dropped_bytes
-        ));
-    }
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", extra.join("; "))
-    };
-    format!(
-        "{how} after {}{extra}; log: {}",
-        fmt_duration(o.duration),
-        o.log_path.display()
-    )
-}
-
-fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
-}
-
-/// "3.2s", "4m05s", "2h03m09s".
-pub fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{:.1}s", d.as_secs_f64()),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60),
     }
 }
 
@@ -375,6 +199,8 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let usr1_to_torchrun = declares_usr1(cmd);
     let mut interrupted_by: Option<i32> = None;
     let mut force_killed = false;
+    let mut kill_reason: Option<KillReason> = None;
+    let mut stop_requested = false;
     let mut deadline: Option<tokio::time::Instant> = None;
     let status = loop {
         let grace_over = async {
@@ -386,8 +212,11 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         tokio::select! {
             status = child.wait() => break status.map_err(LaunchError::Wait)?,
             Ok(request) = signals.recv() => match match request {
+                Request::Stop if interrupted_by.is_none() => {
+                    stop_requested = true;
+                    Some(Signal::SIGTERM)
+                }
                 Request::Signal(sig) => Some(sig),
-                Request::Stop if interrupted_by.is_none() => Some(Signal::SIGTERM),
                 Request::Stop => None,
             } {
                 None => {}
@@ -407,10 +236,14 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                     notes.note(format!("{sig} received: forwarded to torchrun, SIGKILL in {:?}", opts.grace));
                     tracing::warn!("{sig}: stopping torchrun (again to kill at once; SIGKILL in {:?})", opts.grace);
                 }
+                Some(Signal::SIGTERM) if !opts.repeated_sigterm_escalates => {
+                    notes.note("SIGTERM received again (Slurm signals every process of the step, and srun forwards it too): the grace period goes on");
+                }
                 Some(sig) => {
                     notes.note(format!("{sig} received again: killing the run now"));
                     kill_run(Some(pid), &marker);
                     force_killed = true;
+                    kill_reason.get_or_insert(KillReason::SignalAgain(sig as i32));
                     deadline = None;
                 }
             },
@@ -419,6 +252,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                 tracing::warn!("torchrun did not stop within {:?}: killing the run", opts.grace);
                 kill_run(Some(pid), &marker);
                 force_killed = true;
+                kill_reason.get_or_insert(KillReason::GraceOver);
                 deadline = None;
             }
         }
@@ -433,6 +267,9 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     };
     let (leftover_processes, needed_kill) = end_leftovers(&marker, orphan_grace, &notes).await;
     force_killed |= needed_kill;
+    if needed_kill {
+        kill_reason.get_or_insert(KillReason::Leftovers);
+    }
 
     // Pipes held open by processes we could not find must not keep us waiting forever.
     let drained = tokio::time::timeout(opts.leak_timeout, async {
@@ -455,7 +292,9 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         duration: start.elapsed(),
         log_path: opts.log_path.clone(),
         interrupted_by,
+        stop_requested,
         force_killed,
+        kill_reason,
         leftover_processes,
         terminal_dropped_bytes: dropped.load(Ordering::Relaxed),
         log_error: None,
@@ -472,11 +311,6 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         w.finish(Duration::from_secs(1));
     }
     Ok(outcome)
-}
-
-/// `now + d`, saturating at [`FAR_FUTURE`] (a `--grace` of u64::MAX seconds must not panic).
-fn after<I: std::ops::Add<Duration, Output = I> + Copy>(now: I, d: Duration) -> I {
-    now + d.min(FAR_FUTURE)
 }
 
 fn run_marker() -> String {
@@ -536,164 +370,4 @@ fn declares_usr1(cmd: &LaunchCommand) -> bool {
             .split(',')
             .any(|s| s.trim() == "SIGUSR1")
     })
-}
-
-/// SIGKILL to torchrun's group and to every member of the run, until none is left.
-fn kill_run(root: Option<i32>, marker: &str) -> usize {
-    if let Some(pgid) = root {
-        process_tree::signal_group(pgid, Signal::SIGKILL);
-    }
-    let mut killed = 0;
-    // A member may fork while we kill; a few rounds catch the late ones.
-    for _ in 0..50 {
-        let live: Vec<i32> = process_tree::members(root, marker)
-            .iter()
-            .filter(|p| !p.zombie)
-            .map(|p| p.pid)
-            .collect();
-        if live.is_empty() {
-            break;
-        }
-        killed += process_tree::signal_all(live, Signal::SIGKILL);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    process_tree::reap_adopted(&process_tree::members(None, marker), root);
-    killed
-}
-
-/// Ends whatever of the run is still alive after torchrun exited: SIGTERM, `grace`, SIGKILL.
-/// Returns how many there were and whether SIGKILL was needed.
-async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> (usize, bool) {
-    let live = |marker: &str| -> Vec<i32> {
-        let members = process_tree::members(None, marker);
-        process_tree::reap_adopted(&members, None);
-        members
-            .iter()
-            .filter(|p| !p.zombie)
-            .map(|p| p.pid)
-            .collect()
-    };
-    let first = live(marker);
-    if first.is_empty() {
-        return (0, false);
-    }
-    notes.note(format!(
-        "{} process(es) of the run outlived torchrun: {first:?}; ending them",
-        first.len()
-    ));
-    if !grace.is_zero() {
-        process_tree::signal_all(first.iter().copied(), Signal::SIGTERM);
-        let until = after(Instant::now(), grace);
-        while Instant::now() < until && !live(marker).is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let needed_kill = kill_run(None, marker) > 0;
-    // Give the kernel a moment to turn them into zombies we can reap.
-    for _ in 0..20 {
-        if live(marker).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    (first.len(), needed_kill)
-}
-
-type TerminalQueue = mpsc::SyncSender<Arc<Vec<u8>>>;
-
-/// A thread that writes chunks to `sink`; `None` when the sink discards.
-fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
-    let mut out: Box<dyn Write + Send> = match sink {
-        Sink::Discard => return Ok((None, None)),
-        // Flushed after every chunk: a `\r` progress update must appear now, not at the next `\n`.
-        Sink::Stdout => Box::new(io::stdout()),
-        Sink::Stderr => Box::new(io::stderr()),
-        Sink::File(path) => Box::new(File::create(path)?),
-    };
-    let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(TERMINAL_QUEUE);
-    let thread = std::thread::Builder::new()
-        .name("vla-launch-relay".into())
-        .spawn(move || {
-            // A closed terminal (EPIPE) must not stop the training: keep draining the queue.
-            let mut broken = false;
-            for chunk in rx {
-                broken = broken || out.write_all(&chunk).and_then(|()| out.flush()).is_err();
-            }
-        })?;
-    Ok((Some(tx), Some(thread)))
-}
-
-async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
-    let until = after(Instant::now(), timeout);
-    for t in threads.into_iter().flatten() {
-        while !t.is_finished() && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Copies one pipe to the log (every byte) and the terminal (if it keeps up) until EOF.
-///
-/// Reads are coalesced: after a read, more output that follows within [`COALESCE`] joins the
-/// same chunk (up to [`COALESCE_UNTIL`] bytes), so a flood of small writes (8 KiB each from
-/// most writers) costs one hand-off to the terminal and log threads per ~128 KiB instead of one
-/// per write; a lone line or a tqdm update is passed on [`COALESCE`] later at most. The chunk
-/// itself is shared by both threads, never copied here.
-async fn relay(
-    mut pipe: impl tokio::io::AsyncRead + Unpin,
-    stream: Stream,
-    log: LogSender,
-    terminal: Option<TerminalQueue>,
-    dropped: Arc<AtomicU64>,
-) {
-    let mut dropping = false;
-    let mut eof = false;
-    while !eof {
-        let mut buf = Vec::with_capacity(READ_CHUNK);
-        loop {
-            let read = if buf.is_empty() {
-                pipe.read_buf(&mut buf).await
-            } else {
-                match tokio::time::timeout(COALESCE, pipe.read_buf(&mut buf)).await {
-                    Ok(read) => read,
-                    Err(_) => break, // quiet: pass on what we have
-                }
-            };
-            match read {
-                Ok(0) => eof = true,
-                Ok(_) if buf.len() < COALESCE_UNTIL => continue,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log.note(format!("reading torchrun's {stream:?} failed: {e}"));
-                    eof = true;
-                }
-            }
-            break;
-        }
-        if buf.is_empty() {
-            continue;
-        }
-        let chunk = Arc::new(buf);
-        log.chunk(stream, chunk.clone());
-        if let Some(tx) = &terminal {
-            let len = chunk.len() as u64;
-            match tx.try_send(chunk) {
-                Ok(()) => dropping = false,
-                Err(mpsc::TrySendError::Full(_)) => {
-                    if !dropping {
-                        log.note(format!(
-                            "terminal not keeping up: {stream:?} output dropped there (kept here)"
-                        ));
-                    }
-                    dropping = true;
-                    dropped.fetch_add(len, Ordering::Relaxed);
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => {}
-            }
-        }
-    }
 }
