@@ -17,6 +17,49 @@ pub(super) struct Checkpoint {
     pub(super) dir: PathBuf,
 }
 
+/// What a checkpoint directory must hold for upstream finetune.py to resume from it: its
+/// `--resume` path loads the merged model from `--vla_path` (`from_pretrained`: `config.json` and
+/// the weights), then each component's `<name>--<step>_checkpoint.pt`. A save cut short (a
+/// preemption during the minutes a merge takes) leaves a directory without some of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Needs {
+    /// Components saved as `<name>--<step>_checkpoint.pt`.
+    pub(super) components: Vec<&'static str>,
+    /// `--merge_lora_during_training` (and LoRA): the merged model is saved into the directory.
+    pub(super) merged_model: bool,
+}
+
+impl Needs {
+    /// From the script's flags, with upstream finetune.py's defaults for those not given.
+    pub(super) fn from_flags(flags: &[(String, String)]) -> Needs {
+        let on = |name: &str, default: bool| {
+            flags
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map_or(default, |(_, v)| v.trim().eq_ignore_ascii_case("true"))
+        };
+        let diffusion = on("--use_diffusion", false);
+        let mut components = Vec::new();
+        if on("--use_l1_regression", true) || diffusion {
+            components.push("action_head");
+        }
+        if diffusion {
+            components.push("noisy_action_projector");
+        }
+        if on("--use_proprio", false) {
+            components.push("proprio_projector");
+        }
+        if on("--use_film", false) {
+            components.push("vision_backbone");
+        }
+        Needs {
+            components,
+            merged_model: on("--use_lora", true) && on("--merge_lora_during_training", true),
+        }
+    }
+}
+
 /// `<run id>--<step>_chkpt` -> (run id, step).
 pub(super) fn parse_name(name: &str) -> Option<(&str, u64)> {
     let (id, rest) = name.rsplit_once("--")?;
@@ -24,11 +67,47 @@ pub(super) fn parse_name(name: &str) -> Option<(&str, u64)> {
     (!id.is_empty()).then_some((id, step))
 }
 
-/// The newest checkpoint in `run_root`: of `run_id` when given (the highest step), else of the
-/// run whose checkpoint directory changed last.
-pub(super) fn newest(run_root: &Path, run_id: Option<&str>) -> Option<Checkpoint> {
+/// The files of `needs` that `dir` (a checkpoint of `step`) lacks.
+pub(super) fn missing(dir: &Path, step: u64, needs: &Needs) -> Vec<String> {
+    let mut wanted: Vec<String> = needs
+        .components
+        .iter()
+        .map(|c| format!("{c}--{step}_checkpoint.pt"))
+        .collect();
+    wanted.push("config.json".into());
+    let mut gone: Vec<String> = wanted
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    // The merged weights: one file, or shards named by an index that save_pretrained writes last.
+    const WEIGHTS: [&str; 4] = [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ];
+    if !WEIGHTS.iter().any(|f| dir.join(f).is_file()) {
+        gone.push("model.safetensors".into());
+    }
+    gone
+}
+
+/// Checkpoints found, and those passed over because a save was cut short.
+#[derive(Debug, Default)]
+pub(super) struct Found {
+    pub(super) newest: Option<Checkpoint>,
+    /// Newer checkpoints of the same run that lack files, with the first file missing.
+    pub(super) incomplete: Vec<(PathBuf, String)>,
+}
+
+/// The newest complete checkpoint in `run_root`: of `run_id` when given (the highest step), else
+/// of the run whose checkpoint directory changed last.
+pub(super) fn newest(run_root: &Path, run_id: Option<&str>, needs: &Needs) -> Found {
     let mut found: Vec<(Checkpoint, std::time::SystemTime)> = Vec::new();
-    for e in std::fs::read_dir(run_root).ok()?.flatten() {
+    let Ok(entries) = std::fs::read_dir(run_root) else {
+        return Found::default();
+    };
+    for e in entries.flatten() {
         let name = e.file_name();
         let Some((id, step)) = name.to_str().and_then(parse_name) else {
             continue;
@@ -49,13 +128,28 @@ pub(super) fn newest(run_root: &Path, run_id: Option<&str>) -> Option<Checkpoint
     }
     let id = match run_id {
         Some(r) => r.to_string(),
-        None => found.iter().max_by_key(|(_, m)| *m)?.0.run_id.clone(),
+        None => match found.iter().max_by_key(|(_, m)| *m) {
+            Some((c, _)) => c.run_id.clone(),
+            None => return Found::default(),
+        },
     };
-    found
+    let mut ours: Vec<Checkpoint> = found
         .into_iter()
         .map(|(c, _)| c)
         .filter(|c| c.run_id == id)
-        .max_by_key(|c| c.step)
+        .collect();
+    ours.sort_by_key(|c| std::cmp::Reverse(c.step));
+    let mut out = Found::default();
+    for c in ours {
+        match missing(&c.dir, c.step, needs).into_iter().next() {
+            None => {
+                out.newest = Some(c);
+                break;
+            }
+            Some(first) => out.incomplete.push((c.dir, first)),
+        }
+    }
+    out
 }
 
 /// What the launch does about resuming, and the script flags that say it.
@@ -76,6 +170,8 @@ pub(super) struct Situation<'a> {
     pub(super) run_id_given: Option<&'a str>,
     pub(super) slurm_job: Option<&'a str>,
     pub(super) restart_count: u32,
+    /// What a checkpoint must hold to be resumed from.
+    pub(super) needs: Needs,
 }
 
 /// The run id fixed for a Slurm job: stable across its restarts.
@@ -133,6 +229,14 @@ pub(super) fn decide(s: &Situation) -> Decision {
     } else {
         String::new()
     };
+    if !s.needs.merged_model {
+        return Decision {
+            flags,
+            message: Some(format!(
+                "resume{why}: this run saves no merged model (merge_lora_during_training or use_lora is False), and upstream finetune.py resumes only from one (it loads --vla_path with from_pretrained): starting from scratch"
+            )),
+        };
+    }
     let Some(root) = s.run_root else {
         return Decision {
             flags,
@@ -141,7 +245,18 @@ pub(super) fn decide(s: &Situation) -> Decision {
             )),
         };
     };
-    match newest(root, fixed.as_deref()) {
+    let found = newest(root, fixed.as_deref(), &s.needs);
+    let skipped = if found.incomplete.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = found
+            .incomplete
+            .iter()
+            .map(|(dir, file)| format!("{} (no {file})", dir.display()))
+            .collect();
+        format!("; passed over, its save was cut short: {}", list.join(", "))
+    };
+    match found.newest {
         Some(c) => {
             if fixed.is_none() {
                 flags.push(("--run_id_override".to_string(), c.run_id.clone()));
@@ -152,7 +267,7 @@ pub(super) fn decide(s: &Situation) -> Decision {
             Decision {
                 flags,
                 message: Some(format!(
-                    "resume{why}: from step {} of run {} ({}); the steps after it are trained again",
+                    "resume{why}: from step {} of run {} ({}); the steps after it are trained again{skipped}",
                     c.step,
                     c.run_id,
                     c.dir.display()
@@ -162,7 +277,7 @@ pub(super) fn decide(s: &Situation) -> Decision {
         None => Decision {
             flags,
             message: Some(format!(
-                "resume{why}: no checkpoint{} in {}: starting from scratch",
+                "resume{why}: no complete checkpoint{} in {}: starting from scratch{skipped}",
                 fixed
                     .as_deref()
                     .map(|id| format!(" of run {id}"))
@@ -195,7 +310,98 @@ mod tests {
             run_id_given: None,
             slurm_job: Some("113"),
             restart_count: 1,
+            needs: aloha_needs(),
         }
+    }
+
+    /// The ALOHA profile's flags: L1 head, FiLM, proprio, merged checkpoints.
+    fn aloha_needs() -> Needs {
+        Needs::from_flags(&[
+            ("--use_film".into(), "True".into()),
+            ("--use_proprio".into(), "True".into()),
+        ])
+    }
+
+    /// A checkpoint directory as upstream's save leaves it; `upto` files of it (all by default).
+    fn checkpoint(root: &Path, name: &str, upto: Option<usize>) {
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let (_, step) = parse_name(name).unwrap();
+        let mut files = vec!["dataset_statistics.json".to_string()];
+        for c in ["proprio_projector", "action_head", "vision_backbone"] {
+            files.push(format!("{c}--{step}_checkpoint.pt"));
+        }
+        // save_pretrained of the merged model comes last.
+        files.push("config.json".into());
+        files.push("model.safetensors".into());
+        for f in files.iter().take(upto.unwrap_or(usize::MAX)) {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_save_cut_short_is_skipped_for_the_newest_complete_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        checkpoint(d.path(), "aloha-job113--5_chkpt", None);
+        // Preempted while merging: the components are there, the merged model is not.
+        checkpoint(d.path(), "aloha-job113--15_chkpt", Some(4));
+        let got = decide(&situation(d.path(), Toggle::Auto));
+        let dir = d.path().join("aloha-job113--5_chkpt");
+        assert!(
+            got.flags
+                .contains(&("--vla_path".into(), dir.to_string_lossy().into_owned())),
+            "{:?}",
+            got.flags
+        );
+        assert!(got.flags.contains(&("--resume_step".into(), "5".into())));
+        let message = got.message.unwrap();
+        assert!(
+            message.contains("aloha-job113--15_chkpt") && message.contains("config.json"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn checkpoints_without_the_merged_model_cannot_be_resumed_and_it_says_why() {
+        let d = tempfile::tempdir().unwrap();
+        checkpoint(d.path(), "aloha-job113--5_chkpt", Some(4));
+        let mut s = situation(d.path(), Toggle::Auto);
+        s.needs = Needs::from_flags(&[
+            ("--use_film".into(), "True".into()),
+            ("--use_proprio".into(), "True".into()),
+            ("--merge_lora_during_training".into(), "False".into()),
+        ]);
+        let got = decide(&s);
+        assert!(
+            !got.flags.iter().any(|(k, _)| k == "--resume"),
+            "{:?}",
+            got.flags
+        );
+        let message = got.message.unwrap();
+        assert!(
+            message.contains("merge_lora_during_training") && message.contains("from scratch"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_components_needed_follow_the_flags_and_upstreams_defaults() {
+        let bare = Needs::from_flags(&[]);
+        assert_eq!(bare.components, vec!["action_head"]);
+        assert!(bare.merged_model);
+        let aloha = aloha_needs();
+        assert_eq!(
+            aloha.components,
+            vec!["action_head", "proprio_projector", "vision_backbone"]
+        );
+        let diffusion = Needs::from_flags(&[
+            ("--use_l1_regression".into(), "False".into()),
+            ("--use_diffusion".into(), "true".into()),
+        ]);
+        assert_eq!(
+            diffusion.components,
+            vec!["action_head", "noisy_action_projector"]
+        );
     }
 
     #[test]
@@ -215,7 +421,7 @@ mod tests {
             "aloha-job113--15_chkpt",
             "aloha-job9--99_chkpt",
         ] {
-            std::fs::create_dir(d.path().join(n)).unwrap();
+            checkpoint(d.path(), n, None);
         }
         let got = decide(&situation(d.path(), Toggle::Auto));
         let dir = d.path().join("aloha-job113--15_chkpt");
@@ -234,7 +440,7 @@ mod tests {
     #[test]
     fn a_first_slurm_run_fixes_its_run_id_and_does_not_resume() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("aloha-job113--5_chkpt")).unwrap();
+        checkpoint(d.path(), "aloha-job113--5_chkpt", None);
         let mut s = situation(d.path(), Toggle::Auto);
         s.restart_count = 0;
         let got = decide(&s);

@@ -33,9 +33,19 @@ fn dry_run(run_root: &Path, resume: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Complete checkpoints of the aloha profile (L1 head, proprio, FiLM, merged model), as
+/// upstream's save leaves them.
 fn checkpoints(root: &Path, names: &[&str]) {
     for n in names {
-        std::fs::create_dir_all(root.join(n)).unwrap();
+        let dir = root.join(n);
+        std::fs::create_dir_all(&dir).unwrap();
+        let step = n.rsplit_once("--").unwrap().1.trim_end_matches("_chkpt");
+        for part in ["action_head", "proprio_projector", "vision_backbone"] {
+            std::fs::write(dir.join(format!("{part}--{step}_checkpoint.pt")), b"x").unwrap();
+        }
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
     }
 }
 

@@ -165,6 +165,7 @@ fn decide_resume(ctx: &mut Planned, args: &LaunchArgs) -> Option<String> {
         run_id_given: run_id_given.as_deref(),
         slurm_job: slurm_job.as_deref(),
         restart_count,
+        needs: resume::Needs::from_flags(&ctx.resolved.flags.flags),
     });
     resume::set_flags(&mut ctx.resolved.flags.flags, &decision.flags);
     decision.message
