@@ -67,7 +67,10 @@ fn std_bin() -> StdCommand {
         .env_remove("NODE_RANK")
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
-        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env(
+            "VLA_LAUNCH_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
+        )
         .env("OPENVLA_OFT_DIR", fixture_checkout("openvla-oft"))
         .env("RUST_LOG", "vla_launch=warn")
         .current_dir(env!("CARGO_MANIFEST_DIR"));

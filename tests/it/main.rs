@@ -28,6 +28,7 @@ mod peer_watch;
 mod peers;
 mod planner;
 mod retry;
+mod script_choice;
 mod slurm;
 mod speed;
 mod supervisor;
