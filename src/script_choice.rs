@@ -22,6 +22,8 @@ use crate::script_caps::{CommandRunner, ScriptCaps, ScriptCapsError, probe_with}
 
 /// The addition, relative to the directory of vla-launch's shipped files (src/install.rs).
 pub const ADDITION: &str = "scripts/finetune_fsdp.py";
+/// The real-code probe (`calibrate` in a checkout), relative to the same directory.
+pub const REAL_PROBE: &str = "scripts/real_probe_finetune.py";
 /// How the addition is told which finetune.py to import.
 pub const ENV_FINETUNE_SCRIPT: &str = "VLA_FINETUNE_SCRIPT";
 /// The flags the addition gives a script that lacks them.

@@ -373,3 +373,101 @@ fn doctor_reports_which_script_runs() {
         o.stdout
     );
 }
+
+/// A VLA_LAUNCH_DIR holding the real-code probe, and a Python whose `--help` of it lists its
+/// flags (upstream's plus --gradient_checkpointing, as the real probe's does).
+fn with_real_probe(dir: &Path) -> (PathBuf, PathBuf) {
+    let d = dir.join("vla-launch-data");
+    std::fs::create_dir_all(d.join("scripts")).unwrap();
+    std::fs::write(
+        d.join("scripts/real_probe_finetune.py"),
+        "# the real-code probe\n",
+    )
+    .unwrap();
+    let python = dir.join("fake-python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\ncase \"$1\" in *real_probe_finetune.py) ;; *) exit 9;; esac\n\
+         echo 'usage: real_probe_finetune.py [-h] [--batch_size int] [--grad_accumulation_steps int] [--gradient_checkpointing bool]'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (d, python)
+}
+
+/// Issue 15: `calibrate --profile aloha` in a checkout runs the shipped real-code probe against it
+/// (random weights, synthetic batches: no VLA_DATA_ROOT or wandb needed), DDP only, and files the
+/// observations under the profile the user plans with.
+#[test]
+fn calibrate_in_a_checkout_runs_the_real_code_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, python) = with_real_probe(dir.path());
+    let upstream = checkout("openvla-oft-upstream");
+    let record = dir.path().join("record.json");
+    let report = "VLA_PROBE_RESULT {\"rank\":0,\"gpu_uuid\":\"described-0\",\"peak_nvml_used_bytes\":42949672960}\n";
+    let o = run(bin(dir.path(), &upstream, &data)
+        .env_remove("VLA_DATA_ROOT")
+        .env_remove("WANDB_ENTITY")
+        .env_remove("WANDB_PROJECT")
+        .args([
+            "calibrate",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--steps",
+            "2",
+            "--set",
+        ])
+        .arg(format!("script.python={}", python.display()))
+        .arg("--torchrun")
+        .arg(fake_torchrun())
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env("FAKE_RECORD", &record)
+        .env("FAKE_STDERR", report));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stderr.contains("real-code probe"), "{}", o.stderr);
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let argv: Vec<String> = serde_json::from_value(rec["argv"].clone()).unwrap();
+    let probe = std::fs::canonicalize(data.join("scripts/real_probe_finetune.py")).unwrap();
+    assert!(argv.contains(&probe.display().to_string()), "{argv:?}");
+    assert!(
+        !argv.iter().any(|a| a.contains("vla-scripts/finetune.py")),
+        "{argv:?}"
+    );
+    assert!(!argv.iter().any(|a| a == "--use_fsdp"), "{argv:?}");
+    assert!(
+        argv.iter().any(|a| a == "--gradient_checkpointing"),
+        "{argv:?}"
+    );
+    let steps = argv.iter().position(|a| a == "--max_steps").unwrap();
+    assert_eq!(argv[steps + 1], "2");
+    // The probe imports finetune.py from its working directory: the checkout.
+    assert_eq!(
+        std::fs::canonicalize(rec["cwd"].as_str().unwrap()).unwrap(),
+        std::fs::canonicalize(&upstream).unwrap()
+    );
+    let store = std::fs::read_to_string(dir.path().join("calibration.json")).unwrap();
+    assert!(store.contains("\"profile\": \"aloha\""), "{store}");
+    assert!(o.stdout.contains("observed 40.00 GiB"), "{}", o.stdout);
+    // Without the probe installed: the profile's own script, as before.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run(bin(dir.path(), &upstream, &empty).args([
+        "calibrate",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "1xh100",
+        "--steps",
+        "2",
+        "--dry-run",
+    ]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(
+        o.stdout.contains("vla-scripts/finetune.py") && !o.stdout.contains("real_probe"),
+        "{}",
+        o.stdout
+    );
+}
