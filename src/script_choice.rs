@@ -193,7 +193,9 @@ pub fn script_flags(
     timeout: Duration,
     cache: Option<&Path>,
 ) -> Result<FlagsAnswer, ScriptCapsError> {
-    let key = CacheKey::of(script, python);
+    // The file as seen from the working directory `--help` runs in.
+    let file = workdir.join(script);
+    let key = CacheKey::of(&file, python);
     if let (Some(key), Some(path)) = (&key, cache)
         && let Some(e) = read_cache(path).entries.into_iter().find(|e| &e.key == key)
     {
@@ -214,7 +216,7 @@ pub fn script_flags(
             cached: false,
         },
         Err(e) => {
-            let caps = std::fs::read_to_string(script)
+            let caps = std::fs::read_to_string(&file)
                 .map(|s| parse_source_fields(&s))
                 .unwrap_or_default();
             if caps.flags.is_empty() {
