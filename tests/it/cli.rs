@@ -907,8 +907,8 @@ fn calibrate_learns_from_reported_peaks_and_plans_use_it() {
     assert!(v["correction"].is_null(), "{v}");
 }
 
-/// `calibrate --dry-run` prints each probe's torchrun command and runs nothing: no script is
-/// asked for its flags, no store is written.
+/// `calibrate --dry-run` prints each probe's torchrun command and runs nothing (here without a
+/// checkout, so no script is asked for its flags); no store is written.
 #[test]
 fn calibrate_dry_run_prints_the_probe_commands_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -70,7 +70,7 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
         );
         launch.planning.sets.extend(sets);
     }
-    // A dry run asks the script nothing (as `vla-launch --dry-run` does) and runs nothing.
+    // A dry run runs nothing; like `plan`, it asks a script that is there for its flags (cached).
     let mut ctx = resolve_plan(
         &launch.planning,
         &launch.extra,
