@@ -62,11 +62,7 @@ def main() -> int:
         check("upstream DDP leaves the action head's gradients unsynchronised (rank 0 != rank 1 only there)",
               bool(differing) and all(i >= len(same) - n_head - 4 for i in differing),
               f"{len(differing)} of {len(same)} parameters differ between ranks, indices {differing[:3]}..{differing[-1:]}")
-    for r in (0, 1) if any(OUT.glob("grads-*.pt")) else ():
-        a, b = grads("ddp", r), grads("fsdp", r)
-        if a is None or b is None:
-            check(f"gradient dumps rank {r}", False, "missing")
-            continue
+    def grad_diff(a, b):
         worst, mism = 0.0, 0
         for x, y in zip(a, b):
             if (x is None) != (y is None):
@@ -79,12 +75,35 @@ def main() -> int:
                             (x["head"] - y["head"]).abs().max().item() / max(x["head"].abs().max().item(), 1e-30))
             else:
                 worst = max(worst, (x - y).abs().max().item() / max(x.abs().max().item(), 1e-30))
-        n = sum(1 for x in a if x is not None)
-        check(f"first-step reduced gradients, FSDP vs DDP (head synchronised), rank {r}",
-              mism == 0 and len(a) == len(b) and worst <= 1e-2,
-              f"{n} parameters with gradients, worst relative max-abs difference {worst:.3g}, presence mismatches {mism}")
+        return worst, mism
 
-    # 2. losses
+    spread = {}
+    for r in (0, 1):
+        a, b = grads("ddp", r), grads("ddp2", r)
+        if a is not None and b is not None:
+            spread[r] = grad_diff(a, b)[0]
+            print(f"      DDP vs DDP (run-to-run) first-step gradients, rank {r}: worst relative difference {spread[r]:.3g}")
+    for r in (0, 1) if any(OUT.glob("grads-fsdp-*.pt")) else ():
+        a, b = grads("ddp", r), grads("fsdp", r)
+        if a is None or b is None:
+            check(f"gradient dumps rank {r}", False, "missing")
+            continue
+        worst, mism = grad_diff(a, b)
+        n = sum(1 for x in a if x is not None)
+        # tolerance: 1e-2, or twice DDP's own run-to-run spread where that was measured
+        tol = max(1e-2, 2 * spread.get(r, 0.0))
+        check(f"first-step reduced gradients, FSDP vs DDP (head synchronised), rank {r}",
+              mism == 0 and len(a) == len(b) and worst <= tol,
+              f"{n} parameters with gradients, worst relative max-abs difference {worst:.3g} (tolerance {tol:.3g}), "
+              f"presence mismatches {mism}")
+
+    # 2. losses (the tolerance widens to twice DDP's own run-to-run spread where that was measured)
+    loss_spread = {}
+    d1, d2 = ranks("g-ddp"), ranks("g-ddp2")
+    if d1 and d2:
+        for r in (0, 1):
+            loss_spread[r] = rel_diff(d1[r]["losses"], d2[r]["losses"])
+            print(f"      DDP vs DDP (run-to-run) losses, rank {r}: worst relative difference {loss_spread[r]:.4f}")
     for pair, exact in (("g", False), ("m", False), ("l", False), ("r", False)):
         d, f = ranks(f"{pair}-ddp"), ranks(f"{pair}-fsdp")
         if d is None or f is None:
@@ -96,9 +115,10 @@ def main() -> int:
             # later passes see) depend on speed: counts only
             nv = f"; validation batches DDP {len(d[r]['val_losses'])}, FSDP {len(f[r]['val_losses'])}" \
                 if d[r]["val_losses"] or f[r]["val_losses"] else ""
+            tol = max(LOSS_REL_TOL, 2 * loss_spread.get(r, 0.0)) if pair == "g" else LOSS_REL_TOL
             check(f"{pair}: training losses FSDP vs DDP, rank {r}",
-                  len(d[r]["losses"]) == len(f[r]["losses"]) and lt <= LOSS_REL_TOL,
-                  f"{n} micro-batches, worst relative difference {lt:.4f}{nv}")
+                  len(d[r]["losses"]) == len(f[r]["losses"]) and lt <= tol,
+                  f"{n} micro-batches, worst relative difference {lt:.4f} (tolerance {tol:.4f}){nv}")
         for name, runs in ((f"{pair}-ddp", d), (f"{pair}-fsdp", f)):
             x = runs[0]
             if x.get("gradient_checkpointing") and "decoder_layer_calls" in x:
