@@ -269,8 +269,12 @@ pub struct ScriptChoice {
     pub run: ScriptRun,
     /// Optional planner flags (`use_fsdp`, `gradient_checkpointing`) the command may pass.
     pub accepts: Vec<String>,
+    /// Of those, the ones the script takes itself (without the addition).
+    pub own: Vec<String>,
     /// True when nobody was asked (no script here): `accepts` is the profile's assumption.
     pub assumed: bool,
+    /// `script.fsdp_addition: on`: the addition runs whatever the plan.
+    pub forced: bool,
     /// One sentence: which script runs and why.
     pub why: String,
 }
@@ -308,7 +312,9 @@ pub fn choose(
         return Ok(ScriptChoice {
             run,
             accepts: wanted.to_vec(),
+            own: wanted.to_vec(),
             assumed: true,
+            forced: setting == FsdpAddition::On,
             why: format!(
                 "{script} is not here to ask: assumed it runs{via} with {} (the profile's script.accepts); \
                  run `plan` in the checkout (or set OPENVLA_OFT_DIR) to check",
@@ -329,7 +335,9 @@ pub fn choose(
     let bare = |why: String| ScriptChoice {
         run: ScriptRun::Script,
         accepts: own.clone(),
+        own: own.clone(),
         assumed: false,
+        forced: false,
         why,
     };
     let has_fsdp = has.accepts("use_fsdp");
@@ -343,7 +351,9 @@ pub fn choose(
             .filter(|f| has.accepts(f) || ADDITION_FLAGS.contains(&f.as_str()))
             .cloned()
             .collect(),
+        own: own.clone(),
         assumed: false,
+        forced: setting == FsdpAddition::On,
         why,
     };
     match setting {
@@ -388,9 +398,43 @@ pub fn choose(
             flag_list(&lacking)
         ))),
         FsdpAddition::Auto => Ok(with_addition(format!(
-            "runs {ADDITION} around {script}: the script lacks {} (script.fsdp_addition: auto)",
+            "runs {ADDITION} around {script} for plans that use {}, which the script lacks \
+             (script.fsdp_addition: auto); other plans run the script itself",
             flag_list(&lacking)
         ))),
+    }
+}
+
+/// The choice for one plan. With `auto`, the addition runs only when the plan sets a flag to
+/// True that the script lacks (FSDP, or checkpointing); a plan that needs neither runs the
+/// script itself, exactly as upstream, without the optional flags it lacks.
+pub fn for_plan(
+    choice: &ScriptChoice,
+    fsdp: bool,
+    checkpointing: bool,
+    script: &str,
+) -> ScriptChoice {
+    let ScriptRun::Addition { .. } = choice.run else {
+        return choice.clone();
+    };
+    let needs: Vec<&str> = [
+        (fsdp, "use_fsdp"),
+        (checkpointing, "gradient_checkpointing"),
+    ]
+    .into_iter()
+    .filter(|&(on, f)| on && !choice.own.iter().any(|o| o == f))
+    .map(|(_, f)| f)
+    .collect();
+    if choice.forced || !needs.is_empty() {
+        return choice.clone();
+    }
+    ScriptChoice {
+        run: ScriptRun::Script,
+        accepts: choice.own.clone(),
+        why: format!(
+            "runs {script} itself: this plan needs no flag it lacks ({ADDITION} would run for one with FSDP or checkpointing)"
+        ),
+        ..choice.clone()
     }
 }
 

@@ -117,7 +117,6 @@ pub(super) struct Planned {
     pub extra: Vec<String>,
     pub vram_cap: Option<u64>,
     pub alloc_conf: command::AllocConf,
-    pub accepts: Vec<String>,
     /// Which script runs (the profile's, or the FSDP addition around it) and why.
     pub script_choice: ScriptChoice,
     pub host_ram_bytes: Option<u64>,
@@ -135,8 +134,16 @@ impl Planned {
             self.policy.min_global_batch,
             explain,
         );
-        text.push_str(&format!("Script: {}\n", self.script_choice.why));
+        text.push_str(&format!("Script: {}\n", self.script_for_plan().why));
         text
+    }
+
+    /// Which script this plan runs (the addition only when the plan needs a flag the script lacks).
+    pub(super) fn script_for_plan(&self) -> ScriptChoice {
+        let (fsdp, ckpt) = self.plan.chosen.as_ref().map_or((false, false), |c| {
+            (c.strategy == Strategy::Fsdp, c.gradient_checkpointing)
+        });
+        script_choice::for_plan(&self.script_choice, fsdp, ckpt, &self.resolved.script.value)
     }
 
     /// The planner's input again (for a re-plan after a failure).
@@ -267,7 +274,6 @@ pub(super) fn resolve_plan(
         extra: extra.to_vec(),
         vram_cap,
         alloc_conf,
-        accepts,
         script_choice,
         host_ram_bytes,
         store,

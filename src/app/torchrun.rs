@@ -23,7 +23,8 @@ pub(super) fn planner_flags(ctx: &Planned) -> Vec<(String, String)> {
         c.grad_accumulation_steps.to_string(),
     ));
     // Only flags the script takes: upstream finetune.py rejects unknown flags at start.
-    if ctx.accepts.iter().any(|a| a == "use_fsdp") {
+    let accepts = ctx.script_for_plan().accepts;
+    if accepts.iter().any(|a| a == "use_fsdp") {
         let v = if c.strategy == Strategy::Fsdp {
             "True"
         } else {
@@ -31,7 +32,7 @@ pub(super) fn planner_flags(ctx: &Planned) -> Vec<(String, String)> {
         };
         flags.push(("--use_fsdp".into(), v.into()));
     }
-    if ctx.accepts.iter().any(|a| a == "gradient_checkpointing") {
+    if accepts.iter().any(|a| a == "gradient_checkpointing") {
         let v = if c.gradient_checkpointing {
             "True"
         } else {
@@ -69,7 +70,7 @@ pub(super) fn command_for(
         .iter()
         .map(|(k, e)| (k.clone(), e.value.clone()))
         .collect();
-    let script = match &ctx.script_choice.run {
+    let script = match &ctx.script_for_plan().run {
         ScriptRun::Script => PathBuf::from(&r.script.value),
         ScriptRun::Addition { addition } => {
             // The addition imports the profile's script, named by its absolute path.
@@ -166,7 +167,7 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         gpus: ctx.gpus.clone(),
         topology: Some(ctx.topology.clone()),
         pins: Some(ctx.pins.clone()),
-        script_accepts: ctx.accepts.clone(),
+        script_accepts: ctx.script_for_plan().accepts,
         script_run: Some(script_run_info(ctx)),
         command: command.map(argv_of),
         env: command.map(|cmd| {
@@ -198,7 +199,7 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
 
 /// The plan record's `script_run`.
 pub(super) fn script_run_info(ctx: &Planned) -> ScriptRunInfo {
-    let c = &ctx.script_choice;
+    let c = &ctx.script_for_plan();
     // As the command names them: the script relative to the working directory.
     let script = PathBuf::from(&ctx.resolved.script.value);
     let (runs, addition) = match &c.run {

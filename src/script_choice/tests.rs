@@ -261,7 +261,8 @@ fn auto_runs_the_addition_only_when_the_script_lacks_a_wanted_flag() {
     assert_eq!(c.accepts, both());
     assert!(!c.assumed);
     assert!(
-        c.why.contains("lacks --use_fsdp, --gradient_checkpointing"),
+        c.why
+            .contains("--use_fsdp, --gradient_checkpointing, which the script lacks"),
         "{}",
         c.why
     );
@@ -377,4 +378,51 @@ fn without_the_script_the_flags_are_assumed_and_said_so() {
         "{}",
         c.why
     );
+}
+
+#[test]
+fn the_addition_runs_only_for_plans_that_need_a_missing_flag() {
+    let addition = Path::new("/a/finetune_fsdp.py");
+    let upstream = caps(&["batch_size"]);
+    let auto = choose(
+        FsdpAddition::Auto,
+        &both(),
+        Some(&upstream),
+        Some(addition),
+        "f.py",
+    )
+    .unwrap();
+    let ddp = for_plan(&auto, false, false, "f.py");
+    assert_eq!(ddp.run, ScriptRun::Script);
+    assert!(ddp.accepts.is_empty(), "{:?}", ddp.accepts);
+    assert!(ddp.why.contains("itself"), "{}", ddp.why);
+    for (fsdp, ckpt) in [(true, false), (false, true), (true, true)] {
+        assert_eq!(for_plan(&auto, fsdp, ckpt, "f.py"), auto);
+    }
+    // A script with checkpointing but no FSDP: a DDP plan with checkpointing needs no addition.
+    let ckpt_only = caps(&["gradient_checkpointing"]);
+    let c = choose(
+        FsdpAddition::Auto,
+        &both(),
+        Some(&ckpt_only),
+        Some(addition),
+        "f.py",
+    )
+    .unwrap();
+    assert_eq!(for_plan(&c, false, true, "f.py").run, ScriptRun::Script);
+    assert_eq!(
+        for_plan(&c, false, true, "f.py").accepts,
+        vec!["gradient_checkpointing".to_string()]
+    );
+    assert_eq!(for_plan(&c, true, true, "f.py"), c);
+    // `on`: always.
+    let on = choose(
+        FsdpAddition::On,
+        &both(),
+        Some(&upstream),
+        Some(addition),
+        "f.py",
+    )
+    .unwrap();
+    assert_eq!(for_plan(&on, false, false, "f.py"), on);
 }

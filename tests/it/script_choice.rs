@@ -338,7 +338,7 @@ fn a_launch_runs_the_addition_with_the_script_in_its_environment() {
     let upstream = checkout("openvla-oft-upstream");
     let record = dir.path().join("record.json");
     let o = run(bin(dir.path(), &upstream, &data)
-        .args(["--profile", "aloha", "--gpus", "2xh100", "--torchrun"])
+        .args(["--profile", "aloha", "--gpus", "4xrtx4090", "--torchrun"])
         .arg(fake_torchrun())
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
@@ -368,7 +368,7 @@ fn doctor_reports_which_script_runs() {
     assert!(
         o.stdout.contains("runs scripts/finetune_fsdp.py around")
             && o.stdout
-                .contains("lacks --use_fsdp, --gradient_checkpointing"),
+                .contains("--use_fsdp, --gradient_checkpointing, which the script lacks"),
         "{}",
         o.stdout
     );
@@ -469,5 +469,50 @@ fn calibrate_in_a_checkout_runs_the_real_code_probe() {
         o.stdout.contains("vla-scripts/finetune.py") && !o.stdout.contains("real_probe"),
         "{}",
         o.stdout
+    );
+}
+
+/// With `auto`, a plan that needs neither FSDP nor checkpointing (8 H100s: DDP, batch 2) runs upstream's
+/// script itself, exactly as upstream, without the flags it lacks; `on` runs the addition anyway.
+#[test]
+fn a_plan_that_needs_no_missing_flag_runs_the_script_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_addition(dir.path());
+    let upstream = checkout("openvla-oft-upstream");
+    let o = run(bin(dir.path(), &upstream, &data).args([
+        "--profile",
+        "aloha",
+        "--gpus",
+        "8xh100",
+        "--dry-run",
+    ]));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let line = torchrun_line(&o.stdout);
+    assert!(
+        line.contains("--nproc-per-node 8 vla-scripts/finetune.py"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("--use_fsdp") && !line.contains("VLA_FINETUNE_SCRIPT"),
+        "{line}"
+    );
+    assert!(
+        o.stderr.contains("runs vla-scripts/finetune.py itself"),
+        "{}",
+        o.stderr
+    );
+    let o = run(bin(dir.path(), &upstream, &data).args([
+        "--profile",
+        "aloha",
+        "--gpus",
+        "8xh100",
+        "--dry-run",
+        "--set",
+        "script.fsdp_addition=on",
+    ]));
+    let line = torchrun_line(&o.stdout);
+    assert!(
+        line.contains("finetune_fsdp.py") && line.contains("--use_fsdp False"),
+        "{line}"
     );
 }
