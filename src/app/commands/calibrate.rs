@@ -66,7 +66,13 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
              (upstream's own model and training step, random weights, synthetic batches: no weights \
              or data needed; DDP only)",
             probe.display(),
-            loaded.resolve(&env_var).workdir.value
+            {
+                let dir = std::path::PathBuf::from(loaded.resolve(&env_var).workdir.value);
+                std::path::absolute(&dir)
+                    .unwrap_or(dir)
+                    .display()
+                    .to_string()
+            }
         );
         launch.planning.sets.extend(sets);
     }
