@@ -22,4 +22,5 @@ pub mod plan;
 pub mod profile;
 pub mod record;
 mod script_caps;
+mod script_choice;
 pub mod units;

@@ -16,6 +16,7 @@ use crate::model;
 use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
 use crate::profile::{self, Loaded, Resolved};
 use crate::script_caps;
+use crate::script_choice::{self, ScriptChoice};
 use crate::units::{GIB, fmt_gib};
 
 pub(super) fn env_var(name: &str) -> Option<String> {
@@ -116,7 +117,8 @@ pub(super) struct Planned {
     pub extra: Vec<String>,
     pub vram_cap: Option<u64>,
     pub alloc_conf: command::AllocConf,
-    pub accepts: Vec<String>,
+    /// Which script runs (the profile's, or the FSDP addition around it) and why.
+    pub script_choice: ScriptChoice,
     pub host_ram_bytes: Option<u64>,
     /// Corrections learned from earlier runs; empty when none or unreadable.
     pub store: Store,
@@ -125,13 +127,23 @@ pub(super) struct Planned {
 impl Planned {
     /// The plan for a terminal (`--explain` adds the budget table and the bars).
     pub(super) fn render(&self, explain: bool) -> String {
-        explain::render_plan(
+        let mut text = explain::render_plan(
             &self.loaded.name,
             &self.plan,
             &self.gpus,
             self.policy.min_global_batch,
             explain,
-        )
+        );
+        text.push_str(&format!("Script: {}\n", self.script_for_plan().why));
+        text
+    }
+
+    /// Which script this plan runs (the addition only when the plan needs a flag the script lacks).
+    pub(super) fn script_for_plan(&self) -> ScriptChoice {
+        let (fsdp, ckpt) = self.plan.chosen.as_ref().map_or((false, false), |c| {
+            (c.strategy == Strategy::Fsdp, c.gradient_checkpointing)
+        });
+        script_choice::for_plan(&self.script_choice, fsdp, ckpt, &self.resolved.script.value)
     }
 
     /// The planner's input again (for a re-plan after a failure).
@@ -193,12 +205,9 @@ pub(super) fn resolve_plan(
 ) -> Result<Planned> {
     let loaded = load_profile(args.profile.as_deref(), &args.sets)?;
     let resolved = loaded.resolve(&env_var);
-    // A real launch first asks the script which planner flags it really takes.
-    let accepts_override = if ask_script {
-        confirm_script_flags(&loaded, &resolved)?
-    } else {
-        None
-    };
+    // Every command asks the script which planner flags it really takes (cached), or says what
+    // it assumed; a real launch needs the script.
+    let script_choice = choose_script(&loaded, &resolved, ask_script)?;
     let (gpus, mut warnings) = gpus_for(args)?;
     let topology = match cluster::topology_from_env(
         &env_var,
@@ -233,7 +242,7 @@ pub(super) fn resolve_plan(
     let profile_env: Vec<(String, String)> =
         p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let alloc_conf = command::effective_alloc_conf(&profile_env, &inherited);
-    let accepts = accepts_override.unwrap_or_else(|| p.script.accepts.clone());
+    let accepts = script_choice.accepts.clone();
     let policy = Policy {
         min_global_batch: args.global_batch.unwrap_or(p.planning.min_global_batch),
         exact_global_batch: args.global_batch.is_some(),
@@ -265,7 +274,7 @@ pub(super) fn resolve_plan(
         extra: extra.to_vec(),
         vram_cap,
         alloc_conf,
-        accepts,
+        script_choice,
         host_ram_bytes,
         store,
     };
@@ -286,42 +295,69 @@ pub(super) fn missing_script(loaded: &Loaded, resolved: &Resolved) -> Option<Str
     })
 }
 
-fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Option<Vec<String>>> {
+/// The script's path as the launch runs it (workdir joined).
+pub(super) fn script_path(resolved: &Resolved) -> PathBuf {
+    PathBuf::from(&resolved.workdir.value).join(&resolved.script.value)
+}
+
+/// Which script runs and which optional planner flags it takes: asks the script (`--help`, else
+/// its source; cached in the user cache dir), then [`script_choice::choose`]. Without the script
+/// (planning away from the checkout) the profile's `script.accepts` is assumed and said so;
+/// `need_script` (a real launch) refuses that.
+pub(super) fn choose_script(
+    loaded: &Loaded,
+    resolved: &Resolved,
+    need_script: bool,
+) -> Result<ScriptChoice> {
     let p = &loaded.profile;
     let workdir = PathBuf::from(&resolved.workdir.value);
-    let script = workdir.join(&resolved.script.value);
-    if let Some(message) = missing_script(loaded, resolved) {
-        return Err(AppError::environment(message));
+    let script = script_path(resolved);
+    let missing = missing_script(loaded, resolved);
+    if let (true, Some(message)) = (need_script, &missing) {
+        return Err(AppError::environment(message.clone()));
     }
-    let python = PathBuf::from(&resolved.python.value);
-    match script_caps::probe(
-        &python,
-        &script,
-        &workdir,
-        script_caps::DEFAULT_PROBE_TIMEOUT,
-    ) {
-        Ok(caps) => {
-            let mut accepted = Vec::new();
-            for flag in &p.script.accepts {
-                if caps.flags.contains(flag.as_str()) {
-                    accepted.push(flag.clone());
-                } else {
+    let answer = if missing.is_some() {
+        None
+    } else {
+        let python = PathBuf::from(&resolved.python.value);
+        let cache = store_path().and_then(|p| Some(p.parent()?.join(script_choice::CACHE_FILE)));
+        match script_choice::script_flags(
+            &script_caps::SystemRunner,
+            &python,
+            &script,
+            &workdir,
+            script_caps::DEFAULT_PROBE_TIMEOUT,
+            cache.as_deref(),
+        ) {
+            Ok(a) => {
+                if let Some(e) = &a.help_error {
                     warn!(
-                        "{} does not take --{flag} (its --help does not list it): planning without it",
+                        "{e}\nread {}'s flags from its source instead (its dataclass fields)",
                         script.display()
                     );
                 }
+                Some(a.caps)
             }
-            Ok(Some(accepted))
+            Err(e) => {
+                warn!(
+                    "could not ask {} for its flags ({e}); assuming the profile's script.accepts",
+                    script.display()
+                );
+                None
+            }
         }
-        Err(e) => {
-            warn!(
-                "could not ask {} for its flags ({e}); trusting the profile's script.accepts",
-                script.display()
-            );
-            Ok(None)
-        }
-    }
+    };
+    let addition =
+        script_choice::installed(&crate::install::vla_launch_dir(), script_choice::ADDITION);
+    let choice = script_choice::choose(
+        p.script.fsdp_addition,
+        &p.script.accepts,
+        answer.as_ref(),
+        addition.as_deref(),
+        &resolved.script.value,
+    )
+    .map_err(AppError::usage)?;
+    Ok(choice)
 }
 
 pub(super) fn warn_missing(missing: &[(String, String)]) {

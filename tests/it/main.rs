@@ -11,6 +11,7 @@ mod supervisor_support;
 
 mod budget;
 mod budget_calibration;
+mod budget_real;
 mod calibration;
 mod cli;
 mod cluster;
@@ -31,6 +32,7 @@ mod planner;
 mod resume;
 mod retry;
 mod run_names;
+mod script_choice;
 mod slurm;
 mod speed;
 mod supervisor;

@@ -35,7 +35,10 @@ fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Command {
         .env_remove("NNODES")
         .env_remove("NODE_RANK")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
-        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env(
+            "VLA_LAUNCH_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
+        )
         .env("OPENVLA_OFT_DIR", root.join("tests/fixtures/openvla-oft"))
         .env("VLA_DATA_ROOT", "/data")
         .env("VLA_RUN_ROOT", dir)
