@@ -217,7 +217,7 @@ pub enum RecordError {
 
 /// Reads a record from a file.
 pub fn load(path: &Path) -> Result<PlanRecord, RecordError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RecordError::Read {
+    let text = crate::input::read_text(path).map_err(|source| RecordError::Read {
         path: path.to_path_buf(),
         source,
     })?;

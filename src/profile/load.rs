@@ -73,7 +73,7 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
 }
 
 fn load_file(path: &Path, display: &str) -> Result<Loaded, ProfileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+    let text = crate::input::read_text(path).map_err(|source| ProfileError::Read {
         path: display.to_string(),
         source,
     })?;
@@ -95,6 +95,16 @@ pub fn parse(text: &str, file: &str) -> Result<Profile, ProfileError> {
         return Err(ProfileError::invalid(
             file,
             "the profile is empty; it needs at least `script:` and `train:` (see launch-profiles/aloha.yaml)",
+        ));
+    }
+    // The YAML parser slows down faster than linearly with nesting: bound it first.
+    if let Some((line, depth)) = crate::input::yaml_too_deep(text, crate::input::MAX_YAML_DEPTH) {
+        return Err(ProfileError::invalid(
+            format!("{file}:{line}"),
+            format!(
+                "nested {depth} levels deep or more (a profile nests 3; at most {} are read); this is not a launch profile",
+                crate::input::MAX_YAML_DEPTH
+            ),
         ));
     }
     let profile: Profile = serde_yaml::from_str(text).map_err(|e| {

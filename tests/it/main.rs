@@ -18,6 +18,7 @@ mod diagnosis;
 mod gpu_discovery;
 mod gpu_nvml;
 mod gpu_parsing;
+mod hostile_input;
 mod layers;
 mod noloss;
 mod noloss_command;
