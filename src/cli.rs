@@ -87,7 +87,10 @@ Examples:
   vla-launch calibrate --profile aloha --reset          forget it
 ")]
     Calibrate(Box<CalibrateArgs>),
-    /// Run a recorded launch again, exactly (the plan-*.json a launch leaves in its log directory).
+    /// Run a recorded launch again (the plan-*.json a launch leaves in its log directory): shows
+    /// the command, and runs it only if its program, variables and directory are what the
+    /// record's profile launches (else --trust-record). Masked secret flags come from the
+    /// environment (`--hf_token` from HF_TOKEN).
     #[command(after_help = "Example:\n  vla-launch replay runs/vla-launch/plan-1764230400.json\n")]
     Replay {
         /// The run record.
@@ -96,6 +99,16 @@ Examples:
         #[arg(long, value_name = "SECONDS", default_value_t = 40,
           value_parser = clap::value_parser!(u64).range(0..=crate::launch::supervisor::MAX_GRACE_SECS))]
         grace: u64,
+        /// The torchrun the record may run, when the launch used --torchrun (default: the profile's).
+        #[arg(long, value_name = "PATH")]
+        torchrun: Option<PathBuf>,
+        /// The profile to check the record against (default: the one the record names).
+        #[arg(long, short = 'p')]
+        profile: Option<String>,
+        /// Run the record's program, variables and directory even where they are not what the
+        /// profile launches (a record you wrote or edited yourself).
+        #[arg(long)]
+        trust_record: bool,
     },
     /// Print a shell completion script.
     #[command(
@@ -170,6 +183,27 @@ pub struct PlanningArgs {
     /// Host RAM of this node for the checkpoint-time check (default: /proc/meminfo; e.g. 256GiB).
     #[arg(long, value_name = "SIZE")]
     pub host_ram: Option<String>,
+
+    /// Permissions of the run records and `plan -o` files written (octal; directories the
+    /// launcher creates get the matching x bits). Default 0600: records may name tokens' holders,
+    /// paths and hosts; 0640 shares them with the group.
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_record_mode)]
+    pub record_mode: u32,
+}
+
+/// `--record-mode`: octal, owner read and write, nothing executable or special.
+pub fn parse_record_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|_| digits.len() <= 4)
+        .ok_or_else(|| "not an octal file mode; write e.g. 0600 or 0640".to_string())?;
+    if mode & !0o666 != 0 || mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{mode:04o}: a record must be readable and writable by you and executable by no one; e.g. 0600 (private) or 0640 (group)"
+        ));
+    }
+    Ok(mode)
 }
 
 #[derive(Debug, Args)]

@@ -27,7 +27,7 @@ use crate::profile::Origin;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The value written in place of a secret environment variable.
-pub const REDACTED: &str = "***";
+pub const REDACTED: &str = crate::launch::command::MASK;
 
 /// docs/design.md's `plan --json` object, plus what a launch adds. The chosen configuration's fields
 /// are flat (`strategy`, `batch_size`, ...) and null when the plan chose nothing.
@@ -158,6 +158,9 @@ pub struct RunOutcome {
     pub observed_peak_total_minus_free_bytes: Option<Vec<Option<u64>>>,
     #[serde(default)]
     pub diagnosis: Option<RecordedDiagnosis>,
+    /// Why the run log is incomplete (a full disk, say), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_error: Option<String>,
 }
 
 /// The diagnosis of a failed run, as recorded.
@@ -213,6 +216,35 @@ pub enum RecordError {
         names: String,
         first: String,
     },
+}
+
+/// Writes a record (or a `plan -o` file) created with `mode` (`--record-mode`): a record names
+/// hosts, paths and the command, and run directories are often shared.
+pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// Creates `dir` and its missing parents with the directory mode matching a record `mode`
+/// (0600 -> 0700, 0640 -> 0750); directories that exist already are left as they are.
+pub fn create_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(dir_mode(mode))
+        .create(dir)
+}
+
+/// A file mode's directory counterpart: x wherever r is.
+pub fn dir_mode(file_mode: u32) -> u32 {
+    file_mode | ((file_mode & 0o444) >> 2)
 }
 
 /// Reads a record from a file.

@@ -22,7 +22,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Gpus { json }) => gpus::cmd_gpus(json),
         Some(Command::Profiles) => profiles::cmd_profiles(),
         Some(Command::Doctor { profile, sets }) => doctor::cmd_doctor(&profile, &sets),
-        Some(Command::Replay { record, grace }) => replay::cmd_replay(&record, grace),
+        Some(Command::Replay {
+            record,
+            grace,
+            torchrun,
+            profile,
+            trust_record,
+        }) => replay::cmd_replay(&replay::ReplayArgs {
+            record: &record,
+            grace,
+            torchrun: torchrun.as_deref(),
+            profile: profile.as_deref(),
+            trust: trust_record,
+        }),
         Some(Command::Calibrate(args)) => calibrate::cmd_calibrate(*args),
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -42,7 +42,7 @@ pub(super) fn launch_once(
     let ranks = ranks_filter(args, ctx, stamp_dir)?;
     let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
     profile::require_env(&missing, &ctx.loaded.origin)?;
-    std::fs::create_dir_all(log_dir).map_err(|e| {
+    record::create_dir(log_dir, args.planning.record_mode).map_err(|e| {
         AppError::environment(format!(
             "cannot create the log directory {}: {e}; pass --log-dir DIR",
             log_dir.display()
@@ -69,8 +69,12 @@ pub(super) fn launch_once(
         launcher_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         ..plan_record(ctx, Some(&cmd))
     };
-    std::fs::write(&plan_path, record.to_json_pretty())
-        .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
+    record::write_file(
+        &plan_path,
+        &record.to_json_pretty(),
+        args.planning.record_mode,
+    )
+    .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
     eprintln!("vla-launch: {}", command::display(&cmd));
     let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
     let uuids: Vec<String> = ctx
@@ -173,8 +177,13 @@ pub(super) fn launch_once(
             hint: d.hint.clone(),
             evidence: d.evidence.clone(),
         }),
+        log_error: outcome.log_error.clone(),
     });
-    if let Err(e) = std::fs::write(&plan_path, record.to_json_pretty()) {
+    if let Err(e) = record::write_file(
+        &plan_path,
+        &record.to_json_pretty(),
+        args.planning.record_mode,
+    ) {
         warn!(
             "cannot complete the run record {}: {e}",
             plan_path.display()

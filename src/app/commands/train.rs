@@ -144,6 +144,18 @@ pub(in crate::app) fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> 
             )));
         }
         Some(_) => {}
+        // A profile is code (its `script.python` runs for the --help probe, its torchrun for
+        // the launch): one named by path in a file is used only when the user names it too.
+        None if profile.contains('/')
+            || profile.ends_with(".yaml")
+            || profile.ends_with(".yml") =>
+        {
+            return Err(bad(format!(
+                "it names the profile file {}; pass --profile {} to use that file (after reading it), or --profile NAME",
+                crate::input::excerpt(&profile, 80),
+                command::shell_quote(&profile)
+            )));
+        }
         None => args.profile = Some(profile),
     }
     args.strategy = match v.strategy {
