@@ -267,15 +267,60 @@ pub fn parse(text: &str, path: &Path) -> Result<PlanRecord, RecordError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(parse_error)?;
+    let Some(object) = value.as_object() else {
+        return Err(RecordError::Parse {
+            path: path.to_path_buf(),
+            message: format!(
+                "it is not a JSON object but {}; a record is the object `plan -o` or a launch writes",
+                json_kind(&value)
+            ),
+        });
+    };
+    if !object.contains_key("feasible") && !object.contains_key("profile") {
+        return Err(RecordError::Parse {
+            path: path.to_path_buf(),
+            message: "it has no `feasible` and no `profile`: it is not a plan record".into(),
+        });
+    }
     // The version first: a newer format may not parse as this one at all.
-    let version: Version = serde_json::from_str(text).map_err(parse_error)?;
+    let version: Version = serde_json::from_value(value.clone()).map_err(parse_error)?;
     if version.format_version > FORMAT_VERSION {
         return Err(RecordError::TooNew {
             path: path.to_path_buf(),
             found: version.format_version,
         });
     }
-    serde_json::from_str(text).map_err(parse_error)
+    serde_json::from_value(value.clone()).map_err(|e| RecordError::Parse {
+        path: path.to_path_buf(),
+        message: match field_at_fault(object) {
+            Some(field) => format!("`{field}`: {e}"),
+            None => e.to_string(),
+        },
+    })
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The first top-level field that does not parse on its own (serde_json's message names the
+/// type, not the field): every field of a record has a default, so one field alone must parse.
+fn field_at_fault(object: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    object.iter().find_map(|(k, v)| {
+        let mut one = serde_json::Map::new();
+        one.insert(k.clone(), v.clone());
+        serde_json::from_value::<PlanRecord>(serde_json::Value::Object(one))
+            .is_err()
+            .then(|| crate::input::excerpt(k, 40).trim_matches('"').to_string())
+    })
 }
 
 impl PlanRecord {

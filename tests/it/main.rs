@@ -20,6 +20,7 @@ mod gpu_nvml;
 mod gpu_parsing;
 mod hostile_input;
 mod layers;
+mod messages;
 mod noloss;
 mod noloss_command;
 mod noloss_records;
