@@ -15,6 +15,12 @@ use crate::cli::{Cli, Command};
 use commands::{calibrate, doctor, gpus, plan, profiles, replay, train};
 use error::Result;
 
+/// `--plan-file PATH`: reads and checks the plan file and pins `args` to it (the launch form's
+/// first step; public for the generated-input tests).
+pub fn pin_to_plan_file(args: &mut crate::cli::PlanningArgs, path: &std::path::Path) -> Result<()> {
+    train::pin_to_plan_file(args, path)
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {

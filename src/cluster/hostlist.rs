@@ -10,6 +10,10 @@ use super::error::ClusterError;
 /// Refuse absurd expansions (a typo like `n[1-99999999]`) instead of allocating forever.
 pub const MAX_HOSTS: usize = 65_536;
 
+/// The longest host name accepted (DNS allows 253): 65,536 hosts of 5,000-character names
+/// would take seconds and hundreds of MB to expand.
+pub const MAX_HOST_NAME: usize = 255;
+
 /// Expand a Slurm hostlist into host names, in the order Slurm lists them.
 pub fn parse_hostlist(list: &str) -> Result<Vec<String>, ClusterError> {
     let err = |why: String| ClusterError::Hostlist {
@@ -62,6 +66,14 @@ fn split_top_level(list: &str) -> Result<Vec<&str>, String> {
 fn expand_entry(entry: &str, out: &mut Vec<String>) -> Result<(), String> {
     // Prefixes built so far; each bracket group multiplies them.
     let mut partial = vec![String::new()];
+    // The longest name among `partial` (checked before each expansion multiplies them).
+    let mut longest = 0usize;
+    let too_long = || {
+        format!(
+            "{} would give host names longer than {MAX_HOST_NAME} characters",
+            crate::input::excerpt(entry, 40)
+        )
+    };
     let mut rest = entry;
     while let Some(open) = rest.find('[') {
         let close = rest[open..].find(']').map(|c| open + c).ok_or_else(|| {
@@ -72,6 +84,10 @@ fn expand_entry(entry: &str, out: &mut Vec<String>) -> Result<(), String> {
         })?;
         let literal = &rest[..open];
         let values = expand_ranges(&rest[open + 1..close], entry)?;
+        longest += literal.len() + values.iter().map(String::len).max().unwrap_or(0);
+        if longest > MAX_HOST_NAME {
+            return Err(too_long());
+        }
         if partial.len().saturating_mul(values.len()) > MAX_HOSTS {
             return Err(format!(
                 "{entry_x} expands to more than {MAX_HOSTS} hosts",
@@ -89,6 +105,9 @@ fn expand_entry(entry: &str, out: &mut Vec<String>) -> Result<(), String> {
             "{entry_x} has no host name",
             entry_x = crate::input::excerpt(entry, 40)
         ));
+    }
+    if longest + rest.len() > MAX_HOST_NAME {
+        return Err(too_long());
     }
     out.extend(partial.into_iter().map(|p| format!("{p}{rest}")));
     Ok(())

@@ -121,3 +121,39 @@ fn a_hundred_thousand_env_entries_build_in_linear_time() {
         "99999"
     );
 }
+
+/// Found by tests/it/generated_inputs.rs: a record's budget terms are input, and their sum
+/// overflowed (a panic in `replay`/calibration, a wrong figure in release).
+#[test]
+fn a_record_with_huge_budget_terms_does_not_overflow() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/records/main-f32ef0c-run-plan-1795850263.json"),
+    )
+    .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for term in ["activations", "gradients", "weights"] {
+        v["budget"][term] = u64::MAX.into();
+    }
+    let path = Path::new("/r/plan-1795850263.json");
+    let rec = record::parse(&v.to_string(), path).unwrap();
+    assert_eq!(rec.model_peak(), Some(u64::MAX));
+    let b = rec.budget.as_ref().unwrap();
+    assert!(b.allocated() <= b.peak());
+    let _ = record::observations(&rec, path, vla_launch::calibration::Source::Run);
+}
+
+/// Found by tests/it/generated_inputs.rs: 65,536 hosts of 5,000-character names took seconds
+/// and 300 MB; a host name is at most 255 characters (DNS: 253).
+#[test]
+fn a_hostlist_of_absurdly_long_names_is_refused_quickly() {
+    let list = format!("{}[00001-65536]", "a".repeat(5000));
+    let e = within(Duration::from_secs(2), move || {
+        vla_launch::cluster::parse_hostlist(&list)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(e.contains("255") && e.len() < 400, "{e}");
+    let ok = vla_launch::cluster::parse_hostlist("gpu[01-04],login1").unwrap();
+    assert_eq!(ok.len(), 5);
+}

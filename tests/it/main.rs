@@ -15,6 +15,7 @@ mod calibration;
 mod cli;
 mod cluster;
 mod diagnosis;
+mod generated_inputs;
 mod gpu_discovery;
 mod gpu_nvml;
 mod gpu_parsing;
