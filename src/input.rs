@@ -133,6 +133,22 @@ pub fn excerpt(s: &str, max: usize) -> String {
     }
 }
 
+/// `text` with every line longer than `max` characters cut to `max` and the length said: for
+/// messages built by code this crate does not own (clap's echo the offending argument whole).
+pub fn bound_lines(text: &str, max: usize) -> String {
+    text.split_inclusive('\n')
+        .map(|line| {
+            let body = line.trim_end_matches('\n');
+            if body.chars().count() <= max {
+                return line.to_string();
+            }
+            let head: String = body.chars().take(max).collect();
+            let nl = if line.ends_with('\n') { "\n" } else { "" };
+            format!("{head}... ({} bytes){nl}", body.len())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +161,17 @@ mod tests {
         assert_eq!(yaml_too_deep("a: 1 # [[[[[[\n", 3), None);
         assert_eq!(yaml_too_deep("a:\n b:\n  c:\n   d: 1\n", 3), Some((4, 4)));
         assert_eq!(yaml_too_deep("a:\n b:\n  c: 1\nd:\n e: 2\n", 3), None);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_short_ones_kept() {
+        let text = format!("error: '{}'\n\nUsage: x\n", "a".repeat(1000));
+        let b = bound_lines(&text, 100);
+        assert!(
+            b.len() < 200 && b.contains("(1009 bytes)\n\nUsage: x\n"),
+            "{b}"
+        );
+        assert_eq!(bound_lines("a\nb", 10), "a\nb");
     }
 
     #[test]

@@ -244,7 +244,9 @@ pub(super) fn ranks_filter<'a>(
             Ok(r) if r < nproc => {}
             _ => {
                 return Err(AppError::usage(format!(
-                    "--ranks {ranks}: '{part}' is not a local rank of this plan (0 to {})",
+                    "--ranks {}: {} is not a local rank of this plan (0 to {})",
+                    crate::input::excerpt(ranks, 40),
+                    crate::input::excerpt(part, 20),
                     nproc - 1
                 )));
             }
@@ -261,7 +263,8 @@ pub(super) fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> 
         Some(p) => match p.parse::<u16>() {
             Ok(port) if port > 0 => Ok(Some(Some(port))),
             _ => Err(AppError::usage(format!(
-                "--peer-watch-port {p}: not a port number (1-65535) or \"off\""
+                "--peer-watch-port {}: not a port number (1-65535) or \"off\"",
+                crate::input::excerpt(p, 20)
             ))),
         },
     }

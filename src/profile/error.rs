@@ -3,7 +3,8 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
-        "profile '{name}' not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file"
+        "profile {} not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file",
+        crate::input::excerpt(name, 60)
     )]
     NotFound { name: String, searched: String },
     #[error("{path}: is a directory, not a profile; pass a .yaml file such as {path}/aloha.yaml")]
@@ -15,7 +16,7 @@ pub enum ProfileError {
     },
     #[error("{place}: {message}")]
     Invalid { place: String, message: String },
-    #[error("--set {arg}: {message}")]
+    #[error("--set {}: {message}", crate::input::excerpt(arg, 60))]
     BadOverride { arg: String, message: String },
     #[error(
         "{place}: environment variable{s} {vars} not set; export {example} (or `--set {key}=VALUE`) before launching",

@@ -38,6 +38,17 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
         }
         return load_file(as_path, name_or_path);
     }
+    // No file name is longer than 255 bytes (NAME_MAX): say so rather than list paths built
+    // from it.
+    if name_or_path.len() > 250 {
+        return Err(ProfileError::NotFound {
+            name: name_or_path.to_string(),
+            searched: format!(
+                "nothing (a name of {} bytes cannot be a file name)",
+                name_or_path.len()
+            ),
+        });
+    }
     let mut searched = Vec::new();
     let mut dirs = vec![PathBuf::from("launch-profiles")];
     if let Some(dir) = config_dir {

@@ -275,3 +275,118 @@ fn errors_quote_at_most_a_short_excerpt_of_the_input() {
     .to_string();
     assert!(e.len() < 400, "{} bytes: {}", e.len(), &e[..200]);
 }
+
+/// No error echoes a 10,000-character argument whole, whichever flag it was given to.
+#[test]
+fn no_error_echoes_a_long_argument_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "z".repeat(10_000);
+    let long_digits = "9".repeat(10_000);
+    let cases: Vec<Vec<String>> = vec![
+        vec!["plan".into(), "-p".into(), long.clone()],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--set".into(),
+            long.clone(),
+        ],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--set".into(),
+            format!("train.{long}=1"),
+        ],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--set".into(),
+            format!("train.lora_rank={long}"),
+        ],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            long.clone(),
+        ],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            "1xh100".into(),
+            "--vram-cap".into(),
+            long.clone(),
+        ],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            "1xh100".into(),
+            "--host-ram".into(),
+            long.clone(),
+        ],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            "1xh100".into(),
+            "--batch-size".into(),
+            long_digits.clone(),
+        ],
+        vec![
+            "plan".into(),
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            "1xh100".into(),
+            "--strategy".into(),
+            long.clone(),
+        ],
+        vec![
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            "1xh100".into(),
+            "--dry-run".into(),
+            "--ranks".into(),
+            long.clone(),
+        ],
+        vec![
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            "1xh100".into(),
+            "--dry-run".into(),
+            "--peer-watch-port".into(),
+            long.clone(),
+        ],
+        vec![
+            "-p".into(),
+            "aloha".into(),
+            "--gpus".into(),
+            "1xh100".into(),
+            "--dry-run".into(),
+            "--".into(),
+            format!("--batch_size={long}"),
+        ],
+        vec![long.clone()],
+    ];
+    let mut failures = Vec::new();
+    for args in cases {
+        let out = bin(dir.path()).args(&args).output().unwrap();
+        let e = err(&out);
+        let shown: Vec<String> = args.iter().map(|a| a.chars().take(30).collect()).collect();
+        assert_ne!(out.status.code(), Some(0), "{shown:?}");
+        // The plan may be printed before the error; no line may echo the argument whole.
+        if e.len() >= 3000 || e.lines().any(|l| l.len() > 400) {
+            failures.push(format!("{shown:?}: {} bytes: {}", e.len(), &e[..200]));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
