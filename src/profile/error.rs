@@ -9,11 +9,9 @@ pub enum ProfileError {
     NotFound { name: String, searched: String },
     #[error("{path}: is a directory, not a profile; pass a .yaml file such as {path}/aloha.yaml")]
     IsDirectory { path: String },
-    #[error("{path}: cannot read the profile: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// `cause` is said in the message, so it is not also the error's source (it was printed twice).
+    #[error("{path}: cannot read the profile: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{place}: {message}")]
     Invalid { place: String, message: String },
     #[error("--set {}: {message}", crate::input::excerpt(arg, 60))]

@@ -84,9 +84,9 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
 }
 
 fn load_file(path: &Path, display: &str) -> Result<Loaded, ProfileError> {
-    let text = crate::input::read_text(path).map_err(|source| ProfileError::Read {
+    let text = crate::input::read_text(path).map_err(|cause| ProfileError::Read {
         path: display.to_string(),
-        source,
+        cause,
     })?;
     let profile = parse(&text, display)?;
     let name = path

@@ -390,3 +390,23 @@ fn no_error_echoes_a_long_argument_whole() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The reason a profile cannot be read is said once (it was printed twice: the error and its
+/// source).
+#[test]
+fn an_unreadable_profile_is_explained_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, reason) in [
+        ("/dev/zero", "character device"),
+        ("./no/such.yaml", "No such file"),
+    ] {
+        let out = bin(dir.path())
+            .args(["plan", "--gpus", "1xh100", "-p", path])
+            .output()
+            .unwrap();
+        let e = err(&out);
+        assert_eq!(out.status.code(), Some(2), "{e}");
+        assert_eq!(e.matches(reason).count(), 1, "{e}");
+        assert!(e.contains(path), "{e}");
+    }
+}
