@@ -149,6 +149,16 @@ pub fn bound_lines(text: &str, max: usize) -> String {
         .collect()
 }
 
+/// `s` as it is when short and printable, else [`excerpt`]: for messages that name a value
+/// the user typed, unchanged in the usual case.
+pub fn shown(s: &str, max: usize) -> String {
+    if s.chars().count() <= max && !s.chars().any(char::is_control) {
+        s.to_string()
+    } else {
+        excerpt(s, max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +182,13 @@ mod tests {
             "{b}"
         );
         assert_eq!(bound_lines("a\nb", 10), "a\nb");
+    }
+
+    #[test]
+    fn shown_keeps_short_values_and_cuts_long_ones() {
+        assert_eq!(shown("0,7", 40), "0,7");
+        assert_eq!(shown("a\x1b[2J", 40), "\"a\\u{1b}[2J\"");
+        assert!(shown(&"x".repeat(100), 40).contains("(100 bytes)"));
     }
 
     #[test]

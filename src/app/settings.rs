@@ -44,7 +44,7 @@ pub(super) fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded
 
 pub(super) fn parse_size(flag: &str, value: &str) -> Result<u64> {
     gpu::spec::parse_size(value, value).map_err(|_| {
-        AppError::usage(format!("{flag} {}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB", crate::input::excerpt(value, 40)),
+        AppError::usage(format!("{flag} {}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB", crate::input::shown(value, 40)),
         )
     })
 }

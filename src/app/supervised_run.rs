@@ -244,9 +244,9 @@ pub(super) fn ranks_filter<'a>(
             Ok(r) if r < nproc => {}
             _ => {
                 return Err(AppError::usage(format!(
-                    "--ranks {}: {} is not a local rank of this plan (0 to {})",
-                    crate::input::excerpt(ranks, 40),
-                    crate::input::excerpt(part, 20),
+                    "--ranks {}: '{}' is not a local rank of this plan (0 to {})",
+                    crate::input::shown(ranks, 40),
+                    crate::input::shown(part, 20),
                     nproc - 1
                 )));
             }
@@ -264,7 +264,7 @@ pub(super) fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> 
             Ok(port) if port > 0 => Ok(Some(Some(port))),
             _ => Err(AppError::usage(format!(
                 "--peer-watch-port {}: not a port number (1-65535) or \"off\"",
-                crate::input::excerpt(p, 20)
+                crate::input::shown(p, 20)
             ))),
         },
     }

@@ -3,8 +3,8 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
-        "profile {} not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file",
-        crate::input::excerpt(name, 60)
+        "profile '{}' not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file",
+        crate::input::shown(name, 60)
     )]
     NotFound { name: String, searched: String },
     #[error("{path}: is a directory, not a profile; pass a .yaml file such as {path}/aloha.yaml")]
@@ -14,7 +14,7 @@ pub enum ProfileError {
     Read { path: String, cause: std::io::Error },
     #[error("{place}: {message}")]
     Invalid { place: String, message: String },
-    #[error("--set {}: {message}", crate::input::excerpt(arg, 60))]
+    #[error("--set {}: {message}", crate::input::shown(arg, 60))]
     BadOverride { arg: String, message: String },
     #[error(
         "{place}: environment variable{s} {vars} not set; export {example} (or `--set {key}=VALUE`) before launching",
