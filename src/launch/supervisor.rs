@@ -184,6 +184,19 @@ pub struct Outcome {
     pub terminal_dropped_bytes: u64,
     /// The first error writing the run log (the log is incomplete from there on).
     pub log_error: Option<String>,
+    /// Why SIGKILL was sent, when `force_killed`.
+    pub kill_reason: Option<KillReason>,
+}
+
+/// Why the launcher sent SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// torchrun outlived the grace period after the first stop signal.
+    GraceOver,
+    /// A second stop signal (this one) came: kill at once.
+    SecondStop(i32),
+    /// Processes left after torchrun exited ignored SIGTERM.
+    Leftovers,
 }
 
 impl Outcome {
@@ -235,7 +248,13 @@ pub fn summary_line(o: &Outcome) -> String {
         extra.push(format!("stopped by {}", signal_name(sig)));
     }
     if o.force_killed {
-        extra.push("grace period over, SIGKILL sent".to_string());
+        extra.push(match o.kill_reason {
+            Some(KillReason::SecondStop(sig)) => {
+                format!("second {}: SIGKILL sent at once", signal_name(sig))
+            }
+            Some(KillReason::Leftovers) => "leftovers ignored SIGTERM: SIGKILL sent".to_string(),
+            Some(KillReason::GraceOver) | None => "grace period over, SIGKILL sent".to_string(),
+        });
     }
     if o.leftover_processes > 0 {
         extra.push(format!(
@@ -375,6 +394,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let usr1_to_torchrun = declares_usr1(cmd);
     let mut interrupted_by: Option<i32> = None;
     let mut force_killed = false;
+    let mut kill_reason = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     let status = loop {
         let grace_over = async {
@@ -411,6 +431,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                     notes.note(format!("{sig} received again: killing the run now"));
                     kill_run(Some(pid), &marker);
                     force_killed = true;
+                    kill_reason = Some(KillReason::SecondStop(sig as i32));
                     deadline = None;
                 }
             },
@@ -419,6 +440,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                 tracing::warn!("torchrun did not stop within {:?}: killing the run", opts.grace);
                 kill_run(Some(pid), &marker);
                 force_killed = true;
+                kill_reason = Some(KillReason::GraceOver);
                 deadline = None;
             }
         }
@@ -433,6 +455,9 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     };
     let (leftover_processes, needed_kill) = end_leftovers(&marker, orphan_grace, &notes).await;
     force_killed |= needed_kill;
+    if needed_kill && kill_reason.is_none() {
+        kill_reason = Some(KillReason::Leftovers);
+    }
 
     // Pipes held open by processes we could not find must not keep us waiting forever.
     let drained = tokio::time::timeout(opts.leak_timeout, async {
@@ -459,6 +484,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         leftover_processes,
         terminal_dropped_bytes: dropped.load(Ordering::Relaxed),
         log_error: None,
+        kill_reason,
     };
     notes.note(summary_line(&outcome));
     drop(notes);
