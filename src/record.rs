@@ -218,8 +218,8 @@ pub enum RecordError {
     },
 }
 
-/// Writes a record (or a `plan -o` file) created with `mode` (`--record-mode`): a record names
-/// hosts, paths and the command, and run directories are often shared.
+/// Writes a record (or a `plan -o` file) with `mode` (`--record-mode`), whether it is created or
+/// was there: a record names hosts, paths and the command, and run directories are often shared.
 pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -229,6 +229,11 @@ pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
         .truncate(true)
         .mode(mode)
         .open(path)?;
+    // A file that existed keeps its mode through `open`: set it, before the content goes in
+    // (regular files only: `-o /dev/stdout` must not chmod the terminal).
+    if f.metadata()?.is_file() {
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    }
     f.write_all(text.as_bytes())
 }
 

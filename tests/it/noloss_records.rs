@@ -87,6 +87,18 @@ fn plan_json_and_plan_o_mask_secrets_by_name_and_value() {
     let written = std::fs::read_to_string(&out_file).unwrap();
     assert_no_secret("plan -o", &written);
     assert_eq!(mode(&out_file), 0o600);
+
+    // A file that was there already (0644) gets the mode asked for too.
+    let old = dir.path().join("old.json");
+    std::fs::write(&old, "{}").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bin(dir.path())
+        .args(["plan", "-p", "aloha", "--gpus", "1xh100", "-o"])
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(mode(&old), 0o600);
 }
 
 #[test]
