@@ -87,15 +87,28 @@ Examples:
   vla-launch calibrate --profile aloha --reset          forget it
 ")]
     Calibrate(Box<CalibrateArgs>),
-    /// Run a recorded launch again, exactly (the plan-*.json a launch leaves in its log directory).
+    /// Run a recorded launch again (the plan-*.json a launch leaves in its log directory): shows
+    /// the command, and runs it only if its program, variables and directory are what the
+    /// record's profile launches (else --trust-record). Masked secret flags come from the
+    /// environment (`--hf_token` from HF_TOKEN).
     #[command(after_help = "Example:\n  vla-launch replay runs/vla-launch/plan-1764230400.json\n")]
     Replay {
         /// The run record.
         record: PathBuf,
         /// Seconds to wait after forwarding SIGTERM before killing the whole process tree.
         #[arg(long, value_name = "SECONDS", default_value_t = 40,
-          value_parser = clap::value_parser!(u64).range(0..=crate::launch::supervisor::MAX_GRACE_SECS))]
+          allow_negative_numbers = true, value_parser = parse_grace)]
         grace: u64,
+        /// The torchrun the record may run, when the launch used --torchrun (default: the profile's).
+        #[arg(long, value_name = "PATH")]
+        torchrun: Option<PathBuf>,
+        /// The profile to check the record against (default: the one the record names).
+        #[arg(long, short = 'p')]
+        profile: Option<String>,
+        /// Run the record's program, variables and directory even where they are not what the
+        /// profile launches (a record you wrote or edited yourself).
+        #[arg(long)]
+        trust_record: bool,
     },
     /// Print a shell completion script.
     #[command(
@@ -119,7 +132,7 @@ pub struct PlanningArgs {
     pub gpus: Option<String>,
 
     /// Minimum global batch (batch x GPUs x nodes x accumulation); the profile's default is 16.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_global_batch)]
     pub global_batch: Option<u32>,
 
     /// Pin the strategy.
@@ -127,11 +140,11 @@ pub struct PlanningArgs {
     pub strategy: StrategyArg,
 
     /// Pin the per-GPU batch size.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_batch_size)]
     pub batch_size: Option<u32>,
 
     /// Pin the gradient accumulation steps.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_grad_accum)]
     pub grad_accum: Option<u32>,
 
     /// Pin gradient checkpointing.
@@ -139,7 +152,7 @@ pub struct PlanningArgs {
     pub checkpointing: Toggle,
 
     /// Pin the number of GPUs (processes) per node.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_nproc)]
     pub nproc: Option<u32>,
 
     /// Treat every GPU as holding at most SIZE (e.g. 24GiB); exported to the script as
@@ -148,11 +161,11 @@ pub struct PlanningArgs {
     pub vram_cap: Option<String>,
 
     /// Number of nodes (default: 1, or from Slurm / torchrun variables).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_nnodes)]
     pub nnodes: Option<u32>,
 
     /// This node's rank among the nodes (default: from Slurm / torchrun variables).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_node_rank)]
     pub node_rank: Option<u32>,
 
     /// Rendezvous endpoint host[:port] for several nodes (default: first host of the Slurm job).
@@ -170,6 +183,27 @@ pub struct PlanningArgs {
     /// Host RAM of this node for the checkpoint-time check (default: /proc/meminfo; e.g. 256GiB).
     #[arg(long, value_name = "SIZE")]
     pub host_ram: Option<String>,
+
+    /// Permissions of the run records and `plan -o` files written (octal; directories the
+    /// launcher creates get the matching x bits). Default 0600: records may name tokens' holders,
+    /// paths and hosts; 0640 shares them with the group.
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_record_mode)]
+    pub record_mode: u32,
+}
+
+/// `--record-mode`: octal, owner read and write, nothing executable or special.
+pub fn parse_record_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|_| digits.len() <= 4)
+        .ok_or_else(|| "not an octal file mode; write e.g. 0600 or 0640".to_string())?;
+    if mode & !0o666 != 0 || mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{mode:04o}: a record must be readable and writable by you and executable by no one; e.g. 0600 (private) or 0640 (group)"
+        ));
+    }
+    Ok(mode)
 }
 
 #[derive(Debug, Args)]
@@ -213,7 +247,7 @@ pub struct LaunchArgs {
 
     /// Seconds to wait after forwarding SIGTERM before killing the whole process tree.
     #[arg(long, value_name = "SECONDS", default_value_t = 40,
-          value_parser = clap::value_parser!(u64).range(0..=crate::launch::supervisor::MAX_GRACE_SECS))]
+          allow_negative_numbers = true, value_parser = parse_grace)]
     pub grace: u64,
 
     /// Show only these local ranks' output on the terminal, e.g. 0 or 0,1 (torchrun's
@@ -227,7 +261,7 @@ pub struct LaunchArgs {
 
     /// Say so when the run prints nothing and every GPU is idle for this many minutes (0: never).
     /// Longer than the silent, GPU-idle fill of the RLDS shuffle buffer at start.
-    #[arg(long, value_name = "MINUTES", default_value_t = 15)]
+    #[arg(long, value_name = "MINUTES", default_value_t = 15, allow_negative_numbers = true, value_parser = parse_minutes)]
     pub hang_minutes: u64,
 
     /// Several nodes: the launchers watch each other over this TCP port (node 0 listens) so that
@@ -238,7 +272,7 @@ pub struct LaunchArgs {
 
     /// After a CUDA out-of-memory, re-plan with the observed peak and relaunch at most N times
     /// (the global batch never changes).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = parse_retries)]
     pub oom_retries: u32,
 
     /// Launch a fully pinned configuration even though the plan says it does not fit (to see
@@ -265,7 +299,7 @@ pub struct CalibrateArgs {
     pub launch: LaunchArgs,
 
     /// Optimizer steps per probe run.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 8, allow_negative_numbers = true, value_parser = parse_steps)]
     pub steps: u32,
 
     /// Print what the store holds for this profile and exit.
@@ -291,4 +325,71 @@ pub enum Toggle {
     Auto,
     On,
     Off,
+}
+
+/// Largest values the numeric flags take: far beyond any real job, small enough that their
+/// product (the global batch: batch x GPUs x nodes x accumulation) cannot wrap.
+pub const MAX_BATCH_SIZE: u32 = 4096;
+pub const MAX_GRAD_ACCUM: u32 = 65_536;
+pub const MAX_NPROC: u32 = 1024;
+pub const MAX_NNODES: u32 = 4096;
+pub const MAX_GLOBAL_BATCH: u32 = 1 << 20;
+
+/// A whole number in `min..=max`, with a message that says what was wrong (a negative number,
+/// a fraction, too large) rather than clap's "unexpected argument '-1'".
+pub fn parse_whole(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    let t = s.trim();
+    let shown = crate::input::excerpt(t, 24);
+    if t.starts_with('-') && t[1..].bytes().all(|b| b.is_ascii_digit()) && t.len() > 1 {
+        return Err(format!(
+            "{shown} is negative; give a whole number from {min} to {max}"
+        ));
+    }
+    match t.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(format!(
+            "{shown} is out of range; give a whole number from {min} to {max}"
+        )),
+        Err(_) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
+            "{shown} is out of range; give a whole number from {min} to {max}"
+        )),
+        Err(_) => Err(format!(
+            "{shown} is not a whole number; give one from {min} to {max}"
+        )),
+    }
+}
+
+fn parse_u32(s: &str, min: u32, max: u32) -> Result<u32, String> {
+    parse_whole(s, min.into(), max.into()).map(|n| n as u32)
+}
+
+fn parse_batch_size(s: &str) -> Result<u32, String> {
+    parse_u32(s, 1, MAX_BATCH_SIZE)
+}
+fn parse_grad_accum(s: &str) -> Result<u32, String> {
+    parse_u32(s, 1, MAX_GRAD_ACCUM)
+}
+fn parse_nproc(s: &str) -> Result<u32, String> {
+    parse_u32(s, 1, MAX_NPROC)
+}
+fn parse_nnodes(s: &str) -> Result<u32, String> {
+    parse_u32(s, 1, MAX_NNODES)
+}
+fn parse_node_rank(s: &str) -> Result<u32, String> {
+    parse_u32(s, 0, MAX_NNODES - 1)
+}
+fn parse_global_batch(s: &str) -> Result<u32, String> {
+    parse_u32(s, 1, MAX_GLOBAL_BATCH)
+}
+fn parse_retries(s: &str) -> Result<u32, String> {
+    parse_u32(s, 0, 100)
+}
+fn parse_steps(s: &str) -> Result<u32, String> {
+    parse_u32(s, 1, 1_000_000)
+}
+fn parse_minutes(s: &str) -> Result<u64, String> {
+    parse_whole(s, 0, 7 * 24 * 60)
+}
+fn parse_grace(s: &str) -> Result<u64, String> {
+    parse_whole(s, 0, crate::launch::supervisor::MAX_GRACE_SECS)
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 mod doctor;
 pub mod gpu;
+pub mod input;
 pub mod install;
 pub mod launch;
 pub mod model;

@@ -30,7 +30,19 @@ fn main() -> ExitCode {
     // The watchdog of a supervised run is this binary re-executed (see launch::watchdog).
     vla_launch::launch::watchdog::main_if_requested();
     vla_launch::launch::watchdog::enable_self_exec();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap quotes the offending argument whole: bound what it echoes (help and version
+            // output, and ordinary errors, are printed as clap prints them).
+            let plain = e.render().to_string();
+            if plain.lines().all(|l| l.chars().count() <= 300) {
+                e.exit();
+            }
+            vla_launch::eprint_lossy!("{}", vla_launch::input::bound_lines(&plain, 300));
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
     init_tracing(cli.verbose, cli.quiet);
     let code = match app::run(cli) {
         Ok(code) => code,

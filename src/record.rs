@@ -27,7 +27,7 @@ use crate::profile::Origin;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The value written in place of a secret environment variable.
-pub const REDACTED: &str = "***";
+pub const REDACTED: &str = crate::launch::command::MASK;
 
 /// docs/design.md's `plan --json` object, plus what a launch adds. The chosen configuration's fields
 /// are flat (`strategy`, `batch_size`, ...) and null when the plan chose nothing.
@@ -177,6 +177,9 @@ pub struct RunOutcome {
     pub observed_peak_total_minus_free_bytes: Option<Vec<Option<u64>>>,
     #[serde(default)]
     pub diagnosis: Option<RecordedDiagnosis>,
+    /// Why the run log is incomplete (a full disk, say), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_error: Option<String>,
 }
 
 /// The diagnosis of a failed run, as recorded.
@@ -234,9 +237,43 @@ pub enum RecordError {
     },
 }
 
+/// Writes a record (or a `plan -o` file) with `mode` (`--record-mode`), whether it is created or
+/// was there: a record names hosts, paths and the command, and run directories are often shared.
+pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    // A file that existed keeps its mode through `open`: set it, before the content goes in
+    // (regular files only: `-o /dev/stdout` must not chmod the terminal).
+    if f.metadata()?.is_file() {
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    }
+    f.write_all(text.as_bytes())
+}
+
+/// Creates `dir` and its missing parents with the directory mode matching a record `mode`
+/// (0600 -> 0700, 0640 -> 0750); directories that exist already are left as they are.
+pub fn create_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(dir_mode(mode))
+        .create(dir)
+}
+
+/// A file mode's directory counterpart: x wherever r is.
+pub fn dir_mode(file_mode: u32) -> u32 {
+    file_mode | ((file_mode & 0o444) >> 2)
+}
+
 /// Reads a record from a file.
 pub fn load(path: &Path) -> Result<PlanRecord, RecordError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RecordError::Read {
+    let text = crate::input::read_text(path).map_err(|source| RecordError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -254,15 +291,60 @@ pub fn parse(text: &str, path: &Path) -> Result<PlanRecord, RecordError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(parse_error)?;
+    let Some(object) = value.as_object() else {
+        return Err(RecordError::Parse {
+            path: path.to_path_buf(),
+            message: format!(
+                "it is not a JSON object but {}; a record is the object `plan -o` or a launch writes",
+                json_kind(&value)
+            ),
+        });
+    };
+    if !object.contains_key("feasible") && !object.contains_key("profile") {
+        return Err(RecordError::Parse {
+            path: path.to_path_buf(),
+            message: "it has no `feasible` and no `profile`: it is not a plan record".into(),
+        });
+    }
     // The version first: a newer format may not parse as this one at all.
-    let version: Version = serde_json::from_str(text).map_err(parse_error)?;
+    let version: Version = serde_json::from_value(value.clone()).map_err(parse_error)?;
     if version.format_version > FORMAT_VERSION {
         return Err(RecordError::TooNew {
             path: path.to_path_buf(),
             found: version.format_version,
         });
     }
-    serde_json::from_str(text).map_err(parse_error)
+    serde_json::from_value(value.clone()).map_err(|e| RecordError::Parse {
+        path: path.to_path_buf(),
+        message: match field_at_fault(object) {
+            Some(field) => format!("`{field}`: {e}"),
+            None => e.to_string(),
+        },
+    })
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The first top-level field that does not parse on its own (serde_json's message names the
+/// type, not the field): every field of a record has a default, so one field alone must parse.
+fn field_at_fault(object: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    object.iter().find_map(|(k, v)| {
+        let mut one = serde_json::Map::new();
+        one.insert(k.clone(), v.clone());
+        serde_json::from_value::<PlanRecord>(serde_json::Value::Object(one))
+            .is_err()
+            .then(|| crate::input::excerpt(k, 40).trim_matches('"').to_string())
+    })
 }
 
 impl PlanRecord {

@@ -18,6 +18,12 @@ use crate::cli::{Cli, Command};
 use commands::{calibrate, doctor, gpus, plan, profiles, replay, train};
 use error::Result;
 
+/// `--plan-file PATH`: reads and checks the plan file and pins `args` to it (the launch form's
+/// first step; public for the generated-input tests).
+pub fn pin_to_plan_file(args: &mut crate::cli::PlanningArgs, path: &std::path::Path) -> Result<()> {
+    train::pin_to_plan_file(args, path)
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -25,7 +31,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Gpus { json }) => gpus::cmd_gpus(json),
         Some(Command::Profiles) => profiles::cmd_profiles(),
         Some(Command::Doctor { profile, sets }) => doctor::cmd_doctor(&profile, &sets),
-        Some(Command::Replay { record, grace }) => replay::cmd_replay(&record, grace),
+        Some(Command::Replay {
+            record,
+            grace,
+            torchrun,
+            profile,
+            trust_record,
+        }) => replay::cmd_replay(&replay::ReplayArgs {
+            record: &record,
+            grace,
+            torchrun: torchrun.as_deref(),
+            profile: profile.as_deref(),
+            trust: trust_record,
+        }),
         Some(Command::Calibrate(args)) => calibrate::cmd_calibrate(*args),
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

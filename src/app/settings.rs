@@ -49,7 +49,7 @@ pub(super) fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded
 
 pub(super) fn parse_size(flag: &str, value: &str) -> Result<u64> {
     gpu::spec::parse_size(value, value).map_err(|_| {
-        AppError::usage(format!("{flag} {value}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB"),
+        AppError::usage(format!("{flag} {}: not a size; write a number followed by GiB, GB, MiB or MB, e.g. {flag} 24GiB", crate::input::shown(value, 40)),
         )
     })
 }
@@ -177,6 +177,18 @@ pub(super) fn pins_from(args: &PlanningArgs, loaded: &Loaded) -> Result<Pins> {
             return Err(AppError::usage(format!("{flag} 0: must be at least 1")));
         }
     }
+    // Each flag is range-checked by clap; their product, the global batch, must fit too.
+    let product = [args.batch_size, args.grad_accum, args.nproc, args.nnodes]
+        .iter()
+        .flatten()
+        .map(|&n| u64::from(n))
+        .product::<u64>();
+    if product > u64::from(crate::cli::MAX_GLOBAL_BATCH) {
+        return Err(AppError::usage(format!(
+            "--batch-size x --grad-accum x --nproc x --nnodes is {product}, more than the {} samples a global batch may have; lower one of them",
+            crate::cli::MAX_GLOBAL_BATCH
+        )));
+    }
     Ok(Pins {
         strategy: match args.strategy {
             StrategyArg::Auto => p.strategy,
@@ -203,6 +215,7 @@ pub(super) fn resolve_plan(
     ask_script: bool,
     plan_only: bool,
 ) -> Result<Planned> {
+    refuse_planner_flags(extra)?;
     let loaded = load_profile(args.profile.as_deref(), &args.sets)?;
     let resolved = loaded.resolve(&env_var);
     // Every command asks the script which planner flags it really takes (cached), or says what
@@ -280,6 +293,32 @@ pub(super) fn resolve_plan(
     };
     planned.plan = plan::plan(&planned.plan_input())?;
     Ok(planned)
+}
+
+/// A script argument after `--` that sets what the planner chose (`--batch_size 64`) would
+/// silently override the plan while the record and the summary still showed the plan's value:
+/// refused, naming the launcher's own flag that pins it.
+pub(super) fn refuse_planner_flags(extra: &[String]) -> Result<()> {
+    for arg in extra {
+        let Some(name) = arg.strip_prefix("--") else {
+            continue;
+        };
+        let name = name.split('=').next().unwrap_or_default().replace('-', "_");
+        if !profile::PLANNER_FLAGS.contains(&name.as_str()) {
+            continue;
+        }
+        let pin = match name.as_str() {
+            "batch_size" => "--batch-size N",
+            "grad_accumulation_steps" => "--grad-accum N",
+            "use_fsdp" => "--strategy fsdp (or ddp)",
+            _ => "--checkpointing on (or off)",
+        };
+        return Err(AppError::usage(format!(
+            "-- {}: the planner sets --{name} (and records it); passing it to the script would override the plan behind its back; pin it with {pin} instead",
+            crate::input::excerpt(arg, 40)
+        )));
+    }
+    Ok(())
 }
 
 /// Asks the script which optional planner flags it takes (`python SCRIPT --help`).

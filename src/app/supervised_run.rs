@@ -46,7 +46,7 @@ pub(super) fn launch_once(
     let ranks = ranks_filter(args, ctx, stamp_dir)?;
     let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
     profile::require_env(&missing, &ctx.loaded.origin)?;
-    std::fs::create_dir_all(log_dir).map_err(|e| {
+    record::create_dir(log_dir, args.planning.record_mode).map_err(|e| {
         AppError::environment(format!(
             "cannot create the log directory {}: {e}; pass --log-dir DIR",
             log_dir.display()
@@ -81,8 +81,12 @@ pub(super) fn launch_once(
         launcher_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         ..plan_record(ctx, Some(&cmd))
     };
-    std::fs::write(&plan_path, record.to_json_pretty())
-        .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
+    record::write_file(
+        &plan_path,
+        &record.to_json_pretty(),
+        args.planning.record_mode,
+    )
+    .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
     let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
     let uuids: Vec<String> = ctx
         .gpus
@@ -211,8 +215,13 @@ pub(super) fn launch_once(
             hint: d.hint.clone(),
             evidence: d.evidence.clone(),
         }),
+        log_error: outcome.log_error.clone(),
     });
-    if let Err(e) = std::fs::write(&plan_path, record.to_json_pretty()) {
+    if let Err(e) = record::write_file(
+        &plan_path,
+        &record.to_json_pretty(),
+        args.planning.record_mode,
+    ) {
         warn!(
             "cannot complete the run record {}: {e}",
             plan_path.display()
@@ -292,7 +301,9 @@ pub(super) fn ranks_filter<'a>(
             Ok(r) if r < nproc => {}
             _ => {
                 return Err(AppError::usage(format!(
-                    "--ranks {ranks}: '{part}' is not a local rank of this plan (0 to {})",
+                    "--ranks {}: '{}' is not a local rank of this plan (0 to {})",
+                    crate::input::shown(ranks, 40),
+                    crate::input::shown(part, 20),
                     nproc - 1
                 )));
             }
@@ -309,7 +320,8 @@ pub(super) fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> 
         Some(p) => match p.parse::<u16>() {
             Ok(port) if port > 0 => Ok(Some(Some(port))),
             _ => Err(AppError::usage(format!(
-                "--peer-watch-port {p}: not a port number (1-65535) or \"off\""
+                "--peer-watch-port {}: not a port number (1-65535) or \"off\"",
+                crate::input::shown(p, 20)
             ))),
         },
     }

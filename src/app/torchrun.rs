@@ -122,7 +122,11 @@ pub(super) fn argv_of(cmd: &LaunchCommand) -> Vec<String> {
 }
 
 /// docs/design.md's `plan --json` object: the plan record without what a launch adds.
+/// The command in it is masked (`command::masked`): secrets by name and by value, the launcher's
+/// own secret-named variables' values included, wherever they appear.
 pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> PlanRecord {
+    let shown = command.map(command::masked);
+    let command = shown.as_ref();
     let plan = &ctx.plan;
     let c = plan.chosen.as_ref();
     let components = model::components(&ctx.spec).unwrap_or_default();
@@ -170,19 +174,8 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         script_accepts: ctx.script_for_plan().accepts,
         script_run: Some(script_run_info(ctx)),
         command: command.map(argv_of),
-        env: command.map(|cmd| {
-            cmd.env
-                .iter()
-                .map(|(k, v)| {
-                    let v = if command::is_secret(k) {
-                        record::REDACTED.to_string()
-                    } else {
-                        v.clone()
-                    };
-                    (k.clone(), v)
-                })
-                .collect()
-        }),
+        // Masked above: secret-named variables hold `record::REDACTED` (the same `***`).
+        env: command.map(|cmd| cmd.env.iter().cloned().collect()),
         alternatives: plan.alternatives.clone(),
         reasons: plan.reasons.clone(),
         levers: plan.levers.clone(),

@@ -439,12 +439,15 @@ pub fn predict(spec: &ModelSpec, cfg: &Config) -> Result<Budget, ModelError> {
 impl Budget {
     /// What nvidia-smi shows for one rank at its peak: the sum of the terms.
     pub fn peak(&self) -> u64 {
-        self.terms().iter().map(|t| t.2).sum()
+        // Saturating: a budget read back from a record is input, and may hold anything.
+        self.terms().iter().fold(0u64, |a, t| a.saturating_add(t.2))
     }
 
     /// Bytes torch allocates at the peak (nvidia-smi minus slack and overhead).
     pub fn allocated(&self) -> u64 {
-        self.peak() - self.allocator_slack - self.overhead
+        self.peak()
+            .saturating_sub(self.allocator_slack)
+            .saturating_sub(self.overhead)
     }
 
     /// (json key, label, bytes) for every term, in display order.

@@ -4,9 +4,12 @@
 /// variable or flag and its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot read the Slurm hostlist {list:?}: {why}")]
+    #[error(
+        "cannot read the Slurm hostlist {}: {why}",
+        crate::input::excerpt(list, 60)
+    )]
     Hostlist { list: String, why: String },
-    #[error("{var}={value:?} is not valid: {why}")]
+    #[error("{var}={} is not valid: {why}", crate::input::excerpt(value, 60))]
     BadValue {
         var: String,
         value: String,

@@ -10,6 +10,10 @@ use super::error::ClusterError;
 /// Refuse absurd expansions (a typo like `n[1-99999999]`) instead of allocating forever.
 pub const MAX_HOSTS: usize = 65_536;
 
+/// The longest host name accepted (DNS allows 253): 65,536 hosts of 5,000-character names
+/// would take seconds and hundreds of MB to expand.
+pub const MAX_HOST_NAME: usize = 255;
+
 /// Expand a Slurm hostlist into host names, in the order Slurm lists them.
 pub fn parse_hostlist(list: &str) -> Result<Vec<String>, ClusterError> {
     let err = |why: String| ClusterError::Hostlist {
@@ -62,16 +66,33 @@ fn split_top_level(list: &str) -> Result<Vec<&str>, String> {
 fn expand_entry(entry: &str, out: &mut Vec<String>) -> Result<(), String> {
     // Prefixes built so far; each bracket group multiplies them.
     let mut partial = vec![String::new()];
+    // The longest name among `partial` (checked before each expansion multiplies them).
+    let mut longest = 0usize;
+    let too_long = || {
+        format!(
+            "{} would give host names longer than {MAX_HOST_NAME} characters",
+            crate::input::excerpt(entry, 40)
+        )
+    };
     let mut rest = entry;
     while let Some(open) = rest.find('[') {
-        let close = rest[open..]
-            .find(']')
-            .map(|c| open + c)
-            .ok_or_else(|| format!("'[' without ']' in {entry:?}"))?;
+        let close = rest[open..].find(']').map(|c| open + c).ok_or_else(|| {
+            format!(
+                "'[' without ']' in {entry_x}",
+                entry_x = crate::input::excerpt(entry, 40)
+            )
+        })?;
         let literal = &rest[..open];
         let values = expand_ranges(&rest[open + 1..close], entry)?;
+        longest += literal.len() + values.iter().map(String::len).max().unwrap_or(0);
+        if longest > MAX_HOST_NAME {
+            return Err(too_long());
+        }
         if partial.len().saturating_mul(values.len()) > MAX_HOSTS {
-            return Err(format!("{entry:?} expands to more than {MAX_HOSTS} hosts"));
+            return Err(format!(
+                "{entry_x} expands to more than {MAX_HOSTS} hosts",
+                entry_x = crate::input::excerpt(entry, 40)
+            ));
         }
         partial = partial
             .iter()
@@ -80,7 +101,13 @@ fn expand_entry(entry: &str, out: &mut Vec<String>) -> Result<(), String> {
         rest = &rest[close + 1..];
     }
     if partial.len() == 1 && partial[0].is_empty() && rest.is_empty() {
-        return Err(format!("{entry:?} has no host name"));
+        return Err(format!(
+            "{entry_x} has no host name",
+            entry_x = crate::input::excerpt(entry, 40)
+        ));
+    }
+    if longest + rest.len() > MAX_HOST_NAME {
+        return Err(too_long());
     }
     out.extend(partial.into_iter().map(|p| format!("{p}{rest}")));
     Ok(())
@@ -92,7 +119,10 @@ fn expand_ranges(inner: &str, entry: &str) -> Result<Vec<String>, String> {
     for range in inner.split(',') {
         let range = range.trim();
         if range.is_empty() {
-            return Err(format!("empty range inside the brackets of {entry:?}"));
+            return Err(format!(
+                "empty range inside the brackets of {entry_x}",
+                entry_x = crate::input::excerpt(entry, 40)
+            ));
         }
         let (lo, hi) = match range.split_once('-') {
             Some((lo, hi)) => (lo, hi),
@@ -101,19 +131,32 @@ fn expand_ranges(inner: &str, entry: &str) -> Result<Vec<String>, String> {
         let number = |s: &str| -> Result<u64, String> {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!(
-                    "{range:?} in {entry:?} is not a number or a range N-M"
+                    "{range_x} in {entry_x} is not a number or a range N-M",
+                    entry_x = crate::input::excerpt(entry, 40),
+                    range_x = crate::input::excerpt(range, 40)
                 ));
             }
-            s.parse::<u64>()
-                .map_err(|_| format!("{s:?} in {entry:?} is too large"))
+            s.parse::<u64>().map_err(|_| {
+                format!(
+                    "{s_x} in {entry_x} is too large",
+                    entry_x = crate::input::excerpt(entry, 40),
+                    s_x = crate::input::excerpt(s, 40)
+                )
+            })
         };
         let (start, end) = (number(lo)?, number(hi)?);
         if start > end {
-            return Err(format!("range {range:?} in {entry:?} runs backwards"));
+            return Err(format!(
+                "range {range_x} in {entry_x} runs backwards",
+                entry_x = crate::input::excerpt(entry, 40),
+                range_x = crate::input::excerpt(range, 40)
+            ));
         }
         if end - start >= MAX_HOSTS as u64 {
             return Err(format!(
-                "range {range:?} in {entry:?} has more than {MAX_HOSTS} hosts"
+                "range {range_x} in {entry_x} has more than {MAX_HOSTS} hosts",
+                entry_x = crate::input::excerpt(entry, 40),
+                range_x = crate::input::excerpt(range, 40)
             ));
         }
         // Slurm pads to the width of the lower bound as written (`08-10`, `001-3`).

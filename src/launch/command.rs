@@ -260,15 +260,22 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
     })
 }
 
-/// Ordered variables where setting a name again replaces its value in place.
+/// Ordered variables where setting a name again replaces its value in place (indexed: a
+/// profile with 100k entries must not take quadratic time).
 #[derive(Default)]
-struct EnvList(Vec<(String, String)>);
+struct EnvList(
+    Vec<(String, String)>,
+    std::collections::HashMap<String, usize>,
+);
 
 impl EnvList {
     fn set(&mut self, name: &str, value: &str) {
-        match self.0.iter_mut().find(|(k, _)| k == name) {
-            Some(slot) => slot.1 = value.to_string(),
-            None => self.0.push((name.to_string(), value.to_string())),
+        match self.1.get(name) {
+            Some(&i) => self.0[i].1 = value.to_string(),
+            None => {
+                self.1.insert(name.to_string(), self.0.len());
+                self.0.push((name.to_string(), value.to_string()));
+            }
         }
     }
 }

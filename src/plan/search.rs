@@ -166,7 +166,8 @@ impl<'a> Evaluator<'a> {
                 weight_bytes: self.weight_bytes,
             },
         );
-        let global_batch = batch_size * world * grad_accum;
+        // Saturating: pins are range-checked where they are parsed; no product may wrap.
+        let global_batch = batch_size.saturating_mul(world).saturating_mul(grad_accum);
         let total = step_time.total();
         Ok(Candidate {
             strategy,

@@ -9,7 +9,7 @@ use super::schema::Profile;
 pub(super) fn show_value(v: &Value) -> String {
     match v {
         Value::Null => "nothing".into(),
-        Value::String(s) => format!("\"{s}\""),
+        Value::String(s) => crate::input::excerpt(s, 40),
         other => render_value(other),
     }
 }

@@ -3,19 +3,18 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
-        "profile '{name}' not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file"
+        "profile '{}' not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file",
+        crate::input::shown(name, 60)
     )]
     NotFound { name: String, searched: String },
     #[error("{path}: is a directory, not a profile; pass a .yaml file such as {path}/aloha.yaml")]
     IsDirectory { path: String },
-    #[error("{path}: cannot read the profile: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// `cause` is said in the message, so it is not also the error's source (it was printed twice).
+    #[error("{path}: cannot read the profile: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{place}: {message}")]
     Invalid { place: String, message: String },
-    #[error("--set {arg}: {message}")]
+    #[error("--set {}: {message}", crate::input::shown(arg, 60))]
     BadOverride { arg: String, message: String },
     #[error(
         "{place}: environment variable{s} {vars} not set; export {example} (or `--set {key}=VALUE`) before launching",

@@ -38,6 +38,17 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
         }
         return load_file(as_path, name_or_path);
     }
+    // No file name is longer than 255 bytes (NAME_MAX): say so rather than list paths built
+    // from it.
+    if name_or_path.len() > 250 {
+        return Err(ProfileError::NotFound {
+            name: name_or_path.to_string(),
+            searched: format!(
+                "nothing (a name of {} bytes cannot be a file name)",
+                name_or_path.len()
+            ),
+        });
+    }
     let mut searched = Vec::new();
     let mut dirs = vec![PathBuf::from("launch-profiles")];
     if let Some(dir) = config_dir {
@@ -73,9 +84,9 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
 }
 
 fn load_file(path: &Path, display: &str) -> Result<Loaded, ProfileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+    let text = crate::input::read_text(path).map_err(|cause| ProfileError::Read {
         path: display.to_string(),
-        source,
+        cause,
     })?;
     let profile = parse(&text, display)?;
     let name = path
@@ -89,13 +100,97 @@ fn load_file(path: &Path, display: &str) -> Result<Loaded, ProfileError> {
     })
 }
 
+/// The largest LoRA rank accepted (the budget model reads it; OpenVLA-OFT uses 32).
+pub const MAX_LORA_RANK: i64 = 1024;
+
+/// A NUL byte cannot reach a child process (argv and environment are C strings): refuse it at
+/// load, naming the field, instead of failing the launch later.
+fn check_no_nul(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileError> {
+    fn walk(v: &Value, at: &mut Vec<String>) -> Option<String> {
+        match v {
+            Value::String(s) if s.contains('\0') => Some(at.join(".")),
+            Value::Sequence(items) => items.iter().enumerate().find_map(|(i, item)| {
+                at.push(i.to_string());
+                let r = walk(item, at);
+                at.pop();
+                r
+            }),
+            Value::Mapping(m) => m.iter().find_map(|(k, item)| {
+                let name = match k {
+                    Value::String(s) => s.clone(),
+                    other => super::derive::render_value(other),
+                };
+                if name.contains('\0') {
+                    return Some(
+                        at.iter()
+                            .chain([&name.replace('\0', "\\0")])
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("."),
+                    );
+                }
+                at.push(name);
+                let r = walk(item, at);
+                at.pop();
+                r
+            }),
+            Value::Tagged(t) => walk(&t.value, at),
+            _ => None,
+        }
+    }
+    let Ok(tree) = serde_yaml::to_value(p) else {
+        return Ok(());
+    };
+    match walk(&tree, &mut Vec::new()) {
+        Some(field) => Err(ProfileError::invalid(
+            place(&field),
+            "holds a NUL byte (\\0), which no command line or environment can carry; remove it",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Parses and validates a profile's text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Profile, ProfileError> {
+    // CR-only (old Mac) and CRLF line endings read like LF ones (YAML takes all three as line
+    // breaks; the emptiness check and `locate` below count lines).
+    let normalized;
+    let text = if text.contains('\r') {
+        normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        text
+    };
     if text.trim().is_empty() || text.lines().all(|l| l.trim_start().starts_with('#')) {
         return Err(ProfileError::invalid(
             file,
             "the profile is empty; it needs at least `script:` and `train:` (see launch-profiles/aloha.yaml)",
         ));
+    }
+    // The YAML parser slows down faster than linearly with nesting: bound it first.
+    if let Some((line, depth)) = crate::input::yaml_too_deep(text, crate::input::MAX_YAML_DEPTH) {
+        return Err(ProfileError::invalid(
+            format!("{file}:{line}"),
+            format!(
+                "nested {depth} levels deep or more (a profile nests 3; at most {} are read); this is not a launch profile",
+                crate::input::MAX_YAML_DEPTH
+            ),
+        ));
+    }
+    // Something that is not a profile at all (a password file, a script) is said to be so
+    // without quoting it.
+    if let Ok(tree) = serde_yaml::from_str::<Value>(text) {
+        let known = ["script", "train", "model", "planning", "env", "description"];
+        let is_profile = tree.as_mapping().is_some_and(|m| {
+            m.keys()
+                .any(|k| k.as_str().is_some_and(|k| known.contains(&k)))
+        });
+        if !is_profile {
+            return Err(ProfileError::invalid(
+                file,
+                "this is not a launch profile: it has none of the keys script, train, model, planning, env (see launch-profiles/aloha.yaml)",
+            ));
+        }
     }
     let profile: Profile = serde_yaml::from_str(text).map_err(|e| {
         let place = match e.location() {
@@ -114,6 +209,20 @@ pub(super) fn explain_serde(msg: &str) -> String {
         Some(i) => &msg[..i],
         None => msg,
     };
+    // What serde quotes (`...`) is input: at most a short excerpt of it.
+    let msg: String = msg
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && part.chars().count() > 40 {
+                let head: String = part.chars().take(40).collect();
+                format!("{head}... ({} bytes)", part.len())
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`");
     msg.replace("invalid value: integer `-", "negative value `-")
         .replace("invalid type: integer `-", "negative value `-")
         .replace("expected u32", "expected a positive whole number")
@@ -200,6 +309,7 @@ pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<()
             ),
         ));
     }
+    check_no_nul(p, place)?;
     let pl = &p.planning;
     if pl.min_global_batch == 0 {
         return Err(ProfileError::invalid(
@@ -269,7 +379,10 @@ pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<()
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(ProfileError::invalid(
                 place(&at),
-                format!("'{key}' is not a flag name (letters, digits and '_' only)"),
+                format!(
+                    "{} is not a flag name (letters, digits and '_' only)",
+                    crate::input::excerpt(key, 40)
+                ),
             ));
         }
         check_flag_type(key, value).map_err(|m| ProfileError::invalid(place(&at), m))?;
@@ -344,6 +457,12 @@ fn check_flag_type(key: &str, value: &Value) -> Result<(), String> {
                 ));
             }
         }
+    }
+    if key == "lora_rank" && value.as_i64().is_some_and(|n| n > MAX_LORA_RANK) {
+        return Err(format!(
+            "'lora_rank' must be from 1 to {MAX_LORA_RANK} (OpenVLA-OFT uses 32), found {}",
+            show_value(value)
+        ));
     }
     if key == "num_images_in_input" && value.as_i64().is_some_and(|n| n > 3) {
         return Err(format!(

@@ -1122,9 +1122,13 @@ fn replay_of_a_record_written_before_format_versions_and_refusal_of_a_newer_one(
     let path = dir.path().join("plan-1795850263.json");
     std::fs::write(&path, &old).unwrap();
     let argv_file = dir.path().join("argv.json");
+    // The launch used --torchrun; replay is told so (else it refuses a program that is not the
+    // profile's torchrun).
     let out = bin()
         .arg("replay")
         .arg(&path)
+        .arg("--torchrun")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_torchrun"))
         .env("FAKE_RECORD", &argv_file)
         .env("FAKE_EXIT", "5")
         .output()

@@ -350,7 +350,12 @@ fn full_log_disk_is_warned_once_and_the_summary_printed() {
     );
     assert!(stderr.contains("torchrun exited with code 0"), "{stderr}");
     assert_eq!(out.stdout.len(), 1 << 20);
-    assert_eq!(record_outcome(dir.path())["exit_code"], 0);
+    let outcome = record_outcome(dir.path());
+    assert_eq!(outcome["exit_code"], 0);
+    // The record says the log is incomplete, and why (the test fills the log with a file size
+    // limit: EFBIG, which a full disk gives as ENOSPC).
+    let log_error = outcome["log_error"].as_str().unwrap_or_default();
+    assert!(log_error.contains("File too large"), "{outcome}");
 }
 
 // Item 9: an absurd --grace is refused where it is parsed, and the supervisor saturates.

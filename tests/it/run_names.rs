@@ -128,7 +128,11 @@ fn two_replays_in_one_second_keep_two_logs() {
     let replay = || {
         let env = launcher(dir.path(), &logs);
         let mut r = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
-        r.arg("replay").arg(&record);
+        // The record's program is the fake torchrun: replay runs it only when told so.
+        r.arg("replay")
+            .arg(&record)
+            .arg("--torchrun")
+            .arg(crate::common::fake_torchrun());
         for (k, v) in env.get_envs() {
             match v {
                 Some(v) => r.env(k, v),

@@ -293,6 +293,12 @@ fn second_stop_signal_kills_at_once() {
     assert_all_dead(&pids, "after the second SIGINT");
     assert!(o.force_killed);
     assert_eq!(o.signal, Some(9));
+    // The summary says why (it said "grace period over" with 60 s of grace left).
+    let summary = vla_launch::launch::supervisor::summary_line(&o);
+    assert!(
+        summary.contains("SIGINT again") && !summary.contains("grace period over"),
+        "{summary}"
+    );
 }
 
 /// Issue 13 item 6: a double Ctrl-C kills at once, and the summary says so, not "grace period

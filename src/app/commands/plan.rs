@@ -7,6 +7,7 @@ use crate::app::settings::{resolve_plan, warn_missing};
 use crate::app::torchrun::{command_for, plan_record};
 use crate::cli::PlanArgs;
 use crate::launch::command;
+use crate::record;
 
 pub(in crate::app) fn cmd_plan(args: PlanArgs) -> Result<ExitCode> {
     let ctx = resolve_plan(&args.planning, &args.extra, false, true)?;
@@ -30,7 +31,7 @@ pub(in crate::app) fn cmd_plan(args: PlanArgs) -> Result<ExitCode> {
     };
     let record = plan_record(&ctx, command.as_ref()).to_json_pretty();
     if let Some(path) = &args.output {
-        std::fs::write(path, &record).map_err(|e| {
+        record::write_file(path, &record, args.planning.record_mode).map_err(|e| {
             AppError::usage(format!("-o {}: cannot write the plan: {e}", path.display()))
         })?;
         info!("plan written to {}", path.display());

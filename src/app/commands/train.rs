@@ -187,6 +187,29 @@ pub(in crate::app) fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> 
         }
         Err(e) => return Err(e.into()),
     };
+    // Range-checked here, naming the file's field (not the flag it becomes).
+    use crate::cli::{MAX_BATCH_SIZE, MAX_GLOBAL_BATCH, MAX_GRAD_ACCUM, MAX_NNODES, MAX_NPROC};
+    for (field, value, max) in [
+        ("batch_size", v.batch_size, MAX_BATCH_SIZE),
+        (
+            "grad_accumulation_steps",
+            v.grad_accumulation_steps,
+            MAX_GRAD_ACCUM,
+        ),
+        ("nproc_per_node", v.nproc_per_node, MAX_NPROC),
+        ("nnodes", Some(v.nnodes), MAX_NNODES),
+        (
+            "min_global_batch",
+            Some(v.min_global_batch).filter(|&n| n != 0),
+            MAX_GLOBAL_BATCH,
+        ),
+    ] {
+        if let Some(n) = value.filter(|n| !(1..=max).contains(n)) {
+            return Err(bad(format!(
+                "`{field}` is {n}; it must be from 1 to {max} (write the file with `vla-launch plan -o FILE`)"
+            )));
+        }
+    }
     if !v.feasible {
         return Err(bad("the plan in it is not feasible; plan again".into()));
     }
@@ -206,6 +229,18 @@ pub(in crate::app) fn pin_to_plan_file(args: &mut PlanningArgs, path: &Path) -> 
             )));
         }
         Some(_) => {}
+        // A profile is code (its `script.python` runs for the --help probe, its torchrun for
+        // the launch): one named by path in a file is used only when the user names it too.
+        None if profile.contains('/')
+            || profile.ends_with(".yaml")
+            || profile.ends_with(".yml") =>
+        {
+            return Err(bad(format!(
+                "it names the profile file {}; pass --profile {} to use that file (after reading it), or --profile NAME",
+                crate::input::excerpt(&profile, 80),
+                command::shell_quote(&profile)
+            )));
+        }
         None => args.profile = Some(profile),
     }
     args.strategy = match v.strategy {
