@@ -133,6 +133,7 @@ impl<'a> Evaluator<'a> {
             checkpointing,
             allocator: self.policy.allocator,
             gpu_name: set.limiting_name.clone(),
+            fsdp: self.policy.fsdp,
         };
         let budget = budget::predict(self.spec, &cfg)?;
         let model_peak = budget.peak();
