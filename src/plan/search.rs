@@ -165,6 +165,7 @@ impl<'a> Evaluator<'a> {
                 flops_per_sample: self.flops[checkpointing as usize],
                 gradient_bytes: self.gradient_bytes,
                 weight_bytes: self.weight_bytes,
+                fsdp: self.policy.fsdp,
             },
         );
         let global_batch = batch_size * world * grad_accum;
