@@ -69,8 +69,8 @@ pub struct PlanRecord {
     /// The uncorrected budget model's terms.
     pub budget: Option<Budget>,
     /// Which FSDP the budget and step time describe (`fsdp1`: a fork's own --use_fsdp, or
-    /// assumed; `fsdp2`: vla-launch's addition); null for DDP plans and older records.
-    #[serde(default)]
+    /// assumed; `fsdp2`: vla-launch's addition); absent for DDP plans and older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsdp: Option<FsdpVersion>,
     pub allocator: Option<Allocator>,
     pub alloc_conf: Option<AllocConf>,
