@@ -76,7 +76,10 @@ pub struct Budget {
     pub overhead: u64,
 }
 
+pub mod fsdp;
 pub mod render;
+
+pub use fsdp::Fsdp2Working;
 
 use crate::model::{self, Arch, Component, Dtype, ModelError, ModelSpec};
 use crate::units::{GIB, MIB};
@@ -270,8 +273,8 @@ pub fn transients(components: &[Component], cfg: &Config, activations: u64) -> u
     cache.max(step.saturating_sub(activations))
 }
 
-/// FSDP working memory (0 under DDP). FSDP2 (the addition): see `fsdp2_working`. FSDP1: parameters outside any auto-wrap unit stay unsharded
-/// from the forward to the end of the backward (roots are not resharded after forward): the VLA
+/// FSDP working memory (0 under DDP). FSDP2 (the addition): see `fsdp2_working`. FSDP1:
+/// parameters outside any auto-wrap unit stay unsharded from the forward to the end of the backward (roots are not resharded after forward): the VLA
 /// root (embeddings, lm_head, ViT stems, projector and their LoRA), the action head and proprio
 /// projector roots; each root's whole unsharded gradient also exists before its reduce-scatter
 /// (frozen members included, use_orig_params); plus, with limit_all_gathers, two all-gathered
@@ -279,62 +282,9 @@ pub fn transients(components: &[Component], cfg: &Config, activations: u64) -> u
 pub fn fsdp_working(spec: &ModelSpec, arch: &Arch, components: &[Component], cfg: &Config) -> u64 {
     match (cfg.strategy, cfg.fsdp) {
         (Strategy::Ddp, _) => 0,
-        (Strategy::Fsdp, FsdpVersion::Fsdp1) => fsdp1_working(spec, arch, components),
+        (Strategy::Fsdp, FsdpVersion::Fsdp1) => fsdp::fsdp1_working(spec, arch, components),
         (Strategy::Fsdp, FsdpVersion::Fsdp2) => fsdp2_working(spec, arch, components, cfg).total(),
     }
-}
-
-/// FSDP2 working memory by part (bytes), ALOHA figures in docs/budget-model.md.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fsdp2Working {
-    /// The root unit (embeddings, lm_head, ViT stems and norms, projector, their LoRA): FSDP2
-    /// keeps the root unsharded from its forward to the end of the backward.
-    pub root_unsharded: u64,
-    /// The largest unit all-gathered and the next one prefetched (default prefetch of one unit
-    /// in forward and in backward): 2 x the largest unit.
-    pub gathered_units: u64,
-    /// Measured working set not accounted for by the two parts above or by the DDP-like terms
-    /// (activations, transients): fitted, see `fitted::FSDP2_RESIDUAL_WORKING`.
-    pub residual: u64,
-}
-
-impl Fsdp2Working {
-    pub fn total(&self) -> u64 {
-        self.root_unsharded + self.gathered_units + self.residual
-    }
-}
-
-/// Parameter bytes of the VLA's root unit (everything outside the per-layer/per-block units).
-fn vla_root_bytes(spec: &ModelSpec, arch: &Arch) -> u64 {
-    let r = u64::from(spec.lora_rank);
-    let lora = spec.lora_dtype.bytes();
-    2 * (arch.llm.outer_params()
-        + arch.dino.outer_params()
-        + arch.siglip.outer_params()
-        + arch.projector_params())
-        + lora
-            * (arch.llm.lm_head_lora(r)
-                + arch.dino.outer_lora(r)
-                + arch.siglip.outer_lora(r)
-                + arch.projector_lora(r))
-}
-
-/// Parameter bytes of the head units (action head, noisy-action and proprio projectors), each
-/// a unit of its own.
-fn head_unit_bytes(components: &[Component]) -> Vec<u64> {
-    components
-        .iter()
-        .filter(|c| {
-            [
-                model::names::ACTION_HEAD_L1,
-                model::names::ACTION_HEAD_DIFFUSION,
-                model::names::NOISY_ACTION_PROJECTOR,
-                model::names::PROPRIO_PROJECTOR,
-            ]
-            .contains(&c.name.as_str())
-        })
-        .map(|c| c.params * c.dtype.bytes())
-        .collect()
 }
 
 /// The measured FSDP2 configuration: batch 2 with checkpointing (both world sizes).
@@ -362,33 +312,11 @@ pub fn fsdp2_working(
         activations(spec, arch, &measured),
     );
     let scale = (now as f64 / then.max(1) as f64).max(1.0);
-    let base = fsdp2_parts(spec, arch, components);
+    let base = fsdp::fsdp2_parts(spec, arch, components);
     Fsdp2Working {
         residual: (fitted::FSDP2_RESIDUAL_WORKING as f64 * scale).round() as u64,
         ..base
     }
-}
-
-fn fsdp2_parts(spec: &ModelSpec, arch: &Arch, components: &[Component]) -> Fsdp2Working {
-    let r = u64::from(spec.lora_rank);
-    let lora = spec.lora_dtype.bytes();
-    let layer = 2 * arch.llm.layer_params() + lora * arch.llm.layer_lora(r);
-    let largest = head_unit_bytes(components)
-        .into_iter()
-        .fold(layer, u64::max);
-    Fsdp2Working {
-        root_unsharded: vla_root_bytes(spec, arch),
-        gathered_units: 2 * largest,
-        residual: fitted::FSDP2_RESIDUAL_WORKING,
-    }
-}
-
-fn fsdp1_working(spec: &ModelSpec, arch: &Arch, components: &[Component]) -> u64 {
-    let r = u64::from(spec.lora_rank);
-    let lora = spec.lora_dtype.bytes();
-    let head_roots: u64 = head_unit_bytes(components).into_iter().sum();
-    let unit = 2 * arch.llm.layer_params() + lora * arch.llm.layer_lora(r);
-    2 * vla_root_bytes(spec, arch) + 2 * head_roots + 3 * unit
 }
 
 /// Fitted allocator constants (see docs/budget-model.md for the fit).
