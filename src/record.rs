@@ -411,7 +411,8 @@ pub fn observations(record: &PlanRecord, path: &Path, source: Source) -> Vec<(Ke
         strategy,
         checkpointing,
         nproc * record.nnodes,
-    );
+    )
+    .with_fsdp(record.fsdp.unwrap_or_default());
     vec![(
         key,
         Observation {

@@ -19,7 +19,9 @@ pub enum Allocator {
 }
 
 /// Which FSDP runs when `strategy` is FSDP: it changes the memory and step-time terms.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FsdpVersion {
     /// A fork's own `--use_fsdp`: FSDP1 `FullyShardedDataParallel` with `use_orig_params`

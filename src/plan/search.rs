@@ -145,7 +145,8 @@ impl<'a> Evaluator<'a> {
                     strategy,
                     checkpointing,
                     world,
-                );
+                )
+                .with_fsdp(cfg.fsdp);
                 let (p, info) = c.store.corrected_peak(&key, model_peak);
                 (p, info.map(|i| i.describe()))
             }
