@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{Allocator, Strategy, strategy_name};
+use crate::budget::{Allocator, FsdpVersion, Strategy, strategy_name};
 use crate::units::fmt_gib;
 
 /// Overrides the directory of the store (default `$XDG_CACHE_HOME/vla-launch` or `~/.cache/vla-launch`).
@@ -41,6 +41,14 @@ pub struct Key {
     pub checkpointing: bool,
     /// `world_bucket(world_size)`.
     pub world_bucket: u32,
+    /// Which FSDP the prediction was for (`with_fsdp`; always FSDP1 under DDP). Stores written
+    /// before FSDP2 existed have no such field: their predictions were FSDP1's.
+    #[serde(default, skip_serializing_if = "is_fsdp1")]
+    pub fsdp: FsdpVersion,
+}
+
+fn is_fsdp1(v: &FsdpVersion) -> bool {
+    *v == FsdpVersion::Fsdp1
 }
 
 impl Key {
@@ -57,7 +65,17 @@ impl Key {
             strategy,
             checkpointing,
             world_bucket: world_bucket(world_size),
+            fsdp: FsdpVersion::Fsdp1,
         }
+    }
+
+    /// The key for predictions of `fsdp` (FSDP1 and FSDP2 figures differ ~1.6x, so one's
+    /// observations must not correct the other's). Ignored under DDP.
+    pub fn with_fsdp(mut self, fsdp: FsdpVersion) -> Key {
+        if self.strategy == Strategy::Fsdp {
+            self.fsdp = fsdp;
+        }
+        self
     }
 
     /// "NVIDIA H100 80GB HBM3, aloha, DDP, no checkpointing, world 2".
@@ -66,7 +84,10 @@ impl Key {
             "{}, {}, {}, {}, world {}",
             self.gpu_name,
             self.profile,
-            strategy_name(self.strategy),
+            match (self.strategy, self.fsdp) {
+                (Strategy::Fsdp, FsdpVersion::Fsdp2) => "FSDP2",
+                (s, _) => strategy_name(s),
+            },
             if self.checkpointing {
                 "checkpointing"
             } else {

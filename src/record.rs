@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{Allocator, Budget, HostRam, Strategy};
+use crate::budget::{Allocator, Budget, FsdpVersion, HostRam, Strategy};
 use crate::calibration::{Key, Observation, Source};
 use crate::cluster::Topology;
 use crate::cluster::peers::PeerStop;
@@ -68,6 +68,10 @@ pub struct PlanRecord {
     pub samples_per_s: Option<f64>,
     /// The uncorrected budget model's terms.
     pub budget: Option<Budget>,
+    /// Which FSDP the budget and step time describe (`fsdp1`: a fork's own --use_fsdp, or
+    /// assumed; `fsdp2`: vla-launch's addition); absent for DDP plans and older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsdp: Option<FsdpVersion>,
     pub allocator: Option<Allocator>,
     pub alloc_conf: Option<AllocConf>,
     pub params: Option<Params>,
@@ -489,7 +493,8 @@ pub fn observations(record: &PlanRecord, path: &Path, source: Source) -> Vec<(Ke
         strategy,
         checkpointing,
         nproc * record.nnodes,
-    );
+    )
+    .with_fsdp(record.fsdp.unwrap_or_default());
     vec![(
         key,
         Observation {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::FsdpVersion;
 use crate::profile::FsdpAddition;
 use crate::script_caps::{CommandRunner, ScriptCaps, ScriptCapsError, probe_with};
 
@@ -277,6 +278,20 @@ pub struct ScriptChoice {
     pub forced: bool,
     /// One sentence: which script runs and why.
     pub why: String,
+}
+
+impl ScriptChoice {
+    /// Which FSDP an FSDP plan runs: FSDP2 when `--use_fsdp` comes from the addition (the
+    /// script does not take it itself), FSDP1 when the script has its own (a fork, or assumed
+    /// because nobody could ask it: the larger, safe prediction).
+    pub fn fsdp_version(&self) -> FsdpVersion {
+        let has = |list: &[String]| list.iter().any(|f| f == "use_fsdp");
+        if has(&self.accepts) && !has(&self.own) {
+            FsdpVersion::Fsdp2
+        } else {
+            FsdpVersion::Fsdp1
+        }
+    }
 }
 
 fn flag_list(flags: &[&str]) -> String {

@@ -266,6 +266,7 @@ pub(super) fn resolve_plan(
         margin_min_bytes: (p.planning.margin_min_gib * GIB as f64) as u64,
         max_batch_size: p.planning.max_batch_size,
         allocator: alloc_conf.allocator(),
+        fsdp: script_choice.fsdp_version(),
     };
     let pins = pins_from(args, &loaded)?;
     let vram_cap = match &args.vram_cap {

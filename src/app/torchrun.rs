@@ -160,6 +160,9 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         step_time_s: c.map(|c| c.step_time_s),
         samples_per_s: c.map(|c| c.samples_per_s),
         budget: c.map(|c| c.budget.clone()),
+        fsdp: c
+            .filter(|c| c.strategy == Strategy::Fsdp)
+            .map(|_| ctx.policy.fsdp),
         allocator: Some(ctx.policy.allocator),
         alloc_conf: Some(ctx.alloc_conf.clone()),
         params: Some(Params {

@@ -29,5 +29,5 @@ pub mod speed;
 mod types;
 
 pub use crate::budget::strategy_name;
-pub use search::plan;
+pub use search::{plan, reclaimable_cache};
 pub use types::{Alternative, Calibration, Candidate, Pins, Plan, PlanError, PlanInput, Policy};

@@ -85,7 +85,8 @@ pub fn probe_runs(input: &PlanInput, profile: &str) -> Result<Vec<ProbeRun>, Pla
                         strategy,
                         ckpt,
                         c.world_size(),
-                    ),
+                    )
+                    .with_fsdp(policy.fsdp),
                     predicted_peak_bytes: c.predicted_peak_bytes,
                 });
             }

@@ -133,6 +133,7 @@ impl<'a> Evaluator<'a> {
             checkpointing,
             allocator: self.policy.allocator,
             gpu_name: set.limiting_name.clone(),
+            fsdp: self.policy.fsdp,
         };
         let budget = budget::predict(self.spec, &cfg)?;
         let model_peak = budget.peak();
@@ -144,7 +145,8 @@ impl<'a> Evaluator<'a> {
                     strategy,
                     checkpointing,
                     world,
-                );
+                )
+                .with_fsdp(cfg.fsdp);
                 let (p, info) = c.store.corrected_peak(&key, model_peak);
                 (p, info.map(|i| i.describe()))
             }
@@ -164,6 +166,7 @@ impl<'a> Evaluator<'a> {
                 flops_per_sample: self.flops[checkpointing as usize],
                 gradient_bytes: self.gradient_bytes,
                 weight_bytes: self.weight_bytes,
+                fsdp: self.policy.fsdp,
             },
         );
         // Saturating: pins are range-checked where they are parsed; no product may wrap.

@@ -12,7 +12,7 @@
 //! ~0.15 s per micro-batch on 2 GPUs, FSDP1's communication and bookkeeping ~1.4 s (all-gathers
 //! and reduce-scatters of every unit, forward, recompute and backward).
 
-use crate::budget::Strategy;
+use crate::budget::{FsdpVersion, Strategy};
 use crate::model::ModelSpec;
 
 /// Dense bf16 tensor TFLOP/s of the GPU the calibration was measured on (H100 SXM).
@@ -40,6 +40,16 @@ const DDP_SYNC_REFERENCE_BYTES: f64 = 2.65e9;
 const FSDP_PER_MICRO_S_AT_2: f64 = 1.40;
 const FSDP_REFERENCE_WEIGHT_BYTES: f64 = 17.74e9;
 
+/// FSDP2 (the addition) step time over DDP's at the same configuration, one node: measured
+/// 1.80 / 0.82 s = 2.19x at 2 GPUs (fsdp-v1) and 2.30 / 1.12 s = 2.06x at 4 GPUs (fsdp-v2, the
+/// mean of the two DDP runs), ALOHA batch 2 with checkpointing on H200s; the mean is used. The
+/// ratio did not grow with the ring factor (1 -> 1.5), so FSDP2's extra time is modelled as a
+/// share of the DDP micro-batch (per-unit all-gathers, re-gathers for the recompute, hooks of
+/// 188 units), not as bytes over a ring. One batch size was measured: at larger micro-batches
+/// the extra is likely a smaller share (the gathers do not grow with the batch), so this errs
+/// slow, which only makes the planner less keen on FSDP.
+pub const FSDP2_OVER_DDP: f64 = 2.13;
+
 /// Crossing nodes over the network instead of NVLink: not measured here; an assumption.
 const INTER_NODE_SLOWDOWN: f64 = 4.0;
 
@@ -60,6 +70,8 @@ pub struct SpeedInput {
     pub flops_per_sample: f64,
     pub gradient_bytes: u64,
     pub weight_bytes: u64,
+    /// Which FSDP runs (ignored under DDP).
+    pub fsdp: FsdpVersion,
 }
 
 /// Estimated seconds per optimizer step, split into its parts for `--explain`.
@@ -97,11 +109,15 @@ pub fn step_time(spec: &ModelSpec, s: &SpeedInput) -> StepTime {
     } else {
         1.0
     };
-    let sync_per_micro = match s.strategy {
-        Strategy::Ddp => {
-            DDP_SYNC_S_AT_2 * (s.gradient_bytes as f64 / DDP_SYNC_REFERENCE_BYTES) * ring * network
+    let ddp_sync =
+        DDP_SYNC_S_AT_2 * (s.gradient_bytes as f64 / DDP_SYNC_REFERENCE_BYTES) * ring * network;
+    let sync_per_micro = match (s.strategy, s.fsdp) {
+        (Strategy::Ddp, _) => ddp_sync,
+        (Strategy::Fsdp, FsdpVersion::Fsdp2) => {
+            let ddp_micro = per_sample * s.batch_size as f64 + fixed + ddp_sync;
+            (FSDP2_OVER_DDP - 1.0) * ddp_micro * network + ddp_sync
         }
-        Strategy::Fsdp => {
+        (Strategy::Fsdp, FsdpVersion::Fsdp1) => {
             FSDP_PER_MICRO_S_AT_2
                 * (s.weight_bytes as f64 / FSDP_REFERENCE_WEIGHT_BYTES)
                 * ring

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{self, Allocator, Budget, Strategy, strategy_name};
+use crate::budget::{self, Allocator, Budget, FsdpVersion, Strategy, strategy_name};
 use crate::gpu::Gpu;
 use crate::model::{self, ModelSpec};
 
@@ -21,6 +21,9 @@ pub struct Policy {
     pub margin_min_bytes: u64,
     pub max_batch_size: u32,
     pub allocator: Allocator,
+    /// Which FSDP an FSDP plan runs: FSDP2 when the addition supplies `--use_fsdp`, FSDP1 when
+    /// the script has its own (a fork) or nobody could ask it.
+    pub fsdp: FsdpVersion,
 }
 
 /// Axes pinned by the user (`--batch-size` etc.); `None` lets the search choose.

@@ -1,6 +1,6 @@
 //! Parameter counts, the seed's errors, and monotonic properties of the budget model.
 
-use vla_launch::budget::{self, Allocator, Config, Strategy, render};
+use vla_launch::budget::{self, Allocator, Config, FsdpVersion, Strategy, render};
 use vla_launch::model::{self, ActionHead, Dtype, ModelError, ModelSpec, Platform, names};
 use vla_launch::units::{GIB, gib};
 
@@ -19,6 +19,7 @@ fn cfg(strategy: Strategy, world: u32, batch: u32, checkpointing: bool, gpu: &st
         checkpointing,
         allocator: Allocator::Default,
         gpu_name: gpu.into(),
+        fsdp: FsdpVersion::Fsdp1,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Every row of the measured table (tests/fixtures/measured-vram.csv) predicted within 10%.
 
-use vla_launch::budget::{self, Allocator, Config, Strategy};
+use vla_launch::budget::{self, Allocator, Config, FsdpVersion, Strategy};
 use vla_launch::model::{Dtype, ModelSpec, Platform};
 use vla_launch::units::gib;
 
@@ -49,6 +49,7 @@ fn rows() -> Vec<Row> {
                     Allocator::ExpandableSegments
                 },
                 gpu_name: H100.into(),
+                fsdp: FsdpVersion::Fsdp1,
             };
             Row {
                 label: format!(
@@ -151,6 +152,7 @@ fn probe_points_within_ten_percent() {
                 Allocator::ExpandableSegments
             },
             gpu_name: H100.into(),
+            fsdp: FsdpVersion::Fsdp1,
         };
         let (static_m, alloc_m, nvml_m): (f64, f64, f64) = (
             f[8].parse().unwrap(),

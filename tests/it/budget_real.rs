@@ -3,7 +3,7 @@
 //! pinned 2.2, archives validation/real-v2 and real-v3). Issue 15's bound: within 5% of the NVML
 //! peak, never more than 3% under.
 
-use vla_launch::budget::{self, Allocator, Config, Strategy};
+use vla_launch::budget::{self, Allocator, Config, FsdpVersion, Strategy};
 use vla_launch::model::{Dtype, Platform};
 use vla_launch::units::gib;
 
@@ -21,6 +21,7 @@ fn cfg(batch: u32, checkpointing: bool) -> Config {
         checkpointing,
         allocator: Allocator::ExpandableSegments,
         gpu_name: H200.into(),
+        fsdp: FsdpVersion::Fsdp1,
     }
 }
 

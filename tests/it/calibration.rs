@@ -554,3 +554,73 @@ fn calibrate_flow_predicts_held_out_batches() {
         );
     }
 }
+
+/// Observations of one FSDP (a fork's FSDP1, or runs planned before FSDP2 existed) correct only
+/// predictions of that FSDP: FSDP1's figures are ~1.6x FSDP2's, so their fit would lower FSDP2's.
+#[test]
+fn fsdp1_observations_do_not_correct_fsdp2_predictions() {
+    use vla_launch::budget::FsdpVersion;
+    use vla_launch::gpu::parse_gpus_spec;
+    use vla_launch::plan::{Calibration, Pins, PlanInput, Policy, plan};
+    let spec = builtin_spec("aloha");
+    let gpus = parse_gpus_spec("4xh100").unwrap();
+    let fsdp1 = Key::new(H100, "aloha", Strategy::Fsdp, true, 4);
+    let mut store = Store::default();
+    // A fork's FSDP1 runs: observed well below FSDP1's predictions, at two batch sizes.
+    for (i, b) in [1u32, 4].into_iter().enumerate() {
+        let p = 30 * GIB + u64::from(b) * GIB;
+        store.add(fsdp1.clone(), obs(b, p, p * 6 / 10, 1000 + i as u64));
+    }
+    let chosen = |fsdp: FsdpVersion| {
+        let input = PlanInput {
+            spec: &spec,
+            gpus: &gpus,
+            nnodes: 1,
+            policy: Policy {
+                fsdp,
+                ..crate::common::policy()
+            },
+            pins: Pins {
+                strategy: Some(Strategy::Fsdp),
+                batch_size: Some(2),
+                grad_accum: Some(2),
+                checkpointing: Some(true),
+                nproc: Some(4),
+            },
+            host_ram_bytes: None,
+            merge_lora_during_training: false,
+            calibration: Some(Calibration {
+                store: &store,
+                profile: "aloha",
+            }),
+        };
+        plan(&input).unwrap().chosen.unwrap()
+    };
+    assert!(chosen(FsdpVersion::Fsdp1).correction.is_some());
+    let two = chosen(FsdpVersion::Fsdp2);
+    assert!(two.correction.is_none(), "{:?}", two.correction);
+    assert_eq!(two.predicted_peak_bytes, two.model_peak_bytes);
+}
+
+/// A run record says which FSDP ran (`fsdp`); its observation is keyed by it. Older records (no
+/// field) were predicted with FSDP1's terms and stay FSDP1's.
+#[test]
+fn a_record_keys_its_observation_by_the_fsdp_that_ran() {
+    use vla_launch::budget::FsdpVersion;
+    for (field, want) in [
+        (Some("fsdp2"), FsdpVersion::Fsdp2),
+        (Some("fsdp1"), FsdpVersion::Fsdp1),
+        (None, FsdpVersion::Fsdp1),
+    ] {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&record_json(4, 30 * GIB, 40 * GIB, 0)).unwrap();
+        v["strategy"] = "fsdp".into();
+        if let Some(f) = field {
+            v["fsdp"] = f.into();
+        }
+        let rec = record::parse(&v.to_string(), Path::new("plan-9.json")).unwrap();
+        let obs = record::observations(&rec, Path::new("plan-9.json"), Source::Run);
+        assert_eq!(obs[0].0.fsdp, want, "{field:?}");
+        assert_eq!(obs[0].0.strategy, Strategy::Fsdp);
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vla_launch::budget::{Allocator, Strategy};
+use vla_launch::budget::{Allocator, FsdpVersion, Strategy};
 use vla_launch::model::{ActionHead, Dtype, ModelSpec, Platform};
 use vla_launch::plan::Policy;
 use vla_launch::profile::{self, BUILTIN};
@@ -29,6 +29,7 @@ pub fn policy() -> Policy {
         margin_min_bytes: GIB,
         max_batch_size: 64,
         allocator: Allocator::ExpandableSegments,
+        fsdp: FsdpVersion::Fsdp1,
     }
 }
 

@@ -11,6 +11,7 @@ mod supervisor_support;
 
 mod budget;
 mod budget_calibration;
+mod budget_fsdp2;
 mod budget_real;
 mod calibration;
 mod cli;

@@ -516,3 +516,47 @@ fn a_plan_that_needs_no_missing_flag_runs_the_script_itself() {
         "{line}"
     );
 }
+
+/// The budget follows the FSDP that runs (issue 16): the addition's FSDP2 in an upstream checkout,
+/// the fork's own FSDP1 when the script has --use_fsdp, FSDP1 when nobody could ask (assumed).
+#[test]
+fn the_plan_predicts_the_fsdp_that_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_addition(dir.path());
+    let plan = |checkout: &Path| -> serde_json::Value {
+        let o = run(bin(dir.path(), checkout, &data).args([
+            "plan",
+            "--json",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "4xrtx4090",
+            "--strategy",
+            "fsdp",
+        ]));
+        assert_eq!(o.code, Some(0), "{}\n{}", o.stdout, o.stderr);
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+    let upstream = plan(&checkout("openvla-oft-upstream"));
+    let fork = plan(&checkout("openvla-oft"));
+    let nowhere = plan(&dir.path().join("no-checkout"));
+    assert_eq!(upstream["fsdp"], "fsdp2", "{upstream}");
+    assert_eq!(fork["fsdp"], "fsdp1", "{fork}");
+    assert_eq!(nowhere["fsdp"], "fsdp1", "{nowhere}");
+    assert_eq!(upstream["script_run"]["addition"], true);
+    // FSDP2 keeps gradients only for the 852,557,326 trainable parameters (2,651,283,996 bytes),
+    // sharded over 4 GPUs; FSDP1 keeps them for every flat parameter.
+    assert_eq!(
+        upstream["budget"]["gradients"],
+        2_651_283_996u64.div_ceil(4)
+    );
+    assert_eq!(fork["budget"]["gradients"], fork["budget"]["weights"]);
+    let peak = |v: &serde_json::Value| v["predicted_peak_bytes"].as_u64().unwrap();
+    assert!(
+        peak(&upstream) < peak(&fork),
+        "{} vs {}",
+        peak(&upstream),
+        peak(&fork)
+    );
+    assert_eq!(peak(&fork), peak(&nowhere));
+}

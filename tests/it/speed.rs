@@ -2,7 +2,7 @@
 //! column (3 steps each, so warm-up weighs in) and the probe trainer's runs of docs/validation
 //! (mean over steps 3..20, or 3..10 for the plan-quality runs).
 
-use vla_launch::budget::Strategy;
+use vla_launch::budget::{FsdpVersion, Strategy};
 use vla_launch::model::{self, ModelSpec};
 use vla_launch::plan::speed::{REFERENCE_TFLOPS, SpeedInput, step_time};
 
@@ -96,6 +96,7 @@ fn step_time_model_within_15_percent_of_every_measurement() {
                 flops_per_sample: model::train_flops_per_sample(&s, p.ckpt),
                 gradient_bytes: bytes(true),
                 weight_bytes: bytes(false),
+                fsdp: FsdpVersion::Fsdp1,
             },
         )
         .total();
@@ -108,4 +109,58 @@ fn step_time_model_within_15_percent_of_every_measurement() {
     }
     println!("{table}");
     assert!(worst <= 15.0, "worst error {worst:.1}%:\n{table}");
+}
+
+/// FSDP2 (the addition) against DDP on the same machine, ALOHA batch 2 with checkpointing
+/// (docs/fsdp.md, fsdp-v1 and fsdp-v2, H200): (world, DDP s/step, FSDP2 s/step).
+const FSDP2_VS_DDP: &[(u32, f64, f64)] = &[(2, 0.821, 1.796), (4, 1.117, 2.302)];
+
+#[test]
+fn fsdp2_step_time_over_ddp_matches_the_measured_ratio() {
+    let s = spec("aloha", 32);
+    let comps = model::components(&s).unwrap();
+    let bytes = |trainable_only: bool| -> u64 {
+        comps
+            .iter()
+            .filter(|c| c.trainable || !trainable_only)
+            .map(|c| c.params * c.dtype.bytes())
+            .sum()
+    };
+    let at = |strategy, fsdp, world| {
+        step_time(
+            &s,
+            &SpeedInput {
+                strategy,
+                checkpointing: true,
+                batch_size: 2,
+                grad_accum: 1,
+                world_size: world,
+                nnodes: 1,
+                gpu_tflops: REFERENCE_TFLOPS,
+                flops_per_sample: model::train_flops_per_sample(&s, true),
+                gradient_bytes: bytes(true),
+                weight_bytes: bytes(false),
+                fsdp,
+            },
+        )
+        .total()
+    };
+    let mut report = String::new();
+    let mut worst: f64 = 0.0;
+    for &(w, ddp, fsdp2) in FSDP2_VS_DDP {
+        let measured = fsdp2 / ddp;
+        let predicted = at(Fsdp, FsdpVersion::Fsdp2, w) / at(Ddp, FsdpVersion::Fsdp2, w);
+        let err = (predicted / measured - 1.0) * 100.0;
+        worst = worst.max(err.abs());
+        report.push_str(&format!(
+            "{w} GPUs: FSDP2/DDP measured {measured:.2}x, predicted {predicted:.2}x ({err:+.1}%)\n"
+        ));
+    }
+    println!("{report}");
+    assert!(worst <= 5.0, "{report}");
+    // The FSDP1 path (a fork's --use_fsdp) is unchanged and differs from FSDP2.
+    assert_ne!(
+        at(Fsdp, FsdpVersion::Fsdp1, 4),
+        at(Fsdp, FsdpVersion::Fsdp2, 4)
+    );
 }
