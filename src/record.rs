@@ -66,6 +66,12 @@ pub struct PlanRecord {
     pub fits: Option<bool>,
     pub step_time_s: Option<f64>,
     pub samples_per_s: Option<f64>,
+    /// The run's optimizer steps (the profile's `max_steps`, or the script's `--max_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// `max_steps` x `step_time_s`: the predicted length of the whole run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_run_time_s: Option<f64>,
     /// The uncorrected budget model's terms.
     pub budget: Option<Budget>,
     pub allocator: Option<Allocator>,

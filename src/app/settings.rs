@@ -130,8 +130,27 @@ impl Planned {
             &self.plan,
             &self.gpus,
             self.policy.min_global_batch,
+            self.max_steps(),
             explain,
         )
+    }
+
+    /// The run's optimizer steps: a `--max_steps` passed through to the script, else the
+    /// profile's `train.max_steps` (after `--set`).
+    pub(super) fn max_steps(&self) -> Option<u64> {
+        let mut from_extra = None;
+        let mut it = self.extra.iter();
+        while let Some(a) = it.next() {
+            if a == "--max_steps" {
+                from_extra = it.next().and_then(|v| v.parse().ok());
+            } else if let Some(v) = a.strip_prefix("--max_steps=") {
+                from_extra = v.parse().ok();
+            }
+        }
+        from_extra.or_else(|| {
+            let v = self.loaded.profile.train.get("max_steps")?;
+            v.as_u64().or_else(|| v.as_str()?.parse().ok())
+        })
     }
 
     /// The planner's input again (for a re-plan after a failure).

@@ -8,6 +8,7 @@ use crate::budget::Strategy;
 use crate::gpu::{self, Gpu};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
 use crate::model;
+use crate::plan::Alternative;
 use crate::record::{self, Params, PlanRecord};
 
 /// The planner's flags for the script, in a fixed order, followed by any flags it adds.
@@ -139,6 +140,10 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         fits: c.map(|c| c.fits),
         step_time_s: c.map(|c| c.step_time_s),
         samples_per_s: c.map(|c| c.samples_per_s),
+        max_steps: ctx.max_steps(),
+        predicted_run_time_s: c
+            .zip(ctx.max_steps())
+            .map(|(c, n)| c.step_time_s * n as f64),
         budget: c.map(|c| c.budget.clone()),
         allocator: Some(ctx.policy.allocator),
         alloc_conf: Some(ctx.alloc_conf.clone()),
@@ -166,7 +171,14 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
                 })
                 .collect()
         }),
-        alternatives: plan.alternatives.clone(),
+        alternatives: plan
+            .alternatives
+            .iter()
+            .map(|a| Alternative {
+                predicted_run_time_s: ctx.max_steps().map(|n| a.candidate.step_time_s * n as f64),
+                ..a.clone()
+            })
+            .collect(),
         reasons: plan.reasons.clone(),
         levers: plan.levers.clone(),
         host_ram: plan.host_ram,

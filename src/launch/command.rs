@@ -433,8 +433,12 @@ fn process_vars() -> BTreeMap<String, String> {
 /// A copy-pasteable shell line (`cd DIR && VAR=... torchrun ...`) for humans and logs, with
 /// every secret masked by name and by value (see [`mask`]; the values of the launcher's own
 /// secret-named variables included). Never executed.
+///
+/// Unlike [`render`], it is for pasting: no `cd` when the directory is the current one, and a
+/// `${NAME}` placeholder left unset by the plan is printed double-quoted (`"${NAME}"`) so that the
+/// pasting shell expands it; every other byte is quoted exactly as `render` quotes it.
 pub fn display(cmd: &LaunchCommand) -> String {
-    render(&masked(cmd))
+    render_with(&masked(cmd), true)
 }
 
 /// `cmd` with every secret masked, by name and by value, the launcher's own secret-named
@@ -448,6 +452,17 @@ pub fn masked(cmd: &LaunchCommand) -> LaunchCommand {
 /// hold (env names included), and it holds no control character. Variable names that are not
 /// shell names (only a record can hold them: `build` refuses them) are passed through `env`.
 pub fn render(cmd: &LaunchCommand) -> String {
+    render_with(cmd, false)
+}
+
+fn render_with(cmd: &LaunchCommand, for_paste: bool) -> String {
+    let quote_value = |b: &[u8]| {
+        if for_paste {
+            quote_expanding(b)
+        } else {
+            quote_bytes(b)
+        }
+    };
     let mut cwd = cmd.cwd.as_os_str().as_bytes().to_vec();
     if cwd.is_empty() {
         cwd = b".".to_vec();
@@ -455,7 +470,11 @@ pub fn render(cmd: &LaunchCommand) -> String {
         // `cd -` means "the previous directory", `cd -x` an option.
         cwd.splice(0..0, *b"./");
     }
-    let mut words: Vec<String> = vec!["cd".into(), quote_bytes(&cwd), "&&".into()];
+    let mut words: Vec<String> = if for_paste && cwd == b"." {
+        Vec::new()
+    } else {
+        vec!["cd".into(), quote_bytes(&cwd), "&&".into()]
+    };
     let plain_names = cmd.env.iter().all(|(k, _)| valid_env_name(k));
     if !plain_names {
         // `--`: a name starting with `-` is not an option of env.
@@ -464,7 +483,7 @@ pub fn render(cmd: &LaunchCommand) -> String {
     }
     for (k, v) in &cmd.env {
         if plain_names {
-            words.push(format!("{k}={}", quote_bytes(v.as_bytes())));
+            words.push(format!("{k}={}", quote_value(v.as_bytes())));
         } else {
             words.push(quote_bytes(format!("{k}={v}").as_bytes()));
         }
@@ -477,21 +496,61 @@ pub fn render(cmd: &LaunchCommand) -> String {
         quote_bytes(program)
     });
     for arg in &cmd.args {
-        words.push(quote_arg(arg.as_bytes()));
+        words.push(quote_arg(arg.as_bytes(), &quote_value));
     }
     words.join(" ")
 }
 
 /// `--flag=value` as `--flag=` + the quoted value, when the flag part needs no quoting (one
 /// shell word either way; this one reads better).
-fn quote_arg(arg: &[u8]) -> String {
+fn quote_arg(arg: &[u8], quote_value: &dyn Fn(&[u8]) -> String) -> String {
     match memchr::memchr(b'=', arg) {
         Some(at) if at > 0 && arg[..at].iter().all(|&b| inert(b)) => {
             let (flag, value) = arg.split_at(at + 1);
-            format!("{}{}", String::from_utf8_lossy(flag), quote_bytes(value))
+            format!("{}{}", String::from_utf8_lossy(flag), quote_value(value))
         }
-        _ => quote_bytes(arg),
+        _ => quote_value(arg),
     }
+}
+
+/// Like [`quote_bytes`], except that each `${NAME}` (NAME a shell variable name) becomes
+/// `"${NAME}"`, so the shell expands it; the text around it is quoted by `quote_bytes`, and the
+/// pieces are joined into one word.
+pub fn quote_expanding(b: &[u8]) -> String {
+    let mut out = String::new();
+    let mut literal_start = 0;
+    let mut i = 0;
+    let mut any = false;
+    while i + 1 < b.len() {
+        if b[i] == b'$' && b[i + 1] == b'{' {
+            let name_start = i + 2;
+            let name_len = b[name_start..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                .count();
+            let end = name_start + name_len;
+            if name_len > 0 && !b[name_start].is_ascii_digit() && b.get(end) == Some(&b'}') {
+                if literal_start < i {
+                    out.push_str(&quote_bytes(&b[literal_start..i]));
+                }
+                out.push('"');
+                out.push_str(std::str::from_utf8(&b[i..=end]).expect("ASCII"));
+                out.push('"');
+                any = true;
+                i = end + 1;
+                literal_start = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if !any {
+        return quote_bytes(b);
+    }
+    if literal_start < b.len() {
+        out.push_str(&quote_bytes(&b[literal_start..]));
+    }
+    out
 }
 
 fn inert(b: u8) -> bool {

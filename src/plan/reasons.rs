@@ -123,6 +123,7 @@ pub(super) fn alternatives(ranked: &[&Candidate], best: &Candidate) -> Vec<Alter
         out.push(Alternative {
             candidate: (*c).clone(),
             why_not: why,
+            predicted_run_time_s: None,
         });
         if out.len() == 3 {
             break;

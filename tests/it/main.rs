@@ -15,6 +15,7 @@ mod calibration;
 mod cli;
 mod cluster;
 mod diagnosis;
+mod firsthour_cli;
 mod gpu_discovery;
 mod gpu_names_cli;
 mod gpu_nvml;

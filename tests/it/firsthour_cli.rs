@@ -1,0 +1,453 @@
+//! Issue 17 items 3-7, 9-10 and `--profile` did-you-mean, through the real binary: each test
+//! names the item it covers and failed on the code before the change it checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    c.env_remove("VLA_LAUNCH_GPUS")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .env_remove("SLURM_JOB_ID")
+        .env_remove("SLURM_NNODES")
+        .env_remove("MASTER_ADDR")
+        .env_remove("NNODES")
+        .env_remove("NODE_RANK")
+        .env_remove("PYTORCH_CUDA_ALLOC_CONF")
+        .env_remove("VLA_DATA_ROOT")
+        .env_remove("VLA_RUN_ROOT")
+        .env_remove("WANDB_ENTITY")
+        .env_remove("WANDB_PROJECT")
+        .env_remove("WANDB_MODE")
+        .env_remove("NO_COLOR")
+        .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
+        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env("OPENVLA_OFT_DIR", root().join("tests/fixtures/openvla-oft"))
+        .env("RUST_LOG", "vla_launch=warn")
+        .current_dir(root());
+    c
+}
+
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn ran(out: Output) -> Ran {
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run(args: &[&str]) -> Ran {
+    ran(bin().args(args).output().unwrap())
+}
+
+fn plan_4090() -> Ran {
+    run(&["plan", "--profile", "aloha", "--gpus", "4xrtx4090"])
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vla-firsthour-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+// ---- item 3: the headline memory line
+
+/// The memory line leads with what must fit against what is usable; the nvidia-smi peak (larger
+/// than the card here) is never on a line that ends "fits", and the cache is explained once.
+#[test]
+fn memory_line_leads_with_what_must_fit() {
+    let r = plan_4090();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("memory"))
+        .expect("a memory line");
+    assert!(
+        line.contains("memory         needs 20.86 GiB of 22.32 GiB usable per GPU"),
+        "{line}"
+    );
+    assert!(line.contains("fits"), "{line}");
+    assert!(
+        !line.contains("29.67"),
+        "the peak above the card is not on the verdict line: {line}"
+    );
+    assert!(r.stdout.contains("allocator cache"), "{}", r.stdout);
+    for l in r.stdout.lines().filter(|l| l.contains("fits")) {
+        assert!(!l.contains("29.67 GiB peak"), "{l}");
+    }
+}
+
+// ---- item 4: total run time
+
+#[test]
+fn plan_gives_total_run_time_in_text_and_json() {
+    let r = plan_4090();
+    // 10.29 s x 100005 steps = 11.9 days; the next best at 17.88 s = 20.7 days.
+    assert!(
+        r.stdout
+            .contains("run time       about 11.9 days for 100005 steps"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("20.7 days"),
+        "per alternative: {}",
+        r.stdout
+    );
+    let j = run(&[
+        "plan",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "4xrtx4090",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    let total = v["predicted_run_time_s"]
+        .as_f64()
+        .expect("predicted_run_time_s");
+    assert!((total / 86400.0 - 11.9).abs() < 0.06, "{total}");
+    let alt = v["alternatives"][0]["predicted_run_time_s"]
+        .as_f64()
+        .expect("alternatives[0].predicted_run_time_s");
+    assert!(alt > total, "{alt} vs {total}");
+}
+
+// ---- item 6: the printed command can be pasted
+
+#[test]
+fn printed_command_can_be_pasted() {
+    let r = plan_4090();
+    let cmd = r
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "Command:")
+        .nth(1)
+        .expect("a command")
+        .trim()
+        .to_string();
+    assert!(!cmd.starts_with("cd . &&"), "{cmd}");
+    assert!(
+        cmd.contains(r#"--data_root_dir "${VLA_DATA_ROOT}""#),
+        "{cmd}"
+    );
+    assert!(!cmd.contains("'${"), "{cmd}");
+    // Pasted into bash with the variables set, the placeholders expand.
+    let echoed = Command::new("bash")
+        .arg("-c")
+        .arg(format!("torchrun() {{ printf '%s\\n' \"$@\"; }}; {cmd}"))
+        .env("VLA_DATA_ROOT", "/my data")
+        .env("VLA_RUN_ROOT", "/runs")
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .output()
+        .unwrap();
+    let args = String::from_utf8_lossy(&echoed.stdout);
+    assert!(args.contains("--data_root_dir\n/my data\n"), "{args}");
+}
+
+// ---- --profile did-you-mean
+
+#[test]
+fn misspelt_profile_gets_did_you_mean() {
+    let r = run(&["plan", "--profile", "alhoa", "--gpus", "1xh100"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("did you mean aloha?"), "{}", r.stderr);
+}
+
+// ---- item 7: flags and conventions
+
+#[test]
+fn verbose_and_quiet_work_before_the_subcommand() {
+    let r = run(&["-v", "profiles"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let r = run(&["-q", "plan", "--profile", "aloha", "--gpus", "1xh100"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let r = run(&["plan", "-q", "--profile", "aloha", "--gpus", "1xh100"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // A launch flag still conflicts with a subcommand.
+    let r = run(&["--dry-run", "profiles"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+}
+
+#[test]
+fn quiet_hides_the_plan_and_verbose_adds_the_budget() {
+    let dry = ["--profile", "aloha", "--gpus", "1xh100", "--dry-run"];
+    let normal = run(&dry);
+    assert_eq!(normal.code, Some(0), "{}", normal.stderr);
+    assert!(
+        normal.stderr.contains("Plan for profile"),
+        "{}",
+        normal.stderr
+    );
+    let mut q = vec!["-q"];
+    q.extend(dry);
+    let quiet = run(&q);
+    assert_eq!(quiet.code, Some(0), "{}", quiet.stderr);
+    assert!(
+        !quiet.stderr.contains("Plan for profile"),
+        "{}",
+        quiet.stderr
+    );
+    assert!(
+        quiet.stdout.contains("torchrun"),
+        "the command stays: {}",
+        quiet.stdout
+    );
+    let mut v = vec!["-v"];
+    v.extend(dry);
+    let verbose = run(&v);
+    assert!(
+        verbose.stderr.contains("Memory budget per GPU"),
+        "{}",
+        verbose.stderr
+    );
+}
+
+#[test]
+fn wandb_offline_does_not_need_entity_or_project() {
+    let dir = temp_dir("wandb");
+    let record = dir.join("argv.json");
+    let base = |mode: Option<&str>| {
+        let mut c = bin();
+        c.args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
+            .arg(dir.join("logs"))
+            .arg("--torchrun")
+            .arg(root().join("tests/fixtures/fake_torchrun"))
+            .env("VLA_DATA_ROOT", "/data")
+            .env("VLA_RUN_ROOT", &dir)
+            .env("FAKE_RECORD", &record);
+        if let Some(m) = mode {
+            c.env("WANDB_MODE", m);
+        }
+        ran(c.output().unwrap())
+    };
+    let refused = base(None);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("WANDB_ENTITY"),
+        "{}",
+        refused.stderr
+    );
+    for mode in ["offline", "disabled"] {
+        let r = base(Some(mode));
+        assert_eq!(r.code, Some(0), "WANDB_MODE={mode}: {}", r.stderr);
+        let argv = std::fs::read_to_string(&record).unwrap();
+        assert!(
+            !argv.contains("${WANDB"),
+            "no placeholder reaches the script: {argv}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn completions_list_profile_names() {
+    for shell in ["bash", "zsh", "fish"] {
+        let r = run(&["completions", shell]);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        assert!(
+            r.stdout.contains("aloha-probe"),
+            "{shell}: no profile names"
+        );
+    }
+}
+
+#[test]
+fn readme_names_every_shell_the_binary_supports() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        assert!(run(&["completions", shell]).code == Some(0), "{shell}");
+        assert!(readme.contains(shell), "README does not name {shell}");
+    }
+}
+
+#[test]
+fn plan_help_is_not_wrapped_mid_command_on_a_wide_terminal() {
+    // clap wraps only on a terminal: run it on a pty 200 columns wide.
+    let out = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "stty cols 200; '{}' plan --help",
+            env!("CARGO_BIN_EXE_vla-launch")
+        ))
+        .arg("/dev/null")
+        .env("NO_COLOR", "1")
+        .env_remove("COLUMNS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(text.contains("Examples:"), "{text}");
+    // Every example is one line starting with the program name, or continues one ending in `\`.
+    let mut continued = false;
+    for l in text
+        .lines()
+        .skip_while(|l| !l.starts_with("Examples:"))
+        .skip(1)
+    {
+        if l.trim().is_empty() {
+            continue;
+        }
+        assert!(
+            continued || l.trim_start().starts_with("vla-launch plan"),
+            "wrapped: {l:?}\n{text}"
+        );
+        continued = l.ends_with('\\');
+    }
+    // The strategy flag's help is one line at 200 columns (clap stopped at 100).
+    let strategy = text.lines().find(|l| l.contains("--strategy <")).unwrap();
+    assert!(strategy.contains("fsdp]"), "{text}");
+}
+
+// ---- item 10: doctor and wording
+
+#[test]
+fn plan_help_says_what_platform_words_are() {
+    let r = run(&["plan", "--help"]);
+    assert!(r.stdout.contains("platform words"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("--use_film"),
+        "platform words explained: {}",
+        r.stdout
+    );
+}
+
+#[test]
+fn nothing_fits_names_the_gpus_naturally() {
+    let r = run(&["plan", "--profile", "aloha", "--gpus", "4x10GiB"]);
+    assert_eq!(r.code, Some(3), "{}{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(!all.contains("GPUs of GPU with"), "{all}");
+    assert!(
+        all.contains("on 4 GPUs with 10.00 GiB each (described)"),
+        "{all}"
+    );
+}
+
+#[test]
+fn doctor_json_is_one_object_with_the_checks() {
+    let r = run(&["doctor", "--profile", "aloha", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr));
+    let checks = v["checks"].as_array().expect("checks");
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["name"].is_string() && c["ok"].is_boolean())
+    );
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    for want in ["dataset", "wandb", "base model", "checkpoint disk"] {
+        assert!(
+            names.iter().any(|n| n.contains(want)),
+            "no {want} check: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn doctor_torchrun_hint_names_openvla_oft_dir() {
+    let r = ran(bin()
+        .args(["doctor", "--profile", "aloha"])
+        .env("PATH", "/nonexistent")
+        .env("OPENVLA_OFT_DIR", "/nonexistent-oft")
+        .output()
+        .unwrap());
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("OPENVLA_OFT_DIR"), "{all}");
+}
+
+/// Item 6, for every byte: the pasted `display` line gives back the argv with each `${NAME}`
+/// expanded by the pasting shell, and everything else exactly.
+#[test]
+fn displayed_command_expands_placeholders_and_keeps_every_other_byte() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    use vla_launch::launch::command::{AllocConf, AllocConfSource, LaunchCommand, display};
+    let dir = temp_dir("display");
+    let dumper = dir.join("dump");
+    std::fs::write(
+        &dumper,
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > \"$DUMP_DIR/args\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&dumper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |n: u64| {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    };
+    const NASTY: &[u8] = b"'\"\\$`!;&|<>(){}[]*?~#= \t\n\x1b%-_/:{}";
+    for case in 0..200 {
+        let mut args = Vec::new();
+        let mut want = Vec::new();
+        for _ in 0..1 + next(4) {
+            let (mut arg, mut exp) = (Vec::new(), Vec::new());
+            for _ in 0..next(14) {
+                match next(5) {
+                    0 => {
+                        let name = ["VA", "V_B", "x1"][next(3) as usize];
+                        arg.extend_from_slice(format!("${{{name}}}").as_bytes());
+                        exp.extend_from_slice(format!("<{name} $x>").as_bytes());
+                    }
+                    1 => {
+                        let b = NASTY[next(NASTY.len() as u64) as usize];
+                        arg.push(b);
+                        exp.push(b);
+                    }
+                    _ => {
+                        let b = 1 + next(255) as u8;
+                        arg.push(b);
+                        exp.push(b);
+                    }
+                }
+            }
+            args.push(OsString::from_vec(arg));
+            want.push(exp);
+        }
+        let cmd = LaunchCommand {
+            program: dumper.clone(),
+            args,
+            env: vec![("DUMP_DIR".into(), dir.to_string_lossy().into_owned())],
+            cwd: ".".into(),
+            alloc_conf: AllocConf {
+                value: String::new(),
+                source: AllocConfSource::Profile,
+            },
+        };
+        let line = display(&cmd);
+        assert!(!line.starts_with("cd "), "{line}");
+        assert!(
+            !line.bytes().any(|b| b < 0x20 || b == 0x7f),
+            "case {case}: {line:?}"
+        );
+        let _ = std::fs::remove_file(dir.join("args"));
+        let out = Command::new("bash")
+            .args(["-c", &line])
+            .current_dir(&dir)
+            .env("VA", "<VA $x>")
+            .env("V_B", "<V_B $x>")
+            .env("x1", "<x1 $x>")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "case {case}: {line:?}");
+        let got = std::fs::read(dir.join("args")).unwrap();
+        let mut got: Vec<Vec<u8>> = got.split(|&c| c == 0).map(<[u8]>::to_vec).collect();
+        got.pop();
+        assert_eq!(got, want, "case {case}: {line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
