@@ -52,7 +52,8 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   vla-launch plan --profile aloha --gpus 4xrtx4090
-  vla-launch plan --profile aloha --gpus 1xh100 --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off --json
+  vla-launch plan --profile aloha --gpus 1xh100 --strategy ddp --batch-size 2 \\
+      --grad-accum 8 --checkpointing off --json
   vla-launch plan --profile aloha --gpus 8xh100 --nnodes 4 -o plan.json
 ")]
     Plan(Box<PlanArgs>),
@@ -189,7 +190,9 @@ pub struct PlanArgs {
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
 
-    /// Extra arguments for the training script (after `--`); they count for the platform words.
+    /// Extra arguments for the training script (after `--`). Like finetune.py, the plan takes the
+    /// robot platform's constants (action chunk, proprio size) from the platform words: the first
+    /// of libero, aloha or bridge found in the script's arguments, these included.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]
     pub extra: Vec<String>,
 }

@@ -22,4 +22,5 @@ pub mod plan;
 pub mod profile;
 pub mod record;
 mod script_caps;
+pub mod suggest;
 pub mod units;

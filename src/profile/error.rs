@@ -3,9 +3,14 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
-        "profile '{name}' not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file"
+        "profile '{name}' not found{hint}: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file"
     )]
-    NotFound { name: String, searched: String },
+    NotFound {
+        name: String,
+        searched: String,
+        /// " (did you mean NAME?)" when a known profile is close, else empty.
+        hint: String,
+    },
     #[error("{path}: is a directory, not a profile; pass a .yaml file such as {path}/aloha.yaml")]
     IsDirectory { path: String },
     #[error("{path}: cannot read the profile: {source}")]

@@ -19,7 +19,15 @@ use crate::record;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::{eprint_lossy as eprint, eprintln_lossy as eprintln, println_lossy as println};
 
-pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
+/// The global -q / -v: -q leaves the plan out of the terminal, -v adds its memory budget
+/// (the table and a bar per GPU, as `plan --explain`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::app) struct Verbosity {
+    pub quiet: bool,
+    pub verbose: u8,
+}
+
+pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> Result<ExitCode> {
     if let Some(path) = args.plan_file.clone() {
         pin_to_plan_file(&mut args.planning, &path)?;
     }
@@ -46,7 +54,10 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
             "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
         );
     }
-    eprint!("{}", ctx.render(false));
+    // An infeasible plan is the error itself: shown even with -q.
+    if !verbosity.quiet || !ctx.plan.feasible {
+        eprint!("{}", ctx.render(verbosity.verbose > 0));
+    }
     if !ctx.plan.feasible {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
         if !forced {
