@@ -69,8 +69,11 @@ Examples:
     /// List the known launch profiles and where each comes from.
     #[command(after_help = "Example:\n  vla-launch profiles\n")]
     Profiles,
-    /// Check the environment: torchrun, python, torch, the script and its flags, NVML, disk, RAM.
-    #[command(after_help = "Example:\n  vla-launch doctor --profile aloha\n")]
+    /// Check the environment: torchrun, python, torch, the script and its flags, NVML, disk, RAM,
+    /// the dataset, W&B, the base model and room for the checkpoints.
+    #[command(
+        after_help = "Examples:\n  vla-launch doctor --profile aloha\n  vla-launch doctor --profile aloha --json\n"
+    )]
     Doctor {
         /// Profile name or path to a .yaml file.
         #[arg(long, short = 'p')]
@@ -78,6 +81,9 @@ Examples:
         /// Override a profile field: --set train.max_steps=1000 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Print the checks as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Learn how far the budget model is off on these GPUs: run the script a few steps at two
     /// batch sizes per strategy the planner considers, record the observed peaks, fit a correction.

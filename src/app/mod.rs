@@ -21,7 +21,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Plan(args)) => plan::cmd_plan(*args),
         Some(Command::Gpus { json }) => gpus::cmd_gpus(json),
         Some(Command::Profiles) => profiles::cmd_profiles(),
-        Some(Command::Doctor { profile, sets }) => doctor::cmd_doctor(&profile, &sets),
+        Some(Command::Doctor {
+            profile,
+            sets,
+            json,
+        }) => doctor::cmd_doctor(&profile, &sets, json),
         Some(Command::Replay { record, grace }) => replay::cmd_replay(&record, grace),
         Some(Command::Calibrate(args)) => calibrate::cmd_calibrate(*args),
         Some(Command::Completions { shell }) => {

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::error::{AppError, Result};
 use super::settings::{Planned, env_var, store_path};
 use super::torchrun::{RanksFilter, command_for, plan_record};
+use crate::budget::Strategy;
 use crate::calibration::{self, Source};
 use crate::cli::LaunchArgs;
 use crate::cluster::peers::{self, PeerWatch};
@@ -139,13 +140,16 @@ pub(super) fn launch_once(
             );
         }
     }
-    let diagnosis =
+    let mut diagnosis =
         if outcome.exit_code != 0 && outcome.interrupted_by.is_none() && !outcome.force_killed {
             let tail = read_tail(&log_path, 256 * 1024);
             diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)
         } else {
             None
         };
+    if let (Some(d), Some(c)) = (diagnosis.as_mut(), ctx.plan.chosen.as_ref()) {
+        diagnosis::fit_oom_hint(d, c.gradient_checkpointing, c.strategy == Strategy::Fsdp);
+    }
     if let Some(d) = &diagnosis {
         eprintln!("vla-launch: {}", d.summary);
         eprintln!("vla-launch: hint: {}", d.hint);

@@ -486,3 +486,55 @@ fn no_color_turns_off_the_log_colours_on_a_terminal() {
     assert!(plain.contains("WARN"), "{plain}");
     assert!(!plain.contains("\x1b["), "NO_COLOR=1: {plain:?}");
 }
+
+/// Item 10: after an OOM with checkpointing and FSDP both on, the hint does not suggest them.
+#[test]
+fn oom_hint_does_not_suggest_what_is_already_on() {
+    let dir = temp_dir("oomhint");
+    let oom = "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.12 GiB memory in use. Of the allocated memory 75.80 GiB is allocated by PyTorch, and 0.21 GiB is reserved by PyTorch but unallocated.\n";
+    let hint = |strategy: &str, ckpt: &str| {
+        let r = ran(bin()
+            .args([
+                "--profile",
+                "aloha",
+                "--gpus",
+                "2xh100",
+                "--oom-retries",
+                "0",
+            ])
+            .args(["--strategy", strategy, "--checkpointing", ckpt])
+            .args(["--batch-size", "4", "--grad-accum", "2", "--force"])
+            .arg("--torchrun")
+            .arg(root().join("tests/fixtures/fake_torchrun"))
+            .arg("--log-dir")
+            .arg(dir.join("logs"))
+            .env("VLA_DATA_ROOT", "/data")
+            .env("VLA_RUN_ROOT", &dir)
+            .env("WANDB_MODE", "offline")
+            .env("FAKE_STDERR", oom)
+            .env("FAKE_EXIT", "1")
+            .output()
+            .unwrap());
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with("vla-launch: hint:"))
+            .unwrap_or_else(|| panic!("no hint: {}", r.stderr))
+            .to_string()
+    };
+    let both = hint("fsdp", "on");
+    assert!(!both.contains("turn on"), "{both}");
+    assert!(both.contains("already on"), "{both}");
+    let neither = hint("ddp", "off");
+    assert!(
+        neither.contains("gradient checkpointing or FSDP"),
+        "{neither}"
+    );
+    let ddp_ckpt = hint("ddp", "on");
+    assert!(ddp_ckpt.contains("turn on FSDP"), "{ddp_ckpt}");
+    assert!(
+        !ddp_ckpt.contains("gradient checkpointing or"),
+        "{ddp_ckpt}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,1 @@
+../../../../../../../scripts/real_probe/__init__.py

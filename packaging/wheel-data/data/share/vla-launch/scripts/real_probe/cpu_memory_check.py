@@ -1,0 +1,1 @@
+../../../../../../../scripts/real_probe/cpu_memory_check.py

@@ -1,0 +1,1 @@
+../../../../../../scripts/real_probe_finetune.py
