@@ -5,6 +5,7 @@
 
 mod commands;
 mod error;
+mod script_flags;
 mod settings;
 mod supervised_run;
 mod torchrun;

@@ -213,12 +213,28 @@ pub(super) fn resolve_plan(
     let loaded = load_profile(args.profile.as_deref(), &args.sets)?;
     let resolved = loaded.resolve(&env_var);
     // A real launch first asks the script which planner flags it really takes.
-    let accepts_override = if ask_script {
+    let confirmed = if ask_script {
         confirm_script_flags(&loaded, &resolved)?
     } else {
         None
     };
+    let script = PathBuf::from(&resolved.workdir.value).join(&resolved.script.value);
+    let (accepts_override, script_flags) = match confirmed {
+        Some((accepts, flags)) => (Some(accepts), Some(flags)),
+        None => (None, super::script_flags::cached(&script, &env_var)),
+    };
+    let unknown_flags = script_flags
+        .map(|f| super::script_flags::unknown(&loaded, &args.sets, extra, &script, &f))
+        .unwrap_or_default();
+    if ask_script && !unknown_flags.is_empty() {
+        // Asked just now: a flag the script does not define would only fail inside torchrun.
+        return Err(AppError::usage(format!(
+            "not launching: {}",
+            unknown_flags.join("; ")
+        )));
+    }
     let (gpus, mut warnings) = gpus_for(args)?;
+    warnings.extend(unknown_flags.iter().cloned());
     let topology = match cluster::topology_from_env(
         &env_var,
         &TopologyFlags {
@@ -305,7 +321,11 @@ pub(super) fn missing_script(loaded: &Loaded, resolved: &Resolved) -> Option<Str
     })
 }
 
-fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Option<Vec<String>>> {
+/// The planner flags the script takes and every flag its `--help` lists, or None when it could
+/// not be asked.
+type Confirmed = Option<(Vec<String>, std::collections::BTreeSet<String>)>;
+
+fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Confirmed> {
     let p = &loaded.profile;
     let workdir = PathBuf::from(&resolved.workdir.value);
     let script = workdir.join(&resolved.script.value);
@@ -320,6 +340,7 @@ fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Option<V
         script_caps::DEFAULT_PROBE_TIMEOUT,
     ) {
         Ok(caps) => {
+            super::script_flags::remember(&script, &caps.flags, &env_var);
             let mut accepted = Vec::new();
             for flag in &p.script.accepts {
                 if caps.flags.contains(flag.as_str()) {
@@ -331,7 +352,7 @@ fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Option<V
                     );
                 }
             }
-            Ok(Some(accepted))
+            Ok(Some((accepted, caps.flags)))
         }
         Err(e) => {
             warn!(

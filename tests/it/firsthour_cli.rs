@@ -538,3 +538,70 @@ fn oom_hint_does_not_suggest_what_is_already_on() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 5: a flag the script's `--help` does not list is refused before torchrun starts, with
+/// the closest real flag; once the launcher has read the script's `--help`, `plan` warns.
+#[test]
+fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
+    let dir = temp_dir("flags");
+    let record = dir.join("argv.json");
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let launch = |args: &[&str]| {
+        ran(bin()
+            .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
+            .arg(dir.join("logs"))
+            .arg("--torchrun")
+            .arg(root().join("tests/fixtures/fake_torchrun"))
+            .args(args)
+            .env("VLA_DATA_ROOT", "/data")
+            .env("VLA_RUN_ROOT", &dir)
+            .env("WANDB_MODE", "offline")
+            .env("VLA_LAUNCH_CACHE_DIR", &cache)
+            .env("FAKE_RECORD", &record)
+            .output()
+            .unwrap())
+    };
+    let r = launch(&["--set", "train.max_step=1000"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--set train.max_step=1000: finetune.py has no --max_step")
+            && r.stderr.contains("did you mean --max_steps?"),
+        "{}",
+        r.stderr
+    );
+    assert!(!record.exists(), "torchrun was started");
+    let r = launch(&["--", "--run_id_notee", "x"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("did you mean --run_id_note?"),
+        "{}",
+        r.stderr
+    );
+    assert!(!record.exists(), "torchrun was started");
+    // Correct flags launch.
+    let r = launch(&["--set", "train.max_steps=1000", "--", "--run_id_note", "x"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // plan reads no --help itself, but remembers the launch's.
+    let plan = ran(bin()
+        .args([
+            "plan",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--set",
+            "train.max_step=5",
+        ])
+        .env("VLA_LAUNCH_CACHE_DIR", &cache)
+        .output()
+        .unwrap());
+    assert_eq!(plan.code, Some(0), "{}", plan.stderr);
+    assert!(
+        plan.stderr.contains("did you mean --max_steps?"),
+        "{}",
+        plan.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
