@@ -104,6 +104,28 @@ Examples:
           value_parser = clap::value_parser!(u64).range(0..=crate::launch::supervisor::MAX_GRACE_SECS))]
         grace: u64,
     },
+    /// List past runs: when, the plan, how each ended, GPU peak vs prediction, the log.
+    #[command(
+        after_help = "Examples:\n  vla-launch runs\n  vla-launch runs --profile aloha --json\n  vla-launch runs --log-dir /scratch/runs/vla-launch\n"
+    )]
+    Runs {
+        /// Print the runs as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: RunsPlace,
+    },
+    /// Print a run's log (the newest run's by default); --follow keeps printing as it grows.
+    #[command(after_help = "Examples:\n  vla-launch logs --follow\n  vla-launch logs 1795846018\n")]
+    Logs {
+        /// A record or log path, or part of one (e.g. its time stamp); default: the newest run.
+        run: Option<String>,
+        /// Keep printing what the run writes until it ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        place: RunsPlace,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  vla-launch completions bash > ~/.local/share/bash-completion/completions/vla-launch\n"
@@ -112,6 +134,18 @@ Examples:
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Where `runs` and `logs` look for run records.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RunsPlace {
+    /// Log directory to search (repeatable; default: the profile's run root, $VLA_RUN_ROOT,
+    /// ./vla-launch-logs).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Vec<PathBuf>,
+    /// Look in this profile's run_root_dir.
+    #[arg(long, short = 'p')]
+    pub profile: Option<String>,
 }
 
 /// Options shared by `plan` and the launch form.

@@ -13,7 +13,7 @@ mod torchrun;
 pub use error::{AppError, ExitCode};
 
 use crate::cli::{Cli, Command};
-use commands::{calibrate, doctor, gpus, plan, profiles, replay, train};
+use commands::{calibrate, doctor, gpus, plan, profiles, replay, runs, train};
 use error::Result;
 
 /// Runs the command line; returns the process exit code.
@@ -29,6 +29,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }) => doctor::cmd_doctor(&profile, &sets, json),
         Some(Command::Replay { record, grace }) => replay::cmd_replay(&record, grace),
         Some(Command::Calibrate(args)) => calibrate::cmd_calibrate(*args),
+        Some(Command::Runs { json, place }) => {
+            runs::cmd_runs(&place.log_dir, place.profile.as_deref(), json)
+        }
+        Some(Command::Logs { run, follow, place }) => runs::cmd_logs(
+            &place.log_dir,
+            place.profile.as_deref(),
+            run.as_deref(),
+            follow,
+        ),
         Some(Command::Completions { shell }) => {
             let mut cmd = with_profile_names(
                 <Cli as clap::CommandFactory>::command(),

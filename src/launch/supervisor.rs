@@ -25,6 +25,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::io::IsTerminal as _;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -610,14 +611,26 @@ fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<Joi
         Sink::Stderr => Box::new(io::stderr()),
         Sink::File(path) => Box::new(File::create(path)?),
     };
+    // The launcher's own lines follow on stderr (and, on a terminal, after stdout's): a last
+    // line the script left unterminated there is ended, so they do not run together.
+    let end_last_line = match sink {
+        Sink::Stderr => true,
+        Sink::Stdout => io::stdout().is_terminal(),
+        _ => false,
+    };
     let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(TERMINAL_QUEUE);
     let thread = std::thread::Builder::new()
         .name("vla-launch-relay".into())
         .spawn(move || {
             // A closed terminal (EPIPE) must not stop the training: keep draining the queue.
             let mut broken = false;
+            let mut last = b'\n';
             for chunk in rx {
                 broken = broken || out.write_all(&chunk).and_then(|()| out.flush()).is_err();
+                last = chunk.last().copied().unwrap_or(last);
+            }
+            if end_last_line && !broken && last != b'\n' {
+                let _ = out.write_all(b"\n").and_then(|()| out.flush());
             }
         })?;
     Ok((Some(tx), Some(thread)))

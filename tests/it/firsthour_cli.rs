@@ -605,3 +605,100 @@ fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 8: the script's unterminated last stderr line is ended before the launcher's exit line.
+#[test]
+fn unterminated_script_stderr_is_ended_before_the_exit_line() {
+    let dir = temp_dir("unterminated");
+    let r = ran(bin()
+        .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
+        .arg(dir.join("logs"))
+        .arg("--torchrun")
+        .arg(root().join("tests/fixtures/fake_torchrun"))
+        .env("VLA_DATA_ROOT", "/data")
+        .env("VLA_RUN_ROOT", &dir)
+        .env("WANDB_MODE", "offline")
+        .env("FAKE_STDERR", "warn-from-script")
+        .output()
+        .unwrap());
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("warn-from-script\nvla-launch: torchrun exited"),
+        "{}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 8: `runs` lists past launches (when, plan, outcome, peak vs predicted, log; --json too)
+/// and `logs [--follow] [RUN]` prints a run's log, the newest by default.
+#[test]
+fn runs_lists_past_launches_and_logs_prints_them() {
+    let dir = temp_dir("runs");
+    let logs = dir.join("logs");
+    let launch = |text: &str, exit: &str| {
+        let r = ran(bin()
+            .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
+            .arg(&logs)
+            .arg("--torchrun")
+            .arg(root().join("tests/fixtures/fake_torchrun"))
+            .env("VLA_DATA_ROOT", "/data")
+            .env("VLA_RUN_ROOT", &dir)
+            .env("WANDB_MODE", "offline")
+            .env("FAKE_STDERR", text)
+            .env("FAKE_EXIT", exit)
+            .output()
+            .unwrap());
+        assert_eq!(r.code, Some(exit.parse().unwrap()), "{}", r.stderr);
+    };
+    let empty = run(&["runs", "--log-dir", dir.join("none").to_str().unwrap()]);
+    assert_eq!(empty.code, Some(0), "{}", empty.stderr);
+    assert!(empty.stderr.contains("no runs found"), "{}", empty.stderr);
+    launch("hello-ok\n", "0");
+    // Record names carry the start second: keep the two runs apart.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    launch("hello-fail\n", "1");
+    let logs_arg = logs.to_str().unwrap();
+    let text = run(&["runs", "--log-dir", logs_arg]);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", text.stdout);
+    assert!(lines[0].contains("PEAK / PREDICTED"), "{}", text.stdout);
+    assert!(
+        lines[1].contains("DDP b16") && lines[1].contains(" ok "),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("exit 1") && lines[2].contains("69.07 GiB"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[2].contains(".log"), "{}", lines[2]);
+    let json = run(&["runs", "--log-dir", logs_arg, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["exit_code"], 0);
+    assert_eq!(list[1]["exit_code"], 1);
+    let first_log = list[0]["log"].as_str().unwrap().to_string();
+    let newest = run(&["logs", "--log-dir", logs_arg]);
+    assert_eq!(newest.code, Some(0), "{}", newest.stderr);
+    assert!(newest.stdout.contains("hello-fail"), "{}", newest.stdout);
+    assert!(!newest.stdout.contains("hello-ok"), "{}", newest.stdout);
+    let stamp = Path::new(&first_log).file_stem().unwrap().to_str().unwrap();
+    let first = run(&["logs", "--log-dir", logs_arg, stamp]);
+    assert!(first.stdout.contains("hello-ok"), "{}", first.stdout);
+    // --follow on a finished run prints it and returns.
+    let followed = run(&["logs", "--follow", "--log-dir", logs_arg]);
+    assert_eq!(followed.code, Some(0), "{}", followed.stderr);
+    assert!(
+        followed.stdout.contains("hello-fail"),
+        "{}",
+        followed.stdout
+    );
+    let none = run(&["logs", "--log-dir", logs_arg, "no-such-run"]);
+    assert_eq!(none.code, Some(2), "{}", none.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
