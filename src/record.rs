@@ -164,6 +164,19 @@ pub struct RunOutcome {
     pub observed_peak_total_minus_free_bytes: Option<Vec<Option<u64>>>,
     #[serde(default)]
     pub diagnosis: Option<RecordedDiagnosis>,
+    /// The script's last tqdm progress: where the run got to and how fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RecordedProgress>,
+}
+
+/// How far the training got, from its last tqdm update.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordedProgress {
+    pub step: u64,
+    pub max_steps: u64,
+    pub samples_per_s: Option<f64>,
+    pub elapsed_s: Option<u64>,
+    pub eta_s: Option<u64>,
 }
 
 /// The diagnosis of a failed run, as recorded.

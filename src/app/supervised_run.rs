@@ -16,10 +16,11 @@ use crate::cli::LaunchArgs;
 use crate::cluster::peers::{self, PeerWatch};
 use crate::launch::command;
 use crate::launch::diagnosis;
+use crate::launch::status;
 use crate::launch::supervisor::{self, SuperviseOptions};
 use crate::monitor::{Monitor, NvmlSampler, WatchdogConfig};
 use crate::profile;
-use crate::record::{self, PlanRecord, RecordedDiagnosis, RunOutcome};
+use crate::record::{self, PlanRecord, RecordedDiagnosis, RecordedProgress, RunOutcome};
 use crate::units::fmt_gib;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::eprintln_lossy as eprintln;
@@ -101,6 +102,15 @@ pub(super) fn launch_once(
     };
     let mut opts = SuperviseOptions::new(&log_path);
     opts.grace = Duration::from_secs(args.grace);
+    // tqdm counts micro-batches on each rank: one iteration is this many samples.
+    let samples_per_it =
+        f64::from(chosen.batch_size) * f64::from(chosen.nproc_per_node) * f64::from(chosen.nnodes);
+    let progress = status::Tracker::new(status_on_terminal().then(|| status::StatusConfig {
+        samples_per_it,
+        predicted_peak_bytes: chosen.predicted_peak_bytes,
+        gpu_used_bytes: monitor.as_ref().map(Monitor::current).unwrap_or_default(),
+    }));
+    opts.progress = Some(progress.clone());
     let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
     let peers = start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone())?;
     let result = supervisor::run_blocking(&cmd, &opts);
@@ -176,6 +186,13 @@ pub(super) fn launch_once(
             summary: d.summary.clone(),
             hint: d.hint.clone(),
             evidence: d.evidence.clone(),
+        }),
+        progress: progress.last().map(|p| RecordedProgress {
+            step: p.step,
+            max_steps: p.total,
+            samples_per_s: p.it_per_s.map(|r| r * samples_per_it),
+            elapsed_s: p.elapsed_s,
+            eta_s: p.eta_s,
         }),
     });
     if let Err(e) = std::fs::write(&plan_path, record.to_json_pretty()) {
@@ -370,4 +387,13 @@ pub(super) fn read_tail(path: &Path, max: u64) -> Vec<u8> {
     // Bounded: the "file" may be a device that never ends (a log path on /dev/full).
     let _ = f.take(max).read_to_end(&mut buf);
     buf
+}
+
+/// The status line is for a person at a terminal: both output streams on one, and a terminal
+/// that can erase a line.
+fn status_on_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+        && std::io::stderr().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }

@@ -146,6 +146,8 @@ pub struct SuperviseOptions {
     pub watchdog: Option<PathBuf>,
     /// Called with torchrun's pid right after spawn (e.g. to start a VRAM monitor).
     pub on_spawn: Option<Box<dyn Fn(u32) + Send + Sync>>,
+    /// Reads the script's tqdm progress from its output (and may show a status line).
+    pub progress: Option<Arc<super::status::Tracker>>,
 }
 
 impl SuperviseOptions {
@@ -162,6 +164,7 @@ impl SuperviseOptions {
             forward_process_signals: true,
             watchdog: super::watchdog::default_program(),
             on_spawn: None,
+            progress: None,
         }
     }
 }
@@ -339,8 +342,10 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     }
 
     let dropped = Arc::new(AtomicU64::new(0));
-    let (out_tx, out_thread) = terminal_writer(&opts.stdout).map_err(log_err)?;
-    let (err_tx, err_thread) = terminal_writer(&opts.stderr).map_err(log_err)?;
+    let (out_tx, out_thread) =
+        terminal_writer(&opts.stdout, opts.progress.clone()).map_err(log_err)?;
+    let (err_tx, err_thread) =
+        terminal_writer(&opts.stderr, opts.progress.clone()).map_err(log_err)?;
     let mut readers = tokio::task::JoinSet::new();
     // A larger pipe lets a burst of output sit in the kernel instead of blocking the writer,
     // and lets each read move more bytes (best effort: the kernel may refuse).
@@ -361,6 +366,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
             log.sender(),
             out_tx,
             dropped.clone(),
+            opts.progress.clone(),
         ));
     }
     if let Some(pipe) = child.stderr.take() {
@@ -370,6 +376,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
             log.sender(),
             err_tx,
             dropped.clone(),
+            opts.progress.clone(),
         ));
     }
 
@@ -603,7 +610,13 @@ async fn end_leftovers(marker: &str, grace: Duration, notes: &LogSender) -> (usi
 type TerminalQueue = mpsc::SyncSender<Arc<Vec<u8>>>;
 
 /// A thread that writes chunks to `sink`; `None` when the sink discards.
-fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
+fn terminal_writer(
+    sink: &Sink,
+    progress: Option<Arc<super::status::Tracker>>,
+) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
+    // The status line belongs on the launcher's own terminal, never in a file.
+    let status =
+        progress.filter(|t| t.shows_status() && matches!(sink, Sink::Stdout | Sink::Stderr));
     let mut out: Box<dyn Write + Send> = match sink {
         Sink::Discard => return Ok((None, None)),
         // Flushed after every chunk: a `\r` progress update must appear now, not at the next `\n`.
@@ -626,8 +639,16 @@ fn terminal_writer(sink: &Sink) -> io::Result<(Option<TerminalQueue>, Option<Joi
             let mut broken = false;
             let mut last = b'\n';
             for chunk in rx {
-                broken = broken || out.write_all(&chunk).and_then(|()| out.flush()).is_err();
+                broken = broken
+                    || match &status {
+                        Some(t) => t.write_terminal(&mut out, &chunk),
+                        None => out.write_all(&chunk).and_then(|()| out.flush()),
+                    }
+                    .is_err();
                 last = chunk.last().copied().unwrap_or(last);
+            }
+            if let Some(t) = &status {
+                t.clear_terminal();
             }
             if end_last_line && !broken && last != b'\n' {
                 let _ = out.write_all(b"\n").and_then(|()| out.flush());
@@ -661,6 +682,7 @@ async fn relay(
     log: LogSender,
     terminal: Option<TerminalQueue>,
     dropped: Arc<AtomicU64>,
+    progress: Option<Arc<super::status::Tracker>>,
 ) {
     let mut dropping = false;
     let mut eof = false;
@@ -689,6 +711,9 @@ async fn relay(
         }
         if buf.is_empty() {
             continue;
+        }
+        if let Some(p) = &progress {
+            p.feed(stream, &buf);
         }
         let chunk = Arc::new(buf);
         log.chunk(stream, chunk.clone());

@@ -702,3 +702,84 @@ fn runs_lists_past_launches_and_logs_prints_them() {
     assert_eq!(none.code, Some(2), "{}", none.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 9, on a pty: while the fake run prints tqdm updates, the terminal shows the launcher's
+/// status line (step / max steps, samples/s, ETA, GPU memory vs prediction) instead of them;
+/// with the output in a file there is no status line; the record keeps the figures either way.
+#[test]
+fn status_line_on_a_terminal_and_none_in_a_file() {
+    let dir = temp_dir("status");
+    let logs = dir.join("logs");
+    let launch_args = |c: &mut Command| {
+        c.env("VLA_DATA_ROOT", "/data")
+            .env("VLA_RUN_ROOT", &dir)
+            .env("WANDB_MODE", "offline")
+            .env("FAKE_TQDM", "20")
+            .env("FAKE_TQDM_DELAY", "0.1")
+            .env("TERM", "xterm");
+    };
+    let cmd = format!(
+        "'{}' --profile aloha --gpus 1xh100 --torchrun '{}' --log-dir '{}'",
+        env!("CARGO_BIN_EXE_vla-launch"),
+        root().join("tests/fixtures/fake_torchrun").display(),
+        logs.display()
+    );
+    let mut pty = bin();
+    launch_args(&mut pty);
+    let mut script = Command::new("script");
+    script.args(["-qec", &cmd, "/dev/null"]).current_dir(root());
+    for (k, v) in pty.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let out = script.output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("vla-launch: step "),
+        "no status line:\n{screen:?}"
+    );
+    assert!(screen.contains("/20 ("), "{screen:?}");
+    // batch 16 x 1 GPU per tqdm iteration at 10 it/s.
+    assert!(screen.contains("160.0 samples/s"), "{screen:?}");
+    assert!(screen.contains("ETA "), "{screen:?}");
+    assert!(screen.contains("GPU 69.1 GiB predicted"), "{screen:?}");
+    assert!(
+        !screen.contains("| 10/20 ["),
+        "tqdm's own updates are left to the log: {screen:?}"
+    );
+
+    // Output to a file: no status line, tqdm's output as it was.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut file = bin();
+    launch_args(&mut file);
+    let r = ran(file
+        .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
+        .arg(&logs)
+        .arg("--torchrun")
+        .arg(root().join("tests/fixtures/fake_torchrun"))
+        .output()
+        .unwrap());
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains("vla-launch: step"), "{}", r.stderr);
+    assert!(r.stderr.contains("| 10/20 ["), "{}", r.stderr);
+    // Both records hold the progress.
+    let json = run(&["runs", "--log-dir", logs.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{}", json.stdout);
+    for run in v.as_array().unwrap() {
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run["record"].as_str().unwrap()).unwrap())
+                .unwrap();
+        let p = &rec["outcome"]["progress"];
+        assert_eq!(p["step"], 20, "{rec}");
+        assert_eq!(p["max_steps"], 20, "{rec}");
+        assert!(
+            (p["samples_per_s"].as_f64().unwrap() - 160.0).abs() < 1e-6,
+            "{rec}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
