@@ -783,3 +783,44 @@ fn status_line_on_a_terminal_and_none_in_a_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 8: `logs --follow` on a run still going prints what it writes and returns once it ends.
+#[test]
+fn logs_follow_a_running_launch_to_its_end() {
+    let dir = temp_dir("follow");
+    let logs = dir.join("logs");
+    let mut child = bin()
+        .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
+        .arg(&logs)
+        .arg("--torchrun")
+        .arg(root().join("tests/fixtures/fake_torchrun"))
+        .env("VLA_DATA_ROOT", "/data")
+        .env("VLA_RUN_ROOT", &dir)
+        .env("WANDB_MODE", "offline")
+        .env("FAKE_SLEEP", "2")
+        .env("FAKE_STDERR", "a-line\n")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the run's record, then follow it while it runs.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_dir(&logs).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+    }) {
+        assert!(std::time::Instant::now() < until, "no record");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let followed = run(&["logs", "--follow", "--log-dir", logs.to_str().unwrap()]);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(followed.code, Some(0), "{}", followed.stderr);
+    // The launcher's closing note comes after the script's exit: followed to the end.
+    assert!(
+        followed.stdout.contains("torchrun exited with code 0"),
+        "{}",
+        followed.stdout
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
