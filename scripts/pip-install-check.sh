@@ -26,7 +26,8 @@ echo "pip-install-check: pip install . took $(($(date +%s) - start)) s" >&2
 exe=$tmp/venv/bin/vla-launch
 share=$tmp/venv/share/vla-launch
 [[ -x $exe ]] || { echo "pip-install-check: no $exe after pip install" >&2; exit 1; }
-for f in scripts/probe_finetune.py scripts/probe/model.py launch-profiles/aloha-probe.yaml; do
+for f in scripts/probe_finetune.py scripts/probe/model.py launch-profiles/aloha-probe.yaml \
+    scripts/finetune_fsdp.py scripts/real_probe_finetune.py scripts/real_probe/upstream.py; do
     [[ -f $share/$f ]] || { echo "pip-install-check: the wheel did not install $share/$f" >&2; exit 1; }
 done
 

@@ -289,6 +289,14 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Resume from the newest checkpoint the training script wrote in its run_root_dir
+    /// (`<run id>--<step>_chkpt`): `--resume True --resume_step N --vla_path <that directory>`.
+    /// auto: when Slurm restarts a requeued job (SLURM_RESTART_COUNT > 0); on (or a bare
+    /// --resume): always, e.g. to relaunch a crashed run; off: never.
+    #[arg(long, value_enum, value_name = "auto|on|off", default_value_t = Toggle::Auto,
+          num_args = 0..=1, default_missing_value = "on")]
+    pub resume: Toggle,
+
     /// Extra arguments passed to the training script, last.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]
     pub extra: Vec<String>,

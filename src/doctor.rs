@@ -8,7 +8,8 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::script_caps::{CommandRunner, ScriptCapsError, probe_with};
+use crate::script_caps::{CommandRunner, ScriptCapsError};
+use crate::script_choice::script_flags;
 
 mod check;
 mod setup;
@@ -292,8 +293,22 @@ fn nvml_check(ctx: &DoctorContext) -> Check {
 }
 
 fn script_flags_check(ctx: &DoctorContext, python: &Path) -> Check {
-    let caps = match probe_with(ctx.runner, python, &ctx.script, &ctx.workdir, ctx.timeout) {
-        Ok(caps) => caps,
+    // As every command asks (src/script_choice.rs): --help, else the source's dataclass fields.
+    let mut note = String::new();
+    let caps = match script_flags(
+        ctx.runner,
+        python,
+        &ctx.script,
+        &ctx.workdir,
+        ctx.timeout,
+        None,
+    ) {
+        Ok(answer) => {
+            if let Some(e) = answer.help_error {
+                note = format!(" (read from its source: its --help failed: {e})");
+            }
+            answer.caps
+        }
         Err(e) => {
             let fix = match e {
                 ScriptCapsError::NoFlags { .. } => {
@@ -323,9 +338,10 @@ fn script_flags_check(ctx: &DoctorContext, python: &Path) -> Check {
         }
     );
     if missing.is_empty() {
-        return Check::ok("script flags", detail);
+        return Check::ok("script flags", detail + &note);
     }
     detail += &format!("; lacks {}", list(&missing));
+    detail += &note;
     let required_missing: Vec<&String> = missing
         .iter()
         .copied()
@@ -546,6 +562,42 @@ mod tests {
             .iter()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no {name} in {checks:?}"))
+    }
+
+    /// Upstream finetune.py's `--help` crashes under its pinned draccus (a '%' in a field
+    /// comment): the flags come from its source, and the check passes saying so.
+    #[test]
+    fn a_crashing_help_is_read_from_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("vla-scripts/finetune.py");
+        std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+        std::fs::write(
+            &script,
+            "@dataclass\nclass FinetuneConfig:\n    batch_size: int = 8\n    \
+             lr_warmup_steps: int = 0  # (from 10% to 100%)\n    grad_accumulation_steps: int = 1\n",
+        )
+        .unwrap();
+        let (mut host, mut runner) = healthy();
+        host.files.insert(script.clone());
+        runner.help = Some(Captured {
+            exit_code: Some(1),
+            stdout: String::new(),
+            stderr: "ValueError: unsupported format character 't' (0x74) at index 40\n".into(),
+        });
+        let mut c = ctx(&host, &runner);
+        c.workdir = dir.path().to_path_buf();
+        let checks = run_checks(&c);
+        let check = by_name(&checks, "script flags");
+        assert!(check.ok, "{check:?}");
+        assert!(
+            check
+                .detail
+                .contains("lacks --use_fsdp, --gradient_checkpointing")
+                && check.detail.contains("read from its source")
+                && check.detail.contains("unsupported format character"),
+            "{}",
+            check.detail
+        );
     }
 
     #[test]

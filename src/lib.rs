@@ -22,5 +22,6 @@ pub mod plan;
 pub mod profile;
 pub mod record;
 mod script_caps;
+mod script_choice;
 pub mod suggest;
 pub mod units;

@@ -84,6 +84,9 @@ pub struct PlanRecord {
     pub pins: Option<Pins>,
     #[serde(default)]
     pub script_accepts: Vec<String>,
+    /// Which script torchrun runs and why (issue 16: the FSDP addition around upstream's script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_run: Option<ScriptRunInfo>,
     /// The exact argv, program first; null when the plan has no command.
     pub command: Option<Vec<String>>,
     /// Variables the launcher sets, secrets as `REDACTED`.
@@ -115,6 +118,22 @@ pub struct PlanRecord {
 
 fn one() -> u32 {
     1
+}
+
+/// Which script torchrun runs, as the plan record tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptRunInfo {
+    /// The file torchrun runs, as the command names it: the profile's script, or vla-launch's
+    /// `finetune_fsdp.py`.
+    pub runs: PathBuf,
+    /// True when that is the FSDP addition; it imports `script` (`VLA_FINETUNE_SCRIPT`).
+    pub addition: bool,
+    /// The profile's script, relative to the working directory.
+    pub script: PathBuf,
+    /// The optional flags were assumed from the profile (the script was not here to ask).
+    pub assumed: bool,
+    /// One sentence: which and why.
+    pub why: String,
 }
 
 /// Parameter counts of the model as planned.

@@ -253,6 +253,7 @@ pub enum ScriptCapsError {
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Run `python SCRIPT --help` in `workdir` and read the flags it lists.
+#[cfg(test)]
 pub fn probe(
     python: &Path,
     script: &Path,

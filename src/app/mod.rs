@@ -5,8 +5,11 @@
 
 mod commands;
 mod error;
+mod resume;
+mod run_files;
 mod script_flags;
 mod settings;
+mod slurm;
 mod supervised_run;
 mod torchrun;
 

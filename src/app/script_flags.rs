@@ -1,84 +1,27 @@
-//! The training script's own flags (from its `--help`), kept between runs, and the check that
-//! every flag the launcher passes is one of them: a typo in `--set train.x=` or after `--` is
-//! refused before the launch (warned in `plan`) with the closest real flag.
+//! The check that every flag the launcher passes through is one the training script defines: a
+//! typo in `--set train.x=` or after `--` is refused before the launch (warned in `plan` and
+//! `--dry-run`) with the closest real flag. The script's flags come from `script_choice` (its
+//! `--help`, else its source; cached in `script-flags.json`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
-
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use crate::profile::Loaded;
+use crate::script_choice::{ADDITION_FLAGS, FlagsFrom, ScriptChoice, ScriptRun};
 
-const FILE_NAME: &str = "script-flags.json";
+/// Flags the launcher itself passes for `--resume` (src/app/resume.rs): never refused, even when
+/// a profile or `--` names them for a script whose flags were read some other way.
+const LAUNCHER_FLAGS: &[&str] = &["resume", "resume_step", "vla_path", "run_id_override"];
 
-/// What `--help` listed for one script file, and which version of the file said it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Entry {
-    size: u64,
-    mtime_ns: u128,
-    flags: BTreeSet<String>,
-}
-
-/// Looks up an environment variable (the app's `settings::env_var`).
-pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-fn cache_path(env: Env) -> Option<PathBuf> {
-    crate::calibration::default_path(env)
-        .ok()?
-        .parent()
-        .map(|d| d.join(FILE_NAME))
-}
-
-fn stamp(script: &Path) -> Option<(PathBuf, u64, u128)> {
-    let canonical = std::fs::canonicalize(script).ok()?;
-    let meta = std::fs::metadata(&canonical).ok()?;
-    let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
-    Some((canonical, meta.len(), mtime.as_nanos()))
-}
-
-fn read_all(path: &Path) -> BTreeMap<PathBuf, Entry> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
-}
-
-/// The flags the script's `--help` listed the last time it was asked, if the file is unchanged.
-pub(super) fn cached(script: &Path, env: Env) -> Option<BTreeSet<String>> {
-    let (canonical, size, mtime_ns) = stamp(script)?;
-    let e = read_all(&cache_path(env)?).remove(&canonical)?;
-    (e.size == size && e.mtime_ns == mtime_ns).then_some(e.flags)
-}
-
-/// Remembers what the script's `--help` listed (best effort: a cache, never an error).
-pub(super) fn remember(script: &Path, flags: &BTreeSet<String>, env: Env) {
-    let (Some(path), Some((canonical, size, mtime_ns))) = (cache_path(env), stamp(script)) else {
-        return;
-    };
-    let dir = path.parent().expect("a file in a directory");
-    // An explicit VLA_LAUNCH_CACHE_DIR that does not exist means "no cache" (tests use one).
-    if env(crate::calibration::ENV_CACHE_DIR).is_some_and(|d| !d.is_empty()) && !dir.is_dir() {
-        return;
+/// The flags a launch may pass: the script's own, plus the FSDP addition's when it may run (the
+/// addition's `--help` lists them and passes every other flag on to the script).
+pub(super) fn known(choice: &ScriptChoice, script_flags: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut known = script_flags.clone();
+    if let ScriptRun::Addition { .. } = choice.run {
+        known.extend(ADDITION_FLAGS.iter().map(|f| f.to_string()));
     }
-    let mut all = read_all(&path);
-    all.insert(
-        canonical,
-        Entry {
-            size,
-            mtime_ns,
-            flags: flags.clone(),
-        },
-    );
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&all).expect("plain values"))?;
-        std::fs::rename(&tmp, &path)
-    };
-    if let Err(e) = write() {
-        tracing::debug!("script flags not cached in {}: {e}", path.display());
-    }
+    known.extend(LAUNCHER_FLAGS.iter().map(|f| f.to_string()));
+    known
 }
 
 /// One message per flag the script does not define: the profile's `train:` keys (after `--set`)
@@ -89,7 +32,12 @@ pub(super) fn unknown(
     extra: &[String],
     script: &Path,
     flags: &BTreeSet<String>,
+    from: FlagsFrom,
 ) -> Vec<String> {
+    let how = match from {
+        FlagsFrom::Help => "its --help does not list it",
+        FlagsFrom::Source => "its source defines no such field",
+    };
     let script_name = script
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -110,7 +58,7 @@ pub(super) fn unknown(
             .map(|s| format!("--set {s}"))
             .unwrap_or_else(|| format!("train.{key} in profile '{}'", loaded.name));
         out.push(format!(
-            "{from}: {script_name} has no --{key} (its --help does not list it); {}fix the name or remove it",
+            "{from}: {script_name} has no --{key} ({how}); {}fix the name or remove it",
             hint(key)
         ));
     }
@@ -123,7 +71,7 @@ pub(super) fn unknown(
             continue;
         }
         out.push(format!(
-            "-- {word}: {script_name} has no --{name} (its --help does not list it); {}fix the name or remove it",
+            "-- {word}: {script_name} has no --{name} ({how}); {}fix the name or remove it",
             hint(name)
         ));
     }

@@ -16,6 +16,7 @@ use crate::model;
 use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
 use crate::profile::{self, Loaded, Resolved};
 use crate::script_caps;
+use crate::script_choice::{self, ScriptChoice};
 use crate::units::{GIB, fmt_gib};
 
 pub(super) fn env_var(name: &str) -> Option<String> {
@@ -116,7 +117,8 @@ pub(super) struct Planned {
     pub extra: Vec<String>,
     pub vram_cap: Option<u64>,
     pub alloc_conf: command::AllocConf,
-    pub accepts: Vec<String>,
+    /// Which script runs (the profile's, or the FSDP addition around it) and why.
+    pub script_choice: ScriptChoice,
     pub host_ram_bytes: Option<u64>,
     /// Corrections learned from earlier runs; empty when none or unreadable.
     pub store: Store,
@@ -125,14 +127,24 @@ pub(super) struct Planned {
 impl Planned {
     /// The plan for a terminal (`--explain` adds the budget table and the bars).
     pub(super) fn render(&self, explain: bool) -> String {
-        explain::render_plan(
+        let mut text = explain::render_plan(
             &self.loaded.name,
             &self.plan,
             &self.gpus,
             self.policy.min_global_batch,
             self.max_steps(),
             explain,
-        )
+        );
+        text.push_str(&format!("Script: {}\n", self.script_for_plan().why));
+        text
+    }
+
+    /// Which script this plan runs (the addition only when the plan needs a flag the script lacks).
+    pub(super) fn script_for_plan(&self) -> ScriptChoice {
+        let (fsdp, ckpt) = self.plan.chosen.as_ref().map_or((false, false), |c| {
+            (c.strategy == Strategy::Fsdp, c.gradient_checkpointing)
+        });
+        script_choice::for_plan(&self.script_choice, fsdp, ckpt, &self.resolved.script.value)
     }
 
     /// The run's optimizer steps: a `--max_steps` passed through to the script, else the
@@ -212,22 +224,23 @@ pub(super) fn resolve_plan(
 ) -> Result<Planned> {
     let loaded = load_profile(args.profile.as_deref(), &args.sets)?;
     let resolved = loaded.resolve(&env_var);
-    // A real launch first asks the script which planner flags it really takes.
-    let confirmed = if ask_script {
-        confirm_script_flags(&loaded, &resolved)?
-    } else {
-        None
-    };
-    let script = PathBuf::from(&resolved.workdir.value).join(&resolved.script.value);
-    let (accepts_override, script_flags) = match confirmed {
-        Some((accepts, flags)) => (Some(accepts), Some(flags)),
-        None => (None, super::script_flags::cached(&script, &env_var)),
-    };
-    let unknown_flags = script_flags
-        .map(|f| super::script_flags::unknown(&loaded, &args.sets, extra, &script, &f))
+    // Every command asks the script which flags it takes (cached), or says what it assumed; a
+    // real launch needs the script.
+    let (script_choice, answer) = choose_script(&loaded, &resolved, ask_script)?;
+    let unknown_flags = answer
+        .map(|a| {
+            super::script_flags::unknown(
+                &loaded,
+                &args.sets,
+                extra,
+                &script_path(&resolved),
+                &super::script_flags::known(&script_choice, &a.caps.flags),
+                a.from,
+            )
+        })
         .unwrap_or_default();
     if ask_script && !unknown_flags.is_empty() {
-        // Asked just now: a flag the script does not define would only fail inside torchrun.
+        // A flag the script does not define would only fail inside torchrun.
         return Err(AppError::usage(format!(
             "not launching: {}",
             unknown_flags.join("; ")
@@ -268,7 +281,7 @@ pub(super) fn resolve_plan(
     let profile_env: Vec<(String, String)> =
         p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let alloc_conf = command::effective_alloc_conf(&profile_env, &inherited);
-    let accepts = accepts_override.unwrap_or_else(|| p.script.accepts.clone());
+    let accepts = script_choice.accepts.clone();
     let policy = Policy {
         min_global_batch: args.global_batch.unwrap_or(p.planning.min_global_batch),
         exact_global_batch: args.global_batch.is_some(),
@@ -300,7 +313,7 @@ pub(super) fn resolve_plan(
         extra: extra.to_vec(),
         vram_cap,
         alloc_conf,
-        accepts,
+        script_choice,
         host_ram_bytes,
         store,
     };
@@ -308,7 +321,6 @@ pub(super) fn resolve_plan(
     Ok(planned)
 }
 
-/// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
 /// Why the profile's training script is not where the profile says, if it is not.
 pub(super) fn missing_script(loaded: &Loaded, resolved: &Resolved) -> Option<String> {
     let script = PathBuf::from(&resolved.workdir.value).join(&resolved.script.value);
@@ -321,47 +333,69 @@ pub(super) fn missing_script(loaded: &Loaded, resolved: &Resolved) -> Option<Str
     })
 }
 
-/// The planner flags the script takes and every flag its `--help` lists, or None when it could
-/// not be asked.
-type Confirmed = Option<(Vec<String>, std::collections::BTreeSet<String>)>;
+/// The script's path as the launch runs it (workdir joined).
+pub(super) fn script_path(resolved: &Resolved) -> PathBuf {
+    PathBuf::from(&resolved.workdir.value).join(&resolved.script.value)
+}
 
-fn confirm_script_flags(loaded: &Loaded, resolved: &Resolved) -> Result<Confirmed> {
+/// Which script runs and which optional planner flags it takes: asks the script (`--help`, else
+/// its source; cached in the user cache dir), then [`script_choice::choose`]. Without the script
+/// (planning away from the checkout) the profile's `script.accepts` is assumed and said so;
+/// `need_script` (a real launch) refuses that.
+pub(super) fn choose_script(
+    loaded: &Loaded,
+    resolved: &Resolved,
+    need_script: bool,
+) -> Result<(ScriptChoice, Option<script_choice::FlagsAnswer>)> {
     let p = &loaded.profile;
     let workdir = PathBuf::from(&resolved.workdir.value);
-    let script = workdir.join(&resolved.script.value);
-    if let Some(message) = missing_script(loaded, resolved) {
-        return Err(AppError::environment(message));
+    let script = script_path(resolved);
+    let missing = missing_script(loaded, resolved);
+    if let (true, Some(message)) = (need_script, &missing) {
+        return Err(AppError::environment(message.clone()));
     }
-    let python = PathBuf::from(&resolved.python.value);
-    match script_caps::probe(
-        &python,
-        &script,
-        &workdir,
-        script_caps::DEFAULT_PROBE_TIMEOUT,
-    ) {
-        Ok(caps) => {
-            super::script_flags::remember(&script, &caps.flags, &env_var);
-            let mut accepted = Vec::new();
-            for flag in &p.script.accepts {
-                if caps.flags.contains(flag.as_str()) {
-                    accepted.push(flag.clone());
-                } else {
+    let answer = if missing.is_some() {
+        None
+    } else {
+        let python = PathBuf::from(&resolved.python.value);
+        let cache = store_path().and_then(|p| Some(p.parent()?.join(script_choice::CACHE_FILE)));
+        match script_choice::script_flags(
+            &script_caps::SystemRunner,
+            &python,
+            &script,
+            &workdir,
+            script_caps::DEFAULT_PROBE_TIMEOUT,
+            cache.as_deref(),
+        ) {
+            Ok(a) => {
+                if let Some(e) = &a.help_error {
                     warn!(
-                        "{} does not take --{flag} (its --help does not list it): planning without it",
+                        "{e}\nread {}'s flags from its source instead (its dataclass fields)",
                         script.display()
                     );
                 }
+                Some(a)
             }
-            Ok(Some((accepted, caps.flags)))
+            Err(e) => {
+                warn!(
+                    "could not ask {} for its flags ({e}); assuming the profile's script.accepts",
+                    script.display()
+                );
+                None
+            }
         }
-        Err(e) => {
-            warn!(
-                "could not ask {} for its flags ({e}); trusting the profile's script.accepts",
-                script.display()
-            );
-            Ok(None)
-        }
-    }
+    };
+    let addition =
+        script_choice::installed(&crate::install::vla_launch_dir(), script_choice::ADDITION);
+    let choice = script_choice::choose(
+        p.script.fsdp_addition,
+        &p.script.accepts,
+        answer.as_ref().map(|a| &a.caps),
+        addition.as_deref(),
+        &resolved.script.value,
+    )
+    .map_err(AppError::usage)?;
+    Ok((choice, answer))
 }
 
 pub(super) fn warn_missing(missing: &[(String, String)]) {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::error::{AppError, Result};
+use super::run_files::{self, NodeTag};
 use super::settings::{Planned, env_var, store_path};
+use super::slurm;
 use super::torchrun::{RanksFilter, command_for, plan_record};
 use crate::budget::Strategy;
 use crate::calibration::{self, Source};
@@ -28,6 +30,8 @@ use crate::eprintln_lossy as eprintln;
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
     pub(super) outcome: supervisor::Outcome,
+    /// The launcher's exit status for this run ([`exit_status`]).
+    pub(super) status: i32,
     pub(super) diagnosis: Option<diagnosis::Diagnosis>,
     /// The largest NVML (total - free) peak among the run's GPUs.
     pub(super) worst_peak: Option<u64>,
@@ -51,19 +55,27 @@ pub(super) fn launch_once(
         ))
     })?;
     let started = unix_seconds();
-    // Launches of one process (calibration probes, retries) can start within the same second:
-    // number them so no run's log or record overwrites another's.
-    static LAUNCHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut stamp = started.to_string();
-    if n > 0 {
-        stamp.push_str(&format!("-{n}"));
+    let node = node_tag(ctx);
+    let files = run_files::claim(
+        log_dir,
+        "run",
+        &run_files::local_stamp(started as i64),
+        node.as_ref(),
+        attempt,
+    )
+    .map_err(|e| {
+        AppError::environment(format!(
+            "cannot create this run's log and record in {}: {e}; pass --log-dir DIR with a writable directory",
+            log_dir.display()
+        ))
+    })?;
+    let log_path = files.log.clone();
+    let plan_path = files.record.clone().expect("a launch claims a record");
+    for f in [&log_path, &plan_path] {
+        if let Err(e) = run_files::point_latest(f, node.as_ref()) {
+            warn!("cannot point latest at {}: {e}", f.display());
+        }
     }
-    if attempt > 0 {
-        stamp.push_str(&format!("-retry{attempt}"));
-    }
-    let log_path = log_dir.join(format!("run-{stamp}.log"));
-    let plan_path = log_dir.join(format!("plan-{stamp}.json"));
     let mut record = PlanRecord {
         cwd: Some(cmd.cwd.clone()),
         started_unix: Some(started),
@@ -73,7 +85,6 @@ pub(super) fn launch_once(
     };
     std::fs::write(&plan_path, record.to_json_pretty())
         .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
-    eprintln!("vla-launch: {}", command::display(&cmd));
     let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
     let uuids: Vec<String> = ctx
         .gpus
@@ -111,18 +122,45 @@ pub(super) fn launch_once(
         gpu_used_bytes: monitor.as_ref().map(Monitor::current).unwrap_or_default(),
     }));
     opts.progress = Some(progress.clone());
+    if env_var("SLURM_JOB_ID").is_some() {
+        // Slurm signals every process of the step, and srun forwards its SIGTERM as well.
+        opts.repeated_sigterm_escalates = false;
+        let (kill_wait, source) = slurm::kill_wait();
+        let grace = slurm::grace_within(opts.grace, kill_wait);
+        info!(
+            "under Slurm: KillWait {}s ({source}); grace period {}s{}, so the outcome is written before Slurm's SIGKILL",
+            kill_wait.as_secs(),
+            grace.as_secs(),
+            if grace < opts.grace {
+                format!(" (--grace {} shortened)", opts.grace.as_secs())
+            } else {
+                String::new()
+            }
+        );
+        opts.grace = grace;
+    }
     let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
     let peers = start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone())?;
+    // After the peer watch's start-up warnings (an unresolvable node 0...), which belong first.
+    eprintln!("vla-launch: {}", command::display(&cmd));
     let result = supervisor::run_blocking(&cmd, &opts);
     let peaks = monitor.map(Monitor::stop);
-    if let Some(watch) = peers {
-        watch.finish(result.as_ref().map_or(1, |o| o.process_exit_code()));
-    }
-    let outcome = result?;
     let stopped_by_peer = stopped_by_peer
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
+    let status = result
+        .as_ref()
+        .map_or(1, |o| exit_status(o, stopped_by_peer.as_ref()));
+    if let Some(watch) = peers {
+        // Before this launcher exits: under `srun --kill-on-bad-exit` the other nodes get
+        // Slurm's SIGTERM as soon as it has, and must know this node's code by then.
+        watch.finish(status);
+    }
+    let outcome = result?;
+    if let (Some(why), true) = (&stopped_by_peer, status != outcome.process_exit_code()) {
+        warn!("exit {status}: {why} (the job's real failure, not this node's stop)");
+    }
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
     // Without NVML (described GPUs), a script that reports its own peaks (the probe trainer's
     // `VLA_PROBE_RESULT` lines) still tells what each GPU held.
@@ -212,8 +250,27 @@ pub(super) fn launch_once(
     });
     Ok(RunResult {
         outcome,
+        status,
         diagnosis,
         worst_peak,
+    })
+}
+
+/// A multi-node job's node, for its file names: job id, node rank, host.
+pub(super) fn node_tag(ctx: &Planned) -> Option<NodeTag> {
+    let t = &ctx.topology;
+    if !t.is_multi_node() {
+        return None;
+    }
+    let job = t
+        .slurm_job_id
+        .clone()
+        .or_else(|| t.rendezvous.as_ref().map(|r| r.id.clone()))
+        .unwrap_or_else(|| "local".into());
+    Some(NodeTag {
+        job,
+        node_rank: t.node_rank,
+        host: run_files::host_name(&env_var),
     })
 }
 
@@ -396,4 +453,66 @@ fn status_on_terminal() -> bool {
     std::io::stdout().is_terminal()
         && std::io::stderr().is_terminal()
         && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
+/// The launcher's exit status for a run (0, 1 or 128+N): a node stopped by another node's
+/// failure exits with that failure's code, so that srun and the job's state show the real
+/// failure and not this node's SIGTERM (docs/cluster.md, contract 5). A peer that was lost or
+/// gone (no code) reads as a failed training, unless this node had been signalled first.
+pub(super) fn exit_status(outcome: &supervisor::Outcome, peer: Option<&peers::PeerStop>) -> i32 {
+    use peers::PeerFailure;
+    match peer.map(|p| &p.failure) {
+        Some(PeerFailure::Failed { exit_code }) if *exit_code != 0 => *exit_code,
+        Some(PeerFailure::Gone | PeerFailure::Lost { .. }) if outcome.stop_requested => 1,
+        _ => outcome.process_exit_code(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::peers::{PeerFailure, PeerStop};
+
+    fn stopped(stop_requested: bool) -> supervisor::Outcome {
+        supervisor::Outcome {
+            exit_code: 143,
+            signal: None,
+            duration: Duration::from_secs(1),
+            log_path: PathBuf::from("x.log"),
+            interrupted_by: Some(15),
+            stop_requested,
+            force_killed: false,
+            kill_reason: None,
+            leftover_processes: 0,
+            terminal_dropped_bytes: 0,
+            log_error: None,
+        }
+    }
+
+    fn peer(failure: PeerFailure) -> PeerStop {
+        PeerStop { node: 1, failure }
+    }
+
+    #[test]
+    fn a_node_stopped_by_a_peer_exits_with_the_peers_code() {
+        let failed = |c| peer(PeerFailure::Failed { exit_code: c });
+        // Stopped by the watch, then (or never) Slurm's SIGTERM: the peer's code.
+        assert_eq!(exit_status(&stopped(true), Some(&failed(1))), 1);
+        // Slurm's SIGTERM (kill-on-bad-exit) raced ahead of the peer's message: still its code.
+        assert_eq!(exit_status(&stopped(false), Some(&failed(1))), 1);
+        assert_eq!(exit_status(&stopped(false), Some(&failed(143))), 143);
+        // A lost or vanished peer: a failure when it stopped us, our signal when one came first.
+        assert_eq!(
+            exit_status(&stopped(true), Some(&peer(PeerFailure::Gone))),
+            1
+        );
+        assert_eq!(
+            exit_status(
+                &stopped(false),
+                Some(&peer(PeerFailure::Lost { silent_s: 31 }))
+            ),
+            143
+        );
+        assert_eq!(exit_status(&stopped(false), None), 143);
+    }
 }

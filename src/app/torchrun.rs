@@ -9,7 +9,8 @@ use crate::gpu::{self, Gpu};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
 use crate::model;
 use crate::plan::Alternative;
-use crate::record::{self, Params, PlanRecord};
+use crate::record::{self, Params, PlanRecord, ScriptRunInfo};
+use crate::script_choice::{self, ScriptRun};
 
 /// The planner's flags for the script, in a fixed order, followed by any flags it adds.
 pub(super) fn planner_flags(ctx: &Planned) -> Vec<(String, String)> {
@@ -23,7 +24,8 @@ pub(super) fn planner_flags(ctx: &Planned) -> Vec<(String, String)> {
         c.grad_accumulation_steps.to_string(),
     ));
     // Only flags the script takes: upstream finetune.py rejects unknown flags at start.
-    if ctx.accepts.iter().any(|a| a == "use_fsdp") {
+    let accepts = ctx.script_for_plan().accepts;
+    if accepts.iter().any(|a| a == "use_fsdp") {
         let v = if c.strategy == Strategy::Fsdp {
             "True"
         } else {
@@ -31,7 +33,7 @@ pub(super) fn planner_flags(ctx: &Planned) -> Vec<(String, String)> {
         };
         flags.push(("--use_fsdp".into(), v.into()));
     }
-    if ctx.accepts.iter().any(|a| a == "gradient_checkpointing") {
+    if accepts.iter().any(|a| a == "gradient_checkpointing") {
         let v = if c.gradient_checkpointing {
             "True"
         } else {
@@ -103,11 +105,25 @@ pub(super) fn command_for(
         Some(t) => t.to_path_buf(),
         None => PathBuf::from(&r.torchrun.value),
     };
-    let env: Vec<(String, String)> = r
+    let mut env: Vec<(String, String)> = r
         .env
         .iter()
         .map(|(k, e)| (k.clone(), e.value.clone()))
         .collect();
+    let script = match &ctx.script_for_plan().run {
+        ScriptRun::Script => PathBuf::from(&r.script.value),
+        ScriptRun::Addition { addition } => {
+            // The addition imports the profile's script, named by its absolute path.
+            let real = super::settings::script_path(r);
+            let real = std::path::absolute(&real).unwrap_or(real);
+            env.retain(|(k, _)| k != script_choice::ENV_FINETUNE_SCRIPT);
+            env.push((
+                script_choice::ENV_FINETUNE_SCRIPT.into(),
+                real.display().to_string(),
+            ));
+            addition.clone()
+        }
+    };
     let c = ctx.plan.chosen.as_ref().expect("command only for a plan");
     let chosen: Vec<Gpu> = ctx
         .gpus
@@ -118,7 +134,7 @@ pub(super) fn command_for(
     let described = chosen.iter().any(|g| g.described);
     let spec = CommandSpec {
         torchrun: torchrun_path,
-        script: PathBuf::from(&r.script.value),
+        script,
         workdir: PathBuf::from(&r.workdir.value),
         nproc_per_node: c.nproc_per_node,
         topology: ctx.topology.clone(),
@@ -195,7 +211,8 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         gpus: ctx.gpus.clone(),
         topology: Some(ctx.topology.clone()),
         pins: Some(ctx.pins.clone()),
-        script_accepts: ctx.accepts.clone(),
+        script_accepts: ctx.script_for_plan().accepts,
+        script_run: Some(script_run_info(ctx)),
         command: command.map(argv_of),
         env: command.map(|cmd| {
             cmd.env
@@ -228,5 +245,23 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         attempt: None,
         launcher_version: None,
         outcome: None,
+    }
+}
+
+/// The plan record's `script_run`.
+pub(super) fn script_run_info(ctx: &Planned) -> ScriptRunInfo {
+    let c = &ctx.script_for_plan();
+    // As the command names them: the script relative to the working directory.
+    let script = PathBuf::from(&ctx.resolved.script.value);
+    let (runs, addition) = match &c.run {
+        ScriptRun::Script => (script.clone(), false),
+        ScriptRun::Addition { addition } => (addition.clone(), true),
+    };
+    ScriptRunInfo {
+        runs,
+        addition,
+        script,
+        assumed: c.assumed,
+        why: c.why.clone(),
     }
 }

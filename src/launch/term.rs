@@ -4,10 +4,44 @@
 //! and the record still get everything.
 
 use std::io::{self, Write};
+use std::sync::{Mutex, OnceLock};
+
+/// On a node other than node 0 of a multi-node job: `[node N] `, put before every line the
+/// launcher writes to stderr (its own lines and its logs, not the training's relayed output), so
+/// that the job's one output file says which node said what.
+static LINE_PREFIX: OnceLock<String> = OnceLock::new();
+/// Whether the next byte written to stderr starts a line.
+static AT_LINE_START: Mutex<bool> = Mutex::new(true);
+
+/// Sets the prefix of the launcher's stderr lines, once per process (later calls are ignored).
+pub fn set_line_prefix(prefix: String) {
+    let _ = LINE_PREFIX.set(prefix);
+}
+
+/// Writes `text` to stderr with the line prefix (if any) before each line; errors are ignored.
+fn write_prefixed(text: &[u8]) {
+    let mut err = io::stderr().lock();
+    let Some(prefix) = LINE_PREFIX.get() else {
+        let _ = err.write_all(text);
+        return;
+    };
+    let mut at_start = AT_LINE_START.lock().unwrap_or_else(|p| p.into_inner());
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if *at_start {
+            let _ = err.write_all(prefix.as_bytes());
+        }
+        let _ = err.write_all(line);
+        *at_start = line.ends_with(b"\n");
+    }
+}
 
 /// Writes `args` to stderr; errors (EIO, EPIPE, ...) are ignored.
 pub fn stderr_fmt(args: std::fmt::Arguments<'_>) {
-    let _ = io::stderr().lock().write_fmt(args);
+    if LINE_PREFIX.get().is_none() {
+        let _ = io::stderr().lock().write_fmt(args);
+        return;
+    }
+    write_prefixed(std::fmt::format(args).as_bytes());
 }
 
 /// Writes `args` to stdout and flushes; errors are ignored.
@@ -47,7 +81,7 @@ pub struct LossyStderr;
 
 impl Write for LossyStderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let _ = io::stderr().write_all(buf);
+        write_prefixed(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -237,9 +237,14 @@ pub(super) fn levers(
         );
     }
     if input.gpus.len() > 1 && !p.script_accepts_fsdp {
-        try_with("with --use_fsdp in the script".into(), &|inp, _, _| {
-            add_script_flags(inp)
-        });
+        // Computed with both flags (FSDP alone rarely fits where DDP does not), so named with
+        // both when the script lacks both (issue 16: "with --use_fsdp: fits" was not true).
+        let what = if p.script_accepts_checkpointing {
+            "with --use_fsdp in the script"
+        } else {
+            "with --use_fsdp and --gradient_checkpointing in the script"
+        };
+        try_with(what.into(), &|inp, _, _| add_script_flags(inp));
     }
     out
 }

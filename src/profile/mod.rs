@@ -22,8 +22,8 @@ pub use error::ProfileError;
 pub use load::{BUILTIN, load, parse, profile_names_in};
 pub use overrides::apply_overrides;
 pub use schema::{
-    Loaded, ModelSection, OPTIONAL_PLANNER_FLAGS, Origin, PLANNER_FLAGS, PRESETS, PlanningSection,
-    Profile, ScriptSection,
+    FsdpAddition, Loaded, ModelSection, OPTIONAL_PLANNER_FLAGS, Origin, PLANNER_FLAGS, PRESETS,
+    PlanningSection, Profile, ScriptSection,
 };
 
 #[cfg(test)]

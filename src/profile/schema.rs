@@ -60,6 +60,23 @@ pub struct ScriptSection {
     /// torchrun --max-restarts on several nodes.
     #[serde(default)]
     pub max_restarts: u32,
+    /// Whether to run vla-launch's `scripts/finetune_fsdp.py` around the script, which gives
+    /// upstream finetune.py `--use_fsdp` and `--gradient_checkpointing` (docs/fsdp.md).
+    #[serde(default)]
+    pub fsdp_addition: FsdpAddition,
+}
+
+/// `script.fsdp_addition`: when to run the FSDP addition instead of the bare script.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsdpAddition {
+    /// When the script lacks a flag of `script.accepts` and the addition is installed.
+    #[default]
+    Auto,
+    /// Always (an error if it is not installed or the script has `--use_fsdp` itself).
+    On,
+    /// Never: plan without the flags the script lacks.
+    Off,
 }
 
 fn default_workdir() -> String {

@@ -67,7 +67,10 @@ fn std_bin() -> StdCommand {
         .env_remove("NODE_RANK")
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
-        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env(
+            "VLA_LAUNCH_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
+        )
         .env("OPENVLA_OFT_DIR", fixture_checkout("openvla-oft"))
         .env("RUST_LOG", "vla_launch=warn")
         .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -904,8 +907,8 @@ fn calibrate_learns_from_reported_peaks_and_plans_use_it() {
     assert!(v["correction"].is_null(), "{v}");
 }
 
-/// `calibrate --dry-run` prints each probe's torchrun command and runs nothing: no script is
-/// asked for its flags, no store is written.
+/// `calibrate --dry-run` prints each probe's torchrun command and runs nothing (here without a
+/// checkout, so no script is asked for its flags); no store is written.
 #[test]
 fn calibrate_dry_run_prints_the_probe_commands_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();

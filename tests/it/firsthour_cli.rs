@@ -540,7 +540,7 @@ fn oom_hint_does_not_suggest_what_is_already_on() {
 }
 
 /// Item 5: a flag the script's `--help` does not list is refused before torchrun starts, with
-/// the closest real flag; once the launcher has read the script's `--help`, `plan` warns.
+/// the closest real flag; `plan` warns (it reads the script's flags too, cached).
 #[test]
 fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
     let dir = temp_dir("flags");
@@ -583,26 +583,32 @@ fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
     // Correct flags launch.
     let r = launch(&["--set", "train.max_steps=1000", "--", "--run_id_note", "x"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    // plan reads no --help itself, but remembers the launch's.
-    let plan = ran(bin()
-        .args([
-            "plan",
-            "--profile",
-            "aloha",
-            "--gpus",
-            "1xh100",
-            "--set",
-            "train.max_step=5",
-        ])
-        .env("VLA_LAUNCH_CACHE_DIR", &cache)
-        .output()
-        .unwrap());
-    assert_eq!(plan.code, Some(0), "{}", plan.stderr);
-    assert!(
-        plan.stderr.contains("did you mean --max_steps?"),
-        "{}",
-        plan.stderr
-    );
+    // plan warns and plans: with the flags the launch cached, and with a cache of its own.
+    let fresh = dir.join("fresh-cache");
+    for cache_dir in [&cache, &fresh] {
+        let plan = ran(bin()
+            .args([
+                "plan",
+                "--profile",
+                "aloha",
+                "--gpus",
+                "1xh100",
+                "--set",
+                "train.max_step=5",
+            ])
+            .env("VLA_LAUNCH_CACHE_DIR", cache_dir)
+            .output()
+            .unwrap());
+        assert_eq!(plan.code, Some(0), "{}", plan.stderr);
+        assert!(
+            plan.stderr.contains("did you mean --max_steps?"),
+            "{}",
+            plan.stderr
+        );
+    }
+    // The one cache (src/script_choice.rs's, keyed on script, mtime, size and Python) holds it.
+    let cached = std::fs::read_to_string(cache.join("script-flags.json")).unwrap();
+    assert!(cached.contains("\"max_steps\""), "{cached}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

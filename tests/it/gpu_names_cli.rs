@@ -9,7 +9,10 @@ fn plan(gpus: &str) -> (Option<i32>, String, String) {
         .env_remove("VLA_LAUNCH_GPUS")
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
-        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env(
+            "VLA_LAUNCH_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
+        )
         .env("RUST_LOG", "vla_launch=warn")
         .output()
         .unwrap();

@@ -50,7 +50,10 @@ fn run(exe: &Path, cwd: &Path, args: &[&str]) -> std::process::Output {
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env_remove("SLURM_JOB_ID")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
-        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env(
+            "VLA_LAUNCH_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
+        )
         .env("RUST_LOG", "vla_launch=warn")
         .output()
         .unwrap()
@@ -114,7 +117,10 @@ fn vla_launch_dir_overrides_the_installed_files() {
         .current_dir(tmp.path())
         .env("VLA_LAUNCH_DIR", other.join(SHARE))
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
-        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env(
+            "VLA_LAUNCH_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
+        )
         .env_remove("VLA_LAUNCH_GPUS")
         .output()
         .unwrap();
@@ -193,8 +199,16 @@ fn version_names_the_commit() {
 fn wheel_data_ships_the_probe_trainer_and_the_profiles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = root.join("packaging/wheel-data/data").join(SHARE);
-    let mut wanted = vec![PathBuf::from("scripts/probe_finetune.py")];
-    for dir in ["scripts/probe", "launch-profiles"] {
+    // The stand-in probe, the real-code probe (calibrate in a checkout) and the FSDP addition
+    // (run around upstream's finetune.py), with the modules they import.
+    let mut wanted: Vec<PathBuf> = [
+        "scripts/probe_finetune.py",
+        "scripts/real_probe_finetune.py",
+        "scripts/finetune_fsdp.py",
+    ]
+    .map(PathBuf::from)
+    .into();
+    for dir in ["scripts/probe", "scripts/real_probe", "launch-profiles"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {

@@ -35,7 +35,10 @@ fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Command {
         .env_remove("NNODES")
         .env_remove("NODE_RANK")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
-        .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
+        .env(
+            "VLA_LAUNCH_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
+        )
         .env("OPENVLA_OFT_DIR", root.join("tests/fixtures/openvla-oft"))
         .env("VLA_DATA_ROOT", "/data")
         .env("VLA_RUN_ROOT", dir)
@@ -316,21 +319,28 @@ fn full_log_disk_is_warned_once_and_the_summary_printed() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // The log files of this second and the next few are /dev/full; the record's directory has room.
-    for s in stamp..stamp + 30 {
-        std::os::unix::fs::symlink("/dev/full", logs.join(format!("run-{s}.log"))).unwrap();
-    }
-    let out = launcher(
+    // Run files are created exclusively under unpredictable names, so the full disk is a file
+    // size limit instead: the 1 MiB log hits it (EFBIG, SIGXFSZ ignored), the record does not.
+    let mut cmd = launcher(
         dir.path(),
         "1",
         &[("FAKE_OUTPUT_MB", "1"), ("FAKE_EXIT", "0")],
-    )
-    .output()
-    .unwrap();
+    );
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 256 << 10,
+                rlim_max: 256 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The peer watch's wire protocol written again from its description (src/cluster/peers.rs
+//! The peer watch's wire protocol written again from its description (src/cluster/peers/mod.rs
 //! module header), for tests that play one side by hand: a node with the secret, a forger
 //! without it, a stand-in node 0.
 

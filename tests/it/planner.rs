@@ -344,3 +344,46 @@ fn multi_node_uses_every_gpu_of_each_node_with_the_fewest_accumulation_steps() {
     assert_eq!(c.grad_accumulation_steps, 1, "{}", c.label());
     assert_eq!(c.global_batch, 32, "1 per GPU on 32 GPUs: {}", c.label());
 }
+
+/// Issue 16: a lever names every flag it was computed with, and its verdict is computed. On 4x
+/// RTX 4090 ALOHA needs FSDP *and* checkpointing (FSDP alone does not fit): for upstream's script
+/// (neither flag) the FSDP lever must name both; for a script that already takes checkpointing,
+/// naming --use_fsdp alone is honest.
+#[test]
+fn levers_name_every_flag_they_assume() {
+    let gpus = parse_gpus_spec("4xrtx4090").unwrap();
+    let p = run("aloha", &gpus, policy(false, false), Pins::default());
+    assert!(!p.feasible);
+    for l in &p.levers {
+        if l.contains("--use_fsdp") && l.contains("fits: FSDP") {
+            assert!(l.contains("--gradient_checkpointing"), "{l}");
+        }
+    }
+    assert!(
+        p.levers.iter().any(|l| l
+            .starts_with("with --use_fsdp and --gradient_checkpointing in the script:")
+            && l.contains("fits: FSDP, batch 2 x 4 GPUs")),
+        "{:#?}",
+        p.levers
+    );
+    // FSDP without checkpointing, pinned: computed, and it does not fit 24 GB cards.
+    let pinned = run(
+        "aloha",
+        &gpus,
+        policy(true, false),
+        Pins {
+            strategy: Some(Strategy::Fsdp),
+            ..Pins::default()
+        },
+    );
+    assert!(!pinned.feasible, "{:?}", pinned.chosen.map(|c| c.label()));
+    // The script takes checkpointing: the FSDP lever adds only --use_fsdp.
+    let p = run("aloha", &gpus, policy(false, true), Pins::default());
+    assert!(
+        p.levers
+            .iter()
+            .any(|l| l.starts_with("with --use_fsdp in the script:") && l.contains("fits: FSDP")),
+        "{:#?}",
+        p.levers
+    );
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::supervisor_support::{Fixture, alive, assert_all_dead};
 use nix::sys::signal::Signal;
 use vla_launch::launch::log::{Stream, parse_stream};
+use vla_launch::launch::supervisor::summary_line;
 
 fn recorded(fx: &Fixture) -> serde_json::Value {
     serde_json::from_slice(&fx.read("record.json")).unwrap()
@@ -292,6 +293,54 @@ fn second_stop_signal_kills_at_once() {
     assert_all_dead(&pids, "after the second SIGINT");
     assert!(o.force_killed);
     assert_eq!(o.signal, Some(9));
+}
+
+/// Issue 13 item 6: a double Ctrl-C kills at once, and the summary says so, not "grace period
+/// over".
+#[test]
+fn a_double_ctrl_c_is_summarised_as_what_it_was() {
+    let fx = Fixture::new(&[("FAKE_ON_STOP", "ignore"), ("FAKE_SLEEP", "60")]);
+    let (signals, thread) = fx.start(fx.options(Duration::from_secs(60)));
+    fx.wait_ready();
+    signals.send(Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    signals.send(Signal::SIGINT);
+    let o = thread.join().unwrap().unwrap();
+    assert!(o.force_killed);
+    let line = summary_line(&o);
+    assert!(!line.contains("grace period over"), "{line}");
+    assert!(line.contains("SIGINT again: SIGKILL sent"), "{line}");
+}
+
+/// Issue 13 item 6: Slurm sends SIGTERM to every process of the step, and srun forwards it too:
+/// under Slurm a second SIGTERM within the grace does not escalate; torchrun gets its grace.
+#[test]
+fn under_slurm_a_second_sigterm_does_not_cut_the_grace_short() {
+    let fx = Fixture::new(&[("FAKE_ON_STOP", "slow:1.5"), ("FAKE_SLEEP", "60")]);
+    let mut opts = fx.options(Duration::from_secs(20));
+    opts.repeated_sigterm_escalates = false;
+    let (signals, thread) = fx.start(opts);
+    fx.wait_ready();
+    signals.send(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(5));
+    signals.send(Signal::SIGTERM);
+    let o = thread.join().unwrap().unwrap();
+    assert!(!o.force_killed, "{o:?}");
+    assert_eq!(o.interrupted_by, Some(15));
+    assert!(o.duration >= Duration::from_millis(1400), "{o:?}");
+    let log = String::from_utf8_lossy(&fx.read("run.log")).to_string();
+    assert!(log.contains("SIGTERM received again"), "{log}");
+    // An interactive double Ctrl-C still kills at once, under Slurm too (`srun --pty`).
+    let fx = Fixture::new(&[("FAKE_ON_STOP", "slow:30"), ("FAKE_SLEEP", "60")]);
+    let mut opts = fx.options(Duration::from_secs(20));
+    opts.repeated_sigterm_escalates = false;
+    let (signals, thread) = fx.start(opts);
+    fx.wait_ready();
+    signals.send(Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(100));
+    signals.send(Signal::SIGINT);
+    let o = thread.join().unwrap().unwrap();
+    assert!(o.force_killed, "{o:?}");
 }
 
 #[test]

@@ -4,13 +4,17 @@
 use std::path::PathBuf;
 
 use crate::app::error::{AppError, ExitCode, Result};
-use crate::app::settings::{load_profile, resolve_plan, store_path, warn_missing};
+use crate::app::settings::{
+    env_var, load_profile, resolve_plan, script_path, store_path, warn_missing,
+};
 use crate::app::supervised_run::launch_once;
 use crate::app::torchrun::command_for;
 use crate::calibration::{self, Source, Store};
 use crate::cli::CalibrateArgs;
 use crate::launch::command;
 use crate::plan;
+use crate::profile::Loaded;
+use crate::script_choice;
 use crate::units::fmt_gib;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::{eprintln_lossy as eprintln, println_lossy as println};
@@ -54,7 +58,25 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
         .planning
         .sets
         .push(format!("train.max_steps={steps}"));
-    // A dry run asks the script nothing (as `vla-launch --dry-run` does) and runs nothing.
+    // In an OpenVLA-OFT checkout: the real code itself, through the shipped real-code probe.
+    let loaded = load_profile(Some(&name), &launch.planning.sets)?;
+    if let Some((probe, sets)) = real_probe_sets(&loaded) {
+        eprintln!(
+            "vla-launch: calibrating with the real-code probe {} against the checkout {} \
+             (upstream's own model and training step, random weights, synthetic batches: no weights \
+             or data needed; DDP only)",
+            probe.display(),
+            {
+                let dir = std::path::PathBuf::from(loaded.resolve(&env_var).workdir.value);
+                std::path::absolute(&dir)
+                    .unwrap_or(dir)
+                    .display()
+                    .to_string()
+            }
+        );
+        launch.planning.sets.extend(sets);
+    }
+    // A dry run runs nothing; like `plan`, it asks a script that is there for its flags (cached).
     let mut ctx = resolve_plan(
         &launch.planning,
         &launch.extra,
@@ -113,6 +135,48 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     } else {
         ExitCode::TrainingFailed
     })
+}
+
+/// When the profile trains with a checkout's `finetune.py` (it exists where the profile says) and
+/// vla-launch's real-code probe is installed: the probe's path and the `--set`s that run it instead,
+/// in the checkout (its working directory, from which it imports finetune.py). The probe takes
+/// upstream's flags plus `--gradient_checkpointing`, not `--use_fsdp` (so no FSDP addition around
+/// it), and reads no data, weights, run directory or wandb: those flags get harmless values so
+/// that no `${VAR}` of the profile has to be set.
+fn real_probe_sets(loaded: &Loaded) -> Option<(std::path::PathBuf, Vec<String>)> {
+    let resolved = loaded.resolve(&env_var);
+    let script = script_path(&resolved);
+    let is_finetune = script.file_name().is_some_and(|n| n == "finetune.py");
+    if !is_finetune || !script.is_file() {
+        return None;
+    }
+    let probe =
+        script_choice::installed(&crate::install::vla_launch_dir(), script_choice::REAL_PROBE)?;
+    let accepts: Vec<&str> = loaded
+        .profile
+        .script
+        .accepts
+        .iter()
+        .map(String::as_str)
+        .filter(|f| *f == "gradient_checkpointing")
+        .collect();
+    let mut sets = vec![
+        format!("script.path={}", probe.display()),
+        format!("script.accepts=[{}]", accepts.join(", ")),
+        "script.fsdp_addition=off".into(),
+    ];
+    let train = &loaded.profile.train;
+    for (key, value) in [
+        ("data_root_dir", "unused-by-the-real-code-probe"),
+        ("run_root_dir", "${VLA_RUN_ROOT:-/tmp/vla-probe-runs}"),
+        ("wandb_entity", "none"),
+        ("wandb_project", "none"),
+    ] {
+        if train.contains_key(key) {
+            sets.push(format!("train.{key}={value}"));
+        }
+    }
+    Some((probe, sets))
 }
 
 pub(in crate::app) fn describe_store(store: &Store, profile: &str) -> String {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::app::error::{ExitCode, Result};
-use crate::app::settings::{env_var, load_profile};
+use crate::app::settings::{choose_script, env_var, load_profile};
 use crate::doctor::{self, DoctorContext, Setup, SystemHost};
 use crate::gpu::{self, NvmlSource};
 use crate::model;
@@ -58,7 +58,22 @@ pub(in crate::app) fn cmd_doctor(
         host: &SystemHost,
         setup: Some(setup(&loaded, &r)),
     };
-    let checks = doctor::run_checks(&ctx);
+    let mut checks = doctor::run_checks(&ctx);
+    // Which script a launch runs (the profile's, or the FSDP addition around it) and why.
+    checks.push(match choose_script(&loaded, &r, false) {
+        Ok((choice, _)) => doctor::Check {
+            name: "runs".into(),
+            ok: true,
+            detail: choice.why,
+            fix: None,
+        },
+        Err(e) => doctor::Check {
+            name: "runs".into(),
+            ok: false,
+            detail: e.to_string(),
+            fix: Some("see script.fsdp_addition in docs/fsdp.md".into()),
+        },
+    });
     let all_ok = checks.iter().all(|c| c.ok);
     if json {
         let v = serde_json::json!({

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::app::error::{AppError, ExitCode, Result};
+use crate::app::run_files;
 use crate::app::settings::env_var;
 use crate::app::supervised_run::unix_seconds;
 use crate::launch::command::{self, LaunchCommand};
@@ -31,13 +32,19 @@ pub(in crate::app) fn cmd_replay(path: &Path, grace: u64) -> Result<ExitCode> {
         },
     };
     let log_dir = path.parent().unwrap_or(Path::new("."));
-    let stamp = unix_seconds();
+    let stamp = run_files::local_stamp(unix_seconds() as i64);
+    let files = run_files::claim(log_dir, "replay", &stamp, None, 0).map_err(|e| {
+        AppError::environment(format!(
+            "cannot create the replay's log in {}: {e}; replay a record in a writable directory",
+            log_dir.display()
+        ))
+    })?;
     eprintln!(
         "vla-launch: replaying {}: {}",
         path.display(),
         command::display(&cmd)
     );
-    let mut opts = SuperviseOptions::new(log_dir.join(format!("replay-{stamp}.log")));
+    let mut opts = SuperviseOptions::new(&files.log);
     opts.grace = Duration::from_secs(grace);
     let outcome = supervisor::run_blocking(&cmd, &opts)?;
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));

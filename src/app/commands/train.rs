@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use crate::app::error::{AppError, ExitCode, Result};
-use crate::app::settings::{missing_script, resolve_plan, warn_missing};
+use crate::app::resume;
+use crate::app::settings::{Planned, env_var, missing_script, resolve_plan, warn_missing};
 use crate::app::supervised_run::{launch_once, peer_watch_port, ranks_filter};
 use crate::app::torchrun::command_for;
 use crate::budget::Strategy;
@@ -46,6 +47,12 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             ctx.plan.reasons.join("; ")
         )));
     }
+    let node = ctx.topology.node_rank;
+    let other_node = ctx.topology.is_multi_node() && node > 0;
+    if other_node {
+        // The job's nodes usually share one output file: say which node each line is from.
+        crate::launch::term::set_line_prefix(format!("[node {node}] "));
+    }
     for w in &ctx.warnings {
         warn!("{w}");
     }
@@ -54,9 +61,21 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
         );
     }
-    // An infeasible plan is the error itself: shown even with -q.
-    if !verbosity.quiet || !ctx.plan.feasible {
+    let resumed = decide_resume(&mut ctx, &args);
+    // The plan once per job (node 0), unless this node's differs by failing. An infeasible plan
+    // is the error itself: shown even with -q.
+    if other_node && ctx.plan.feasible {
+        if !verbosity.quiet {
+            eprintln!(
+                "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
+                ctx.topology.nnodes
+            );
+        }
+    } else if !verbosity.quiet || !ctx.plan.feasible {
         eprint!("{}", ctx.render(verbosity.verbose > 0));
+    }
+    if let Some(line) = resumed {
+        eprintln!("vla-launch: {line}");
     }
     if !ctx.plan.feasible {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
@@ -96,7 +115,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             .as_ref()
             .filter(|d| d.kind == diagnosis::DiagnosisKind::CudaOom);
         let (Some(d), Some(failed)) = (oom, ctx.plan.chosen.clone()) else {
-            return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
+            return Ok(ExitCode::of_run(run.status));
         };
         let oom_details = match &d.details {
             diagnosis::Details::CudaOom(o) => Some(o),
@@ -112,7 +131,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
         ) {
             retry::RetryDecision::Stop { reason } => {
                 eprintln!("vla-launch: {reason}");
-                return Ok(ExitCode::of_run(run.outcome.process_exit_code()));
+                return Ok(ExitCode::of_run(run.status));
             }
             retry::RetryDecision::Retry { plan, message } => {
                 eprintln!("vla-launch: {message}");
@@ -121,6 +140,46 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             }
         }
     }
+}
+
+/// `--resume`: sets the script's resume flags (and, under Slurm, its fixed run id) on `ctx`;
+/// returns what to tell the user.
+fn decide_resume(ctx: &mut Planned, args: &LaunchArgs) -> Option<String> {
+    let flag_value = |flags: &[(String, String)], name: &str| {
+        flags
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let extra_value = args
+        .extra
+        .iter()
+        .position(|a| a == "--run_id_override")
+        .and_then(|i| args.extra.get(i + 1).cloned())
+        .or_else(|| {
+            args.extra
+                .iter()
+                .find_map(|a| a.strip_prefix("--run_id_override=").map(str::to_string))
+        });
+    let run_id_given =
+        extra_value.or_else(|| flag_value(&ctx.resolved.flags.flags, "--run_id_override"));
+    let slurm_job = env_var("SLURM_JOB_ID").filter(|j| !j.is_empty());
+    let restart_count = env_var("SLURM_RESTART_COUNT")
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(0);
+    let run_root = ctx.resolved.run_root_dir();
+    let decision = resume::decide(&resume::Situation {
+        mode: args.resume,
+        profile: &ctx.loaded.name,
+        run_root: run_root.as_deref(),
+        run_id_given: run_id_given.as_deref(),
+        slurm_job: slurm_job.as_deref(),
+        restart_count,
+        needs: resume::Needs::from_flags(&ctx.resolved.flags.flags),
+    });
+    resume::set_flags(&mut ctx.resolved.flags.flags, &decision.flags);
+    decision.message
 }
 
 /// `--plan-file`: every node runs the plan written by `vla-launch plan -o` (on a login node or

@@ -1,0 +1,1 @@
+../../../../../../scripts/finetune_fsdp.py

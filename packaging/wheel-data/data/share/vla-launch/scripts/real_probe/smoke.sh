@@ -1,0 +1,1 @@
+../../../../../../../scripts/real_probe/smoke.sh

@@ -1,0 +1,122 @@
+//! What a node's watch threads share, and one authenticated connection.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::{config::*, secret::*, stop::*};
+
+pub(super) struct Shared {
+    pub(super) job: String,
+    pub(super) node_rank: u32,
+    pub(super) nnodes: u32,
+    /// Set at start, or (node n) by its watch thread once node 0 has created the secret file.
+    pub(super) secret: std::sync::OnceLock<JobSecret>,
+    pub(super) loader: Mutex<Option<SecretLoader>>,
+    pub(super) timing: Timing,
+    /// Node n: node 0's `host:port`.
+    pub(super) target: Option<String>,
+    /// This node's run has ended: losses after this are expected, not failures.
+    pub(super) finished: AtomicBool,
+    /// Its exit code, set before `finished`.
+    pub(super) exit_code: AtomicI32,
+    /// `on_stop` already called.
+    pub(super) stopped: AtomicBool,
+    pub(super) on_stop: OnStop,
+    /// Authenticated connections (node 0: one per node; node n: the one to node 0).
+    pub(super) conns: Mutex<Vec<Arc<Conn>>>,
+    /// Node 0: nodes that have authenticated once.
+    pub(super) seen: Mutex<Vec<u32>>,
+    /// Node 0: connections in their handshake, by address.
+    pub(super) pending: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Node 0: connections refused so far (only the first few are logged).
+    pub(super) refusals: AtomicUsize,
+}
+
+/// Finds the job's secret later (node n waiting for node 0's file).
+pub(super) type SecretLoader = Box<dyn FnOnce() -> Result<JobSecret, SecretError> + Send>;
+
+pub(super) const OFF: &str = "PEER WATCH OFF: if a node fails, the other nodes' training waits for NCCL's timeout (10 min or more) instead of stopping";
+
+impl Shared {
+    /// The secret's bytes; only called once it is known (before any handshake).
+    pub(super) fn key(&self) -> &[u8] {
+        &self
+            .secret
+            .get()
+            .expect("the secret is known before any handshake")
+            .0
+    }
+
+    /// Logs a refused connection; a flood of them is not logged line by line.
+    pub(super) fn refused(&self, msg: String) {
+        match self.refusals.fetch_add(1, Ordering::SeqCst) {
+            0..5 => tracing::warn!("{msg}"),
+            5 => tracing::warn!("{msg}; further refused connections are not logged"),
+            _ => tracing::debug!("{msg}"),
+        }
+    }
+
+    pub(super) fn stop(&self, why: PeerStop) {
+        if self.finished.load(Ordering::SeqCst) || self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        (self.on_stop)(why);
+    }
+
+    pub(super) fn conns(&self) -> Vec<Arc<Conn>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A peer failed: node 0 tells every other node, then this node stops.
+    pub(super) fn failed(&self, why: PeerStop) {
+        if self.finished.load(Ordering::SeqCst) || self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        if self.node_rank == 0 {
+            for c in self.conns() {
+                if c.rank != why.node {
+                    let _ = c.send(&why.wire());
+                }
+            }
+        }
+        self.stop(why);
+    }
+}
+
+/// One authenticated connection.
+pub(super) struct Conn {
+    /// The other side's node rank.
+    pub(super) rank: u32,
+    pub(super) key: [u8; 32],
+    /// Direction labels: what this side sends, what it receives.
+    pub(super) out_dir: &'static str,
+    pub(super) in_dir: &'static str,
+    pub(super) writer: Mutex<(TcpStream, u64)>,
+    pub(super) last_heard: Mutex<Instant>,
+    pub(super) clean_exit: AtomicBool,
+}
+
+impl Conn {
+    pub(super) fn send(&self, body: &str) -> io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = w.1.to_string();
+        let mac = mac_hex(&self.key, &[self.out_dir, &seq, body]);
+        w.1 += 1;
+        w.0.write_all(format!("{seq} {body} {mac}\n").as_bytes())
+    }
+
+    pub(super) fn shutdown(&self) {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = w.0.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// The body of an authenticated line with sequence number `seq`, or `None`.
+    pub(super) fn open<'a>(&self, line: &'a str, seq: u64) -> Option<&'a str> {
+        let (rest, mac) = line.rsplit_once(' ')?;
+        let (s, body) = rest.split_once(' ')?;
+        (s == seq.to_string() && mac_ok(&self.key, &[self.in_dir, s, body], mac)).then_some(body)
+    }
+}

@@ -1,0 +1,76 @@
+//! Why a node stops: the cause of a stop caused by a peer, as data.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// How a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PeerFailure {
+    /// Its torchrun ended with this non-zero exit code.
+    Failed { exit_code: i32 },
+    /// Its connection ended without an `exit` line (launcher killed, crashed).
+    Gone,
+    /// Nothing heard from it for this many seconds.
+    Lost { silent_s: u64 },
+}
+
+/// A stop caused by a peer: which node, and how it failed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStop {
+    pub node: u32,
+    #[serde(flatten)]
+    pub failure: PeerFailure,
+}
+
+impl PeerStop {
+    /// The failing node's exit code, when it reported one.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.failure {
+            PeerFailure::Failed { exit_code } => Some(exit_code),
+            _ => None,
+        }
+    }
+
+    pub(super) fn wire(&self) -> String {
+        match self.failure {
+            PeerFailure::Failed { exit_code } => format!("stop {} failed {exit_code}", self.node),
+            PeerFailure::Gone => format!("stop {} gone", self.node),
+            PeerFailure::Lost { silent_s } => format!("stop {} lost {silent_s}", self.node),
+        }
+    }
+
+    pub(super) fn parse_wire(words: &[&str]) -> Option<PeerStop> {
+        let node = words.first()?.parse().ok()?;
+        let failure = match words[1..] {
+            ["failed", code] => PeerFailure::Failed {
+                exit_code: code.parse().ok()?,
+            },
+            ["gone"] => PeerFailure::Gone,
+            ["lost", s] => PeerFailure::Lost {
+                silent_s: s.parse().ok()?,
+            },
+            _ => return None,
+        };
+        Some(PeerStop { node, failure })
+    }
+}
+
+impl fmt::Display for PeerStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.node;
+        match self.failure {
+            PeerFailure::Failed { exit_code } => {
+                write!(f, "node {n}'s training ended with exit {exit_code}")
+            }
+            PeerFailure::Gone => write!(f, "node {n}'s launcher is gone without reporting an exit"),
+            PeerFailure::Lost { silent_s } => write!(
+                f,
+                "node {n}'s launcher has not been heard from for {silent_s} s (node lost?)"
+            ),
+        }
+    }
+}
+
+/// Called once, with the cause, when this node's run must stop.
+pub type OnStop = Arc<dyn Fn(PeerStop) + Send + Sync>;

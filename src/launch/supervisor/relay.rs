@@ -1,0 +1,170 @@
+//! torchrun's output relayed as bytes: every byte to the log, to the terminal while it keeps up.
+
+use std::fs::File;
+use std::io::{self, IsTerminal as _, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use crate::launch::log::{LogSender, Stream};
+use crate::launch::status::Tracker;
+
+use super::cleanup::after;
+
+/// Chunks (of up to 256 KiB) waiting for a slow terminal before further ones are dropped there.
+pub(super) const TERMINAL_QUEUE: usize = 256;
+
+pub(super) const READ_CHUNK: usize = 256 * 1024;
+
+/// A chunk is passed on once it holds this much, or when the stream has been quiet this long.
+pub(super) const COALESCE_UNTIL: usize = 128 * 1024;
+
+pub(super) const COALESCE: Duration = Duration::from_millis(2);
+
+pub(super) const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// Where relayed output goes besides the log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// The launcher's own stdout.
+    Stdout,
+    /// The launcher's own stderr.
+    Stderr,
+    /// A file (created or truncated); used by tests and benchmarks.
+    File(PathBuf),
+    Discard,
+}
+
+pub(super) type TerminalQueue = mpsc::SyncSender<Arc<Vec<u8>>>;
+
+/// A thread that writes chunks to `sink`; `None` when the sink discards.
+pub(super) fn terminal_writer(
+    sink: &Sink,
+    progress: Option<Arc<Tracker>>,
+) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
+    // The status line belongs on the launcher's own terminal, never in a file.
+    let status =
+        progress.filter(|t| t.shows_status() && matches!(sink, Sink::Stdout | Sink::Stderr));
+    let mut out: Box<dyn Write + Send> = match sink {
+        Sink::Discard => return Ok((None, None)),
+        // Flushed after every chunk: a `\r` progress update must appear now, not at the next `\n`.
+        Sink::Stdout => Box::new(io::stdout()),
+        Sink::Stderr => Box::new(io::stderr()),
+        Sink::File(path) => Box::new(File::create(path)?),
+    };
+    // The launcher's own lines follow on stderr (and, on a terminal, after stdout's): a last
+    // line the script left unterminated there is ended, so they do not run together.
+    let end_last_line = match sink {
+        Sink::Stderr => true,
+        Sink::Stdout => io::stdout().is_terminal(),
+        _ => false,
+    };
+    let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(TERMINAL_QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("vla-launch-relay".into())
+        .spawn(move || {
+            // A closed terminal (EPIPE) must not stop the training: keep draining the queue.
+            let mut broken = false;
+            let mut last = b'\n';
+            for chunk in rx {
+                broken = broken
+                    || match &status {
+                        Some(t) => t.write_terminal(&mut out, &chunk),
+                        None => out.write_all(&chunk).and_then(|()| out.flush()),
+                    }
+                    .is_err();
+                last = chunk.last().copied().unwrap_or(last);
+            }
+            if let Some(t) = &status {
+                t.clear_terminal();
+            }
+            if end_last_line && !broken && last != b'\n' {
+                let _ = out.write_all(b"\n").and_then(|()| out.flush());
+            }
+        })?;
+    Ok((Some(tx), Some(thread)))
+}
+
+pub(super) async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
+    let until = after(Instant::now(), timeout);
+    for t in threads.into_iter().flatten() {
+        while !t.is_finished() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies one pipe to the log (every byte) and the terminal (if it keeps up) until EOF.
+///
+/// Reads are coalesced: after a read, more output that follows within [`COALESCE`] joins the
+/// same chunk (up to [`COALESCE_UNTIL`] bytes), so a flood of small writes (8 KiB each from
+/// most writers) costs one hand-off to the terminal and log threads per ~128 KiB instead of one
+/// per write; a lone line or a tqdm update is passed on [`COALESCE`] later at most. The chunk
+/// itself is shared by both threads, never copied here.
+pub(super) async fn relay(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    stream: Stream,
+    log: LogSender,
+    terminal: Option<TerminalQueue>,
+    dropped: Arc<AtomicU64>,
+    progress: Option<Arc<Tracker>>,
+) {
+    let mut dropping = false;
+    let mut eof = false;
+    while !eof {
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        loop {
+            let read = if buf.is_empty() {
+                pipe.read_buf(&mut buf).await
+            } else {
+                match tokio::time::timeout(COALESCE, pipe.read_buf(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => break, // quiet: pass on what we have
+                }
+            };
+            match read {
+                Ok(0) => eof = true,
+                Ok(_) if buf.len() < COALESCE_UNTIL => continue,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log.note(format!("reading torchrun's {stream:?} failed: {e}"));
+                    eof = true;
+                }
+            }
+            break;
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        if let Some(p) = &progress {
+            p.feed(stream, &buf);
+        }
+        let chunk = Arc::new(buf);
+        log.chunk(stream, chunk.clone());
+        if let Some(tx) = &terminal {
+            let len = chunk.len() as u64;
+            match tx.try_send(chunk) {
+                Ok(()) => dropping = false,
+                Err(mpsc::TrySendError::Full(_)) => {
+                    if !dropping {
+                        log.note(format!(
+                            "terminal not keeping up: {stream:?} output dropped there (kept here)"
+                        ));
+                    }
+                    dropping = true;
+                    dropped.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+}
