@@ -227,7 +227,15 @@ pub(super) fn resolve_plan(
     // Every command asks the script which flags it takes (cached), or says what it assumed; a
     // real launch needs the script.
     let (script_choice, answer) = choose_script(&loaded, &resolved, ask_script)?;
+    // calibrate's real-code probe (ours) passes every flag on to the checkout's finetune.py, for
+    // which the profile's flags were written; its own --help does not speak for them.
+    let real_probe =
+        script_choice::installed(&crate::install::vla_launch_dir(), script_choice::REAL_PROBE)
+            .is_some_and(|probe| {
+                std::fs::canonicalize(script_path(&resolved)).is_ok_and(|s| s == probe)
+            });
     let unknown_flags = answer
+        .filter(|_| !real_probe)
         .map(|a| {
             super::script_flags::unknown(
                 &loaded,
