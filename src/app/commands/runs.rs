@@ -44,25 +44,16 @@ impl Run {
         self.record.started_unix.unwrap_or(0)
     }
 
-    /// The run log: as the outcome names it, else (a run still going, or killed) the `.log` in
-    /// the same directory whose name ends like the record's after its first `-`.
+    /// The run log: as the outcome names it, else (a run still going, or killed) the one named
+    /// like the record (src/app/run_files.rs: `plan-<stem>.json` beside `run-<stem>.log`).
     fn log(&self) -> Option<PathBuf> {
         if let Some(log) = self.record.outcome.as_ref().and_then(|o| o.log.clone()) {
             return Some(log);
         }
         let stem = self.path.file_stem()?.to_str()?;
         let tail = stem.split_once('-').map_or(stem, |(_, t)| t);
-        let dir = self.path.parent()?;
-        std::fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "log")
-                    && p.file_stem()
-                        .and_then(|s| s.to_str())
-                        .is_some_and(|s| s != stem && s.ends_with(tail))
-            })
+        let log = self.path.parent()?.join(format!("run-{tail}.log"));
+        log.is_file().then_some(log)
     }
 }
 
@@ -326,7 +317,51 @@ pub(in crate::app) fn cmd_logs(
 
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{Run, utc};
+    use std::path::PathBuf;
+
+    fn running(path: PathBuf) -> Run {
+        Run {
+            path,
+            record: serde_json::from_value(serde_json::json!({"started_unix": 1})).unwrap(),
+        }
+    }
+
+    /// A launch still going (no outcome yet) finds its log by the run file names of
+    /// src/app/run_files.rs (`plan-<stem>.json` beside `run-<stem>.log`), not a replay's log of
+    /// the same second, a `latest*` link or the log of a longer stem.
+    #[test]
+    fn a_running_launch_finds_its_own_log_by_name() {
+        let dir = std::env::temp_dir().join(format!("vla-runs-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let stems = [
+            "2026-11-28_08-21-05",
+            "2026-11-28_08-21-05-1",
+            "2026-11-28_08-21-05-job7-node1-host",
+            "2026-11-28_08-21-05-job7-node1-host-retry1",
+        ];
+        for stem in stems {
+            for name in [format!("run-{stem}.log"), format!("replay-{stem}.log")] {
+                std::fs::write(dir.join(name), b"x").unwrap();
+            }
+            std::fs::write(dir.join(format!("plan-{stem}.json")), b"{}").unwrap();
+        }
+        std::os::unix::fs::symlink("run-2026-11-28_08-21-05.log", dir.join("latest.log")).unwrap();
+        for stem in stems {
+            let run = running(dir.join(format!("plan-{stem}.json")));
+            assert_eq!(
+                run.log(),
+                Some(dir.join(format!("run-{stem}.log"))),
+                "{stem}"
+            );
+        }
+        // A record whose log is gone has none (not another run's).
+        std::fs::remove_file(dir.join("run-2026-11-28_08-21-05-1.log")).unwrap();
+        let run = running(dir.join("plan-2026-11-28_08-21-05-1.json"));
+        assert_eq!(run.log(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn utc_dates() {
