@@ -52,7 +52,8 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   vla-launch plan --profile aloha --gpus 4xrtx4090
-  vla-launch plan --profile aloha --gpus 1xh100 --strategy ddp --batch-size 2 --grad-accum 8 --checkpointing off --json
+  vla-launch plan --profile aloha --gpus 1xh100 --strategy ddp --batch-size 2 \\
+      --grad-accum 8 --checkpointing off --json
   vla-launch plan --profile aloha --gpus 8xh100 --nnodes 4 -o plan.json
 ")]
     Plan(Box<PlanArgs>),
@@ -68,8 +69,11 @@ Examples:
     /// List the known launch profiles and where each comes from.
     #[command(after_help = "Example:\n  vla-launch profiles\n")]
     Profiles,
-    /// Check the environment: torchrun, python, torch, the script and its flags, NVML, disk, RAM.
-    #[command(after_help = "Example:\n  vla-launch doctor --profile aloha\n")]
+    /// Check the environment: torchrun, python, torch, the script and its flags, NVML, disk, RAM,
+    /// the dataset, W&B, the base model and room for the checkpoints.
+    #[command(
+        after_help = "Examples:\n  vla-launch doctor --profile aloha\n  vla-launch doctor --profile aloha --json\n"
+    )]
     Doctor {
         /// Profile name or path to a .yaml file.
         #[arg(long, short = 'p')]
@@ -77,6 +81,9 @@ Examples:
         /// Override a profile field: --set train.max_steps=1000 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Print the checks as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Learn how far the budget model is off on these GPUs: run the script a few steps at two
     /// batch sizes per strategy the planner considers, record the observed peaks, fit a correction.
@@ -110,6 +117,28 @@ Examples:
         #[arg(long)]
         trust_record: bool,
     },
+    /// List past runs: when, the plan, how each ended, GPU peak vs prediction, the log.
+    #[command(
+        after_help = "Examples:\n  vla-launch runs\n  vla-launch runs --profile aloha --json\n  vla-launch runs --log-dir /scratch/runs/vla-launch\n"
+    )]
+    Runs {
+        /// Print the runs as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: RunsPlace,
+    },
+    /// Print a run's log (the newest run's by default); --follow keeps printing as it grows.
+    #[command(after_help = "Examples:\n  vla-launch logs --follow\n  vla-launch logs 1795846018\n")]
+    Logs {
+        /// A record or log path, or part of one (e.g. its time stamp); default: the newest run.
+        run: Option<String>,
+        /// Keep printing what the run writes until it ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        place: RunsPlace,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  vla-launch completions bash > ~/.local/share/bash-completion/completions/vla-launch\n"
@@ -118,6 +147,18 @@ Examples:
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Where `runs` and `logs` look for run records.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RunsPlace {
+    /// Log directory to search (repeatable; default: the profile's run root, $VLA_RUN_ROOT,
+    /// ./vla-launch-logs).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Vec<PathBuf>,
+    /// Look in this profile's run_root_dir.
+    #[arg(long, short = 'p')]
+    pub profile: Option<String>,
 }
 
 /// Options shared by `plan` and the launch form.
@@ -223,7 +264,9 @@ pub struct PlanArgs {
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
 
-    /// Extra arguments for the training script (after `--`); they count for the platform words.
+    /// Extra arguments for the training script (after `--`). Like finetune.py, the plan takes the
+    /// robot platform's constants (action chunk, proprio size) from the platform words: the first
+    /// of libero, aloha or bridge found in the script's arguments, these included.
     #[arg(last = true, value_name = "SCRIPT_ARGS")]
     pub extra: Vec<String>,
 }

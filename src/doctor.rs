@@ -11,47 +11,12 @@ use std::time::Duration;
 use crate::script_caps::{CommandRunner, ScriptCapsError};
 use crate::script_choice::script_flags;
 
-/// One line of the doctor's report.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn ok(name: &str, detail: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            ok: true,
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-
-    fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            ok: false,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-}
-
-/// Files, disk and memory of this machine.
-pub trait Host {
-    /// A regular file with an execute bit.
-    fn is_executable(&self, path: &Path) -> bool;
-    fn is_file(&self, path: &Path) -> bool;
-    /// The first line of a file (for a console script's `#!` line).
-    fn first_line(&self, path: &Path) -> Option<String>;
-    /// Bytes available to an unprivileged user on the file system holding `path`.
-    fn free_disk_bytes(&self, path: &Path) -> Result<u64, String>;
-    /// The text of /proc/meminfo.
-    fn meminfo(&self) -> Result<String, String>;
-}
+mod check;
+mod setup;
+use check::gib;
+pub use check::{Check, Host};
+pub use setup::Setup;
+use setup::{base_model_check, checkpoint_disk_check, dataset_check, wandb_check};
 
 /// The real machine.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,6 +30,10 @@ impl Host for SystemHost {
 
     fn is_file(&self, path: &Path) -> bool {
         path.is_file()
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
     }
 
     fn first_line(&self, path: &Path) -> Option<String> {
@@ -120,6 +89,8 @@ pub struct DoctorContext<'a> {
     pub timeout: Duration,
     pub runner: &'a dyn CommandRunner,
     pub host: &'a dyn Host,
+    /// What the run needs besides the software: its data, W&B, the base model, checkpoint space.
+    pub setup: Option<Setup>,
 }
 
 fn find_in_path(name: &str, path_env: Option<&OsStr>, host: &dyn Host) -> Option<PathBuf> {
@@ -137,10 +108,6 @@ fn shebang_python(line: &str, path_env: Option<&OsStr>, host: &dyn Host) -> Opti
         return find_in_path(name, path_env, host);
     }
     Some(PathBuf::from(first))
-}
-
-fn gib(bytes: u64) -> String {
-    crate::units::fmt_gib_digits(bytes, 1)
 }
 
 const TORCH_PROBE: &str = "import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'available': torch.cuda.is_available(), 'devices': torch.cuda.device_count()}))";
@@ -174,6 +141,16 @@ pub fn run_checks(ctx: &DoctorContext) -> Vec<Check> {
     checks.push(nvml_check(ctx));
     checks.push(disk_check(ctx));
     checks.push(ram_check(ctx));
+    if let Some(setup) = &ctx.setup {
+        checks.push(dataset_check(ctx.host, setup));
+        checks.push(wandb_check(setup));
+        checks.push(base_model_check(ctx.host, setup));
+        checks.push(checkpoint_disk_check(
+            ctx.host,
+            ctx.run_root_dir.as_deref(),
+            setup,
+        ));
+    }
     checks
 }
 
@@ -297,7 +274,7 @@ fn script_check(ctx: &DoctorContext) -> (bool, Check) {
         Check::fail(
             "script",
             format!("{} does not exist", script.display()),
-            "set the profile's script and workdir to your OpenVLA-OFT checkout (e.g. --set script.workdir=/path/to/openvla-oft)",
+            "export OPENVLA_OFT_DIR=/path/to/openvla-oft (your OpenVLA-OFT checkout), or set the profile's script.workdir",
         )
     };
     (found, check)
@@ -490,6 +467,7 @@ mod tests {
     struct FakeHost {
         executables: HashSet<PathBuf>,
         files: HashSet<PathBuf>,
+        dirs: HashSet<PathBuf>,
         first_lines: HashMap<PathBuf, String>,
         disks: HashMap<PathBuf, u64>,
         meminfo: Option<String>,
@@ -501,6 +479,9 @@ mod tests {
         }
         fn is_file(&self, path: &Path) -> bool {
             self.files.contains(path) || self.executables.contains(path)
+        }
+        fn is_dir(&self, path: &Path) -> bool {
+            self.dirs.contains(path)
         }
         fn first_line(&self, path: &Path) -> Option<String> {
             self.first_lines.get(path).cloned()
@@ -572,6 +553,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             runner,
             host,
+            setup: None,
         }
     }
 
@@ -883,5 +865,79 @@ mod tests {
             shebang_python("#!/env/bin/python3.10 -u", None, &h),
             Some("/env/bin/python3.10".into())
         );
+    }
+
+    fn setup_ready() -> Setup {
+        Setup {
+            data_root_dir: Some("/data".into()),
+            dataset_name: Some("aloha1".into()),
+            wandb_mode: None,
+            wandb_api_key: false,
+            wandb_netrc: true,
+            wandb_names_set: true,
+            base_model: Some("openvla/openvla-7b".into()),
+            hf_cache: Some("/hf/hub".into()),
+            hf_offline: true,
+            checkpoints: Some((10, 15 << 30)),
+        }
+    }
+
+    #[test]
+    fn setup_checks_pass_when_ready_and_say_what_is_missing() {
+        let (mut host, runner) = healthy();
+        host.dirs.insert("/data".into());
+        host.dirs.insert("/data/aloha1".into());
+        host.dirs
+            .insert("/hf/hub/models--openvla--openvla-7b".into());
+        let mut c = ctx(&host, &runner);
+        c.setup = Some(setup_ready());
+        let checks = run_checks(&c);
+        for name in ["dataset", "wandb", "base model", "checkpoint disk"] {
+            assert!(by_name(&checks, name).ok, "{name}: {checks:?}");
+        }
+        assert!(
+            by_name(&checks, "checkpoint disk")
+                .detail
+                .contains("10 checkpoints")
+        );
+
+        let (mut host, runner) = healthy();
+        host.dirs.insert("/data".into());
+        host.disks.insert("/runs".into(), 100 << 30);
+        let mut c = ctx(&host, &runner);
+        c.setup = Some(Setup {
+            wandb_netrc: false,
+            ..setup_ready()
+        });
+        let checks = run_checks(&c);
+        let dataset = by_name(&checks, "dataset");
+        assert!(
+            !dataset.ok && dataset.detail.contains("/data has no aloha1/"),
+            "{dataset:?}"
+        );
+        let wandb = by_name(&checks, "wandb");
+        assert!(!wandb.ok && wandb.fix.as_deref().unwrap().contains("WANDB_MODE=offline"));
+        let model = by_name(&checks, "base model");
+        assert!(
+            !model.ok
+                && model
+                    .fix
+                    .as_deref()
+                    .unwrap()
+                    .contains("huggingface-cli download")
+        );
+        let disk = by_name(&checks, "checkpoint disk");
+        assert!(
+            !disk.ok && disk.detail.contains("only 100.0 GiB free"),
+            "{disk:?}"
+        );
+
+        c.setup = Some(Setup {
+            wandb_mode: Some("offline".into()),
+            wandb_netrc: false,
+            wandb_names_set: false,
+            ..setup_ready()
+        });
+        assert!(by_name(&run_checks(&c), "wandb").ok);
     }
 }

@@ -24,4 +24,5 @@ pub mod profile;
 pub mod record;
 mod script_caps;
 mod script_choice;
+pub mod suggest;
 pub mod units;

@@ -1,3 +1,4 @@
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -6,6 +7,11 @@ use tracing_subscriber::EnvFilter;
 
 use vla_launch::app;
 use vla_launch::cli::Cli;
+
+/// https://no-color.org: NO_COLOR set and not empty turns colour off.
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
 
 fn init_tracing(verbose: u8, quiet: bool) {
     // RUST_LOG wins; otherwise -v/-q pick the level. Logs always go to stderr.
@@ -20,17 +26,40 @@ fn init_tracing(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| vla_launch::launch::term::LossyStderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !no_color())
         .with_target(false)
         .without_time()
         .init();
+}
+
+/// `vla-launch -v gpus`: clap refuses any argument before a subcommand (the launch form's flags
+/// conflict with subcommands), so -v/-q written before the subcommand's name are moved after it.
+fn hoist_global_flags(args: Vec<OsString>) -> Vec<OsString> {
+    let is_global = |a: &OsString| {
+        let Some(a) = a.to_str() else { return false };
+        matches!(a, "--verbose" | "--quiet" | "-q")
+            || (a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v'))
+    };
+    let flags = args.iter().skip(1).take_while(|a| is_global(a)).count();
+    let Some(sub) = args.get(1 + flags).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let is_sub = sub == "help" || cmd.get_subcommands().any(|c| c.get_name() == sub);
+    if flags == 0 || !is_sub {
+        return args;
+    }
+    let mut out = vec![args[0].clone(), args[1 + flags].clone()];
+    out.extend_from_slice(&args[1..1 + flags]);
+    out.extend_from_slice(&args[2 + flags..]);
+    out
 }
 
 fn main() -> ExitCode {
     // The watchdog of a supervised run is this binary re-executed (see launch::watchdog).
     vla_launch::launch::watchdog::main_if_requested();
     vla_launch::launch::watchdog::enable_self_exec();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(hoist_global_flags(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
             // clap quotes the offending argument whole: bound what it echoes (help and version

@@ -133,6 +133,7 @@ impl Peaks {
 pub struct Monitor {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<Peaks>,
+    current: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Monitor {
@@ -143,6 +144,8 @@ impl Monitor {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let current = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let now_used = current.clone();
         let handle = std::thread::Builder::new()
             .name("vram-monitor".into())
             .spawn(move || {
@@ -153,7 +156,10 @@ impl Monitor {
                     .map(|w| HangWatchdog::new(w.threshold, w.idle_percent));
                 let mut log_len = 0;
                 loop {
-                    peaks.update(&sampler.sample());
+                    let sample = sampler.sample();
+                    let used = sample.iter().flatten().map(|r| r.used).max().unwrap_or(0);
+                    now_used.store(used, Ordering::Relaxed);
+                    peaks.update(&sample);
                     if let (Some(dog), Some(w)) = (dog.as_mut(), watchdog.as_ref()) {
                         let now = started.elapsed();
                         let len = std::fs::metadata(&w.log_path).map(|m| m.len()).unwrap_or(0);
@@ -174,7 +180,16 @@ impl Monitor {
                 }
             })
             .expect("spawn the VRAM monitor thread");
-        Monitor { stop, handle }
+        Monitor {
+            stop,
+            handle,
+            current,
+        }
+    }
+
+    /// The largest memory in use on one of the GPUs at the latest sample (0 before the first).
+    pub fn current(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.current.clone()
     }
 
     pub fn stop(self) -> Peaks {

@@ -66,6 +66,12 @@ pub struct PlanRecord {
     pub fits: Option<bool>,
     pub step_time_s: Option<f64>,
     pub samples_per_s: Option<f64>,
+    /// The run's optimizer steps (the profile's `max_steps`, or the script's `--max_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// `max_steps` x `step_time_s`: the predicted length of the whole run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_run_time_s: Option<f64>,
     /// The uncorrected budget model's terms.
     pub budget: Option<Budget>,
     /// Which FSDP the budget and step time describe (`fsdp1`: a fork's own --use_fsdp, or
@@ -184,6 +190,19 @@ pub struct RunOutcome {
     /// Why the run log is incomplete (a full disk, say), when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_error: Option<String>,
+    /// The script's last tqdm progress: where the run got to and how fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RecordedProgress>,
+}
+
+/// How far the training got, from its last tqdm update.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordedProgress {
+    pub step: u64,
+    pub max_steps: u64,
+    pub samples_per_s: Option<f64>,
+    pub elapsed_s: Option<u64>,
+    pub eta_s: Option<u64>,
 }
 
 /// The diagnosis of a failed run, as recorded.

@@ -14,6 +14,20 @@ pub fn fmt_gib(bytes: u64) -> String {
     fmt_gib_digits(bytes, 2)
 }
 
+/// A duration for people: "45 s", "12 min", "5.3 h", "11.9 days".
+pub fn fmt_duration(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    if secs < 90.0 {
+        format!("{secs:.0} s")
+    } else if secs < 90.0 * 60.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else if secs < 36.0 * 3600.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} days", secs / 86400.0)
+    }
+}
+
 /// GiB with `digits` decimals: "12.3 GiB" for 1 (doctor's coarse host figures).
 pub fn fmt_gib_digits(bytes: u64, digits: usize) -> String {
     format!("{:.digits$} GiB", gib(bytes))

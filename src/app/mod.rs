@@ -7,6 +7,7 @@ mod commands;
 mod error;
 mod resume;
 mod run_files;
+mod script_flags;
 mod settings;
 mod slurm;
 mod supervised_run;
@@ -15,7 +16,7 @@ mod torchrun;
 pub use error::{AppError, ExitCode};
 
 use crate::cli::{Cli, Command};
-use commands::{calibrate, doctor, gpus, plan, profiles, replay, train};
+use commands::{calibrate, doctor, gpus, plan, profiles, replay, runs, train};
 use error::Result;
 
 /// `--plan-file PATH`: reads and checks the plan file and pins `args` to it (the launch form's
@@ -30,7 +31,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Plan(args)) => plan::cmd_plan(*args),
         Some(Command::Gpus { json }) => gpus::cmd_gpus(json),
         Some(Command::Profiles) => profiles::cmd_profiles(),
-        Some(Command::Doctor { profile, sets }) => doctor::cmd_doctor(&profile, &sets),
+        Some(Command::Doctor {
+            profile,
+            sets,
+            json,
+        }) => doctor::cmd_doctor(&profile, &sets, json),
         Some(Command::Replay {
             record,
             grace,
@@ -45,11 +50,59 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             trust: trust_record,
         }),
         Some(Command::Calibrate(args)) => calibrate::cmd_calibrate(*args),
+        Some(Command::Runs { json, place }) => {
+            runs::cmd_runs(&place.log_dir, place.profile.as_deref(), json)
+        }
+        Some(Command::Logs { run, follow, place }) => runs::cmd_logs(
+            &place.log_dir,
+            place.profile.as_deref(),
+            run.as_deref(),
+            follow,
+        ),
         Some(Command::Completions { shell }) => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut cmd = with_profile_names(
+                <Cli as clap::CommandFactory>::command(),
+                &profiles::known_names(),
+            );
             clap_complete::generate(shell, &mut cmd, "vla-launch", &mut std::io::stdout());
             Ok(ExitCode::Success)
         }
-        None => train::cmd_launch(cli.launch),
+        None => train::cmd_launch(
+            cli.launch,
+            train::Verbosity {
+                quiet: cli.quiet,
+                verbose: cli.verbose,
+            },
+        ),
     }
+}
+
+/// `cmd` with every `--profile` offering `names` to shell completion (the names only; a path
+/// still parses, since the completion script is generated from this copy and nothing else).
+fn with_profile_names(cmd: clap::Command, names: &[String]) -> clap::Command {
+    let names: Vec<clap::builder::PossibleValue> = names
+        .iter()
+        .map(|n| clap::builder::PossibleValue::new(n.clone()))
+        .collect();
+    fn walk(cmd: clap::Command, names: &[clap::builder::PossibleValue]) -> clap::Command {
+        let has_profile = cmd.get_arguments().any(|a| a.get_id() == "profile");
+        let mut cmd = if has_profile {
+            let values = names.to_vec();
+            cmd.mut_arg("profile", move |a| {
+                a.value_parser(clap::builder::PossibleValuesParser::new(values))
+            })
+        } else {
+            cmd
+        };
+        let subs: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for name in subs {
+            let names = names.to_vec();
+            cmd = cmd.mut_subcommand(name, move |s| walk(s, &names));
+        }
+        cmd
+    }
+    walk(cmd, &names)
 }

@@ -132,6 +132,7 @@ impl Planned {
             &self.plan,
             &self.gpus,
             self.policy.min_global_batch,
+            self.max_steps(),
             explain,
         );
         text.push_str(&format!("Script: {}\n", self.script_for_plan().why));
@@ -144,6 +145,24 @@ impl Planned {
             (c.strategy == Strategy::Fsdp, c.gradient_checkpointing)
         });
         script_choice::for_plan(&self.script_choice, fsdp, ckpt, &self.resolved.script.value)
+    }
+
+    /// The run's optimizer steps: a `--max_steps` passed through to the script, else the
+    /// profile's `train.max_steps` (after `--set`).
+    pub(super) fn max_steps(&self) -> Option<u64> {
+        let mut from_extra = None;
+        let mut it = self.extra.iter();
+        while let Some(a) = it.next() {
+            if a == "--max_steps" {
+                from_extra = it.next().and_then(|v| v.parse().ok());
+            } else if let Some(v) = a.strip_prefix("--max_steps=") {
+                from_extra = v.parse().ok();
+            }
+        }
+        from_extra.or_else(|| {
+            let v = self.loaded.profile.train.get("max_steps")?;
+            v.as_u64().or_else(|| v.as_str()?.parse().ok())
+        })
     }
 
     /// The planner's input again (for a re-plan after a failure).
@@ -218,10 +237,38 @@ pub(super) fn resolve_plan(
     refuse_planner_flags(extra)?;
     let loaded = load_profile(args.profile.as_deref(), &args.sets)?;
     let resolved = loaded.resolve(&env_var);
-    // Every command asks the script which planner flags it really takes (cached), or says what
-    // it assumed; a real launch needs the script.
-    let script_choice = choose_script(&loaded, &resolved, ask_script)?;
+    // Every command asks the script which flags it takes (cached), or says what it assumed; a
+    // real launch needs the script.
+    let (script_choice, answer) = choose_script(&loaded, &resolved, ask_script)?;
+    // calibrate's real-code probe (ours) passes every flag on to the checkout's finetune.py, for
+    // which the profile's flags were written; its own --help does not speak for them.
+    let real_probe =
+        script_choice::installed(&crate::install::vla_launch_dir(), script_choice::REAL_PROBE)
+            .is_some_and(|probe| {
+                std::fs::canonicalize(script_path(&resolved)).is_ok_and(|s| s == probe)
+            });
+    let unknown_flags = answer
+        .filter(|_| !real_probe)
+        .map(|a| {
+            super::script_flags::unknown(
+                &loaded,
+                &args.sets,
+                extra,
+                &script_path(&resolved),
+                &super::script_flags::known(&script_choice, &a.caps.flags),
+                a.from,
+            )
+        })
+        .unwrap_or_default();
+    if ask_script && !unknown_flags.is_empty() {
+        // A flag the script does not define would only fail inside torchrun.
+        return Err(AppError::usage(format!(
+            "not launching: {}",
+            unknown_flags.join("; ")
+        )));
+    }
     let (gpus, mut warnings) = gpus_for(args)?;
+    warnings.extend(unknown_flags.iter().cloned());
     let topology = match cluster::topology_from_env(
         &env_var,
         &TopologyFlags {
@@ -322,7 +369,6 @@ pub(super) fn refuse_planner_flags(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Asks the script which optional planner flags it takes (`python SCRIPT --help`).
 /// Why the profile's training script is not where the profile says, if it is not.
 pub(super) fn missing_script(loaded: &Loaded, resolved: &Resolved) -> Option<String> {
     let script = PathBuf::from(&resolved.workdir.value).join(&resolved.script.value);
@@ -348,7 +394,7 @@ pub(super) fn choose_script(
     loaded: &Loaded,
     resolved: &Resolved,
     need_script: bool,
-) -> Result<ScriptChoice> {
+) -> Result<(ScriptChoice, Option<script_choice::FlagsAnswer>)> {
     let p = &loaded.profile;
     let workdir = PathBuf::from(&resolved.workdir.value);
     let script = script_path(resolved);
@@ -376,7 +422,7 @@ pub(super) fn choose_script(
                         script.display()
                     );
                 }
-                Some(a.caps)
+                Some(a)
             }
             Err(e) => {
                 warn!(
@@ -392,12 +438,12 @@ pub(super) fn choose_script(
     let choice = script_choice::choose(
         p.script.fsdp_addition,
         &p.script.accepts,
-        answer.as_ref(),
+        answer.as_ref().map(|a| &a.caps),
         addition.as_deref(),
         &resolved.script.value,
     )
     .map_err(AppError::usage)?;
-    Ok(choice)
+    Ok((choice, answer))
 }
 
 pub(super) fn warn_missing(missing: &[(String, String)]) {

@@ -12,15 +12,17 @@ use super::run_files::{self, NodeTag};
 use super::settings::{Planned, env_var, store_path};
 use super::slurm;
 use super::torchrun::{RanksFilter, command_for, plan_record};
+use crate::budget::Strategy;
 use crate::calibration::{self, Source};
 use crate::cli::LaunchArgs;
 use crate::cluster::peers::{self, PeerWatch};
 use crate::launch::command;
 use crate::launch::diagnosis;
+use crate::launch::status;
 use crate::launch::supervisor::{self, SuperviseOptions};
 use crate::monitor::{Monitor, NvmlSampler, WatchdogConfig};
 use crate::profile;
-use crate::record::{self, PlanRecord, RecordedDiagnosis, RunOutcome};
+use crate::record::{self, PlanRecord, RecordedDiagnosis, RecordedProgress, RunOutcome};
 use crate::units::fmt_gib;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::eprintln_lossy as eprintln;
@@ -115,6 +117,15 @@ pub(super) fn launch_once(
     };
     let mut opts = SuperviseOptions::new(&log_path);
     opts.grace = Duration::from_secs(args.grace);
+    // tqdm counts micro-batches on each rank: one iteration is this many samples.
+    let samples_per_it =
+        f64::from(chosen.batch_size) * f64::from(chosen.nproc_per_node) * f64::from(chosen.nnodes);
+    let progress = status::Tracker::new(status_on_terminal().then(|| status::StatusConfig {
+        samples_per_it,
+        predicted_peak_bytes: chosen.predicted_peak_bytes,
+        gpu_used_bytes: monitor.as_ref().map(Monitor::current).unwrap_or_default(),
+    }));
+    opts.progress = Some(progress.clone());
     if env_var("SLURM_JOB_ID").is_some() {
         // Slurm signals every process of the step, and srun forwards its SIGTERM as well.
         opts.repeated_sigterm_escalates = false;
@@ -181,13 +192,16 @@ pub(super) fn launch_once(
             );
         }
     }
-    let diagnosis =
+    let mut diagnosis =
         if outcome.exit_code != 0 && outcome.interrupted_by.is_none() && !outcome.force_killed {
             let tail = read_tail(&log_path, 256 * 1024);
             diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)
         } else {
             None
         };
+    if let (Some(d), Some(c)) = (diagnosis.as_mut(), ctx.plan.chosen.as_ref()) {
+        diagnosis::fit_oom_hint(d, c.gradient_checkpointing, c.strategy == Strategy::Fsdp);
+    }
     if let Some(d) = &diagnosis {
         eprintln!("vla-launch: {}", d.summary);
         eprintln!("vla-launch: hint: {}", d.hint);
@@ -216,6 +230,13 @@ pub(super) fn launch_once(
             evidence: d.evidence.clone(),
         }),
         log_error: outcome.log_error.clone(),
+        progress: progress.last().map(|p| RecordedProgress {
+            step: p.step,
+            max_steps: p.total,
+            samples_per_s: p.it_per_s.map(|r| r * samples_per_it),
+            elapsed_s: p.elapsed_s,
+            eta_s: p.eta_s,
+        }),
     });
     if let Err(e) = record::write_file(
         &plan_path,
@@ -435,6 +456,15 @@ pub(super) fn read_tail(path: &Path, max: u64) -> Vec<u8> {
     // Bounded: the "file" may be a device that never ends (a log path on /dev/full).
     let _ = f.take(max).read_to_end(&mut buf);
     buf
+}
+
+/// The status line is for a person at a terminal: both output streams on one, and a terminal
+/// that can erase a line.
+fn status_on_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+        && std::io::stderr().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 /// The launcher's exit status for a run (0, 1 or 128+N): a node stopped by another node's

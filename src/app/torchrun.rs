@@ -8,6 +8,7 @@ use crate::budget::Strategy;
 use crate::gpu::{self, Gpu};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
 use crate::model;
+use crate::plan::Alternative;
 use crate::record::{self, Params, PlanRecord, ScriptRunInfo};
 use crate::script_choice::{self, ScriptRun};
 
@@ -50,6 +51,25 @@ pub(super) struct RanksFilter<'a> {
     pub log_dir: PathBuf,
 }
 
+/// `WANDB_MODE` (the profile's `env:` first, then the launcher's environment) is offline or
+/// disabled.
+fn wandb_off(ctx: &Planned) -> bool {
+    let mode = ctx
+        .resolved
+        .env
+        .iter()
+        .find(|(k, _)| k == "WANDB_MODE")
+        .map(|(_, e)| e.value.clone())
+        .or_else(|| super::settings::env_var("WANDB_MODE"));
+    matches!(
+        mode.as_deref()
+            .map(str::trim)
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("offline" | "disabled" | "dryrun")
+    )
+}
+
 /// The torchrun command for the chosen plan; also the list of unset `${VAR}` placeholders.
 pub(super) fn command_for(
     ctx: &Planned,
@@ -60,7 +80,27 @@ pub(super) fn command_for(
     let r = &ctx.resolved;
     let mut flags = r.flags.flags.clone();
     flags.extend(planner_flags(ctx));
-    let missing = r.missing(torchrun.is_none());
+    let mut missing = r.missing(torchrun.is_none());
+    if wandb_off(ctx) {
+        // W&B logs nothing to a server: its entity and project are not needed, and an unset
+        // placeholder is left out rather than passed on literally (the script's defaults apply).
+        let unset = |field: &str| missing.iter().any(|(f, _)| f == field);
+        let drop: Vec<String> = ["wandb_entity", "wandb_project"]
+            .into_iter()
+            .filter(|k| unset(&format!("train.{k}")))
+            .map(|k| k.to_string())
+            .collect();
+        flags.retain(|(k, _)| {
+            !drop
+                .iter()
+                .any(|d| k.strip_prefix("--") == Some(d.as_str()))
+        });
+        missing.retain(|(f, _)| {
+            !drop
+                .iter()
+                .any(|d| f.strip_prefix("train.") == Some(d.as_str()))
+        });
+    }
     let torchrun_path = match torchrun {
         Some(t) => t.to_path_buf(),
         None => PathBuf::from(&r.torchrun.value),
@@ -159,6 +199,10 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         fits: c.map(|c| c.fits),
         step_time_s: c.map(|c| c.step_time_s),
         samples_per_s: c.map(|c| c.samples_per_s),
+        max_steps: ctx.max_steps(),
+        predicted_run_time_s: c
+            .zip(ctx.max_steps())
+            .map(|(c, n)| c.step_time_s * n as f64),
         budget: c.map(|c| c.budget.clone()),
         fsdp: c
             .filter(|c| c.strategy == Strategy::Fsdp)
@@ -179,7 +223,14 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         command: command.map(argv_of),
         // Masked above: secret-named variables hold `record::REDACTED` (the same `***`).
         env: command.map(|cmd| cmd.env.iter().cloned().collect()),
-        alternatives: plan.alternatives.clone(),
+        alternatives: plan
+            .alternatives
+            .iter()
+            .map(|a| Alternative {
+                predicted_run_time_s: ctx.max_steps().map(|n| a.candidate.step_time_s * n as f64),
+                ..a.clone()
+            })
+            .collect(),
         reasons: plan.reasons.clone(),
         levers: plan.levers.clone(),
         host_ram: plan.host_ram,

@@ -440,8 +440,12 @@ fn process_vars() -> BTreeMap<String, String> {
 /// A copy-pasteable shell line (`cd DIR && VAR=... torchrun ...`) for humans and logs, with
 /// every secret masked by name and by value (see [`mask`]; the values of the launcher's own
 /// secret-named variables included). Never executed.
+///
+/// Unlike [`render`], it is for pasting: no `cd` when the directory is the current one, and a
+/// `${NAME}` placeholder left unset by the plan is printed double-quoted (`"${NAME}"`) so that the
+/// pasting shell expands it; every other byte is quoted exactly as `render` quotes it.
 pub fn display(cmd: &LaunchCommand) -> String {
-    render(&masked(cmd))
+    render_with(&masked(cmd), true)
 }
 
 /// `cmd` with every secret masked, by name and by value, the launcher's own secret-named
@@ -455,6 +459,17 @@ pub fn masked(cmd: &LaunchCommand) -> LaunchCommand {
 /// hold (env names included), and it holds no control character. Variable names that are not
 /// shell names (only a record can hold them: `build` refuses them) are passed through `env`.
 pub fn render(cmd: &LaunchCommand) -> String {
+    render_with(cmd, false)
+}
+
+fn render_with(cmd: &LaunchCommand, for_paste: bool) -> String {
+    let quote_value = |b: &[u8]| {
+        if for_paste {
+            quote_expanding(b)
+        } else {
+            quote_bytes(b)
+        }
+    };
     let mut cwd = cmd.cwd.as_os_str().as_bytes().to_vec();
     if cwd.is_empty() {
         cwd = b".".to_vec();
@@ -462,7 +477,11 @@ pub fn render(cmd: &LaunchCommand) -> String {
         // `cd -` means "the previous directory", `cd -x` an option.
         cwd.splice(0..0, *b"./");
     }
-    let mut words: Vec<String> = vec!["cd".into(), quote_bytes(&cwd), "&&".into()];
+    let mut words: Vec<String> = if for_paste && cwd == b"." {
+        Vec::new()
+    } else {
+        vec!["cd".into(), quote_bytes(&cwd), "&&".into()]
+    };
     let plain_names = cmd.env.iter().all(|(k, _)| valid_env_name(k));
     if !plain_names {
         // `--`: a name starting with `-` is not an option of env.
@@ -471,7 +490,7 @@ pub fn render(cmd: &LaunchCommand) -> String {
     }
     for (k, v) in &cmd.env {
         if plain_names {
-            words.push(format!("{k}={}", quote_bytes(v.as_bytes())));
+            words.push(format!("{k}={}", quote_value(v.as_bytes())));
         } else {
             words.push(quote_bytes(format!("{k}={v}").as_bytes()));
         }
@@ -484,62 +503,14 @@ pub fn render(cmd: &LaunchCommand) -> String {
         quote_bytes(program)
     });
     for arg in &cmd.args {
-        words.push(quote_arg(arg.as_bytes()));
+        words.push(quote_arg(arg.as_bytes(), &quote_value));
     }
     words.join(" ")
 }
 
-/// `--flag=value` as `--flag=` + the quoted value, when the flag part needs no quoting (one
-/// shell word either way; this one reads better).
-fn quote_arg(arg: &[u8]) -> String {
-    match memchr::memchr(b'=', arg) {
-        Some(at) if at > 0 && arg[..at].iter().all(|&b| inert(b)) => {
-            let (flag, value) = arg.split_at(at + 1);
-            format!("{}{}", String::from_utf8_lossy(flag), quote_bytes(value))
-        }
-        _ => quote_bytes(arg),
-    }
-}
-
-fn inert(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b)
-}
-
-/// POSIX single-quote quoting; bare when every character is shell-inert.
-pub fn shell_quote(s: &str) -> String {
-    quote_bytes(s.as_bytes())
-}
-
-/// Shell quoting for any bytes: bare when every byte is inert; `'...'` for printable UTF-8;
-/// bash's `$'...'` with `\xHH` escapes when there are control characters or bytes that are not
-/// UTF-8 (so the line is exact and cannot move the terminal's cursor).
-pub fn quote_bytes(b: &[u8]) -> String {
-    if !b.is_empty() && b.iter().all(|&c| inert(c)) {
-        return String::from_utf8_lossy(b).into_owned();
-    }
-    quote_forced(b)
-}
-
-fn quote_forced(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s) if !s.chars().any(char::is_control) => {
-            format!("'{}'", s.replace('\'', r"'\''"))
-        }
-        _ => {
-            let mut out = String::from("$'");
-            for &c in b {
-                match c {
-                    b'\\' => out.push_str(r"\\"),
-                    b'\'' => out.push_str(r"\'"),
-                    0x20..=0x7e => out.push(c as char),
-                    _ => out.push_str(&format!("\\x{c:02x}")),
-                }
-            }
-            out.push('\'');
-            out
-        }
-    }
-}
+mod quote;
+use quote::{quote_arg, quote_forced};
+pub use quote::{quote_bytes, quote_expanding, shell_quote};
 
 #[cfg(test)]
 mod tests;

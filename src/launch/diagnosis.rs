@@ -413,7 +413,7 @@ fn cuda_oom(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
         }
     }
     summary.push('.');
-    let mut hint = "Lower --batch_size and raise --grad_accumulation_steps to keep the global batch, or turn on gradient checkpointing or FSDP; vla-launch re-plans with the observed peak when --oom-retries allows.".to_string();
+    let mut hint = OOM_HINT.to_string();
     // Over 1 GiB (or 5% of the card) reserved but unused is fragmentation, which expandable
     // segments largely remove.
     if let (Some(r), Some(total)) = (d.reserved_unallocated_bytes, d.total_capacity_bytes)
@@ -432,6 +432,27 @@ fn cuda_oom(lines: &[Line], rank_of: &RankOf) -> Option<Diagnosis> {
         details: Details::CudaOom(d),
         evidence: line.text.trim().to_string(),
     })
+}
+
+const OOM_HINT: &str = "Lower --batch_size and raise --grad_accumulation_steps to keep the global batch, or turn on gradient checkpointing or FSDP; vla-launch re-plans with the observed peak when --oom-retries allows.";
+
+/// The CUDA OOM hint for the configuration that ran: it only suggests turning on gradient
+/// checkpointing or FSDP when they were off.
+pub fn fit_oom_hint(d: &mut Diagnosis, checkpointing: bool, fsdp: bool) {
+    if d.kind != DiagnosisKind::CudaOom {
+        return;
+    }
+    let lever = match (checkpointing, fsdp) {
+        (false, false) => return,
+        (true, false) => "or turn on FSDP (gradient checkpointing is already on)".to_string(),
+        (false, true) => "or turn on gradient checkpointing (FSDP is already on)".to_string(),
+        (true, true) => {
+            "gradient checkpointing and FSDP are already on, so what is left is a smaller batch (down to 1) or more GPUs".to_string()
+        }
+    };
+    d.hint = d
+        .hint
+        .replacen("or turn on gradient checkpointing or FSDP", &lever, 1);
 }
 
 const HOST_OOM_HINT: &str = "Host RAM ran out: check `dmesg | grep -i oom` (or `journalctl -k`); lower --shuffle_buffer_size (each rank holds that many RLDS samples in RAM), run fewer ranks per node, or ask Slurm for more memory (--mem).";

@@ -7,6 +7,7 @@ pub mod diagnosis;
 pub mod hang;
 pub mod log;
 mod process_tree;
+pub mod status;
 pub mod supervisor;
 pub mod term;
 pub mod watchdog;

@@ -6,15 +6,17 @@ use super::types::{Candidate, Plan};
 use crate::budget::render;
 use crate::budget::strategy_name;
 use crate::gpu::Gpu;
-use crate::units::fmt_gib;
+use crate::units::{fmt_duration, fmt_gib};
 
 /// Text for a terminal: the choice, the global batch equation, the budget, the next alternatives.
-/// `explain` adds the budget table and one bar per chosen GPU.
+/// `explain` adds the budget table and one bar per chosen GPU; `max_steps` (the profile's, when
+/// known) gives the total run time of the choice and of each alternative.
 pub fn render_plan(
     profile: &str,
     plan: &Plan,
     gpus: &[Gpu],
     min_global: u32,
+    max_steps: Option<u64>,
     explain: bool,
 ) -> String {
     let mut out = String::new();
@@ -42,21 +44,27 @@ pub fn render_plan(
         c.grad_accumulation_steps,
         min_global
     );
+    // What must fit leads; the nvidia-smi peak (which may exceed the card) comes after, explained.
+    let card = c
+        .gpu_indices
+        .iter()
+        .filter_map(|i| gpus.iter().find(|g| g.index == *i))
+        .map(|g| g.total_bytes)
+        .min();
     let _ = writeln!(
         out,
-        "  memory         {} predicted peak per GPU (nvidia-smi), needs {} of {} usable -> {}",
-        fmt_gib(c.predicted_peak_bytes),
+        "  memory         needs {} of {} usable per GPU{} -> {}",
         fmt_gib(c.required_bytes),
         fmt_gib(c.usable_bytes),
+        card.map(|t| format!(" (card {})", fmt_gib(t)))
+            .unwrap_or_default(),
         if c.fits { "fits" } else { "DOES NOT FIT" }
     );
-    if c.required_bytes < c.predicted_peak_bytes
-        && c.predicted_peak_bytes > c.usable_bytes
-        && c.fits
-    {
+    if c.required_bytes < c.predicted_peak_bytes {
         let _ = writeln!(
             out,
-            "                 (the peak counts {} of allocator cache that PyTorch gives back when memory runs short)",
+            "                 nvidia-smi may show up to {}: {} of that is PyTorch's allocator cache, handed back when memory runs short",
+            fmt_gib(c.predicted_peak_bytes),
             fmt_gib(c.predicted_peak_bytes - c.required_bytes)
         );
     }
@@ -72,6 +80,13 @@ pub fn render_plan(
         "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",
         c.step_time_s, c.samples_per_s
     );
+    if let Some(steps) = max_steps {
+        let _ = writeln!(
+            out,
+            "  run time       about {} for {steps} steps (estimate)",
+            fmt_duration(c.step_time_s * steps as f64)
+        );
+    }
     let names: Vec<String> = c
         .gpu_indices
         .iter()
@@ -137,9 +152,15 @@ pub fn render_plan(
         for a in &plan.alternatives {
             let _ = writeln!(
                 out,
-                "  - {} ({} peak): {}",
+                "  - {} (needs {}{}): {}",
                 a.candidate.label(),
-                fmt_gib(a.candidate.predicted_peak_bytes),
+                fmt_gib(a.candidate.required_bytes),
+                max_steps
+                    .map(|n| format!(
+                        ", about {}",
+                        fmt_duration(a.candidate.step_time_s * n as f64)
+                    ))
+                    .unwrap_or_default(),
                 a.why_not
             );
         }

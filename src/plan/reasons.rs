@@ -123,6 +123,7 @@ pub(super) fn alternatives(ranked: &[&Candidate], best: &Candidate) -> Vec<Alter
         out.push(Alternative {
             candidate: (*c).clone(),
             why_not: why,
+            predicted_run_time_s: None,
         });
         if out.len() == 3 {
             break;
@@ -138,13 +139,11 @@ pub(super) fn why_nothing_fits(all: &[Candidate], input: &PlanInput) -> String {
     });
     match closest {
         Some(c) => format!(
-            "nothing fits: the smallest configuration, {}, needs {} per GPU but only {} is usable (free memory minus the margin); {} GPU{} of {}",
+            "nothing fits: the smallest configuration, {}, needs {} per GPU but only {} is usable (free memory minus the margin) on {}",
             c.label(),
             fmt_gib(c.required_bytes),
             fmt_gib(c.usable_bytes),
-            input.gpus.len(),
-            if input.gpus.len() == 1 { "" } else { "s" },
-            input.gpus[0].name
+            gpus_phrase(input.gpus.len(), &input.gpus[0].name)
         ),
         None => {
             "nothing fits: no strategy is allowed for these GPUs (FSDP needs 2 or more GPUs)".into()
@@ -200,13 +199,13 @@ pub(super) fn levers(
         }
         let needs_flags = !p.script_accepts_fsdp || !p.script_accepts_checkpointing;
         let what = format!(
-            "{}{n} GPUs like GPU 0 ({})",
+            "{}{}",
             if needs_flags {
                 "with --use_fsdp and --gradient_checkpointing in the script and "
             } else {
                 "with "
             },
-            input.gpus[0].name
+            gpus_phrase(n, &input.gpus[0].name)
         );
         try_with(what, &|inp, _, gpus| {
             add_script_flags(inp);
@@ -248,4 +247,20 @@ pub(super) fn levers(
         try_with(what.into(), &|inp, _, _| add_script_flags(inp));
     }
     out
+}
+
+/// `n` GPUs named `name`, as a phrase: "4 GPUs with 10.00 GiB each (described)" for a
+/// described size ("GPU with 10.00 GiB (described)"), "4 x NVIDIA H100 80GB HBM3" for a model.
+pub(super) fn gpus_phrase(n: usize, name: &str) -> String {
+    let plural = if n == 1 { "" } else { "s" };
+    match name.strip_prefix("GPU ") {
+        Some(rest) => {
+            let rest = match rest.strip_suffix(" (described)") {
+                Some(r) if n > 1 && r.starts_with("with ") => format!("{r} each (described)"),
+                _ => rest.to_string(),
+            };
+            format!("{n} GPU{plural} {rest}")
+        }
+        None => format!("{n} x {name}"),
+    }
 }

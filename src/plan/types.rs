@@ -128,6 +128,9 @@ pub struct Alternative {
     #[serde(flatten)]
     pub candidate: Candidate,
     pub why_not: String,
+    /// `max_steps` x its step time, when the profile says how many steps (set by the app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_run_time_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

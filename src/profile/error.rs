@@ -3,10 +3,15 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
-        "profile '{}' not found: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file",
+        "profile '{}' not found{hint}: looked for {searched}; run `vla-launch profiles` to list the known ones, or pass a path to a .yaml file",
         crate::input::shown(name, 60)
     )]
-    NotFound { name: String, searched: String },
+    NotFound {
+        name: String,
+        searched: String,
+        /// " (did you mean NAME?)" when a known profile is close, else empty.
+        hint: String,
+    },
     #[error("{path}: is a directory, not a profile; pass a .yaml file such as {path}/aloha.yaml")]
     IsDirectory { path: String },
     /// `cause` is said in the message, so it is not also the error's source (it was printed twice).

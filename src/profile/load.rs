@@ -47,6 +47,7 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
                 "nothing (a name of {} bytes cannot be a file name)",
                 name_or_path.len()
             ),
+            hint: String::new(),
         });
     }
     let mut searched = Vec::new();
@@ -54,7 +55,7 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
     if let Some(dir) = config_dir {
         dirs.push(dir.to_path_buf());
     }
-    for dir in dirs {
+    for dir in &dirs {
         let candidate = dir.join(format!("{name_or_path}.yaml"));
         if candidate.is_file() {
             return load_file(&candidate, name_or_path);
@@ -77,10 +78,33 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let mut known: Vec<String> = BUILTIN.iter().map(|(n, _)| n.to_string()).collect();
+    for dir in &dirs {
+        known.extend(profile_names_in(dir));
+    }
+    let hint = crate::suggest::closest(name_or_path, known.iter().map(String::as_str))
+        .map(|k| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
     Err(ProfileError::NotFound {
         name: name_or_path.to_string(),
         searched: searched.join(", "),
+        hint,
     })
+}
+
+/// The names of the `NAME.yaml` files in `dir` (none when it cannot be read), sorted.
+pub fn profile_names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".yaml")?.to_string())
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn load_file(path: &Path, display: &str) -> Result<Loaded, ProfileError> {

@@ -17,6 +17,7 @@ mod calibration;
 mod cli;
 mod cluster;
 mod diagnosis;
+mod firsthour_cli;
 mod generated_inputs;
 mod gpu_discovery;
 mod gpu_names_cli;

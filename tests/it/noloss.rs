@@ -539,7 +539,8 @@ fn secret_values_are_masked_in_the_printed_command_and_the_log() {
         .env("HF_TOKEN", token)
         .env("FAKE_RECORD", &record)
         .args(["--set", &format!("env.MY_HF_AUTH={token}")])
-        .args(["--", "--mirror_url", &format!("https://u:{token}@host/x")])
+        // A flag finetune.py defines: the launcher refuses ones its --help does not list.
+        .args(["--", "--run_id_note", &format!("https://u:{token}@host/x")])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -14,8 +14,28 @@ const SECRETS: &[&str] = &[
     "api_secret_0005",
 ];
 
+/// A copy of the stand-in finetune.py whose `--help` also lists the secret-carrying flags these
+/// tests pass (a fork with W&B and Hugging Face tokens as flags): unknown flags are refused.
+fn checkout_with_secret_flags(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(
+        root.join("tests/fixtures/openvla-oft/vla-scripts/finetune.py"),
+    )
+    .unwrap()
+    .replace(
+        "wandb_log_freq int\"\"\"",
+        "wandb_log_freq int hf_token str wandb_api_key str hf-token str api_token str\"\"\"",
+    );
+    assert!(text.contains("api_token"), "the stand-in's flag list moved");
+    let checkout = dir.join("openvla-oft-with-tokens");
+    std::fs::create_dir_all(checkout.join("vla-scripts")).unwrap();
+    std::fs::write(checkout.join("vla-scripts/finetune.py"), text).unwrap();
+    checkout
+}
+
 fn bin(dir: &Path) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let checkout = checkout_with_secret_flags(dir);
     let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
     c.env_remove("VLA_LAUNCH_GPUS")
         .env_remove("CUDA_VISIBLE_DEVICES")
@@ -26,7 +46,7 @@ fn bin(dir: &Path) -> Command {
         .env_remove("NODE_RANK")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
-        .env("OPENVLA_OFT_DIR", root.join("tests/fixtures/openvla-oft"))
+        .env("OPENVLA_OFT_DIR", &checkout)
         .env("VLA_DATA_ROOT", "/data")
         .env("VLA_RUN_ROOT", dir)
         .env("WANDB_ENTITY", "e")

@@ -560,3 +560,41 @@ fn the_plan_predicts_the_fsdp_that_runs() {
     );
     assert_eq!(peak(&fork), peak(&nowhere));
 }
+
+/// Issue 17 item 5 with issue 16: a real launch through the FSDP addition is not refused for the
+/// flags the addition adds (the planner's `--use_fsdp` / `--gradient_checkpointing`, which
+/// upstream's finetune.py lacks), while a misspelt one after `--` is, with the addition's flag as
+/// the suggestion; torchrun never starts for it.
+#[test]
+fn a_launch_through_the_addition_refuses_only_unknown_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_addition(dir.path());
+    let upstream = checkout("openvla-oft-upstream");
+    let record = dir.path().join("record.json");
+    let launch = |extra: &[&str]| {
+        run(bin(dir.path(), &upstream, &data)
+            .args(["--profile", "aloha", "--gpus", "4xrtx4090", "--torchrun"])
+            .arg(fake_torchrun())
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
+            .env("FAKE_RECORD", &record)
+            .args(extra))
+    };
+    let o = launch(&["--", "--use_fsdpp", "True"]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("did you mean --use_fsdp?"),
+        "{}",
+        o.stderr
+    );
+    assert!(!record.exists(), "torchrun was started");
+    let o = launch(&[]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let argv: Vec<String> = serde_json::from_value(rec["argv"].clone()).unwrap();
+    assert!(argv.iter().any(|a| a == "--use_fsdp"), "{argv:?}");
+    assert!(
+        argv.iter().any(|a| a == "--gradient_checkpointing"),
+        "{argv:?}"
+    );
+}

@@ -1,15 +1,21 @@
 //! `vla-launch doctor`: is this machine ready to run the profile?
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::app::error::{ExitCode, Result};
 use crate::app::settings::{choose_script, env_var, load_profile};
-use crate::doctor::{self, DoctorContext, SystemHost};
+use crate::doctor::{self, DoctorContext, Setup, SystemHost};
 use crate::gpu::{self, NvmlSource};
+use crate::model;
+use crate::profile::{self, Loaded, Resolved};
 use crate::script_caps;
 use crate::units::fmt_gib;
 
-pub(in crate::app) fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<ExitCode> {
+pub(in crate::app) fn cmd_doctor(
+    profile_name: &str,
+    sets: &[String],
+    json: bool,
+) -> Result<ExitCode> {
     let loaded = load_profile(Some(profile_name), sets)?;
     let p = &loaded.profile;
     let r = loaded.resolve(&env_var);
@@ -50,11 +56,12 @@ pub(in crate::app) fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<
         timeout: script_caps::DEFAULT_PROBE_TIMEOUT,
         runner: &script_caps::SystemRunner,
         host: &SystemHost,
+        setup: Some(setup(&loaded, &r)),
     };
     let mut checks = doctor::run_checks(&ctx);
     // Which script a launch runs (the profile's, or the FSDP addition around it) and why.
     checks.push(match choose_script(&loaded, &r, false) {
-        Ok(choice) => doctor::Check {
+        Ok((choice, _)) => doctor::Check {
             name: "runs".into(),
             ok: true,
             detail: choice.why,
@@ -67,10 +74,124 @@ pub(in crate::app) fn cmd_doctor(profile_name: &str, sets: &[String]) -> Result<
             fix: Some("see script.fsdp_addition in docs/fsdp.md".into()),
         },
     });
-    print!("{}", doctor::render(&checks));
-    Ok(if checks.iter().all(|c| c.ok) {
+    let all_ok = checks.iter().all(|c| c.ok);
+    if json {
+        let v = serde_json::json!({
+            "profile": loaded.name,
+            "ok": all_ok,
+            "checks": checks,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("JSON of plain values")
+        );
+    } else {
+        print!("{}", doctor::render(&checks));
+    }
+    Ok(if all_ok {
         ExitCode::Success
     } else {
         ExitCode::Environment
     })
+}
+
+fn truthy(v: Option<String>) -> bool {
+    v.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// The run's data, W&B, base model and checkpoints, from the resolved profile and environment.
+fn setup(loaded: &Loaded, r: &Resolved) -> Setup {
+    let flag = |name: &str| {
+        let unset = r
+            .flags
+            .missing
+            .iter()
+            .any(|(f, _)| f == &format!("train.{name}"));
+        let key = format!("--{name}");
+        r.flags
+            .flags
+            .iter()
+            .find(|(k, _)| *k == key)
+            .filter(|_| !unset)
+            .map(|(_, v)| v.clone())
+    };
+    let wandb_mode = r
+        .env
+        .iter()
+        .find(|(k, _)| k == "WANDB_MODE")
+        .map(|(_, e)| e.value.clone())
+        .or_else(|| env_var("WANDB_MODE"))
+        .filter(|m| !m.is_empty());
+    let home = env_var("HOME").map(PathBuf::from);
+    let netrc = env_var("NETRC")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".netrc")));
+    let wandb_netrc = netrc
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|t| t.contains("api.wandb.ai"));
+    let hf_cache = env_var("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| env_var("HF_HOME").map(|h| Path::new(&h).join("hub")))
+        .or_else(|| {
+            env_var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(".cache")))
+                .map(|c| c.join("huggingface").join("hub"))
+        });
+    let p = &loaded.profile;
+    let number = |name: &str| {
+        let v = p.train.get(name)?;
+        v.as_u64().or_else(|| v.as_str()?.parse().ok())
+    };
+    let latest_only = p
+        .train
+        .get("save_latest_checkpoint_only")
+        .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("True"));
+    let checkpoints = match (number("max_steps"), number("save_freq")) {
+        (Some(steps), Some(freq)) if freq > 0 => {
+            let saves = if latest_only {
+                1
+            } else {
+                (steps / freq).max(1)
+            };
+            Some((saves, checkpoint_bytes(loaded)))
+        }
+        _ => None,
+    };
+    Setup {
+        data_root_dir: flag("data_root_dir").map(PathBuf::from),
+        dataset_name: flag("dataset_name"),
+        wandb_mode,
+        wandb_api_key: env_var("WANDB_API_KEY").is_some_and(|k| !k.is_empty()),
+        wandb_netrc,
+        wandb_names_set: flag("wandb_entity").is_some() && flag("wandb_project").is_some(),
+        base_model: flag("vla_path"),
+        hf_cache,
+        hf_offline: truthy(env_var("HF_HUB_OFFLINE")) || truthy(env_var("TRANSFORMERS_OFFLINE")),
+        checkpoints,
+    }
+}
+
+/// One checkpoint: the trainable weights (LoRA adapter and heads, at most 4 bytes each) and,
+/// when the script merges LoRA while training, the whole merged model in bf16.
+fn checkpoint_bytes(loaded: &Loaded) -> u64 {
+    let spec = profile::model_spec(&loaded.profile, &[]);
+    let components = model::components(&spec).unwrap_or_default();
+    let total: u64 = components.iter().map(|c| c.params).sum();
+    let trainable: u64 = components
+        .iter()
+        .filter(|c| c.trainable)
+        .map(|c| c.params)
+        .sum();
+    let merged = if profile::merges_lora_during_training(&loaded.profile) {
+        total * 2
+    } else {
+        0
+    };
+    trainable * 4 + merged
 }

@@ -6,4 +6,5 @@ pub(super) mod gpus;
 pub(super) mod plan;
 pub(super) mod profiles;
 pub(super) mod replay;
+pub(super) mod runs;
 pub(super) mod train;

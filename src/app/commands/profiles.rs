@@ -52,3 +52,19 @@ pub(in crate::app) fn cmd_profiles() -> Result<ExitCode> {
     }
     Ok(ExitCode::Success)
 }
+
+/// Every profile name `--profile` takes without a path: ./launch-profiles, the user's, built-in.
+pub(in crate::app) fn known_names() -> Vec<String> {
+    let mut names: Vec<String> = profile::BUILTIN
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let mut dirs = vec![PathBuf::from("launch-profiles")];
+    dirs.extend(user_config_dir());
+    for dir in dirs {
+        names.extend(profile::profile_names_in(&dir));
+    }
+    names.sort();
+    names.dedup();
+    names
+}

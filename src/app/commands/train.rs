@@ -20,7 +20,15 @@ use crate::record;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::{eprint_lossy as eprint, eprintln_lossy as eprintln, println_lossy as println};
 
-pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
+/// The global -q / -v: -q leaves the plan out of the terminal, -v adds its memory budget
+/// (the table and a bar per GPU, as `plan --explain`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::app) struct Verbosity {
+    pub quiet: bool,
+    pub verbose: u8,
+}
+
+pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> Result<ExitCode> {
     if let Some(path) = args.plan_file.clone() {
         pin_to_plan_file(&mut args.planning, &path)?;
     }
@@ -54,14 +62,17 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs) -> Result<ExitCode> {
         );
     }
     let resumed = decide_resume(&mut ctx, &args);
-    // The plan once per job (node 0), unless this node's differs by failing.
+    // The plan once per job (node 0), unless this node's differs by failing. An infeasible plan
+    // is the error itself: shown even with -q.
     if other_node && ctx.plan.feasible {
-        eprintln!(
-            "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
-            ctx.topology.nnodes
-        );
-    } else {
-        eprint!("{}", ctx.render(false));
+        if !verbosity.quiet {
+            eprintln!(
+                "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
+                ctx.topology.nnodes
+            );
+        }
+    } else if !verbosity.quiet || !ctx.plan.feasible {
+        eprint!("{}", ctx.render(verbosity.verbose > 0));
     }
     if let Some(line) = resumed {
         eprintln!("vla-launch: {line}");

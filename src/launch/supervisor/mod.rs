@@ -81,6 +81,8 @@ pub struct SuperviseOptions {
     pub repeated_sigterm_escalates: bool,
     /// Called with torchrun's pid right after spawn (e.g. to start a VRAM monitor).
     pub on_spawn: Option<Box<dyn Fn(u32) + Send + Sync>>,
+    /// Reads the script's tqdm progress from its output (and may show a status line).
+    pub progress: Option<Arc<super::status::Tracker>>,
 }
 
 impl SuperviseOptions {
@@ -98,6 +100,7 @@ impl SuperviseOptions {
             repeated_sigterm_escalates: true,
             watchdog: super::watchdog::default_program(),
             on_spawn: None,
+            progress: None,
         }
     }
 }
@@ -162,8 +165,10 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     }
 
     let dropped = Arc::new(AtomicU64::new(0));
-    let (out_tx, out_thread) = terminal_writer(&opts.stdout).map_err(log_err)?;
-    let (err_tx, err_thread) = terminal_writer(&opts.stderr).map_err(log_err)?;
+    let (out_tx, out_thread) =
+        terminal_writer(&opts.stdout, opts.progress.clone()).map_err(log_err)?;
+    let (err_tx, err_thread) =
+        terminal_writer(&opts.stderr, opts.progress.clone()).map_err(log_err)?;
     let mut readers = tokio::task::JoinSet::new();
     // A larger pipe lets a burst of output sit in the kernel instead of blocking the writer,
     // and lets each read move more bytes (best effort: the kernel may refuse).
@@ -184,6 +189,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
             log.sender(),
             out_tx,
             dropped.clone(),
+            opts.progress.clone(),
         ));
     }
     if let Some(pipe) = child.stderr.take() {
@@ -193,6 +199,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
             log.sender(),
             err_tx,
             dropped.clone(),
+            opts.progress.clone(),
         ));
     }
 

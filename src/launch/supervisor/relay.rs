@@ -1,7 +1,7 @@
 //! torchrun's output relayed as bytes: every byte to the log, to the terminal while it keeps up.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 use crate::launch::log::{LogSender, Stream};
+use crate::launch::status::Tracker;
 
 use super::cleanup::after;
 
@@ -44,7 +45,11 @@ pub(super) type TerminalQueue = mpsc::SyncSender<Arc<Vec<u8>>>;
 /// A thread that writes chunks to `sink`; `None` when the sink discards.
 pub(super) fn terminal_writer(
     sink: &Sink,
+    progress: Option<Arc<Tracker>>,
 ) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
+    // The status line belongs on the launcher's own terminal, never in a file.
+    let status =
+        progress.filter(|t| t.shows_status() && matches!(sink, Sink::Stdout | Sink::Stderr));
     let mut out: Box<dyn Write + Send> = match sink {
         Sink::Discard => return Ok((None, None)),
         // Flushed after every chunk: a `\r` progress update must appear now, not at the next `\n`.
@@ -52,14 +57,34 @@ pub(super) fn terminal_writer(
         Sink::Stderr => Box::new(io::stderr()),
         Sink::File(path) => Box::new(File::create(path)?),
     };
+    // The launcher's own lines follow on stderr (and, on a terminal, after stdout's): a last
+    // line the script left unterminated there is ended, so they do not run together.
+    let end_last_line = match sink {
+        Sink::Stderr => true,
+        Sink::Stdout => io::stdout().is_terminal(),
+        _ => false,
+    };
     let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(TERMINAL_QUEUE);
     let thread = std::thread::Builder::new()
         .name("vla-launch-relay".into())
         .spawn(move || {
             // A closed terminal (EPIPE) must not stop the training: keep draining the queue.
             let mut broken = false;
+            let mut last = b'\n';
             for chunk in rx {
-                broken = broken || out.write_all(&chunk).and_then(|()| out.flush()).is_err();
+                broken = broken
+                    || match &status {
+                        Some(t) => t.write_terminal(&mut out, &chunk),
+                        None => out.write_all(&chunk).and_then(|()| out.flush()),
+                    }
+                    .is_err();
+                last = chunk.last().copied().unwrap_or(last);
+            }
+            if let Some(t) = &status {
+                t.clear_terminal();
+            }
+            if end_last_line && !broken && last != b'\n' {
+                let _ = out.write_all(b"\n").and_then(|()| out.flush());
             }
         })?;
     Ok((Some(tx), Some(thread)))
@@ -90,6 +115,7 @@ pub(super) async fn relay(
     log: LogSender,
     terminal: Option<TerminalQueue>,
     dropped: Arc<AtomicU64>,
+    progress: Option<Arc<Tracker>>,
 ) {
     let mut dropping = false;
     let mut eof = false;
@@ -118,6 +144,9 @@ pub(super) async fn relay(
         }
         if buf.is_empty() {
             continue;
+        }
+        if let Some(p) = &progress {
+            p.feed(stream, &buf);
         }
         let chunk = Arc::new(buf);
         log.chunk(stream, chunk.clone());

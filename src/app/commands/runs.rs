@@ -1,0 +1,372 @@
+//! `vla-launch runs` (past runs and how they ended) and `vla-launch logs` (a run's log, or its
+//! growth with --follow). Runs are found by reading every JSON run record under the log
+//! directories, not by their file names, which may change.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::app::error::{AppError, ExitCode, Result};
+use crate::app::settings::{env_var, load_profile};
+use crate::budget::strategy_name;
+use crate::record::{self, PlanRecord};
+use crate::units::fmt_gib;
+
+/// Where launches put their records: --log-dir, else the profile's run root, $VLA_RUN_ROOT and
+/// ./vla-launch-logs (the launch form's defaults).
+fn search_dirs(log_dirs: &[PathBuf], profile: Option<&str>) -> Result<Vec<PathBuf>> {
+    if !log_dirs.is_empty() {
+        return Ok(log_dirs.to_vec());
+    }
+    let mut dirs = Vec::new();
+    if let Some(p) = profile {
+        let loaded = load_profile(Some(p), &[])?;
+        if let Some(root) = loaded.resolve(&env_var).run_root_dir() {
+            dirs.push(root.join("vla-launch"));
+        }
+    }
+    if let Some(root) = env_var("VLA_RUN_ROOT").filter(|r| !r.is_empty()) {
+        dirs.push(Path::new(&root).join("vla-launch"));
+    }
+    dirs.push(PathBuf::from("vla-launch-logs"));
+    dirs.dedup();
+    Ok(dirs)
+}
+
+/// A launch's record and the file it was read from.
+struct Run {
+    path: PathBuf,
+    record: PlanRecord,
+}
+
+impl Run {
+    fn started(&self) -> u64 {
+        self.record.started_unix.unwrap_or(0)
+    }
+
+    /// The run log: as the outcome names it, else (a run still going, or killed) the one named
+    /// like the record (src/app/run_files.rs: `plan-<stem>.json` beside `run-<stem>.log`).
+    fn log(&self) -> Option<PathBuf> {
+        if let Some(log) = self.record.outcome.as_ref().and_then(|o| o.log.clone()) {
+            return Some(log);
+        }
+        let stem = self.path.file_stem()?.to_str()?;
+        let tail = stem.split_once('-').map_or(stem, |(_, t)| t);
+        let log = self.path.parent()?.join(format!("run-{tail}.log"));
+        log.is_file().then_some(log)
+    }
+}
+
+/// Every launch record (a record with a start time) in `dirs` and their subdirectories, oldest
+/// first.
+fn find_runs(dirs: &[PathBuf]) -> Vec<Run> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                if let Ok(sub) = std::fs::read_dir(&path) {
+                    files.extend(sub.flatten().map(|e| e.path()));
+                }
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut runs: Vec<Run> = files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.is_symlink())
+        .filter_map(|path| {
+            let record = record::load(&path).ok()?;
+            record.started_unix?;
+            Some(Run { path, record })
+        })
+        .collect();
+    runs.sort_by(|a, b| (a.started(), &a.path).cmp(&(b.started(), &b.path)));
+    runs
+}
+
+/// `2026-11-28 08:21Z` for unix seconds (UTC, proleptic Gregorian calendar).
+pub(in crate::app) fn utc(unix: u64) -> String {
+    let days = (unix / 86400) as i64;
+    let secs = unix % 86400;
+    // Days since 1970-01-01 to a civil date (March-based years, 400-year eras of 146097 days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+fn plan_text(r: &PlanRecord) -> String {
+    match (
+        r.strategy,
+        r.batch_size,
+        r.grad_accumulation_steps,
+        r.nproc_per_node,
+    ) {
+        (Some(s), Some(b), Some(a), Some(n)) => format!(
+            "{} b{b} x{n}{} x{a}{}",
+            strategy_name(s),
+            if r.nnodes > 1 {
+                format!(" x{}n", r.nnodes)
+            } else {
+                String::new()
+            },
+            if r.gradient_checkpointing == Some(true) {
+                " ckpt"
+            } else {
+                ""
+            }
+        ),
+        _ => "-".into(),
+    }
+}
+
+fn outcome_text(r: &PlanRecord) -> String {
+    let Some(o) = &r.outcome else {
+        return "no outcome yet".into();
+    };
+    let mut s = match (o.signal, o.interrupted_by) {
+        (_, Some(sig)) => format!("interrupted (signal {sig})"),
+        (Some(sig), None) => format!("killed by signal {sig}"),
+        (None, None) if o.exit_code == 0 => "ok".into(),
+        (None, None) => format!("exit {}", o.exit_code),
+    };
+    if let Some(d) = &o.diagnosis {
+        s += &format!(", {}", d.kind);
+    }
+    s
+}
+
+fn peak(r: &PlanRecord) -> Option<u64> {
+    r.outcome
+        .as_ref()?
+        .observed_peak_used_bytes
+        .as_ref()?
+        .iter()
+        .flatten()
+        .copied()
+        .max()
+}
+
+fn peak_text(r: &PlanRecord) -> String {
+    let predicted = r.predicted_peak_bytes.map(fmt_gib).unwrap_or("-".into());
+    let seen = peak(r).map(fmt_gib).unwrap_or("-".into());
+    format!("{seen} / {predicted}")
+}
+
+pub(in crate::app) fn cmd_runs(
+    log_dirs: &[PathBuf],
+    profile: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    let dirs = search_dirs(log_dirs, profile)?;
+    let runs = find_runs(&dirs);
+    if json {
+        let list: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|run| {
+                let r = &run.record;
+                serde_json::json!({
+                    "record": run.path,
+                    "started_unix": r.started_unix,
+                    "profile": r.profile,
+                    "strategy": r.strategy,
+                    "batch_size": r.batch_size,
+                    "grad_accumulation_steps": r.grad_accumulation_steps,
+                    "nproc_per_node": r.nproc_per_node,
+                    "nnodes": r.nnodes,
+                    "gradient_checkpointing": r.gradient_checkpointing,
+                    "outcome": outcome_text(r),
+                    "exit_code": r.outcome.as_ref().map(|o| o.exit_code),
+                    "duration_s": r.outcome.as_ref().and_then(|o| o.duration_s),
+                    "observed_peak_used_bytes": peak(r),
+                    "predicted_peak_bytes": r.predicted_peak_bytes,
+                    "log": run.log(),
+                })
+            })
+            .collect();
+        crate::println_lossy!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("plain values")
+        );
+        return Ok(ExitCode::Success);
+    }
+    if runs.is_empty() {
+        let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        crate::eprintln_lossy!(
+            "no runs found in {}; pass --log-dir DIR or --profile NAME to look elsewhere",
+            looked.join(", ")
+        );
+        return Ok(ExitCode::Success);
+    }
+    crate::println_lossy!(
+        "{:<17}  {:<12}  {:<24}  {:<22}  {:<21}  LOG",
+        "WHEN (UTC)",
+        "PROFILE",
+        "PLAN",
+        "OUTCOME",
+        "PEAK / PREDICTED"
+    );
+    for run in &runs {
+        let r = &run.record;
+        crate::println_lossy!(
+            "{:<17}  {:<12}  {:<24}  {:<22}  {:<21}  {}",
+            utc(run.started()),
+            r.profile,
+            plan_text(r),
+            outcome_text(r),
+            peak_text(r),
+            run.log()
+                .map(|l| l.display().to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The run `which` names: a record or log path, else the newest run whose record or log path
+/// contains it; the newest run when None.
+fn pick<'a>(runs: &'a [Run], which: Option<&str>) -> Option<&'a Run> {
+    let Some(w) = which else {
+        return runs.last();
+    };
+    let p = Path::new(w);
+    runs.iter().rev().find(|r| {
+        r.path == p
+            || r.log().is_some_and(|l| l == p)
+            || r.path.to_string_lossy().contains(w)
+            || r.log().is_some_and(|l| l.to_string_lossy().contains(w))
+    })
+}
+
+pub(in crate::app) fn cmd_logs(
+    log_dirs: &[PathBuf],
+    profile: Option<&str>,
+    which: Option<&str>,
+    follow: bool,
+) -> Result<ExitCode> {
+    let dirs = search_dirs(log_dirs, profile)?;
+    let runs = find_runs(&dirs);
+    let run = pick(&runs, which).ok_or_else(|| {
+        let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        AppError::usage(match which {
+            Some(w) => format!(
+                "no run matches {w:?} in {}; `vla-launch runs` lists them",
+                looked.join(", ")
+            ),
+            None => format!(
+                "no runs found in {}; pass --log-dir DIR or --profile NAME",
+                looked.join(", ")
+            ),
+        })
+    })?;
+    let log = run.log().ok_or_else(|| {
+        AppError::usage(format!(
+            "{}: the record names no log and none was found beside it",
+            run.path.display()
+        ))
+    })?;
+    let mut file = std::fs::File::open(&log)
+        .map_err(|e| AppError::usage(format!("{}: cannot read the log: {e}", log.display())))?;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut quiet_polls = 0u32;
+    loop {
+        let n = file.read(&mut buf).unwrap_or(0);
+        if n > 0 {
+            quiet_polls = 0;
+            if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                return Ok(ExitCode::Success); // stdout closed (`| head`)
+            }
+            continue;
+        }
+        if !follow {
+            return Ok(ExitCode::Success);
+        }
+        // Following: the run is over once its record has an outcome and the log stopped growing.
+        quiet_polls += 1;
+        if quiet_polls >= 4
+            && record::load(&run.path)
+                .ok()
+                .is_some_and(|r| r.outcome.is_some())
+        {
+            return Ok(ExitCode::Success);
+        }
+        // A log rotated or truncated under us: start again from its beginning.
+        let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let pos = file.stream_position().unwrap_or(0);
+        if len < pos {
+            let _ = file.seek(SeekFrom::Start(0));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Run, utc};
+    use std::path::PathBuf;
+
+    fn running(path: PathBuf) -> Run {
+        Run {
+            path,
+            record: serde_json::from_value(serde_json::json!({"started_unix": 1})).unwrap(),
+        }
+    }
+
+    /// A launch still going (no outcome yet) finds its log by the run file names of
+    /// src/app/run_files.rs (`plan-<stem>.json` beside `run-<stem>.log`), not a replay's log of
+    /// the same second, a `latest*` link or the log of a longer stem.
+    #[test]
+    fn a_running_launch_finds_its_own_log_by_name() {
+        let dir = std::env::temp_dir().join(format!("vla-runs-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let stems = [
+            "2026-11-28_08-21-05",
+            "2026-11-28_08-21-05-1",
+            "2026-11-28_08-21-05-job7-node1-host",
+            "2026-11-28_08-21-05-job7-node1-host-retry1",
+        ];
+        for stem in stems {
+            for name in [format!("run-{stem}.log"), format!("replay-{stem}.log")] {
+                std::fs::write(dir.join(name), b"x").unwrap();
+            }
+            std::fs::write(dir.join(format!("plan-{stem}.json")), b"{}").unwrap();
+        }
+        std::os::unix::fs::symlink("run-2026-11-28_08-21-05.log", dir.join("latest.log")).unwrap();
+        for stem in stems {
+            let run = running(dir.join(format!("plan-{stem}.json")));
+            assert_eq!(
+                run.log(),
+                Some(dir.join(format!("run-{stem}.log"))),
+                "{stem}"
+            );
+        }
+        // A record whose log is gone has none (not another run's).
+        std::fs::remove_file(dir.join("run-2026-11-28_08-21-05-1.log")).unwrap();
+        let run = running(dir.join("plan-2026-11-28_08-21-05-1.json"));
+        assert_eq!(run.log(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00Z");
+        assert_eq!(utc(1_795_846_018), "2026-11-28 06:06Z");
+    }
+}
