@@ -1,6 +1,7 @@
 //! End-to-end tests of the real binary: profiles, plan output, exit codes, the launch form with a
 //! fake torchrun. Runs on machines without a GPU or NVML (CI).
 
+use crate::common::WithoutAmbient;
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
@@ -58,13 +59,7 @@ impl Ran {
 fn std_bin() -> StdCommand {
     let mut c = StdCommand::new(env!("CARGO_BIN_EXE_vla-launch"));
     // A clean, predictable environment: no user profiles, no inherited planning variables.
-    c.env_remove("VLA_LAUNCH_GPUS")
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("SLURM_NNODES")
-        .env_remove("MASTER_ADDR")
-        .env_remove("NNODES")
-        .env_remove("NODE_RANK")
+    c.without_ambient_topology()
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env(

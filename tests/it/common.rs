@@ -57,3 +57,27 @@ pub fn spec(platform: Platform, lora_dtype: Dtype) -> ModelSpec {
         prompt_tokens: 23,
     }
 }
+
+/// Removes the variables through which the machine running the tests would leak into a
+/// launcher's plan: described GPUs, visible devices, and a Slurm or torchrun topology.
+pub trait WithoutAmbient {
+    fn without_ambient_topology(&mut self) -> &mut Self;
+}
+
+impl WithoutAmbient for std::process::Command {
+    fn without_ambient_topology(&mut self) -> &mut Self {
+        for var in [
+            "VLA_LAUNCH_GPUS",
+            "CUDA_VISIBLE_DEVICES",
+            "SLURM_JOB_ID",
+            "SLURM_NNODES",
+            "SLURM_RESTART_COUNT",
+            "MASTER_ADDR",
+            "NNODES",
+            "NODE_RANK",
+        ] {
+            self.env_remove(var);
+        }
+        self
+    }
+}

@@ -1,6 +1,7 @@
 //! Issue 17 items 3-7, 9-10 and `--profile` did-you-mean, through the real binary: each test
 //! names the item it covers and failed on the code before the change it checks.
 
+use crate::common::WithoutAmbient;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -10,13 +11,7 @@ fn root() -> &'static Path {
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
-    c.env_remove("VLA_LAUNCH_GPUS")
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("SLURM_NNODES")
-        .env_remove("MASTER_ADDR")
-        .env_remove("NNODES")
-        .env_remove("NODE_RANK")
+    c.without_ambient_topology()
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
         .env_remove("VLA_DATA_ROOT")
         .env_remove("VLA_RUN_ROOT")

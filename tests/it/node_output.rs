@@ -1,6 +1,7 @@
 //! Issue 13 item 5: a multi-node job's one output file stays readable. The plan is printed once
 //! (node 0); every other node's launcher lines carry its rank.
 
+use crate::common::WithoutAmbient;
 use std::path::Path;
 use std::process::Command;
 
@@ -18,13 +19,7 @@ fn launcher(rank: u32, endpoint: &str) -> Command {
         .args(["--rdzv-endpoint", endpoint])
         .arg("--torchrun")
         .arg(crate::common::fake_torchrun())
-        .env_remove("VLA_LAUNCH_GPUS")
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("SLURM_NNODES")
-        .env_remove("MASTER_ADDR")
-        .env_remove("NNODES")
-        .env_remove("NODE_RANK")
+        .without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
         .env("OPENVLA_OFT_DIR", root.join("tests/fixtures/openvla-oft"))

@@ -2,6 +2,7 @@
 //! a vanished stderr, a full log disk, an absurd --grace), the run's processes end, nothing
 //! panics, and the exit code is the training's.
 
+use crate::common::WithoutAmbient;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -27,13 +28,7 @@ fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Command {
         .arg(root.join("tests/fixtures/fake_torchrun"))
         .arg("--log-dir")
         .arg(dir.join("logs"))
-        .env_remove("VLA_LAUNCH_GPUS")
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("SLURM_NNODES")
-        .env_remove("MASTER_ADDR")
-        .env_remove("NNODES")
-        .env_remove("NODE_RANK")
+        .without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env(
             "VLA_LAUNCH_CACHE_DIR",

@@ -2,6 +2,7 @@
 //! launcher writes (the run record, `plan --json`, `plan -o`), records 0600 in 0700 directories
 //! unless `--record-mode` says otherwise.
 
+use crate::common::WithoutAmbient;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,13 +38,7 @@ fn bin(dir: &Path) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let checkout = checkout_with_secret_flags(dir);
     let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
-    c.env_remove("VLA_LAUNCH_GPUS")
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("SLURM_NNODES")
-        .env_remove("MASTER_ADDR")
-        .env_remove("NNODES")
-        .env_remove("NODE_RANK")
+    c.without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
         .env("OPENVLA_OFT_DIR", &checkout)

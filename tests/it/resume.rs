@@ -2,6 +2,7 @@
 //! from the newest checkpoint upstream finetune.py wrote (`<run_root_dir>/<run id>--<step>_chkpt`);
 //! `--resume off` never resumes; without a checkpoint it starts from scratch and says so.
 
+use crate::common::WithoutAmbient;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -12,14 +13,7 @@ fn dry_run(run_root: &Path, resume: &[&str]) -> Output {
         .args(resume)
         .arg("--torchrun")
         .arg(crate::common::fake_torchrun())
-        .env_remove("VLA_LAUNCH_GPUS")
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("SLURM_NNODES")
-        .env_remove("SLURM_RESTART_COUNT")
-        .env_remove("MASTER_ADDR")
-        .env_remove("NNODES")
-        .env_remove("NODE_RANK")
+        .without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
         .env("OPENVLA_OFT_DIR", root.join("tests/fixtures/openvla-oft"))

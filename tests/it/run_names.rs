@@ -2,6 +2,7 @@
 //! in one directory in the same second each get their own files, created exclusively, and
 //! `latest.log` / `latest.json` point at the newest.
 
+use crate::common::WithoutAmbient;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -15,14 +16,7 @@ fn launcher(run_root: &Path, logs: &Path) -> Command {
         .arg(crate::common::fake_torchrun())
         .arg("--log-dir")
         .arg(logs)
-        .env_remove("VLA_LAUNCH_GPUS")
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("SLURM_NNODES")
-        .env_remove("SLURM_RESTART_COUNT")
-        .env_remove("MASTER_ADDR")
-        .env_remove("NNODES")
-        .env_remove("NODE_RANK")
+        .without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
         .env("OPENVLA_OFT_DIR", root.join("tests/fixtures/openvla-oft"))
