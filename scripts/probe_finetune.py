@@ -266,6 +266,9 @@ def main() -> int:
 
     step_times: list[float] = []
     progress = Progress(cfg.max_steps)
+    from probe import memtrace
+
+    trace = memtrace.start() if cuda else None  # VLA_PROBE_MEMTRACE=DIR: what is alive at the peak
     sync()
     t0 = time.perf_counter()
     batch_idx, loss_val = 0, None
@@ -284,6 +287,7 @@ def main() -> int:
             loss_val = float(loss.detach().float())
             progress.update()
     progress.close()
+    memtrace.finish(trace, rank, local_rank)
 
     if sampler is not None:
         sampler.stop()

@@ -6,7 +6,8 @@
 #   env: OPENVLA_OFT_DIR (upstream checkout), VLA_LAUNCH_DIR (the tree holding scripts/ and launch-profiles/),
 #        REAL_PYTHONPATH (where the pinned wheels are installed; given to the real-code runs only).
 # No new pair starts after DEADLINE_S seconds (default 400); every run is bounded by `timeout`.
-# ONLY="name ..." runs just those pairs.
+# ONLY="name ..." runs just those pairs. ONE_GPU=1: both sides one after the other on GPU 0 (a 1-GPU
+# machine). SIDES="real" or "probe": only that side of each pair.
 set -uo pipefail
 BIN=$(readlink -f "$1"); OUTDIR=$2; STEPS=${3:-3}; DEADLINE=${4:-400}
 PROFILES=${VLA_LAUNCH_DIR:-.}/launch-profiles
@@ -20,6 +21,8 @@ one() { # NAME GPU PROFILE args...
   # The real code needs the pinned packages (REAL_PYTHONPATH); the stand-in probe the machine's own.
   local envp=(env -u PYTHONPATH); [[ $prof == *-real ]] && envp=(env PYTHONPATH="${REAL_PYTHONPATH:-}")
   echo "--profile $prof $* --set train.max_steps=$STEPS" >"$dir/args"
+  # Each run plans from an empty calibration store: the model's own choice, not one learnt from earlier runs.
+  envp+=(VLA_LAUNCH_CACHE_DIR="$dir/cache")
   CUDA_VISIBLE_DEVICES=$gpu "${envp[@]}" "$BIN" plan --json --profile "$PROFILES/$prof.yaml" "$@" >"$dir/plan.json" 2>"$dir/plan.err"
   local t=$SECONDS
   CUDA_VISIBLE_DEVICES=$gpu "${envp[@]}" timeout 240 "$BIN" --log-dir "$dir/log" --grace 20 --profile "$PROFILES/$prof.yaml" "$@" \
@@ -31,8 +34,17 @@ pair() { # NAME PLATFORM args...  (real on GPU 0, probe on GPU 1)
   local name=$1 plat=$2; shift 2
   if [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]]; then return; fi
   if ((SECONDS - T0 > DEADLINE)); then log "skip $name (past ${DEADLINE}s)"; return; fi
-  one "$name-real" 0 "$plat-real" "$@" & one "$name-probe" 1 "$plat-probe" "$@" & wait
-  log "$name: real rc $(cat "$OUTDIR/$name-real/rc") ($(cat "$OUTDIR/$name-real/wall_s")s), probe rc $(cat "$OUTDIR/$name-probe/rc") ($(cat "$OUTDIR/$name-probe/wall_s")s)"
+  local sides=${SIDES:-real probe} side
+  if [[ ${ONE_GPU:-0} == 1 ]]; then
+    for side in $sides; do one "$name-$side" 0 "$plat-$side" "$@"; done
+  else
+    [[ $sides == *real* ]] && one "$name-real" 0 "$plat-real" "$@" &
+    [[ $sides == *probe* ]] && one "$name-probe" 1 "$plat-probe" "$@" &
+    wait
+  fi
+  for side in $sides; do
+    log "$name: $side rc $(cat "$OUTDIR/$name-$side/rc") ($(cat "$OUTDIR/$name-$side/wall_s")s)"
+  done
 }
 
 { echo "# real-code validation transcript"; echo "- date: $(date -u +%FT%TZ)"

@@ -201,6 +201,9 @@ def main() -> int:
     progress = ft.tqdm.tqdm(total=cfg.max_steps, leave=False)
     vla.train()
     optimizer.zero_grad()
+    from probe import memtrace
+
+    trace = memtrace.start() if cuda else None  # VLA_PROBE_MEMTRACE=DIR: what is alive at the peak
     sync()
     t0 = time.perf_counter()
     batch_idx, loss_val = 0, None
@@ -227,6 +230,7 @@ def main() -> int:
             t0 = t
             loss_val = metrics["loss_value"]
     progress.close()
+    memtrace.finish(trace, rank, local_rank)
     print(file=sys.stderr, flush=True)
 
     if sampler is not None:

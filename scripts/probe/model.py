@@ -397,9 +397,35 @@ class OpenVLA(nn.Module):
         mm_mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(patches.shape[:2]),
                              attention_mask[:, 1:]], dim=1)
         mm_labels = torch.cat([labels[:, :1], labels.new_full(patches.shape[:2], -100), labels[:, 1:]], dim=1)
-        out = self.language_model(inputs_embeds=mm, attention_mask=mm_mask, labels=mm_labels,
-                                  output_hidden_states=True, use_cache=False)
+        # As upstream's transformers fork (4.40.1) under PrismaticForConditionalGeneration, which the
+        # real code runs (docs/validation.md section 17, the allocator traces):
+        # - `use_cache` reaches LlamaModel as None, so config.use_cache (True) applies unless gradient
+        #   checkpointing turns it off; the output then carries every layer's K and V, and DDP with
+        #   find_unused_parameters=True clones each tensor of the output at the end of the forward;
+        # - LlamaForCausalLM returns fp32 logits (`logits.float()`) and takes the cross-entropy of a
+        #   contiguous shifted copy, so the fp32 logits, their clone and the log-softmax are alive.
+        lm = self.language_model
+        use_cache = not (self.training and lm.is_gradient_checkpointing)
+        out = lm(inputs_embeds=mm, attention_mask=mm_mask, output_hidden_states=True, use_cache=use_cache)
+        logits = out.logits.float()
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = mm_labels[..., 1:].contiguous()
+        loss = nn.functional.cross_entropy(shift_logits.view(-1, shift_logits.shape[-1]), shift_labels.view(-1))
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=legacy_kv(out.past_key_values),
+                                     hidden_states=out.hidden_states)
         return out, n
+
+
+def legacy_kv(cache):
+    """The (K, V) tensors per layer of a transformers 5.x cache, as the fork's 4.40 returns them
+    (a tuple of tuples, which DDP's output flattening reaches); None without a cache."""
+    if cache is None:
+        return None
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return tuple((layer.keys, layer.values) for layer in cache.layers)
+    return tuple(zip(cache.key_cache, cache.value_cache))
 
 
 def count(module: nn.Module, trainable_only: bool = False) -> int:

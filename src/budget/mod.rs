@@ -169,16 +169,17 @@ pub fn llama_layer_bytes_per_token(arch: &Arch, lora_rank: u64) -> u64 {
     22 * h + 8 * i + 14 * lora_rank
 }
 
-/// Bytes per token per Llama decoder layer that upstream OpenVLA-OFT's real code keeps beyond
-/// `llama_layer_bytes_per_token` when checkpointing is off, measured with the real-code probe
-/// (docs/validation.md section 16, real-v2/real-v3 on H200, torch 2.11 for the pinned 2.2): its
-/// activations per sample exceed this model's by 0.381 GiB for ALOHA (1144 tokens x 32 layers:
-/// 11,178 B) and 0.155 GiB for LIBERO (594 tokens: 8,756 B). The tensor is not named yet (CPU
-/// checks rule out the decoder layer and the LM head; an allocator trace is the next step), so it
-/// is kept per token per layer, the form of the term it corrects, at 11,376 B: the layer becomes
-/// 190,000 B instead of 178,624 (+6.4%), covering ALOHA and ~1% over LIBERO. With checkpointing
-/// the model is already 2.5-4.5% over the real code's slope, so nothing is added there.
-pub const REAL_CODE_LAYER_BYTES_PER_TOKEN: u64 = 11_376;
+/// Bytes per token per Llama decoder layer of the K and V that the model returns and DDP clones,
+/// when checkpointing is off. PrismaticForConditionalGeneration passes `use_cache and not
+/// self.training` (= None) to the fork's LlamaModel, so `config.use_cache` (True) applies unless
+/// gradient checkpointing turns it off; the output then holds every layer's K and V (bf16, 2h
+/// each), and DDP with `find_unused_parameters=True` (upstream's `wrap_ddp(vla, ..., True)`)
+/// clones each tensor of the output at the end of the forward (`_DDPSink`), which is where the
+/// peak is. Seen in the allocator trace of the real code (docs/validation.md section 17): 64
+/// clones of exactly 2h bytes per token at ALOHA batch 1 (570 MiB), none with checkpointing.
+pub fn kv_clone_bytes_per_token(arch: &Arch) -> u64 {
+    2 * 2 * arch.llm.hidden
+}
 
 /// Bytes autograd keeps per token in one timm ViT block under autocast. LayerNorm runs in fp32
 /// there: its fp32 input is saved (2 x 4d) and its fp32 output is cast to bf16 separately for the
@@ -206,7 +207,7 @@ pub fn activations_per_sample(
     let llm_layers = if checkpointing {
         layer
     } else {
-        arch.llm.layers * (layer + REAL_CODE_LAYER_BYTES_PER_TOKEN * s)
+        arch.llm.layers * (layer + kv_clone_bytes_per_token(arch) * s)
     };
     let hidden_states = (arch.llm.layers + 1) * 2 * h * s;
     // Final RMSNorm (fp32 input 4h + bf16 output 2h); logits bf16 2V, fp32 copy 4V, log-softmax 4V.

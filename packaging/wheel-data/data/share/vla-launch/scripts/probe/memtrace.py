@@ -1,0 +1,1 @@
+../../../../../../../scripts/probe/memtrace.py
