@@ -117,6 +117,10 @@ def evaluate(ft, ou, directory: Path, args, batch) -> dict:
                 return captured["actions"]
 
     vla.eval()
+    # In training DDP's forward moves every tensor input to the GPU (proprio and labels included,
+    # which run_forward_pass passes as they come); here there is no DDP, so move them as upstream's
+    # evaluation code does with its own inputs.
+    batch = {k: v.to(ou.DEVICE) if torch.is_tensor(v) else v for k, v in batch.items()}
     num_patches = vla.vision_backbone.get_num_patches() * vla.vision_backbone.get_num_images_in_input()
     if args.use_proprio:
         num_patches += 1

@@ -12,7 +12,7 @@
 #   C  compare A's and B's checkpoint files
 #   D  FSDP under a 24564 MiB cap, 5 steps, save (if it fails: again with expandable_segments)
 #   E  DDP and FSDP, 3 steps, merged checkpoints; both through openvla_utils; --resume from FSDP's
-# (default ABCD). B_CAP=1 runs B under the cap. LR=x passes --learning_rate x to A, R and B (a
+# (default ABCD). B_CAP=1 runs B under the cap. LR=x passes --learning_rate x to A, R, B and E's runs (a
 # small one keeps random-weight training out of the regime where one Adam step changes the loss 5x).
 # On the device machine give OUT_DIR outside $OUT and tar it into $OUT: the run tool returns only a
 # limited number of files. Checkpoints go to /tmp/fsdp-runs (GBs), results and logs to OUT_DIR.
@@ -52,8 +52,8 @@ case $PHASES in *D*)
       run cap-fsdp-expandable 240 $B2 --max_steps 5 --save_freq 5 --merge_lora_during_training False --use_fsdp True
   fi ;; esac
 case $PHASES in *E*)
-  FSDP_CHECK_DDP_SYNC_HEAD=1 run m-ddp 300 $B2 --max_steps 3 --save_freq 3 --merge_lora_during_training True --use_fsdp False
-  run m-fsdp 300 $B2 --max_steps 3 --save_freq 3 --merge_lora_during_training True --use_fsdp True
+  FSDP_CHECK_DDP_SYNC_HEAD=1 run m-ddp 300 $B2 $LRF --max_steps 3 --save_freq 3 --merge_lora_during_training True --use_fsdp False
+  run m-fsdp 300 $B2 $LRF --max_steps 3 --save_freq 3 --merge_lora_during_training True --use_fsdp True
   timeout 240 python3 "$S/fsdp/compare_ckpt.py" $RUNS/m-ddp/*--3_chkpt $RUNS/m-fsdp/*--3_chkpt $ALOHA --batch_size 2 \
     --out "$OUT/compare-m.json" > "$OUT/compare-m.log" 2>&1; echo "compare-m rc=$?"
   run r-fsdp 300 $ALOHA --batch_size 2 --gradient_checkpointing True --vla_path "$(ls -d $RUNS/m-fsdp/*--3_chkpt)" \
