@@ -26,7 +26,7 @@ fn cfg(batch: u32, checkpointing: bool) -> Config {
 }
 
 /// (run, platform, batch, checkpointing, real code's NVML peak in GiB): the 11 runs of section 16
-/// and the 3 of section 17
+/// and the 12 of section 17
 /// (gradient accumulation does not change the peak: the cap runs are batch 4 x 4 and 2 x 8).
 const REAL_RUNS: &[(&str, Platform, u32, bool, f64)] = &[
     ("aloha-b1-off", Platform::Aloha, 1, false, 35.61),
@@ -44,6 +44,17 @@ const REAL_RUNS: &[(&str, Platform, u32, bool, f64)] = &[
     ("aloha-b2-on", Platform::Aloha, 2, true, 31.91),
     ("libero-b8-off", Platform::Libero, 8, false, 56.49),
     ("libero-b4-on", Platform::Libero, 4, true, 24.40),
+    // calib-v1 (section 17): `vla-launch calibrate --profile aloha` in an upstream checkout, its
+    // four real-code probe runs (two repeat configurations above) and the two held-out runs.
+    ("calib-b2-off", Platform::Aloha, 2, false, 44.56),
+    ("calib-b10-off", Platform::Aloha, 10, false, 115.51),
+    ("calib-b8-on", Platform::Aloha, 8, true, 47.01),
+    ("calib-b35-on", Platform::Aloha, 35, true, 115.37),
+    ("held-b6-off", Platform::Aloha, 6, false, 79.93),
+    ("held-b20-on", Platform::Aloha, 20, true, 77.62),
+    // launcher-a100-v1 (section 17): the 1x A100 40 GB plan in an upstream checkout, upstream's
+    // finetune() through the FSDP addition (for --gradient_checkpointing), batch 4 x 4.
+    ("a100-upstream", Platform::Aloha, 4, true, 37.44),
 ];
 
 #[test]
