@@ -61,12 +61,20 @@ pub fn render_plan(
         if c.fits { "fits" } else { "DOES NOT FIT" }
     );
     if c.required_bytes < c.predicted_peak_bytes {
-        let _ = writeln!(
-            out,
-            "                 nvidia-smi may show up to {}: {} of that is PyTorch's allocator cache, handed back when memory runs short",
-            fmt_gib(c.predicted_peak_bytes),
-            fmt_gib(c.predicted_peak_bytes - c.required_bytes)
-        );
+        let cache = fmt_gib(c.predicted_peak_bytes - c.required_bytes);
+        // nvidia-smi cannot show more than the card: past it the allocator caches less.
+        let _ = match card {
+            Some(total) if c.predicted_peak_bytes > total => writeln!(
+                out,
+                "                 nvidia-smi may show the whole card ({}): PyTorch's allocator caches up to {cache} beyond what the run needs where there is room, and hands it back when memory runs short",
+                fmt_gib(total)
+            ),
+            _ => writeln!(
+                out,
+                "                 nvidia-smi may show up to {}: {cache} of that is PyTorch's allocator cache, handed back when memory runs short",
+                fmt_gib(c.predicted_peak_bytes)
+            ),
+        };
     }
     if let Some(corr) = &c.correction {
         let _ = writeln!(

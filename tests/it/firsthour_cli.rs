@@ -84,6 +84,25 @@ fn memory_line_leads_with_what_must_fit() {
     }
 }
 
+/// nvidia-smi cannot show more than the card: when the predicted peak with a full allocator
+/// cache exceeds it, the line says the cache stops at the card instead of quoting the larger figure.
+#[test]
+fn cache_line_never_claims_more_than_the_card() {
+    let r = plan_4090();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("allocator"))
+        .expect("a cache line");
+    assert!(!line.contains("29.67"), "{line}");
+    assert!(
+        line.contains("nvidia-smi may show the whole card (23.99 GiB)"),
+        "{line}"
+    );
+    assert!(line.contains("8.81 GiB"), "{line}");
+}
+
 // ---- item 4: total run time
 
 #[test]
