@@ -18,8 +18,9 @@ check() { # name expected_lines cmd...
   local out; out=$(mktemp)
   if "$@" >"$out" 2>&1; then
     # ranks share the merged stream here, so a result may follow another rank's progress bar
-    local got; got=$(grep -o 'VLA_PROBE_RESULT {.*' "$out" | wc -l)
-    local bad; bad=$(grep -o 'VLA_PROBE_RESULT {.*' "$out" | grep -c -E '"last_loss":(null|NaN|Infinity)' || true)
+    # (count occurrences, not lines: two ranks' results can land on one line of the merged stream)
+    local got; got=$(grep -o 'VLA_PROBE_RESULT {' "$out" | wc -l)
+    local bad; bad=$(grep -o '"last_loss":[^,}]*' "$out" | grep -c -E 'null|NaN|Infinity' || true)
     if [[ $got == "$want" && $bad == 0 ]]; then
       echo "ok   $name ($got result lines)"
     else
