@@ -526,8 +526,9 @@ pub struct HostRam {
     pub steady_bytes: u64,
     /// At model load: every rank materialises the bf16 checkpoint on the CPU before moving it.
     pub load_peak_bytes: u64,
-    /// At a checkpoint save: with merge_lora_during_training every rank loads another full bf16
-    /// base model on the CPU to merge LoRA into it (openvla-oft issues 20 and 28).
+    /// At a checkpoint save: with merge_lora_during_training every rank (upstream; rank 0 only under
+    /// the FSDP addition) loads another full bf16 base model on the CPU to merge LoRA into it
+    /// (openvla-oft issues 20 and 28).
     pub checkpoint_peak_bytes: u64,
 }
 
@@ -541,11 +542,19 @@ pub const SHUFFLE_BUFFER_FRAMES: u64 = 100_000;
 
 /// Host RAM per node for `nproc_per_node` ranks. Call with a spec `predict` accepted: an invalid
 /// spec has no components, so only the per-process terms are counted.
-pub fn host_ram(
-    spec: &ModelSpec,
-    nproc_per_node: u32,
-    merge_lora_during_training: bool,
-) -> HostRam {
+/// Which of a node's ranks load a bf16 base model on the CPU to merge LoRA at a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeOn {
+    /// `merge_lora_during_training` False.
+    Nowhere,
+    /// Upstream's `save_training_checkpoint` (DDP; the FSDP addition with `--use_fsdp False`; a
+    /// fork's FSDP, assumed like upstream): every rank.
+    EveryRank,
+    /// The FSDP addition with `--use_fsdp True` (scripts/finetune_fsdp.py): the saving rank only.
+    RankZero,
+}
+
+pub fn host_ram(spec: &ModelSpec, nproc_per_node: u32, merge: MergeOn) -> HostRam {
     let ranks = u64::from(nproc_per_node.max(1));
     let components = model::components(spec).unwrap_or_default();
     let base_bf16: u64 = components
@@ -563,11 +572,11 @@ pub fn host_ram(
         + SHUFFLE_BUFFER_FRAMES * u64::from(spec.num_images) * SHUFFLE_BYTES_PER_IMAGE;
     let steady = ranks * per_rank;
     // Saving: rank 0 copies the trainable state dicts; merging loads a bf16 base model and the
-    // saved adapters on every rank.
-    let merge = if merge_lora_during_training {
-        ranks * (base_bf16 + lora)
-    } else {
-        0
+    // saved adapters on every rank (upstream), or on the saving rank only (the FSDP addition).
+    let merge = match merge {
+        MergeOn::Nowhere => 0,
+        MergeOn::EveryRank => ranks * (base_bf16 + lora),
+        MergeOn::RankZero => base_bf16 + lora,
     };
     HostRam {
         steady_bytes: steady,

@@ -1,7 +1,7 @@
 //! The exhaustive search (the rules in plan/mod.rs): GPU subsets x strategy x checkpointing x
 //! batch, each configuration's budget and step time, and the pinned-configuration path.
 
-use crate::budget::{self, Allocator, Budget, Config, Strategy};
+use crate::budget::{self, Allocator, Budget, Config, FsdpVersion, Strategy};
 use crate::gpu::Gpu;
 use crate::model::{self, ModelSpec};
 use crate::units::fmt_gib;
@@ -333,10 +333,24 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     }
     fitting.sort_by_key(|c| rank_key(c));
 
+    // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
+    // (FSDP2) merges on the saving rank, upstream's save (DDP, a fork's FSDP) on every rank.
+    let merge_on = |c: Option<&Candidate>| match c {
+        _ if !input.merge_lora_during_training => budget::MergeOn::Nowhere,
+        Some(c) if c.strategy == Strategy::Fsdp && policy.fsdp == FsdpVersion::Fsdp2 => {
+            budget::MergeOn::RankZero
+        }
+        _ => budget::MergeOn::EveryRank,
+    };
     let host_ram = input.host_ram_bytes.map(|_| {
-        let nproc = fitting.first().map(|c| c.nproc_per_node).unwrap_or(1);
-        budget::host_ram(input.spec, nproc, input.merge_lora_during_training)
+        let best = fitting.first().copied();
+        let nproc = best.map(|c| c.nproc_per_node).unwrap_or(1);
+        budget::host_ram(input.spec, nproc, merge_on(best))
     });
+    let merging_ranks = match merge_on(fitting.first().copied()) {
+        budget::MergeOn::RankZero => "on the saving rank",
+        _ => "on every rank",
+    };
     let mut extra_flags = Vec::new();
     if let (Some(ram), Some(h)) = (input.host_ram_bytes, &host_ram)
         && input.merge_lora_during_training
@@ -344,7 +358,7 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     {
         extra_flags.push(("--merge_lora_during_training".into(), "False".into()));
         reasons.push(format!(
-            "--merge_lora_during_training False: merging LoRA at each checkpoint loads a full bf16 base model on every rank, {} of host RAM at save time, more than this node's {}; merge offline after training with OpenVLA-OFT's vla-scripts/merge_lora_weights_and_save.py",
+            "--merge_lora_during_training False: merging LoRA at each checkpoint loads a full bf16 base model {merging_ranks}, {} of host RAM at save time, more than this node's {}; merge offline after training with OpenVLA-OFT's vla-scripts/merge_lora_weights_and_save.py",
             fmt_gib(h.checkpoint_peak_bytes),
             fmt_gib(ram)
         ));

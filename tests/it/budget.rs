@@ -319,8 +319,8 @@ fn overhead_by_gpu_and_world() {
 #[test]
 fn host_ram_merge_spike() {
     let s = spec(Platform::Aloha);
-    let merge = budget::host_ram(&s, 8, true);
-    let no_merge = budget::host_ram(&s, 8, false);
+    let merge = budget::host_ram(&s, 8, budget::MergeOn::EveryRank);
+    let no_merge = budget::host_ram(&s, 8, budget::MergeOn::Nowhere);
     assert_eq!(merge.steady_bytes, no_merge.steady_bytes);
     // Every rank loads ~15 GB of bf16 base model to merge.
     let spike = merge.checkpoint_peak_bytes - no_merge.checkpoint_peak_bytes;
@@ -329,7 +329,16 @@ fn host_ram_merge_spike() {
         "{spike}"
     );
     assert!(no_merge.checkpoint_peak_bytes > no_merge.steady_bytes);
-    assert!(budget::host_ram(&s, 1, true).checkpoint_peak_bytes < merge.checkpoint_peak_bytes);
+    assert!(
+        budget::host_ram(&s, 1, budget::MergeOn::EveryRank).checkpoint_peak_bytes
+            < merge.checkpoint_peak_bytes
+    );
+    // The FSDP addition merges on the saving rank only: one base model, whatever the rank count.
+    let rank0 = budget::host_ram(&s, 8, budget::MergeOn::RankZero);
+    assert_eq!(
+        rank0.checkpoint_peak_bytes - no_merge.checkpoint_peak_bytes,
+        spike / 8
+    );
 }
 
 /// The seed's section 5.5 table, with no checkpointing except the FSDP row it pairs with
