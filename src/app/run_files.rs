@@ -108,22 +108,28 @@ fn stem(stamp: &str, node: Option<&NodeTag>, attempt: u32) -> String {
     s
 }
 
-fn create_new(path: &Path) -> io::Result<()> {
-    OpenOptions::new()
+/// Creates `path`, which must not exist, with `mode` (`--record-mode`: the log holds whatever the
+/// script printed, so it is as private as the record).
+fn create_new(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(path)
-        .map(drop)
+        .mode(mode)
+        .open(path)?;
+    // The umask may have taken bits the mode asks for (0640 under umask 077).
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// Claims a launch's log and record (`kind` "run"), or a replay's log (`kind` "replay"), in
-/// `dir` (created if missing).
+/// `dir` (created if missing), both created with `mode`.
 pub(super) fn claim(
     dir: &Path,
     kind: &str,
     stamp: &str,
     node: Option<&NodeTag>,
     attempt: u32,
+    mode: u32,
 ) -> io::Result<RunFiles> {
     std::fs::create_dir_all(dir)?;
     let base = stem(stamp, node, attempt);
@@ -135,7 +141,7 @@ pub(super) fn claim(
             format!("{base}-{k}")
         };
         let log = dir.join(format!("{kind}-{name}.log"));
-        match create_new(&log) {
+        match create_new(&log, mode) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -144,7 +150,7 @@ pub(super) fn claim(
             return Ok(RunFiles { log, record: None });
         }
         let record = dir.join(format!("plan-{name}.json"));
-        match create_new(&record) {
+        match create_new(&record, mode) {
             Ok(()) => {
                 return Ok(RunFiles {
                     log,

@@ -62,6 +62,7 @@ pub(super) fn launch_once(
         &run_files::local_stamp(started as i64),
         node.as_ref(),
         attempt,
+        args.planning.record_mode,
     )
     .map_err(|e| {
         AppError::environment(format!(

@@ -140,6 +140,35 @@ fn the_run_record_masks_secrets_and_is_private() {
     assert_eq!(mode(&recs[0]), 0o600);
     assert_eq!(mode(&logs), 0o700);
     assert_eq!(mode(&dir.path().join("new")), 0o700);
+    // The log holds everything the script printed (tokens included, if it prints them): as
+    // private as the record, also in a --log-dir that was there already with 0755.
+    assert_eq!(mode(&logs_in(&logs)[0]), 0o600);
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = bin(dir.path())
+        .args(["--profile", "aloha", "--gpus", "1xh100"])
+        .arg("--torchrun")
+        .arg(vla_torchrun())
+        .arg("--log-dir")
+        .arg(&shared)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&logs_in(&shared)[0]), 0o600);
+}
+
+fn logs_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log") && !p.is_symlink())
+        .collect()
 }
 
 #[test]
@@ -170,6 +199,7 @@ fn record_mode_makes_records_shareable_when_asked() {
     let recs = records_in(&logs);
     assert_eq!(mode(&recs[0]), 0o640);
     assert_eq!(mode(&logs), 0o750);
+    assert_eq!(mode(&logs_in(&logs)[0]), 0o640);
     for bad in ["0777", "abc", "0200", "99999"] {
         let out = bin(dir.path())
             .args([

@@ -156,6 +156,12 @@ fn two_replays_in_one_second_keep_two_logs() {
         }
         let replays = files(&logs, "replay-", ".log");
         assert_eq!(replays.len(), 2, "two replay logs: {replays:?}");
+        // As private as the record they replay.
+        use std::os::unix::fs::PermissionsExt;
+        for f in replays.iter().chain([&record]) {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
         return;
     }
     panic!("no two replays ran within one second in 5 tries");

@@ -96,7 +96,12 @@ pub(in crate::app) fn cmd_replay(a: &ReplayArgs) -> Result<ExitCode> {
     // The log is claimed only once the record passed its checks: a refused replay leaves nothing.
     let log_dir = path.parent().unwrap_or(Path::new("."));
     let stamp = run_files::local_stamp(unix_seconds() as i64);
-    let files = run_files::claim(log_dir, "replay", &stamp, None, 0).map_err(|e| {
+    // As private as the record it replays (written with --record-mode), never more open than 0640.
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o640) | 0o600
+    };
+    let files = run_files::claim(log_dir, "replay", &stamp, None, 0, mode).map_err(|e| {
         AppError::environment(format!(
             "cannot create the replay's log in {}: {e}; replay a record in a writable directory",
             log_dir.display()
