@@ -209,8 +209,8 @@ mod tests {
     #[test]
     fn one_second_two_claims_two_names() {
         let d = tempfile::tempdir().unwrap();
-        let a = claim(d.path(), "run", "20261128-081723", None, 0).unwrap();
-        let b = claim(d.path(), "run", "20261128-081723", None, 0).unwrap();
+        let a = claim(d.path(), "run", "20261128-081723", None, 0, 0o600).unwrap();
+        let b = claim(d.path(), "run", "20261128-081723", None, 0, 0o600).unwrap();
         assert_ne!(a.log, b.log);
         assert_ne!(a.record, b.record);
         assert!(b.log.ends_with("run-20261128-081723-2.log"), "{b:?}");
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn node_names_carry_job_rank_and_a_safe_host() {
         let d = tempfile::tempdir().unwrap();
-        let a = claim(d.path(), "run", "20261128-081723", Some(&tag()), 2).unwrap();
+        let a = claim(d.path(), "run", "20261128-081723", Some(&tag()), 2, 0o600).unwrap();
         assert!(
             a.log
                 .ends_with("run-20261128-081723-job4242-node1-n2_.._x_y-retry2.log"),
@@ -237,7 +237,7 @@ mod tests {
     fn a_record_name_taken_alone_moves_both_on() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("plan-s.json"), "{}").unwrap();
-        let a = claim(d.path(), "run", "s", None, 0).unwrap();
+        let a = claim(d.path(), "run", "s", None, 0, 0o600).unwrap();
         assert!(a.record.unwrap().ends_with("plan-s-2.json"));
         assert_eq!(std::fs::read(d.path().join("plan-s.json")).unwrap(), b"{}");
     }
@@ -245,9 +245,9 @@ mod tests {
     #[test]
     fn latest_is_replaced_not_appended() {
         let d = tempfile::tempdir().unwrap();
-        let a = claim(d.path(), "run", "s", None, 0).unwrap();
+        let a = claim(d.path(), "run", "s", None, 0, 0o600).unwrap();
         point_latest(&a.log, None).unwrap();
-        let b = claim(d.path(), "run", "s", None, 0).unwrap();
+        let b = claim(d.path(), "run", "s", None, 0, 0o600).unwrap();
         point_latest(&b.log, None).unwrap();
         let target = std::fs::read_link(d.path().join("latest.log")).unwrap();
         assert_eq!(target, Path::new(b.log.file_name().unwrap()));

@@ -99,7 +99,7 @@ pub(in crate::app) fn cmd_replay(a: &ReplayArgs) -> Result<ExitCode> {
     // As private as the record it replays (written with --record-mode), never more open than 0640.
     let mode = {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o640) | 0o600
+        std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o640) | 0o600
     };
     let files = run_files::claim(log_dir, "replay", &stamp, None, 0, mode).map_err(|e| {
         AppError::environment(format!(
