@@ -26,6 +26,7 @@ mod gpu_parsing;
 mod hostile_input;
 mod install;
 mod layers;
+mod memtrace;
 mod messages;
 mod node_output;
 mod noloss;
