@@ -74,17 +74,27 @@ pub(super) fn gpus_for(args: &PlanningArgs) -> Result<(Vec<Gpu>, Vec<String>)> {
         }
     };
     if let Some(cap) = &args.vram_cap {
-        let cap = parse_size("--vram-cap", cap)?;
+        let cap_bytes = parse_size("--vram-cap", cap)?;
+        if let Some(largest) = gpus.iter().max_by_key(|g| g.total_bytes)
+            && largest.total_bytes <= cap_bytes
+        {
+            warnings.push(format!(
+                "--vram-cap {cap} is not below any GPU's memory (GPU {}: {}): it changes nothing; \
+                 give a smaller size to emulate a smaller card, e.g. --vram-cap 24564MiB for an RTX 4090",
+                largest.index,
+                fmt_gib(largest.total_bytes)
+            ));
+        } else {
+            warnings.push(format!(
+                "--vram-cap {cap}: every GPU treated as holding at most {}",
+                fmt_gib(cap_bytes)
+            ));
+        }
         for g in &mut gpus {
             let used = g.total_bytes.saturating_sub(g.free_bytes);
-            g.total_bytes = g.total_bytes.min(cap);
+            g.total_bytes = g.total_bytes.min(cap_bytes);
             g.free_bytes = g.total_bytes.saturating_sub(used).min(g.free_bytes);
         }
-        warnings.push(format!(
-            "--vram-cap {}: every GPU treated as holding at most {}",
-            args.vram_cap.as_deref().unwrap_or_default(),
-            fmt_gib(cap)
-        ));
     }
     Ok((gpus, warnings))
 }

@@ -103,6 +103,46 @@ fn cache_line_never_claims_more_than_the_card() {
     assert!(line.contains("8.81 GiB"), "{line}");
 }
 
+/// A --vram-cap at or above every GPU's memory emulates nothing: say so instead of "every GPU
+/// treated as holding at most 200.00 GiB" on an 80 GB card.
+#[test]
+fn a_cap_above_the_card_is_called_out() {
+    let r = run(&[
+        "plan",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "1xh100",
+        "--vram-cap",
+        "200GiB",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "--vram-cap 200GiB is not below any GPU's memory (GPU 0: 79.65 GiB): it changes nothing"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("at most 200.00 GiB"), "{}", r.stderr);
+    // A cap below the card still says what it does.
+    let r = run(&[
+        "plan",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "1xh100",
+        "--vram-cap",
+        "24GiB",
+    ]);
+    assert!(
+        r.stderr
+            .contains("every GPU treated as holding at most 24.00 GiB"),
+        "{}",
+        r.stderr
+    );
+}
+
 // ---- item 4: total run time
 
 #[test]
