@@ -146,12 +146,19 @@ fn the_run_record_masks_secrets_and_is_private() {
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = bin(dir.path())
+    launch_aloha(dir.path(), &shared, &[]);
+    assert_eq!(mode(&logs_in(&shared)[0]), 0o600);
+}
+
+/// A launch of the aloha profile with the fake torchrun, logs in `logs`; it must succeed.
+fn launch_aloha(dir: &Path, logs: &Path, more: &[&str]) {
+    let out = bin(dir)
         .args(["--profile", "aloha", "--gpus", "1xh100"])
+        .args(more)
         .arg("--torchrun")
         .arg(vla_torchrun())
         .arg("--log-dir")
-        .arg(&shared)
+        .arg(logs)
         .output()
         .unwrap();
     assert_eq!(
@@ -160,7 +167,6 @@ fn the_run_record_masks_secrets_and_is_private() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(mode(&logs_in(&shared)[0]), 0o600);
 }
 
 fn logs_in(dir: &Path) -> Vec<PathBuf> {
@@ -175,27 +181,7 @@ fn logs_in(dir: &Path) -> Vec<PathBuf> {
 fn record_mode_makes_records_shareable_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
-    let out = bin(dir.path())
-        .args([
-            "--profile",
-            "aloha",
-            "--gpus",
-            "1xh100",
-            "--record-mode",
-            "0640",
-        ])
-        .arg("--torchrun")
-        .arg(vla_torchrun())
-        .arg("--log-dir")
-        .arg(&logs)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    launch_aloha(dir.path(), &logs, &["--record-mode", "0640"]);
     let recs = records_in(&logs);
     assert_eq!(mode(&recs[0]), 0o640);
     assert_eq!(mode(&logs), 0o750);

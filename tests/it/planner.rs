@@ -395,11 +395,11 @@ fn levers_name_every_flag_they_assume() {
 fn merge_host_ram_counts_the_merging_ranks() {
     use vla_launch::budget::FsdpVersion;
     let spec = profile_spec("aloha");
-    let gpus = parse_gpus_spec("4xrtx4090").unwrap();
     // Four training processes with their RLDS shuffle buffers plus one 15 GB base model fit in
     // 96 GiB; plus four base models (111 GiB) do not.
     let ram = 96 * GIB;
-    let plan_with = |fsdp: FsdpVersion, strategy: Option<Strategy>| {
+    let plan_on = |gpus: &str, fsdp: FsdpVersion, strategy: Option<Strategy>| {
+        let gpus = parse_gpus_spec(gpus).unwrap();
         plan(&PlanInput {
             spec: &spec,
             gpus: &gpus,
@@ -423,46 +423,22 @@ fn merge_host_ram_counts_the_merging_ranks() {
             .iter()
             .any(|(k, v)| k == "--merge_lora_during_training" && v == "False")
     };
-    let fsdp2 = plan_with(FsdpVersion::Fsdp2, None);
-    assert_eq!(
-        fsdp2.chosen.as_ref().unwrap().strategy,
-        Strategy::Fsdp,
-        "{:?}",
-        fsdp2.reasons
-    );
+    let strategy = |p: &Plan| p.chosen.as_ref().unwrap().strategy;
+    let fsdp2 = plan_on("4xrtx4090", FsdpVersion::Fsdp2, None);
+    assert_eq!(strategy(&fsdp2), Strategy::Fsdp, "{:?}", fsdp2.reasons);
     assert!(
         merges(&fsdp2),
         "FSDP2 merges on rank 0 only: {:?}",
         fsdp2.reasons
     );
-    let fsdp1 = plan_with(FsdpVersion::Fsdp1, None);
+    let fsdp1 = plan_on("4xrtx4090", FsdpVersion::Fsdp1, None);
     assert!(
         !merges(&fsdp1),
         "a fork's FSDP: every rank, as upstream: {:?}",
         fsdp1.reasons
     );
-    let on_80 = |fsdp| {
-        let gpus = parse_gpus_spec("4xh100").unwrap();
-        plan(&PlanInput {
-            spec: &spec,
-            gpus: &gpus,
-            nnodes: 1,
-            policy: Policy {
-                fsdp,
-                ..policy(true, true)
-            },
-            pins: Pins {
-                strategy: Some(Strategy::Ddp),
-                ..Pins::default()
-            },
-            host_ram_bytes: Some(ram),
-            merge_lora_during_training: true,
-            calibration: None,
-        })
-        .unwrap()
-    };
-    let ddp = on_80(FsdpVersion::Fsdp2);
-    assert_eq!(ddp.chosen.as_ref().unwrap().strategy, Strategy::Ddp);
+    let ddp = plan_on("4xh100", FsdpVersion::Fsdp2, Some(Strategy::Ddp));
+    assert_eq!(strategy(&ddp), Strategy::Ddp);
     assert!(
         !merges(&ddp),
         "DDP runs upstream's save on every rank: {:?}",
