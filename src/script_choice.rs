@@ -83,6 +83,45 @@ pub fn parse_source_fields(source: &str) -> ScriptCaps {
     ScriptCaps { flags }
 }
 
+/// The base classes of the source's `@dataclass` classes that the source does not define
+/// (`class ProbeConfig(ft.FinetuneConfig):`): their fields, hence flags, are not in this file.
+pub fn bases_defined_elsewhere(source: &str) -> Vec<String> {
+    let mut defined = BTreeSet::new();
+    let mut bases = Vec::new();
+    let mut pending = false;
+    for line in source.lines() {
+        let t = line.trim_start();
+        let Some(rest) = t.strip_prefix("class ") else {
+            if t.starts_with("@dataclass") || t.starts_with("@dataclasses.dataclass") {
+                pending = true;
+            } else if !t.starts_with('@') && !t.is_empty() && !t.starts_with('#') {
+                pending = false;
+            }
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        defined.insert(name.clone());
+        if std::mem::take(&mut pending)
+            && let Some(list) = rest[name.len()..]
+                .strip_prefix('(')
+                .and_then(|r| r.split_once(')'))
+                .map(|(l, _)| l)
+        {
+            bases.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty() && *b != "object" && !b.contains('='))
+                    .map(String::from),
+            );
+        }
+    }
+    bases.retain(|b| !defined.contains(b));
+    bases
+}
+
 /// How the flags were learnt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -217,10 +256,11 @@ pub fn script_flags(
             cached: false,
         },
         Err(e) => {
-            let caps = std::fs::read_to_string(&file)
-                .map(|s| parse_source_fields(&s))
-                .unwrap_or_default();
-            if caps.flags.is_empty() {
+            let source = std::fs::read_to_string(&file).unwrap_or_default();
+            let caps = parse_source_fields(&source);
+            // No fields, or fields of a config that extends one defined elsewhere: the source
+            // does not say which flags the script takes.
+            if caps.flags.is_empty() || !bases_defined_elsewhere(&source).is_empty() {
                 return Err(e);
             }
             // A timeout or a Python that cannot start may pass: ask again next time.
@@ -281,6 +321,30 @@ pub struct ScriptChoice {
 }
 
 impl ScriptChoice {
+    /// For a script that is here but did not say which flags it takes (its `--help` failed and
+    /// its source does not list them): the assumption stands, the reason is not "not here".
+    pub fn unanswered(mut self, script: &str) -> Self {
+        if self.assumed {
+            let flags: Vec<&str> = self.accepts.iter().map(String::as_str).collect();
+            let via = match self.run {
+                ScriptRun::Addition { .. } => {
+                    " through the FSDP addition (script.fsdp_addition: on)"
+                }
+                ScriptRun::Script => "",
+            };
+            self.why = format!(
+                "{script} did not say which flags it takes (its --help failed: see the warning): \
+                 assumed it runs{via} with {} (the profile's script.accepts)",
+                if flags.is_empty() {
+                    "none of the optional flags".into()
+                } else {
+                    flag_list(&flags)
+                }
+            );
+        }
+        self
+    }
+
     /// Which FSDP an FSDP plan runs: FSDP2 when `--use_fsdp` comes from the addition (the
     /// script does not take it itself), FSDP1 when the script has its own (a fork, or assumed
     /// because nobody could ask it: the larger, safe prediction).

@@ -453,6 +453,11 @@ pub(super) fn choose_script(
         &resolved.script.value,
     )
     .map_err(AppError::usage)?;
+    let choice = if missing.is_none() && answer.is_none() {
+        choice.unanswered(&resolved.script.value)
+    } else {
+        choice
+    };
     Ok((choice, answer))
 }
 

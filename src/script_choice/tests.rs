@@ -426,3 +426,65 @@ fn the_addition_runs_only_for_plans_that_need_a_missing_flag() {
     .unwrap();
     assert_eq!(for_plan(&on, false, false, "f.py"), on);
 }
+
+/// A script whose dataclass extends a config defined elsewhere (vla-launch's real-code probe
+/// extends finetune.py's FinetuneConfig at run time) does not list its flags in its source: when
+/// its `--help` fails, its few own fields must not pass for all its flags.
+#[test]
+fn a_source_whose_dataclass_extends_another_file_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("real_probe_finetune.py");
+    std::fs::write(
+        &script,
+        "from dataclasses import dataclass\n\ndef probe_config_class(ft):\n    @dataclass\n    class ProbeConfig(ft.FinetuneConfig):\n        count_params_only: bool = False\n        gradient_checkpointing: bool = False\n    return ProbeConfig\n",
+    )
+    .unwrap();
+    let runner = FakeRunner {
+        help: Some(crash()),
+        ..Default::default()
+    };
+    let r = script_flags(
+        &runner,
+        Path::new("/env/bin/python"),
+        &script,
+        dir.path(),
+        Duration::from_secs(5),
+        None,
+    );
+    assert!(r.is_err(), "{r:?}");
+    // A base defined in the same file is read: its fields and the subclass's.
+    let caps = parse_source_fields(
+        "@dataclass\nclass Base:\n    a: int = 1\n\n@dataclass\nclass Cfg(Base):\n    b: int = 2\n",
+    );
+    assert!(caps.accepts("a") && caps.accepts("b"));
+    assert_eq!(
+        bases_defined_elsewhere(
+            "@dataclass\nclass Cfg(Base):\n    b: int = 2\n@dataclass\nclass Base:\n    a: int = 1\n"
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        bases_defined_elsewhere("@dataclass\nclass P(ft.FinetuneConfig):\n    b: int = 2\n"),
+        vec!["ft.FinetuneConfig".to_string()]
+    );
+}
+
+#[test]
+fn a_script_that_is_here_but_unanswered_is_not_called_absent() {
+    let c = choose(FsdpAddition::Auto, &both(), None, None, "probe.py")
+        .unwrap()
+        .unanswered("probe.py");
+    assert!(c.assumed);
+    assert!(!c.why.contains("not here"), "{}", c.why);
+    assert!(
+        c.why
+            .starts_with("probe.py did not say which flags it takes"),
+        "{}",
+        c.why
+    );
+    assert!(
+        c.why.contains("--use_fsdp, --gradient_checkpointing"),
+        "{}",
+        c.why
+    );
+}
