@@ -598,3 +598,37 @@ fn a_launch_through_the_addition_refuses_only_unknown_flags() {
         "{argv:?}"
     );
 }
+
+/// On 24 GB cards nothing DDP fits, and the real-code probe runs DDP only: calibrate must say
+/// that (and what plans use instead), not "not even batch 1 fits these GPUs" while the FSDP plan
+/// fits.
+#[test]
+fn calibrate_in_a_checkout_on_24gb_cards_says_why_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, python) = with_real_probe(dir.path());
+    let upstream = checkout("openvla-oft-upstream");
+    let o = run(bin(dir.path(), &upstream, &data)
+        .args([
+            "calibrate",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "4xrtx4090",
+            "--dry-run",
+            "--set",
+        ])
+        .arg(format!("script.python={}", python.display())));
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    assert!(
+        !o.stderr.contains("not even batch 1 fits these GPUs"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("the real-code probe runs DDP only")
+            && o.stderr.contains("FSDP")
+            && o.stderr.contains("the budget model alone"),
+        "{}",
+        o.stderr
+    );
+}

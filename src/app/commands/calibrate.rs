@@ -60,7 +60,9 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
         .push(format!("train.max_steps={steps}"));
     // In an OpenVLA-OFT checkout: the real code itself, through the shipped real-code probe.
     let loaded = load_profile(Some(&name), &launch.planning.sets)?;
-    if let Some((probe, sets)) = real_probe_sets(&loaded) {
+    let real_probe = real_probe_sets(&loaded);
+    let with_real_probe = real_probe.is_some();
+    if let Some((probe, sets)) = real_probe {
         eprintln!(
             "vla-launch: calibrating with the real-code probe {} against the checkout {} \
              (upstream's own model and training step, random weights, synthetic batches: no weights \
@@ -85,9 +87,14 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     )?;
     let runs = plan::probe::probe_runs(&ctx.plan_input(), &ctx.loaded.name)?;
     if runs.is_empty() {
-        return Err(AppError::infeasible(
-            "nothing to calibrate: not even batch 1 fits these GPUs",
-        ));
+        return Err(AppError::infeasible(if with_real_probe {
+            "nothing to calibrate: the real-code probe runs DDP only, and DDP does not fit even \
+             batch 1 on these GPUs; FSDP plans cannot be calibrated with it yet, so they use the \
+             budget model alone (validated on the real code with the FSDP addition: \
+             docs/validation.md sections 16-17, docs/fsdp.md)"
+        } else {
+            "nothing to calibrate: not even batch 1 fits these GPUs"
+        }));
     }
     let log_dir = launch
         .log_dir
