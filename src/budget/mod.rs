@@ -540,8 +540,6 @@ pub const SHUFFLE_BYTES_PER_IMAGE: u64 = 24 * 1024;
 /// finetune.py's default --shuffle_buffer_size.
 pub const SHUFFLE_BUFFER_FRAMES: u64 = 100_000;
 
-/// Host RAM per node for `nproc_per_node` ranks. Call with a spec `predict` accepted: an invalid
-/// spec has no components, so only the per-process terms are counted.
 /// Which of a node's ranks load a bf16 base model on the CPU to merge LoRA at a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeOn {
@@ -554,6 +552,8 @@ pub enum MergeOn {
     RankZero,
 }
 
+/// Host RAM per node for `nproc_per_node` ranks. Call with a spec `predict` accepted: an invalid
+/// spec has no components, so only the per-process terms are counted.
 pub fn host_ram(spec: &ModelSpec, nproc_per_node: u32, merge: MergeOn) -> HostRam {
     let ranks = u64::from(nproc_per_node.max(1));
     let components = model::components(spec).unwrap_or_default();

@@ -335,7 +335,8 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
 
     // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
     // (FSDP2) merges on the saving rank, upstream's save (DDP, a fork's FSDP) on every rank.
-    let merge_on = |c: Option<&Candidate>| match c {
+    let best = fitting.first().copied();
+    let merge_on = match best {
         _ if !input.merge_lora_during_training => budget::MergeOn::Nowhere,
         Some(c) if c.strategy == Strategy::Fsdp && policy.fsdp == FsdpVersion::Fsdp2 => {
             budget::MergeOn::RankZero
@@ -343,11 +344,10 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         _ => budget::MergeOn::EveryRank,
     };
     let host_ram = input.host_ram_bytes.map(|_| {
-        let best = fitting.first().copied();
         let nproc = best.map(|c| c.nproc_per_node).unwrap_or(1);
-        budget::host_ram(input.spec, nproc, merge_on(best))
+        budget::host_ram(input.spec, nproc, merge_on)
     });
-    let merging_ranks = match merge_on(fitting.first().copied()) {
+    let merging_ranks = match merge_on {
         budget::MergeOn::RankZero => "on the saving rank",
         _ => "on every rank",
     };
