@@ -30,11 +30,20 @@ pub const ENV_FINETUNE_SCRIPT: &str = "VLA_FINETUNE_SCRIPT";
 /// The flags the addition gives a script that lacks them.
 pub const ADDITION_FLAGS: &[&str] = &["use_fsdp", "gradient_checkpointing"];
 
-/// Fields of the `@dataclass` classes in Python source (`    use_fsdp: bool = False`): the flags
-/// draccus makes of them. Only lines at a dataclass body's own indentation count, so a local
-/// variable annotated inside a method is not taken.
-pub fn parse_source_fields(source: &str) -> ScriptCaps {
+/// What one pass over a Python source finds in its `@dataclass` classes: their fields
+/// (`    use_fsdp: bool = False`), the flags draccus makes of them -- only lines at a dataclass
+/// body's own indentation count, so a local variable annotated inside a method is not taken --
+/// and the bases they extend that the source does not define (`class P(ft.FinetuneConfig):`),
+/// whose fields, hence flags, are not in this file.
+struct SourceScan {
+    caps: ScriptCaps,
+    bases_elsewhere: Vec<String>,
+}
+
+fn scan_source(source: &str) -> SourceScan {
     let mut flags = BTreeSet::new();
+    let mut defined = BTreeSet::new();
+    let mut bases = Vec::new();
     let mut pending = false; // saw @dataclass, waiting for its class line
     let mut class_indent: Option<usize> = None;
     let mut body_indent: Option<usize> = None;
@@ -52,6 +61,20 @@ pub fn parse_source_fields(source: &str) -> ScriptCaps {
         }
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
+        }
+        let class = trimmed.strip_prefix("class ").map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let list = rest[name.len()..]
+                .strip_prefix('(')
+                .and_then(|r| r.split_once(')'))
+                .map(|(l, _)| l);
+            (name, list)
+        });
+        if let Some((name, _)) = &class {
+            defined.insert(name.clone());
         }
         if let Some(ci) = class_indent {
             if indent <= ci {
@@ -73,53 +96,25 @@ pub fn parse_source_fields(source: &str) -> ScriptCaps {
         }
         if trimmed.starts_with("@dataclass") || trimmed.starts_with("@dataclasses.dataclass") {
             pending = true;
-        } else if pending && trimmed.starts_with("class ") {
+        } else if let (true, Some((_, list))) = (pending, &class) {
             pending = false;
             class_indent = Some(indent);
-        } else if !trimmed.starts_with('@') {
-            pending = false;
-        }
-    }
-    ScriptCaps { flags }
-}
-
-/// The base classes of the source's `@dataclass` classes that the source does not define
-/// (`class ProbeConfig(ft.FinetuneConfig):`): their fields, hence flags, are not in this file.
-pub fn bases_defined_elsewhere(source: &str) -> Vec<String> {
-    let mut defined = BTreeSet::new();
-    let mut bases = Vec::new();
-    let mut pending = false;
-    for line in source.lines() {
-        let t = line.trim_start();
-        let Some(rest) = t.strip_prefix("class ") else {
-            if t.starts_with("@dataclass") || t.starts_with("@dataclasses.dataclass") {
-                pending = true;
-            } else if !t.starts_with('@') && !t.is_empty() && !t.starts_with('#') {
-                pending = false;
-            }
-            continue;
-        };
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        defined.insert(name.clone());
-        if std::mem::take(&mut pending)
-            && let Some(list) = rest[name.len()..]
-                .strip_prefix('(')
-                .and_then(|r| r.split_once(')'))
-                .map(|(l, _)| l)
-        {
             bases.extend(
-                list.split(',')
+                list.unwrap_or_default()
+                    .split(',')
                     .map(str::trim)
                     .filter(|b| !b.is_empty() && *b != "object" && !b.contains('='))
                     .map(String::from),
             );
+        } else if !trimmed.starts_with('@') {
+            pending = false;
         }
     }
     bases.retain(|b| !defined.contains(b));
-    bases
+    SourceScan {
+        caps: ScriptCaps { flags },
+        bases_elsewhere: bases,
+    }
 }
 
 /// How the flags were learnt.
@@ -256,13 +251,13 @@ pub fn script_flags(
             cached: false,
         },
         Err(e) => {
-            let source = std::fs::read_to_string(&file).unwrap_or_default();
-            let caps = parse_source_fields(&source);
+            let scan = scan_source(&std::fs::read_to_string(&file).unwrap_or_default());
             // No fields, or fields of a config that extends one defined elsewhere: the source
             // does not say which flags the script takes.
-            if caps.flags.is_empty() || !bases_defined_elsewhere(&source).is_empty() {
+            if scan.caps.flags.is_empty() || !scan.bases_elsewhere.is_empty() {
                 return Err(e);
             }
+            let caps = scan.caps;
             // A timeout or a Python that cannot start may pass: ask again next time.
             let lasting = matches!(
                 e,
@@ -325,21 +320,13 @@ impl ScriptChoice {
     /// its source does not list them): the assumption stands, the reason is not "not here".
     pub fn unanswered(mut self, script: &str) -> Self {
         if self.assumed {
-            let flags: Vec<&str> = self.accepts.iter().map(String::as_str).collect();
-            let via = match self.run {
-                ScriptRun::Addition { .. } => {
-                    " through the FSDP addition (script.fsdp_addition: on)"
-                }
-                ScriptRun::Script => "",
-            };
-            self.why = format!(
-                "{script} did not say which flags it takes (its --help failed: see the warning): \
-                 assumed it runs{via} with {} (the profile's script.accepts)",
-                if flags.is_empty() {
-                    "none of the optional flags".into()
-                } else {
-                    flag_list(&flags)
-                }
+            self.why = assumed_why(
+                &format!(
+                    "{script} did not say which flags it takes (its --help failed: see the warning)"
+                ),
+                &self.run,
+                &self.accepts,
+                "",
             );
         }
         self
@@ -356,6 +343,23 @@ impl ScriptChoice {
             FsdpVersion::Fsdp1
         }
     }
+}
+
+/// Why an assumed choice (nobody answered for the script): `lead`, what was assumed, `tail`.
+fn assumed_why(lead: &str, run: &ScriptRun, accepts: &[String], tail: &str) -> String {
+    let via = match run {
+        ScriptRun::Addition { .. } => " through the FSDP addition (script.fsdp_addition: on)",
+        ScriptRun::Script => "",
+    };
+    let flags: Vec<&str> = accepts.iter().map(String::as_str).collect();
+    format!(
+        "{lead}: assumed it runs{via} with {} (the profile's script.accepts){tail}",
+        if flags.is_empty() {
+            "none of the optional flags".into()
+        } else {
+            flag_list(&flags)
+        }
+    )
 }
 
 fn flag_list(flags: &[&str]) -> String {
@@ -378,31 +382,25 @@ pub fn choose(
     script: &str,
 ) -> Result<ScriptChoice, String> {
     let Some(has) = has else {
-        let (run, via) = match (setting, addition) {
-            (FsdpAddition::On, Some(a)) => (
-                ScriptRun::Addition {
-                    addition: a.to_path_buf(),
-                },
-                " through the FSDP addition (script.fsdp_addition: on)",
-            ),
-            _ => (ScriptRun::Script, ""),
+        let run = match (setting, addition) {
+            (FsdpAddition::On, Some(a)) => ScriptRun::Addition {
+                addition: a.to_path_buf(),
+            },
+            _ => ScriptRun::Script,
         };
-        let wanted_str: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let why = assumed_why(
+            &format!("{script} is not here to ask"),
+            &run,
+            wanted,
+            "; run `plan` in the checkout (or set OPENVLA_OFT_DIR) to check",
+        );
         return Ok(ScriptChoice {
             run,
             accepts: wanted.to_vec(),
             own: wanted.to_vec(),
             assumed: true,
             forced: setting == FsdpAddition::On,
-            why: format!(
-                "{script} is not here to ask: assumed it runs{via} with {} (the profile's script.accepts); \
-                 run `plan` in the checkout (or set OPENVLA_OFT_DIR) to check",
-                if wanted.is_empty() {
-                    "none of the optional flags".into()
-                } else {
-                    flag_list(&wanted_str)
-                }
-            ),
+            why,
         });
     };
     let lacking: Vec<&str> = wanted

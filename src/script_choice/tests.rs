@@ -36,6 +36,14 @@ def run_forward_pass(vla, batch):
     return vla(batch)
 "#;
 
+fn parse_source_fields(source: &str) -> ScriptCaps {
+    scan_source(source).caps
+}
+
+fn bases_defined_elsewhere(source: &str) -> Vec<String> {
+    scan_source(source).bases_elsewhere
+}
+
 fn fork_source() -> String {
     UPSTREAM_SOURCE.replace(
         "    grad_accumulation_steps: int = 1",
