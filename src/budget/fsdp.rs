@@ -1,10 +1,26 @@
 //! FSDP working memory: the all-gathered units and unsharded roots, FSDP1 (a fork's
-//! --use_fsdp) and FSDP2 (vla-launch's addition): the parts that follow from the model's units.
+//! --use_fsdp) and FSDP2 (vla-launch's addition): the parts that follow from the model's units,
+//! and FSDP2's fitted residual.
 //! Pure; the budget module combines them with a configuration.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{self, Arch, Component, ModelSpec};
+use crate::units::MIB;
+
+/// FSDP2 (the addition), 3 GPUs and more: working memory the measurements need beyond the
+/// unsharded root, two gathered units, the activations (without the logits), transients and
+/// slack. The smallest multiple of 256 MiB for which the planner's requirement at 4 GPUs (peak
+/// minus the reclaimable slack, either allocator) covers what the runs held, torch's allocated
+/// peak plus the memory outside torch (16.09 + 2.18 GiB); ALOHA batch 2 with checkpointing
+/// (docs/budget-model.md).
+pub const FSDP2_RESIDUAL_WORKING: u64 = 3584 * MIB;
+/// The same at 2 GPUs, where the part of the peak that is not sharded measured about 1 GiB
+/// less than at 4 (NVML minus the sharded state: 11.08 vs 12.13 GiB with expandable_segments,
+/// 11.97 vs 12.60 with the default allocator): the smallest multiple of 256 MiB for which the
+/// 2-GPU batch-2 checkpointed peaks measured under the launcher's allocator setting
+/// (expandable_segments; 22.79 and 23.04 GiB) are not predicted low.
+pub const FSDP2_RESIDUAL_WORKING_2_GPUS: u64 = 2048 * MIB;
 
 /// FSDP2 working memory by part (bytes), ALOHA figures in docs/budget-model.md.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,7 +32,7 @@ pub struct Fsdp2Working {
     /// in forward and in backward): 2 x the largest unit.
     pub gathered_units: u64,
     /// Measured working set not accounted for by the two parts above or by the DDP-like terms
-    /// (activations, transients): fitted, see `budget::fitted::FSDP2_RESIDUAL_WORKING`.
+    /// (activations, transients): fitted, see `FSDP2_RESIDUAL_WORKING`.
     pub residual: u64,
 }
 
@@ -59,8 +75,17 @@ fn head_unit_bytes(components: &[Component]) -> Vec<u64> {
         .collect()
 }
 
-/// The parts that follow from the model's units (residual 0: `budget::fsdp2_working` adds it).
-pub fn fsdp2_parts(spec: &ModelSpec, arch: &Arch, components: &[Component]) -> Fsdp2Working {
+/// FSDP2 working memory (the addition) on `world_size` GPUs: the unsharded root and two gathered
+/// units, which follow from the model's units, and the fitted residual, which depends on the world
+/// size (measured at 2 and 4 GPUs; 3 and more take the 4-GPU figure) and not on the batch: at 2
+/// GPUs, batch 1 to 8 with and without checkpointing grew by their activations and no more
+/// (docs/budget-model.md).
+pub fn fsdp2_working(
+    spec: &ModelSpec,
+    arch: &Arch,
+    components: &[Component],
+    world_size: u32,
+) -> Fsdp2Working {
     let r = u64::from(spec.lora_rank);
     let lora = spec.lora_dtype.bytes();
     let layer = 2 * arch.llm.layer_params() + lora * arch.llm.layer_lora(r);
@@ -70,7 +95,11 @@ pub fn fsdp2_parts(spec: &ModelSpec, arch: &Arch, components: &[Component]) -> F
     Fsdp2Working {
         root_unsharded: vla_root_bytes(spec, arch),
         gathered_units: 2 * largest,
-        residual: 0,
+        residual: if world_size <= 2 {
+            FSDP2_RESIDUAL_WORKING_2_GPUS
+        } else {
+            FSDP2_RESIDUAL_WORKING
+        },
     }
 }
 

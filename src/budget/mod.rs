@@ -194,20 +194,28 @@ pub fn vit_block_bytes_per_token(dim: u64, mlp: u64, film: bool, lora_rank: u64)
 /// Activations of one sample. Checkpointed: the Llama layers keep only their inputs (which are
 /// the retained hidden states) plus one layer recomputed during backward; ViTs are not checkpointed.
 /// The ViTs run up to the second-to-last block (OpenVLA takes that block's output).
+/// `ddp_output_clones`: DDP clones the returned K/V (`kv_clone_bytes_per_token`); FSDP has no such
+/// hook on the output.
 pub fn activations_per_sample(
     spec: &ModelSpec,
     arch: &Arch,
     checkpointing: bool,
+    ddp_output_clones: bool,
 ) -> ActivationBreakdown {
     let r = u64::from(spec.lora_rank);
     let s = u64::from(model::sequence_tokens(spec));
     let images = u64::from(spec.num_images);
     let (h, v) = (arch.llm.hidden, arch.llm.vocab);
     let layer = llama_layer_bytes_per_token(arch, r) * s;
+    let kv_clones = if ddp_output_clones {
+        kv_clone_bytes_per_token(arch) * s
+    } else {
+        0
+    };
     let llm_layers = if checkpointing {
         layer
     } else {
-        arch.llm.layers * (layer + kv_clone_bytes_per_token(arch) * s)
+        arch.llm.layers * (layer + kv_clones)
     };
     let hidden_states = (arch.llm.layers + 1) * 2 * h * s;
     // Final RMSNorm (fp32 input 4h + bf16 output 2h); logits bf16 2V, fp32 copy 4V, log-softmax 4V.
@@ -245,9 +253,18 @@ pub fn autocast_weight_cache(components: &[Component]) -> u64 {
         .sum()
 }
 
-/// Per-GPU activations: batch x per-sample.
+/// Per-GPU activations: batch x per-sample. FSDP2 (the addition) peaks in the backward, once the
+/// loss and the logits are freed, so its samples count without `logits_loss`: measured at 2 GPUs
+/// with checkpointing, the allocated peak grew by 2.22 GiB per sample from batch 2 to 4 and from 4
+/// to 8, against 2.21 GiB modelled without the logits and 2.58 with them (docs/budget-model.md).
 pub fn activations(spec: &ModelSpec, arch: &Arch, cfg: &Config) -> u64 {
-    u64::from(cfg.batch_size) * activations_per_sample(spec, arch, cfg.checkpointing).total()
+    let ddp = cfg.strategy == Strategy::Ddp;
+    let sample = activations_per_sample(spec, arch, cfg.checkpointing, ddp);
+    let per_sample = match (cfg.strategy, cfg.fsdp) {
+        (Strategy::Fsdp, FsdpVersion::Fsdp2) => sample.total() - sample.logits_loss,
+        _ => sample.total(),
+    };
+    u64::from(cfg.batch_size) * per_sample
 }
 
 /// Temporaries of the foreach AdamW step: one tensor list as large as the biggest dtype group
@@ -276,7 +293,7 @@ pub fn transients(components: &[Component], cfg: &Config, activations: u64) -> u
     cache.max(step.saturating_sub(activations))
 }
 
-/// FSDP working memory (0 under DDP). FSDP2 (the addition): see `fsdp2_working`. FSDP1:
+/// FSDP working memory (0 under DDP). FSDP2 (the addition): see `fsdp::fsdp2_working`. FSDP1:
 /// parameters outside any auto-wrap unit stay unsharded from the forward to the end of the backward (roots are not resharded after forward): the VLA
 /// root (embeddings, lm_head, ViT stems, projector and their LoRA), the action head and proprio
 /// projector roots; each root's whole unsharded gradient also exists before its reduce-scatter
@@ -286,39 +303,9 @@ pub fn fsdp_working(spec: &ModelSpec, arch: &Arch, components: &[Component], cfg
     match (cfg.strategy, cfg.fsdp) {
         (Strategy::Ddp, _) => 0,
         (Strategy::Fsdp, FsdpVersion::Fsdp1) => fsdp::fsdp1_working(spec, arch, components),
-        (Strategy::Fsdp, FsdpVersion::Fsdp2) => fsdp2_working(spec, arch, components, cfg).total(),
-    }
-}
-
-/// The measured FSDP2 configuration: batch 2 with checkpointing (both world sizes).
-pub const FSDP2_MEASURED_BATCH: u32 = 2;
-
-/// FSDP2 working memory (the addition) for `cfg`: unsharded root, two gathered units, and the
-/// fitted residual. Only batch 2 with checkpointing was measured, so whether the residual grows
-/// with the batch is not known: it is scaled by this configuration's activations over the
-/// measured ones when they are larger (more samples, or checkpointing off), which covers both
-/// readings (a fixed buffer, or a share of the activations); never scaled below the measured
-/// figure (smaller batches keep it whole).
-pub fn fsdp2_working(
-    spec: &ModelSpec,
-    arch: &Arch,
-    components: &[Component],
-    cfg: &Config,
-) -> Fsdp2Working {
-    let measured = Config {
-        batch_size: FSDP2_MEASURED_BATCH,
-        checkpointing: true,
-        ..cfg.clone()
-    };
-    let (now, then) = (
-        activations(spec, arch, cfg),
-        activations(spec, arch, &measured),
-    );
-    let scale = (now as f64 / then.max(1) as f64).max(1.0);
-    let base = fsdp::fsdp2_parts(spec, arch, components);
-    Fsdp2Working {
-        residual: (fitted::FSDP2_RESIDUAL_WORKING as f64 * scale).round() as u64,
-        ..base
+        (Strategy::Fsdp, FsdpVersion::Fsdp2) => {
+            fsdp::fsdp2_working(spec, arch, components, cfg.world_size).total()
+        }
     }
 }
 
@@ -336,12 +323,6 @@ pub mod fitted {
     /// 1.32 GiB; FSDP: 8.02 of 14.29 GiB at 2 GPUs, 9.66 of 16.62 GiB at 4 GPUs).
     pub const DDP_EXPANDABLE_SHARE: f64 = 0.27;
     pub const FSDP_EXPANDABLE_SHARE: f64 = 0.57;
-    /// FSDP2 (the addition): working memory the measurements need beyond the unsharded root, two
-    /// gathered units, the activations, transients and slack, at ALOHA batch 2 with
-    /// checkpointing. Fitted so that the planner's requirement at 4 GPUs (peak minus the
-    /// reclaimable half of the slack) covers the measured allocated peak plus the memory outside
-    /// torch (16.09 + 2.18 GiB) and both NVML peaks are within +5%/-3% (docs/budget-model.md).
-    pub const FSDP2_RESIDUAL_WORKING: u64 = 2816 * MIB;
     /// Memory outside torch's allocator that appears once training runs (cuBLAS/cuBLASLt
     /// workspaces, lazily loaded kernel modules incl. sdpa): nvml - reserved - context on H100.
     pub const RUNTIME_BEYOND_CONTEXT: u64 = 790 * MIB;
@@ -382,14 +363,18 @@ pub fn allocator_slack(cfg: &Config, x: SlackInputs) -> u64 {
             fitted::DDP_DEFAULT_FIXED as f64 + fitted::DDP_DEFAULT_FRAC * x.activations as f64
         }
     };
-    // FSDP2 with expandable_segments was not measured: no saving is claimed for it.
+    // FSDP2's slack is modelled as DDP's without the autocast cache, and so is its share under
+    // expandable_segments: measured at 4 GPUs (fsdp-v5, the launcher's 4x RTX 4090 plan) the slack
+    // was 0.003 GiB, below DDP's share of the 0.53 GiB default-allocator figure (0.14 GiB).
     let share = match (cfg.allocator, cfg.strategy, cfg.fsdp) {
         (Allocator::Default, _, _) => 1.0,
-        (Allocator::ExpandableSegments, Strategy::Ddp, _) => fitted::DDP_EXPANDABLE_SHARE,
+        (Allocator::ExpandableSegments, Strategy::Ddp, _)
+        | (Allocator::ExpandableSegments, Strategy::Fsdp, FsdpVersion::Fsdp2) => {
+            fitted::DDP_EXPANDABLE_SHARE
+        }
         (Allocator::ExpandableSegments, Strategy::Fsdp, FsdpVersion::Fsdp1) => {
             fitted::FSDP_EXPANDABLE_SHARE
         }
-        (Allocator::ExpandableSegments, Strategy::Fsdp, FsdpVersion::Fsdp2) => 1.0,
     };
     (default * share).round() as u64
 }
