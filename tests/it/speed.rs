@@ -69,37 +69,58 @@ const POINTS: &[Point] = &[
     pt("v1 two-fsdp-b2", "aloha", Fsdp, 2, 2, 4, true, 8.92),
 ];
 
+/// The model's seconds per optimizer step for one configuration on the reference GPU, one node.
+fn predicted_s(
+    s: &ModelSpec,
+    strategy: Strategy,
+    fsdp: FsdpVersion,
+    world: u32,
+    batch: u32,
+    accum: u32,
+    ckpt: bool,
+) -> f64 {
+    let comps = model::components(s).unwrap();
+    let bytes = |trainable_only: bool| -> u64 {
+        comps
+            .iter()
+            .filter(|c| c.trainable || !trainable_only)
+            .map(|c| c.params * c.dtype.bytes())
+            .sum()
+    };
+    step_time(
+        s,
+        &SpeedInput {
+            strategy,
+            checkpointing: ckpt,
+            batch_size: batch,
+            grad_accum: accum,
+            world_size: world,
+            nnodes: 1,
+            gpu_tflops: REFERENCE_TFLOPS,
+            flops_per_sample: model::train_flops_per_sample(s, ckpt),
+            gradient_bytes: bytes(true),
+            weight_bytes: bytes(false),
+            fsdp,
+        },
+    )
+    .total()
+}
+
 #[test]
 fn step_time_model_within_15_percent_of_every_measurement() {
     let mut worst: f64 = 0.0;
     let mut table = String::new();
     for p in POINTS {
         let s = spec(p.profile, p.lora_rank);
-        let comps = model::components(&s).unwrap();
-        let bytes = |trainable_only: bool| -> u64 {
-            comps
-                .iter()
-                .filter(|c| c.trainable || !trainable_only)
-                .map(|c| c.params * c.dtype.bytes())
-                .sum()
-        };
-        let t = step_time(
+        let t = predicted_s(
             &s,
-            &SpeedInput {
-                strategy: p.strategy,
-                checkpointing: p.ckpt,
-                batch_size: p.batch,
-                grad_accum: p.accum,
-                world_size: p.world,
-                nnodes: 1,
-                gpu_tflops: REFERENCE_TFLOPS,
-                flops_per_sample: model::train_flops_per_sample(&s, p.ckpt),
-                gradient_bytes: bytes(true),
-                weight_bytes: bytes(false),
-                fsdp: FsdpVersion::Fsdp1,
-            },
-        )
-        .total();
+            p.strategy,
+            FsdpVersion::Fsdp1,
+            p.world,
+            p.batch,
+            p.accum,
+            p.ckpt,
+        );
         let err = (t / p.measured_s - 1.0) * 100.0;
         worst = worst.max(err.abs());
         table.push_str(&format!(
@@ -118,33 +139,7 @@ const FSDP2_VS_DDP: &[(u32, f64, f64)] = &[(2, 0.821, 1.796), (4, 1.117, 2.302)]
 #[test]
 fn fsdp2_step_time_over_ddp_matches_the_measured_ratio() {
     let s = spec("aloha", 32);
-    let comps = model::components(&s).unwrap();
-    let bytes = |trainable_only: bool| -> u64 {
-        comps
-            .iter()
-            .filter(|c| c.trainable || !trainable_only)
-            .map(|c| c.params * c.dtype.bytes())
-            .sum()
-    };
-    let at = |strategy, fsdp, world| {
-        step_time(
-            &s,
-            &SpeedInput {
-                strategy,
-                checkpointing: true,
-                batch_size: 2,
-                grad_accum: 1,
-                world_size: world,
-                nnodes: 1,
-                gpu_tflops: REFERENCE_TFLOPS,
-                flops_per_sample: model::train_flops_per_sample(&s, true),
-                gradient_bytes: bytes(true),
-                weight_bytes: bytes(false),
-                fsdp,
-            },
-        )
-        .total()
-    };
+    let at = |strategy, fsdp, world| predicted_s(&s, strategy, fsdp, world, 2, 1, true);
     let mut report = String::new();
     let mut worst: f64 = 0.0;
     for &(w, ddp, fsdp2) in FSDP2_VS_DDP {
@@ -186,34 +181,10 @@ const FSDP2_LAUNCHER_RUNS: &[(u32, u32, u32, bool, f64)] = &[
 #[test]
 fn fsdp2_step_time_along_the_batch_within_15_percent() {
     let s = spec("aloha", 32);
-    let comps = model::components(&s).unwrap();
-    let bytes = |trainable_only: bool| -> u64 {
-        comps
-            .iter()
-            .filter(|c| c.trainable || !trainable_only)
-            .map(|c| c.params * c.dtype.bytes())
-            .sum()
-    };
     let mut report = String::new();
     let mut worst: f64 = 0.0;
     for &(w, b, a, ck, measured) in FSDP2_LAUNCHER_RUNS {
-        let predicted = step_time(
-            &s,
-            &SpeedInput {
-                strategy: Fsdp,
-                checkpointing: ck,
-                batch_size: b,
-                grad_accum: a,
-                world_size: w,
-                nnodes: 1,
-                gpu_tflops: REFERENCE_TFLOPS,
-                flops_per_sample: model::train_flops_per_sample(&s, ck),
-                gradient_bytes: bytes(true),
-                weight_bytes: bytes(false),
-                fsdp: FsdpVersion::Fsdp2,
-            },
-        )
-        .total();
+        let predicted = predicted_s(&s, Fsdp, FsdpVersion::Fsdp2, w, b, a, ck);
         let err = (predicted / measured - 1.0) * 100.0;
         worst = worst.max(err.abs());
         report.push_str(&format!(
