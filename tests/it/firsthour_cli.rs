@@ -100,15 +100,18 @@ fn memory_line_leads_with_what_must_fit() {
 /// treated as holding at most 200.00 GiB" on an 80 GB card.
 #[test]
 fn a_cap_above_the_card_is_called_out() {
-    let r = run(&[
-        "plan",
-        "--profile",
-        "aloha",
-        "--gpus",
-        "1xh100",
-        "--vram-cap",
-        "200GiB",
-    ]);
+    let capped = |cap| {
+        run(&[
+            "plan",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--vram-cap",
+            cap,
+        ])
+    };
+    let r = capped("200GiB");
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(
         r.stderr.contains(
@@ -119,15 +122,7 @@ fn a_cap_above_the_card_is_called_out() {
     );
     assert!(!r.stderr.contains("at most 200.00 GiB"), "{}", r.stderr);
     // A cap below the card still says what it does.
-    let r = run(&[
-        "plan",
-        "--profile",
-        "aloha",
-        "--gpus",
-        "1xh100",
-        "--vram-cap",
-        "24GiB",
-    ]);
+    let r = capped("24GiB");
     assert!(
         r.stderr
             .contains("every GPU treated as holding at most 24.00 GiB"),
