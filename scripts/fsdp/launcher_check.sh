@@ -11,7 +11,8 @@
 #      on 1 GPU:  ... /tmp/lc --vram-cap 40960MiB   (the 1x A100 40 GB plan: DDP with checkpointing)
 # Writes OUT_DIR/{plan.txt,stdout,stderr,rc,files.txt,check/rank<N>.json}; checkpoints go to
 # /tmp/vla-check-runs (GBs). 20 steps, a checkpoint at step 20, no LoRA merge (docs/fsdp.md says
-# what the merge costs).
+# what the merge costs); a `--set train.max_steps=N --set train.save_freq=N` among the arguments
+# comes later and wins.
 set -u
 BIN=$(readlink -f "$1"); S=$(cd "$2" && pwd); CHECKOUT=$(cd "$3" && pwd); OUT=$4; shift 4
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
