@@ -64,7 +64,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 <Cli as clap::CommandFactory>::command(),
                 &profiles::known_names(),
             );
-            clap_complete::generate(shell, &mut cmd, "vla-launch", &mut std::io::stdout());
+            // Into a buffer first: clap_complete panics when it cannot write (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "vla-launch", &mut script);
+            crate::print_lossy!("{}", String::from_utf8_lossy(&script));
             Ok(ExitCode::Success)
         }
         None => train::cmd_launch(

@@ -65,6 +65,12 @@ macro_rules! eprint_lossy {
     ($($arg:tt)*) => { $crate::launch::term::stderr_fmt(format_args!($($arg)*)) };
 }
 
+/// `print!` that never panics.
+#[macro_export]
+macro_rules! print_lossy {
+    ($($arg:tt)*) => { $crate::launch::term::stdout_fmt(format_args!($($arg)*)) };
+}
+
 /// `println!` that never panics.
 #[macro_export]
 macro_rules! println_lossy {

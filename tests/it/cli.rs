@@ -1150,3 +1150,40 @@ fn replay_of_a_record_written_before_format_versions_and_refusal_of_a_newer_one(
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("format version 99"), "{stderr}");
 }
+
+/// `vla-launch plan | head -1`: once the reader has gone, writing the rest of the plan fails with
+/// EPIPE. That must end the command quietly (as `println!`'s panic did not: exit 101 and a panic
+/// message), for every subcommand that prints to stdout.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    for args in [
+        &["plan", "--profile", "aloha", "--gpus", "4xrtx4090"][..],
+        &[
+            "plan",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "4xrtx4090",
+            "--json",
+        ],
+        &["profiles"],
+        &["gpus", "--gpus", "2xh100"],
+        &["doctor", "--profile", "aloha", "--gpus", "1xh100"],
+        &["completions", "bash"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = bin()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && out.status.code() != Some(101),
+            "{args:?}: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}

@@ -10,6 +10,7 @@ use crate::model;
 use crate::profile::{self, Loaded, Resolved};
 use crate::script_caps;
 use crate::units::fmt_gib;
+use crate::{print_lossy as print, println_lossy as println};
 
 pub(in crate::app) fn cmd_doctor(
     profile_name: &str,

@@ -5,6 +5,7 @@ use tracing::{info, warn};
 use crate::app::error::{ExitCode, Result};
 use crate::app::settings::env_var;
 use crate::gpu::{self, NvmlSource};
+use crate::{print_lossy as print, println_lossy as println};
 
 pub(in crate::app) fn cmd_gpus(json: bool) -> Result<ExitCode> {
     let d = gpu::discover(

@@ -8,6 +8,7 @@ use crate::app::torchrun::{command_for, plan_record};
 use crate::cli::PlanArgs;
 use crate::launch::command;
 use crate::record;
+use crate::{print_lossy as print, println_lossy as println};
 
 pub(in crate::app) fn cmd_plan(args: PlanArgs) -> Result<ExitCode> {
     let ctx = resolve_plan(&args.planning, &args.extra, false, true)?;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::app::error::{ExitCode, Result};
 use crate::app::settings::user_config_dir;
+use crate::println_lossy as println;
 use crate::profile;
 
 pub(in crate::app) fn cmd_profiles() -> Result<ExitCode> {
