@@ -251,6 +251,7 @@ def main() -> int:
         "s_per_step": s_per_step,
         "samples_per_s": (cfg.batch_size * cfg.grad_accumulation_steps * world / s_per_step) if s_per_step else None,
         "steps": len(step_times), "last_loss": loss_val, "tiny": tiny, "params": params,
+        "step_times_s": [round(x, 4) for x in step_times],
         "real_code": True, "text_tokens": seq[1] if seq else None,
         "attn_implementation": vla.module.config._attn_implementation,
         "torch": torch.__version__,
