@@ -89,10 +89,20 @@ pub fn render_plan(
         c.step_time_s, c.samples_per_s
     );
     if let Some(steps) = max_steps {
+        let total = c.step_time_s * steps as f64;
+        let sure = match super::speed::relative_error(c.strategy, c.world_size(), c.nnodes) {
+            Some(e) => format!(
+                "estimate, \u{b1}{:.0}%: {} to {}",
+                e * 100.0,
+                fmt_duration(total * (1.0 - e)),
+                fmt_duration(total * (1.0 + e))
+            ),
+            None => "estimate; the speed between nodes is not measured: it may be far off".into(),
+        };
         let _ = writeln!(
             out,
-            "  run time       about {} for {steps} steps (estimate)",
-            fmt_duration(c.step_time_s * steps as f64)
+            "  run time       about {} for {steps} steps ({sure})",
+            fmt_duration(total)
         );
     }
     let names: Vec<String> = c

@@ -1,6 +1,8 @@
-//! The step-time model against every step time measured on H100s: the measured VRAM table's s/step
-//! column (3 steps each, so warm-up weighs in) and the probe trainer's runs of docs/validation
-//! (mean over steps 3..20, or 3..10 for the plan-quality runs).
+//! The step-time model against step times measured on H100s. What it is fitted to, and held to
+//! within 10%: the REAL OpenVLA-OFT code through the launcher (`scripts/real-steptime.sh`, 20 steps
+//! each, mean over steps 3..20; docs/performance.md "Step time"). Kept as a looser check: the
+//! stand-in probe's runs (the measured VRAM table's s/step column, 3 steps each, and
+//! docs/validation's probe runs), which the earlier constants were fitted to.
 
 use vla_launch::budget::{FsdpVersion, Strategy};
 use vla_launch::model::{self, ModelSpec};
@@ -49,6 +51,35 @@ const fn pt(
 }
 
 use Strategy::{Ddp, Fsdp};
+
+/// The real code on one H100 80GB HBM3 (issue 27): st-h100 (2026-12-06, this table's first 9 rows,
+/// 20 steps each) and the issue's own runs (ALOHA b4: two runs, 1.01 and 1.02 s; ALOHA b1 x16 with
+/// checkpointing: three runs, 11.7-12.8 s).
+const REAL_CODE_H100: &[Point] = &[
+    pt("st aloha-b16-on", "aloha", Ddp, 1, 16, 1, true, 2.814),
+    pt("st aloha-b8x2-on", "aloha", Ddp, 1, 8, 2, true, 3.306),
+    pt("st aloha-b3-off", "aloha", Ddp, 1, 3, 1, false, 0.940),
+    Point {
+        lora_rank: 64,
+        ..pt("st aloha-b2-r64-off", "aloha", Ddp, 1, 2, 1, false, 0.768)
+    },
+    pt("st libero-b8x2-off", "libero", Ddp, 1, 8, 2, false, 1.448),
+    pt("st libero-b16-on", "libero", Ddp, 1, 16, 1, true, 1.534),
+    pt("st libero-b6-off", "libero", Ddp, 1, 6, 1, false, 0.624),
+    pt("st libero-b12-on", "libero", Ddp, 1, 12, 1, true, 1.131),
+    pt("st bridge-b8-off", "bridge", Ddp, 1, 8, 1, false, 0.355),
+    pt("issue 27 aloha-b4-off", "aloha", Ddp, 1, 4, 1, false, 1.015),
+    pt(
+        "issue 27 aloha-b1x16-on",
+        "aloha",
+        Ddp,
+        1,
+        1,
+        16,
+        true,
+        12.2,
+    ),
+];
 
 const POINTS: &[Point] = &[
     pt("measured-vram", "aloha", Ddp, 1, 1, 1, false, 0.59),
@@ -106,11 +137,11 @@ fn predicted_s(
     .total()
 }
 
-#[test]
-fn step_time_model_within_15_percent_of_every_measurement() {
+/// Each point's measured and predicted s/step as a table, and the worst relative error in percent.
+fn compare(points: &[Point]) -> (f64, String) {
     let mut worst: f64 = 0.0;
     let mut table = String::new();
-    for p in POINTS {
+    for p in points {
         let s = spec(p.profile, p.lora_rank);
         let t = predicted_s(
             &s,
@@ -124,12 +155,27 @@ fn step_time_model_within_15_percent_of_every_measurement() {
         let err = (t / p.measured_s - 1.0) * 100.0;
         worst = worst.max(err.abs());
         table.push_str(&format!(
-            "{:20} {:6} {:?} w{} b{:2} a{} ckpt={:5} measured {:5.2} s predicted {:5.2} s ({:+5.1}%)\n",
+            "{:24} {:6} {:?} w{} b{:2} a{:2} ckpt={:5} measured {:5.2} s predicted {:5.2} s ({:+5.1}%)\n",
             p.source, p.profile, p.strategy, p.world, p.batch, p.accum, p.ckpt, p.measured_s, t, err
         ));
     }
+    (worst, table)
+}
+
+#[test]
+fn step_time_model_within_10_percent_of_the_real_code() {
+    let (worst, table) = compare(REAL_CODE_H100);
     println!("{table}");
-    assert!(worst <= 15.0, "worst error {worst:.1}%:\n{table}");
+    assert!(worst <= 10.0, "worst error {worst:.1}%:\n{table}");
+}
+
+/// The stand-in probe (the `*-probe` profiles) runs up to ~20% faster than the real code the model
+/// is fitted to (at ALOHA batch 4-8 on 1-2 GPUs): the model must stay near it, not match it.
+#[test]
+fn step_time_model_within_25_percent_of_the_stand_in_probe() {
+    let (worst, table) = compare(POINTS);
+    println!("{table}");
+    assert!(worst <= 25.0, "worst error {worst:.1}%:\n{table}");
 }
 
 /// FSDP2 (the addition) against DDP on the same machine, ALOHA batch 2 with checkpointing
