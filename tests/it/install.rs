@@ -1,7 +1,8 @@
 //! Installed layouts: the binary finds the files shipped with it (the probe trainer) without any
 //! environment variable, says where it looked when they are missing, and `--version` names the
 //! commit. Also: the wheel's data directory (packaging/wheel-data) ships every file it must.
-//! The real `pip install .` is scripts/pip-install-check.sh (CI).
+//! The real wheel, built, audited and installed without Rust, is scripts/build-wheel.sh and
+//! scripts/wheel-check.sh (CI).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
