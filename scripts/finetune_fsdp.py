@@ -188,6 +188,7 @@ class FsdpWrapper:
         self.impl = impl
         self.mesh = None
         self.units = 0
+        self.fsdp1_roots: list = []  # FSDP1 wrappers made here (checks gather full gradients through them)
 
     def _mesh(self, device):
         import torch.distributed as dist
@@ -210,6 +211,7 @@ class FsdpWrapper:
             device_id=device,  # on the CPU (gloo checks) too: without it torch 2.2 picks a CUDA device
         )
         self.units = sum(1 for _ in FullyShardedDataParallel.fsdp_modules(wrapped)) + self.units
+        self.fsdp1_roots.append(wrapped)
         return wrapped
 
     def _shard(self, module, device):
@@ -316,10 +318,13 @@ def _fsdp1_full_state_dict(module, keep_on_this_rank: bool):
     ranks get {}. Every rank must call this (all-gathers)."""
     from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 
-    config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    # offload unit by unit on GPUs; on the CPU (gloo checks) torch 2.2 segfaults offloading a tensor
+    # that is already there, and the gathered tensors are CPU copies anyway
+    on_gpu = any(p.device.type == "cuda" for p in module.parameters())
+    config = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=True)
     with FullyShardedDataParallel.state_dict_type(module, StateDictType.FULL_STATE_DICT, config):
         sd = module.state_dict()
-    return {k: v.detach().to("cpu") for k, v in sd.items()} if keep_on_this_rank else {}
+    return {k: v.detach().cpu() for k, v in sd.items()} if keep_on_this_rank else {}
 
 
 def _full_state_dict(module, keep_on_this_rank: bool):

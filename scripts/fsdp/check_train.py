@@ -48,6 +48,7 @@ def _paths() -> None:
 _paths()
 
 import finetune_fsdp  # noqa: E402
+from vlalaunch import torchcompat  # noqa: E402
 from real_probe import data as rp_data  # noqa: E402
 from real_probe import stubs as rp_stubs  # noqa: E402
 from real_probe import upstream as rp_upstream  # noqa: E402
@@ -57,6 +58,7 @@ SEED = int(os.environ.get("FSDP_CHECK_SEED", "1234"))
 OUT = Path(os.environ["FSDP_CHECK_OUT"])
 GRADS_OUT = os.environ.get("FSDP_CHECK_GRADS")
 RECORD: dict = {"losses": [], "val_losses": [], "step_times": [], "events": []}
+WRAPPER = None  # finetune_fsdp's FsdpWrapper, once installed
 
 
 def rank() -> int:
@@ -216,9 +218,22 @@ def patch_io(ft, cuda: bool) -> None:
 
 def dump_grads(optimizer, cuda: bool) -> None:
     """The reduced gradient of every trainable parameter at the first optimizer step (full
-    tensors, fp32, in the optimizer's order), saved by rank 0: DDP and FSDP must agree on them."""
+    tensors, fp32, in the optimizer's order), saved by rank 0: DDP and FSDP must agree on them.
+    FSDP2's are DTensors; FSDP1's are flat shards until its units are summoned with gradients."""
+    import contextlib
+
     import torch
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    DTensor = torchcompat.dtensor_class()
+    with contextlib.ExitStack() as stack:
+        for root in WRAPPER.fsdp1_roots if WRAPPER is not None else []:
+            stack.enter_context(FullyShardedDataParallel.summon_full_params(root, writeback=False, with_grads=True))
+        _dump_grads(optimizer, cuda, DTensor)
+
+
+def _dump_grads(optimizer, cuda: bool, DTensor) -> None:
+    import torch
 
     grads = []
     for group in optimizer.param_groups:
@@ -338,6 +353,8 @@ def main() -> None:
     cfg = draccus.parse(config_class=finetune_fsdp.extend_config(ft))
     ft_cfg = cfg
     wrapper = finetune_fsdp.install(ft, cfg)
+    global WRAPPER
+    WRAPPER = wrapper
     real_save = ft.save_training_checkpoint  # upstream's (DDP) or finetune_fsdp's (FSDP)
 
     def save(*a, **k):
@@ -386,7 +403,7 @@ def main() -> None:
             "rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1")), "tiny": TINY, "seed": SEED,
             "use_fsdp": cfg.use_fsdp, "gradient_checkpointing": cfg.gradient_checkpointing,
             "batch_size": cfg.batch_size, "grad_accumulation_steps": cfg.grad_accumulation_steps,
-            "fsdp_units": wrapper.units, "vram_cap_bytes": int(cap) if cap else None,
+            "fsdp_units": wrapper.units, "fsdp_impl": wrapper.impl, "vram_cap_bytes": int(cap) if cap else None,
             "device_name": torch.cuda.get_device_name() if cuda else "cpu",
             "torch": torch.__version__, "wall_s": time.time() - t0, "error": error,
             "max_rss_kib": _max_rss_kib(),
