@@ -5,7 +5,7 @@
 #
 #   scripts/fsdp/cpu_check.sh PYTHON_BIN_DIR OPENVLA_OFT_CHECKOUT OUT_DIR
 # e.g. scripts/fsdp/cpu_check.sh /work/venv-real/bin /work/upstream/openvla-oft /tmp/fsdp-cpu
-# Needs torch (2.4+), the pinned transformers fork, timm 0.9.10, peft 0.11.1, draccus, accelerate,
+# Needs torch (2.2.0, upstream's pin: FSDP1; 2.5+: FSDP2), the pinned transformers fork, timm 0.9.10, peft 0.11.1, draccus, accelerate,
 # and the real-code probe's scripts/real_probe (REAL_PROBE_DIR if it is elsewhere). ~5 min on 2 cores.
 set -u
 BIN=$1; CHECKOUT=$2; OUT=$3

@@ -42,6 +42,13 @@ def grads(name, r):
 def main() -> int:
     import torch
 
+    for name in ("m-fsdp", "l-fsdp", "g-fsdp"):
+        runs = ranks(name)
+        if runs:
+            impl, version = runs[0].get("fsdp_impl"), runs[0].get("torch")
+            print(f"INFO  {name}: torch {version}, FSDP implementation {impl}")
+            break
+
     # 0. --help, and every run finished (the negative controls excepted)
     if rc("help") is not None:
         text = (OUT / "help.txt").read_text()
