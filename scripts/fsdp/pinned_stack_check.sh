@@ -40,7 +40,8 @@ assert torch.__version__.startswith("2.2.0"), f"expected upstream's torch 2.2.0,
 PY
 status=0
 echo "== pytest (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"
-(cd "$ROOT" && "$VENV/bin/python" -m pytest -q scripts/tests) > "$OUT/pytest.log" 2>&1 || status=1
+(cd "$ROOT" && PYTHONPATH="$ROOT/scripts" "$VENV/bin/python" -m pytest -q -p no:cacheprovider scripts/tests) \
+  > "$OUT/pytest.log" 2>&1 || status=1
 tail -1 "$OUT/pytest.log"
 echo "== cpu_check.sh (FSDP1 against DDP, upstream's real code)"
 bash "$HERE/cpu_check.sh" "$VENV/bin" "$CHECKOUT" "$OUT/cpu" | tee "$OUT/cpu_check.txt"
