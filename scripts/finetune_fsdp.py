@@ -42,16 +42,14 @@ How FSDP is done (docs/fsdp.md has the reasoning and the measurements):
   openvla-7b) of host RAM on rank 0's node.
 """
 
-
 import dataclasses
 import datetime
-import importlib.util
 import os
 import sys
 import time as _time
 from pathlib import Path
 
-from vlalaunch import helpfmt, torchcompat
+from vlalaunch import helpfmt, torchcompat, upstream
 
 EXIT_USAGE = 2
 
@@ -77,14 +75,7 @@ def locate_finetune_script() -> Path:
 def import_finetune(path: Path):
     """Import upstream's finetune.py as a module (the checkout root goes on sys.path, as for
     `pip install -e .`, so `prismatic` and `experiments` import)."""
-    root = path.parent.parent
-    for p in (str(root), str(path.parent)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    spec = importlib.util.spec_from_file_location("openvla_oft_finetune", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = upstream.import_finetune_script(path)
     for name in ("FinetuneConfig", "finetune", "wrap_ddp", "save_training_checkpoint", "run_validation"):
         if not hasattr(module, name):
             _die(f"{path} has no `{name}`: this wrapper expects moojink/openvla-oft's finetune.py (main, 213c5ff)")
@@ -96,17 +87,12 @@ def extend_config(ft):
     names = {f.name for f in dataclasses.fields(ft.FinetuneConfig)}
     present = sorted(names & {"use_fsdp", "gradient_checkpointing"})
     if present:
-        _die(
-            f"{ft.__file__} already has --{' and --'.join(present)}: run that script directly "
-            "instead of this wrapper"
-        )
+        _die(f"{ft.__file__} already has --{' and --'.join(present)}: run that script directly instead of this wrapper")
 
     @dataclasses.dataclass
     class FinetuneConfig(ft.FinetuneConfig):
-        # fmt: off
-        use_fsdp: bool = False                           # If True, shards the model over the GPUs with FSDP (FSDP2 from torch 2.5, FSDP1 before) instead of DDP
-        gradient_checkpointing: bool = False             # If True, recomputes the Llama layers in backward (less memory, slower)
-        # fmt: on
+        use_fsdp: bool = False  # If True, shards the model over the GPUs with FSDP (torch < 2.5: FSDP1) instead of DDP
+        gradient_checkpointing: bool = False  # If True, recomputes the Llama layers in backward (less memory, slower)
 
     FinetuneConfig.__module__ = __name__
     FinetuneConfig.__doc__ = ft.FinetuneConfig.__doc__
@@ -431,7 +417,9 @@ def make_fsdp_save(ft, wait: MainWait):
             keys = list(sharded)
         # which keys peft's save_pretrained keeps (LoRA, plus embedding layers when it decides to):
         # ask it with the keys themselves as values
-        adapter_keys = set(get_peft_model_state_dict(peft_model, state_dict={k: k for k in keys}).values()) if keys else set()
+        adapter_keys = (
+            set(get_peft_model_state_dict(peft_model, state_dict={k: k for k in keys}).values()) if keys else set()
+        )
         vb_prefix = _prefix_of(peft_model, peft_model.vision_backbone) if cfg.use_film else None
         vb_keys = {k for k in keys if k.startswith(vb_prefix)} if vb_prefix is not None else set()
         if not _is_fsdp1(wrapped):

@@ -130,12 +130,17 @@ def main() -> int:
     platform = flags.detect_platform(sys.argv)
     consts = flags.PLATFORMS[platform]
     if cfg.use_diffusion:
-        print("probe_finetune.py: error: --use_diffusion True is not modelled by the probe (the DDIM "
-              "diffusion head); use --use_l1_regression True", file=sys.stderr)
+        print(
+            "probe_finetune.py: error: --use_diffusion True is not modelled by the probe (the DDIM "
+            "diffusion head); use --use_l1_regression True",
+            file=sys.stderr,
+        )
         return 2
     if cfg.num_images_in_input < 1 or cfg.batch_size < 1 or cfg.grad_accumulation_steps < 1:
-        print("probe_finetune.py: error: --num_images_in_input, --batch_size and --grad_accumulation_steps "
-              "must be >= 1", file=sys.stderr)
+        print(
+            "probe_finetune.py: error: --num_images_in_input, --batch_size and --grad_accumulation_steps must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     try:
         instructions.check_mode(cfg.probe_instructions)
@@ -154,25 +159,36 @@ def main() -> int:
     if tiny and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # the tiny matmuls are slower with a thread pool per rank
     if cfg.count_params_only:
-        print(f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
-              f"proprio dim {consts['proprio_dim']}){' [VLA_PROBE_TINY]' if tiny else ''}")
+        print(
+            f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
+            f"proprio dim {consts['proprio_dim']}){' [VLA_PROBE_TINY]' if tiny else ''}"
+        )
         build_on_meta(cfg, dims, consts, 0)
         return 0
 
     cuda = not tiny
     if cuda and not torch.cuda.is_available():
-        print("probe_finetune.py: error: no CUDA device visible; the full-size probe needs a GPU "
-              "(VLA_PROBE_TINY=1 runs a shrunken model on the CPU)", file=sys.stderr)
+        print(
+            "probe_finetune.py: error: no CUDA device visible; the full-size probe needs a GPU "
+            "(VLA_PROBE_TINY=1 runs a shrunken model on the CPU)",
+            file=sys.stderr,
+        )
         return 1
     rank, world, local_rank = runtime.init_distributed(cuda)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     gpu = runtime.watch_gpu(device, cap, lambda m: log(rank, m)) if cuda else None
-    log(rank, f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
-              f"proprio dim {consts['proprio_dim']}), world {world}, "
-              f"{'FSDP' if cfg.use_fsdp else 'DDP'}, gradient checkpointing {cfg.gradient_checkpointing}"
-              f"{', VLA_PROBE_TINY on CPU' if tiny else ''}")
-    log(rank, f"probe: synthetic batches ({cfg.probe_instructions} instructions; no dataset is read); "
-              "checkpoints are not saved (the probe does not save)")
+    log(
+        rank,
+        f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
+        f"proprio dim {consts['proprio_dim']}), world {world}, "
+        f"{'FSDP' if cfg.use_fsdp else 'DDP'}, gradient checkpointing {cfg.gradient_checkpointing}"
+        f"{', VLA_PROBE_TINY on CPU' if tiny else ''}",
+    )
+    log(
+        rank,
+        f"probe: synthetic batches ({cfg.probe_instructions} instructions; no dataset is read); "
+        "checkpoints are not saved (the probe does not save)",
+    )
 
     vla, film, proprio, head, params = build_on_meta(cfg, dims, consts, rank)
     if cfg.gradient_checkpointing:
@@ -192,9 +208,13 @@ def main() -> int:
             lambda_auto_wrap_policy,
             lambda_fn=lambda m: isinstance(m, (LlamaDecoderLayer, Block)) or id(m) in film_ids,
         )
-        common = dict(sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
-                      limit_all_gathers=True, device_id=device,
-                      param_init_fn=lambda m: init_module_(m, device))
+        common = dict(
+            sharding_strategy=ShardingStrategy.FULL_SHARD,
+            use_orig_params=True,
+            limit_all_gathers=True,
+            device_id=device,
+            param_init_fn=lambda m: init_module_(m, device),
+        )
         vla = FSDP(vla, auto_wrap_policy=policy, **common)
         proprio = FSDP(proprio, **common) if proprio is not None else None
         head = FSDP(head, **common) if head is not None else None
@@ -230,10 +250,16 @@ def main() -> int:
         batch = synthetic_batch(cfg, dims, consts, device, rng, platform)
         text.add(batch["input_ids"].shape[1], bool((~batch["attention_mask"]).any()))
         with amp:
-            out, n = vla(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
-                         batch["action_mask"], cfg.num_images_in_input,
-                         proprio=batch["proprio"] if cfg.use_proprio else None,
-                         proprio_projector=proprio if cfg.use_proprio else None)
+            out, n = vla(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["pixel_values"],
+                batch["labels"],
+                batch["action_mask"],
+                cfg.num_images_in_input,
+                proprio=batch["proprio"] if cfg.use_proprio else None,
+                proprio_projector=proprio if cfg.use_proprio else None,
+            )
         if head_call is None:  # discrete action tokens: the LM loss is the loss
             loss = out.loss
         else:
@@ -255,9 +281,16 @@ def main() -> int:
     from probe import memtrace
 
     trace = memtrace.start() if cuda else None  # VLA_PROBE_MEMTRACE=DIR: what is alive at the peak
-    ran = loop.run(micro_batch, optimizer, scheduler, accumulation=cfg.grad_accumulation_steps,
-                   max_steps=cfg.max_steps, sync=sync, progress=Progress(cfg.max_steps),
-                   memory=memory if cuda else None)
+    ran = loop.run(
+        micro_batch,
+        optimizer,
+        scheduler,
+        accumulation=cfg.grad_accumulation_steps,
+        max_steps=cfg.max_steps,
+        sync=sync,
+        progress=Progress(cfg.max_steps),
+        memory=memory if cuda else None,
+    )
     memtrace.finish(trace, rank, local_rank)
 
     if gpu is not None:

@@ -103,7 +103,8 @@ def main() -> int:
     cuda = not tiny
     if cuda and not torch.cuda.is_available():
         return fail(
-            "no CUDA device visible; the full-size probe needs a GPU (VLA_PROBE_TINY=1 runs a shrunken model on the CPU)",
+            "no CUDA device visible; the full-size probe needs a GPU "
+            "(VLA_PROBE_TINY=1 runs a shrunken model on the CPU)",
             1,
         )
     if tiny:
@@ -256,16 +257,22 @@ def build(ft, cfg, device_id, device, tiny: bool, rank: int):
     vla.vision_backbone.set_num_images_in_input(cfg.num_images_in_input)
     if cfg.gradient_checkpointing:  # the user fork's flag: HF non-reentrant checkpointing (covers the Llama layers)
         vla.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora_config = ft.LoraConfig(r=cfg.lora_rank, lora_alpha=min(cfg.lora_rank, 16), lora_dropout=cfg.lora_dropout,
-                                target_modules="all-linear", init_lora_weights="gaussian")
+    lora_config = ft.LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=min(cfg.lora_rank, 16),
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        init_lora_weights="gaussian",
+    )
     vla = ft.get_peft_model(vla, lora_config)
     if rank == 0:
         vla.print_trainable_parameters()
     if cfg.use_film:
         if rank == 0:
             ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (original)")
-        vla.model.vision_backbone = ft.FiLMedPrismaticVisionBackbone(vision_backbone=vla.model.vision_backbone,
-                                                                     llm_dim=vla.llm_dim)
+        vla.model.vision_backbone = ft.FiLMedPrismaticVisionBackbone(
+            vision_backbone=vla.model.vision_backbone, llm_dim=vla.llm_dim
+        )
         if rank == 0:
             ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (post-wrap)")
         vla.model.vision_backbone = vla.model.vision_backbone.to(device_id)
@@ -273,13 +280,23 @@ def build(ft, cfg, device_id, device, tiny: bool, rank: int):
     vla = ft.wrap_ddp(vla, device_id, find_unused=True)
     proprio_projector = None
     if cfg.use_proprio:
-        proprio_projector = ft.init_module(ft.ProprioProjector, "proprio_projector", cfg, device_id,
-                                           {"llm_dim": vla.module.llm_dim, "proprio_dim": ft.PROPRIO_DIM})
+        proprio_projector = ft.init_module(
+            ft.ProprioProjector,
+            "proprio_projector",
+            cfg,
+            device_id,
+            {"llm_dim": vla.module.llm_dim, "proprio_dim": ft.PROPRIO_DIM},
+        )
         parts_total += count(proprio_projector)
         parts_trainable += count(proprio_projector, True)
-    action_head = ft.init_module(ft.L1RegressionActionHead, "action_head", cfg, device_id,
-                                 {"input_dim": vla.module.llm_dim, "hidden_dim": vla.module.llm_dim,
-                                  "action_dim": ft.ACTION_DIM}, to_bf16=True)
+    action_head = ft.init_module(
+        ft.L1RegressionActionHead,
+        "action_head",
+        cfg,
+        device_id,
+        {"input_dim": vla.module.llm_dim, "hidden_dim": vla.module.llm_dim, "action_dim": ft.ACTION_DIM},
+        to_bf16=True,
+    )
     parts_total += count(action_head)
     parts_trainable += count(action_head, True)
     if torch.cuda.is_available() and not tiny:
@@ -294,12 +311,19 @@ def count_only(ft, cfg, platform: str, tiny: bool) -> int:
     finetune.py prints."""
     import torch
 
-    print(f"probe: REAL CODE count only; platform {platform} (chunk {ft.NUM_ACTIONS_CHUNK}, action dim "
-          f"{ft.ACTION_DIM}, proprio dim {ft.PROPRIO_DIM})")
+    print(
+        f"probe: REAL CODE count only; platform {platform} (chunk {ft.NUM_ACTIONS_CHUNK}, action dim "
+        f"{ft.ACTION_DIM}, proprio dim {ft.PROPRIO_DIM})"
+    )
     vla = upstream.build_vla(tiny, torch.device("meta"))
     vla.vision_backbone.set_num_images_in_input(cfg.num_images_in_input)
-    lora_config = ft.LoraConfig(r=cfg.lora_rank, lora_alpha=min(cfg.lora_rank, 16), lora_dropout=cfg.lora_dropout,
-                                target_modules="all-linear", init_lora_weights="gaussian")
+    lora_config = ft.LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=min(cfg.lora_rank, 16),
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        init_lora_weights="gaussian",
+    )
     vla = ft.get_peft_model(vla, lora_config)
     vla.print_trainable_parameters()
     total, trainable = count(vla), count(vla, True)
@@ -308,8 +332,9 @@ def count_only(ft, cfg, platform: str, tiny: bool) -> int:
     with init_empty_weights():
         if cfg.use_film:
             ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (original)")
-            vla.model.vision_backbone = ft.FiLMedPrismaticVisionBackbone(vision_backbone=vla.model.vision_backbone,
-                                                                         llm_dim=vla.llm_dim)
+            vla.model.vision_backbone = ft.FiLMedPrismaticVisionBackbone(
+                vision_backbone=vla.model.vision_backbone, llm_dim=vla.llm_dim
+            )
             ft.count_parameters(vla.vision_backbone, "vla.vision_backbone (post-wrap)")
             total, trainable = count(vla), count(vla, True)
         mods = [ft.L1RegressionActionHead(input_dim=vla.llm_dim, hidden_dim=vla.llm_dim, action_dim=ft.ACTION_DIM)]

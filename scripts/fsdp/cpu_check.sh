@@ -13,6 +13,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 export FSDP_CHECK_TINY=1 OMP_NUM_THREADS=1 VLA_FINETUNE_SCRIPT="$CHECKOUT/vla-scripts/finetune.py"
 export REAL_PROBE_DIR=${REAL_PROBE_DIR:-$(dirname "$HERE")}
+# the check scripts import vla-launch's packages (scripts/) and the real-code probe's
+export PYTHONPATH="$(dirname "$HERE"):$REAL_PROBE_DIR${PYTHONPATH:+:$PYTHONPATH}"
 cd "$CHECKOUT" || exit 2
 fail=0
 run() { # name timeout flags...

@@ -73,8 +73,17 @@ def wrist_keys(num_images: int, platform: str) -> list[str]:
     return names[:extra]
 
 
-def rlds_sample(rng: np.random.Generator, dataset_name: str, platform: str, num_images: int, chunk: int,
-                action_dim: int, proprio_dim: int, size: int = 224, instruction: str = instructions.FIXED) -> dict:
+def rlds_sample(
+    rng: np.random.Generator,
+    dataset_name: str,
+    platform: str,
+    num_images: int,
+    chunk: int,
+    action_dim: int,
+    proprio_dim: int,
+    size: int = 224,
+    instruction: str = instructions.FIXED,
+) -> dict:
     """One sample as the RLDS pipeline hands it to RLDSBatchTransform (window 1, images already resized
     to the model's 224 px, actions chunk x dim normalised to [-1, 1]); the instruction only sets the
     prompt's length."""
@@ -110,7 +119,9 @@ def make_loader(ft, cfg, platform: str, seed: int = 0, instruction_mode: str = "
 
     class Synthetic(IterableDataset):
         def __iter__(self):
-            rng = np.random.default_rng(seed + (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0))
+            rng = np.random.default_rng(
+                seed + (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
+            )
             while True:
                 text = instructions.draw(rng, platform, instruction_mode)
                 yield transform(

@@ -38,7 +38,7 @@ def test_too_old_or_unreadable_is_refused_naming_version_and_fix(version: str) -
 def test_forced_implementation() -> None:
     assert torchcompat.choose_fsdp("2.11.0", "fsdp1").impl == "fsdp1"
     assert torchcompat.choose_fsdp("2.4.1", "fsdp2").impl == "fsdp2"
-    with pytest.raises(torchcompat.UnsupportedTorch, match="2.2.0"):
+    with pytest.raises(torchcompat.UnsupportedTorch, match=r"2\.2\.0"):
         torchcompat.choose_fsdp("2.2.0", "fsdp2")
     with pytest.raises(torchcompat.UnsupportedTorch, match="fsdp3"):
         torchcompat.choose_fsdp("2.5.0", "fsdp3")
@@ -95,7 +95,9 @@ def test_checkpoint_gather_finds_dtensor_on_torch_2_4_and_2_5(monkeypatch: pytes
     assert out["w"].value == "full-w@cpu"
 
 
-def test_unsupported_torch_is_refused_before_any_model(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unsupported_torch_is_refused_before_any_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 24 item 1: torch 2.1 dies with exit 2 naming the version and the fix (not an
     ImportError after the 7B model has loaded)."""
     import finetune_fsdp

@@ -8,6 +8,7 @@ instead of listing the flags, and the launcher reads a script's flags from its `
 from __future__ import annotations
 
 import argparse
+
 _installed = False
 
 
@@ -26,4 +27,3 @@ def tolerate_percent_in_help() -> None:
 
     argparse.HelpFormatter._expand_help = expand_help  # type: ignore[method-assign]
     _installed = True
-

@@ -40,7 +40,9 @@ def parse_version(version: str) -> tuple[int, int, int]:
     """`2.2.0+cu121` -> (2, 2, 0); `2.5.0a0+git1234` -> (2, 5, 0)."""
     m = re.match(r"\s*(\d+)\.(\d+)(?:\.(\d+))?", version)
     if not m:
-        raise UnsupportedTorch(f"cannot read torch's version {version!r}; install torch==2.2.0 (upstream's pin) or torch>=2.5")
+        raise UnsupportedTorch(
+            f"cannot read torch's version {version!r}; install torch==2.2.0 (upstream's pin) or torch>=2.5"
+        )
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
@@ -54,7 +56,9 @@ def choose_fsdp(version: str, forced: Optional[str] = None) -> Choice:
         )
     if forced:
         if forced not in ("fsdp1", "fsdp2"):
-            raise UnsupportedTorch(f"{IMPL_ENV}={forced!r} is not fsdp1 or fsdp2; unset it to choose from torch's version")
+            raise UnsupportedTorch(
+                f"{IMPL_ENV}={forced!r} is not fsdp1 or fsdp2; unset it to choose from torch's version"
+            )
         if forced == "fsdp2" and v < MIN_FSDP2_FORCED:
             raise UnsupportedTorch(
                 f"{IMPL_ENV}=fsdp2 needs torch >= 2.4 (fully_shard); torch {version} is installed: "
@@ -76,7 +80,7 @@ def dtensor_class() -> type:
     return DTensor
 
 
-def fully_shard_function():  # noqa: ANN201 - torch's own callable
+def fully_shard_function():
     """`fully_shard`: public from 2.6, under `_composable.fsdp` in 2.4 and 2.5."""
     try:
         from torch.distributed.fsdp import fully_shard
