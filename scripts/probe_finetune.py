@@ -17,8 +17,7 @@ import time
 import warnings
 
 from probe import flags  # flag errors must come before importing torch
-from vlalaunch import instructions, loop, runtime, sdpa
-from vlalaunch.result import ProbeResult
+from vlalaunch import instructions, loop, runtime
 
 
 def log(rank: int, msg: str) -> None:
@@ -295,42 +294,23 @@ def main() -> int:
 
     if gpu is not None:
         gpu.sampler.stop()
-    s_per_step = ran.s_per_step
-    result = ProbeResult(
+    result = runtime.probe_result(
+        cfg,
         rank=rank,
-        world_size=world,
+        world=world,
         local_rank=local_rank,
-        gpu_uuid=gpu.uuid if gpu else None,
-        device_name=torch.cuda.get_device_name(device) if cuda else "cpu",
         platform=platform,
-        batch_size=cfg.batch_size,
-        grad_accumulation_steps=cfg.grad_accumulation_steps,
-        num_images_in_input=cfg.num_images_in_input,
-        use_film=cfg.use_film,
-        use_proprio=cfg.use_proprio,
+        device=device,
+        gpu=gpu,
+        cap=cap,
+        static=static,
+        ran=ran,
+        text=text,
+        params=params,
+        tiny=tiny,
         use_fsdp=cfg.use_fsdp,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         wrap_units=wrap_units,
         lora_rank=cfg.lora_rank if cfg.use_lora else None,
-        vram_cap_bytes=cap,
-        static_bytes=static,
-        peak_alloc_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
-        peak_reserved_bytes=torch.cuda.max_memory_reserved(device) if cuda else None,
-        peak_nvml_used_bytes=gpu.sampler.peak_v1 if gpu else None,
-        peak_nvml_used_v2_bytes=gpu.sampler.peak_v2 if gpu else None,
-        s_per_step=s_per_step,
-        samples_per_s=(cfg.batch_size * cfg.grad_accumulation_steps * world / s_per_step) if s_per_step else None,
-        steps=len(ran.step_times),
-        last_loss=ran.last_loss,
-        tiny=tiny,
-        params=params,
-        instructions=cfg.probe_instructions,
-        text_tokens_min=text.min,
-        text_tokens_max=text.max,
-        padded_batches=text.padded,
-        sdpa_kernel=sdpa.summary(ran.sdpa_counts) if ran.sdpa_counts is not None else None,
-        peak_alloc_by_step=ran.peak_alloc_by_step or None,
-        peak_reserved_by_step=ran.peak_reserved_by_step or None,
     )
     print(result.to_line(), flush=True)
     runtime.finish_distributed()

@@ -17,8 +17,7 @@ import os
 import sys
 
 from real_probe import stubs, upstream
-from vlalaunch import helpfmt, instructions, loop, runtime, sdpa
-from vlalaunch.result import ProbeResult
+from vlalaunch import helpfmt, instructions, loop, runtime
 
 PROG = "real_probe_finetune.py"
 
@@ -203,50 +202,42 @@ def main() -> int:
     print(file=sys.stderr, flush=True)
     if gpu is not None:
         gpu.sampler.stop()
-    s_per_step = ran.s_per_step
-    result = ProbeResult(
+    result = runtime.probe_result(
+        cfg,
         rank=rank,
-        world_size=world,
+        world=world,
         local_rank=local_rank,
-        gpu_uuid=gpu.uuid if gpu else None,
-        device_name=torch.cuda.get_device_name(device) if cuda else "cpu",
         platform=platform,
-        batch_size=cfg.batch_size,
-        grad_accumulation_steps=cfg.grad_accumulation_steps,
-        num_images_in_input=cfg.num_images_in_input,
-        use_film=cfg.use_film,
-        use_proprio=cfg.use_proprio,
+        device=device,
+        gpu=gpu,
+        cap=cap,
+        static=static,
+        ran=ran,
+        text=text,
+        params=params,
+        tiny=tiny,
         use_fsdp=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         wrap_units=2 + int(cfg.use_proprio),
         lora_rank=cfg.lora_rank,
-        vram_cap_bytes=cap,
-        static_bytes=static,
-        peak_alloc_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
-        peak_reserved_bytes=torch.cuda.max_memory_reserved(device) if cuda else None,
-        peak_nvml_used_bytes=gpu.sampler.peak_v1 if gpu else None,
-        peak_nvml_used_v2_bytes=gpu.sampler.peak_v2 if gpu else None,
-        s_per_step=s_per_step,
-        samples_per_s=(cfg.batch_size * cfg.grad_accumulation_steps * world / s_per_step) if s_per_step else None,
-        steps=len(ran.step_times),
-        last_loss=ran.last_loss,
-        tiny=tiny,
-        params=params,
         real_code=True,
         text_tokens=text.last,
         attn_implementation=vla.module.config._attn_implementation,
         torch=torch.__version__,
-        instructions=cfg.probe_instructions,
-        text_tokens_min=text.min,
-        text_tokens_max=text.max,
-        padded_batches=text.padded,
-        sdpa_kernel=sdpa.summary(ran.sdpa_counts or {}) if ran.sdpa_counts is not None else None,
-        peak_alloc_by_step=ran.peak_alloc_by_step or None,
-        peak_reserved_by_step=ran.peak_reserved_by_step or None,
     )
     print(result.to_line(), flush=True)
     runtime.finish_distributed()
     return 0
+
+
+def lora_config(ft, cfg):
+    """finetune.py's LoraConfig."""
+    return ft.LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=min(cfg.lora_rank, 16),
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        init_lora_weights="gaussian",
+    )
 
 
 def build(ft, cfg, device_id, device, tiny: bool, rank: int):
@@ -257,14 +248,7 @@ def build(ft, cfg, device_id, device, tiny: bool, rank: int):
     vla.vision_backbone.set_num_images_in_input(cfg.num_images_in_input)
     if cfg.gradient_checkpointing:  # the user fork's flag: HF non-reentrant checkpointing (covers the Llama layers)
         vla.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora_config = ft.LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=min(cfg.lora_rank, 16),
-        lora_dropout=cfg.lora_dropout,
-        target_modules="all-linear",
-        init_lora_weights="gaussian",
-    )
-    vla = ft.get_peft_model(vla, lora_config)
+    vla = ft.get_peft_model(vla, lora_config(ft, cfg))
     if rank == 0:
         vla.print_trainable_parameters()
     if cfg.use_film:
@@ -317,14 +301,7 @@ def count_only(ft, cfg, platform: str, tiny: bool) -> int:
     )
     vla = upstream.build_vla(tiny, torch.device("meta"))
     vla.vision_backbone.set_num_images_in_input(cfg.num_images_in_input)
-    lora_config = ft.LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=min(cfg.lora_rank, 16),
-        lora_dropout=cfg.lora_dropout,
-        target_modules="all-linear",
-        init_lora_weights="gaussian",
-    )
-    vla = ft.get_peft_model(vla, lora_config)
+    vla = ft.get_peft_model(vla, lora_config(ft, cfg))
     vla.print_trainable_parameters()
     total, trainable = count(vla), count(vla, True)
     from accelerate import init_empty_weights

@@ -8,6 +8,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from vlalaunch import sdpa
+from vlalaunch.loop import LoopResult, TextStats
+from vlalaunch.result import ProbeResult
+
 CAP_ENV = "VLA_LAUNCH_VRAM_CAP_BYTES"
 
 
@@ -85,3 +89,67 @@ def finish_distributed() -> None:
     with contextlib.suppress(Exception):
         dist.barrier()
         dist.destroy_process_group()
+
+
+def probe_result(
+    cfg: Any,
+    *,
+    rank: int,
+    world: int,
+    local_rank: int,
+    platform: str,
+    device: Any,
+    gpu: Optional[Gpu],
+    cap: Optional[int],
+    static: Optional[int],
+    ran: LoopResult,
+    text: TextStats,
+    params: dict[str, int],
+    tiny: bool,
+    use_fsdp: bool,
+    wrap_units: int,
+    lora_rank: Optional[int],
+    **extra: Any,
+) -> ProbeResult:
+    """The result line's fields that both trainers fill the same way (`extra`: the real probe's)."""
+    import torch
+
+    cuda = device.type == "cuda"
+    s_per_step = ran.s_per_step
+    return ProbeResult(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        gpu_uuid=gpu.uuid if gpu else None,
+        device_name=torch.cuda.get_device_name(device) if cuda else "cpu",
+        platform=platform,
+        batch_size=cfg.batch_size,
+        grad_accumulation_steps=cfg.grad_accumulation_steps,
+        num_images_in_input=cfg.num_images_in_input,
+        use_film=cfg.use_film,
+        use_proprio=cfg.use_proprio,
+        use_fsdp=use_fsdp,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        wrap_units=wrap_units,
+        lora_rank=lora_rank,
+        vram_cap_bytes=cap,
+        static_bytes=static,
+        peak_alloc_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
+        peak_reserved_bytes=torch.cuda.max_memory_reserved(device) if cuda else None,
+        peak_nvml_used_bytes=gpu.sampler.peak_v1 if gpu else None,
+        peak_nvml_used_v2_bytes=gpu.sampler.peak_v2 if gpu else None,
+        s_per_step=s_per_step,
+        samples_per_s=(cfg.batch_size * cfg.grad_accumulation_steps * world / s_per_step) if s_per_step else None,
+        steps=len(ran.step_times),
+        last_loss=ran.last_loss,
+        tiny=tiny,
+        params=params,
+        **extra,
+        instructions=cfg.probe_instructions,
+        text_tokens_min=text.min,
+        text_tokens_max=text.max,
+        padded_batches=text.padded,
+        sdpa_kernel=sdpa.summary(ran.sdpa_counts) if ran.sdpa_counts is not None else None,
+        peak_alloc_by_step=ran.peak_alloc_by_step or None,
+        peak_reserved_by_step=ran.peak_reserved_by_step or None,
+    )
