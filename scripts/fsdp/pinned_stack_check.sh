@@ -31,10 +31,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PINS[@]}" "$FORK" || exit 2
 fi
 "$VENV/bin/python" - <<'PY' | tee "$OUT/versions.txt" || exit 2
-import sys, torch, torchvision, transformers, peft, timm, draccus, tokenizers, accelerate
+import sys, importlib.metadata as md, torch, torchvision, transformers, peft, timm, tokenizers, accelerate
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"transformers {transformers.__version__} (fork), peft {peft.__version__}, timm {timm.__version__}, "
-      f"draccus {draccus.__version__ if hasattr(draccus, '__version__') else '0.8.0'}, tokenizers {tokenizers.__version__}, "
+      f"draccus {md.version('draccus')}, tokenizers {tokenizers.__version__}, "
       f"accelerate {accelerate.__version__}")
 assert torch.__version__.startswith("2.2.0"), f"expected upstream's torch 2.2.0, found {torch.__version__}"
 PY
