@@ -3,23 +3,21 @@
 
 Same flags, same model shapes and dtypes (random weights), same wrappers and training loop on
 synthetic batches with the real sequence layout; prints one `VLA_PROBE_RESULT {json}` line per rank
-with the peak memory it measured. Needs torch and transformers only (no peft, timm, draccus).
+(vlalaunch/result.py) with the peak memory it measured. `--probe_instructions varied` (the default)
+gives the samples prompts of different lengths, padded with an attention mask as real batches are.
+Needs torch and transformers only (no peft, timm, draccus).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
-import socket
 import sys
 import time
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from probe import flags  # noqa: E402  (flag errors must come before importing torch)
+from probe import flags  # flag errors must come before importing torch
+from vlalaunch import instructions, loop, runtime
 
 
 def log(rank: int, msg: str) -> None:
@@ -60,44 +58,41 @@ def build_on_meta(cfg, dims, consts, rank: int):
     return vla, film, proprio, head, {"total": total, "trainable": trainable}
 
 
-def init_distributed(cuda: bool):
-    import torch
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ:  # plain `python probe_finetune.py`: a world of one, still wrapped
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
-    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return rank, world, local_rank
-
-
-def synthetic_batch(cfg, dims, consts, device):
+def synthetic_batch(cfg, dims, consts, device, rng, platform: str):
     """One micro-batch with the real layout: BOS + prompt + chunk*dim action tokens + stop (the
-    256*images patch tokens and the proprio token are spliced in after BOS by the model)."""
+    256*images patch tokens and the proprio token are spliced in after BOS by the model). Under
+    `varied` instructions each sample's prompt has its instruction's length and the batch is
+    right-padded with the attention mask marking the padding, as upstream's collator does."""
     import torch
 
-    b, p = cfg.batch_size, dims.prompt_tokens
+    b = cfg.batch_size
     a = consts["chunk"] * consts["action_dim"]
-    n = 1 + p + a + 1
-    ids = torch.randint(3, dims.vocab, (b, n), device=device)
-    ids[:, 0], ids[:, -1] = 1, 2
-    labels = ids.clone()
-    labels[:, : 1 + p] = -100
+    base = dims.prompt_tokens - instructions.word_tokens(instructions.FIXED)
+    prompts = [
+        max(1, base + instructions.word_tokens(instructions.draw(rng, platform, cfg.probe_instructions)))
+        for _ in range(b)
+    ]
+    n = 1 + max(prompts) + a + 1
+    pad = dims.vocab - 1
+    ids = torch.full((b, n), pad, device=device)
+    attention_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
+    labels = torch.full((b, n), -100, device=device)
     action_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
-    action_mask[:, 1 + p : 1 + p + a] = True
+    for i, p in enumerate(prompts):
+        end = 1 + p + a + 1
+        ids[i, :end] = torch.randint(3, dims.vocab - 1, (end,), device=device)
+        ids[i, 0], ids[i, end - 1] = 1, 2
+        attention_mask[i, :end] = True
+        labels[i, 1 + p : end] = ids[i, 1 + p : end]
+        action_mask[i, 1 + p : 1 + p + a] = True
     return dict(
         input_ids=ids,
-        attention_mask=torch.ones(b, n, dtype=torch.bool, device=device),
+        attention_mask=attention_mask,
         labels=labels,
         action_mask=action_mask,
-        pixel_values=torch.randn(b, 6 * cfg.num_images_in_input, dims.img, dims.img, device=device,
-                                 dtype=torch.bfloat16),
+        pixel_values=torch.randn(
+            b, 6 * cfg.num_images_in_input, dims.img, dims.img, device=device, dtype=torch.bfloat16
+        ),
         proprio=torch.randn(b, consts["proprio_dim"], device=device),
         actions=torch.randn(b, consts["chunk"], consts["action_dim"], device=device),
     )
@@ -134,20 +129,26 @@ def main() -> int:
     platform = flags.detect_platform(sys.argv)
     consts = flags.PLATFORMS[platform]
     if cfg.use_diffusion:
-        print("probe_finetune.py: error: --use_diffusion True is not modelled by the probe (the DDIM "
-              "diffusion head); use --use_l1_regression True", file=sys.stderr)
+        print(
+            "probe_finetune.py: error: --use_diffusion True is not modelled by the probe (the DDIM "
+            "diffusion head); use --use_l1_regression True",
+            file=sys.stderr,
+        )
         return 2
     if cfg.num_images_in_input < 1 or cfg.batch_size < 1 or cfg.grad_accumulation_steps < 1:
-        print("probe_finetune.py: error: --num_images_in_input, --batch_size and --grad_accumulation_steps "
-              "must be >= 1", file=sys.stderr)
+        print(
+            "probe_finetune.py: error: --num_images_in_input, --batch_size and --grad_accumulation_steps must be >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        instructions.check_mode(cfg.probe_instructions)
+        cap = runtime.vram_cap()
+    except (ValueError, runtime.UsageError) as e:
+        print(f"probe_finetune.py: error: {e}", file=sys.stderr)
         return 2
 
     tiny = os.environ.get("VLA_PROBE_TINY") == "1"
-    cap = os.environ.get("VLA_LAUNCH_VRAM_CAP_BYTES") or None
-    if cap is not None and not (cap.isdigit() and int(cap) > 0):
-        print(f"probe_finetune.py: error: VLA_LAUNCH_VRAM_CAP_BYTES={cap!r} is not a positive byte count; "
-              "unset it or give bytes, e.g. 25254903808", file=sys.stderr)
-        return 2
     import torch
     from torch import nn
 
@@ -157,45 +158,36 @@ def main() -> int:
     if tiny and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # the tiny matmuls are slower with a thread pool per rank
     if cfg.count_params_only:
-        print(f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
-              f"proprio dim {consts['proprio_dim']}){' [VLA_PROBE_TINY]' if tiny else ''}")
+        print(
+            f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
+            f"proprio dim {consts['proprio_dim']}){' [VLA_PROBE_TINY]' if tiny else ''}"
+        )
         build_on_meta(cfg, dims, consts, 0)
         return 0
 
     cuda = not tiny
     if cuda and not torch.cuda.is_available():
-        print("probe_finetune.py: error: no CUDA device visible; the full-size probe needs a GPU "
-              "(VLA_PROBE_TINY=1 runs a shrunken model on the CPU)", file=sys.stderr)
+        print(
+            "probe_finetune.py: error: no CUDA device visible; the full-size probe needs a GPU "
+            "(VLA_PROBE_TINY=1 runs a shrunken model on the CPU)",
+            file=sys.stderr,
+        )
         return 1
-    rank, world, local_rank = init_distributed(cuda)
+    rank, world, local_rank = runtime.init_distributed(cuda)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-
-    gpu_uuid, sampler = None, None
-    if cuda:
-        props = torch.cuda.get_device_properties(device)
-        gpu_uuid = str(props.uuid)
-        gpu_uuid = gpu_uuid if gpu_uuid.startswith(("GPU-", "MIG-")) else "GPU-" + gpu_uuid
-        from probe.nvml import NvmlSampler
-
-        sampler = NvmlSampler(gpu_uuid).start()
-        if cap:
-            # The cap is for the whole GPU as nvidia-smi sees it (a smaller card): the CUDA context,
-            # NCCL's buffers and the driver's reservation come out of it before torch's allocator
-            # gets the rest. A first collective creates the NCCL communicator so it is counted.
-            import torch.distributed as dist
-
-            dist.all_reduce(torch.zeros(1, device=device))
-            torch.cuda.synchronize(device)
-            outside = (sampler.used_now() or 0) - torch.cuda.memory_reserved(device)
-            frac = max(0.0, min(1.0, (int(cap) - outside) / props.total_memory))
-            torch.cuda.set_per_process_memory_fraction(frac, device)
-            log(rank, f"probe: VLA_LAUNCH_VRAM_CAP_BYTES={cap}: {outside} bytes already used outside torch's "
-                      f"allocator (context, NCCL, driver); allocator capped at {frac:.4f} of {props.total_memory} bytes")
-    log(rank, f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
-              f"proprio dim {consts['proprio_dim']}), world {world}, "
-              f"{'FSDP' if cfg.use_fsdp else 'DDP'}, gradient checkpointing {cfg.gradient_checkpointing}"
-              f"{', VLA_PROBE_TINY on CPU' if tiny else ''}")
-    log(rank, "probe: synthetic batches (no dataset is read); checkpoints are not saved (the probe does not save)")
+    gpu = runtime.watch_gpu(device, cap, lambda m: log(rank, m)) if cuda else None
+    log(
+        rank,
+        f"probe: platform {platform} (chunk {consts['chunk']}, action dim {consts['action_dim']}, "
+        f"proprio dim {consts['proprio_dim']}), world {world}, "
+        f"{'FSDP' if cfg.use_fsdp else 'DDP'}, gradient checkpointing {cfg.gradient_checkpointing}"
+        f"{', VLA_PROBE_TINY on CPU' if tiny else ''}",
+    )
+    log(
+        rank,
+        f"probe: synthetic batches ({cfg.probe_instructions} instructions; no dataset is read); "
+        "checkpoints are not saved (the probe does not save)",
+    )
 
     vla, film, proprio, head, params = build_on_meta(cfg, dims, consts, rank)
     if cfg.gradient_checkpointing:
@@ -215,9 +207,13 @@ def main() -> int:
             lambda_auto_wrap_policy,
             lambda_fn=lambda m: isinstance(m, (LlamaDecoderLayer, Block)) or id(m) in film_ids,
         )
-        common = dict(sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
-                      limit_all_gathers=True, device_id=device,
-                      param_init_fn=lambda m: init_module_(m, device))
+        common = dict(
+            sharding_strategy=ShardingStrategy.FULL_SHARD,
+            use_orig_params=True,
+            limit_all_gathers=True,
+            device_id=device,
+            param_init_fn=lambda m: init_module_(m, device),
+        )
         vla = FSDP(vla, auto_wrap_policy=policy, **common)
         proprio = FSDP(proprio, **common) if proprio is not None else None
         head = FSDP(head, **common) if head is not None else None
@@ -244,90 +240,80 @@ def main() -> int:
     static = torch.cuda.memory_allocated(device) if cuda else None
 
     amp = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16)
+    import numpy as np
 
-    def forward_pass():
-        batch = synthetic_batch(cfg, dims, consts, device)
+    rng = np.random.default_rng(rank)
+    text = loop.TextStats()
+
+    def micro_batch():
+        batch = synthetic_batch(cfg, dims, consts, device, rng, platform)
+        text.add(batch["input_ids"].shape[1], bool((~batch["attention_mask"]).any()))
         with amp:
-            out, n = vla(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
-                         batch["action_mask"], cfg.num_images_in_input,
-                         proprio=batch["proprio"] if cfg.use_proprio else None,
-                         proprio_projector=proprio if cfg.use_proprio else None)
+            out, n = vla(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["pixel_values"],
+                batch["labels"],
+                batch["action_mask"],
+                cfg.num_images_in_input,
+                proprio=batch["proprio"] if cfg.use_proprio else None,
+                proprio_projector=proprio if cfg.use_proprio else None,
+            )
         if head_call is None:  # discrete action tokens: the LM loss is the loss
-            return out.loss
-        text_hidden = out.hidden_states[-1][:, n:-1]
-        mask = batch["action_mask"][:, 1:]
-        actions_hidden = text_hidden[mask].reshape(cfg.batch_size, consts["chunk"] * consts["action_dim"], -1)
-        predicted = head_call(actions_hidden.to(torch.bfloat16))
-        return nn.L1Loss()(batch["actions"].to(torch.bfloat16), predicted)
+            loss = out.loss
+        else:
+            text_hidden = out.hidden_states[-1][:, n:-1]
+            mask = batch["action_mask"][:, 1:]
+            actions_hidden = text_hidden[mask].reshape(cfg.batch_size, consts["chunk"] * consts["action_dim"], -1)
+            predicted = head_call(actions_hidden.to(torch.bfloat16))
+            loss = nn.L1Loss()(batch["actions"].to(torch.bfloat16), predicted)
+        (loss / cfg.grad_accumulation_steps).backward()
+        return loss.detach().float()
 
     def sync():
         if cuda:
             torch.cuda.synchronize(device)
 
-    step_times: list[float] = []
-    progress = Progress(cfg.max_steps)
+    def memory() -> tuple[int, int]:
+        return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+
     from probe import memtrace
 
     trace = memtrace.start() if cuda else None  # VLA_PROBE_MEMTRACE=DIR: what is alive at the peak
-    sync()
-    t0 = time.perf_counter()
-    batch_idx, loss_val = 0, None
-    while len(step_times) < cfg.max_steps:
-        loss = forward_pass()
-        (loss / cfg.grad_accumulation_steps).backward()
-        batch_idx += 1
-        if batch_idx % cfg.grad_accumulation_steps == 0:
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            sync()
-            t = time.perf_counter()
-            step_times.append(t - t0)
-            t0 = t
-            loss_val = float(loss.detach().float())
-            progress.update()
-    progress.close()
+    ran = loop.run(
+        micro_batch,
+        optimizer,
+        scheduler,
+        accumulation=cfg.grad_accumulation_steps,
+        max_steps=cfg.max_steps,
+        sync=sync,
+        progress=Progress(cfg.max_steps),
+        memory=memory if cuda else None,
+    )
     memtrace.finish(trace, rank, local_rank)
 
-    if sampler is not None:
-        sampler.stop()
-    timed = step_times[2:] if len(step_times) > 2 else step_times
-    s_per_step = sum(timed) / len(timed) if timed else None
-    result = {
-        "rank": rank,
-        "world_size": world,
-        "local_rank": local_rank,
-        "gpu_uuid": gpu_uuid,
-        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
-        "platform": platform,
-        "batch_size": cfg.batch_size,
-        "grad_accumulation_steps": cfg.grad_accumulation_steps,
-        "num_images_in_input": cfg.num_images_in_input,
-        "use_film": cfg.use_film,
-        "use_proprio": cfg.use_proprio,
-        "use_fsdp": cfg.use_fsdp,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
-        "wrap_units": wrap_units,
-        "lora_rank": cfg.lora_rank if cfg.use_lora else None,
-        "vram_cap_bytes": int(cap) if cap else None,
-        "static_bytes": static,
-        "peak_alloc_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
-        "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if cuda else None,
-        "peak_nvml_used_bytes": sampler.peak_v1 if sampler else None,
-        "peak_nvml_used_v2_bytes": sampler.peak_v2 if sampler else None,
-        "s_per_step": s_per_step,
-        "samples_per_s": (cfg.batch_size * cfg.grad_accumulation_steps * world / s_per_step) if s_per_step else None,
-        "steps": len(step_times),
-        "last_loss": loss_val,
-        "tiny": tiny,
-        "params": params,
-    }
-    print("VLA_PROBE_RESULT " + json.dumps(result, separators=(",", ":")), flush=True)
-    import torch.distributed as dist
-
-    with contextlib.suppress(Exception):
-        dist.barrier()
-        dist.destroy_process_group()
+    if gpu is not None:
+        gpu.sampler.stop()
+    result = runtime.probe_result(
+        cfg,
+        rank=rank,
+        world=world,
+        local_rank=local_rank,
+        platform=platform,
+        device=device,
+        gpu=gpu,
+        cap=cap,
+        static=static,
+        ran=ran,
+        text=text,
+        params=params,
+        tiny=tiny,
+        use_fsdp=cfg.use_fsdp,
+        wrap_units=wrap_units,
+        lora_rank=cfg.lora_rank if cfg.use_lora else None,
+    )
+    print(result.to_line(), flush=True)
+    runtime.finish_distributed()
     return 0
 
 

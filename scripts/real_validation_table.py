@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 
+from vlalaunch.result import ProbeResult
+
 GIB = 1 << 30
 
 
@@ -35,12 +37,11 @@ def run_info(d):
     model = re.search(r"observed [0-9.]+ GiB for predicted ([0-9.]+) GiB", err)
     alone = re.search(r"the budget model alone: ([0-9.]+) GiB", err)
     shown = re.search(r"([0-9.]+) GiB predicted peak per GPU", err)
-    res = None
-    for line in (out + "\n" + err).replace("\r", "\n").split("\n"):
-        i = line.find("VLA_PROBE_RESULT {")
-        if i >= 0:
-            res = json.loads(line[i + len("VLA_PROBE_RESULT "):])
-    predicted = float(model.group(1)) if model else float(alone.group(1)) if alone else float(shown.group(1)) if shown else None
+    found = ProbeResult.parse_log(out + "\n" + err)
+    res = found[-1].to_dict() if found else None
+    predicted = (
+        float(model.group(1)) if model else float(alone.group(1)) if alone else float(shown.group(1)) if shown else None
+    )
     return {"plan": plan.group(1) if plan else "?", "model": predicted, "res": res}
 
 
@@ -56,11 +57,15 @@ def model_now(binary, run_dir, profiles):
             args[i + 1] = os.path.join(profiles, args[i + 1] + ".yaml")
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, VLA_LAUNCH_CACHE_DIR=cache)
-        out = subprocess.run([binary, "plan", "--json", "--gpus", "1xh200", *args], env=env,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [binary, "plan", "--json", "--gpus", "1xh200", *args], env=env, capture_output=True, text=True, check=True
+        ).stdout
     plan = json.loads(out)
-    return plan["model_peak_bytes"] / GIB, (plan["batch_size"], plan["grad_accumulation_steps"],
-                                             plan["gradient_checkpointing"])
+    return plan["model_peak_bytes"] / GIB, (
+        plan["batch_size"],
+        plan["grad_accumulation_steps"],
+        plan["gradient_checkpointing"],
+    )
 
 
 def main():
@@ -90,17 +95,23 @@ def main():
                     side["plan"] += f" (today's plan: batch {cfg[0]} x {cfg[1]}, checkpointing {cfg[2]})"
             real["model"] = model
         rows.append((base, real, probe))
-    print("| run | configuration (1 GPU) | budget model | real code peak | model vs real | probe peak | model vs probe"
-          " | real - probe | real static | real peak alloc | probe peak alloc |")
+    print(
+        "| run | configuration (1 GPU) | budget model | real code peak | model vs real | probe peak | model vs probe"
+        " | real - probe | real static | real peak alloc | probe peak alloc |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for base, real, probe in rows:
         r, p = real["res"], probe["res"]
         if not r or not p:
-            print(f"| {base} | {real['plan']} | | {'no result' if not r else ''} | | {'no result' if not p else ''} | | | | | |")
+            print(
+                f"| {base} | {real['plan']} | | {'no result' if not r else ''} | | {'no result' if not p else ''} | | | | | |"
+            )
             continue
         rv, pv, m = r["peak_nvml_used_bytes"] / GIB, p["peak_nvml_used_bytes"] / GIB, real["model"]
-        print(f"| {base} | {real['plan']} | {m:.2f} | {rv:.2f} | {pct(m, rv)} | {pv:.2f} | {pct(m, pv)} | {rv - pv:+.2f}"
-              f" | {r['static_bytes'] / GIB:.2f} | {r['peak_alloc_bytes'] / GIB:.2f} | {p['peak_alloc_bytes'] / GIB:.2f} |")
+        print(
+            f"| {base} | {real['plan']} | {m:.2f} | {rv:.2f} | {pct(m, rv)} | {pv:.2f} | {pct(m, pv)} | {rv - pv:+.2f}"
+            f" | {r['static_bytes'] / GIB:.2f} | {r['peak_alloc_bytes'] / GIB:.2f} | {p['peak_alloc_bytes'] / GIB:.2f} |"
+        )
     print("\nGiB; peaks are NVML total - free of the run's GPU (peak_nvml_used_bytes), the figure vla-launch compares.")
 
 

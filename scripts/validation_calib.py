@@ -10,6 +10,7 @@ record's total - free peak.
 
     scripts/validation_calib.py OUTDIR
 """
+
 import glob
 import json
 import pathlib
@@ -44,7 +45,9 @@ def main(outdir):
     print("```")
     print((calib / "calibrate.out").read_text(errors="replace").rstrip())
     print("```\n")
-    print("| held-out run | model GiB | calibrated GiB | observed GiB (NVML total - free) | model error | calibrated error | record used vs nvidia-smi used | record total-free vs nvidia-smi total-free |")
+    print(
+        "| held-out run | model GiB | calibrated GiB | observed GiB (NVML total - free) | model error | calibrated error | record used vs nvidia-smi used | record total-free vs nvidia-smi total-free |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run in sorted((outdir / "runs").glob("heldout-*")):
         plan = json.loads((run / "plan.json").read_text() or "{}")
@@ -52,14 +55,16 @@ def main(outdir):
         if not records or not plan.get("predicted_peak_bytes"):
             print(f"| {run.name} | no plan or record | | | | | | |")
             continue
-        outcome = json.load(open(records[-1]))["outcome"]
+        outcome = json.loads(pathlib.Path(records[-1]).read_text())["outcome"]
         model = plan.get("model_peak_bytes") or plan["predicted_peak_bytes"]
         corrected = plan["predicted_peak_bytes"]
         used = (outcome.get("observed_peak_used_bytes") or [None])[0]
         held = (outcome.get("observed_peak_total_minus_free_bytes") or [None])[0]
         smi_used, smi_held = smi_peaks(run / "nvidia-smi.csv")
         if not (used and held and smi_used):
-            print(f"| {run.name} (exit {outcome.get('exit_code')}) | {model / GIB:.2f} | {corrected / GIB:.2f} | missing | | | | |")
+            print(
+                f"| {run.name} (exit {outcome.get('exit_code')}) | {model / GIB:.2f} | {corrected / GIB:.2f} | missing | | | | |"
+            )
             continue
         print(
             f"| {run.name} (exit {outcome.get('exit_code')}) | {model / GIB:.2f} | {corrected / GIB:.2f} | {held / GIB:.2f} "
@@ -67,9 +72,18 @@ def main(outdir):
             f"| {used / MIB:.0f} vs {smi_used / MIB:.0f} MiB ({pct(used, smi_used)}) "
             f"| {held / MIB:.0f} vs {smi_held / MIB:.0f} MiB ({pct(held, smi_held)}) |"
         )
-    print("\n(error = observed / predicted - 1; the correction in force: "
-          + ", ".join(sorted({json.loads((r / 'plan.json').read_text() or '{}').get('correction') or 'none'
-                              for r in (outdir / 'runs').glob('heldout-*')})) + ")")
+    print(
+        "\n(error = observed / predicted - 1; the correction in force: "
+        + ", ".join(
+            sorted(
+                {
+                    json.loads((r / "plan.json").read_text() or "{}").get("correction") or "none"
+                    for r in (outdir / "runs").glob("heldout-*")
+                }
+            )
+        )
+        + ")"
+    )
 
 
 if __name__ == "__main__":

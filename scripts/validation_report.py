@@ -5,10 +5,12 @@ For every run: what the launcher planned (plan --json with the same flags), what
 measured (the probe trainer's `VLA_PROBE_RESULT {json}` lines), the error of the prediction
 against the NVML peak (what nvidia-smi shows), the launcher's exit code and diagnosis line.
 """
+
 import json
 import pathlib
-import re
 import sys
+
+from vlalaunch.result import ProbeResult
 
 GIB = 2**30
 
@@ -21,16 +23,8 @@ def read(path, default=""):
 
 
 def results(run):
-    out = []
-    for name in ("stdout", "stderr"):
-        for line in read(run / name).splitlines():
-            i = line.find("VLA_PROBE_RESULT ")
-            if i >= 0:
-                try:
-                    out.append(json.loads(line[i + len("VLA_PROBE_RESULT "):]))
-                except json.JSONDecodeError:
-                    pass
-    return sorted(out, key=lambda r: r.get("rank", 0))
+    text = "\n".join(read(run / name) for name in ("stdout", "stderr"))
+    return sorted((r.to_dict() for r in ProbeResult.parse_log(text)), key=lambda r: r.get("rank", 0))
 
 
 def launcher_lines(run):
@@ -43,7 +37,9 @@ def launcher_lines(run):
 
 def main(outdir):
     outdir = pathlib.Path(outdir)
-    print("| run | GPUs | plan | predicted GiB | rank | measured nvml GiB | error | alloc GiB | reserved GiB | s/step | samples/s | exit |")
+    print(
+        "| run | GPUs | plan | predicted GiB | rank | measured nvml GiB | error | alloc GiB | reserved GiB | s/step | samples/s | exit |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for run in sorted((outdir / "runs").glob("*")):
@@ -56,24 +52,30 @@ def main(outdir):
         pred = plan.get("predicted_peak_bytes")
         label = "-"
         if plan.get("strategy"):
-            label = (f"{plan['strategy'].upper()} b{plan['batch_size']} x{plan['nproc_per_node']} "
-                     f"a{plan['grad_accumulation_steps']} {'ckpt' if plan['gradient_checkpointing'] else 'no-ckpt'}"
-                     f"{'' if plan.get('feasible') else ' (infeasible)'}")
+            label = (
+                f"{plan['strategy'].upper()} b{plan['batch_size']} x{plan['nproc_per_node']} "
+                f"a{plan['grad_accumulation_steps']} {'ckpt' if plan['gradient_checkpointing'] else 'no-ckpt'}"
+                f"{'' if plan.get('feasible') else ' (infeasible)'}"
+            )
         rc = read(run / "rc", "?").strip()
         rows = results(run)
         if not rows:
-            print(f"| {run.name} | {read(run / 'visible').strip()} | {label} | "
-                  f"{pred / GIB if pred else float('nan'):.2f} | - | - | - | - | - | - | - | {rc} |")
+            print(
+                f"| {run.name} | {read(run / 'visible').strip()} | {label} | "
+                f"{pred / GIB if pred else float('nan'):.2f} | - | - | - | - | - | - | - | {rc} |"
+            )
         for r in rows:
             nvml = r.get("peak_nvml_used_bytes")
             err = (nvml - pred) / pred * 100 if (nvml and pred) else float("nan")
-            print(f"| {run.name} | {read(run / 'visible').strip()} | {label} | {pred / GIB if pred else float('nan'):.2f} "
-                  f"| {r.get('rank')} | {nvml / GIB if nvml else float('nan'):.2f} | {err:+.1f}% "
-                  f"| {r.get('peak_alloc_bytes', 0) / GIB:.2f} | {r.get('peak_reserved_bytes', 0) / GIB:.2f} "
-                  f"| {r.get('s_per_step', float('nan')):.2f} | {r.get('samples_per_s', float('nan')):.2f} | {rc} |")
+            print(
+                f"| {run.name} | {read(run / 'visible').strip()} | {label} | {pred / GIB if pred else float('nan'):.2f} "
+                f"| {r.get('rank')} | {nvml / GIB if nvml else float('nan'):.2f} | {err:+.1f}% "
+                f"| {r.get('peak_alloc_bytes', 0) / GIB:.2f} | {r.get('peak_reserved_bytes', 0) / GIB:.2f} "
+                f"| {r.get('s_per_step', float('nan')):.2f} | {r.get('samples_per_s', float('nan')):.2f} | {rc} |"
+            )
         lines = launcher_lines(run)
         if lines:
-            notes.append(f"- `{run.name}`: " + " / ".join(f"`{l}`" for l in lines[-3:]))
+            notes.append(f"- `{run.name}`: " + " / ".join(f"`{line}`" for line in lines[-3:]))
     if notes:
         print("\nLauncher lines per run:\n")
         print("\n".join(notes))

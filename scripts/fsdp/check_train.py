@@ -15,21 +15,23 @@ Only the I/O around finetune() is replaced (nothing of its training logic):
 On a machine without CUDA (CPU tests, gloo), `cuda` autocast becomes CPU autocast, the device is
 the CPU and DDP is built without device_ids; nothing else changes.
 
+Run with scripts/ (and REAL_PROBE_DIR) on PYTHONPATH, as the shell checks beside it do.
 Environment: FSDP_CHECK_OUT (directory for rank<N>.json, required), FSDP_CHECK_TINY=1 (2-layer
 64-wide Llama and 3-block ViTs, for CPU), FSDP_CHECK_SEED (default 1234), REAL_PROBE_DIR (directory
 holding the real_probe package, default: next to this script's parent), VLA_FINETUNE_SCRIPT or the
 current directory (the openvla-oft checkout), FSDP_CHECK_GRADS (file: rank 0 saves the reduced
-gradients of the first optimizer step there; `{rank}` in it becomes the rank), VLA_LAUNCH_VRAM_CAP_BYTES (as the probe: a cap on
-torch's allocator), FSDP_CHECK_DDP_SYNC_HEAD=1 (see patch_ddp_head_sync), FSDP_CHECK_SLOW_VAL_RANK=N
-and FSDP_CHECK_SLOW_VAL_S (rank N sleeps that long after each validation forward), FSDP_CHECK_LOCAL_CLOCK=1
-(undo finetune_fsdp's agreed validation clock: the negative test). The base model path is the literal `--vla_path synthetic/openvla-7b`.
+gradients of the first optimizer step there; `{rank}` in it becomes the rank),
+VLA_LAUNCH_VRAM_CAP_BYTES (as the probe: a cap on torch's allocator), FSDP_CHECK_DDP_SYNC_HEAD=1
+(see patch_ddp_head_sync), FSDP_CHECK_SLOW_VAL_RANK=N and FSDP_CHECK_SLOW_VAL_S (rank N sleeps
+that long after each validation forward), FSDP_CHECK_LOCAL_CLOCK=1 (undo finetune_fsdp's agreed
+validation clock: the negative test). The base model path is the literal
+`--vla_path synthetic/openvla-7b`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -38,25 +40,18 @@ SCRIPTS = HERE.parent
 BASE = "synthetic/openvla-7b"
 
 
-def _paths() -> None:
-    sys.path.insert(0, str(SCRIPTS))
-    probe_dir = os.environ.get("REAL_PROBE_DIR", str(SCRIPTS))
-    if probe_dir not in sys.path:
-        sys.path.insert(0, probe_dir)
-
-
-_paths()
-
 import finetune_fsdp  # noqa: E402
 from real_probe import data as rp_data  # noqa: E402
 from real_probe import stubs as rp_stubs  # noqa: E402
 from real_probe import upstream as rp_upstream  # noqa: E402
+from vlalaunch import torchcompat  # noqa: E402
 
 TINY = os.environ.get("FSDP_CHECK_TINY") == "1"
 SEED = int(os.environ.get("FSDP_CHECK_SEED", "1234"))
 OUT = Path(os.environ["FSDP_CHECK_OUT"])
 GRADS_OUT = os.environ.get("FSDP_CHECK_GRADS")
 RECORD: dict = {"losses": [], "val_losses": [], "step_times": [], "events": []}
+WRAPPER = None  # finetune_fsdp's FsdpWrapper, once installed
 
 
 def rank() -> int:
@@ -138,14 +133,30 @@ def patch_io(ft, cuda: bool) -> None:
     platform = "ALOHA" if ft.ACTION_DIM == 14 else ("LIBERO" if ft.NUM_ACTIONS_CHUNK == 8 else "BRIDGE")
 
     class _Dataset(IterableDataset):
-        def __init__(self, data_root_dir, dataset_name, batch_transform, resize_resolution=None,
-                     shuffle_buffer_size=0, train=True, image_aug=False):
+        def __init__(
+            self,
+            data_root_dir,
+            dataset_name,
+            batch_transform,
+            resize_resolution=None,
+            shuffle_buffer_size=0,
+            train=True,
+            image_aug=False,
+        ):
             self.name, self.transform, self.train = dataset_name, batch_transform, train
             self.num_images = ft_cfg.num_images_in_input
-            stats = {"mean": np.zeros(ft.ACTION_DIM), "std": np.ones(ft.ACTION_DIM),
-                     "q01": -np.ones(ft.ACTION_DIM), "q99": np.ones(ft.ACTION_DIM)}
-            self.dataset_statistics = {dataset_name: {"action": dict(stats), "proprio": {
-                "mean": np.zeros(ft.PROPRIO_DIM), "std": np.ones(ft.PROPRIO_DIM)}}}
+            stats = {
+                "mean": np.zeros(ft.ACTION_DIM),
+                "std": np.ones(ft.ACTION_DIM),
+                "q01": -np.ones(ft.ACTION_DIM),
+                "q99": np.ones(ft.ACTION_DIM),
+            }
+            self.dataset_statistics = {
+                dataset_name: {
+                    "action": dict(stats),
+                    "proprio": {"mean": np.zeros(ft.PROPRIO_DIM), "std": np.ones(ft.PROPRIO_DIM)},
+                }
+            }
 
         def __iter__(self):
             rng = np.random.default_rng(SEED + 1000 * rank() + (0 if self.train else 500))
@@ -216,9 +227,21 @@ def patch_io(ft, cuda: bool) -> None:
 
 def dump_grads(optimizer, cuda: bool) -> None:
     """The reduced gradient of every trainable parameter at the first optimizer step (full
-    tensors, fp32, in the optimizer's order), saved by rank 0: DDP and FSDP must agree on them."""
+    tensors, fp32, in the optimizer's order), saved by rank 0: DDP and FSDP must agree on them.
+    FSDP2's are DTensors; FSDP1's are flat shards until its units are summoned with gradients."""
+    import contextlib
+
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    DTensor = torchcompat.dtensor_class()
+    with contextlib.ExitStack() as stack:
+        for root in WRAPPER.fsdp1_roots if WRAPPER is not None else []:
+            stack.enter_context(FullyShardedDataParallel.summon_full_params(root, writeback=False, with_grads=True))
+        _dump_grads(optimizer, cuda, DTensor)
+
+
+def _dump_grads(optimizer, cuda: bool, DTensor) -> None:
     import torch
-    from torch.distributed.tensor import DTensor
 
     grads = []
     for group in optimizer.param_groups:
@@ -232,8 +255,10 @@ def dump_grads(optimizer, cuda: bool) -> None:
             grads.append(g.detach().float().cpu())
     if True:  # every rank: under DDP each rank holds its own (reduced) copy
         if cuda:  # full tensors of 852M parameters are too big to keep: norms and a sample
-            grads = [None if g is None else {"norm": g.norm().item(), "numel": g.numel(),
-                                             "head": g.flatten()[:64].clone()} for g in grads]
+            grads = [
+                None if g is None else {"norm": g.norm().item(), "numel": g.numel(), "head": g.flatten()[:64].clone()}
+                for g in grads
+            ]
         torch.save(grads, GRADS_OUT.replace("{rank}", str(rank())))
 
 
@@ -338,6 +363,8 @@ def main() -> None:
     cfg = draccus.parse(config_class=finetune_fsdp.extend_config(ft))
     ft_cfg = cfg
     wrapper = finetune_fsdp.install(ft, cfg)
+    global WRAPPER
+    WRAPPER = wrapper
     real_save = ft.save_training_checkpoint  # upstream's (DDP) or finetune_fsdp's (FSDP)
 
     def save(*a, **k):
@@ -356,7 +383,6 @@ def main() -> None:
     peak = {}
     sampler = None
     if cuda:
-        sys.path.insert(0, str(SCRIPTS))
         try:
             from probe import nvml
 
@@ -374,23 +400,36 @@ def main() -> None:
         raise
     finally:
         if cuda:
-            peak = {"peak_alloc_bytes": torch.cuda.max_memory_allocated(),
-                    "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
+            peak = {
+                "peak_alloc_bytes": torch.cuda.max_memory_allocated(),
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+            }
         if sampler is not None:
             sampler.stop()
             peak["peak_nvml_used_bytes"] = sampler.peak_v1
             peak["peak_nvml_used_v2_bytes"] = sampler.peak_v2
         RECORD.pop("_saving", None)
         RECORD.update(peak)
-        RECORD.update({
-            "rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1")), "tiny": TINY, "seed": SEED,
-            "use_fsdp": cfg.use_fsdp, "gradient_checkpointing": cfg.gradient_checkpointing,
-            "batch_size": cfg.batch_size, "grad_accumulation_steps": cfg.grad_accumulation_steps,
-            "fsdp_units": wrapper.units, "vram_cap_bytes": int(cap) if cap else None,
-            "device_name": torch.cuda.get_device_name() if cuda else "cpu",
-            "torch": torch.__version__, "wall_s": time.time() - t0, "error": error,
-            "max_rss_kib": _max_rss_kib(),
-        })
+        RECORD.update(
+            {
+                "rank": rank(),
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "tiny": TINY,
+                "seed": SEED,
+                "use_fsdp": cfg.use_fsdp,
+                "gradient_checkpointing": cfg.gradient_checkpointing,
+                "batch_size": cfg.batch_size,
+                "grad_accumulation_steps": cfg.grad_accumulation_steps,
+                "fsdp_units": wrapper.units,
+                "fsdp_impl": wrapper.impl,
+                "vram_cap_bytes": int(cap) if cap else None,
+                "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+                "torch": torch.__version__,
+                "wall_s": time.time() - t0,
+                "error": error,
+                "max_rss_kib": _max_rss_kib(),
+            }
+        )
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f"rank{rank()}.json").write_text(json.dumps(RECORD, indent=1) + "\n")
 

@@ -18,13 +18,10 @@ batch of check_train.py with the same seed, so a resumed run's first loss can be
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, os.environ.get("REAL_PROBE_DIR", str(HERE.parent)))
 
 import finetune_fsdp  # noqa: E402
 from real_probe import data as rp_data  # noqa: E402
@@ -56,8 +53,11 @@ EVAL_WRITTEN = ("modeling_prismatic.py", "configuration_prismatic.py")
 
 
 def saved_names(d: Path) -> list:
-    return sorted(str(p.relative_to(d)) for p in d.rglob("*")
-                  if p.is_file() and p.name not in EVAL_WRITTEN and ".back." not in p.name)
+    return sorted(
+        str(p.relative_to(d))
+        for p in d.rglob("*")
+        if p.is_file() and p.name not in EVAL_WRITTEN and ".back." not in p.name
+    )
 
 
 def compare_files(a: Path, b: Path) -> dict:
@@ -92,18 +92,30 @@ def compare_files(a: Path, b: Path) -> dict:
                     c["target_modules"] = sorted(c["target_modules"])
             if ca != cb:
                 structural.append(f"{name}: contents differ")
-    return {"names_a": names_a, "names_b": names_b, "names_equal": names_a == names_b,
-            "structural_differences": structural, "tensor_files": files}
+    return {
+        "names_a": names_a,
+        "names_b": names_b,
+        "names_equal": names_a == names_b,
+        "structural_differences": structural,
+        "tensor_files": files,
+    }
 
 
 def evaluate(ft, ou, directory: Path, args, batch) -> dict:
     """Load with openvla_utils as the evaluation scripts do; run finetune.py's run_forward_pass."""
     import torch
 
-    cfg = SimpleNamespace(pretrained_checkpoint=str(directory), use_film=args.use_film,
-                          num_images_in_input=args.num_images_in_input, load_in_8bit=False, load_in_4bit=False,
-                          lora_rank=args.lora_rank, use_l1_regression=True, use_diffusion=False,
-                          use_proprio=args.use_proprio)
+    cfg = SimpleNamespace(
+        pretrained_checkpoint=str(directory),
+        use_film=args.use_film,
+        num_images_in_input=args.num_images_in_input,
+        load_in_8bit=False,
+        load_in_4bit=False,
+        lora_rank=args.lora_rank,
+        use_l1_regression=True,
+        use_diffusion=False,
+        use_proprio=args.use_proprio,
+    )
     vla = ou.get_vla(cfg)
     head = ou.get_action_head(cfg, vla.llm_dim)
     proprio = ou.get_proprio_projector(cfg, vla.llm_dim, ft.PROPRIO_DIM) if args.use_proprio else None
@@ -125,10 +137,20 @@ def evaluate(ft, ou, directory: Path, args, batch) -> dict:
     if args.use_proprio:
         num_patches += 1
     with torch.no_grad():
-        loss, metrics = ft.run_forward_pass(
-            vla=vla, action_head=HeadHolder, noisy_action_projector=None, proprio_projector=proprio, batch=batch,
-            action_tokenizer=None, device_id=ou.DEVICE, use_l1_regression=True, use_diffusion=False,
-            use_proprio=args.use_proprio, use_film=args.use_film, num_patches=num_patches)
+        _, metrics = ft.run_forward_pass(
+            vla=vla,
+            action_head=HeadHolder,
+            noisy_action_projector=None,
+            proprio_projector=proprio,
+            batch=batch,
+            action_tokenizer=None,
+            device_id=ou.DEVICE,
+            use_l1_regression=True,
+            use_diffusion=False,
+            use_proprio=args.use_proprio,
+            use_film=args.use_film,
+            num_patches=num_patches,
+        )
     return {"loss": float(metrics["loss_value"]), "actions": captured["actions"].float().cpu()}
 
 
@@ -137,15 +159,21 @@ def first_batch(ft, args):
     import numpy as np
 
     tok = rp_data.StandInTokenizer()
-    transform = ft.RLDSBatchTransform(ft.ActionTokenizer(tok), tok,
-                                      image_transform=rp_data.image_processor().apply_transform,
-                                      prompt_builder_fn=ft.PurePromptBuilder,
-                                      use_wrist_image=args.num_images_in_input > 1, use_proprio=args.use_proprio)
+    transform = ft.RLDSBatchTransform(
+        ft.ActionTokenizer(tok),
+        tok,
+        image_transform=rp_data.image_processor().apply_transform,
+        prompt_builder_fn=ft.PurePromptBuilder,
+        use_wrist_image=args.num_images_in_input > 1,
+        use_proprio=args.use_proprio,
+    )
     platform = "ALOHA" if ft.ACTION_DIM == 14 else ("LIBERO" if ft.NUM_ACTIONS_CHUNK == 8 else "BRIDGE")
     rng = np.random.default_rng(SEED)
     consts = (ft.NUM_ACTIONS_CHUNK, ft.ACTION_DIM, ft.PROPRIO_DIM)
-    samples = [transform(rp_data.rlds_sample(rng, args.dataset_name, platform, args.num_images_in_input, *consts))
-               for _ in range(args.batch_size)]
+    samples = [
+        transform(rp_data.rlds_sample(rng, args.dataset_name, platform, args.num_images_in_input, *consts))
+        for _ in range(args.batch_size)
+    ]
     collator = ft.PaddedCollatorForActionPrediction(tok.model_max_length, tok.pad_token_id, padding_side="right")
     return collator(samples)
 
@@ -187,9 +215,12 @@ def main() -> int:
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         eb = evaluate(ft, ou, args.dir_b, args, batch)
         diff = (ea["actions"] - eb["actions"]).abs()
-        result["eval"] = {"loss_a": ea["loss"], "loss_b": eb["loss"],
-                          "actions_max_abs_diff": diff.max().item(),
-                          "actions_mean_abs": ea["actions"].abs().mean().item()}
+        result["eval"] = {
+            "loss_a": ea["loss"],
+            "loss_b": eb["loss"],
+            "actions_max_abs_diff": diff.max().item(),
+            "actions_mean_abs": ea["actions"].abs().mean().item(),
+        }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 1 if result["files"]["structural_differences"] or not result["files"]["names_equal"] else 0
 

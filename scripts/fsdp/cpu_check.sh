@@ -5,7 +5,7 @@
 #
 #   scripts/fsdp/cpu_check.sh PYTHON_BIN_DIR OPENVLA_OFT_CHECKOUT OUT_DIR
 # e.g. scripts/fsdp/cpu_check.sh /work/venv-real/bin /work/upstream/openvla-oft /tmp/fsdp-cpu
-# Needs torch (2.4+), the pinned transformers fork, timm 0.9.10, peft 0.11.1, draccus, accelerate,
+# Needs torch (2.2.0, upstream's pin: FSDP1; 2.5+: FSDP2), the pinned transformers fork, timm 0.9.10, peft 0.11.1, draccus, accelerate,
 # and the real-code probe's scripts/real_probe (REAL_PROBE_DIR if it is elsewhere). ~5 min on 2 cores.
 set -u
 BIN=$1; CHECKOUT=$2; OUT=$3
@@ -13,6 +13,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 export FSDP_CHECK_TINY=1 OMP_NUM_THREADS=1 VLA_FINETUNE_SCRIPT="$CHECKOUT/vla-scripts/finetune.py"
 export REAL_PROBE_DIR=${REAL_PROBE_DIR:-$(dirname "$HERE")}
+# the check scripts import vla-launch's packages (scripts/) and the real-code probe's
+export PYTHONPATH="$(dirname "$HERE"):$REAL_PROBE_DIR${PYTHONPATH:+:$PYTHONPATH}"
 cd "$CHECKOUT" || exit 2
 fail=0
 run() { # name timeout flags...

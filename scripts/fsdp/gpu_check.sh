@@ -20,6 +20,7 @@ set -u
 S=$(cd "$1" && pwd); CHECKOUT=$(cd "$2" && pwd); OUT=$3; PHASES=${4:-ABCD}
 mkdir -p "$OUT"; RUNS=/tmp/fsdp-runs; mkdir -p $RUNS
 export VLA_FINETUNE_SCRIPT="$CHECKOUT/vla-scripts/finetune.py" REAL_PROBE_DIR="$S" OMP_NUM_THREADS=4
+export PYTHONPATH="$S${PYTHONPATH:+:$PYTHONPATH}"  # the check scripts import scripts/'s packages
 cd "$CHECKOUT" || exit 2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpus.csv" 2>&1
 python3 -c "import torch,transformers,peft,timm;print(torch.__version__,transformers.__version__,peft.__version__,timm.__version__)" > "$OUT/versions.txt" 2>&1

@@ -26,6 +26,7 @@ sys.argv[0] = "$S/fsdp/check_train.py"
 runpy.run_path("$S/fsdp/check_train.py", run_name="__main__")
 PY
 RUNS=/tmp/vla-check-runs; rm -rf "$RUNS"
+export PYTHONPATH="$S${PYTHONPATH:+:$PYTHONPATH}"  # check_train.py imports scripts/'s packages
 export VLA_LAUNCH_DIR=$OUT/shim FSDP_CHECK_OUT=$OUT/check VLA_LAUNCH_CACHE_DIR=$OUT/cache \
   VLA_DATA_ROOT=unused-synthetic VLA_RUN_ROOT=$RUNS WANDB_ENTITY=none WANDB_PROJECT=none
 SETS=(--set train.vla_path=synthetic/openvla-7b --set train.max_steps=20 --set train.save_freq=20

@@ -48,6 +48,7 @@ FLAGS = [
     ("gradient_checkpointing", "bool", False),
     # probe only
     ("count_params_only", "bool", False),
+    ("probe_instructions", "str", "varied"),  # varied: padded batches as real data; fixed: one instruction
 ]
 
 # LIBERO / ALOHA / BRIDGE constants, chosen like OFT's constants.py: from words on the command line

@@ -49,8 +49,12 @@ def finish(out: str | None, rank: int, device: int) -> None:
 
         with open(os.path.join(out, f"rank{rank}.pickle"), "wb") as f:
             pickle.dump(snap, f)
-    print(f"[rank {rank}] memtrace: {summary['events']} events, loop peak {summary['peak_bytes']} B live "
-          f"({len(summary['groups'])} groups) -> {out}/rank{rank}.json", file=sys.stderr, flush=True)
+    print(
+        f"[rank {rank}] memtrace: {summary['events']} events, loop peak {summary['peak_bytes']} B live "
+        f"({len(summary['groups'])} groups) -> {out}/rank{rank}.json",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _where(frame: dict) -> str:
@@ -129,12 +133,15 @@ def compare(a: dict, b: dict) -> str:
         rows.append((x["bytes"] - y["bytes"], k, x, y))
     rows.sort(key=lambda r: -abs(r[0]))
     mib = 1 << 20
-    lines = [f"peak live: A {a['peak_bytes'] / mib:.1f} MiB, B {b['peak_bytes'] / mib:.1f} MiB, "
-             f"A - B {(a['peak_bytes'] - b['peak_bytes']) / mib:+.1f} MiB",
-             f"{'A-B MiB':>9} {'A MiB':>9} {'n':>5} {'B MiB':>9} {'n':>5}  group"]
+    lines = [
+        f"peak live: A {a['peak_bytes'] / mib:.1f} MiB, B {b['peak_bytes'] / mib:.1f} MiB, "
+        f"A - B {(a['peak_bytes'] - b['peak_bytes']) / mib:+.1f} MiB",
+        f"{'A-B MiB':>9} {'A MiB':>9} {'n':>5} {'B MiB':>9} {'n':>5}  group",
+    ]
     for d, k, x, y in rows:
-        lines.append(f"{d / mib:+9.1f} {x['bytes'] / mib:9.1f} {x['count']:5d} {y['bytes'] / mib:9.1f} "
-                     f"{y['count']:5d}  {k}")
+        lines.append(
+            f"{d / mib:+9.1f} {x['bytes'] / mib:9.1f} {x['count']:5d} {y['bytes'] / mib:9.1f} {y['count']:5d}  {k}"
+        )
     return "\n".join(lines)
 
 

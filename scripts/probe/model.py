@@ -179,10 +179,7 @@ class ViT(nn.Module):
         take = len(self.blocks) - 2
         out = None
         for i, blk in enumerate(self.blocks):
-            if film is None:
-                x = blk(x)
-            else:
-                x = film[i](blk, x)
+            x = blk(x) if film is None else film[i](blk, x)
             if i == take:
                 out = x
         return out[:, prefix:]
@@ -202,9 +199,7 @@ class FiLM(nn.Module):
     def __init__(self, dims: Dims):
         super().__init__()
         self.dino = nn.ModuleList(FiLMedBlock(dims.llm_hidden, dims.dino.dim) for _ in range(dims.dino.depth))
-        self.siglip = nn.ModuleList(
-            FiLMedBlock(dims.llm_hidden, dims.siglip.dim) for _ in range(dims.siglip.depth)
-        )
+        self.siglip = nn.ModuleList(FiLMedBlock(dims.llm_hidden, dims.siglip.dim) for _ in range(dims.siglip.depth))
 
 
 class FiLMCall:
@@ -349,7 +344,9 @@ def llama_config(dims: Dims):
     try:
         from transformers import LlamaConfig
     except Exception as e:  # pragma: no cover - depends on the machine
-        raise SystemExit(f"probe_finetune.py: transformers with Llama is required ({e}); pip install transformers")
+        raise SystemExit(
+            f"probe_finetune.py: transformers with Llama is required ({e}); pip install transformers"
+        ) from e
     cfg = LlamaConfig(
         hidden_size=dims.llm_hidden,
         intermediate_size=dims.llm_intermediate,
@@ -381,8 +378,17 @@ class OpenVLA(nn.Module):
         self.projector = Projector(dims)
         self.language_model = LlamaForCausalLM(llama_config(dims))
 
-    def forward(self, input_ids, attention_mask, pixel_values, labels, action_mask, num_images,
-                proprio=None, proprio_projector=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        pixel_values,
+        labels,
+        action_mask,
+        num_images,
+        proprio=None,
+        proprio_projector=None,
+    ):
         emb = self.language_model.get_input_embeddings()(input_ids)
         lang = None
         if self.vision_backbone.film is not None:
@@ -394,8 +400,9 @@ class OpenVLA(nn.Module):
         emb = emb * (~action_mask).unsqueeze(-1).to(emb.dtype)
         n = patches.shape[1]
         mm = torch.cat([emb[:, :1], patches, emb[:, 1:]], dim=1)
-        mm_mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(patches.shape[:2]),
-                             attention_mask[:, 1:]], dim=1)
+        mm_mask = torch.cat(
+            [attention_mask[:, :1], attention_mask.new_ones(patches.shape[:2]), attention_mask[:, 1:]], dim=1
+        )
         mm_labels = torch.cat([labels[:, :1], labels.new_full(patches.shape[:2], -100), labels[:, 1:]], dim=1)
         # As upstream's transformers fork (4.40.1) under PrismaticForConditionalGeneration, which the
         # real code runs (docs/validation.md section 17, the allocator traces):
@@ -413,8 +420,9 @@ class OpenVLA(nn.Module):
         loss = nn.functional.cross_entropy(shift_logits.view(-1, shift_logits.shape[-1]), shift_labels.view(-1))
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=legacy_kv(out.past_key_values),
-                                     hidden_states=out.hidden_states)
+        out = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=legacy_kv(out.past_key_values), hidden_states=out.hidden_states
+        )
         return out, n
 
 

@@ -12,8 +12,13 @@ class _MemV1(ctypes.Structure):
 
 
 class _MemV2(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint), ("total", ctypes.c_ulonglong), ("reserved", ctypes.c_ulonglong),
-                ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("total", ctypes.c_ulonglong),
+        ("reserved", ctypes.c_ulonglong),
+        ("free", ctypes.c_ulonglong),
+        ("used", ctypes.c_ulonglong),
+    ]
 
 
 class NvmlSampler:
@@ -63,7 +68,7 @@ class NvmlSampler:
             self.sample()
             self._stop.wait(self.period_s)
 
-    def start(self) -> "NvmlSampler":
+    def start(self) -> NvmlSampler:
         if self.error is None:
             self.sample()
             self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)

@@ -7,8 +7,7 @@ import re
 
 import numpy as np
 
-# The instruction of every synthetic sample (an ALOHA-style task; the text only sets the prompt length).
-INSTRUCTION = b"put the green pepper into the pot"
+from vlalaunch import instructions
 
 
 class StandInTokenizer:
@@ -74,10 +73,20 @@ def wrist_keys(num_images: int, platform: str) -> list[str]:
     return names[:extra]
 
 
-def rlds_sample(rng: np.random.Generator, dataset_name: str, platform: str, num_images: int, chunk: int,
-                action_dim: int, proprio_dim: int, size: int = 224) -> dict:
+def rlds_sample(
+    rng: np.random.Generator,
+    dataset_name: str,
+    platform: str,
+    num_images: int,
+    chunk: int,
+    action_dim: int,
+    proprio_dim: int,
+    size: int = 224,
+    instruction: str = instructions.FIXED,
+) -> dict:
     """One sample as the RLDS pipeline hands it to RLDSBatchTransform (window 1, images already resized
-    to the model's 224 px, actions chunk x dim normalised to [-1, 1])."""
+    to the model's 224 px, actions chunk x dim normalised to [-1, 1]); the instruction only sets the
+    prompt's length."""
     obs = {"image_primary": rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)}
     for k in wrist_keys(num_images, platform):
         obs[k] = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
@@ -86,13 +95,14 @@ def rlds_sample(rng: np.random.Generator, dataset_name: str, platform: str, num_
         "dataset_name": dataset_name,
         "action": rng.uniform(-1, 1, (chunk, action_dim)).astype(np.float32),
         "observation": obs,
-        "task": {"language_instruction": INSTRUCTION},
+        "task": {"language_instruction": instruction.encode()},
     }
 
 
-def make_loader(ft, cfg, platform: str, seed: int = 0):
+def make_loader(ft, cfg, platform: str, seed: int = 0, instruction_mode: str = "fixed"):
     """A DataLoader like finetune.py's (batch_size, PaddedCollatorForActionPrediction, no workers) over an
-    endless stream of synthetic samples transformed by upstream's RLDSBatchTransform."""
+    endless stream of synthetic samples transformed by upstream's RLDSBatchTransform; `varied` draws
+    each sample's instruction (vlalaunch.instructions), so batches are padded as real ones are."""
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -109,9 +119,14 @@ def make_loader(ft, cfg, platform: str, seed: int = 0):
 
     class Synthetic(IterableDataset):
         def __iter__(self):
-            rng = np.random.default_rng(seed + (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0))
+            rng = np.random.default_rng(
+                seed + (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
+            )
             while True:
-                yield transform(rlds_sample(rng, cfg.dataset_name, platform, cfg.num_images_in_input, *consts))
+                text = instructions.draw(rng, platform, instruction_mode)
+                yield transform(
+                    rlds_sample(rng, cfg.dataset_name, platform, cfg.num_images_in_input, *consts, instruction=text)
+                )
 
     collator = ft.PaddedCollatorForActionPrediction(tok.model_max_length, tok.pad_token_id, padding_side="right")
     return DataLoader(Synthetic(), batch_size=cfg.batch_size, sampler=None, collate_fn=collator, num_workers=0)

@@ -1,9 +1,10 @@
 """Placeholder modules for imports that upstream's finetune.py chain makes but the probe never calls.
 
 finetune.py imports TensorFlow, TFDS, dlimp (the RLDS pipeline), wandb, json_numpy and diffusers (the DDIM
-head) (and jsonlines, for metrics files) at module level. The probe reads no dataset, logs nowhere and has no diffusion head, so a module that
-is NOT installed is replaced by a placeholder whose every attribute is an inert object. An installed module
-is always imported for real. Calls made at import time (json_numpy.patch()) do nothing.
+head) (and jsonlines, for metrics files) at module level. The probe reads no dataset, logs nowhere
+and has no diffusion head, so a module that is NOT installed is replaced by a placeholder whose every
+attribute is an inert object. An installed module is always imported for real. Calls made at import
+time (json_numpy.patch()) do nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import sys
 import types
 
 # Roots that finetune.py's import chain needs at import time only (moojink/openvla-oft @ 213c5ff).
-IMPORT_ONLY = ("tensorflow", "tensorflow_datasets", "tensorflow_graphics", "dlimp", "wandb", "json_numpy",
-               "diffusers", "jsonlines")
+IMPORT_ONLY = (
+    "tensorflow",
+    "tensorflow_datasets",
+    "tensorflow_graphics",
+    "dlimp",
+    "wandb",
+    "json_numpy",
+    "diffusers",
+    "jsonlines",
+)
 
 
 class _Inert:
@@ -26,12 +35,12 @@ class _Inert:
     def __init__(self, path: str):
         self._path = path
 
-    def __getattr__(self, name: str) -> "_Inert":
+    def __getattr__(self, name: str) -> _Inert:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         return _Inert(f"{self._path}.{name}")
 
-    def __getitem__(self, key) -> "_Inert":  # e.g. tf.Tensor[...] in an annotation
+    def __getitem__(self, key) -> _Inert:  # e.g. tf.Tensor[...] in an annotation
         return self
 
     def __or__(self, other):  # `X | None` in an annotation

@@ -3,9 +3,7 @@ finetune.py does (random weights instead of `from_pretrained`)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 FINETUNE = os.path.join("vla-scripts", "finetune.py")
 DIR_FLAG = "--openvla_oft_dir"
@@ -35,31 +33,35 @@ def take_dir_flag(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def find_checkout(flag_value: str | None) -> str:
     """The checkout from --openvla_oft_dir, else $OPENVLA_OFT_DIR, else the working directory."""
-    for source, d in ((DIR_FLAG, flag_value), ("OPENVLA_OFT_DIR", os.environ.get("OPENVLA_OFT_DIR")),
-                      ("the working directory", os.getcwd() if flag_value is None else None)):
+    for source, d in (
+        (DIR_FLAG, flag_value),
+        ("OPENVLA_OFT_DIR", os.environ.get("OPENVLA_OFT_DIR")),
+        ("the working directory", os.getcwd() if flag_value is None else None),
+    ):
         if not d:
             continue
         d = os.path.abspath(d)
         if os.path.isfile(os.path.join(d, FINETUNE)) and os.path.isdir(os.path.join(d, "prismatic")):
             return d
         if source != "the working directory":
-            raise CheckoutError(f"{source}={d!r} is not an openvla-oft checkout (no {FINETUNE} or prismatic/ "
-                                f"in it); fix: point it at a clone of moojink/openvla-oft")
-    raise CheckoutError(f"no openvla-oft checkout: set OPENVLA_OFT_DIR or pass {DIR_FLAG} PATH (a clone of "
-                        f"moojink/openvla-oft with {FINETUNE}), or run from inside one")
+            raise CheckoutError(
+                f"{source}={d!r} is not an openvla-oft checkout (no {FINETUNE} or prismatic/ "
+                f"in it); fix: point it at a clone of moojink/openvla-oft"
+            )
+    raise CheckoutError(
+        f"no openvla-oft checkout: set OPENVLA_OFT_DIR or pass {DIR_FLAG} PATH (a clone of "
+        f"moojink/openvla-oft with {FINETUNE}), or run from inside one"
+    )
 
 
 def import_finetune(checkout: str):
     """Import the checkout's finetune.py as module `openvla_oft_finetune` (its `prismatic` and
     `experiments` packages come from the checkout)."""
-    if checkout not in sys.path:
-        sys.path.insert(0, checkout)
-    path = os.path.join(checkout, FINETUNE)
-    spec = importlib.util.spec_from_file_location("openvla_oft_finetune", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from pathlib import Path
+
+    from vlalaunch.upstream import import_finetune_script
+
+    return import_finetune_script(Path(checkout, FINETUNE))
 
 
 def openvla_7b_config(tiny: bool):
@@ -70,8 +72,9 @@ def openvla_7b_config(tiny: bool):
 
     text = {"model_type": "llama", "pad_token_id": 32000, "torch_dtype": "bfloat16", "vocab_size": 32064}
     if tiny:
-        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=4)
+        text.update(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4
+        )
     return OpenVLAConfig(
         vision_backbone_id="dinosiglip-vit-so-224px",
         llm_backbone_id="llama2-7b-pure",

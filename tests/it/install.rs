@@ -209,7 +209,12 @@ fn wheel_data_ships_the_probe_trainer_and_the_profiles() {
     ]
     .map(PathBuf::from)
     .into();
-    for dir in ["scripts/probe", "scripts/real_probe", "launch-profiles"] {
+    for dir in [
+        "scripts/probe",
+        "scripts/real_probe",
+        "scripts/vlalaunch",
+        "launch-profiles",
+    ] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {

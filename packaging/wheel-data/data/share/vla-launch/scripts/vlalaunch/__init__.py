@@ -1,0 +1,1 @@
+../../../../../../../scripts/vlalaunch/__init__.py

@@ -1,0 +1,1 @@
+../../../../../../../scripts/vlalaunch/runtime.py
