@@ -5,7 +5,9 @@
 #
 #   scripts/real_probe/padded_runs.sh OPENVLA_OFT_CHECKOUT OUT_DIR [STEPS] [RUN...]
 # RUN: aloha-default aloha-expandable libero-default libero-expandable (default: all four), and the
-# same with -fixed (one instruction, no padding: the old probe's batches) for a baseline.
+# same with -fixed (one instruction, no padding: the old probe's batches) for a baseline, or with -math
+# (only the math SDPA kernel enabled, VLA_PROBE_SDPA=math: what a torch without a fused masked
+# kernel would need; the bound for torch 2.2.0's unknown choice).
 # Each run: OUT_DIR/RUN.log (its stderr and stdout) and OUT_DIR/RUN.json (the VLA_PROBE_RESULT
 # line's JSON: peaks, peak_*_by_step at steps 1, 2, 5, 10, 20, 50, 100, 200, sdpa_kernel, text
 # lengths). Needs the checkout's pinned packages on PYTHONPATH (docs/probe.md) and one GPU;
@@ -25,6 +27,7 @@ for run in "${RUNS[@]}"; do
   case $run in *-expandable*) alloc=(env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True) ;;
                *) alloc=(env -u PYTORCH_CUDA_ALLOC_CONF) ;; esac
   case $run in *-fixed) instr=fixed ;; *) instr=varied ;; esac
+  case $run in *-math) alloc+=(VLA_PROBE_SDPA=math) ;; *) alloc+=(-u VLA_PROBE_SDPA) ;; esac
   (cd "$CHECKOUT" && "${alloc[@]}" python3 "$HERE/real_probe_finetune.py" --openvla_oft_dir "$CHECKOUT" "${flags[@]}" \
      --grad_accumulation_steps 1 --gradient_checkpointing False --max_steps "$STEPS" --probe_instructions "$instr") \
     > "$OUT/$run.log" 2>&1

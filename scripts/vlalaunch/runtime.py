@@ -68,6 +68,7 @@ def watch_gpu(device: Any, cap: Optional[int], log: Callable[[str], None]) -> Gp
     uuid = str(props.uuid)
     uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else "GPU-" + uuid
     sampler = NvmlSampler(uuid).start()
+    sdpa.force_from_env(os.environ, log)
     if cap:
         dist.all_reduce(torch.zeros(1, device=device))
         torch.cuda.synchronize(device)

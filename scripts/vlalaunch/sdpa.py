@@ -13,7 +13,7 @@ of every kernel seen are reported; the flash-attn package (attn_implementation
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Optional
 
 KERNELS = (
     ("cudnn", "_scaled_dot_product_cudnn_attention"),
@@ -70,3 +70,32 @@ class Profiled:
         assert self._prof is not None
         self._prof.__exit__(*exc)
         self.counts = count((e.key, e.count) for e in self._prof.key_averages())
+
+
+FORCE_ENV = "VLA_PROBE_SDPA"
+
+
+def force_from_env(env: Mapping[str, str], log: Callable[[str], None]) -> Optional[str]:
+    """`VLA_PROBE_SDPA=math|efficient|flash|cudnn`: leave only that SDPA backend enabled, so a run
+    shows what a torch that picks it would need (torch 2.2.0's own choice for a masked bf16 call
+    cannot be run on the GPU machine: issue 24 bounds it with both kernels). Returns the kernel
+    forced, or None when the variable is unset."""
+    kernel = env.get(FORCE_ENV, "").strip()
+    if not kernel:
+        return None
+    names = [k for k, _ in KERNELS]
+    if kernel not in names:
+        raise SystemExit(f"{FORCE_ENV}={kernel!r}: not a kernel; use one of {', '.join(names)}")
+    import torch
+
+    switches = {
+        "flash": torch.backends.cuda.enable_flash_sdp,
+        "efficient": torch.backends.cuda.enable_mem_efficient_sdp,
+        "math": torch.backends.cuda.enable_math_sdp,
+        "cudnn": getattr(torch.backends.cuda, "enable_cudnn_sdp", None),
+    }
+    for name, switch in switches.items():
+        if switch is not None:
+            switch(name == kernel)
+    log(f"probe: {FORCE_ENV}={kernel}: only that SDPA kernel is enabled")
+    return kernel
