@@ -24,10 +24,13 @@ LIBERO=(--dataset_name libero_spatial_no_noops --use_film False --num_images_in_
 status=0
 for run in "${RUNS[@]}"; do
   case $run in aloha-*) flags=("${ALOHA[@]}") ;; libero-*) flags=("${LIBERO[@]}") ;; *) echo "unknown run $run"; exit 2 ;; esac
-  case $run in *-expandable*) alloc=(env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True) ;;
-               *) alloc=(env -u PYTORCH_CUDA_ALLOC_CONF) ;; esac
+  # env: every -u before the first NAME=VALUE (env takes what follows an assignment as the command).
+  unset_=(); set_=()
+  case $run in *-expandable*) set_+=(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True) ;;
+               *) unset_+=(-u PYTORCH_CUDA_ALLOC_CONF) ;; esac
+  case $run in *-math) set_+=(VLA_PROBE_SDPA=math) ;; *) unset_+=(-u VLA_PROBE_SDPA) ;; esac
+  alloc=(env "${unset_[@]}" "${set_[@]}")
   case $run in *-fixed) instr=fixed ;; *) instr=varied ;; esac
-  case $run in *-math) alloc+=(VLA_PROBE_SDPA=math) ;; *) alloc+=(-u VLA_PROBE_SDPA) ;; esac
   (cd "$CHECKOUT" && "${alloc[@]}" python3 "$HERE/real_probe_finetune.py" --openvla_oft_dir "$CHECKOUT" "${flags[@]}" \
      --grad_accumulation_steps 1 --gradient_checkpointing False --max_steps "$STEPS" --probe_instructions "$instr") \
     > "$OUT/$run.log" 2>&1
