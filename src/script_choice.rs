@@ -10,6 +10,8 @@
 //!    installed, that addition runs instead, with `VLA_FINETUNE_SCRIPT` naming the script
 //!    (docs/fsdp.md). [`choose`] decides; it is pure.
 //! 3. Outside a checkout (no script to ask) the flags are assumed from the profile, and said so.
+//! 4. Which FSDP does the addition run? The one the training environment's torch has
+//!    ([`torch`]: FSDP2 from 2.5, FSDP1 from 2.0, none below), asked of the same Python, cached.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,8 @@ pub const ADDITION: &str = "scripts/finetune_fsdp.py";
 pub const REAL_PROBE: &str = "scripts/real_probe_finetune.py";
 /// How the addition is told which finetune.py to import.
 pub const ENV_FINETUNE_SCRIPT: &str = "VLA_FINETUNE_SCRIPT";
+/// The FSDP the plan is for when the addition runs an FSDP plan: `fsdp1` or `fsdp2`.
+pub const ENV_FSDP_IMPL: &str = "VLA_FSDP_IMPL";
 /// The flags the addition gives a script that lacks them.
 pub const ADDITION_FLAGS: &[&str] = &["use_fsdp", "gradient_checkpointing"];
 
@@ -332,16 +336,24 @@ impl ScriptChoice {
         self
     }
 
-    /// Which FSDP an FSDP plan runs: FSDP2 when `--use_fsdp` comes from the addition (the
-    /// script does not take it itself), FSDP1 when the script has its own (a fork, or assumed
-    /// because nobody could ask it: the larger, safe prediction).
-    pub fn fsdp_version(&self) -> FsdpVersion {
-        let has = |list: &[String]| list.iter().any(|f| f == "use_fsdp");
-        if has(&self.accepts) && !has(&self.own) {
-            FsdpVersion::Fsdp2
+    /// Which FSDP an FSDP plan runs: when `--use_fsdp` comes from the addition (the script does
+    /// not take it itself), the one the addition runs on `torch` ([`torch::addition_fsdp`]:
+    /// FSDP2 from 2.5, FSDP1 from 2.0, none below); FSDP1 when the script has its own (a fork,
+    /// or assumed because nobody could ask it: the larger, safe prediction).
+    pub fn fsdp_on(&self, torch: Option<&torch::TorchInfo>) -> torch::AdditionFsdp {
+        if self.addition_gives_fsdp() {
+            torch::addition_fsdp(torch)
         } else {
-            FsdpVersion::Fsdp1
+            torch::AdditionFsdp::Runs {
+                version: FsdpVersion::Fsdp1,
+            }
         }
+    }
+
+    /// `--use_fsdp` comes from the addition: the script does not take it itself.
+    pub fn addition_gives_fsdp(&self) -> bool {
+        let has = |list: &[String]| list.iter().any(|f| f == "use_fsdp");
+        has(&self.accepts) && !has(&self.own)
     }
 }
 
@@ -524,6 +536,8 @@ pub fn installed(data_dir: &crate::install::DataDir, relative: &str) -> Option<P
     }
     Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
+
+pub mod torch;
 
 #[cfg(test)]
 mod tests;

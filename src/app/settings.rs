@@ -16,6 +16,7 @@ use crate::model;
 use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
 use crate::profile::{self, Loaded, Resolved};
 use crate::script_caps;
+use crate::script_choice::torch::{AdditionFsdp, TorchInfo};
 use crate::script_choice::{self, ScriptChoice};
 use crate::units::{GIB, fmt_gib};
 
@@ -132,6 +133,10 @@ pub(super) struct Planned {
     pub host_ram_bytes: Option<u64>,
     /// Corrections learned from earlier runs; empty when none or unreadable.
     pub store: Store,
+    /// The torch of the training environment, when it could be learnt.
+    pub torch: Option<TorchInfo>,
+    /// Which FSDP the addition runs on that torch (FSDP1 for a script with its own --use_fsdp).
+    pub fsdp: AdditionFsdp,
 }
 
 impl Planned {
@@ -146,6 +151,12 @@ impl Planned {
             explain,
         );
         text.push_str(&format!("Script: {}\n", self.script_for_plan().why));
+        if self.script_choice.addition_gives_fsdp() {
+            let line = script_choice::torch::describe(self.torch.as_ref(), &self.fsdp);
+            text.push_str(&format!("Torch: {line}\n"));
+        } else if let Some(t) = &self.torch {
+            text.push_str(&format!("Torch: {}\n", t.version));
+        }
         text
     }
 
@@ -313,17 +324,44 @@ pub(super) fn resolve_plan(
         p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let alloc_conf = command::effective_alloc_conf(&profile_env, &inherited);
     let accepts = script_choice.accepts.clone();
+    // The torch of the training environment decides which FSDP the addition runs, if any; a
+    // script with its own --use_fsdp (or none) is not asked.
+    let torch = if !script_choice.addition_gives_fsdp() {
+        Err("not asked".into())
+    } else if missing_script(&loaded, &resolved).is_none() {
+        learn_torch(&resolved)
+    } else {
+        Err(format!(
+            "{} is not here to ask",
+            crate::input::excerpt(&resolved.python.value, 80)
+        ))
+    };
+    let fsdp = script_choice.fsdp_on(torch.as_ref().ok());
+    if let (Err(why), true) = (&torch, script_choice.addition_gives_fsdp()) {
+        warnings.push(format!(
+            "could not learn the torch version from {} ({why}); {}",
+            crate::input::excerpt(&resolved.python.value, 80),
+            script_choice::torch::describe(None, &fsdp)
+        ));
+    }
+    let (fsdp_version, fsdp_unavailable) = match &fsdp {
+        script_choice::torch::AdditionFsdp::Runs { version } => (*version, None),
+        script_choice::torch::AdditionFsdp::Unavailable { why } => {
+            (crate::budget::FsdpVersion::Fsdp1, Some(why.clone()))
+        }
+    };
     let policy = Policy {
         min_global_batch: args.global_batch.unwrap_or(p.planning.min_global_batch),
         exact_global_batch: args.global_batch.is_some(),
         strategies: p.planning.strategies.clone(),
-        script_accepts_fsdp: accepts.iter().any(|a| a == "use_fsdp"),
+        script_accepts_fsdp: accepts.iter().any(|a| a == "use_fsdp") && fsdp_unavailable.is_none(),
         script_accepts_checkpointing: accepts.iter().any(|a| a == "gradient_checkpointing"),
         margin_fraction: p.planning.margin_fraction,
         margin_min_bytes: (p.planning.margin_min_gib * GIB as f64) as u64,
         max_batch_size: p.planning.max_batch_size,
         allocator: alloc_conf.allocator(),
-        fsdp: script_choice.fsdp_version(),
+        fsdp: fsdp_version,
+        fsdp_unavailable,
     };
     let pins = pins_from(args, &loaded)?;
     let vram_cap = match &args.vram_cap {
@@ -348,6 +386,8 @@ pub(super) fn resolve_plan(
         script_choice,
         host_ram_bytes,
         store,
+        torch: torch.ok(),
+        fsdp,
     };
     planned.plan = plan::plan(&planned.plan_input())?;
     Ok(planned)
@@ -459,6 +499,24 @@ pub(super) fn choose_script(
         choice
     };
     Ok((choice, answer))
+}
+
+/// The torch the script's Python imports (asked in the script's working directory; cached
+/// next to the calibration store), or why it could not be learnt.
+pub(super) fn learn_torch(resolved: &Resolved) -> std::result::Result<TorchInfo, String> {
+    let cache = store_path().and_then(|p| Some(p.parent()?.join(script_choice::torch::CACHE_FILE)));
+    let env = script_choice::torch::PythonEnv {
+        pythonpath: env_var("PYTHONPATH"),
+        virtual_env: env_var("VIRTUAL_ENV"),
+    };
+    script_choice::torch::learn(
+        &script_caps::SystemRunner,
+        Path::new(&resolved.python.value),
+        &env,
+        Path::new(&resolved.workdir.value),
+        script_caps::DEFAULT_PROBE_TIMEOUT,
+        cache.as_deref(),
+    )
 }
 
 pub(super) fn warn_missing(missing: &[(String, String)]) {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::Result;
 use super::settings::Planned;
-use crate::budget::Strategy;
+use crate::budget::{FsdpVersion, Strategy};
 use crate::gpu::{self, Gpu};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
 use crate::model;
@@ -121,6 +121,21 @@ pub(super) fn command_for(
                 script_choice::ENV_FINETUNE_SCRIPT.into(),
                 real.display().to_string(),
             ));
+            // The FSDP the plan's memory and step time are for (the addition picks it from its
+            // torch the same way; this makes the choice visible in the command and the record).
+            env.retain(|(k, _)| k != script_choice::ENV_FSDP_IMPL);
+            if ctx
+                .plan
+                .chosen
+                .as_ref()
+                .is_some_and(|c| c.strategy == Strategy::Fsdp)
+            {
+                let name = match ctx.policy.fsdp {
+                    FsdpVersion::Fsdp1 => "fsdp1",
+                    FsdpVersion::Fsdp2 => "fsdp2",
+                };
+                env.push((script_choice::ENV_FSDP_IMPL.into(), name.into()));
+            }
             addition.clone()
         }
     };
@@ -207,6 +222,8 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         fsdp: c
             .filter(|c| c.strategy == Strategy::Fsdp)
             .map(|_| ctx.policy.fsdp),
+        torch: ctx.torch.as_ref().map(|t| t.version.clone()),
+        torch_cuda: ctx.torch.as_ref().and_then(|t| t.cuda.clone()),
         allocator: Some(ctx.policy.allocator),
         alloc_conf: Some(ctx.alloc_conf.clone()),
         params: Some(Params {

@@ -239,7 +239,9 @@ pub(super) fn levers(
     if input.gpus.len() > 1 && !p.script_accepts_fsdp {
         // Computed with both flags (FSDP alone rarely fits where DDP does not), so named with
         // both when the script lacks both (issue 16: "with --use_fsdp: fits" was not true).
-        let what = if p.script_accepts_checkpointing {
+        let what = if p.fsdp_unavailable.is_some() {
+            "with a torch that runs FSDP (see the reasons)"
+        } else if p.script_accepts_checkpointing {
             "with --use_fsdp in the script"
         } else {
             "with --use_fsdp and --gradient_checkpointing in the script"

@@ -272,7 +272,11 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         && strategies.contains(&Strategy::Fsdp)
     {
         strategies.retain(|s| *s != Strategy::Fsdp);
-        reasons.push("FSDP not considered: the script does not take --use_fsdp".into());
+        reasons.push(
+            policy.fsdp_unavailable.clone().unwrap_or_else(|| {
+                "FSDP not considered: the script does not take --use_fsdp".into()
+            }),
+        );
     }
 
     // With every axis pinned, evaluate exactly that configuration and say whether it fits.
@@ -448,7 +452,12 @@ fn pinned_plan(
     }
     if strategy == Strategy::Fsdp && !policy.script_accepts_fsdp {
         ok = false;
-        reasons.push("needs --use_fsdp, which the script does not take".into());
+        reasons.push(
+            policy
+                .fsdp_unavailable
+                .clone()
+                .unwrap_or_else(|| "needs --use_fsdp, which the script does not take".into()),
+        );
     }
     if ckpt && !policy.script_accepts_checkpointing {
         ok = false;

@@ -30,6 +30,7 @@ pub fn policy() -> Policy {
         max_batch_size: 64,
         allocator: Allocator::ExpandableSegments,
         fsdp: FsdpVersion::Fsdp1,
+        fsdp_unavailable: None,
     }
 }
 

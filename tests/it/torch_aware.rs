@@ -1,0 +1,114 @@
+//! Torch-aware planning (issue 24): in an upstream checkout the FSDP addition runs FSDP2 on torch
+//! 2.5 and later, FSDP1 on 2.0 to 2.4 (upstream pins 2.2.0), and nothing below; `plan`,
+//! `plan --json` and `--dry-run` plan only what the training environment's torch can run and
+//! say which. The torch is a stand-in package on PYTHONPATH (tests/fixtures/torch-stand-in).
+
+use std::path::Path;
+
+use crate::script_choice::{Out, bin, checkout, run, stand_in_torch, torchrun_line, with_addition};
+
+/// `plan --json` and `--dry-run` for ALOHA on 4x RTX 4090 in the upstream checkout with the
+/// addition installed, on the given torch (a fresh cache each time).
+fn plan_on(torch: &str) -> (serde_json::Value, Out) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_addition(dir.path());
+    let upstream = checkout("openvla-oft-upstream");
+    let with_torch = |args: &[&str]| {
+        let mut c = bin(dir.path(), &upstream, &data);
+        c.env("PYTHONPATH", stand_in_torch(torch)).args(args);
+        run(&mut c)
+    };
+    let args = ["--profile", "aloha", "--gpus", "4xrtx4090"];
+    let o = with_torch(&[&["plan", "--json"][..], &args].concat());
+    let v: serde_json::Value = serde_json::from_str(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", o.stdout, o.stderr));
+    let dry = with_torch(&[&args[..], &["--dry-run"]].concat());
+    (v, dry)
+}
+
+fn addition_line(dry: &Out) -> &str {
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    let line = torchrun_line(&dry.stdout);
+    assert!(line.contains("finetune_fsdp.py"), "{line}");
+    line
+}
+
+/// Upstream's pinned torch 2.2.0 has no `fully_shard`: the 24 GB plan is FSDP1.
+#[test]
+fn on_upstreams_pinned_torch_the_addition_plans_fsdp1() {
+    let (v, dry) = plan_on("2.2.0");
+    assert_eq!(v["feasible"], true, "{v}");
+    assert_eq!(v["strategy"], "fsdp", "{v}");
+    assert_eq!(v["fsdp_impl"], "fsdp1", "{v}");
+    assert!(
+        v["torch"].as_str().is_some_and(|t| t.starts_with("2.2.0")),
+        "{v}"
+    );
+    assert_eq!(v["torch_cuda"], "12.1", "{v}");
+    assert_eq!(v["env"]["VLA_FSDP_IMPL"], "fsdp1", "{v}");
+    let line = addition_line(&dry);
+    assert!(
+        line.contains("VLA_FSDP_IMPL=fsdp1") && line.contains("--use_fsdp True"),
+        "{line}"
+    );
+    assert!(
+        dry.stderr.contains("torch 2.2.0+cu121") && dry.stderr.contains("FSDP1"),
+        "{}",
+        dry.stderr
+    );
+}
+
+#[test]
+fn on_a_current_torch_the_addition_plans_fsdp2() {
+    let (v, dry) = plan_on("2.11.0");
+    assert_eq!(v["feasible"], true, "{v}");
+    assert_eq!(v["fsdp_impl"], "fsdp2", "{v}");
+    assert!(
+        v["torch"].as_str().is_some_and(|t| t.starts_with("2.11.0")),
+        "{v}"
+    );
+    let line = addition_line(&dry);
+    assert!(line.contains("VLA_FSDP_IMPL=fsdp2"), "{line}");
+}
+
+/// torch 1.13 has neither FSDP the addition runs: no FSDP plan (ALOHA does not fit 24 GB cards
+/// without it), and the reason names the version and the torch that would do.
+#[test]
+fn a_torch_without_either_fsdp_gets_no_fsdp_plan_and_is_named() {
+    let (v, dry) = plan_on("1.13.1");
+    assert_eq!(v["feasible"], false, "{v}");
+    assert_ne!(v["strategy"], "fsdp", "{v}");
+    assert!(v.get("fsdp_impl").is_none(), "{v}");
+    let reasons = v["reasons"].to_string();
+    assert!(
+        reasons.contains("torch 1.13.1") && reasons.contains("2.0 or later"),
+        "{reasons}"
+    );
+    assert!(!reasons.contains("does not take --use_fsdp"), "{reasons}");
+    assert_eq!(dry.code, Some(3), "{}", dry.stderr);
+}
+
+/// Without torch in the Python that runs the script, the plan says what it assumed.
+#[test]
+fn a_python_without_torch_assumes_fsdp1_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_addition(dir.path());
+    let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
+    c.env("PYTHONPATH", Path::new("/nonexistent-torch")).args([
+        "plan",
+        "--json",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "4xrtx4090",
+    ]);
+    let o = run(&mut c);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["fsdp_impl"], "fsdp1", "{v}");
+    assert!(v.get("torch").is_none(), "{v}");
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains("could not learn the torch version") && warnings.contains("assumed"),
+        "{warnings}"
+    );
+}
