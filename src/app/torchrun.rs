@@ -78,7 +78,7 @@ pub(super) fn command_for(
 ) -> Result<(LaunchCommand, Vec<(String, String)>)> {
     let p = &ctx.loaded.profile;
     let r = &ctx.resolved;
-    let mut flags = r.flags.flags.clone();
+    let mut flags = ctx.script_flags();
     flags.extend(planner_flags(ctx));
     let mut missing = r.missing(torchrun.is_none());
     if wandb_off(ctx) {
@@ -155,7 +155,7 @@ pub(super) fn command_for(
         topology: ctx.topology.clone(),
         max_restarts: p.script.max_restarts,
         script_flags: flags,
-        extra_args: ctx.extra.clone(),
+        extra_args: ctx.script_args.raw().to_vec(),
         env,
         cuda_visible_devices: if described {
             None

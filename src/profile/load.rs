@@ -426,7 +426,7 @@ pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<()
         ));
     }
     if let Some(explicit) = p.model.platform {
-        let (derived, _) = platform_of(p, &[]);
+        let (derived, _) = platform_of(p, &super::script_args::ScriptArgs::default());
         if derived != explicit {
             return Err(ProfileError::invalid(
                 place("model.platform"),

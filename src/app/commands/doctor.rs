@@ -181,7 +181,7 @@ fn setup(loaded: &Loaded, r: &Resolved) -> Setup {
 /// One checkpoint: the trainable weights (LoRA adapter and heads, at most 4 bytes each) and,
 /// when the script merges LoRA while training, the whole merged model in bf16.
 fn checkpoint_bytes(loaded: &Loaded) -> u64 {
-    let spec = profile::model_spec(&loaded.profile, &[]);
+    let spec = profile::model_spec(&loaded.profile, &profile::ScriptArgs::default());
     let components = model::components(&spec).unwrap_or_default();
     let total: u64 = components.iter().map(|c| c.params).sum();
     let trainable: u64 = components
