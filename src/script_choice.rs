@@ -382,6 +382,35 @@ fn flag_list(flags: &[&str]) -> String {
         .join(", ")
 }
 
+/// The choice when nobody could ask the script (it is not here): the profile's flags assumed.
+fn assumed(
+    setting: FsdpAddition,
+    wanted: &[String],
+    addition: Option<&Path>,
+    script: &str,
+) -> ScriptChoice {
+    let run = match (setting, addition) {
+        (FsdpAddition::On, Some(a)) => ScriptRun::Addition {
+            addition: a.to_path_buf(),
+        },
+        _ => ScriptRun::Script,
+    };
+    let why = assumed_why(
+        &format!("{script} is not here to ask"),
+        &run,
+        wanted,
+        "; run `plan` in the checkout (or set OPENVLA_OFT_DIR) to check",
+    );
+    ScriptChoice {
+        run,
+        accepts: wanted.to_vec(),
+        own: wanted.to_vec(),
+        assumed: true,
+        forced: setting == FsdpAddition::On,
+        why,
+    }
+}
+
 /// Decides what runs. `wanted`: the profile's `script.accepts`. `has`: what the script defines
 /// (None: not known, the script is not here). `addition`: the installed addition, if any.
 /// `script`: the script's name for the messages. Errors are for `script.fsdp_addition: on` when
@@ -394,26 +423,7 @@ pub fn choose(
     script: &str,
 ) -> Result<ScriptChoice, String> {
     let Some(has) = has else {
-        let run = match (setting, addition) {
-            (FsdpAddition::On, Some(a)) => ScriptRun::Addition {
-                addition: a.to_path_buf(),
-            },
-            _ => ScriptRun::Script,
-        };
-        let why = assumed_why(
-            &format!("{script} is not here to ask"),
-            &run,
-            wanted,
-            "; run `plan` in the checkout (or set OPENVLA_OFT_DIR) to check",
-        );
-        return Ok(ScriptChoice {
-            run,
-            accepts: wanted.to_vec(),
-            own: wanted.to_vec(),
-            assumed: true,
-            forced: setting == FsdpAddition::On,
-            why,
-        });
+        return Ok(assumed(setting, wanted, addition, script));
     };
     let lacking: Vec<&str> = wanted
         .iter()

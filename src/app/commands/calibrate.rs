@@ -36,19 +36,9 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     let path = store_path()
         .ok_or_else(|| AppError::environment("no calibration store: set VLA_LAUNCH_CACHE_DIR"))?;
     let profile_name = load_profile(Some(&name), &launch.planning.sets)?.name;
-    let mut store = calibration::load(&path)?;
-    if reset {
-        let n = store.remove_where(|k| k.profile == profile_name);
-        calibration::save(&store, &path)?;
-        println!(
-            "removed {n} calibration entries of profile '{profile_name}' from {}",
-            path.display()
-        );
-        return Ok(ExitCode::Success);
-    }
-    if show {
-        print!("{}", describe_store(&store, &profile_name));
-        return Ok(ExitCode::Success);
+    let store = calibration::load(&path)?;
+    if reset || show {
+        return show_or_reset(store, &path, &profile_name, reset);
     }
     if steps == 0 {
         return Err(AppError::usage(
@@ -56,27 +46,7 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
         ));
     }
     let script_args = ScriptArgs::parse(&launch.extra)?;
-    let mut loaded = load_profile(Some(&name), &launch.planning.sets)?;
-    set_train(&mut loaded, "max_steps", Value::from(steps));
-    // In an OpenVLA-OFT checkout: the real code itself, through the shipped real-code probe.
-    let real_probe = real_probe(&loaded);
-    let with_real_probe = real_probe.is_some();
-    if let Some(probe) = real_probe {
-        eprintln!(
-            "vla-launch: calibrating with the real-code probe {} against the checkout {} \
-             (upstream's own model and training step, random weights, synthetic batches: no weights \
-             or data needed; DDP only)",
-            probe.display(),
-            {
-                let dir = std::path::PathBuf::from(loaded.resolve(&env_var).workdir.value);
-                std::path::absolute(&dir)
-                    .unwrap_or(dir)
-                    .display()
-                    .to_string()
-            }
-        );
-        run_real_probe(&mut loaded, &probe);
-    }
+    let (loaded, with_real_probe) = probe_profile(&name, &launch.planning.sets, steps)?;
     // A dry run runs nothing; like `plan`, it asks a script that is there for its flags (cached).
     let ctx = plan_loaded(
         &launch.planning,
@@ -142,6 +112,46 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     } else {
         ExitCode::TrainingFailed
     })
+}
+
+/// `--reset` (the profile's entries removed from the store) or `--show` (them printed).
+fn show_or_reset(
+    mut store: Store,
+    path: &std::path::Path,
+    profile_name: &str,
+    reset: bool,
+) -> Result<ExitCode> {
+    if reset {
+        let n = store.remove_where(|k| k.profile == profile_name);
+        calibration::save(&store, path)?;
+        println!(
+            "removed {n} calibration entries of profile '{profile_name}' from {}",
+            path.display()
+        );
+    } else {
+        print!("{}", describe_store(&store, profile_name));
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The profile the probe runs train: `max_steps` = `steps`, and in an OpenVLA-OFT checkout the
+/// real code itself, through the shipped real-code probe (said on stderr); true for the latter.
+fn probe_profile(name: &str, sets: &[String], steps: u32) -> Result<(Loaded, bool)> {
+    let mut loaded = load_profile(Some(name), sets)?;
+    set_train(&mut loaded, "max_steps", Value::from(steps));
+    let Some(probe) = real_probe(&loaded) else {
+        return Ok((loaded, false));
+    };
+    let dir = PathBuf::from(loaded.resolve(&env_var).workdir.value);
+    eprintln!(
+        "vla-launch: calibrating with the real-code probe {} against the checkout {} \
+         (upstream's own model and training step, random weights, synthetic batches: no weights \
+         or data needed; DDP only)",
+        probe.display(),
+        std::path::absolute(&dir).unwrap_or(dir).display()
+    );
+    run_real_probe(&mut loaded, &probe);
+    Ok((loaded, true))
 }
 
 /// When the profile trains with a checkout's `finetune.py` (it exists where the profile says) and

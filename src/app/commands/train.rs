@@ -47,36 +47,8 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             ctx.plan.reasons.join("; ")
         )));
     }
-    let node = ctx.topology.node_rank;
-    let other_node = ctx.topology.is_multi_node() && node > 0;
-    if other_node {
-        // The job's nodes usually share one output file: say which node each line is from.
-        crate::launch::term::set_line_prefix(format!("[node {node}] "));
-    }
-    for w in &ctx.warnings {
-        warn!("{w}");
-    }
-    if ctx.gpus.iter().any(|g| g.described) {
-        warn!(
-            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
-        );
-    }
     let (mut ctx, resumed) = decide_resume(ctx, &args);
-    // The plan once per job (node 0), unless this node's differs by failing. An infeasible plan
-    // is the error itself: shown even with -q.
-    if other_node && ctx.plan.feasible {
-        if !verbosity.quiet {
-            eprintln!(
-                "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
-                ctx.topology.nnodes
-            );
-        }
-    } else if !verbosity.quiet || !ctx.plan.feasible {
-        eprint!("{}", ctx.render(verbosity.verbose > 0));
-    }
-    if let Some(line) = resumed {
-        eprintln!("vla-launch: {line}");
-    }
+    show_plan(&ctx, resumed, verbosity);
     if !ctx.plan.feasible {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
         if !forced {
@@ -90,14 +62,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
         warn!("--force: launching a configuration the plan says does not work");
     }
     if args.dry_run {
-        if let Some(message) = missing_script(&ctx.loaded, &ctx.resolved) {
-            warn!("{message}");
-        }
-        let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
-        let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
-        warn_missing(&missing);
-        println!("{}", command::display(&cmd));
-        return Ok(ExitCode::Success);
+        return print_dry_run(&ctx, &args);
     }
     let log_dir = match &args.log_dir {
         Some(d) => d.clone(),
@@ -140,6 +105,51 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             }
         }
     }
+}
+
+/// The warnings and the plan as a launch shows them on stderr, with `--resume`'s line.
+fn show_plan(ctx: &Planned, resumed: Option<String>, verbosity: Verbosity) {
+    let node = ctx.topology.node_rank;
+    let other_node = ctx.topology.is_multi_node() && node > 0;
+    if other_node {
+        // The job's nodes usually share one output file: say which node each line is from.
+        crate::launch::term::set_line_prefix(format!("[node {node}] "));
+    }
+    for w in &ctx.warnings {
+        warn!("{w}");
+    }
+    if ctx.gpus.iter().any(|g| g.described) {
+        warn!(
+            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
+        );
+    }
+    // The plan once per job (node 0), unless this node's differs by failing. An infeasible plan
+    // is the error itself: shown even with -q.
+    if other_node && ctx.plan.feasible {
+        if !verbosity.quiet {
+            eprintln!(
+                "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
+                ctx.topology.nnodes
+            );
+        }
+    } else if !verbosity.quiet || !ctx.plan.feasible {
+        eprint!("{}", ctx.render(verbosity.verbose > 0));
+    }
+    if let Some(line) = resumed {
+        eprintln!("vla-launch: {line}");
+    }
+}
+
+/// `--dry-run`: the exact command on stdout, nothing run.
+fn print_dry_run(ctx: &Planned, args: &LaunchArgs) -> Result<ExitCode> {
+    if let Some(message) = missing_script(&ctx.loaded, &ctx.resolved) {
+        warn!("{message}");
+    }
+    let ranks = ranks_filter(args, ctx, PathBuf::from("<log-dir>/torchrun"))?;
+    let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
+    warn_missing(&missing);
+    println!("{}", command::display(&cmd));
+    Ok(ExitCode::Success)
 }
 
 /// `--resume`: the plan with the script's resume flags (and, under Slurm, its fixed run id),
