@@ -157,16 +157,11 @@ impl CacheKey {
         // Absolute but not resolved: two links to one file may be two scripts (a script can
         // look at its own name).
         let script = std::path::absolute(script).ok()?;
-        let meta = std::fs::metadata(&script).ok()?;
-        let mtime = meta.modified().ok()?;
-        let mtime_ns = match mtime.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => d.as_nanos() as i128,
-            Err(e) => -(e.duration().as_nanos() as i128),
-        };
+        let (mtime_ns, size) = cache::stamp(&script)?;
         Some(CacheKey {
             script,
             mtime_ns,
-            size: meta.len(),
+            size,
             python: python.display().to_string(),
         })
     }
@@ -181,43 +176,20 @@ struct CacheEntry {
     help_error: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheFile {
-    version: u32,
-    entries: Vec<CacheEntry>,
-}
-
 /// File name of the cache in the user cache directory (next to calibration.json).
 pub const CACHE_FILE: &str = "script-flags.json";
 const CACHE_VERSION: u32 = 1;
 /// Entries kept: one per script and Python a user plans with.
 const CACHE_MAX_ENTRIES: usize = 64;
-/// A cache file larger than this is ignored (it is a few KiB).
-const CACHE_MAX_BYTES: u64 = 1 << 20;
 
-fn read_cache(path: &Path) -> CacheFile {
-    let ok = std::fs::metadata(path).is_ok_and(|m| m.len() <= CACHE_MAX_BYTES);
-    ok.then(|| std::fs::read_to_string(path).ok())
-        .flatten()
-        .and_then(|t| serde_json::from_str::<CacheFile>(&t).ok())
-        .filter(|c| c.version == CACHE_VERSION)
-        .unwrap_or_default()
+fn read_cache(path: &Path) -> Vec<CacheEntry> {
+    cache::read(path, CACHE_VERSION)
 }
 
 fn write_cache(path: &Path, entry: CacheEntry) -> std::io::Result<()> {
-    let mut file = read_cache(path);
-    file.version = CACHE_VERSION;
-    file.entries
-        .retain(|e| e.key.script != entry.key.script || e.key.python != entry.key.python);
-    file.entries.push(entry);
-    let over = file.entries.len().saturating_sub(CACHE_MAX_ENTRIES);
-    file.entries.drain(..over);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
-    std::fs::rename(&tmp, path)
+    cache::put(path, CACHE_VERSION, CACHE_MAX_ENTRIES, entry, |a, b| {
+        a.key.script == b.key.script && a.key.python == b.key.python
+    })
 }
 
 /// The flags `script` defines: from the cache when the file and Python are unchanged, else from
@@ -236,7 +208,7 @@ pub fn script_flags(
     let file = workdir.join(script);
     let key = CacheKey::of(&file, python);
     if let (Some(key), Some(path)) = (&key, cache)
-        && let Some(e) = read_cache(path).entries.into_iter().find(|e| &e.key == key)
+        && let Some(e) = read_cache(path).into_iter().find(|e| &e.key == key)
     {
         return Ok(FlagsAnswer {
             caps: ScriptCaps {
@@ -547,6 +519,7 @@ pub fn installed(data_dir: &crate::install::DataDir, relative: &str) -> Option<P
     Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
 
+mod cache;
 pub mod torch;
 
 #[cfg(test)]

@@ -141,51 +141,10 @@ struct Entry {
     size: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheFile {
-    version: u32,
-    entries: Vec<Entry>,
-}
-
 /// File name of the cache in the user cache directory (next to script-flags.json).
 pub const CACHE_FILE: &str = "torch-env.json";
 const CACHE_VERSION: u32 = 1;
 const CACHE_MAX_ENTRIES: usize = 32;
-const CACHE_MAX_BYTES: u64 = 1 << 20;
-
-fn stamp(file: &Path) -> Option<(i128, u64)> {
-    let meta = std::fs::metadata(file).ok()?;
-    let mtime = meta.modified().ok()?;
-    let ns = match mtime.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    };
-    Some((ns, meta.len()))
-}
-
-fn read_cache(path: &Path) -> CacheFile {
-    let ok = std::fs::metadata(path).is_ok_and(|m| m.len() <= CACHE_MAX_BYTES);
-    ok.then(|| std::fs::read_to_string(path).ok())
-        .flatten()
-        .and_then(|t| serde_json::from_str::<CacheFile>(&t).ok())
-        .filter(|c| c.version == CACHE_VERSION)
-        .unwrap_or_default()
-}
-
-fn write_cache(path: &Path, entry: Entry) -> std::io::Result<()> {
-    let mut file = read_cache(path);
-    file.version = CACHE_VERSION;
-    file.entries.retain(|e| e.key != entry.key);
-    file.entries.push(entry);
-    let over = file.entries.len().saturating_sub(CACHE_MAX_ENTRIES);
-    file.entries.drain(..over);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
-    std::fs::rename(&tmp, path)
-}
 
 /// The environment that decides which torch `python` imports (read by the caller, so tests and
 /// the pure parts need no process environment).
@@ -219,8 +178,10 @@ pub fn learn(
         virtual_env: env.virtual_env.clone(),
     };
     if let Some(path) = cache
-        && let Some(e) = read_cache(path).entries.into_iter().find(|e| e.key == key)
-        && stamp(&e.file) == Some((e.mtime_ns, e.size))
+        && let Some(e) = super::cache::read::<Entry>(path, CACHE_VERSION)
+            .into_iter()
+            .find(|e| e.key == key)
+        && super::cache::stamp(&e.file) == Some((e.mtime_ns, e.size))
     {
         return Ok(e.torch);
     }
@@ -254,7 +215,7 @@ pub fn learn(
         cuda: answer.cuda,
     };
     if let (Some(path), Some(file)) = (cache, answer.file)
-        && let Some((mtime_ns, size)) = stamp(&file)
+        && let Some((mtime_ns, size)) = super::cache::stamp(&file)
     {
         let entry = Entry {
             key,
@@ -263,7 +224,10 @@ pub fn learn(
             mtime_ns,
             size,
         };
-        if let Err(e) = write_cache(path, entry) {
+        let put = super::cache::put(path, CACHE_VERSION, CACHE_MAX_ENTRIES, entry, |a, b| {
+            a.key == b.key
+        });
+        if let Err(e) = put {
             tracing::debug!("torch cache {} not written: {e}", path.display());
         }
     }
