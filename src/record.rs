@@ -160,6 +160,24 @@ pub struct Params {
     pub components: Vec<Component>,
 }
 
+impl Params {
+    /// The model's components with their sums: all parameters, and the trainable ones.
+    pub fn of(components: Vec<Component>) -> Params {
+        let sum = |trainable_only: bool| {
+            components
+                .iter()
+                .filter(|c| c.trainable || !trainable_only)
+                .map(|c| c.params)
+                .sum()
+        };
+        Params {
+            total: sum(false),
+            trainable: sum(true),
+            components,
+        }
+    }
+}
+
 /// What a launch observed, as the launcher completed the record. New fields: give them a serde
 /// default so that records written before them still read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

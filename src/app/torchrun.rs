@@ -7,9 +7,8 @@ use super::settings::Planned;
 use crate::budget::{FsdpVersion, Strategy};
 use crate::gpu::{self, Gpu};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
-use crate::model;
 use crate::plan::Alternative;
-use crate::record::{self, Params, PlanRecord, ScriptRunInfo};
+use crate::record::{self, PlanRecord, ScriptRunInfo};
 use crate::script_choice::{self, ScriptRun};
 
 /// The planner's flags for the script, in a fixed order, followed by any flags it adds.
@@ -184,13 +183,6 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
     let command = shown.as_ref();
     let plan = &ctx.plan;
     let c = plan.chosen.as_ref();
-    let components = model::components(&ctx.spec).unwrap_or_default();
-    let total: u64 = components.iter().map(|c| c.params).sum();
-    let trainable: u64 = components
-        .iter()
-        .filter(|c| c.trainable)
-        .map(|c| c.params)
-        .sum();
     PlanRecord {
         format_version: record::FORMAT_VERSION,
         profile: ctx.loaded.name.clone(),
@@ -226,11 +218,7 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         torch_cuda: ctx.torch.as_ref().and_then(|t| t.cuda.clone()),
         allocator: Some(ctx.policy.allocator),
         alloc_conf: Some(ctx.alloc_conf.clone()),
-        params: Some(Params {
-            total,
-            trainable,
-            components,
-        }),
+        params: Some(ctx.params.clone()),
         model: Some(ctx.spec.clone()),
         gpus: ctx.gpus.clone(),
         topology: Some(ctx.topology.clone()),

@@ -8,6 +8,7 @@ use crate::doctor::{self, DoctorContext, Setup, SystemHost};
 use crate::gpu::{self, NvmlSource};
 use crate::model;
 use crate::profile::{self, Loaded, Resolved};
+use crate::record::Params;
 use crate::script_caps;
 use crate::units::fmt_gib;
 use crate::{print_lossy as print, println_lossy as println};
@@ -182,17 +183,11 @@ fn setup(loaded: &Loaded, r: &Resolved) -> Setup {
 /// when the script merges LoRA while training, the whole merged model in bf16.
 fn checkpoint_bytes(loaded: &Loaded) -> u64 {
     let spec = profile::model_spec(&loaded.profile, &profile::ScriptArgs::default());
-    let components = model::components(&spec).unwrap_or_default();
-    let total: u64 = components.iter().map(|c| c.params).sum();
-    let trainable: u64 = components
-        .iter()
-        .filter(|c| c.trainable)
-        .map(|c| c.params)
-        .sum();
+    let params = Params::of(model::components(&spec).unwrap_or_default());
     let merged = if profile::merges_lora_during_training(&loaded.profile) {
-        total * 2
+        params.total * 2
     } else {
         0
     };
-    trainable * 4 + merged
+    params.trainable * 4 + merged
 }

@@ -13,6 +13,7 @@ use crate::launch::command::AllocConf;
 use crate::model;
 use crate::plan::{self, Pins, Plan, PlanInput, Policy, explain};
 use crate::profile::{self, Loaded, Resolved, ScriptArgs};
+use crate::record::Params;
 use crate::script_choice::torch::{self, AdditionFsdp, TorchInfo};
 use crate::script_choice::{self, ScriptChoice};
 use crate::units::GIB;
@@ -43,6 +44,8 @@ pub(in crate::app) struct Planned {
     pub torch: Option<TorchInfo>,
     /// Which FSDP the addition runs on that torch (FSDP1 for a script with its own --use_fsdp).
     pub fsdp: AdditionFsdp,
+    /// The model's parameters by component, with their sums (the plan record's `params`).
+    pub params: Params,
     /// Flags `--resume` sets on the script (replacing the profile's of the same name).
     pub resume_flags: Vec<(String, String)>,
     /// The planner reads the calibration store (off for calibrate's probe runs).
@@ -95,6 +98,8 @@ pub(in crate::app) fn plan(settings: Settings, facts: Facts) -> Result<Planned> 
     }
     let policy = policy(&settings, &facts.script_choice, &fsdp);
     let vram_cap = settings.vram_cap();
+    // What the planner's model is made of, summed once for the record.
+    let params = Params::of(model::components(&settings.spec).unwrap_or_default());
     let planned = Planned {
         policy,
         pins: settings.pins,
@@ -108,6 +113,7 @@ pub(in crate::app) fn plan(settings: Settings, facts: Facts) -> Result<Planned> 
         torch: facts.torch.ok(),
         fsdp,
         resume_flags: Vec::new(),
+        params,
         calibrated: true,
         gpus: facts.gpus,
         topology: settings.topology,
