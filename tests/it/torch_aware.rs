@@ -112,3 +112,39 @@ fn a_python_without_torch_assumes_fsdp1_and_says_so() {
         "{warnings}"
     );
 }
+
+/// A real launch on torch 2.2.0 runs the addition told FSDP1, and its record says so.
+#[test]
+fn a_launch_on_the_pinned_torch_runs_the_addition_with_fsdp1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_addition(dir.path());
+    let logs = dir.path().join("logs");
+    let seen = dir.path().join("torchrun-saw.json");
+    let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
+    c.env("PYTHONPATH", stand_in_torch("2.2.0"))
+        .env("FAKE_RECORD", &seen)
+        .args(["--profile", "aloha", "--gpus", "4xrtx4090", "--torchrun"])
+        .arg(crate::common::fake_torchrun())
+        .arg("--log-dir")
+        .arg(&logs);
+    let o = run(&mut c);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let seen: serde_json::Value = serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(seen["env"]["VLA_FSDP_IMPL"], "fsdp1", "{seen}");
+    assert!(
+        seen["argv"].to_string().contains("finetune_fsdp.py"),
+        "{seen}"
+    );
+    let record = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("plan-"))
+        })
+        .expect("a run record");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    assert_eq!(rec["fsdp_impl"], "fsdp1", "{rec}");
+    assert_eq!(rec["torch"], "2.2.0+cu121", "{rec}");
+}
