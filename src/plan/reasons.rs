@@ -200,7 +200,9 @@ pub(super) fn levers(
         let needs_flags = !p.script_accepts_fsdp || !p.script_accepts_checkpointing;
         let what = format!(
             "{}{}",
-            if needs_flags {
+            if p.fsdp_unavailable.is_some() {
+                "with a torch that runs FSDP and "
+            } else if needs_flags {
                 "with --use_fsdp and --gradient_checkpointing in the script and "
             } else {
                 "with "

@@ -109,9 +109,13 @@ pub fn describe(torch: Option<&TorchInfo>, fsdp: &AdditionFsdp) -> String {
                 ),
             }
         ),
-        (Some(t), AdditionFsdp::Unavailable { why }) => {
-            format!("torch {} ({}): {why}", t.version, cuda(t))
-        }
+        (Some(t), AdditionFsdp::Unavailable { .. }) => format!(
+            "torch {} ({}): the addition can run no FSDP on it (FSDP1 needs torch {}, FSDP2 {})",
+            t.version,
+            cuda(t),
+            dotted(FSDP1_FROM),
+            dotted(FSDP2_FROM)
+        ),
         (None, _) => format!(
             "torch version not known: assumed the addition runs FSDP1 (the larger prediction; it runs on torch {} and later, FSDP2 from {})",
             dotted(FSDP1_FROM),

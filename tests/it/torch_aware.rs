@@ -85,6 +85,12 @@ fn a_torch_without_either_fsdp_gets_no_fsdp_plan_and_is_named() {
         "{reasons}"
     );
     assert!(!reasons.contains("does not take --use_fsdp"), "{reasons}");
+    // The levers blame the torch, not the script (which takes --use_fsdp through the addition).
+    let levers = v["levers"].to_string();
+    assert!(
+        levers.contains("with a torch that runs FSDP") && !levers.contains("in the script"),
+        "{levers}"
+    );
     assert_eq!(dry.code, Some(3), "{}", dry.stderr);
 }
 
