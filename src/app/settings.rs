@@ -19,7 +19,7 @@ use crate::launch::command::Inherited;
 use crate::profile::{self, Loaded, ScriptArgs};
 
 pub(super) use env::{env_var, script_path, store_path, user_config_dir};
-pub(super) use gather::{choose_script, gather, missing_script};
+pub(super) use gather::{choose_script, gather, learn_torch, missing_script};
 pub(super) use planned::{Planned, Steer};
 pub(super) use resolve::resolve;
 

@@ -154,3 +154,20 @@ fn a_launch_on_the_pinned_torch_runs_the_addition_with_fsdp1() {
     assert_eq!(rec["fsdp_impl"], "fsdp1", "{rec}");
     assert_eq!(rec["torch"], "2.2.0+cu121", "{rec}");
 }
+
+/// `doctor` says which FSDP the addition will run on the training environment's torch.
+#[test]
+fn doctor_says_which_fsdp_the_torch_gives_the_addition() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = with_addition(dir.path());
+    let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
+    c.env("PYTHONPATH", stand_in_torch("2.2.0"))
+        .args(["doctor", "--profile", "aloha"]);
+    let o = run(&mut c);
+    assert!(
+        o.stdout
+            .contains("torch 2.2.0+cu121 (CUDA 12.1): the addition runs FSDP1"),
+        "{}",
+        o.stdout
+    );
+}

@@ -3,13 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use crate::app::error::{ExitCode, Result};
-use crate::app::settings::{choose_script, env_var, load_profile};
+use crate::app::settings::{choose_script, env_var, learn_torch, load_profile};
 use crate::doctor::{self, DoctorContext, Setup, SystemHost};
 use crate::gpu::{self, NvmlSource};
 use crate::model;
 use crate::profile::{self, Loaded, Resolved};
 use crate::record::Params;
 use crate::script_caps;
+use crate::script_choice::{self, ScriptChoice};
 use crate::units::fmt_gib;
 use crate::{print_lossy as print, println_lossy as println};
 
@@ -66,7 +67,7 @@ pub(in crate::app) fn cmd_doctor(
         Ok((choice, _)) => doctor::Check {
             name: "runs".into(),
             ok: true,
-            detail: choice.why,
+            detail: with_torch(&choice, &r),
             fix: None,
         },
         Err(e) => doctor::Check {
@@ -95,6 +96,21 @@ pub(in crate::app) fn cmd_doctor(
     } else {
         ExitCode::Environment
     })
+}
+
+/// Why this script runs and, when the addition gives it `--use_fsdp`, which FSDP the training
+/// environment's torch lets it run.
+fn with_torch(choice: &ScriptChoice, r: &Resolved) -> String {
+    if !choice.addition_gives_fsdp() {
+        return choice.why.clone();
+    }
+    let torch = learn_torch(r);
+    let fsdp = choice.fsdp_on(torch.as_ref().ok());
+    format!(
+        "{}; {}",
+        choice.why,
+        script_choice::torch::describe(torch.as_ref().ok(), &fsdp)
+    )
 }
 
 fn truthy(v: Option<String>) -> bool {
