@@ -3,7 +3,8 @@
 //! Upstream OpenVLA-OFT pins torch 2.2.0, which has FSDP1 (`FullyShardedDataParallel` with
 //! `use_orig_params`) but not FSDP2 (`fully_shard`, 2.4; the addition's checkpoint save also needs
 //! `DTensor` exported from `torch.distributed.tensor`, 2.5). The addition
-//! (`scripts/finetune_fsdp.py`) runs FSDP2 from torch 2.5 and FSDP1 from 2.0, so the plan must
+//! (`scripts/finetune_fsdp.py`) runs FSDP2 from torch 2.5 and FSDP1 from 2.2 (it refuses older
+//! torch before loading a model: scripts/vlalaunch/torchcompat.py), so the plan must
 //! predict the one that will run. The version comes from the Python that runs the script (the
 //! one asked for its flags), cached like the flags: per Python and `PYTHONPATH`, checked against
 //! the modification time and size of the `torch/__init__.py` that answered, so a `pip install`
@@ -23,8 +24,9 @@ pub const TORCH_PROBE: &str = "import json, torch; print(json.dumps({'torch': to
 
 /// The first torch whose addition runs FSDP2 (`DTensor` exported for the checkpoint save).
 pub const FSDP2_FROM: (u32, u32) = (2, 5);
-/// The first torch whose `FullyShardedDataParallel` takes `use_orig_params` (FSDP1 with LoRA).
-pub const FSDP1_FROM: (u32, u32) = (2, 0);
+/// The first torch the addition runs FSDP1 (`FullyShardedDataParallel` with `use_orig_params`)
+/// on: upstream's pin; it refuses older ones.
+pub const FSDP1_FROM: (u32, u32) = (2, 2);
 
 /// The torch of the training environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,7 +257,9 @@ mod tests {
     fn the_addition_runs_the_fsdp_its_torch_has() {
         for (version, want) in [
             ("2.2.0+cu121", Some(FsdpVersion::Fsdp1)),
-            ("2.0.1", Some(FsdpVersion::Fsdp1)),
+            // The addition refuses torch below 2.2 (scripts/vlalaunch/torchcompat.py).
+            ("2.0.1", None),
+            ("2.1.2", None),
             // 2.4 has fully_shard, but the addition's save needs DTensor exported (2.5).
             ("2.4.1", Some(FsdpVersion::Fsdp1)),
             ("2.5.0a0+git1234", Some(FsdpVersion::Fsdp2)),
@@ -266,7 +270,7 @@ mod tests {
             let got = match addition_fsdp(Some(&torch(version))) {
                 AdditionFsdp::Runs { version } => Some(version),
                 AdditionFsdp::Unavailable { why } => {
-                    assert!(why.contains(version) && why.contains("2.0"), "{why}");
+                    assert!(why.contains(version) && why.contains("2.2"), "{why}");
                     None
                 }
             };

@@ -1,5 +1,5 @@
 //! Torch-aware planning (issue 24): in an upstream checkout the FSDP addition runs FSDP2 on torch
-//! 2.5 and later, FSDP1 on 2.0 to 2.4 (upstream pins 2.2.0), and nothing below; `plan`,
+//! 2.5 and later, FSDP1 on 2.2 to 2.4 (upstream's pin), and nothing below; `plan`,
 //! `plan --json` and `--dry-run` plan only what the training environment's torch can run and
 //! say which. The torch is a stand-in package on PYTHONPATH (tests/fixtures/torch-stand-in).
 
@@ -81,7 +81,7 @@ fn a_torch_without_either_fsdp_gets_no_fsdp_plan_and_is_named() {
     assert!(v.get("fsdp_impl").is_none(), "{v}");
     let reasons = v["reasons"].to_string();
     assert!(
-        reasons.contains("torch 1.13.1") && reasons.contains("2.0 or later"),
+        reasons.contains("torch 1.13.1") && reasons.contains("2.2 or later"),
         "{reasons}"
     );
     assert!(!reasons.contains("does not take --use_fsdp"), "{reasons}");
