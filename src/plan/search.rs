@@ -338,11 +338,15 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     fitting.sort_by_key(|c| rank_key(c));
 
     // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
-    // (FSDP2) merges on the saving rank, upstream's save (DDP, a fork's FSDP) on every rank.
+    // (FSDP2, or FSDP1 on an older torch) merges on the saving rank, upstream's save (DDP, a
+    // fork's FSDP) on every rank.
     let best = fitting.first().copied();
     let merge_on = match best {
         _ if !input.merge_lora_during_training => budget::MergeOn::Nowhere,
-        Some(c) if c.strategy == Strategy::Fsdp && policy.fsdp == FsdpVersion::Fsdp2 => {
+        Some(c)
+            if c.strategy == Strategy::Fsdp
+                && (policy.fsdp == FsdpVersion::Fsdp2 || policy.fsdp_by_addition) =>
+        {
             budget::MergeOn::RankZero
         }
         _ => budget::MergeOn::EveryRank,

@@ -28,6 +28,10 @@ pub struct Policy {
     /// torch has none the script can use), naming what would allow it: FSDP is then not
     /// considered (`script_accepts_fsdp` is false) and this is the reason the plan gives.
     pub fsdp_unavailable: Option<String>,
+    /// FSDP plans run vla-launch's addition (`--use_fsdp` is its), which merges LoRA at a
+    /// checkpoint on the saving rank alone whichever FSDP it runs; a fork's own FSDP saves as
+    /// upstream does, on every rank. FSDP2 is always the addition's.
+    pub fsdp_by_addition: bool,
 }
 
 /// Axes pinned by the user (`--batch-size` etc.); `None` lets the search choose.

@@ -34,6 +34,7 @@ pub fn policy() -> Policy {
         allocator: Allocator::ExpandableSegments,
         fsdp: FsdpVersion::Fsdp1,
         fsdp_unavailable: None,
+        fsdp_by_addition: false,
     }
 }
 

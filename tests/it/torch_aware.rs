@@ -171,3 +171,39 @@ fn doctor_says_which_fsdp_the_torch_gives_the_addition() {
         o.stdout
     );
 }
+
+/// The addition merges LoRA at a checkpoint on the saving rank alone, FSDP1 or FSDP2: on torch
+/// 2.2.0 a node with 96 GiB of RAM keeps `--merge_lora_during_training` as on a current torch
+/// (every rank loading the 15 GB base model would need 111 GiB).
+#[test]
+fn the_addition_merges_on_one_rank_under_fsdp1_too() {
+    let plan = |torch: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = with_addition(dir.path());
+        let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
+        c.env("PYTHONPATH", stand_in_torch(torch)).args([
+            "plan",
+            "--json",
+            "--profile",
+            "aloha",
+            "--gpus",
+            "4xrtx4090",
+            "--host-ram",
+            "96GiB",
+        ]);
+        let o = run(&mut c);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        v
+    };
+    let (fsdp1, fsdp2) = (plan("2.2.0"), plan("2.11.0"));
+    assert_eq!(fsdp1["fsdp_impl"], "fsdp1", "{fsdp1}");
+    for v in [&fsdp1, &fsdp2] {
+        assert!(
+            !v["command"]
+                .to_string()
+                .contains("--merge_lora_during_training"),
+            "{v}"
+        );
+    }
+    assert_eq!(fsdp1["host_ram"], fsdp2["host_ram"]);
+}

@@ -81,6 +81,7 @@ fn policy(settings: &Settings, choice: &ScriptChoice, fsdp: &AdditionFsdp) -> Po
         allocator: settings.alloc_conf.allocator(),
         fsdp: version,
         fsdp_unavailable: unavailable,
+        fsdp_by_addition: choice.addition_gives_fsdp(),
     }
 }
 
