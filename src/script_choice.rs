@@ -312,9 +312,14 @@ impl ScriptChoice {
     /// not take it itself), the one the addition runs on `torch` ([`torch::addition_fsdp`]:
     /// FSDP2 from 2.5, FSDP1 from 2.0, none below); FSDP1 when the script has its own (a fork,
     /// or assumed because nobody could ask it: the larger, safe prediction).
-    pub fn fsdp_on(&self, torch: Option<&torch::TorchInfo>) -> torch::AdditionFsdp {
+    /// `forced`: `VLA_FSDP_IMPL`, which the addition honours where the torch has it.
+    pub fn fsdp_on(
+        &self,
+        torch: Option<&torch::TorchInfo>,
+        forced: Option<FsdpVersion>,
+    ) -> torch::AdditionFsdp {
         if self.addition_gives_fsdp() {
-            torch::addition_fsdp(torch)
+            torch::addition_fsdp_forced(torch, forced)
         } else {
             torch::AdditionFsdp::Runs {
                 version: FsdpVersion::Fsdp1,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ENV_FSDP_IMPL;
 use crate::budget::FsdpVersion;
 use crate::script_caps::CommandRunner;
 
@@ -24,6 +25,9 @@ pub const TORCH_PROBE: &str = "import json, torch; print(json.dumps({'torch': to
 
 /// The first torch whose addition runs FSDP2 (`DTensor` exported for the checkpoint save).
 pub const FSDP2_FROM: (u32, u32) = (2, 5);
+/// The first torch with `fully_shard`: a forced `VLA_FSDP_IMPL=fsdp2` runs from here (the addition
+/// takes `DTensor` from 2.4's private module).
+pub const FSDP2_FORCED_FROM: (u32, u32) = (2, 4);
 /// The first torch the addition runs FSDP1 (`FullyShardedDataParallel` with `use_orig_params`)
 /// on: upstream's pin; it refuses older ones.
 pub const FSDP1_FROM: (u32, u32) = (2, 2);
@@ -92,8 +96,58 @@ pub fn addition_fsdp(torch: Option<&TorchInfo>) -> AdditionFsdp {
     }
 }
 
+/// `VLA_FSDP_IMPL` as the addition reads it: `fsdp1`, `fsdp2`, or empty (chosen by torch's version).
+pub fn parse_forced(value: &str) -> Result<Option<FsdpVersion>, String> {
+    match value.trim() {
+        "" => Ok(None),
+        "fsdp1" => Ok(Some(FsdpVersion::Fsdp1)),
+        "fsdp2" => Ok(Some(FsdpVersion::Fsdp2)),
+        other => Err(format!(
+            "{ENV_FSDP_IMPL}={}: not fsdp1 or fsdp2; unset it to let torch's version choose",
+            crate::input::excerpt(other, 40)
+        )),
+    }
+}
+
+/// [`addition_fsdp`] with `VLA_FSDP_IMPL` forcing an implementation, which the addition honours
+/// where the torch has it (FSDP1 from 2.2, FSDP2 from 2.4).
+pub fn addition_fsdp_forced(
+    torch: Option<&TorchInfo>,
+    forced: Option<FsdpVersion>,
+) -> AdditionFsdp {
+    let Some(version) = forced else {
+        return addition_fsdp(torch);
+    };
+    let (name, from) = match version {
+        FsdpVersion::Fsdp1 => ("fsdp1", FSDP1_FROM),
+        FsdpVersion::Fsdp2 => ("fsdp2", FSDP2_FORCED_FROM),
+    };
+    match torch.and_then(|t| Some((t, t.major_minor()?))) {
+        Some((t, v)) if v < from => AdditionFsdp::Unavailable {
+            why: format!(
+                "FSDP not considered: {ENV_FSDP_IMPL}={name} needs torch {} or later, and the training environment has torch {}; unset {ENV_FSDP_IMPL} or install torch {} or later",
+                dotted(from),
+                t.version,
+                dotted(from)
+            ),
+        },
+        _ => AdditionFsdp::Runs { version },
+    }
+}
+
 /// One sentence for the plan: the torch and the FSDP it gives the addition.
 pub fn describe(torch: Option<&TorchInfo>, fsdp: &AdditionFsdp) -> String {
+    let forced = matches!(fsdp, AdditionFsdp::Runs { .. }) && *fsdp != addition_fsdp(torch);
+    if let (true, AdditionFsdp::Runs { version }) = (forced, fsdp) {
+        let name = match version {
+            FsdpVersion::Fsdp1 => "FSDP1",
+            FsdpVersion::Fsdp2 => "FSDP2",
+        };
+        let on = torch.map_or("torch version not known".into(), |t| {
+            format!("torch {}", t.version)
+        });
+        return format!("{on}: the addition runs {name}, as {ENV_FSDP_IMPL} says");
+    }
     let cuda = |t: &TorchInfo| match &t.cuda {
         Some(c) => format!("CUDA {c}"),
         None => "a CPU-only build".into(),
@@ -281,6 +335,44 @@ mod tests {
             AdditionFsdp::Runs {
                 version: FsdpVersion::Fsdp1
             }
+        );
+    }
+
+    /// `VLA_FSDP_IMPL` (the profile's env or the launcher's) forces the addition's choice, as the
+    /// addition itself honours it: fsdp2 from torch 2.4 (fully_shard), fsdp1 from 2.2.
+    #[test]
+    fn a_forced_implementation_is_planned_where_the_torch_has_it() {
+        let forced = |v: &str, f: FsdpVersion| addition_fsdp_forced(Some(&torch(v)), Some(f));
+        let runs = |version| AdditionFsdp::Runs { version };
+        assert_eq!(
+            forced("2.11.0", FsdpVersion::Fsdp1),
+            runs(FsdpVersion::Fsdp1)
+        );
+        assert_eq!(
+            forced("2.4.1", FsdpVersion::Fsdp2),
+            runs(FsdpVersion::Fsdp2)
+        );
+        let AdditionFsdp::Unavailable { why } = forced("2.2.0", FsdpVersion::Fsdp2) else {
+            panic!("FSDP2 forced on torch 2.2");
+        };
+        assert!(
+            why.contains("VLA_FSDP_IMPL=fsdp2") && why.contains("2.4"),
+            "{why}"
+        );
+        assert!(matches!(
+            forced("2.1.0", FsdpVersion::Fsdp1),
+            AdditionFsdp::Unavailable { .. }
+        ));
+        assert_eq!(
+            addition_fsdp_forced(None, Some(FsdpVersion::Fsdp2)),
+            runs(FsdpVersion::Fsdp2)
+        );
+        assert_eq!(parse_forced("fsdp1"), Ok(Some(FsdpVersion::Fsdp1)));
+        assert_eq!(parse_forced(""), Ok(None));
+        assert!(
+            parse_forced("fsdp3")
+                .unwrap_err()
+                .contains("fsdp1 or fsdp2")
         );
     }
 

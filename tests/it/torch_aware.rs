@@ -207,3 +207,45 @@ fn the_addition_merges_on_one_rank_under_fsdp1_too() {
     }
     assert_eq!(fsdp1["host_ram"], fsdp2["host_ram"]);
 }
+
+/// `VLA_FSDP_IMPL`, which the addition honours, is planned for too: FSDP1 on a current torch,
+/// no FSDP where it asks for one the torch lacks, and a usage error for another word.
+#[test]
+fn a_forced_fsdp_implementation_is_planned_where_the_torch_has_it() {
+    let plan = |torch: &str, forced: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = with_addition(dir.path());
+        let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
+        c.env("PYTHONPATH", stand_in_torch(torch))
+            .env("VLA_FSDP_IMPL", forced)
+            .args([
+                "plan",
+                "--json",
+                "--profile",
+                "aloha",
+                "--gpus",
+                "4xrtx4090",
+            ]);
+        run(&mut c)
+    };
+    let o = plan("2.11.0", "fsdp1");
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["fsdp_impl"], "fsdp1", "{v}");
+    assert_eq!(v["env"]["VLA_FSDP_IMPL"], "fsdp1", "{v}");
+    let o = plan("2.2.0", "fsdp2");
+    assert_eq!(o.code, Some(3), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(
+        v["reasons"]
+            .to_string()
+            .contains("VLA_FSDP_IMPL=fsdp2 needs torch 2.4"),
+        "{v}"
+    );
+    let o = plan("2.11.0", "fsdp3");
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("VLA_FSDP_IMPL=\"fsdp3\": not fsdp1 or fsdp2"),
+        "{}",
+        o.stderr
+    );
+}

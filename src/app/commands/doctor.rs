@@ -105,7 +105,15 @@ fn with_torch(choice: &ScriptChoice, r: &Resolved) -> String {
         return choice.why.clone();
     }
     let torch = learn_torch(r);
-    let fsdp = choice.fsdp_on(torch.as_ref().ok());
+    // VLA_FSDP_IMPL (the profile's, else this environment's) forces the addition's choice.
+    let forced = r
+        .env
+        .iter()
+        .find(|(k, _)| k == script_choice::ENV_FSDP_IMPL)
+        .map(|(_, e)| e.value.clone())
+        .or_else(|| env_var(script_choice::ENV_FSDP_IMPL));
+    let forced = script_choice::torch::parse_forced(forced.as_deref().unwrap_or_default());
+    let fsdp = choice.fsdp_on(torch.as_ref().ok(), forced.ok().flatten());
     format!(
         "{}; {}",
         choice.why,

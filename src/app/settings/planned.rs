@@ -87,7 +87,9 @@ fn policy(settings: &Settings, choice: &ScriptChoice, fsdp: &AdditionFsdp) -> Po
 
 /// The plan for `settings` on this machine's `facts`.
 pub(in crate::app) fn plan(settings: Settings, facts: Facts) -> Result<Planned> {
-    let fsdp = facts.script_choice.fsdp_on(facts.torch.as_ref().ok());
+    let fsdp = facts
+        .script_choice
+        .fsdp_on(facts.torch.as_ref().ok(), settings.fsdp_forced);
     let mut warnings = facts.warnings;
     warnings.extend(settings.warnings.iter().cloned());
     if let (Err(why), true) = (&facts.torch, facts.script_choice.addition_gives_fsdp()) {

@@ -3,13 +3,14 @@
 //! computed once.
 
 use super::super::error::{AppError, Result};
-use crate::budget::Strategy;
+use crate::budget::{FsdpVersion, Strategy};
 use crate::cli::{PlanningArgs, StrategyArg, Toggle};
 use crate::cluster::{self, Topology, TopologyFlags};
 use crate::launch::command::{self, AllocConf, Inherited};
 use crate::model::ModelSpec;
 use crate::plan::Pins;
 use crate::profile::{self, Loaded, Resolved, ScriptArgs};
+use crate::script_choice::{self, torch};
 
 /// Which GPUs to plan for: described by `--gpus`, or queried from NVML.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub(in crate::app) struct Settings {
     pub exact_global_batch: bool,
     pub alloc_conf: AllocConf,
     pub host_ram: HostRamSource,
+    /// `VLA_FSDP_IMPL` (the profile's `env:`, else the launcher's): the FSDP the addition must run.
+    pub fsdp_forced: Option<FsdpVersion>,
     /// What the settling noticed (a plan-only topology, no platform word), in order.
     pub warnings: Vec<String>,
 }
@@ -95,6 +98,14 @@ pub(in crate::app) fn resolve(
         p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let alloc_conf = command::effective_alloc_conf(&profile_env, inherited);
     let pins = pins_from(args, &loaded)?;
+    let forced = resolved
+        .env
+        .iter()
+        .find(|(k, _)| k == script_choice::ENV_FSDP_IMPL)
+        .map(|(_, e)| e.value.clone())
+        .or_else(|| env(script_choice::ENV_FSDP_IMPL));
+    let fsdp_forced =
+        torch::parse_forced(forced.as_deref().unwrap_or_default()).map_err(AppError::usage)?;
     let vram_cap = match &args.vram_cap {
         Some(s) => Some((s.clone(), parse_size("--vram-cap", s)?)),
         None => None,
@@ -119,6 +130,7 @@ pub(in crate::app) fn resolve(
         pins,
         alloc_conf,
         host_ram,
+        fsdp_forced,
         warnings,
         loaded,
     })
