@@ -21,7 +21,7 @@ use crate::profile::{self, Loaded, ScriptArgs};
 pub(super) use env::{env_var, script_path, store_path, user_config_dir};
 pub(super) use gather::{choose_script, gather, learn_torch, missing_script};
 pub(super) use planned::{Planned, Steer};
-pub(super) use resolve::resolve;
+pub(super) use resolve::{fsdp_forced, resolve};
 
 pub(super) fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded> {
     let name = name.ok_or_else(|| {

@@ -7,22 +7,43 @@ use std::path::Path;
 
 use crate::script_choice::{Out, bin, checkout, run, stand_in_torch, torchrun_line, with_addition};
 
-/// `plan --json` and `--dry-run` for ALOHA on 4x RTX 4090 in the upstream checkout with the
-/// addition installed, on the given torch (a fresh cache each time).
-fn plan_on(torch: &str) -> (serde_json::Value, Out) {
+/// The binary in the upstream checkout with the addition installed, a fresh cache, `torch` (a
+/// stand-in version; None: no torch) on PYTHONPATH and `env` set.
+fn cli(torch: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Out {
     let dir = tempfile::tempdir().unwrap();
     let data = with_addition(dir.path());
-    let upstream = checkout("openvla-oft-upstream");
-    let with_torch = |args: &[&str]| {
-        let mut c = bin(dir.path(), &upstream, &data);
-        c.env("PYTHONPATH", stand_in_torch(torch)).args(args);
-        run(&mut c)
-    };
-    let args = ["--profile", "aloha", "--gpus", "4xrtx4090"];
-    let o = with_torch(&[&["plan", "--json"][..], &args].concat());
-    let v: serde_json::Value = serde_json::from_str(&o.stdout)
+    let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
+    let pythonpath = torch.map_or_else(|| Path::new("/nonexistent-torch").into(), stand_in_torch);
+    c.env("PYTHONPATH", pythonpath)
+        .envs(env.iter().copied())
+        .args(args);
+    run(&mut c)
+}
+
+/// `plan --json` for ALOHA on 4x RTX 4090 (and `more` arguments), as a value.
+fn plan_json(torch: Option<&str>, env: &[(&str, &str)], more: &[&str]) -> (serde_json::Value, Out) {
+    let args = [
+        "plan",
+        "--json",
+        "--profile",
+        "aloha",
+        "--gpus",
+        "4xrtx4090",
+    ];
+    let o = cli(torch, env, &[&args[..], more].concat());
+    let v = serde_json::from_str(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", o.stdout, o.stderr));
-    let dry = with_torch(&[&args[..], &["--dry-run"]].concat());
+    (v, o)
+}
+
+/// `plan --json` and `--dry-run` for ALOHA on 4x RTX 4090 on the given torch.
+fn plan_on(torch: &str) -> (serde_json::Value, Out) {
+    let (v, _) = plan_json(Some(torch), &[], &[]);
+    let dry = cli(
+        Some(torch),
+        &[],
+        &["--profile", "aloha", "--gpus", "4xrtx4090", "--dry-run"],
+    );
     (v, dry)
 }
 
@@ -97,19 +118,7 @@ fn a_torch_without_either_fsdp_gets_no_fsdp_plan_and_is_named() {
 /// Without torch in the Python that runs the script, the plan says what it assumed.
 #[test]
 fn a_python_without_torch_assumes_fsdp1_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = with_addition(dir.path());
-    let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
-    c.env("PYTHONPATH", Path::new("/nonexistent-torch")).args([
-        "plan",
-        "--json",
-        "--profile",
-        "aloha",
-        "--gpus",
-        "4xrtx4090",
-    ]);
-    let o = run(&mut c);
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let (v, _) = plan_json(None, &[], &[]);
     assert_eq!(v["fsdp_impl"], "fsdp1", "{v}");
     assert!(v.get("torch").is_none(), "{v}");
     let warnings = v["warnings"].to_string();
@@ -158,12 +167,7 @@ fn a_launch_on_the_pinned_torch_runs_the_addition_with_fsdp1() {
 /// `doctor` says which FSDP the addition will run on the training environment's torch.
 #[test]
 fn doctor_says_which_fsdp_the_torch_gives_the_addition() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = with_addition(dir.path());
-    let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
-    c.env("PYTHONPATH", stand_in_torch("2.2.0"))
-        .args(["doctor", "--profile", "aloha"]);
-    let o = run(&mut c);
+    let o = cli(Some("2.2.0"), &[], &["doctor", "--profile", "aloha"]);
     assert!(
         o.stdout
             .contains("torch 2.2.0+cu121 (CUDA 12.1): the addition runs FSDP1"),
@@ -177,24 +181,7 @@ fn doctor_says_which_fsdp_the_torch_gives_the_addition() {
 /// (every rank loading the 15 GB base model would need 111 GiB).
 #[test]
 fn the_addition_merges_on_one_rank_under_fsdp1_too() {
-    let plan = |torch: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let data = with_addition(dir.path());
-        let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
-        c.env("PYTHONPATH", stand_in_torch(torch)).args([
-            "plan",
-            "--json",
-            "--profile",
-            "aloha",
-            "--gpus",
-            "4xrtx4090",
-            "--host-ram",
-            "96GiB",
-        ]);
-        let o = run(&mut c);
-        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
-        v
-    };
+    let plan = |torch| plan_json(Some(torch), &[], &["--host-ram", "96GiB"]).0;
     let (fsdp1, fsdp2) = (plan("2.2.0"), plan("2.11.0"));
     assert_eq!(fsdp1["fsdp_impl"], "fsdp1", "{fsdp1}");
     for v in [&fsdp1, &fsdp2] {
@@ -212,39 +199,27 @@ fn the_addition_merges_on_one_rank_under_fsdp1_too() {
 /// no FSDP where it asks for one the torch lacks, and a usage error for another word.
 #[test]
 fn a_forced_fsdp_implementation_is_planned_where_the_torch_has_it() {
-    let plan = |torch: &str, forced: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let data = with_addition(dir.path());
-        let mut c = bin(dir.path(), &checkout("openvla-oft-upstream"), &data);
-        c.env("PYTHONPATH", stand_in_torch(torch))
-            .env("VLA_FSDP_IMPL", forced)
-            .args([
-                "plan",
-                "--json",
-                "--profile",
-                "aloha",
-                "--gpus",
-                "4xrtx4090",
-            ]);
-        run(&mut c)
-    };
-    let o = plan("2.11.0", "fsdp1");
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let plan = |torch, forced| plan_json(Some(torch), &[("VLA_FSDP_IMPL", forced)], &[]);
+    let (v, _) = plan("2.11.0", "fsdp1");
     assert_eq!(v["fsdp_impl"], "fsdp1", "{v}");
     assert_eq!(v["env"]["VLA_FSDP_IMPL"], "fsdp1", "{v}");
-    let o = plan("2.2.0", "fsdp2");
+    let (v, o) = plan("2.2.0", "fsdp2");
     assert_eq!(o.code, Some(3), "{}", o.stderr);
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert!(
         v["reasons"]
             .to_string()
             .contains("VLA_FSDP_IMPL=fsdp2 needs torch 2.4"),
         "{v}"
     );
-    let o = plan("2.11.0", "fsdp3");
+    let o = cli(
+        Some("2.11.0"),
+        &[("VLA_FSDP_IMPL", "fsdp3")],
+        &["plan", "--profile", "aloha", "--gpus", "4xrtx4090"],
+    );
     assert_eq!(o.code, Some(2), "{}", o.stderr);
     assert!(
-        o.stderr.contains("VLA_FSDP_IMPL=\"fsdp3\": not fsdp1 or fsdp2"),
+        o.stderr
+            .contains("VLA_FSDP_IMPL=\"fsdp3\": not fsdp1 or fsdp2"),
         "{}",
         o.stderr
     );

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::app::error::{ExitCode, Result};
-use crate::app::settings::{choose_script, env_var, learn_torch, load_profile};
+use crate::app::settings::{choose_script, env_var, fsdp_forced, learn_torch, load_profile};
 use crate::doctor::{self, DoctorContext, Setup, SystemHost};
 use crate::gpu::{self, NvmlSource};
 use crate::model;
@@ -106,14 +106,8 @@ fn with_torch(choice: &ScriptChoice, r: &Resolved) -> String {
     }
     let torch = learn_torch(r);
     // VLA_FSDP_IMPL (the profile's, else this environment's) forces the addition's choice.
-    let forced = r
-        .env
-        .iter()
-        .find(|(k, _)| k == script_choice::ENV_FSDP_IMPL)
-        .map(|(_, e)| e.value.clone())
-        .or_else(|| env_var(script_choice::ENV_FSDP_IMPL));
-    let forced = script_choice::torch::parse_forced(forced.as_deref().unwrap_or_default());
-    let fsdp = choice.fsdp_on(torch.as_ref().ok(), forced.ok().flatten());
+    let forced = fsdp_forced(r, &env_var).ok().flatten();
+    let fsdp = choice.fsdp_on(torch.as_ref().ok(), forced);
     format!(
         "{}; {}",
         choice.why,

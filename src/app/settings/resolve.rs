@@ -98,14 +98,7 @@ pub(in crate::app) fn resolve(
         p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let alloc_conf = command::effective_alloc_conf(&profile_env, inherited);
     let pins = pins_from(args, &loaded)?;
-    let forced = resolved
-        .env
-        .iter()
-        .find(|(k, _)| k == script_choice::ENV_FSDP_IMPL)
-        .map(|(_, e)| e.value.clone())
-        .or_else(|| env(script_choice::ENV_FSDP_IMPL));
-    let fsdp_forced =
-        torch::parse_forced(forced.as_deref().unwrap_or_default()).map_err(AppError::usage)?;
+    let fsdp_forced = fsdp_forced(&resolved, env).map_err(AppError::usage)?;
     let vram_cap = match &args.vram_cap {
         Some(s) => Some((s.clone(), parse_size("--vram-cap", s)?)),
         None => None,
@@ -134,6 +127,21 @@ pub(in crate::app) fn resolve(
         warnings,
         loaded,
     })
+}
+
+/// `VLA_FSDP_IMPL` from the profile's `env:`, else the environment: the FSDP the addition must
+/// run (None: its torch chooses), or why the value is not one.
+pub(in crate::app) fn fsdp_forced(
+    resolved: &Resolved,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<Option<FsdpVersion>, String> {
+    let value = resolved
+        .env
+        .iter()
+        .find(|(k, _)| k == script_choice::ENV_FSDP_IMPL)
+        .map(|(_, e)| e.value.clone())
+        .or_else(|| env(script_choice::ENV_FSDP_IMPL));
+    torch::parse_forced(value.as_deref().unwrap_or_default())
 }
 
 /// The topology from the environment (Slurm, torchrun's variables) and the flags.
