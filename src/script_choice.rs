@@ -29,8 +29,7 @@ pub const ADDITION: &str = "scripts/finetune_fsdp.py";
 pub const REAL_PROBE: &str = "scripts/real_probe_finetune.py";
 /// How the addition is told which finetune.py to import.
 pub const ENV_FINETUNE_SCRIPT: &str = "VLA_FINETUNE_SCRIPT";
-/// The FSDP the plan is for when the addition runs an FSDP plan: `fsdp1` or `fsdp2`.
-pub const ENV_FSDP_IMPL: &str = "VLA_FSDP_IMPL";
+pub use torch::ENV_FSDP_IMPL;
 /// The flags the addition gives a script that lacks them.
 pub const ADDITION_FLAGS: &[&str] = &["use_fsdp", "gradient_checkpointing"];
 

@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ENV_FSDP_IMPL;
 use crate::budget::FsdpVersion;
 use crate::script_caps::CommandRunner;
+
+/// The FSDP an FSDP plan through the addition is for, `fsdp1` or `fsdp2`: set by the launcher
+/// from the plan, honoured by the addition (a user may set it to force one).
+pub const ENV_FSDP_IMPL: &str = "VLA_FSDP_IMPL";
 
 /// What the Python that runs the script is asked: the version, its CUDA, and where torch is.
 pub const TORCH_PROBE: &str = "import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': getattr(getattr(torch, 'version', None), 'cuda', None), 'file': getattr(torch, '__file__', None)}))";
