@@ -74,10 +74,22 @@ pub struct PlanRecord {
     pub predicted_run_time_s: Option<f64>,
     /// The uncorrected budget model's terms.
     pub budget: Option<Budget>,
-    /// Which FSDP the budget and step time describe (`fsdp1`: a fork's own --use_fsdp, or
-    /// assumed; `fsdp2`: vla-launch's addition); absent for DDP plans and older records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Which FSDP the budget and step time describe, written `fsdp_impl` (`fsdp1`: a fork's own
+    /// --use_fsdp, the addition on torch 2.0 to 2.4, or assumed; `fsdp2`: the addition on torch
+    /// 2.5 and later); absent for DDP plans and older records (which wrote it `fsdp`).
+    #[serde(
+        default,
+        rename = "fsdp_impl",
+        alias = "fsdp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fsdp: Option<FsdpVersion>,
+    /// `torch.__version__` of the training environment, when it could be learnt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch: Option<String>,
+    /// `torch.version.cuda` of that torch (absent for a CPU build or when not learnt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch_cuda: Option<String>,
     pub allocator: Option<Allocator>,
     pub alloc_conf: Option<AllocConf>,
     pub params: Option<Params>,
@@ -146,6 +158,24 @@ pub struct Params {
     pub total: u64,
     pub trainable: u64,
     pub components: Vec<Component>,
+}
+
+impl Params {
+    /// The model's components with their sums: all parameters, and the trainable ones.
+    pub fn of(components: Vec<Component>) -> Params {
+        let sum = |trainable_only: bool| {
+            components
+                .iter()
+                .filter(|c| c.trainable || !trainable_only)
+                .map(|c| c.params)
+                .sum()
+        };
+        Params {
+            total: sum(false),
+            trainable: sum(true),
+            components,
+        }
+    }
 }
 
 /// What a launch observed, as the launcher completed the record. New fields: give them a serde

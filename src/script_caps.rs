@@ -111,6 +111,59 @@ pub struct SystemRunner;
 /// Output beyond this is dropped; a `--help` is a few KiB.
 const CAPTURE_LIMIT: usize = 4 << 20;
 
+/// Spawns `cmd`, retrying ETXTBSY: a just-written executable can be briefly held open by
+/// another thread's fork; it clears within milliseconds.
+fn spawn(cmd: &mut Command, program: &Path) -> Result<std::process::Child, RunError> {
+    let mut attempts = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => {
+                return other.map_err(|source| RunError::Spawn {
+                    program: program.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Reads the child's stdout and stderr on threads of their own (up to `CAPTURE_LIMIT` each);
+/// each arrives whole as (is stdout, bytes), and the channel closes when both are read.
+fn read_pipes(child: &mut std::process::Child) -> mpsc::Receiver<(bool, Vec<u8>)> {
+    let (tx, rx) = mpsc::channel();
+    let pipes = [
+        (
+            true,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            false,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ];
+    for (is_stdout, pipe) in pipes {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(p) = pipe {
+                let _ = p.take(CAPTURE_LIMIT as u64).read_to_end(&mut buf);
+            }
+            let _ = tx.send((is_stdout, buf));
+        });
+    }
+    rx
+}
+
 impl CommandRunner for SystemRunner {
     fn run(
         &self,
@@ -129,50 +182,8 @@ impl CommandRunner for SystemRunner {
         if let Some(dir) = workdir {
             cmd.current_dir(dir);
         }
-        // ETXTBSY: a just-written executable can be briefly held open by another thread's
-        // fork; it clears within milliseconds.
-        let mut attempts = 0;
-        let mut child = loop {
-            match cmd.spawn() {
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                other => {
-                    break other.map_err(|source| RunError::Spawn {
-                        program: program.to_path_buf(),
-                        source,
-                    })?;
-                }
-            }
-        };
-        let (tx, rx) = mpsc::channel();
-        for (is_stdout, pipe) in [
-            (
-                true,
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-            (
-                false,
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(p) = pipe {
-                    let _ = p.take(CAPTURE_LIMIT as u64).read_to_end(&mut buf);
-                }
-                let _ = tx.send((is_stdout, buf));
-            });
-        }
-        drop(tx);
+        let mut child = spawn(&mut cmd, program)?;
+        let rx = read_pipes(&mut child);
         // Wait for the output and the exit together: the pipes reach EOF as the process exits,
         // so waking on them (instead of polling the exit every 10 ms) returns within a
         // millisecond of a fast `--help`. A grandchild that outlives the process may hold the

@@ -10,6 +10,8 @@
 //!    installed, that addition runs instead, with `VLA_FINETUNE_SCRIPT` naming the script
 //!    (docs/fsdp.md). [`choose`] decides; it is pure.
 //! 3. Outside a checkout (no script to ask) the flags are assumed from the profile, and said so.
+//! 4. Which FSDP does the addition run? The one the training environment's torch has
+//!    ([`torch`]: FSDP2 from 2.5, FSDP1 from 2.0, none below), asked of the same Python, cached.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ pub const ADDITION: &str = "scripts/finetune_fsdp.py";
 pub const REAL_PROBE: &str = "scripts/real_probe_finetune.py";
 /// How the addition is told which finetune.py to import.
 pub const ENV_FINETUNE_SCRIPT: &str = "VLA_FINETUNE_SCRIPT";
+pub use torch::ENV_FSDP_IMPL;
 /// The flags the addition gives a script that lacks them.
 pub const ADDITION_FLAGS: &[&str] = &["use_fsdp", "gradient_checkpointing"];
 
@@ -153,16 +156,11 @@ impl CacheKey {
         // Absolute but not resolved: two links to one file may be two scripts (a script can
         // look at its own name).
         let script = std::path::absolute(script).ok()?;
-        let meta = std::fs::metadata(&script).ok()?;
-        let mtime = meta.modified().ok()?;
-        let mtime_ns = match mtime.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => d.as_nanos() as i128,
-            Err(e) => -(e.duration().as_nanos() as i128),
-        };
+        let (mtime_ns, size) = cache::stamp(&script)?;
         Some(CacheKey {
             script,
             mtime_ns,
-            size: meta.len(),
+            size,
             python: python.display().to_string(),
         })
     }
@@ -177,43 +175,20 @@ struct CacheEntry {
     help_error: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheFile {
-    version: u32,
-    entries: Vec<CacheEntry>,
-}
-
 /// File name of the cache in the user cache directory (next to calibration.json).
 pub const CACHE_FILE: &str = "script-flags.json";
 const CACHE_VERSION: u32 = 1;
 /// Entries kept: one per script and Python a user plans with.
 const CACHE_MAX_ENTRIES: usize = 64;
-/// A cache file larger than this is ignored (it is a few KiB).
-const CACHE_MAX_BYTES: u64 = 1 << 20;
 
-fn read_cache(path: &Path) -> CacheFile {
-    let ok = std::fs::metadata(path).is_ok_and(|m| m.len() <= CACHE_MAX_BYTES);
-    ok.then(|| std::fs::read_to_string(path).ok())
-        .flatten()
-        .and_then(|t| serde_json::from_str::<CacheFile>(&t).ok())
-        .filter(|c| c.version == CACHE_VERSION)
-        .unwrap_or_default()
+fn read_cache(path: &Path) -> Vec<CacheEntry> {
+    cache::read(path, CACHE_VERSION)
 }
 
 fn write_cache(path: &Path, entry: CacheEntry) -> std::io::Result<()> {
-    let mut file = read_cache(path);
-    file.version = CACHE_VERSION;
-    file.entries
-        .retain(|e| e.key.script != entry.key.script || e.key.python != entry.key.python);
-    file.entries.push(entry);
-    let over = file.entries.len().saturating_sub(CACHE_MAX_ENTRIES);
-    file.entries.drain(..over);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
-    std::fs::rename(&tmp, path)
+    cache::put(path, CACHE_VERSION, CACHE_MAX_ENTRIES, entry, |a, b| {
+        a.key.script == b.key.script && a.key.python == b.key.python
+    })
 }
 
 /// The flags `script` defines: from the cache when the file and Python are unchanged, else from
@@ -232,7 +207,7 @@ pub fn script_flags(
     let file = workdir.join(script);
     let key = CacheKey::of(&file, python);
     if let (Some(key), Some(path)) = (&key, cache)
-        && let Some(e) = read_cache(path).entries.into_iter().find(|e| &e.key == key)
+        && let Some(e) = read_cache(path).into_iter().find(|e| &e.key == key)
     {
         return Ok(FlagsAnswer {
             caps: ScriptCaps {
@@ -332,16 +307,29 @@ impl ScriptChoice {
         self
     }
 
-    /// Which FSDP an FSDP plan runs: FSDP2 when `--use_fsdp` comes from the addition (the
-    /// script does not take it itself), FSDP1 when the script has its own (a fork, or assumed
-    /// because nobody could ask it: the larger, safe prediction).
-    pub fn fsdp_version(&self) -> FsdpVersion {
-        let has = |list: &[String]| list.iter().any(|f| f == "use_fsdp");
-        if has(&self.accepts) && !has(&self.own) {
-            FsdpVersion::Fsdp2
+    /// Which FSDP an FSDP plan runs: when `--use_fsdp` comes from the addition (the script does
+    /// not take it itself), the one the addition runs on `torch` ([`torch::addition_fsdp`]:
+    /// FSDP2 from 2.5, FSDP1 from 2.0, none below); FSDP1 when the script has its own (a fork,
+    /// or assumed because nobody could ask it: the larger, safe prediction).
+    /// `forced`: `VLA_FSDP_IMPL`, which the addition honours where the torch has it.
+    pub fn fsdp_on(
+        &self,
+        torch: Option<&torch::TorchInfo>,
+        forced: Option<FsdpVersion>,
+    ) -> torch::AdditionFsdp {
+        if self.addition_gives_fsdp() {
+            torch::addition_fsdp_forced(torch, forced)
         } else {
-            FsdpVersion::Fsdp1
+            torch::AdditionFsdp::Runs {
+                version: FsdpVersion::Fsdp1,
+            }
         }
+    }
+
+    /// `--use_fsdp` comes from the addition: the script does not take it itself.
+    pub fn addition_gives_fsdp(&self) -> bool {
+        let has = |list: &[String]| list.iter().any(|f| f == "use_fsdp");
+        has(&self.accepts) && !has(&self.own)
     }
 }
 
@@ -370,6 +358,35 @@ fn flag_list(flags: &[&str]) -> String {
         .join(", ")
 }
 
+/// The choice when nobody could ask the script (it is not here): the profile's flags assumed.
+fn assumed(
+    setting: FsdpAddition,
+    wanted: &[String],
+    addition: Option<&Path>,
+    script: &str,
+) -> ScriptChoice {
+    let run = match (setting, addition) {
+        (FsdpAddition::On, Some(a)) => ScriptRun::Addition {
+            addition: a.to_path_buf(),
+        },
+        _ => ScriptRun::Script,
+    };
+    let why = assumed_why(
+        &format!("{script} is not here to ask"),
+        &run,
+        wanted,
+        "; run `plan` in the checkout (or set OPENVLA_OFT_DIR) to check",
+    );
+    ScriptChoice {
+        run,
+        accepts: wanted.to_vec(),
+        own: wanted.to_vec(),
+        assumed: true,
+        forced: setting == FsdpAddition::On,
+        why,
+    }
+}
+
 /// Decides what runs. `wanted`: the profile's `script.accepts`. `has`: what the script defines
 /// (None: not known, the script is not here). `addition`: the installed addition, if any.
 /// `script`: the script's name for the messages. Errors are for `script.fsdp_addition: on` when
@@ -382,26 +399,7 @@ pub fn choose(
     script: &str,
 ) -> Result<ScriptChoice, String> {
     let Some(has) = has else {
-        let run = match (setting, addition) {
-            (FsdpAddition::On, Some(a)) => ScriptRun::Addition {
-                addition: a.to_path_buf(),
-            },
-            _ => ScriptRun::Script,
-        };
-        let why = assumed_why(
-            &format!("{script} is not here to ask"),
-            &run,
-            wanted,
-            "; run `plan` in the checkout (or set OPENVLA_OFT_DIR) to check",
-        );
-        return Ok(ScriptChoice {
-            run,
-            accepts: wanted.to_vec(),
-            own: wanted.to_vec(),
-            assumed: true,
-            forced: setting == FsdpAddition::On,
-            why,
-        });
+        return Ok(assumed(setting, wanted, addition, script));
     };
     let lacking: Vec<&str> = wanted
         .iter()
@@ -524,6 +522,9 @@ pub fn installed(data_dir: &crate::install::DataDir, relative: &str) -> Option<P
     }
     Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
+
+mod cache;
+pub mod torch;
 
 #[cfg(test)]
 mod tests;

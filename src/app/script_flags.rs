@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::profile::Loaded;
+use crate::profile::{Loaded, ScriptArgs};
 use crate::script_choice::{ADDITION_FLAGS, FlagsFrom, ScriptChoice, ScriptRun};
 
 /// Flags the launcher itself passes for `--resume` (src/app/resume.rs): never refused, even when
@@ -29,7 +29,7 @@ pub(super) fn known(choice: &ScriptChoice, script_flags: &BTreeSet<String>) -> B
 pub(super) fn unknown(
     loaded: &Loaded,
     sets: &[String],
-    extra: &[String],
+    extra: &ScriptArgs,
     script: &Path,
     flags: &BTreeSet<String>,
     from: FlagsFrom,
@@ -63,11 +63,7 @@ pub(super) fn unknown(
             hint(key)
         ));
     }
-    for word in extra {
-        let Some(name) = word.strip_prefix("--") else {
-            continue;
-        };
-        let name = name.split_once('=').map_or(name, |(n, _)| n);
+    for name in extra.flag_names() {
         if name.is_empty() || flags.contains(name) || name == "help" {
             continue;
         }

@@ -4,12 +4,11 @@ use std::path::{Path, PathBuf};
 
 use super::error::Result;
 use super::settings::Planned;
-use crate::budget::Strategy;
+use crate::budget::{FsdpVersion, Strategy};
 use crate::gpu::{self, Gpu};
 use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
-use crate::model;
 use crate::plan::Alternative;
-use crate::record::{self, Params, PlanRecord, ScriptRunInfo};
+use crate::record::{self, PlanRecord, ScriptRunInfo};
 use crate::script_choice::{self, ScriptRun};
 
 /// The planner's flags for the script, in a fixed order, followed by any flags it adds.
@@ -78,7 +77,7 @@ pub(super) fn command_for(
 ) -> Result<(LaunchCommand, Vec<(String, String)>)> {
     let p = &ctx.loaded.profile;
     let r = &ctx.resolved;
-    let mut flags = r.flags.flags.clone();
+    let mut flags = ctx.script_flags();
     flags.extend(planner_flags(ctx));
     let mut missing = r.missing(torchrun.is_none());
     if wandb_off(ctx) {
@@ -121,6 +120,21 @@ pub(super) fn command_for(
                 script_choice::ENV_FINETUNE_SCRIPT.into(),
                 real.display().to_string(),
             ));
+            // The FSDP the plan's memory and step time are for (the addition picks it from its
+            // torch the same way; this makes the choice visible in the command and the record).
+            env.retain(|(k, _)| k != script_choice::ENV_FSDP_IMPL);
+            if ctx
+                .plan
+                .chosen
+                .as_ref()
+                .is_some_and(|c| c.strategy == Strategy::Fsdp)
+            {
+                let name = match ctx.policy.fsdp {
+                    FsdpVersion::Fsdp1 => "fsdp1",
+                    FsdpVersion::Fsdp2 => "fsdp2",
+                };
+                env.push((script_choice::ENV_FSDP_IMPL.into(), name.into()));
+            }
             addition.clone()
         }
     };
@@ -140,7 +154,7 @@ pub(super) fn command_for(
         topology: ctx.topology.clone(),
         max_restarts: p.script.max_restarts,
         script_flags: flags,
-        extra_args: ctx.extra.clone(),
+        extra_args: ctx.script_args.raw().to_vec(),
         env,
         cuda_visible_devices: if described {
             None
@@ -169,13 +183,6 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
     let command = shown.as_ref();
     let plan = &ctx.plan;
     let c = plan.chosen.as_ref();
-    let components = model::components(&ctx.spec).unwrap_or_default();
-    let total: u64 = components.iter().map(|c| c.params).sum();
-    let trainable: u64 = components
-        .iter()
-        .filter(|c| c.trainable)
-        .map(|c| c.params)
-        .sum();
     PlanRecord {
         format_version: record::FORMAT_VERSION,
         profile: ctx.loaded.name.clone(),
@@ -207,13 +214,11 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
         fsdp: c
             .filter(|c| c.strategy == Strategy::Fsdp)
             .map(|_| ctx.policy.fsdp),
+        torch: ctx.torch.as_ref().map(|t| t.version.clone()),
+        torch_cuda: ctx.torch.as_ref().and_then(|t| t.cuda.clone()),
         allocator: Some(ctx.policy.allocator),
         alloc_conf: Some(ctx.alloc_conf.clone()),
-        params: Some(Params {
-            total,
-            trainable,
-            components,
-        }),
+        params: Some(ctx.params.clone()),
         model: Some(ctx.spec.clone()),
         gpus: ctx.gpus.clone(),
         topology: Some(ctx.topology.clone()),

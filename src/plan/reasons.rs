@@ -200,7 +200,9 @@ pub(super) fn levers(
         let needs_flags = !p.script_accepts_fsdp || !p.script_accepts_checkpointing;
         let what = format!(
             "{}{}",
-            if needs_flags {
+            if p.fsdp_unavailable.is_some() {
+                "with a torch that runs FSDP and "
+            } else if needs_flags {
                 "with --use_fsdp and --gradient_checkpointing in the script and "
             } else {
                 "with "
@@ -239,7 +241,9 @@ pub(super) fn levers(
     if input.gpus.len() > 1 && !p.script_accepts_fsdp {
         // Computed with both flags (FSDP alone rarely fits where DDP does not), so named with
         // both when the script lacks both (issue 16: "with --use_fsdp: fits" was not true).
-        let what = if p.script_accepts_checkpointing {
+        let what = if p.fsdp_unavailable.is_some() {
+            "with a torch that runs FSDP (see the reasons)"
+        } else if p.script_accepts_checkpointing {
             "with --use_fsdp in the script"
         } else {
             "with --use_fsdp and --gradient_checkpointing in the script"

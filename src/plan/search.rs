@@ -272,7 +272,11 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         && strategies.contains(&Strategy::Fsdp)
     {
         strategies.retain(|s| *s != Strategy::Fsdp);
-        reasons.push("FSDP not considered: the script does not take --use_fsdp".into());
+        reasons.push(
+            policy.fsdp_unavailable.clone().unwrap_or_else(|| {
+                "FSDP not considered: the script does not take --use_fsdp".into()
+            }),
+        );
     }
 
     // With every axis pinned, evaluate exactly that configuration and say whether it fits.
@@ -334,11 +338,15 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     fitting.sort_by_key(|c| rank_key(c));
 
     // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
-    // (FSDP2) merges on the saving rank, upstream's save (DDP, a fork's FSDP) on every rank.
+    // (FSDP2, or FSDP1 on an older torch) merges on the saving rank, upstream's save (DDP, a
+    // fork's FSDP) on every rank.
     let best = fitting.first().copied();
     let merge_on = match best {
         _ if !input.merge_lora_during_training => budget::MergeOn::Nowhere,
-        Some(c) if c.strategy == Strategy::Fsdp && policy.fsdp == FsdpVersion::Fsdp2 => {
+        Some(c)
+            if c.strategy == Strategy::Fsdp
+                && (policy.fsdp == FsdpVersion::Fsdp2 || policy.fsdp_by_addition) =>
+        {
             budget::MergeOn::RankZero
         }
         _ => budget::MergeOn::EveryRank,
@@ -448,7 +456,12 @@ fn pinned_plan(
     }
     if strategy == Strategy::Fsdp && !policy.script_accepts_fsdp {
         ok = false;
-        reasons.push("needs --use_fsdp, which the script does not take".into());
+        reasons.push(
+            policy
+                .fsdp_unavailable
+                .clone()
+                .unwrap_or_else(|| "needs --use_fsdp, which the script does not take".into()),
+        );
     }
     if ckpt && !policy.script_accepts_checkpointing {
         ok = false;

@@ -24,6 +24,14 @@ pub struct Policy {
     /// Which FSDP an FSDP plan runs: FSDP2 when the addition supplies `--use_fsdp`, FSDP1 when
     /// the script has its own (a fork) or nobody could ask it.
     pub fsdp: FsdpVersion,
+    /// Why no FSDP can run although the script takes `--use_fsdp` (the training environment's
+    /// torch has none the script can use), naming what would allow it: FSDP is then not
+    /// considered (`script_accepts_fsdp` is false) and this is the reason the plan gives.
+    pub fsdp_unavailable: Option<String>,
+    /// FSDP plans run vla-launch's addition (`--use_fsdp` is its), which merges LoRA at a
+    /// checkpoint on the saving rank alone whichever FSDP it runs; a fork's own FSDP saves as
+    /// upstream does, on every rank. FSDP2 is always the addition's.
+    pub fsdp_by_addition: bool,
 }
 
 /// Axes pinned by the user (`--batch-size` etc.); `None` lets the search choose.

@@ -5,6 +5,7 @@ use serde_yaml::{Mapping, Value};
 use crate::model::{ActionHead, ModelSpec, Platform};
 
 use super::schema::Profile;
+use super::script_args::ScriptArgs;
 
 pub(super) fn show_value(v: &Value) -> String {
     match v {
@@ -44,9 +45,9 @@ pub(super) fn flag_u32(train: &Mapping, key: &str) -> Option<u32> {
 }
 
 /// The platform whose constants the script will use, by the same word search it does, and the word.
-pub fn platform_of(p: &Profile, extra_args: &[String]) -> (Platform, Option<String>) {
+pub fn platform_of(p: &Profile, extra_args: &ScriptArgs) -> (Platform, Option<String>) {
     let mut words: Vec<String> = p.train.values().map(render_value).collect();
-    words.extend(extra_args.iter().cloned());
+    words.extend(extra_args.raw().iter().cloned());
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     match Platform::detect(&refs) {
         Some((platform, word)) => (platform, Some(word.to_string())),
@@ -55,7 +56,7 @@ pub fn platform_of(p: &Profile, extra_args: &[String]) -> (Platform, Option<Stri
 }
 
 /// The budget model's view of this profile (upstream defaults where a flag is absent).
-pub fn model_spec(p: &Profile, extra_args: &[String]) -> ModelSpec {
+pub fn model_spec(p: &Profile, extra_args: &ScriptArgs) -> ModelSpec {
     let (platform, _) = platform_of(p, extra_args);
     let t = &p.train;
     let diffusion = flag_bool(t, "use_diffusion").unwrap_or(false);

@@ -31,6 +31,15 @@ pub enum ProfileError {
         example: String,
         key: String,
     },
+    /// A script argument after `--` that sets what the planner chooses.
+    #[error(
+        "-- {arg}: the planner sets --{name} (and records it); passing it to the script would override the plan behind its back; pin it with {pin} instead"
+    )]
+    PlannerFlagPassed {
+        arg: String,
+        name: String,
+        pin: &'static str,
+    },
 }
 
 impl ProfileError {

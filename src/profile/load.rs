@@ -297,6 +297,16 @@ pub(super) fn locate(text: &str, file: &str, dotted: &str) -> String {
 }
 
 pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileError> {
+    validate_script_and_model(p, place)?;
+    validate_planning(p, place)?;
+    validate_train(p, place)
+}
+
+/// `script:` and `model:`, and no NUL byte anywhere.
+fn validate_script_and_model(
+    p: &Profile,
+    place: &dyn Fn(&str) -> String,
+) -> Result<(), ProfileError> {
     if p.script.path.trim().is_empty() {
         return Err(ProfileError::invalid(
             place("script.path"),
@@ -334,6 +344,11 @@ pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<()
         ));
     }
     check_no_nul(p, place)?;
+    Ok(())
+}
+
+/// `planning:`.
+fn validate_planning(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileError> {
     let pl = &p.planning;
     if pl.min_global_batch == 0 {
         return Err(ProfileError::invalid(
@@ -382,6 +397,11 @@ pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<()
             return Err(ProfileError::invalid(place(key), "must be at least 1"));
         }
     }
+    Ok(())
+}
+
+/// `train:`: flag names and types, what the budget model can describe, the platform words.
+fn validate_train(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<(), ProfileError> {
     for (key, value) in &p.train {
         let Some(key) = key.as_str() else {
             return Err(ProfileError::invalid(
@@ -426,7 +446,7 @@ pub(super) fn validate(p: &Profile, place: &dyn Fn(&str) -> String) -> Result<()
         ));
     }
     if let Some(explicit) = p.model.platform {
-        let (derived, _) = platform_of(p, &[]);
+        let (derived, _) = platform_of(p, &super::script_args::ScriptArgs::default());
         if derived != explicit {
             return Err(ProfileError::invalid(
                 place("model.platform"),

@@ -7,7 +7,7 @@
 //!
 //! One file per job: `schema` (the YAML's types), `load` (lookup, parsing, validation),
 //! `overrides` (`--set`), `derive` (the budget model's view of the training flags), `env`
-//! (`${VAR}` placeholders and `Loaded::resolve`).
+//! (`${VAR}` placeholders and `Loaded::resolve`), `script_args` (the words after `--`, parsed once).
 
 mod derive;
 mod env;
@@ -15,6 +15,7 @@ mod error;
 mod load;
 mod overrides;
 mod schema;
+mod script_args;
 
 pub use derive::{merges_lora_during_training, model_spec, platform_of, render_value};
 pub use env::{Expanded, Flag, Resolved, ResolvedFlags, expand, require_env, resolved_flags};
@@ -25,6 +26,7 @@ pub use schema::{
     FsdpAddition, Loaded, ModelSection, OPTIONAL_PLANNER_FLAGS, Origin, PLANNER_FLAGS, PRESETS,
     PlanningSection, Profile, ScriptSection,
 };
+pub use script_args::ScriptArgs;
 
 #[cfg(test)]
 mod tests;

@@ -40,7 +40,7 @@ fn expand_table() {
 #[test]
 fn aloha_model_spec_follows_flags() {
     let p = parse(BUILTIN[0].1, "aloha").unwrap();
-    let spec = model_spec(&p, &[]);
+    let spec = model_spec(&p, &ScriptArgs::default());
     assert_eq!(spec.num_images, 3);
     assert!(spec.use_film && spec.use_proprio);
     assert_eq!((spec.action_chunk, spec.action_dim), (25, 14));
@@ -63,7 +63,7 @@ fn overrides_change_fields_and_revalidate() {
         l.profile.train.get("max_steps").unwrap().as_u64(),
         Some(1000)
     );
-    assert_eq!(model_spec(&l.profile, &[]).lora_rank, 8);
+    assert_eq!(model_spec(&l.profile, &ScriptArgs::default()).lora_rank, 8);
     assert_eq!(l.profile.planning.min_global_batch, 32);
     let err = apply_overrides(&mut l, &["train.lora_rank=-1".into()]).unwrap_err();
     assert!(err.to_string().contains("lora_rank"), "{err}");

@@ -12,7 +12,10 @@ use vla_launch::units::GIB;
 /// The model spec of a built-in profile (as `--profile NAME` plans it).
 pub fn builtin_spec(name: &str) -> ModelSpec {
     let text = BUILTIN.iter().find(|(n, _)| *n == name).unwrap().1;
-    profile::model_spec(&profile::parse(text, name).unwrap(), &[])
+    profile::model_spec(
+        &profile::parse(text, name).unwrap(),
+        &profile::ScriptArgs::default(),
+    )
 }
 
 /// The planner policy of the shipped profiles: global batch at least 16, DDP or FSDP, a script
@@ -30,6 +33,8 @@ pub fn policy() -> Policy {
         max_batch_size: 64,
         allocator: Allocator::ExpandableSegments,
         fsdp: FsdpVersion::Fsdp1,
+        fsdp_unavailable: None,
+        fsdp_by_addition: false,
     }
 }
 

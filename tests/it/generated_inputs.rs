@@ -430,8 +430,10 @@ fn generated_hostile_inputs_never_panic_and_each_is_answered_within_2_s() {
                             return false;
                         }
                         let r = loaded.resolve(&fake_env);
-                        let _ = profile::model_spec(&loaded.profile, &extra);
-                        let _ = profile::platform_of(&loaded.profile, &extra);
+                        if let Ok(extra) = profile::ScriptArgs::parse(&extra) {
+                            let _ = profile::model_spec(&loaded.profile, &extra);
+                            let _ = profile::platform_of(&loaded.profile, &extra);
+                        }
                         build_command(&r);
                         true
                     }),

@@ -481,6 +481,34 @@ fn the_core_imports_no_io_layer_and_does_no_io() {
     );
 }
 
+/// The run path's settle and plan stages (app::settings, docs/design.md) take the command line,
+/// the profile, the environment and the machine's facts as values: no I/O, and no use of the
+/// modules that read the environment, NVML or the script.
+#[test]
+fn settling_and_planning_do_no_io() {
+    let (edges, code) = graph();
+    let mut bad = Vec::new();
+    for m in ["app::settings::resolve", "app::settings::planned"] {
+        let m = m.to_string();
+        for t in edges[&m]
+            .iter()
+            .filter(|t| in_any(t, &["gpu::nvml", "script_caps", "app::settings::env"]))
+        {
+            bad.push(format!("{m} uses {t}"));
+        }
+        for p in CORE_FORBIDDEN_PATHS {
+            if code[&m].contains(p) {
+                bad.push(format!("{m} names {p}"));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "settling reaches out:\n  {}",
+        bad.join("\n  ")
+    );
+}
+
 /// The checker itself: it sees the edges written in the ways this crate writes them.
 #[test]
 fn the_checker_finds_use_trees_inline_paths_and_child_modules() {

@@ -45,3 +45,4 @@ mod script_choice;
 mod slurm;
 mod speed;
 mod supervisor;
+mod torch_aware;

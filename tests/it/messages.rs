@@ -171,7 +171,10 @@ fn lora_rank_out_of_range_is_refused_naming_the_field() {
         assert!(e.contains("lora_rank"), "{v}: {e}");
     }
     let l = profile::parse("script:\n  path: x.py\ntrain:\n  lora_rank: 64\n", "p.yaml").unwrap();
-    assert_eq!(profile::model_spec(&l, &[]).lora_rank, 64);
+    assert_eq!(
+        profile::model_spec(&l, &profile::ScriptArgs::default()).lora_rank,
+        64
+    );
 }
 
 #[test]

@@ -9,17 +9,17 @@ use std::process::Command;
 
 use crate::common::fake_torchrun;
 
-fn manifest() -> &'static Path {
+pub(crate) fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn checkout(name: &str) -> PathBuf {
+pub(crate) fn checkout(name: &str) -> PathBuf {
     manifest().join("tests/fixtures").join(name)
 }
 
 /// The binary with a clean environment, a private cache dir, the given checkout and
-/// VLA_LAUNCH_DIR (where the addition is looked for).
-fn bin(cache: &Path, checkout: &Path, launch_dir: &Path) -> Command {
+/// VLA_LAUNCH_DIR (where the addition is looked for), and torch 2.11 on PYTHONPATH.
+pub(crate) fn bin(cache: &Path, checkout: &Path, launch_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
     for v in [
         "VLA_LAUNCH_GPUS",
@@ -43,17 +43,28 @@ fn bin(cache: &Path, checkout: &Path, launch_dir: &Path) -> Command {
         .env("WANDB_ENTITY", "e")
         .env("WANDB_PROJECT", "p")
         .env("RUST_LOG", "vla_launch=warn")
+        // A current torch in the training environment (issue 24; tests/it/torch_aware.rs
+        // gives others).
+        .env("PYTHONPATH", stand_in_torch("2.11.0"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .current_dir(manifest());
     c
 }
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+/// A directory for PYTHONPATH whose `torch` package only says its version and CUDA.
+pub(crate) fn stand_in_torch(version: &str) -> PathBuf {
+    manifest()
+        .join("tests/fixtures/torch-stand-in")
+        .join(version)
 }
 
-fn run(c: &mut Command) -> Out {
+pub(crate) struct Out {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+pub(crate) fn run(c: &mut Command) -> Out {
     let o = c.output().unwrap();
     Out {
         code: o.status.code(),
@@ -63,14 +74,14 @@ fn run(c: &mut Command) -> Out {
 }
 
 /// A VLA_LAUNCH_DIR holding the FSDP addition (its content does not matter to the planner).
-fn with_addition(dir: &Path) -> PathBuf {
+pub(crate) fn with_addition(dir: &Path) -> PathBuf {
     let d = dir.join("vla-launch-data");
     std::fs::create_dir_all(d.join("scripts")).unwrap();
     std::fs::write(d.join("scripts/finetune_fsdp.py"), "# the addition\n").unwrap();
     d
 }
 
-fn torchrun_line(stdout: &str) -> &str {
+pub(crate) fn torchrun_line(stdout: &str) -> &str {
     stdout
         .lines()
         .find(|l| l.contains("torchrun"))
@@ -540,9 +551,9 @@ fn the_plan_predicts_the_fsdp_that_runs() {
     let upstream = plan(&checkout("openvla-oft-upstream"));
     let fork = plan(&checkout("openvla-oft"));
     let nowhere = plan(&dir.path().join("no-checkout"));
-    assert_eq!(upstream["fsdp"], "fsdp2", "{upstream}");
-    assert_eq!(fork["fsdp"], "fsdp1", "{fork}");
-    assert_eq!(nowhere["fsdp"], "fsdp1", "{nowhere}");
+    assert_eq!(upstream["fsdp_impl"], "fsdp2", "{upstream}");
+    assert_eq!(fork["fsdp_impl"], "fsdp1", "{fork}");
+    assert_eq!(nowhere["fsdp_impl"], "fsdp1", "{nowhere}");
     assert_eq!(upstream["script_run"]["addition"], true);
     // FSDP2 keeps gradients only for the 852,557,326 trainable parameters (2,651,283,996 bytes),
     // sharded over 4 GPUs; FSDP1 keeps them for every flat parameter.

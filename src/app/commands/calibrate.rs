@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::app::error::{AppError, ExitCode, Result};
 use crate::app::settings::{
-    env_var, load_profile, resolve_plan, script_path, store_path, warn_missing,
+    Steer, env_var, load_profile, plan_loaded, script_path, store_path, warn_missing,
 };
 use crate::app::supervised_run::launch_once;
 use crate::app::torchrun::command_for;
@@ -13,16 +13,17 @@ use crate::calibration::{self, Source, Store};
 use crate::cli::CalibrateArgs;
 use crate::launch::command;
 use crate::plan;
-use crate::profile::Loaded;
+use crate::profile::{FsdpAddition, Loaded, ScriptArgs};
 use crate::script_choice;
 use crate::units::fmt_gib;
+use serde_yaml::Value;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::{eprintln_lossy as eprintln, println_lossy as println};
 
 /// `vla-launch calibrate`: probe runs at two batch sizes per mode, observed peaks into the store.
 pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     let CalibrateArgs {
-        mut launch,
+        launch,
         steps,
         show,
         reset,
@@ -35,53 +36,22 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     let path = store_path()
         .ok_or_else(|| AppError::environment("no calibration store: set VLA_LAUNCH_CACHE_DIR"))?;
     let profile_name = load_profile(Some(&name), &launch.planning.sets)?.name;
-    let mut store = calibration::load(&path)?;
-    if reset {
-        let n = store.remove_where(|k| k.profile == profile_name);
-        calibration::save(&store, &path)?;
-        println!(
-            "removed {n} calibration entries of profile '{profile_name}' from {}",
-            path.display()
-        );
-        return Ok(ExitCode::Success);
-    }
-    if show {
-        print!("{}", describe_store(&store, &profile_name));
-        return Ok(ExitCode::Success);
+    let store = calibration::load(&path)?;
+    if reset || show {
+        return show_or_reset(store, &path, &profile_name, reset);
     }
     if steps == 0 {
         return Err(AppError::usage(
             "--steps 0: a probe run needs at least 1 optimizer step",
         ));
     }
-    launch
-        .planning
-        .sets
-        .push(format!("train.max_steps={steps}"));
-    // In an OpenVLA-OFT checkout: the real code itself, through the shipped real-code probe.
-    let loaded = load_profile(Some(&name), &launch.planning.sets)?;
-    let real_probe = real_probe_sets(&loaded);
-    let with_real_probe = real_probe.is_some();
-    if let Some((probe, sets)) = real_probe {
-        eprintln!(
-            "vla-launch: calibrating with the real-code probe {} against the checkout {} \
-             (upstream's own model and training step, random weights, synthetic batches: no weights \
-             or data needed; DDP only)",
-            probe.display(),
-            {
-                let dir = std::path::PathBuf::from(loaded.resolve(&env_var).workdir.value);
-                std::path::absolute(&dir)
-                    .unwrap_or(dir)
-                    .display()
-                    .to_string()
-            }
-        );
-        launch.planning.sets.extend(sets);
-    }
+    let script_args = ScriptArgs::parse(&launch.extra)?;
+    let (loaded, with_real_probe) = probe_profile(&name, &launch.planning.sets, steps)?;
     // A dry run runs nothing; like `plan`, it asks a script that is there for its flags (cached).
-    let mut ctx = resolve_plan(
+    let ctx = plan_loaded(
         &launch.planning,
-        &launch.extra,
+        script_args,
+        loaded,
         !launch.dry_run,
         launch.dry_run,
     )?;
@@ -106,11 +76,11 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     );
     let mut failed = 0;
     for (i, run) in runs.iter().enumerate() {
-        ctx.pins = run.pins.clone();
-        ctx.policy.min_global_batch = 1;
-        let mut input = ctx.plan_input();
-        input.calibration = None;
-        ctx.plan = plan::plan(&input)?;
+        let ctx = ctx.steered(&Steer {
+            pins: run.pins.clone(),
+            min_global_batch: 1,
+            calibrated: false,
+        })?;
         eprintln!(
             "vla-launch: probe {}/{}: {} (predicted {})",
             i + 1,
@@ -144,46 +114,83 @@ pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {
     })
 }
 
+/// `--reset` (the profile's entries removed from the store) or `--show` (them printed).
+fn show_or_reset(
+    mut store: Store,
+    path: &std::path::Path,
+    profile_name: &str,
+    reset: bool,
+) -> Result<ExitCode> {
+    if reset {
+        let n = store.remove_where(|k| k.profile == profile_name);
+        calibration::save(&store, path)?;
+        println!(
+            "removed {n} calibration entries of profile '{profile_name}' from {}",
+            path.display()
+        );
+    } else {
+        print!("{}", describe_store(&store, profile_name));
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The profile the probe runs train: `max_steps` = `steps`, and in an OpenVLA-OFT checkout the
+/// real code itself, through the shipped real-code probe (said on stderr); true for the latter.
+fn probe_profile(name: &str, sets: &[String], steps: u32) -> Result<(Loaded, bool)> {
+    let mut loaded = load_profile(Some(name), sets)?;
+    set_train(&mut loaded, "max_steps", Value::from(steps));
+    let Some(probe) = real_probe(&loaded) else {
+        return Ok((loaded, false));
+    };
+    let dir = PathBuf::from(loaded.resolve(&env_var).workdir.value);
+    eprintln!(
+        "vla-launch: calibrating with the real-code probe {} against the checkout {} \
+         (upstream's own model and training step, random weights, synthetic batches: no weights \
+         or data needed; DDP only)",
+        probe.display(),
+        std::path::absolute(&dir).unwrap_or(dir).display()
+    );
+    run_real_probe(&mut loaded, &probe);
+    Ok((loaded, true))
+}
+
 /// When the profile trains with a checkout's `finetune.py` (it exists where the profile says) and
-/// vla-launch's real-code probe is installed: the probe's path and the `--set`s that run it instead,
-/// in the checkout (its working directory, from which it imports finetune.py). The probe takes
-/// upstream's flags plus `--gradient_checkpointing`, not `--use_fsdp` (so no FSDP addition around
-/// it), and reads no data, weights, run directory or wandb: those flags get harmless values so
-/// that no `${VAR}` of the profile has to be set.
-fn real_probe_sets(loaded: &Loaded) -> Option<(std::path::PathBuf, Vec<String>)> {
+/// vla-launch's real-code probe is installed: the probe's path.
+fn real_probe(loaded: &Loaded) -> Option<PathBuf> {
     let resolved = loaded.resolve(&env_var);
     let script = script_path(&resolved);
     let is_finetune = script.file_name().is_some_and(|n| n == "finetune.py");
     if !is_finetune || !script.is_file() {
         return None;
     }
-    let probe =
-        script_choice::installed(&crate::install::vla_launch_dir(), script_choice::REAL_PROBE)?;
-    let accepts: Vec<&str> = loaded
-        .profile
-        .script
-        .accepts
-        .iter()
-        .map(String::as_str)
-        .filter(|f| *f == "gradient_checkpointing")
-        .collect();
-    let mut sets = vec![
-        format!("script.path={}", probe.display()),
-        format!("script.accepts=[{}]", accepts.join(", ")),
-        "script.fsdp_addition=off".into(),
-    ];
-    let train = &loaded.profile.train;
+    script_choice::installed(&crate::install::vla_launch_dir(), script_choice::REAL_PROBE)
+}
+
+/// The profile changed to run the real-code probe instead of its script, in the checkout (its
+/// working directory, from which it imports finetune.py). The probe takes upstream's flags plus
+/// `--gradient_checkpointing`, not `--use_fsdp` (so no FSDP addition around it), and reads no
+/// data, weights, run directory or wandb: those flags get harmless values so that no `${VAR}`
+/// of the profile has to be set.
+fn run_real_probe(loaded: &mut Loaded, probe: &std::path::Path) {
+    let script = &mut loaded.profile.script;
+    script.path = probe.display().to_string();
+    script.accepts.retain(|f| f == "gradient_checkpointing");
+    script.fsdp_addition = FsdpAddition::Off;
     for (key, value) in [
         ("data_root_dir", "unused-by-the-real-code-probe"),
         ("run_root_dir", "${VLA_RUN_ROOT:-/tmp/vla-probe-runs}"),
         ("wandb_entity", "none"),
         ("wandb_project", "none"),
     ] {
-        if train.contains_key(key) {
-            sets.push(format!("train.{key}={value}"));
+        if loaded.profile.train.contains_key(key) {
+            set_train(loaded, key, Value::from(value));
         }
     }
-    Some((probe, sets))
+}
+
+/// Sets the training flag `key` (in its place when the profile has it, else last).
+fn set_train(loaded: &mut Loaded, key: &str, value: Value) {
+    loaded.profile.train.insert(Value::from(key), value);
 }
 
 pub(in crate::app) fn describe_store(store: &Store, profile: &str) -> String {

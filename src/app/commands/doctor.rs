@@ -3,12 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use crate::app::error::{ExitCode, Result};
-use crate::app::settings::{choose_script, env_var, load_profile};
+use crate::app::settings::{choose_script, env_var, fsdp_forced, learn_torch, load_profile};
 use crate::doctor::{self, DoctorContext, Setup, SystemHost};
 use crate::gpu::{self, NvmlSource};
 use crate::model;
 use crate::profile::{self, Loaded, Resolved};
+use crate::record::Params;
 use crate::script_caps;
+use crate::script_choice::{self, ScriptChoice};
 use crate::units::fmt_gib;
 use crate::{print_lossy as print, println_lossy as println};
 
@@ -65,7 +67,7 @@ pub(in crate::app) fn cmd_doctor(
         Ok((choice, _)) => doctor::Check {
             name: "runs".into(),
             ok: true,
-            detail: choice.why,
+            detail: with_torch(&choice, &r),
             fix: None,
         },
         Err(e) => doctor::Check {
@@ -94,6 +96,23 @@ pub(in crate::app) fn cmd_doctor(
     } else {
         ExitCode::Environment
     })
+}
+
+/// Why this script runs and, when the addition gives it `--use_fsdp`, which FSDP the training
+/// environment's torch lets it run.
+fn with_torch(choice: &ScriptChoice, r: &Resolved) -> String {
+    if !choice.addition_gives_fsdp() {
+        return choice.why.clone();
+    }
+    let torch = learn_torch(r);
+    // VLA_FSDP_IMPL (the profile's, else this environment's) forces the addition's choice.
+    let forced = fsdp_forced(r, &env_var).ok().flatten();
+    let fsdp = choice.fsdp_on(torch.as_ref().ok(), forced);
+    format!(
+        "{}; {}",
+        choice.why,
+        script_choice::torch::describe(torch.as_ref().ok(), &fsdp)
+    )
 }
 
 fn truthy(v: Option<String>) -> bool {
@@ -181,18 +200,12 @@ fn setup(loaded: &Loaded, r: &Resolved) -> Setup {
 /// One checkpoint: the trainable weights (LoRA adapter and heads, at most 4 bytes each) and,
 /// when the script merges LoRA while training, the whole merged model in bf16.
 fn checkpoint_bytes(loaded: &Loaded) -> u64 {
-    let spec = profile::model_spec(&loaded.profile, &[]);
-    let components = model::components(&spec).unwrap_or_default();
-    let total: u64 = components.iter().map(|c| c.params).sum();
-    let trainable: u64 = components
-        .iter()
-        .filter(|c| c.trainable)
-        .map(|c| c.params)
-        .sum();
+    let spec = profile::model_spec(&loaded.profile, &profile::ScriptArgs::default());
+    let params = Params::of(model::components(&spec).unwrap_or_default());
     let merged = if profile::merges_lora_during_training(&loaded.profile) {
-        total * 2
+        params.total * 2
     } else {
         0
     };
-    trainable * 4 + merged
+    params.trainable * 4 + merged
 }

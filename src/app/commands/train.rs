@@ -39,7 +39,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
     }
     // Checked on every launch, so a typo is caught on one node before the job goes wide.
     peer_watch_port(&args)?;
-    let mut ctx = resolve_plan(&args.planning, &args.extra, !args.dry_run, args.dry_run)?;
+    let ctx = resolve_plan(&args.planning, &args.extra, !args.dry_run, args.dry_run)?;
     if let (Some(path), false) = (&args.plan_file, ctx.plan.feasible) {
         return Err(AppError::infeasible(format!(
             "this node's GPUs cannot hold the plan in {}: {}",
@@ -47,36 +47,8 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             ctx.plan.reasons.join("; ")
         )));
     }
-    let node = ctx.topology.node_rank;
-    let other_node = ctx.topology.is_multi_node() && node > 0;
-    if other_node {
-        // The job's nodes usually share one output file: say which node each line is from.
-        crate::launch::term::set_line_prefix(format!("[node {node}] "));
-    }
-    for w in &ctx.warnings {
-        warn!("{w}");
-    }
-    if ctx.gpus.iter().any(|g| g.described) {
-        warn!(
-            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
-        );
-    }
-    let resumed = decide_resume(&mut ctx, &args);
-    // The plan once per job (node 0), unless this node's differs by failing. An infeasible plan
-    // is the error itself: shown even with -q.
-    if other_node && ctx.plan.feasible {
-        if !verbosity.quiet {
-            eprintln!(
-                "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
-                ctx.topology.nnodes
-            );
-        }
-    } else if !verbosity.quiet || !ctx.plan.feasible {
-        eprint!("{}", ctx.render(verbosity.verbose > 0));
-    }
-    if let Some(line) = resumed {
-        eprintln!("vla-launch: {line}");
-    }
+    let (mut ctx, resumed) = decide_resume(ctx, &args);
+    show_plan(&ctx, resumed, verbosity);
     if !ctx.plan.feasible {
         let forced = args.force && ctx.pins.all_pinned() && ctx.plan.chosen.is_some();
         if !forced {
@@ -90,14 +62,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
         warn!("--force: launching a configuration the plan says does not work");
     }
     if args.dry_run {
-        if let Some(message) = missing_script(&ctx.loaded, &ctx.resolved) {
-            warn!("{message}");
-        }
-        let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
-        let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
-        warn_missing(&missing);
-        println!("{}", command::display(&cmd));
-        return Ok(ExitCode::Success);
+        return print_dry_run(&ctx, &args);
     }
     let log_dir = match &args.log_dir {
         Some(d) => d.clone(),
@@ -135,35 +100,73 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
             }
             retry::RetryDecision::Retry { plan, message } => {
                 eprintln!("vla-launch: {message}");
-                ctx.plan = *plan;
+                ctx = ctx.with_plan(*plan);
                 attempt += 1;
             }
         }
     }
 }
 
-/// `--resume`: sets the script's resume flags (and, under Slurm, its fixed run id) on `ctx`;
-/// returns what to tell the user.
-fn decide_resume(ctx: &mut Planned, args: &LaunchArgs) -> Option<String> {
-    let flag_value = |flags: &[(String, String)], name: &str| {
-        flags
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let extra_value = args
-        .extra
+/// The warnings and the plan as a launch shows them on stderr, with `--resume`'s line.
+fn show_plan(ctx: &Planned, resumed: Option<String>, verbosity: Verbosity) {
+    let node = ctx.topology.node_rank;
+    let other_node = ctx.topology.is_multi_node() && node > 0;
+    if other_node {
+        // The job's nodes usually share one output file: say which node each line is from.
+        crate::launch::term::set_line_prefix(format!("[node {node}] "));
+    }
+    for w in &ctx.warnings {
+        warn!("{w}");
+    }
+    if ctx.gpus.iter().any(|g| g.described) {
+        warn!(
+            "the GPUs were described with --gpus, not queried: the plan is only as good as that description"
+        );
+    }
+    // The plan once per job (node 0), unless this node's differs by failing. An infeasible plan
+    // is the error itself: shown even with -q.
+    if other_node && ctx.plan.feasible {
+        if !verbosity.quiet {
+            eprintln!(
+                "vla-launch: node {node} of {}: the plan is node 0's (printed there)",
+                ctx.topology.nnodes
+            );
+        }
+    } else if !verbosity.quiet || !ctx.plan.feasible {
+        eprint!("{}", ctx.render(verbosity.verbose > 0));
+    }
+    if let Some(line) = resumed {
+        eprintln!("vla-launch: {line}");
+    }
+}
+
+/// `--dry-run`: the exact command on stdout, nothing run.
+fn print_dry_run(ctx: &Planned, args: &LaunchArgs) -> Result<ExitCode> {
+    if let Some(message) = missing_script(&ctx.loaded, &ctx.resolved) {
+        warn!("{message}");
+    }
+    let ranks = ranks_filter(args, ctx, PathBuf::from("<log-dir>/torchrun"))?;
+    let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
+    warn_missing(&missing);
+    println!("{}", command::display(&cmd));
+    Ok(ExitCode::Success)
+}
+
+/// `--resume`: the plan with the script's resume flags (and, under Slurm, its fixed run id),
+/// and what to tell the user.
+fn decide_resume(ctx: Planned, args: &LaunchArgs) -> (Planned, Option<String>) {
+    let from_profile = ctx
+        .resolved
+        .flags
+        .flags
         .iter()
-        .position(|a| a == "--run_id_override")
-        .and_then(|i| args.extra.get(i + 1).cloned())
-        .or_else(|| {
-            args.extra
-                .iter()
-                .find_map(|a| a.strip_prefix("--run_id_override=").map(str::to_string))
-        });
-    let run_id_given =
-        extra_value.or_else(|| flag_value(&ctx.resolved.flags.flags, "--run_id_override"));
+        .rev()
+        .find(|(k, _)| k == "--run_id_override")
+        .map(|(_, v)| v.as_str());
+    let run_id_given = ctx
+        .script_args
+        .last_value("run_id_override")
+        .or(from_profile);
     let slurm_job = env_var("SLURM_JOB_ID").filter(|j| !j.is_empty());
     let restart_count = env_var("SLURM_RESTART_COUNT")
         .and_then(|c| c.trim().parse().ok())
@@ -173,13 +176,12 @@ fn decide_resume(ctx: &mut Planned, args: &LaunchArgs) -> Option<String> {
         mode: args.resume,
         profile: &ctx.loaded.name,
         run_root: run_root.as_deref(),
-        run_id_given: run_id_given.as_deref(),
+        run_id_given,
         slurm_job: slurm_job.as_deref(),
         restart_count,
         needs: resume::Needs::from_flags(&ctx.resolved.flags.flags),
     });
-    resume::set_flags(&mut ctx.resolved.flags.flags, &decision.flags);
-    decision.message
+    (ctx.with_resume_flags(decision.flags), decision.message)
 }
 
 /// `--plan-file`: every node runs the plan written by `vla-launch plan -o` (on a login node or
