@@ -853,13 +853,24 @@ fn logs_follow_a_running_launch_to_its_end() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait for the run's record, then follow it while it runs.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_dir(&logs).is_ok_and(|d| {
-        d.flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
-    }) {
-        assert!(std::time::Instant::now() < until, "no record");
+    // Wait for the run's record to be written (the file is claimed empty first, then filled:
+    // `logs` skips a record it cannot read yet, issue 26 item 2), then follow it while it runs.
+    let written = || {
+        std::fs::read_dir(&logs).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.path().extension().is_some_and(|x| x == "json")
+                    && std::fs::read(e.path()).is_ok_and(|b| {
+                        serde_json::from_slice::<serde_json::Value>(&b)
+                            .is_ok_and(|v| v["started_unix"].is_u64())
+                    })
+            })
+        })
+    };
+    while !written() {
+        if child.try_wait().unwrap().is_some() {
+            assert!(written(), "the launch ended without a readable record");
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let followed = run(&["logs", "--follow", "--log-dir", logs.to_str().unwrap()]);

@@ -16,6 +16,7 @@ mod budget_real;
 mod calibration;
 mod cli;
 mod cluster;
+mod cpu_time;
 mod diagnosis;
 mod firsthour_cli;
 mod generated_inputs;
