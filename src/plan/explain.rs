@@ -104,7 +104,9 @@ pub fn render_plan(
     let _ = writeln!(out, "  GPUs           {}", names.join(", "));
     if explain {
         let _ = writeln!(out, "\nMemory budget per GPU ({}):", mode(c));
-        out.push_str(&render::table(&c.budget));
+        // What the run needs is the total; the cache the allocator gives back comes after it.
+        let reclaimable = c.predicted_peak_bytes.saturating_sub(c.required_bytes);
+        out.push_str(&render::table(&c.budget, reclaimable, card));
         let _ = writeln!(out);
         // One bar per distinct GPU (model, capacity): the budget is the same on every rank.
         let chosen: Vec<&Gpu> = c
@@ -125,15 +127,17 @@ pub fn render_plan(
                 .collect();
             let _ = writeln!(
                 out,
-                "GPU{} {} {} ({} total each):",
+                "GPU{} {} {} ({} total{}):",
                 if same.len() == 1 { "" } else { "s" },
                 same.join(","),
                 g.name,
-                fmt_gib(g.total_bytes)
+                fmt_gib(g.total_bytes),
+                if same.len() == 1 { "" } else { " each" }
             );
             out.push_str(&render::bar(
                 &c.budget,
                 c.required_bytes,
+                reclaimable,
                 c.usable_bytes,
                 g.total_bytes,
                 60,
