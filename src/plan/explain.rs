@@ -51,13 +51,32 @@ pub fn render_plan(
         .filter_map(|i| gpus.iter().find(|g| g.index == *i))
         .map(|g| g.total_bytes)
         .min();
+    // Usable is the limiting GPU's free memory less the safety margin: say the margin.
+    let limiting = c
+        .gpu_indices
+        .iter()
+        .filter_map(|i| gpus.iter().find(|g| g.index == *i))
+        .min_by_key(|g| g.free_bytes.saturating_sub(c.usable_bytes));
+    let usable_from = match (card, limiting) {
+        (Some(total), Some(g)) => {
+            let margin = fmt_gib(g.free_bytes.saturating_sub(c.usable_bytes));
+            if g.free_bytes == total {
+                format!(" (card {} less a {margin} safety margin)", fmt_gib(total))
+            } else {
+                format!(
+                    " ({} free of the {} card, less a {margin} safety margin)",
+                    fmt_gib(g.free_bytes),
+                    fmt_gib(total)
+                )
+            }
+        }
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "  memory         needs {} of {} usable per GPU{} -> {}",
+        "  memory         needs {} of {} usable per GPU{usable_from} -> {}",
         fmt_gib(c.required_bytes),
         fmt_gib(c.usable_bytes),
-        card.map(|t| format!(" (card {})", fmt_gib(t)))
-            .unwrap_or_default(),
         if c.fits { "fits" } else { "DOES NOT FIT" }
     );
     if c.required_bytes < c.predicted_peak_bytes {

@@ -6,7 +6,9 @@ use crate::gpu::Gpu;
 use crate::model::{self, ModelSpec};
 use crate::units::fmt_gib;
 
-use super::reasons::{alternatives, best_per_mode, levers, why_chosen, why_nothing_fits};
+use super::reasons::{
+    alternatives, best_per_mode, levers, tight_note, why_chosen, why_nothing_fits,
+};
 use super::speed::{self, SpeedInput};
 use super::types::{Calibration, Candidate, Plan, PlanError, PlanInput, Policy, usable};
 
@@ -219,6 +221,40 @@ fn rank_key(c: &Candidate) -> (u64, u8, u8, u32, u32, u32) {
     )
 }
 
+/// How much slower than the fastest a configuration may be and still count as just as fast: the
+/// step-time model's mean error (plan/speed.rs: mean 6%, worst 13%).
+pub const STEP_TIME_TOLERANCE: f64 = 0.06;
+
+/// The room a plan should leave beyond what it is predicted to need, as a fraction of that need:
+/// the budget model's bound (within 5% of the measured peaks, issue 15).
+pub const ROOM_WANTED: f64 = 0.05;
+
+/// Room left on the tightest GPU (usable less what the run needs).
+pub fn room(c: &Candidate) -> u64 {
+    c.usable_bytes.saturating_sub(c.required_bytes)
+}
+
+/// Whether `c` leaves less room than the budget model's error.
+pub fn tight(c: &Candidate) -> bool {
+    (room(c) as f64) < ROOM_WANTED * c.required_bytes as f64
+}
+
+/// Rule 4b: when the fastest fitting configuration is tight, the fastest one with room that is
+/// no slower within the step-time model's error goes first. Returns the configuration it beat.
+fn prefer_room(ranked: &mut Vec<&Candidate>) -> Option<Candidate> {
+    let fastest = *ranked.first()?;
+    if !tight(fastest) {
+        return None;
+    }
+    let limit = fastest.step_time_s * (1.0 + STEP_TIME_TOLERANCE);
+    let i = ranked
+        .iter()
+        .position(|c| c.step_time_s <= limit && !tight(c))?;
+    let roomy = ranked.remove(i);
+    ranked.insert(0, roomy);
+    Some(fastest.clone())
+}
+
 /// Plans for the given GPUs. Errors only for inputs that make planning meaningless.
 pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     plan_impl(input, true)
@@ -332,6 +368,8 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         ));
     }
     fitting.sort_by_key(|c| rank_key(c));
+    // Rule 4b: a configuration with room beats a slightly faster one without.
+    let preferred_over = prefer_room(&mut fitting);
 
     // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
     // (FSDP2) merges on the saving rank, upstream's save (DDP, a fork's FSDP) on every rank.
@@ -382,7 +420,13 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         return Ok(plan);
     };
 
-    reasons.insert(0, why_chosen(&best, g, input.gpus));
+    reasons.insert(0, why_chosen(&best, g, input.gpus, preferred_over.as_ref()));
+    if tight(&best) {
+        reasons.insert(
+            1,
+            tight_note(&best, fitting.iter().find(|c| !tight(c)).copied()),
+        );
+    }
     reasons.extend(best_per_mode(&all, &best));
     let alternatives = alternatives(&fitting, &best);
     Ok(Plan {
