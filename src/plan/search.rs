@@ -427,6 +427,9 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
             tight_note(&best, fitting.iter().find(|c| !tight(c)).copied()),
         );
     }
+    if with_levers && input.nnodes > 1 {
+        reasons.extend(slower_than_one_node(input, &best));
+    }
     reasons.extend(best_per_mode(&all, &best));
     let alternatives = alternatives(&fitting, &best);
     Ok(Plan {
@@ -439,6 +442,49 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         host_ram,
         evaluated,
     })
+}
+
+/// A multi-node plan that one node of the same GPUs beats at the same global batch: says so,
+/// and what would help (one node, or the smallest larger global batch at which the nodes pay off,
+/// each checked by planning again).
+fn slower_than_one_node(input: &PlanInput, best: &Candidate) -> Option<String> {
+    let at = |nnodes: u32, global: u32| {
+        let mut inp = input.clone();
+        inp.nnodes = nnodes;
+        inp.policy.min_global_batch = global;
+        plan_impl(&inp, false)
+            .ok()
+            .and_then(|p| p.chosen.filter(|_| p.feasible))
+    };
+    let g = input.policy.min_global_batch;
+    let one = at(1, g)?;
+    if one.step_time_s >= best.step_time_s {
+        return None;
+    }
+    let n = input.nnodes;
+    let mut s = format!(
+        "slower than one node: one node of {} takes {:.2} s per optimizer step ({}) against {:.2} s on {n} nodes for the same global batch of {g}: crossing nodes costs more than the extra GPUs save. Use one node (--nnodes 1)",
+        super::reasons::gpus_phrase(input.gpus.len(), &input.gpus[0].name),
+        one.step_time_s,
+        one.label(),
+        best.step_time_s,
+    );
+    // The same steps at a larger global batch see more samples: compare samples per second.
+    let larger = (1..=4).map(|k| g.saturating_mul(1 << k)).find_map(|big| {
+        let (multi, single) = (at(n, big)?, at(1, big)?);
+        (multi.samples_per_s > single.samples_per_s).then_some((big, multi, single))
+    });
+    match larger {
+        Some((big, multi, single)) => s.push_str(&format!(
+            ", or a larger global batch (--global-batch {big}: {:.1} samples/s on {n} nodes against {:.1} on one; it changes the training recipe)",
+            multi.samples_per_s, single.samples_per_s
+        )),
+        None => s.push_str(&format!(
+            "; a larger global batch (--global-batch up to {}) does not make {n} nodes pay off either",
+            g.saturating_mul(16)
+        )),
+    }
+    Some(s)
 }
 
 fn pinned_plan(
