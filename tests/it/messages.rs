@@ -410,3 +410,33 @@ fn an_unreadable_profile_is_explained_once() {
         assert!(e.contains(path), "{e}");
     }
 }
+
+/// Issue 26 item 8: outside a checkout (nothing to ask for its flags) a mistyped `--set train.*`
+/// planned rank 32 and printed `--lora_rnak 8` without a word. It warns, naming the closest
+/// known field; a field the profile or the script has, or one close to none, passes quietly.
+#[test]
+fn a_mistyped_train_field_outside_a_checkout_warns_with_the_closest_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |set: &str| {
+        let o = bin(dir.path())
+            .env("OPENVLA_OFT_DIR", dir.path().join("no-checkout"))
+            .args(["plan", "-p", "aloha", "--gpus", "1xh100", "--set", set])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        err(&o)
+    };
+    let e = plan("train.lora_rnak=8");
+    assert!(
+        e.contains("--set train.lora_rnak") && e.contains("did you mean train.lora_rank?"),
+        "{e}"
+    );
+    for quiet in [
+        "train.lora_rank=8",
+        "train.resume_step=3",
+        "train.my_own_flag=1",
+    ] {
+        let e = plan(quiet);
+        assert!(!e.contains("did you mean"), "{quiet}: {e}");
+    }
+}
