@@ -440,3 +440,27 @@ fn a_mistyped_train_field_outside_a_checkout_warns_with_the_closest_field() {
         assert!(!e.contains("did you mean"), "{quiet}: {e}");
     }
 }
+
+/// Issue 26 item 9: planning 2 nodes with `--rdzv-endpoint` but no `--node-rank` said "no
+/// rendezvous endpoint"; the missing piece was the node rank. The warning names it, and the
+/// plan's command (for node 0) uses the endpoint given.
+#[test]
+fn the_multi_node_warning_names_the_missing_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |extra: &[&str]| {
+        let o = bin(dir.path())
+            .args(["plan", "-p", "aloha", "--gpus", "8xh100", "--nnodes", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        (String::from_utf8_lossy(&o.stdout).into_owned(), err(&o))
+    };
+    let (out, e) = plan(&["--rdzv-endpoint", "node1:29500"]);
+    assert!(!e.contains("no rendezvous endpoint"), "{e}");
+    assert!(e.contains("--node-rank"), "{e}");
+    assert!(out.contains("node1:29500"), "{out}");
+    // Without an endpoint, that is what is missing (as well as the rank).
+    let (_, e) = plan(&[]);
+    assert!(e.contains("--rdzv-endpoint"), "{e}");
+}
