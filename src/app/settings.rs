@@ -468,10 +468,17 @@ pub(super) fn choose_script(
     Ok((choice, answer))
 }
 
+/// One warning for every unset placeholder (issue 26: four lines on every plan away from the
+/// checkout were noise).
 pub(super) fn warn_missing(missing: &[(String, String)]) {
-    for (field, var) in missing {
-        warn!("{field}: ${{{var}}} is not set; a real launch refuses it (export {var}=...)");
+    if missing.is_empty() {
+        return;
     }
+    let m = crate::profile::missing_vars(missing);
+    warn!(
+        "{} {} not set (used by {}): fine for a plan, a real launch refuses it; {}",
+        m.vars, m.verb, m.fields, m.fix
+    );
 }
 
 pub(super) fn store_path() -> Option<PathBuf> {

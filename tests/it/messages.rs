@@ -464,3 +464,61 @@ fn the_multi_node_warning_names_the_missing_piece() {
     let (_, e) = plan(&[]);
     assert!(e.contains("--rdzv-endpoint"), "{e}");
 }
+
+/// Issue 26 item 11: the unset placeholders of a plan away from the checkout are one warning,
+/// not four, and both it and a launch's error start with what is missing and name
+/// WANDB_MODE=offline as the alternative to the W&B pair.
+#[test]
+fn unset_placeholders_are_one_warning_and_the_error_starts_with_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let unset = |c: &mut Command| {
+        for v in [
+            "VLA_DATA_ROOT",
+            "VLA_RUN_ROOT",
+            "WANDB_ENTITY",
+            "WANDB_PROJECT",
+        ] {
+            c.env_remove(v);
+        }
+        c.env_remove("WANDB_MODE");
+    };
+    let mut c = bin(dir.path());
+    unset(&mut c);
+    let o = c
+        .env("OPENVLA_OFT_DIR", dir.path().join("no-checkout"))
+        .args(["plan", "-p", "aloha", "--gpus", "1xh100"])
+        .output()
+        .unwrap();
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.contains("not set")).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    for v in [
+        "VLA_DATA_ROOT",
+        "VLA_RUN_ROOT",
+        "WANDB_ENTITY",
+        "WANDB_PROJECT",
+    ] {
+        assert!(lines[0].contains(v), "{v}: {e}");
+    }
+    assert!(lines[0].contains("WANDB_MODE=offline"), "{e}");
+    // A launch refuses, starting with what is missing.
+    let mut c = bin(dir.path());
+    unset(&mut c);
+    let o = c
+        .args([
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--torchrun",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    let line = e.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(line.starts_with("error: VLA_DATA_ROOT, "), "{line}");
+    assert!(line.contains("WANDB_MODE=offline"), "{line}");
+}
