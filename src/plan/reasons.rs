@@ -194,18 +194,41 @@ pub(super) fn alternatives(ranked: &[&Candidate], best: &Candidate) -> Vec<Alter
 }
 
 pub(super) fn why_nothing_fits(all: &[Candidate], input: &PlanInput) -> String {
-    let closest = all.iter().min_by(|a, b| {
-        let over = |c: &Candidate| c.required_bytes as f64 / c.usable_bytes.max(1) as f64;
-        over(a).total_cmp(&over(b))
-    });
+    let over = |c: &&Candidate| c.required_bytes as f64 / c.usable_bytes.max(1) as f64;
+    let closest = all.iter().min_by(|a, b| over(a).total_cmp(&over(b)));
+    let n = input.gpus.len();
     match closest {
-        Some(c) => format!(
-            "nothing fits: the smallest configuration, {}, needs {} per GPU but only {} is usable (free memory minus the margin) on {}",
-            c.label(),
-            fmt_gib(c.required_bytes),
-            fmt_gib(c.usable_bytes),
-            gpus_phrase(input.gpus.len(), &input.gpus[0].name)
-        ),
+        Some(c) => {
+            let mut s = format!(
+                "nothing fits: the configuration closest to fitting, {}, needs {} per GPU but only {} is usable (free memory minus the margin) on {}",
+                c.label(),
+                fmt_gib(c.required_bytes),
+                fmt_gib(c.usable_bytes),
+                gpus_phrase(n, &input.gpus[0].name)
+            );
+            // Fewer GPUs can need less each (no FSDP buffers, no NCCL): say so, and the least
+            // on all of them (issue 26: a 1-GPU configuration read as if for both).
+            if (c.nproc_per_node as usize) < n {
+                s.push_str(&format!("; it uses {} of the {n} GPUs", c.nproc_per_node));
+                if let Some(all_of_them) = all
+                    .iter()
+                    .filter(|a| a.nproc_per_node as usize == n)
+                    .min_by(|a, b| over(a).total_cmp(&over(b)))
+                {
+                    s.push_str(&format!(
+                        "; on {} the least is {}, {} per GPU",
+                        if n == 2 {
+                            "both".to_string()
+                        } else {
+                            format!("all {n}")
+                        },
+                        all_of_them.label(),
+                        fmt_gib(all_of_them.required_bytes)
+                    ));
+                }
+            }
+            s
+        }
         None => {
             "nothing fits: no strategy is allowed for these GPUs (FSDP needs 2 or more GPUs)".into()
         }

@@ -536,3 +536,23 @@ fn a_multi_node_plan_slower_than_one_node_says_so_and_what_would_help() {
     // One node says nothing of the kind; neither do 2 nodes where they are faster.
     assert!(!one.reasons.iter().any(|r| r.contains("one node")));
 }
+
+/// Issue 26 item 11: on 2 GPUs, "the smallest configuration" was a 1-GPU one, said as if it were
+/// for both. The reason says it uses 1 of the 2, and what the least is on both.
+#[test]
+fn nothing_fits_names_how_many_of_the_gpus_its_closest_configuration_uses() {
+    let gpus = parse_gpus_spec("2xrtx3090").unwrap();
+    let p = run("aloha", &gpus, policy(true, true), Pins::default());
+    assert!(!p.feasible);
+    let why = p
+        .reasons
+        .iter()
+        .find(|r| r.starts_with("nothing fits"))
+        .unwrap();
+    assert!(why.contains("1 GPU x"), "{why}");
+    assert!(why.contains("uses 1 of the 2 GPUs"), "{why}");
+    assert!(
+        why.contains("on both the least is DDP, batch 1 x 2 GPUs"),
+        "{why}"
+    );
+}
