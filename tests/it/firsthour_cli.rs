@@ -703,7 +703,7 @@ fn runs_lists_past_launches_and_logs_prints_them() {
         assert_eq!(r.code, Some(exit.parse().unwrap()), "{}", r.stderr);
     };
     let empty = run(&["runs", "--log-dir", dir.join("none").to_str().unwrap()]);
-    assert_eq!(empty.code, Some(0), "{}", empty.stderr);
+    assert_eq!(empty.code, Some(2), "as `logs` says it: {}", empty.stderr);
     assert!(empty.stderr.contains("no runs found"), "{}", empty.stderr);
     launch("hello-ok\n", "0");
     // Record names carry the start second: keep the two runs apart.

@@ -41,6 +41,7 @@ mod replay_trust;
 mod resume;
 mod retry;
 mod run_names;
+mod runs_logs;
 mod script_choice;
 mod slurm;
 mod speed;

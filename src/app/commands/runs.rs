@@ -134,9 +134,40 @@ fn plan_text(r: &PlanRecord) -> String {
     }
 }
 
-fn outcome_text(r: &PlanRecord) -> String {
-    let Some(o) = &r.outcome else {
-        return "no outcome yet".into();
+/// The pid of torchrun as the run log names it (the supervisor's `torchrun pid N` note).
+fn torchrun_pid(log: &Path) -> Option<i32> {
+    let mut head = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(log).ok()?.read(&mut head).ok()?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    let (_, rest) = text.split_once("torchrun pid ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is, on this host, a process of a vla-launch run (it carries the run marker in
+/// its environment, so a pid reused by another program does not count).
+fn is_run_process(pid: i32) -> bool {
+    let marker = format!("{}=", crate::launch::process_tree::MARKER_VAR);
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|kv| kv.starts_with(marker.as_bytes()))
+    })
+}
+
+/// A run without an outcome: running here (its torchrun is alive on this host), or not known to
+/// be (another host of a shared directory, or a launcher killed before it could write one).
+fn no_outcome_text(run: &Run) -> String {
+    match run.log().as_deref().and_then(torchrun_pid) {
+        Some(pid) if is_run_process(pid) => format!("running (pid {pid})"),
+        _ => "not running here".into(),
+    }
+}
+
+fn outcome_text(run: &Run) -> String {
+    let Some(o) = &run.record.outcome else {
+        return no_outcome_text(run);
     };
     let mut s = match (o.signal, o.interrupted_by) {
         (_, Some(sig)) => format!("interrupted (signal {sig})"),
@@ -189,7 +220,7 @@ pub(in crate::app) fn cmd_runs(
                     "nproc_per_node": r.nproc_per_node,
                     "nnodes": r.nnodes,
                     "gradient_checkpointing": r.gradient_checkpointing,
-                    "outcome": outcome_text(r),
+                    "outcome": outcome_text(run),
                     "exit_code": r.outcome.as_ref().map(|o| o.exit_code),
                     "duration_s": r.outcome.as_ref().and_then(|o| o.duration_s),
                     "observed_peak_used_bytes": peak(r),
@@ -202,7 +233,12 @@ pub(in crate::app) fn cmd_runs(
             "{}",
             serde_json::to_string_pretty(&list).expect("plain values")
         );
-        return Ok(ExitCode::Success);
+        // No runs: the same exit code as `logs` (issue 26), after the empty list.
+        return Ok(if runs.is_empty() {
+            ExitCode::Usage
+        } else {
+            ExitCode::Success
+        });
     }
     if runs.is_empty() {
         let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
@@ -210,7 +246,8 @@ pub(in crate::app) fn cmd_runs(
             "no runs found in {}; pass --log-dir DIR or --profile NAME to look elsewhere",
             looked.join(", ")
         );
-        return Ok(ExitCode::Success);
+        // As `logs` says it: looking in the wrong place is the command line's to fix (exit 2).
+        return Ok(ExitCode::Usage);
     }
     crate::println_lossy!(
         "{:<17}  {:<12}  {:<24}  {:<22}  {:<21}  LOG",
@@ -227,7 +264,7 @@ pub(in crate::app) fn cmd_runs(
             utc(run.started()),
             r.profile,
             plan_text(r),
-            outcome_text(r),
+            outcome_text(run),
             peak_text(r),
             run.log()
                 .map(|l| l.display().to_string())
