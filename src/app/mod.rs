@@ -53,11 +53,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Runs { json, place }) => {
             runs::cmd_runs(&place.log_dir, place.profile.as_deref(), json)
         }
-        Some(Command::Logs { run, follow, place }) => runs::cmd_logs(
+        Some(Command::Logs {
+            run,
+            follow,
+            tail,
+            raw,
+            place,
+        }) => runs::cmd_logs(
             &place.log_dir,
             place.profile.as_deref(),
             run.as_deref(),
-            follow,
+            runs::LogView { follow, tail, raw },
         ),
         Some(Command::Completions { shell }) => {
             let mut cmd = with_profile_names(

@@ -129,3 +129,38 @@ fn runs_and_logs_agree_on_no_runs() {
     assert!(logs.2.contains("no runs found"), "{}", logs.2);
     assert_eq!(runs.0, logs.0, "runs: {}\nlogs: {}", runs.2, logs.2);
 }
+
+/// `logs` showed each of tqdm's `\r` updates as a line of its own: it shows a bar's last state
+/// (`--raw` gives the log as it is), and `--tail N` the last N lines.
+#[test]
+fn logs_show_a_bars_last_state_and_tail_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut child = launch(
+        dir.path(),
+        &[("FAKE_TQDM", "5"), ("FAKE_TQDM_DELAY", "0.01")],
+    );
+    assert!(child.wait().unwrap().success());
+    let show = |extra: &[&str]| {
+        let o = bin()
+            .args(["logs", "--log-dir"])
+            .arg(&logs)
+            .args(extra)
+            .output()
+            .unwrap();
+        let (code, out, err) = text(&o);
+        assert_eq!(code, Some(0), "{err}");
+        out
+    };
+    let out = show(&[]);
+    let bars: Vec<&str> = out.lines().filter(|l| l.contains("it/s]")).collect();
+    assert_eq!(bars.len(), 1, "one line for the bar:\n{out}");
+    assert!(bars[0].contains("5/5"), "its last state: {out}");
+    assert!(!out.contains('\r'), "{out:?}");
+    let raw = show(&["--raw"]);
+    assert!(raw.matches("it/s]").count() >= 5, "{raw}");
+    let tail = show(&["--tail", "2"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    assert!(tail.contains("torchrun exited with code 0"), "{tail}");
+    assert!(out.ends_with(&tail), "the last lines of the whole:\n{tail}");
+}
