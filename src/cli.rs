@@ -65,6 +65,10 @@ Examples:
         /// Print the records as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Show the GPUs a description stands for, as `plan --gpus` reads it, instead of
+        /// querying NVML (e.g. 4xrtx4090, 2x80GB).
+        #[arg(long, value_name = "SPEC")]
+        gpus: Option<String>,
     },
     /// List the known launch profiles and where each comes from.
     #[command(after_help = "Example:\n  vla-launch profiles\n")]

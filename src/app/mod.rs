@@ -29,7 +29,7 @@ pub fn pin_to_plan_file(args: &mut crate::cli::PlanningArgs, path: &std::path::P
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Plan(args)) => plan::cmd_plan(*args),
-        Some(Command::Gpus { json }) => gpus::cmd_gpus(json),
+        Some(Command::Gpus { json, gpus }) => gpus::cmd_gpus(json, gpus.as_deref()),
         Some(Command::Profiles) => profiles::cmd_profiles(),
         Some(Command::Doctor {
             profile,

@@ -97,3 +97,22 @@ fn names_a_new_user_typed_get_the_right_answer() {
         "{stderr}"
     );
 }
+
+/// Issue 26 item 11: `gpus` without a driver suggests --gpus; `gpus --gpus SPEC` shows the GPUs
+/// a description stands for (instead of being refused), with the notes on how it was read.
+#[test]
+fn gpus_takes_a_description_too() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vla-launch"))
+        .args(["gpus", "--gpus", "2xh100,1x24GB"])
+        .env("RUST_LOG", "vla_launch=warn")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.matches("H100 80GB HBM3").count(), 2, "{stdout}");
+    assert!(stdout.contains("sold as 24 GB"), "{stdout}");
+    assert!(stderr.contains("planning with 22.49 GiB"), "{stderr}");
+}
