@@ -37,7 +37,8 @@ pub struct Cli {
     #[command(flatten)]
     pub launch: LaunchArgs,
 
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    /// More log output (-v debug, -vv trace; RUST_LOG overrides), and the plan's memory budget
+    /// as `plan --explain` shows it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

@@ -28,7 +28,11 @@ pub fn pin_to_plan_file(args: &mut crate::cli::PlanningArgs, path: &std::path::P
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Some(Command::Plan(args)) => plan::cmd_plan(*args),
+        Some(Command::Plan(mut args)) => {
+            // -v adds the memory budget, as it does to a launch's plan (the README says so).
+            args.explain |= cli.verbose > 0;
+            plan::cmd_plan(*args)
+        }
         Some(Command::Gpus { json, gpus }) => gpus::cmd_gpus(json, gpus.as_deref()),
         Some(Command::Profiles) => profiles::cmd_profiles(),
         Some(Command::Doctor {

@@ -885,3 +885,13 @@ fn logs_follow_a_running_launch_to_its_end() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 26 item 11: the README says -v adds the plan's memory budget; `plan -v` printed none.
+#[test]
+fn plan_v_adds_the_memory_budget_as_the_launch_does() {
+    let r = run(&["plan", "-v", "--profile", "aloha", "--gpus", "1xh100"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("Memory budget per GPU"), "{}", r.stdout);
+    let r = run(&["plan", "--profile", "aloha", "--gpus", "1xh100"]);
+    assert!(!r.stdout.contains("Memory budget per GPU"), "{}", r.stdout);
+}
