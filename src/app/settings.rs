@@ -42,7 +42,8 @@ pub(super) fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded
         AppError::usage("no profile given: pass --profile NAME (see `vla-launch profiles`) or --profile PATH.yaml",
         )
     })?;
-    let mut loaded = profile::load(name, user_config_dir().as_deref())?;
+    let installed = crate::install::installed_profiles_dir();
+    let mut loaded = profile::load_with(name, user_config_dir().as_deref(), installed.as_deref())?;
     profile::apply_overrides(&mut loaded, sets)?;
     Ok(loaded)
 }

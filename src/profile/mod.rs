@@ -22,7 +22,7 @@ pub use env::{
     resolved_flags,
 };
 pub use error::ProfileError;
-pub use load::{BUILTIN, load, parse, profile_names_in};
+pub use load::{BUILTIN, load, load_with, parse, profile_names_in};
 pub use overrides::apply_overrides;
 pub use schema::{
     FsdpAddition, Loaded, ModelSection, OPTIONAL_PLANNER_FLAGS, Origin, PLANNER_FLAGS, PRESETS,
