@@ -44,5 +44,6 @@ mod run_names;
 mod runs_logs;
 mod script_choice;
 mod slurm;
+mod slurm_skips;
 mod speed;
 mod supervisor;
