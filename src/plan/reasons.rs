@@ -6,7 +6,7 @@ use crate::gpu::Gpu;
 use crate::model::ModelSpec;
 use crate::units::fmt_gib;
 
-use super::search::{ROOM_WANTED, STEP_TIME_TOLERANCE, room, tight};
+use super::room::{ROOM_WANTED, STEP_TIME_TOLERANCE, room, tight};
 use super::types::{Alternative, Candidate, Pins, Plan, PlanError, PlanInput};
 
 pub(super) fn why_chosen(

@@ -9,6 +9,7 @@ use crate::units::fmt_gib;
 use super::reasons::{
     alternatives, best_per_mode, levers, tight_note, why_chosen, why_nothing_fits,
 };
+use super::room::{STEP_TIME_TOLERANCE, tight};
 use super::speed::{self, SpeedInput};
 use super::types::{Calibration, Candidate, Plan, PlanError, PlanInput, Policy, usable};
 
@@ -219,24 +220,6 @@ fn rank_key(c: &Candidate) -> (u64, u8, u8, u32, u32, u32) {
         c.nproc_per_node,
         c.gpu_indices.iter().sum(),
     )
-}
-
-/// How much slower than the fastest a configuration may be and still count as just as fast: the
-/// step-time model's mean error (plan/speed.rs: mean 6%, worst 13%).
-pub const STEP_TIME_TOLERANCE: f64 = 0.06;
-
-/// The room a plan should leave beyond what it is predicted to need, as a fraction of that need:
-/// the budget model's bound (within 5% of the measured peaks, issue 15).
-pub const ROOM_WANTED: f64 = 0.05;
-
-/// Room left on the tightest GPU (usable less what the run needs).
-pub fn room(c: &Candidate) -> u64 {
-    c.usable_bytes.saturating_sub(c.required_bytes)
-}
-
-/// Whether `c` leaves less room than the budget model's error.
-pub fn tight(c: &Candidate) -> bool {
-    (room(c) as f64) < ROOM_WANTED * c.required_bytes as f64
 }
 
 /// Rule 4b: when the fastest fitting configuration is tight, the fastest one with room that is
