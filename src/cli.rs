@@ -37,7 +37,8 @@ pub struct Cli {
     #[command(flatten)]
     pub launch: LaunchArgs,
 
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    /// More log output (-v debug, -vv trace; RUST_LOG overrides), and the plan's memory budget
+    /// as `plan --explain` shows it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -65,6 +66,10 @@ Examples:
         /// Print the records as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Show the GPUs a description stands for, as `plan --gpus` reads it, instead of
+        /// querying NVML (e.g. 4xrtx4090, 2x80GB).
+        #[arg(long, value_name = "SPEC")]
+        gpus: Option<String>,
     },
     /// List the known launch profiles and where each comes from.
     #[command(after_help = "Example:\n  vla-launch profiles\n")]
@@ -129,13 +134,22 @@ Examples:
         place: RunsPlace,
     },
     /// Print a run's log (the newest run's by default); --follow keeps printing as it grows.
-    #[command(after_help = "Examples:\n  vla-launch logs --follow\n  vla-launch logs 1795846018\n")]
+    #[command(
+        after_help = "Examples:\n  vla-launch logs --follow\n  vla-launch logs --tail 20 1795846018\n"
+    )]
     Logs {
         /// A record or log path, or part of one (e.g. its time stamp); default: the newest run.
         run: Option<String>,
         /// Keep printing what the run writes until it ends.
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Only the last N lines (then, with --follow, what comes after).
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<usize>,
+        /// The log as it is: every `\r` update of a progress bar on a line of its own (by
+        /// default a bar shows as its last state).
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         place: RunsPlace,
     },

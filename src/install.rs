@@ -66,6 +66,18 @@ pub fn vla_launch_dir() -> DataDir {
     })
 }
 
+/// The `launch-profiles` directory of the shipped files: profiles installed with vla-launch but
+/// not compiled into it (`aloha-real`, `libero-real`), found by name after the built-in ones.
+pub fn profiles_dir(data: &DataDir) -> Option<PathBuf> {
+    data.value()
+        .map(|v| PathBuf::from(v).join("launch-profiles"))
+}
+
+/// [`profiles_dir`] for this process, when it exists.
+pub fn installed_profiles_dir() -> Option<PathBuf> {
+    profiles_dir(&vla_launch_dir()).filter(|d| d.is_dir())
+}
+
 /// What to tell the user when a profile's training script is not where the profile says.
 /// `workdir_raw` is `script.workdir` as written in the profile (before `${...}` expansion).
 pub fn missing_script_message(script: &Path, workdir_raw: &str, data_dir: &DataDir) -> String {

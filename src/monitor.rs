@@ -237,50 +237,97 @@ mod tests {
         assert_eq!(p.samples, 4);
     }
 
+    /// A sampler that tells the test when it has been called `n` times: the tests wait on that
+    /// event, not on the clock (a busy machine may not run the thread for a while).
+    struct Counted<S>(S, u64, u64, Option<std::sync::mpsc::Sender<()>>);
+
+    impl<S: MemorySampler> MemorySampler for Counted<S> {
+        fn sample(&mut self) -> Vec<Option<Reading>> {
+            self.1 += 1;
+            if self.1 >= self.2
+                && let Some(tx) = self.3.take()
+            {
+                let _ = tx.send(());
+            }
+            self.0.sample()
+        }
+        fn utilisation(&mut self) -> Vec<u32> {
+            self.0.utilisation()
+        }
+    }
+
     #[test]
     fn thread_samples_until_stopped() {
+        let (tx, rx) = std::sync::mpsc::channel();
         let m = Monitor::start(
-            Box::new(Scripted(
-                vec![vec![Some(1)], vec![Some(9)], vec![Some(4)]],
+            Box::new(Counted(
+                Scripted(vec![vec![Some(1)], vec![Some(9)], vec![Some(4)]], 0),
                 0,
+                3,
+                Some(tx),
             )),
             Duration::from_millis(1),
             None,
         );
-        std::thread::sleep(Duration::from_millis(50));
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("three samples");
         let p = m.stop();
         assert!(p.samples >= 3, "{}", p.samples);
         assert_eq!(p.peak_used_bytes, vec![Some(9)]);
         assert!(p.hangs.is_empty());
     }
 
-    struct Idle(u32);
+    /// GPUs at `util` percent; with `grow`, the log grows before every sample (output that flows
+    /// however the threads are scheduled); `until` is told once `after` has passed since the start.
+    struct Idle {
+        util: u32,
+        grow: Option<std::path::PathBuf>,
+        started: std::time::Instant,
+        after: Duration,
+        until: Option<std::sync::mpsc::Sender<()>>,
+    }
 
     impl MemorySampler for Idle {
         fn sample(&mut self) -> Vec<Option<Reading>> {
+            if let Some(log) = &self.grow {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+                f.write_all(b"x").unwrap();
+            }
+            if self.started.elapsed() >= self.after
+                && let Some(tx) = self.until.take()
+            {
+                let _ = tx.send(());
+            }
             vec![Some(reading(1))]
         }
         fn utilisation(&mut self) -> Vec<u32> {
-            vec![self.0]
+            vec![self.util]
         }
     }
 
+    /// Runs the watchdog until its sampler has run 4 thresholds past the start (one threshold
+    /// to speak up, three more in which it must not speak again).
     fn watch(util: u32, log: &std::path::Path, grow: bool) -> Peaks {
+        let threshold = Duration::from_millis(150);
+        let (tx, rx) = std::sync::mpsc::channel();
         let m = Monitor::start(
-            Box::new(Idle(util)),
+            Box::new(Idle {
+                util,
+                grow: grow.then(|| log.to_path_buf()),
+                started: std::time::Instant::now(),
+                after: threshold * 4,
+                until: Some(tx),
+            }),
             Duration::from_millis(2),
             Some(WatchdogConfig {
                 log_path: log.to_path_buf(),
-                threshold: Duration::from_millis(150),
+                threshold,
                 idle_percent: 2,
             }),
         );
-        for i in 0..80 {
-            if grow {
-                std::fs::write(log, "x".repeat(i + 1)).unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("the sampler ran past 4 thresholds");
         m.stop()
     }
 

@@ -618,7 +618,8 @@ options:
             )
             .unwrap_err();
         assert!(matches!(e, RunError::Timeout { .. }), "{e}");
-        assert!(start.elapsed() < Duration::from_secs(5));
+        // Well before the 30 s sleep ends; the margin is what a busy 2-core machine needs.
+        assert!(start.elapsed() < Duration::from_secs(20));
         let e = SystemRunner
             .run(
                 Path::new("/nonexistent/python"),

@@ -28,8 +28,12 @@ pub fn pin_to_plan_file(args: &mut crate::cli::PlanningArgs, path: &std::path::P
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Some(Command::Plan(args)) => plan::cmd_plan(*args),
-        Some(Command::Gpus { json }) => gpus::cmd_gpus(json),
+        Some(Command::Plan(mut args)) => {
+            // -v adds the memory budget, as it does to a launch's plan (the README says so).
+            args.explain |= cli.verbose > 0;
+            plan::cmd_plan(*args)
+        }
+        Some(Command::Gpus { json, gpus }) => gpus::cmd_gpus(json, gpus.as_deref()),
         Some(Command::Profiles) => profiles::cmd_profiles(),
         Some(Command::Doctor {
             profile,
@@ -53,11 +57,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Runs { json, place }) => {
             runs::cmd_runs(&place.log_dir, place.profile.as_deref(), json)
         }
-        Some(Command::Logs { run, follow, place }) => runs::cmd_logs(
+        Some(Command::Logs {
+            run,
+            follow,
+            tail,
+            raw,
+            place,
+        }) => runs::cmd_logs(
             &place.log_dir,
             place.profile.as_deref(),
             run.as_deref(),
-            follow,
+            runs::LogView { follow, tail, raw },
         ),
         Some(Command::Completions { shell }) => {
             let mut cmd = with_profile_names(

@@ -28,7 +28,8 @@ pub(super) fn load_profile(name: Option<&str>, sets: &[String]) -> Result<Loaded
         AppError::usage("no profile given: pass --profile NAME (see `vla-launch profiles`) or --profile PATH.yaml",
         )
     })?;
-    let mut loaded = profile::load(name, user_config_dir().as_deref())?;
+    let installed = crate::install::installed_profiles_dir();
+    let mut loaded = profile::load_with(name, user_config_dir().as_deref(), installed.as_deref())?;
     profile::apply_overrides(&mut loaded, sets)?;
     Ok(loaded)
 }
@@ -61,10 +62,17 @@ pub(super) fn plan_loaded(
     planned::plan(settings, facts)
 }
 
+/// One warning for every unset placeholder (issue 26: four lines on every plan away from the
+/// checkout were noise).
 pub(super) fn warn_missing(missing: &[(String, String)]) {
-    for (field, var) in missing {
-        warn!("{field}: ${{{var}}} is not set; a real launch refuses it (export {var}=...)");
+    if missing.is_empty() {
+        return;
     }
+    let m = crate::profile::missing_vars(missing);
+    warn!(
+        "{} {} not set (used by {}): fine for a plan, a real launch refuses it; {}",
+        m.vars, m.verb, m.fields, m.fix
+    );
 }
 
 #[cfg(test)]

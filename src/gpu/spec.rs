@@ -104,6 +104,70 @@ pub enum SpecError {
     },
     #[error("--gpus describes {total} GPUs; at most {MAX_GPUS} are accepted")]
     TooMany { total: u64 },
+    #[error(
+        "--gpus item {item}: the {name} ({gb} GB) is not among the models vla-launch knows; describe it by its memory, {count}x{gb}GB, or plan on the node itself, where NVML reads it"
+    )]
+    Unlisted {
+        item: String,
+        name: &'static str,
+        gb: u64,
+        count: String,
+    },
+    #[error("--gpus item {item}: the count comes first: did you mean {suggestion}?")]
+    CountLast { item: String, suggestion: String },
+}
+
+/// Real cards that are not in known.rs but whose names are one edit from one that is (`h20` is
+/// not a mistyped `h200`): named as what they are, with their marketed memory, instead of a
+/// wrong "did you mean".
+const UNLISTED: &[(&str, &str, u64)] = &[
+    ("h20", "NVIDIA H20", 96),
+    ("h800", "NVIDIA H800", 80),
+    ("a800", "NVIDIA A800", 80),
+    ("l20", "NVIDIA L20", 48),
+    ("a10g", "NVIDIA A10G", 24),
+];
+
+fn unlisted(item: &str, count: &str, what: &str) -> Option<SpecError> {
+    let wanted = what.trim().to_ascii_lowercase();
+    let (_, name, gb) = UNLISTED.iter().find(|(k, _, _)| *k == wanted)?;
+    Some(SpecError::Unlisted {
+        item: echo(item),
+        name,
+        gb: *gb,
+        count: count.to_string(),
+    })
+}
+
+/// A count-less item that names a model, a model number or a size: how many? (Issue 26: a bare
+/// model is not taken as one card, because the count changes the plan entirely; the message
+/// asks, giving one card and several.)
+fn bare_hint(item: &str) -> Option<String> {
+    let what = match parse_what(item, "1", item) {
+        Ok(Kind::Model(m)) => m.key.to_string(),
+        Ok(_) => item.trim().to_string(),
+        Err(SpecError::ModelNumber { suggestion, .. }) => {
+            suggestion.trim_start_matches("1x").into()
+        }
+        Err(_) => return None,
+    };
+    Some(format!(
+        " (how many? 1x{what} for one card, 8x{what} for eight)"
+    ))
+}
+
+/// `rtx4090x4`: a model or size, then x and the count.
+fn count_last(item: &str) -> Option<SpecError> {
+    let (what, count) = item.rsplit_once(SEPARATORS)?;
+    let count = count.trim();
+    if count.is_empty() || count.len() > 6 || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    parse_what(item, count, what.trim()).ok()?;
+    Some(SpecError::CountLast {
+        item: echo(item),
+        suggestion: format!("{count}x{}", what.trim()),
+    })
 }
 
 /// What one item describes.
@@ -207,6 +271,9 @@ fn parse_what(item: &str, count: &str, what: &str) -> Result<Kind, SpecError> {
             choices: choices.join(" or "),
         });
     }
+    if let Some(e) = unlisted(item, count, what) {
+        return Err(e);
+    }
     let model = known::lookup_alias(what).ok_or_else(|| SpecError::UnknownModel {
         item: echo(item),
         model: echo(what),
@@ -260,14 +327,12 @@ fn parse_item(item: &str) -> Result<(u64, Kind), SpecError> {
         if let Some(e) = wrong_separator(item) {
             return Err(e);
         }
-        let hint = if parse_what(item, "1", item).is_ok() {
-            format!(" (did you mean 1x{}?)", item)
-        } else {
-            String::new()
-        };
+        if let Some(e) = unlisted(item, "1", item) {
+            return Err(e);
+        }
         return Err(SpecError::MissingCount {
             item: echo(item),
-            hint,
+            hint: bare_hint(item).unwrap_or_default(),
         });
     };
     let count = count.trim();
@@ -286,13 +351,16 @@ fn parse_item(item: &str) -> Result<(u64, Kind), SpecError> {
             return Err(e);
         }
         // `rtx4090` splits at its own x: say the count is missing rather than "rt" is bad.
-        if !count.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
-            && parse_what(item, "1", item).is_ok()
-        {
-            return Err(SpecError::MissingCount {
-                item: echo(item),
-                hint: format!(" (did you mean 1x{item}?)"),
-            });
+        if !count.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') {
+            if let Some(hint) = bare_hint(item) {
+                return Err(SpecError::MissingCount {
+                    item: echo(item),
+                    hint,
+                });
+            }
+            if let Some(e) = count_last(item) {
+                return Err(e);
+            }
         }
         return Err(bad_count());
     }

@@ -6,7 +6,7 @@ pub mod command;
 pub mod diagnosis;
 pub mod hang;
 pub mod log;
-mod process_tree;
+pub(crate) mod process_tree;
 pub mod status;
 pub mod supervisor;
 pub mod term;

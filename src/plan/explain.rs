@@ -51,13 +51,32 @@ pub fn render_plan(
         .filter_map(|i| gpus.iter().find(|g| g.index == *i))
         .map(|g| g.total_bytes)
         .min();
+    // Usable is the limiting GPU's free memory less the safety margin: say the margin.
+    let limiting = c
+        .gpu_indices
+        .iter()
+        .filter_map(|i| gpus.iter().find(|g| g.index == *i))
+        .min_by_key(|g| g.free_bytes.saturating_sub(c.usable_bytes));
+    let usable_from = match (card, limiting) {
+        (Some(total), Some(g)) => {
+            let margin = fmt_gib(g.free_bytes.saturating_sub(c.usable_bytes));
+            if g.free_bytes == total {
+                format!(" (card {} less a {margin} safety margin)", fmt_gib(total))
+            } else {
+                format!(
+                    " ({} free of the {} card, less a {margin} safety margin)",
+                    fmt_gib(g.free_bytes),
+                    fmt_gib(total)
+                )
+            }
+        }
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "  memory         needs {} of {} usable per GPU{} -> {}",
+        "  memory         needs {} of {} usable per GPU{usable_from} -> {}",
         fmt_gib(c.required_bytes),
         fmt_gib(c.usable_bytes),
-        card.map(|t| format!(" (card {})", fmt_gib(t)))
-            .unwrap_or_default(),
         if c.fits { "fits" } else { "DOES NOT FIT" }
     );
     if c.required_bytes < c.predicted_peak_bytes {
@@ -114,7 +133,9 @@ pub fn render_plan(
     let _ = writeln!(out, "  GPUs           {}", names.join(", "));
     if explain {
         let _ = writeln!(out, "\nMemory budget per GPU ({}):", mode(c));
-        out.push_str(&render::table(&c.budget));
+        // What the run needs is the total; the cache the allocator gives back comes after it.
+        let reclaimable = c.predicted_peak_bytes.saturating_sub(c.required_bytes);
+        out.push_str(&render::table(&c.budget, reclaimable, card));
         let _ = writeln!(out);
         // One bar per distinct GPU (model, capacity): the budget is the same on every rank.
         let chosen: Vec<&Gpu> = c
@@ -135,15 +156,17 @@ pub fn render_plan(
                 .collect();
             let _ = writeln!(
                 out,
-                "GPU{} {} {} ({} total each):",
+                "GPU{} {} {} ({} total{}):",
                 if same.len() == 1 { "" } else { "s" },
                 same.join(","),
                 g.name,
-                fmt_gib(g.total_bytes)
+                fmt_gib(g.total_bytes),
+                if same.len() == 1 { "" } else { " each" }
             );
             out.push_str(&render::bar(
                 &c.budget,
                 c.required_bytes,
+                reclaimable,
                 c.usable_bytes,
                 g.total_bytes,
                 60,

@@ -24,6 +24,7 @@ pub mod explain;
 pub mod probe;
 mod reasons;
 pub mod retry;
+pub mod room;
 mod search;
 pub mod speed;
 mod types;

@@ -6,11 +6,22 @@ use crate::gpu::Gpu;
 use crate::model::ModelSpec;
 use crate::units::fmt_gib;
 
+use super::room::{ROOM_WANTED, STEP_TIME_TOLERANCE, room, tight};
 use super::types::{Alternative, Candidate, Pins, Plan, PlanError, PlanInput};
 
-pub(super) fn why_chosen(best: &Candidate, g: u32, gpus: &[Gpu]) -> String {
+pub(super) fn why_chosen(
+    best: &Candidate,
+    g: u32,
+    gpus: &[Gpu],
+    preferred_over: Option<&Candidate>,
+) -> String {
     let mut s = format!(
-        "fastest configuration that fits: {} -- {:.2} s per optimizer step, {:.1} samples/s; global batch {} = {} x {} x {} x {}{}",
+        "{}: {} -- {:.2} s per optimizer step, {:.1} samples/s; global batch {} = {} x {} x {} x {}{}",
+        if preferred_over.is_some() {
+            "fastest configuration with room"
+        } else {
+            "fastest configuration that fits"
+        },
         best.label(),
         best.step_time_s,
         best.samples_per_s,
@@ -25,6 +36,17 @@ pub(super) fn why_chosen(best: &Candidate, g: u32, gpus: &[Gpu]) -> String {
             String::new()
         }
     );
+    if let Some(tight) = preferred_over {
+        s.push_str(&format!(
+            "; it leaves {} of room per GPU where {} is {:.0}% faster by the estimate, within the step-time model's {:.0}% error, but leaves only {} (the memory model is within {:.0}%)",
+            fmt_gib(room(best)),
+            tight.label(),
+            (1.0 - tight.step_time_s / best.step_time_s) * 100.0,
+            STEP_TIME_TOLERANCE * 100.0,
+            fmt_gib(room(tight)),
+            ROOM_WANTED * 100.0
+        ));
+    }
     if (best.nproc_per_node as usize) < gpus.len() {
         let left: Vec<String> = gpus
             .iter()
@@ -42,6 +64,33 @@ pub(super) fn why_chosen(best: &Candidate, g: u32, gpus: &[Gpu]) -> String {
             "; left out {}: using it would be slower or would not fit",
             left.join(", ")
         ));
+    }
+    s
+}
+
+/// The chosen configuration leaves less room than the memory model's error: say so, and what the
+/// nearest configuration with room would cost.
+pub(super) fn tight_note(best: &Candidate, roomy: Option<&Candidate>) -> String {
+    let mut s = format!(
+        "little room: it leaves {} per GPU beyond what it is predicted to need, less than the memory model's {:.0}% error",
+        fmt_gib(room(best)),
+        ROOM_WANTED * 100.0
+    );
+    match roomy {
+        Some(c) => s.push_str(&format!(
+            "; the fastest configuration with room, {} (leaves {}), is {:.0}% slower, beyond the step-time model's {:.0}% error: pin it with --strategy {} --batch-size {} --grad-accum {} --checkpointing {} if this one runs out of memory",
+            c.label(),
+            fmt_gib(room(c)),
+            (c.step_time_s / best.step_time_s - 1.0) * 100.0,
+            STEP_TIME_TOLERANCE * 100.0,
+            strategy_name(c.strategy).to_lowercase(),
+            c.batch_size,
+            c.grad_accumulation_steps,
+            if c.gradient_checkpointing { "on" } else { "off" }
+        )),
+        None => s.push_str(
+            "; no configuration that fits leaves more (--oom-retries re-plans if it runs out of memory)",
+        ),
     }
     s
 }
@@ -109,11 +158,23 @@ pub(super) fn alternatives(ranked: &[&Candidate], best: &Candidate) -> Vec<Alter
             continue;
         }
         let slower = (c.step_time_s / best.step_time_s - 1.0) * 100.0;
-        let mut why = format!(
-            "{:.0}% slower per optimizer step ({:.2} vs {:.2} s)",
-            slower, c.step_time_s, best.step_time_s
-        );
-        if c.strategy == Strategy::Fsdp && best.strategy == Strategy::Ddp {
+        let mut why = if c.step_time_s < best.step_time_s && tight(c) {
+            format!(
+                "{:.0}% faster per optimizer step by the estimate ({:.2} vs {:.2} s, within the step-time model's error) but leaves only {} of room",
+                -slower,
+                c.step_time_s,
+                best.step_time_s,
+                fmt_gib(room(c))
+            )
+        } else {
+            format!(
+                "{:.0}% slower per optimizer step ({:.2} vs {:.2} s)",
+                slower, c.step_time_s, best.step_time_s
+            )
+        };
+        if c.step_time_s < best.step_time_s {
+            // Said above; the notes below explain a slower configuration.
+        } else if c.strategy == Strategy::Fsdp && best.strategy == Strategy::Ddp {
             why.push_str("; FSDP pays all-gathers and reduce-scatters every micro-batch");
         } else if c.gradient_checkpointing && !best.gradient_checkpointing {
             why.push_str("; checkpointing recomputes the Llama forward");
@@ -133,18 +194,41 @@ pub(super) fn alternatives(ranked: &[&Candidate], best: &Candidate) -> Vec<Alter
 }
 
 pub(super) fn why_nothing_fits(all: &[Candidate], input: &PlanInput) -> String {
-    let closest = all.iter().min_by(|a, b| {
-        let over = |c: &Candidate| c.required_bytes as f64 / c.usable_bytes.max(1) as f64;
-        over(a).total_cmp(&over(b))
-    });
+    let over = |c: &&Candidate| c.required_bytes as f64 / c.usable_bytes.max(1) as f64;
+    let closest = all.iter().min_by(|a, b| over(a).total_cmp(&over(b)));
+    let n = input.gpus.len();
     match closest {
-        Some(c) => format!(
-            "nothing fits: the smallest configuration, {}, needs {} per GPU but only {} is usable (free memory minus the margin) on {}",
-            c.label(),
-            fmt_gib(c.required_bytes),
-            fmt_gib(c.usable_bytes),
-            gpus_phrase(input.gpus.len(), &input.gpus[0].name)
-        ),
+        Some(c) => {
+            let mut s = format!(
+                "nothing fits: the configuration closest to fitting, {}, needs {} per GPU but only {} is usable (free memory minus the margin) on {}",
+                c.label(),
+                fmt_gib(c.required_bytes),
+                fmt_gib(c.usable_bytes),
+                gpus_phrase(n, &input.gpus[0].name)
+            );
+            // Fewer GPUs can need less each (no FSDP buffers, no NCCL): say so, and the least
+            // on all of them (issue 26: a 1-GPU configuration read as if for both).
+            if (c.nproc_per_node as usize) < n {
+                s.push_str(&format!("; it uses {} of the {n} GPUs", c.nproc_per_node));
+                if let Some(all_of_them) = all
+                    .iter()
+                    .filter(|a| a.nproc_per_node as usize == n)
+                    .min_by(|a, b| over(a).total_cmp(&over(b)))
+                {
+                    s.push_str(&format!(
+                        "; on {} the least is {}, {} per GPU",
+                        if n == 2 {
+                            "both".to_string()
+                        } else {
+                            format!("all {n}")
+                        },
+                        all_of_them.label(),
+                        fmt_gib(all_of_them.required_bytes)
+                    ));
+                }
+            }
+            s
+        }
         None => {
             "nothing fits: no strategy is allowed for these GPUs (FSDP needs 2 or more GPUs)".into()
         }

@@ -6,7 +6,10 @@ use crate::gpu::Gpu;
 use crate::model::{self, ModelSpec};
 use crate::units::fmt_gib;
 
-use super::reasons::{alternatives, best_per_mode, levers, why_chosen, why_nothing_fits};
+use super::reasons::{
+    alternatives, best_per_mode, levers, tight_note, why_chosen, why_nothing_fits,
+};
+use super::room::{STEP_TIME_TOLERANCE, tight};
 use super::speed::{self, SpeedInput};
 use super::types::{Calibration, Candidate, Plan, PlanError, PlanInput, Policy, usable};
 
@@ -219,6 +222,22 @@ fn rank_key(c: &Candidate) -> (u64, u8, u8, u32, u32, u32) {
     )
 }
 
+/// Rule 4b: when the fastest fitting configuration is tight, the fastest one with room that is
+/// no slower within the step-time model's error goes first. Returns the configuration it beat.
+fn prefer_room(ranked: &mut Vec<&Candidate>) -> Option<Candidate> {
+    let fastest = *ranked.first()?;
+    if !tight(fastest) {
+        return None;
+    }
+    let limit = fastest.step_time_s * (1.0 + STEP_TIME_TOLERANCE);
+    let i = ranked
+        .iter()
+        .position(|c| c.step_time_s <= limit && !tight(c))?;
+    let roomy = ranked.remove(i);
+    ranked.insert(0, roomy);
+    Some(fastest.clone())
+}
+
 /// Plans for the given GPUs. Errors only for inputs that make planning meaningless.
 pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     plan_impl(input, true)
@@ -336,6 +355,8 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         ));
     }
     fitting.sort_by_key(|c| rank_key(c));
+    // Rule 4b: a configuration with room beats a slightly faster one without.
+    let preferred_over = prefer_room(&mut fitting);
 
     // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
     // (FSDP2, or FSDP1 on an older torch) merges on the saving rank, upstream's save (DDP, a
@@ -390,7 +411,16 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         return Ok(plan);
     };
 
-    reasons.insert(0, why_chosen(&best, g, input.gpus));
+    reasons.insert(0, why_chosen(&best, g, input.gpus, preferred_over.as_ref()));
+    if tight(&best) {
+        reasons.insert(
+            1,
+            tight_note(&best, fitting.iter().find(|c| !tight(c)).copied()),
+        );
+    }
+    if with_levers && input.nnodes > 1 {
+        reasons.extend(slower_than_one_node(input, &best));
+    }
     reasons.extend(best_per_mode(&all, &best));
     let alternatives = alternatives(&fitting, &best);
     Ok(Plan {
@@ -403,6 +433,49 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         host_ram,
         evaluated,
     })
+}
+
+/// A multi-node plan that one node of the same GPUs beats at the same global batch: says so,
+/// and what would help (one node, or the smallest larger global batch at which the nodes pay off,
+/// each checked by planning again).
+fn slower_than_one_node(input: &PlanInput, best: &Candidate) -> Option<String> {
+    let at = |nnodes: u32, global: u32| {
+        let mut inp = input.clone();
+        inp.nnodes = nnodes;
+        inp.policy.min_global_batch = global;
+        plan_impl(&inp, false)
+            .ok()
+            .and_then(|p| p.chosen.filter(|_| p.feasible))
+    };
+    let g = input.policy.min_global_batch;
+    let one = at(1, g)?;
+    if one.step_time_s >= best.step_time_s {
+        return None;
+    }
+    let n = input.nnodes;
+    let mut s = format!(
+        "slower than one node: one node of {} takes {:.2} s per optimizer step ({}) against {:.2} s on {n} nodes for the same global batch of {g}: crossing nodes costs more than the extra GPUs save. Use one node (--nnodes 1)",
+        super::reasons::gpus_phrase(input.gpus.len(), &input.gpus[0].name),
+        one.step_time_s,
+        one.label(),
+        best.step_time_s,
+    );
+    // The same steps at a larger global batch see more samples: compare samples per second.
+    let larger = (1..=4).map(|k| g.saturating_mul(1 << k)).find_map(|big| {
+        let (multi, single) = (at(n, big)?, at(1, big)?);
+        (multi.samples_per_s > single.samples_per_s).then_some((big, multi, single))
+    });
+    match larger {
+        Some((big, multi, single)) => s.push_str(&format!(
+            ", or a larger global batch (--global-batch {big}: {:.1} samples/s on {n} nodes against {:.1} on one; it changes the training recipe)",
+            multi.samples_per_s, single.samples_per_s
+        )),
+        None => s.push_str(&format!(
+            "; a larger global batch (--global-batch up to {}) does not make {n} nodes pay off either",
+            g.saturating_mul(16)
+        )),
+    }
+    Some(s)
 }
 
 fn pinned_plan(

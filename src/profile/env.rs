@@ -76,28 +76,63 @@ pub fn resolved_flags(p: &Profile, env: &dyn Fn(&str) -> Option<String>) -> Reso
     ResolvedFlags { flags, missing }
 }
 
-/// Refuses unset placeholders (a real launch), naming the field and the variable.
+/// Unset placeholders said once: the variables, the fields that use them, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingVars {
+    /// `VLA_DATA_ROOT, VLA_RUN_ROOT`.
+    pub vars: String,
+    /// `train.data_root_dir, train.run_root_dir`.
+    pub fields: String,
+    /// `export VLA_DATA_ROOT=... VLA_RUN_ROOT=...`, with WANDB_MODE=offline as the alternative
+    /// to the W&B pair when it is among them (a run that logs offline needs neither).
+    pub fix: String,
+    /// "is" or "are".
+    pub verb: &'static str,
+}
+
+/// Each variable once, in the order of the fields that use them.
+pub fn missing_vars(missing: &[(String, String)]) -> MissingVars {
+    let mut vars: Vec<&str> = Vec::new();
+    for (_, v) in missing {
+        if !vars.contains(&v.as_str()) {
+            vars.push(v);
+        }
+    }
+    let fields: Vec<&str> = missing.iter().map(|(f, _)| f.as_str()).collect();
+    let wandb = vars.iter().any(|v| v.starts_with("WANDB_"));
+    let mut fix = format!(
+        "export {}",
+        vars.iter()
+            .map(|v| format!("{v}=..."))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if wandb {
+        fix.push_str(" (or WANDB_MODE=offline instead of WANDB_ENTITY and WANDB_PROJECT)");
+    }
+    MissingVars {
+        vars: vars.join(", "),
+        fields: fields.join(", "),
+        fix,
+        verb: if vars.len() == 1 { "is" } else { "are" },
+    }
+}
+
+/// Refuses unset placeholders (a real launch), naming the variables first, then the fields that
+/// use them and the fix.
 pub fn require_env(missing: &[(String, String)], origin: &Origin) -> Result<(), ProfileError> {
     if missing.is_empty() {
         return Ok(());
     }
-    let vars: Vec<&str> = missing.iter().map(|(_, v)| v.as_str()).collect();
-    let example = missing
-        .iter()
-        .map(|(_, v)| format!("{v}=..."))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let m = missing_vars(missing);
     Err(ProfileError::MissingEnv {
         place: format!(
-            "{origin} ({})",
-            missing
-                .iter()
-                .map(|(f, _)| f.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "the profile ({origin}) uses {} for {}",
+            if m.verb == "is" { "it" } else { "them" },
+            m.fields
         ),
-        vars: vars.join(", "),
-        example,
+        vars: format!("{} {} not set", m.vars, m.verb),
+        example: m.fix,
         key: missing[0].0.clone(),
     })
 }

@@ -21,10 +21,7 @@ pub enum ProfileError {
     Invalid { place: String, message: String },
     #[error("--set {}: {message}", crate::input::shown(arg, 60))]
     BadOverride { arg: String, message: String },
-    #[error(
-        "{place}: environment variable{s} {vars} not set; export {example} (or `--set {key}=VALUE`) before launching",
-        s = if vars.contains(',') { "s" } else { "" }
-    )]
+    #[error("{vars}: {place}; {example}, or `--set {key}=VALUE`, before launching")]
     MissingEnv {
         place: String,
         vars: String,

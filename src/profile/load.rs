@@ -26,6 +26,16 @@ pub const BUILTIN: &[(&str, &str)] = &[
 
 /// Finds a profile: a path; else `./launch-profiles/NAME.yaml`; else the user's config dir; else built-in.
 pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, ProfileError> {
+    load_with(name_or_path, config_dir, None)
+}
+
+/// [`load`], with `installed`: a directory searched by name after the built-in profiles (the
+/// profiles shipped with vla-launch that are not compiled in, src/install.rs).
+pub fn load_with(
+    name_or_path: &str,
+    config_dir: Option<&Path>,
+    installed: Option<&Path>,
+) -> Result<Loaded, ProfileError> {
     let as_path = Path::new(name_or_path);
     let looks_like_path = name_or_path.contains('/')
         || name_or_path.ends_with(".yaml")
@@ -78,6 +88,14 @@ pub fn load(name_or_path: &str, config_dir: Option<&Path>) -> Result<Loaded, Pro
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if let Some(dir) = installed {
+        let candidate = dir.join(format!("{name_or_path}.yaml"));
+        if candidate.is_file() {
+            return load_file(&candidate, name_or_path);
+        }
+        searched.push(candidate.display().to_string());
+        dirs.push(dir.to_path_buf());
+    }
     let mut known: Vec<String> = BUILTIN.iter().map(|(n, _)| n.to_string()).collect();
     for dir in &dirs {
         known.extend(profile_names_in(dir));

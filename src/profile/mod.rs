@@ -18,9 +18,12 @@ mod schema;
 mod script_args;
 
 pub use derive::{merges_lora_during_training, model_spec, platform_of, render_value};
-pub use env::{Expanded, Flag, Resolved, ResolvedFlags, expand, require_env, resolved_flags};
+pub use env::{
+    Expanded, Flag, MissingVars, Resolved, ResolvedFlags, expand, missing_vars, require_env,
+    resolved_flags,
+};
 pub use error::ProfileError;
-pub use load::{BUILTIN, load, parse, profile_names_in};
+pub use load::{BUILTIN, load, load_with, parse, profile_names_in};
 pub use overrides::apply_overrides;
 pub use schema::{
     FsdpAddition, Loaded, ModelSection, OPTIONAL_PLANNER_FLAGS, Origin, PLANNER_FLAGS, PRESETS,

@@ -226,10 +226,10 @@ fn seed_config_on_a_4090_is_far_over() {
     );
     // The static part alone already exceeds torch's 23.52 GiB: first-step OOM in forward.
     assert!(gib(b.weights + b.gradients) + gib(b.activations) > 23.52);
-    println!("{}", render::table(&b));
+    println!("{}", render::table(&b, 0, Some(card)));
     println!(
         "{}",
-        render::bar(&b, b.peak(), (23.52 * GIB as f64) as u64, card, 60)
+        render::bar(&b, b.peak(), 0, (23.52 * GIB as f64) as u64, card, 60)
     );
 }
 

@@ -711,7 +711,7 @@ fn killing_one_nodes_launcher_stops_the_other_node() {
         .env("SLURM_NNODES", "2")
         .env("SLURM_NODEID", rank)
         .env("SLURM_JOB_NODELIST", "127.0.0.1,localhost")
-        .env("FAKE_SLEEP", "60")
+        .env("FAKE_SLEEP", "300")
         .envs(placeholders(dir.path()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -757,8 +757,10 @@ fn killing_one_nodes_launcher_stops_the_other_node() {
         "{}",
         String::from_utf8_lossy(&o1.stderr)
     );
+    // Seconds on an idle machine; the bound is the margin a busy 2-core machine needs, still far
+    // below the 300 s the fake would run on its own (issue 26 item 2).
     assert!(
-        took < std::time::Duration::from_secs(10),
+        took < std::time::Duration::from_secs(60),
         "node 0 took {took:?} to stop: {e0}"
     );
     assert_eq!(o0.status.code(), Some(143), "{e0}");

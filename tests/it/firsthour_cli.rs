@@ -705,7 +705,7 @@ fn runs_lists_past_launches_and_logs_prints_them() {
         assert_eq!(r.code, Some(exit.parse().unwrap()), "{}", r.stderr);
     };
     let empty = run(&["runs", "--log-dir", dir.join("none").to_str().unwrap()]);
-    assert_eq!(empty.code, Some(0), "{}", empty.stderr);
+    assert_eq!(empty.code, Some(2), "as `logs` says it: {}", empty.stderr);
     assert!(empty.stderr.contains("no runs found"), "{}", empty.stderr);
     launch("hello-ok\n", "0");
     // Record names carry the start second: keep the two runs apart.
@@ -855,13 +855,24 @@ fn logs_follow_a_running_launch_to_its_end() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait for the run's record, then follow it while it runs.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_dir(&logs).is_ok_and(|d| {
-        d.flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
-    }) {
-        assert!(std::time::Instant::now() < until, "no record");
+    // Wait for the run's record to be written (the file is claimed empty first, then filled:
+    // `logs` skips a record it cannot read yet, issue 26 item 2), then follow it while it runs.
+    let written = || {
+        std::fs::read_dir(&logs).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.path().extension().is_some_and(|x| x == "json")
+                    && std::fs::read(e.path()).is_ok_and(|b| {
+                        serde_json::from_slice::<serde_json::Value>(&b)
+                            .is_ok_and(|v| v["started_unix"].is_u64())
+                    })
+            })
+        })
+    };
+    while !written() {
+        if child.try_wait().unwrap().is_some() {
+            assert!(written(), "the launch ended without a readable record");
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let followed = run(&["logs", "--follow", "--log-dir", logs.to_str().unwrap()]);
@@ -875,4 +886,14 @@ fn logs_follow_a_running_launch_to_its_end() {
         followed.stdout
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 26 item 11: the README says -v adds the plan's memory budget; `plan -v` printed none.
+#[test]
+fn plan_v_adds_the_memory_budget_as_the_launch_does() {
+    let r = run(&["plan", "-v", "--profile", "aloha", "--gpus", "1xh100"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("Memory budget per GPU"), "{}", r.stdout);
+    let r = run(&["plan", "--profile", "aloha", "--gpus", "1xh100"]);
+    assert!(!r.stdout.contains("Memory budget per GPU"), "{}", r.stdout);
 }

@@ -60,3 +60,59 @@ fn ambiguous_model_is_refused_with_the_choices() {
         "{stderr}"
     );
 }
+
+/// Issue 26 item 10: GPU names as a new user typed them.
+#[test]
+fn names_a_new_user_typed_get_the_right_answer() {
+    // The H20 is a 96 GB card of its own, not a mistyped H200 (141 GB).
+    let (code, _, stderr) = plan("1xH20");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("h200"), "{stderr}");
+    assert!(
+        stderr.contains("96 GB") && stderr.contains("1x96GB"),
+        "{stderr}"
+    );
+    // Model and count the other way round.
+    let (code, _, stderr) = plan("rtx4090x4");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean 4xrtx4090?"), "{stderr}");
+    assert!(!stderr.contains("\"rt\""), "{stderr}");
+    // A bare model, number or name: how many? The message asks, with one and several.
+    for (bare, key) in [
+        ("3090", "rtx3090"),
+        ("h100", "h100"),
+        ("RTX4090", "rtx4090"),
+    ] {
+        let (code, _, stderr) = plan(bare);
+        assert_eq!(code, Some(2), "{bare}: {stderr}");
+        assert!(
+            stderr.contains(&format!("1x{key}")) && stderr.contains("how many"),
+            "{bare}: {stderr}"
+        );
+    }
+    let (code, _, stderr) = plan("H20");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1x96GB") && !stderr.contains("h200"),
+        "{stderr}"
+    );
+}
+
+/// Issue 26 item 11: `gpus` without a driver suggests --gpus; `gpus --gpus SPEC` shows the GPUs
+/// a description stands for (instead of being refused), with the notes on how it was read.
+#[test]
+fn gpus_takes_a_description_too() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vla-launch"))
+        .args(["gpus", "--gpus", "2xh100,1x24GB"])
+        .env("RUST_LOG", "vla_launch=warn")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.matches("H100 80GB HBM3").count(), 2, "{stdout}");
+    assert!(stdout.contains("sold as 24 GB"), "{stdout}");
+    assert!(stderr.contains("planning with 22.49 GiB"), "{stderr}");
+}

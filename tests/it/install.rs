@@ -242,3 +242,39 @@ fn wheel_data_ships_the_probe_trainer_and_the_profiles() {
          (ln -s with a relative target, as the others)"
     );
 }
+
+/// Issue 26 item 11: the installed `aloha-real` / `libero-real` profiles (share/vla-launch/
+/// launch-profiles, not compiled in) are reachable by name from any directory, and listed.
+#[test]
+fn installed_profiles_are_reachable_by_name() {
+    let tmp = tempdir();
+    let prefix = tmp.path().join("venv");
+    let exe = install_binary(&prefix);
+    let share = install_data(&prefix);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["aloha-real", "libero-real"] {
+        let rel = format!("launch-profiles/{name}.yaml");
+        std::fs::copy(root.join(&rel), share.join(&rel)).unwrap();
+    }
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for name in ["aloha-real", "libero-real"] {
+        let out = run(
+            &exe,
+            &elsewhere,
+            &["plan", "--profile", name, "--gpus", "1xh100"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("profile '{name}'")),
+            "{name}"
+        );
+    }
+    let out = run(&exe, &elsewhere, &["profiles"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("aloha-real") && listed.contains("libero-real"),
+        "{listed}"
+    );
+}

@@ -413,3 +413,115 @@ fn an_unreadable_profile_is_explained_once() {
         assert!(e.contains(path), "{e}");
     }
 }
+
+/// Issue 26 item 8: outside a checkout (nothing to ask for its flags) a mistyped `--set train.*`
+/// planned rank 32 and printed `--lora_rnak 8` without a word. It warns, naming the closest
+/// known field; a field the profile or the script has, or one close to none, passes quietly.
+#[test]
+fn a_mistyped_train_field_outside_a_checkout_warns_with_the_closest_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |set: &str| {
+        let o = bin(dir.path())
+            .env("OPENVLA_OFT_DIR", dir.path().join("no-checkout"))
+            .args(["plan", "-p", "aloha", "--gpus", "1xh100", "--set", set])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        err(&o)
+    };
+    let e = plan("train.lora_rnak=8");
+    assert!(
+        e.contains("--set train.lora_rnak") && e.contains("did you mean train.lora_rank?"),
+        "{e}"
+    );
+    for quiet in [
+        "train.lora_rank=8",
+        "train.resume_step=3",
+        "train.my_own_flag=1",
+    ] {
+        let e = plan(quiet);
+        assert!(!e.contains("did you mean"), "{quiet}: {e}");
+    }
+}
+
+/// Issue 26 item 9: planning 2 nodes with `--rdzv-endpoint` but no `--node-rank` said "no
+/// rendezvous endpoint"; the missing piece was the node rank. The warning names it, and the
+/// plan's command (for node 0) uses the endpoint given.
+#[test]
+fn the_multi_node_warning_names_the_missing_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |extra: &[&str]| {
+        let o = bin(dir.path())
+            .args(["plan", "-p", "aloha", "--gpus", "8xh100", "--nnodes", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+        (String::from_utf8_lossy(&o.stdout).into_owned(), err(&o))
+    };
+    let (out, e) = plan(&["--rdzv-endpoint", "node1:29500"]);
+    assert!(!e.contains("no rendezvous endpoint"), "{e}");
+    assert!(e.contains("--node-rank"), "{e}");
+    assert!(out.contains("node1:29500"), "{out}");
+    // Without an endpoint, that is what is missing (as well as the rank).
+    let (_, e) = plan(&[]);
+    assert!(e.contains("--rdzv-endpoint"), "{e}");
+}
+
+/// Issue 26 item 11: the unset placeholders of a plan away from the checkout are one warning,
+/// not four, and both it and a launch's error start with what is missing and name
+/// WANDB_MODE=offline as the alternative to the W&B pair.
+#[test]
+fn unset_placeholders_are_one_warning_and_the_error_starts_with_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let unset = |c: &mut Command| {
+        for v in [
+            "VLA_DATA_ROOT",
+            "VLA_RUN_ROOT",
+            "WANDB_ENTITY",
+            "WANDB_PROJECT",
+        ] {
+            c.env_remove(v);
+        }
+        c.env_remove("WANDB_MODE");
+    };
+    let mut c = bin(dir.path());
+    unset(&mut c);
+    let o = c
+        .env("OPENVLA_OFT_DIR", dir.path().join("no-checkout"))
+        .args(["plan", "-p", "aloha", "--gpus", "1xh100"])
+        .output()
+        .unwrap();
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.contains("not set")).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    for v in [
+        "VLA_DATA_ROOT",
+        "VLA_RUN_ROOT",
+        "WANDB_ENTITY",
+        "WANDB_PROJECT",
+    ] {
+        assert!(lines[0].contains(v), "{v}: {e}");
+    }
+    assert!(lines[0].contains("WANDB_MODE=offline"), "{e}");
+    // A launch refuses, starting with what is missing.
+    let mut c = bin(dir.path());
+    unset(&mut c);
+    let o = c
+        .args([
+            "--profile",
+            "aloha",
+            "--gpus",
+            "1xh100",
+            "--torchrun",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    let line = e.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(line.starts_with("error: VLA_DATA_ROOT, "), "{line}");
+    assert!(line.contains("WANDB_MODE=offline"), "{line}");
+}

@@ -26,8 +26,67 @@ fn launcher(run_root: &Path, logs: &Path) -> Command {
         .env("WANDB_PROJECT", "p")
         .env("RUST_LOG", "vla_launch=info")
         .env("FAKE_EXIT", "0")
+        // File names carry the local time: UTC here, so `take_names` knows them.
+        .env("TZ", "UTC0")
         .current_dir(root);
     c
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC (src/app/run_files.rs names files by the local time; the launches
+/// here run with TZ=UTC0).
+fn utc_stamp(unix: u64) -> String {
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    // Days since 1970-01-01 to a civil date (March-based years, 400-year eras).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// How many seconds ahead `take_names` claims: far more than two launches take on a loaded machine.
+const TAKEN_SECONDS: u64 = 600;
+
+/// Takes the first name of every second from just before now to `TAKEN_SECONDS` ahead
+/// (`<kind>-<stamp>.log`), as another run of that second would have: every run started in that
+/// window must then move on to another name, whatever second it lands in. This exercises the
+/// collision of runs in one second on every try, instead of hoping two processes start within one
+/// second of each other (they often did not on a busy machine: issue 26 item 2).
+fn take_names(dir: &Path, kind: &str) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (now - 2..now + TAKEN_SECONDS)
+        .map(|t| {
+            let p = dir.join(format!("{kind}-{}.log", utc_stamp(t)));
+            std::fs::write(&p, "taken").unwrap();
+            p
+        })
+        .collect()
+}
+
+/// Every taken name still holds what it held: no run wrote into another's file.
+fn assert_untouched(taken: &[PathBuf]) {
+    for p in taken {
+        assert_eq!(
+            std::fs::read_to_string(p).unwrap(),
+            "taken",
+            "{}",
+            p.display()
+        );
+    }
 }
 
 fn files(dir: &Path, prefix: &str, ext: &str) -> Vec<PathBuf> {
@@ -53,57 +112,62 @@ fn both(mut a: Command, mut b: Command) -> (Output, Output) {
     )
 }
 
-fn started(record: &Path) -> u64 {
-    let v: Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
-    v["started_unix"].as_u64().unwrap()
+#[test]
+fn utc_stamps() {
+    assert_eq!(utc_stamp(0), "19700101-000000");
+    assert_eq!(utc_stamp(951_782_400 + 3_723), "20000229-010203");
 }
 
 #[test]
 fn two_launches_in_one_second_keep_two_logs_and_two_records() {
-    // Two launches started together almost always share a second; try again when they did not.
-    for _ in 0..5 {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().join("logs");
-        let (a, b) = both(launcher(dir.path(), &logs), launcher(dir.path(), &logs));
-        for o in [&a, &b] {
-            assert_eq!(
-                o.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let records = files(&logs, "plan-", ".json");
-        let runs = files(&logs, "run-", ".log");
-        if records.len() == 2 && started(&records[0]) != started(&records[1]) {
-            continue;
-        }
-        assert_eq!(records.len(), 2, "two records: {records:?}");
-        assert_eq!(runs.len(), 2, "two logs: {runs:?}");
-        for r in &records {
-            let v: Value = serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
-            assert_eq!(v["outcome"]["exit_code"], 0, "{r:?}");
-        }
-        let logged: Vec<String> = records
-            .iter()
-            .map(|r| {
-                let v: Value = serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
-                v["outcome"]["log"].as_str().unwrap().to_string()
-            })
-            .collect();
-        assert_ne!(logged[0], logged[1], "each record names its own log");
-        // Readable names: a local date and time, not unix seconds.
-        let name = runs[0].file_name().unwrap().to_string_lossy().to_string();
-        assert!(
-            name.len() > 19 && name.as_bytes()[12] == b'-',
-            "run-YYYYmmdd-HHMMSS...: {name}"
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let taken = take_names(&logs, "run");
+    let (a, b) = both(launcher(dir.path(), &logs), launcher(dir.path(), &logs));
+    for o in [&a, &b] {
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
         );
-        let latest = std::fs::read_link(logs.join("latest.json")).expect("latest.json");
-        assert!(records.iter().any(|r| r.ends_with(&latest)), "{latest:?}");
-        assert!(logs.join("latest.log").exists());
-        return;
     }
-    panic!("no two launches started in the same second in 5 tries");
+    assert_untouched(&taken);
+    let records = files(&logs, "plan-", ".json");
+    let runs: Vec<PathBuf> = files(&logs, "run-", ".log")
+        .into_iter()
+        .filter(|p| !taken.contains(p))
+        .collect();
+    assert_eq!(records.len(), 2, "two records: {records:?}");
+    assert_eq!(runs.len(), 2, "two logs: {runs:?}");
+    for r in &records {
+        let v: Value = serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
+        assert_eq!(v["outcome"]["exit_code"], 0, "{r:?}");
+    }
+    let logged: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
+            v["outcome"]["log"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(logged[0], logged[1], "each record names its own log");
+    for l in &logged {
+        assert!(runs.iter().any(|r| r == Path::new(l)), "{l} among {runs:?}");
+    }
+    // Readable names: a local date and time, not unix seconds, and a suffix past the taken name.
+    let name = runs[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.len() > 19 && name.as_bytes()[12] == b'-',
+        "run-YYYYmmdd-HHMMSS...: {name}"
+    );
+    assert!(
+        name.ends_with("-2.log") || name.ends_with("-3.log"),
+        "{name}"
+    );
+    let latest = std::fs::read_link(logs.join("latest.json")).expect("latest.json");
+    assert!(records.iter().any(|r| r.ends_with(&latest)), "{latest:?}");
+    assert!(logs.join("latest.log").exists());
 }
 
 #[test]
@@ -136,33 +200,26 @@ fn two_replays_in_one_second_keep_two_logs() {
         r.current_dir(env.get_current_dir().unwrap());
         r
     };
-    for _ in 0..5 {
-        for f in files(&logs, "replay-", ".log") {
-            std::fs::remove_file(f).unwrap();
-        }
-        let t0 = std::time::SystemTime::now();
-        let (a, b) = both(replay(), replay());
-        let secs = t0.elapsed().unwrap().as_secs_f64();
-        for o in [&a, &b] {
-            assert_eq!(
-                o.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        if secs > 0.9 {
-            continue;
-        }
-        let replays = files(&logs, "replay-", ".log");
-        assert_eq!(replays.len(), 2, "two replay logs: {replays:?}");
-        // As private as the record they replay.
-        use std::os::unix::fs::PermissionsExt;
-        for f in replays.iter().chain([&record]) {
-            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{}", f.display());
-        }
-        return;
+    let taken = take_names(&logs, "replay");
+    let (a, b) = both(replay(), replay());
+    for o in [&a, &b] {
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
-    panic!("no two replays ran within one second in 5 tries");
+    assert_untouched(&taken);
+    let replays: Vec<PathBuf> = files(&logs, "replay-", ".log")
+        .into_iter()
+        .filter(|p| !taken.contains(p))
+        .collect();
+    assert_eq!(replays.len(), 2, "two replay logs: {replays:?}");
+    // As private as the record they replay.
+    use std::os::unix::fs::PermissionsExt;
+    for f in replays.iter().chain([&record]) {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
 }

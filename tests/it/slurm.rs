@@ -43,8 +43,12 @@ struct Slurm {
 
 fn slurm(test: &str) -> Option<Slurm> {
     if std::env::var("VLA_TEST_SLURM").as_deref() != Ok("1") {
-        eprintln!(
-            "skipped {test}: needs a real Slurm; start one with `scripts/slurm/testbed.sh up` \
+        // Straight to the process's stderr: the harness captures eprintln! of a passing test,
+        // and the run would show a bare `ok` (issue 26).
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "skipped slurm::{test}: needs a real Slurm; start one with `scripts/slurm/testbed.sh up` \
              (root, Debian) and run with VLA_TEST_SLURM=1"
         );
         return None;

@@ -12,7 +12,13 @@ pub(in crate::app) fn cmd_profiles() -> Result<ExitCode> {
     let mut seen = std::collections::BTreeSet::new();
     let mut dirs = vec![PathBuf::from("launch-profiles")];
     dirs.extend(user_config_dir());
-    for dir in dirs {
+    // The built-in profiles come before the installed copies of the same files.
+    let builtin_at = dirs.len();
+    dirs.extend(crate::install::installed_profiles_dir());
+    for (i, dir) in dirs.into_iter().enumerate() {
+        if i == builtin_at {
+            add_builtin(&mut rows, &mut seen);
+        }
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -37,6 +43,20 @@ pub(in crate::app) fn cmd_profiles() -> Result<ExitCode> {
             rows.push((name, path.display().to_string(), desc));
         }
     }
+    add_builtin(&mut rows, &mut seen);
+    let w_name = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+    let w_from = rows.iter().map(|r| r.1.len()).max().unwrap_or(4).max(4);
+    println!("{:w_name$}  {:w_from$}  DESCRIPTION", "NAME", "FROM");
+    for (name, from, desc) in rows {
+        println!("{name:w_name$}  {from:w_from$}  {desc}");
+    }
+    Ok(ExitCode::Success)
+}
+
+fn add_builtin(
+    rows: &mut Vec<(String, String, String)>,
+    seen: &mut std::collections::BTreeSet<String>,
+) {
     for (name, text) in profile::BUILTIN {
         if seen.insert(name.to_string()) {
             let desc = profile::parse(text, name)
@@ -45,13 +65,6 @@ pub(in crate::app) fn cmd_profiles() -> Result<ExitCode> {
             rows.push((name.to_string(), "built-in".into(), desc));
         }
     }
-    let w_name = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
-    let w_from = rows.iter().map(|r| r.1.len()).max().unwrap_or(4).max(4);
-    println!("{:w_name$}  {:w_from$}  DESCRIPTION", "NAME", "FROM");
-    for (name, from, desc) in rows {
-        println!("{name:w_name$}  {from:w_from$}  {desc}");
-    }
-    Ok(ExitCode::Success)
 }
 
 /// Every profile name `--profile` takes without a path: ./launch-profiles, the user's, built-in.
@@ -62,6 +75,7 @@ pub(in crate::app) fn known_names() -> Vec<String> {
         .collect();
     let mut dirs = vec![PathBuf::from("launch-profiles")];
     dirs.extend(user_config_dir());
+    dirs.extend(crate::install::installed_profiles_dir());
     for dir in dirs {
         names.extend(profile::profile_names_in(&dir));
     }

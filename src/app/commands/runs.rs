@@ -134,9 +134,40 @@ fn plan_text(r: &PlanRecord) -> String {
     }
 }
 
-fn outcome_text(r: &PlanRecord) -> String {
-    let Some(o) = &r.outcome else {
-        return "no outcome yet".into();
+/// The pid of torchrun as the run log names it (the supervisor's `torchrun pid N` note).
+fn torchrun_pid(log: &Path) -> Option<i32> {
+    let mut head = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(log).ok()?.read(&mut head).ok()?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    let (_, rest) = text.split_once("torchrun pid ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is, on this host, a process of a vla-launch run (it carries the run marker in
+/// its environment, so a pid reused by another program does not count).
+fn is_run_process(pid: i32) -> bool {
+    let marker = format!("{}=", crate::launch::process_tree::MARKER_VAR);
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|kv| kv.starts_with(marker.as_bytes()))
+    })
+}
+
+/// A run without an outcome: running here (its torchrun is alive on this host), or not known to
+/// be (another host of a shared directory, or a launcher killed before it could write one).
+fn no_outcome_text(run: &Run) -> String {
+    match run.log().as_deref().and_then(torchrun_pid) {
+        Some(pid) if is_run_process(pid) => format!("running (pid {pid})"),
+        _ => "not running here".into(),
+    }
+}
+
+fn outcome_text(run: &Run) -> String {
+    let Some(o) = &run.record.outcome else {
+        return no_outcome_text(run);
     };
     let mut s = match (o.signal, o.interrupted_by) {
         (_, Some(sig)) => format!("interrupted (signal {sig})"),
@@ -189,7 +220,7 @@ pub(in crate::app) fn cmd_runs(
                     "nproc_per_node": r.nproc_per_node,
                     "nnodes": r.nnodes,
                     "gradient_checkpointing": r.gradient_checkpointing,
-                    "outcome": outcome_text(r),
+                    "outcome": outcome_text(run),
                     "exit_code": r.outcome.as_ref().map(|o| o.exit_code),
                     "duration_s": r.outcome.as_ref().and_then(|o| o.duration_s),
                     "observed_peak_used_bytes": peak(r),
@@ -202,7 +233,12 @@ pub(in crate::app) fn cmd_runs(
             "{}",
             serde_json::to_string_pretty(&list).expect("plain values")
         );
-        return Ok(ExitCode::Success);
+        // No runs: the same exit code as `logs` (issue 26), after the empty list.
+        return Ok(if runs.is_empty() {
+            ExitCode::Usage
+        } else {
+            ExitCode::Success
+        });
     }
     if runs.is_empty() {
         let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
@@ -210,7 +246,8 @@ pub(in crate::app) fn cmd_runs(
             "no runs found in {}; pass --log-dir DIR or --profile NAME to look elsewhere",
             looked.join(", ")
         );
-        return Ok(ExitCode::Success);
+        // As `logs` says it: looking in the wrong place is the command line's to fix (exit 2).
+        return Ok(ExitCode::Usage);
     }
     crate::println_lossy!(
         "{:<17}  {:<12}  {:<24}  {:<22}  {:<21}  LOG",
@@ -227,7 +264,7 @@ pub(in crate::app) fn cmd_runs(
             utc(run.started()),
             r.profile,
             plan_text(r),
-            outcome_text(r),
+            outcome_text(run),
             peak_text(r),
             run.log()
                 .map(|l| l.display().to_string())
@@ -252,11 +289,137 @@ fn pick<'a>(runs: &'a [Run], which: Option<&str>) -> Option<&'a Run> {
     })
 }
 
+/// How `logs` shows a log.
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::app) struct LogView {
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<usize>,
+    /// Bytes as they are, `\r` updates included.
+    pub raw: bool,
+}
+
+/// The stream a log line came from: what lies between its time stamp and the `|`
+/// (`err `, `out `, `--- `, a rank prefix).
+fn stream_of(line: &[u8]) -> &[u8] {
+    let start = line.iter().position(|&b| b == b' ').map_or(0, |i| i + 1);
+    let end = line[start..]
+        .iter()
+        .position(|&b| b == b'|')
+        .map_or(start, |i| start + i);
+    &line[start..end]
+}
+
+/// A line the writer ended with `\r` (a progress bar's update; the log adds the newline).
+fn is_update(line: &[u8]) -> bool {
+    line.ends_with(b"\r\n") || line.ends_with(b"\r")
+}
+
+/// Log lines as a terminal leaves them: an update is dropped once the next line of its stream
+/// arrives (which a terminal would have drawn over it); the `\r` of one kept is left out.
+#[derive(Default)]
+struct Collapse {
+    partial: Vec<u8>,
+    pending: Option<Vec<u8>>,
+}
+
+impl Collapse {
+    fn push(&mut self, bytes: &[u8], emit: &mut dyn FnMut(Vec<u8>)) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            self.line(line, emit);
+        }
+    }
+
+    fn line(&mut self, line: Vec<u8>, emit: &mut dyn FnMut(Vec<u8>)) {
+        if let Some(p) = self.pending.take()
+            && stream_of(&p) != stream_of(&line)
+        {
+            emit(without_cr(p));
+        }
+        if is_update(&line) {
+            self.pending = Some(line);
+        } else {
+            emit(line);
+        }
+    }
+
+    /// What is held back: the last update, a line without its newline yet.
+    fn flush(&mut self, emit: &mut dyn FnMut(Vec<u8>)) {
+        if let Some(p) = self.pending.take() {
+            emit(without_cr(p));
+        }
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            if is_update(&rest) {
+                emit(without_cr(rest));
+            } else {
+                emit(rest);
+            }
+        }
+    }
+}
+
+fn without_cr(mut line: Vec<u8>) -> Vec<u8> {
+    let nl = line.ends_with(b"\n");
+    if nl {
+        line.pop();
+    }
+    while line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    line.push(b'\n');
+    line
+}
+
+/// Where `logs` writes: stdout, or (with --tail, until the log's end is first reached) the last
+/// N lines held back.
+struct Sink<'a> {
+    out: std::io::StdoutLock<'a>,
+    held: Option<std::collections::VecDeque<Vec<u8>>>,
+    tail: usize,
+    /// stdout was closed (`| head`): nothing more to write.
+    closed: bool,
+}
+
+impl Sink<'_> {
+    fn emit(&mut self, line: Vec<u8>) {
+        match &mut self.held {
+            Some(h) => {
+                h.push_back(line);
+                if h.len() > self.tail {
+                    h.pop_front();
+                }
+            }
+            None => self.write(&line),
+        }
+    }
+
+    fn release(&mut self) {
+        for line in self.held.take().unwrap_or_default() {
+            self.write(&line);
+        }
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        if !self.closed
+            && self
+                .out
+                .write_all(line)
+                .and_then(|()| self.out.flush())
+                .is_err()
+        {
+            self.closed = true;
+        }
+    }
+}
+
 pub(in crate::app) fn cmd_logs(
     log_dirs: &[PathBuf],
     profile: Option<&str>,
     which: Option<&str>,
-    follow: bool,
+    view: LogView,
 ) -> Result<ExitCode> {
     let dirs = search_dirs(log_dirs, profile)?;
     let runs = find_runs(&dirs);
@@ -281,28 +444,58 @@ pub(in crate::app) fn cmd_logs(
     })?;
     let mut file = std::fs::File::open(&log)
         .map_err(|e| AppError::usage(format!("{}: cannot read the log: {e}", log.display())))?;
-    let mut out = std::io::stdout().lock();
+    let mut sink = Sink {
+        out: std::io::stdout().lock(),
+        held: view
+            .tail
+            .map(|n| std::collections::VecDeque::with_capacity(n.min(4096))),
+        tail: view.tail.unwrap_or(0),
+        closed: false,
+    };
     let mut buf = vec![0u8; 64 * 1024];
     let mut quiet_polls = 0u32;
+    let mut collapse = Collapse::default();
+    let mut raw_partial: Vec<u8> = Vec::new();
     loop {
         let n = file.read(&mut buf).unwrap_or(0);
         if n > 0 {
             quiet_polls = 0;
-            if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+            if view.raw {
+                // Whole lines, so that --tail counts them.
+                raw_partial.extend_from_slice(&buf[..n]);
+                while let Some(nl) = raw_partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = raw_partial.drain(..=nl).collect();
+                    sink.emit(line);
+                }
+            } else {
+                collapse.push(&buf[..n], &mut |l| sink.emit(l));
+            }
+            if sink.closed {
                 return Ok(ExitCode::Success); // stdout closed (`| head`)
             }
             continue;
         }
-        if !follow {
+        // The end of what is there: a held tail goes out now.
+        sink.release();
+        let over = !view.follow
+            || (quiet_polls >= 4
+                && record::load(&run.path)
+                    .ok()
+                    .is_some_and(|r| r.outcome.is_some()));
+        if over {
+            if !raw_partial.is_empty() {
+                sink.emit(std::mem::take(&mut raw_partial));
+            }
+            collapse.flush(&mut |l| sink.emit(l));
             return Ok(ExitCode::Success);
         }
         // Following: the run is over once its record has an outcome and the log stopped growing.
         quiet_polls += 1;
-        if quiet_polls >= 4
-            && record::load(&run.path)
-                .ok()
-                .is_some_and(|r| r.outcome.is_some())
-        {
+        if quiet_polls == 4 {
+            // Quiet for a second: show a bar's latest state rather than nothing.
+            collapse.flush(&mut |l| sink.emit(l));
+        }
+        if sink.closed {
             return Ok(ExitCode::Success);
         }
         // A log rotated or truncated under us: start again from its beginning.
@@ -361,6 +554,29 @@ mod tests {
         let run = running(dir.join("plan-2026-11-28_08-21-05-1.json"));
         assert_eq!(run.log(), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A bar's updates collapse to the last one of their stream; another stream's line in
+    /// between keeps the update it followed (as a terminal shows it); the `\r` is left out.
+    #[test]
+    fn updates_collapse_per_stream() {
+        let log = "T1 err |\r\nT2 err | 10%\r\nT3 err | 20%\r\nT4 out |hello\nT5 err | 30%\r\nT6 err |100%\nT7 err | 5%\r\n";
+        let mut c = super::Collapse::default();
+        let mut out = Vec::new();
+        // Fed in pieces that split lines.
+        for piece in log.as_bytes().chunks(7) {
+            c.push(piece, &mut |l| out.push(String::from_utf8(l).unwrap()));
+        }
+        c.flush(&mut |l| out.push(String::from_utf8(l).unwrap()));
+        assert_eq!(
+            out,
+            [
+                "T3 err | 20%\n",
+                "T4 out |hello\n",
+                "T6 err |100%\n",
+                "T7 err | 5%\n"
+            ]
+        );
     }
 
     #[test]

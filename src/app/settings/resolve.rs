@@ -162,11 +162,18 @@ fn topology(
         // Planning for a multi-node job from a login node: only the node count matters.
         Err(e) if plan_only && args.nnodes.is_some_and(|n| n > 1) => {
             warnings.push(format!("{e}; planning only, so this is taken as node 0"));
-            Ok(Topology {
-                nnodes: args.nnodes.unwrap_or(1),
-                source: "--nnodes (plan only)".into(),
-                ..Topology::single_node()
-            })
+            // As node 0 with what was given (--rdzv-endpoint): the command shows it (issue 26).
+            let as_node_0 = TopologyFlags {
+                node_rank: Some(0),
+                ..flags
+            };
+            Ok(
+                cluster::topology_from_env(env, &as_node_0).unwrap_or_else(|_| Topology {
+                    nnodes: args.nnodes.unwrap_or(1),
+                    source: "--nnodes (plan only)".into(),
+                    ..Topology::single_node()
+                }),
+            )
         }
         Err(e) => Err(e.into()),
     }
