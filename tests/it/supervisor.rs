@@ -349,6 +349,8 @@ fn under_slurm_a_second_sigterm_does_not_cut_the_grace_short() {
     assert!(o.force_killed, "{o:?}");
 }
 
+/// Issue 26 item 2: this used to bound the run by 5 s of wall clock, which a loaded machine
+/// broke; it now checks what happened, in order (a launcher held forever hangs the test).
 #[test]
 fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() {
     for child_term in ["", "ignore"] {
@@ -357,18 +359,24 @@ fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() 
             ("FAKE_WORKERS", "1"),
             ("FAKE_CHILD_TERM", child_term),
         ]);
-        let start = Instant::now();
         let o = fx.run(Duration::from_secs(5));
         let pids = fx.pids();
         assert_all_dead(&pids, child_term);
         assert_eq!(o.exit_code, 0);
         assert_eq!(o.leftover_processes, 3, "{child_term:?}");
-        // orphan grace (0.3 s) + leak timeout (0.5 s) + python start-up, far below forever.
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
+        // SIGTERM first; SIGKILL only for the ones that ignore it.
+        let ignored = child_term == "ignore";
+        assert_eq!(o.force_killed, ignored, "{o:?}");
+        assert_eq!(
+            o.kill_reason,
+            ignored.then_some(vla_launch::launch::supervisor::KillReason::Leftovers)
         );
+        let log = String::from_utf8_lossy(&fx.read("run.log")).into_owned();
+        let ended = log
+            .find("3 process(es) of the run outlived torchrun")
+            .expect(&log);
+        let summary = log.find("torchrun exited with code 0").expect(&log);
+        assert!(ended < summary, "{log}");
     }
 }
 
