@@ -279,6 +279,105 @@ pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
+/// Replaces `path` with `text` all at once: a temporary file in the same directory (created with
+/// `mode`), written, fsynced, then renamed over `path`. A reader, a full disk or a crash sees
+/// either the old content or the new, never a cut-off file; on failure the old content stays and
+/// the temporary file is removed.
+pub fn write_atomic(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "record".into(), |n| n.to_string_lossy().into_owned());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have taken bits the mode asks for.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return written;
+    }
+    // The rename itself survives a crash once the directory is synced (best effort).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Writes a launch's run record: once when it starts ([`Recorder::begin`], no outcome yet) and
+/// once when it ends ([`Recorder::complete`]), each time atomically ([`write_atomic`]), so the
+/// record on disk is always one of the two, whole.
+#[derive(Debug)]
+pub struct Recorder {
+    path: PathBuf,
+    mode: u32,
+    record: PlanRecord,
+}
+
+impl Recorder {
+    /// Writes `record` (without an outcome) to `path`.
+    pub fn begin(path: &Path, mode: u32, record: PlanRecord) -> std::io::Result<Recorder> {
+        write_atomic(path, &record.to_json_pretty(), mode)?;
+        Ok(Recorder {
+            path: path.to_path_buf(),
+            mode,
+            record,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds `outcome` and rewrites the record. When that fails (a full disk) the record written
+    /// by `begin` is still there, whole, and the error says so.
+    pub fn complete(mut self, outcome: RunOutcome) -> (PlanRecord, std::io::Result<()>) {
+        self.record.outcome = Some(outcome);
+        let written =
+            write_atomic(&self.path, &self.record.to_json_pretty(), self.mode).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; the record written at the start is still there, without an outcome"
+                    ),
+                )
+            });
+        (self.record, written)
+    }
+}
+
+/// Gives the record at `path` an outcome if it has none yet, atomically, keeping its mode (the
+/// watchdog's last word on a launcher killed outright). `Ok(false)` when it had one already.
+pub fn complete_if_open(path: &Path, outcome: RunOutcome) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut record = load(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if record.outcome.is_some() {
+        return Ok(false);
+    }
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    record.outcome = Some(outcome);
+    write_atomic(path, &record.to_json_pretty(), mode)?;
+    Ok(true)
+}
+
 /// Creates `dir` and its missing parents with the directory mode matching a record `mode`
 /// (0600 -> 0700, 0640 -> 0750); directories that exist already are left as they are.
 pub fn create_dir(dir: &Path, mode: u32) -> std::io::Result<()> {

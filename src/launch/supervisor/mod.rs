@@ -38,10 +38,11 @@ use tokio::sync::broadcast;
 
 use crate::launch::command::{LaunchCommand, display};
 use crate::launch::log::{LogSender, LogWriter};
-use crate::launch::process_tree::{self, MARKER_VAR};
-use crate::launch::watchdog::Watchdog;
+use crate::launch::process_tree::{self, MARKER_VAR, RunCgroup, Scope};
+use crate::launch::watchdog;
 
 mod cleanup;
+mod guard;
 mod outcome;
 mod output;
 mod policy;
@@ -49,12 +50,16 @@ mod relay;
 mod signals;
 
 use cleanup::{after, end_leftovers, kill_run};
+use guard::Guard;
 pub use outcome::{KillReason, LaunchError, Outcome, fmt_duration, summary_line};
 use output::Output;
 use policy::{Action, Event, LeftoverGrace, StopConfig, StopPolicy};
 pub use relay::Sink;
 use signals::Request;
 pub use signals::{SignalHandle, install_signal_forwarding};
+
+/// Set (to anything but 0) to run without a cgroup even where one could be made.
+pub const NO_CGROUP_VAR: &str = "VLA_LAUNCH_NO_CGROUP";
 
 /// Longer than torchrun's own 30 s worker shutdown, so it can finish cleanly.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
@@ -79,6 +84,14 @@ pub struct SuperviseOptions {
     /// The program re-executed as the run's watchdog (`watchdog::Watchdog`), which ends the
     /// run if the launcher is killed outright; `None` for no watchdog.
     pub watchdog: Option<PathBuf>,
+    /// The run record, which the watchdog completes if the launcher is killed outright.
+    pub record: Option<PathBuf>,
+    /// Put the run in a cgroup of its own where the kernel allows it (off with
+    /// `VLA_LAUNCH_NO_CGROUP=1`, to exercise the fallback).
+    pub cgroup: bool,
+    /// Count orphans re-parented to this process as the run's (see `process_tree::Scope`);
+    /// off in a process that supervises several runs at once.
+    pub adopt_orphans: bool,
     /// Whether a SIGTERM while the run is already stopping kills it at once. `false` under
     /// Slurm, which sends SIGTERM to every process of the step and srun forwards it as well:
     /// the second one is not a user asking twice. A second SIGINT/SIGHUP always kills.
@@ -103,6 +116,9 @@ impl SuperviseOptions {
             forward_process_signals: true,
             repeated_sigterm_escalates: true,
             watchdog: super::watchdog::default_program(),
+            record: None,
+            cgroup: std::env::var_os(NO_CGROUP_VAR).is_none_or(|v| v.is_empty() || v == "0"),
+            adopt_orphans: true,
             on_spawn: None,
             progress: None,
         }
@@ -130,9 +146,20 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let notes = log.sender();
     notes.note(format!("launch: {}", display(cmd)));
     let marker = run_marker();
+    let cgroup = run_cgroup(opts, &marker);
+    let mut scope = Scope {
+        cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+        adopted: opts.adopt_orphans,
+        ..Scope::marker_only(&marker)
+    };
     // Started before torchrun, so no moment of the run is without it.
-    let watchdog = start_watchdog(opts, &marker);
-    let (mut child, pid) = start_torchrun(cmd, opts, &marker, &notes)?;
+    let mut guard = Guard::start(opts.watchdog.clone(), watchdog_spec(opts, &scope));
+    let (mut child, pid) = start_torchrun(cmd, opts, &marker, cgroup.as_ref(), &notes)?;
+    if cgroup.as_ref().is_some_and(|c| !c.contains(pid)) {
+        tracing::debug!("torchrun is not in the run's cgroup: finding the run without it");
+        scope.cgroup = None;
+    }
+    guard.tell_group(pid);
     let output = Output::start(&mut child, &log, opts)?;
     let mut policy = StopPolicy::new(StopConfig {
         grace: opts.grace,
@@ -141,11 +168,11 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     });
     let effects = Effects {
         pid,
-        marker: &marker,
+        scope: &scope,
         notes: &notes,
     };
     let (status, deadline) = effects
-        .supervise(&mut child, &mut requests, &mut policy)
+        .supervise(&mut child, &mut requests, &mut policy, &mut guard)
         .await?;
     let leftover_processes = effects.end_leftovers(&mut policy, deadline, opts).await;
     let (terminal, dropped) = output.drain(opts.leak_timeout, &notes).await;
@@ -169,9 +196,8 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     // A log that could not be written (a full disk) was warned about when it happened; it never
     // changes how the training ended.
     outcome.log_error = log.finish().err().map(|e| e.to_string());
-    if let Some(w) = watchdog {
-        w.finish(Duration::from_secs(1));
-    }
+    guard.finish();
+    drop(cgroup);
     Ok(outcome)
 }
 
@@ -188,9 +214,10 @@ fn start_torchrun(
     cmd: &LaunchCommand,
     opts: &SuperviseOptions,
     marker: &str,
+    cgroup: Option<&RunCgroup>,
     notes: &LogSender,
 ) -> Result<(tokio::process::Child, i32), LaunchError> {
-    let child = spawn(cmd, marker).map_err(|source| LaunchError::Spawn {
+    let child = spawn(cmd, marker, cgroup).map_err(|source| LaunchError::Spawn {
         program: cmd.program.clone(),
         source,
     })?;
@@ -229,13 +256,23 @@ fn take_charge(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<(), Launc
     }
 }
 
-fn start_watchdog(opts: &SuperviseOptions, marker: &str) -> Option<Watchdog> {
-    let program = opts.watchdog.as_deref()?;
-    Watchdog::start(program, marker, opts.grace, &opts.log_path)
+fn watchdog_spec(opts: &SuperviseOptions, scope: &Scope) -> watchdog::Spec {
+    watchdog::Spec {
+        record: opts.record.clone(),
+        cgroup: scope.cgroup.clone(),
+        ..watchdog::Spec::new(&scope.marker, opts.grace, &opts.log_path)
+    }
+}
+
+/// A cgroup for the run where the kernel and permissions allow one (else the run is found by
+/// marker, descent and adoption).
+fn run_cgroup(opts: &SuperviseOptions, marker: &str) -> Option<RunCgroup> {
+    if !opts.cgroup {
+        return None;
+    }
+    RunCgroup::create(marker)
         .map_err(|e| {
-            tracing::warn!(
-                "no watchdog ({e}): if the launcher is killed outright, workers in new sessions may survive it"
-            );
+            tracing::debug!("no cgroup for the run ({e}): finding its processes without one");
         })
         .ok()
 }
@@ -243,7 +280,7 @@ fn start_watchdog(opts: &SuperviseOptions, marker: &str) -> Option<Watchdog> {
 /// What the stop policy's actions act on: torchrun, the run's members, the run log.
 struct Effects<'a> {
     pid: i32,
-    marker: &'a str,
+    scope: &'a Scope,
     notes: &'a LogSender,
 }
 
@@ -255,6 +292,7 @@ impl Effects<'_> {
         child: &mut tokio::process::Child,
         requests: &mut broadcast::Receiver<Request>,
         policy: &mut StopPolicy,
+        guard: &mut Guard,
     ) -> Result<(std::process::ExitStatus, Option<tokio::time::Instant>), LaunchError> {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -271,6 +309,10 @@ impl Effects<'_> {
                     Request::Stop => Event::PeerStop,
                 },
                 () = grace_over => Event::GraceOver,
+                () = guard.lost() => {
+                    guard.replace(self.notes);
+                    continue;
+                }
             };
             for action in policy.handle(event) {
                 self.apply(action, &mut deadline);
@@ -284,7 +326,7 @@ impl Effects<'_> {
                 process_tree::signal_all([self.pid], sig);
             }
             Action::SignalWorkers { sig, with_torchrun } => {
-                let workers: Vec<i32> = process_tree::members(Some(self.pid), self.marker)
+                let workers: Vec<i32> = process_tree::members_in(Some(self.pid), self.scope)
                     .iter()
                     .filter(|p| !p.zombie && (p.pid != self.pid || with_torchrun))
                     .map(|p| p.pid)
@@ -297,7 +339,7 @@ impl Effects<'_> {
                 *deadline = Some(after(tokio::time::Instant::now(), grace));
             }
             Action::KillRun => {
-                kill_run(Some(self.pid), self.marker);
+                kill_run(Some(self.pid), self.scope);
                 *deadline = None;
             }
             Action::Note(text) => self.notes.note(text),
@@ -320,7 +362,7 @@ impl Effects<'_> {
             (LeftoverGrace::Usual, _) => opts.orphan_grace,
             (LeftoverGrace::None | LeftoverGrace::RestOfDeadline, _) => Duration::ZERO,
         };
-        let (n, needed_kill) = end_leftovers(self.marker, grace, self.notes).await;
+        let (n, needed_kill) = end_leftovers(self.scope, grace, self.notes).await;
         if needed_kill {
             policy.leftovers_killed();
         }
@@ -340,7 +382,11 @@ fn run_marker() -> String {
     )
 }
 
-fn spawn(cmd: &LaunchCommand, marker: &str) -> io::Result<tokio::process::Child> {
+fn spawn(
+    cmd: &LaunchCommand,
+    marker: &str,
+    cgroup: Option<&RunCgroup>,
+) -> io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(&cmd.program);
     command
         .args(&cmd.args)
@@ -354,9 +400,15 @@ fn spawn(cmd: &LaunchCommand, marker: &str) -> io::Result<tokio::process::Child>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let parent = std::process::id() as i32;
-    // SAFETY: only async-signal-safe syscalls (prctl, getppid) run between fork and exec.
+    let cgroup = cgroup.map(|c| c.enter_fn());
+    // SAFETY: only async-signal-safe syscalls (prctl, getppid, open/write/close) run between
+    // fork and exec.
     unsafe {
         command.pre_exec(move || {
+            // Into the run's cgroup before anything can fork: the caller checks it worked.
+            if let Some(enter) = &cgroup {
+                let _ = enter.enter();
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
