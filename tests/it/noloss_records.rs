@@ -283,9 +283,11 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 /// Issue 25 item 5: the record used to be rewritten in place with its outcome, and a disk with
-/// room for the first version but not the longer second left it cut off (3 of 5 trials). Now
-/// the disk fills up while the run runs, leaving 0 to 32 KiB, and in every trial the record is
-/// valid JSON: the completed one, or the one written at the start with a warning saying so.
+/// room for the first version but not the longer second left it cut off (3 of 5 trials). Here
+/// the disk fills up while the run runs; the record's length varies by a padding variable, so
+/// that in some trials the outcome needs one more block than the first version had, and the
+/// disk keeps 0 to 16 KiB free. In every trial the record is valid JSON: the completed one, or
+/// the one written at the start with a warning saying so.
 #[test]
 fn a_full_disk_never_leaves_a_cut_off_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,42 +295,56 @@ fn a_full_disk_never_leaves_a_cut_off_record() {
     let Some(_disk) = SmallDisk::mount(&logs, "256k") else {
         return;
     };
-    let mut kept = 0;
-    for leave in [0, 1024, 4096, 8192, 12288, 16384, 24576, 32768] {
-        for f in names_in(&logs) {
-            std::fs::remove_file(logs.join(f)).unwrap();
-        }
-        let filler = logs.join("filler");
-        let out = fake_launch(
-            dir.path(),
-            &logs,
-            &[
-                ("FAKE_FILL", filler.to_str().unwrap()),
-                ("FAKE_FILL_LEAVE", &leave.to_string()),
-            ],
-        )
-        .output()
-        .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "leave {leave}: {err}");
-        let names = names_in(&logs);
-        let records: Vec<&String> = names.iter().filter(|n| n.starts_with("plan-")).collect();
-        assert_eq!(records.len(), 1, "leave {leave}: {names:?}");
-        assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
-        let text = std::fs::read_to_string(logs.join(records[0])).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("leave {leave}: cut-off record ({e}): {text}"));
-        if v["outcome"].is_null() {
+    let (mut kept, mut trials) = (0, 0);
+    for leave in [0, 16384] {
+        for pad in (0..4096).step_by(256) {
+            trials += 1;
+            let (complete, err) = disk_full_trial(dir.path(), &logs, leave, pad);
+            kept += usize::from(complete);
             assert!(
-                err.contains("the record written at the start is still there"),
-                "leave {leave}: {err}"
+                complete || err.contains("the record written at the start is still there"),
+                "leave {leave} pad {pad}: {err}"
             );
-        } else {
-            kept += 1;
-            assert_eq!(v["outcome"]["exit_code"], 0);
         }
     }
-    println!("{kept} of 8 trials had room for the outcome; every record was valid JSON");
+    println!("{kept} of {trials} trials had room for the outcome; every record was valid JSON");
+}
+
+/// One launch on a disk that fills up under it: whether the record got its outcome, and stderr.
+fn disk_full_trial(dir: &Path, logs: &Path, leave: usize, pad: usize) -> (bool, String) {
+    for f in names_in(logs) {
+        std::fs::remove_file(logs.join(f)).unwrap();
+    }
+    let filler = logs.join("filler");
+    let out = fake_launch(
+        dir,
+        logs,
+        &[
+            ("FAKE_FILL", filler.to_str().unwrap()),
+            ("FAKE_FILL_LEAVE", &leave.to_string()),
+        ],
+    )
+    .arg("--set")
+    .arg(format!("env.VLA_TEST_PAD={}", "x".repeat(pad + 1)))
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "leave {leave} pad {pad}: {err}");
+    let names = names_in(logs);
+    let records: Vec<&String> = names.iter().filter(|n| n.starts_with("plan-")).collect();
+    assert_eq!(records.len(), 1, "{names:?}");
+    assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    let text = std::fs::read_to_string(logs.join(records[0])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "leave {leave} pad {pad}: cut-off record ({e}), {} bytes",
+            text.len()
+        )
+    });
+    if !v["outcome"].is_null() {
+        assert_eq!(v["outcome"]["exit_code"], 0);
+    }
+    (!v["outcome"].is_null(), err)
 }
 
 /// Issue 25 item 5: a launch refused because the log directory is full left 0-byte files and
