@@ -19,6 +19,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
+/// The watchdog's hidden subcommand (`watchdog::SUBCOMMAND`; here so that this module, which
+/// the watchdog uses, need not use it back).
+pub const WATCHDOG_SUBCOMMAND: &str = "__vla-launch-watchdog";
+
 /// Environment variable that tags every process of one run.
 pub const MARKER_VAR: &str = "VLA_LAUNCH_RUN";
 
@@ -185,7 +189,7 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 /// Whether `pid` runs as a watchdog (`vla-launch __vla-launch-watchdog ...`).
 fn is_watchdog(pid: i32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(super::watchdog::SUBCOMMAND.as_bytes()))
+        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(WATCHDOG_SUBCOMMAND.as_bytes()))
 }
 
 /// The pids in a cgroup's `cgroup.procs` (none when it is gone).

@@ -29,7 +29,7 @@ use nix::sys::signal::Signal;
 use super::process_tree;
 
 /// The hidden first argument that turns the binary into a watchdog.
-pub const SUBCOMMAND: &str = "__vla-launch-watchdog";
+pub const SUBCOMMAND: &str = process_tree::WATCHDOG_SUBCOMMAND;
 /// The line the launcher writes when it finished normally.
 const DONE: &str = "done";
 /// After SIGKILL, how long the watchdog keeps checking for processes that are still there.

@@ -474,8 +474,10 @@ fn a_stalled_terminal_never_blocks_the_training() {
     let start = Instant::now();
     let o = vla_launch::launch::supervisor::run_blocking(&fx.cmd, &opts).unwrap();
     assert_eq!(o.exit_code, 0);
+    // A blocked relay would never end; the bound only turns a hang into a failure, with room
+    // for a machine whose cores are all busy (30 s was exceeded at a load of 21 on 2 cores).
     assert!(
-        start.elapsed() < Duration::from_secs(30),
+        start.elapsed() < Duration::from_secs(300),
         "{:?}",
         start.elapsed()
     );

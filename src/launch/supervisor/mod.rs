@@ -146,26 +146,16 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let notes = log.sender();
     notes.note(format!("launch: {}", display(cmd)));
     let marker = run_marker();
-    let cgroup = run_cgroup(opts, &marker);
-    let mut scope = Scope {
-        cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
-        adopted: opts.adopt_orphans,
-        ..Scope::marker_only(&marker)
-    };
+    let (cgroup, mut scope) = run_scope(opts, &marker);
     // Started before torchrun, so no moment of the run is without it.
     let mut guard = Guard::start(opts.watchdog.clone(), watchdog_spec(opts, &scope));
-    let (mut child, pid) = start_torchrun(cmd, opts, &marker, cgroup.as_ref(), &notes)?;
+    let (mut child, pid, output) = start_torchrun(cmd, opts, &marker, cgroup.as_ref(), &log)?;
     if cgroup.as_ref().is_some_and(|c| !c.contains(pid)) {
         tracing::debug!("torchrun is not in the run's cgroup: finding the run without it");
         scope.cgroup = None;
     }
     guard.tell_group(pid);
-    let output = Output::start(&mut child, &log, opts)?;
-    let mut policy = StopPolicy::new(StopConfig {
-        grace: opts.grace,
-        repeated_sigterm_escalates: opts.repeated_sigterm_escalates,
-        usr1_to_torchrun: declares_usr1(cmd),
-    });
+    let mut policy = StopPolicy::new(stop_config(cmd, opts));
     let effects = Effects {
         pid,
         scope: &scope,
@@ -215,19 +205,22 @@ fn start_torchrun(
     opts: &SuperviseOptions,
     marker: &str,
     cgroup: Option<&RunCgroup>,
-    notes: &LogSender,
-) -> Result<(tokio::process::Child, i32), LaunchError> {
-    let child = spawn(cmd, marker, cgroup).map_err(|source| LaunchError::Spawn {
+    log: &LogWriter,
+) -> Result<(tokio::process::Child, i32, Output), LaunchError> {
+    let mut child = spawn(cmd, marker, cgroup).map_err(|source| LaunchError::Spawn {
         program: cmd.program.clone(),
         source,
     })?;
     let pid = child.id().map_or(0, |p| p as i32);
     tracing::debug!(pid, "torchrun started");
-    notes.note(format!("torchrun pid {pid}"));
+    log.sender().note(format!("torchrun pid {pid}"));
     if let Some(cb) = &opts.on_spawn {
         cb(pid as u32);
     }
-    Ok((child, pid))
+    let sinks = [&opts.stdout, &opts.stderr];
+    let output = Output::start(&mut child, log, sinks, opts.progress.clone())
+        .map_err(|e| log_error(opts, e))?;
+    Ok((child, pid, output))
 }
 
 fn log_error(opts: &SuperviseOptions, source: io::Error) -> LaunchError {
@@ -262,6 +255,25 @@ fn watchdog_spec(opts: &SuperviseOptions, scope: &Scope) -> watchdog::Spec {
         cgroup: scope.cgroup.clone(),
         ..watchdog::Spec::new(&scope.marker, opts.grace, &opts.log_path)
     }
+}
+
+fn stop_config(cmd: &LaunchCommand, opts: &SuperviseOptions) -> StopConfig {
+    StopConfig {
+        grace: opts.grace,
+        repeated_sigterm_escalates: opts.repeated_sigterm_escalates,
+        usr1_to_torchrun: declares_usr1(cmd),
+    }
+}
+
+/// Where the run's processes are looked for: its cgroup, its marker, maybe adoption.
+fn run_scope(opts: &SuperviseOptions, marker: &str) -> (Option<RunCgroup>, Scope) {
+    let cgroup = run_cgroup(opts, marker);
+    let scope = Scope {
+        cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+        adopted: opts.adopt_orphans,
+        ..Scope::marker_only(marker)
+    };
+    (cgroup, scope)
 }
 
 /// A cgroup for the run where the kernel and permissions allow one (else the run is found by

@@ -8,9 +8,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::launch::log::{LogSender, LogWriter, Stream};
+use crate::launch::status::Tracker;
 
-use super::relay::{PIPE_SIZE, join_within, relay, terminal_writer};
-use super::{LaunchError, SuperviseOptions, log_error};
+use super::relay::{PIPE_SIZE, Sink, join_within, relay, terminal_writer};
 
 /// The readers of both pipes and the terminal threads they feed.
 pub(super) struct Output {
@@ -23,13 +23,12 @@ impl Output {
     pub(super) fn start(
         child: &mut tokio::process::Child,
         log: &LogWriter,
-        opts: &SuperviseOptions,
-    ) -> Result<Output, LaunchError> {
+        [stdout, stderr]: [&Sink; 2],
+        progress: Option<Arc<Tracker>>,
+    ) -> std::io::Result<Output> {
         let dropped = Arc::new(AtomicU64::new(0));
-        let (out_tx, out_thread) =
-            terminal_writer(&opts.stdout, opts.progress.clone()).map_err(|e| log_error(opts, e))?;
-        let (err_tx, err_thread) =
-            terminal_writer(&opts.stderr, opts.progress.clone()).map_err(|e| log_error(opts, e))?;
+        let (out_tx, out_thread) = terminal_writer(stdout, progress.clone())?;
+        let (err_tx, err_thread) = terminal_writer(stderr, progress.clone())?;
         let mut readers = tokio::task::JoinSet::new();
         // A larger pipe lets a burst of output sit in the kernel instead of blocking the writer,
         // and lets each read move more bytes (best effort: the kernel may refuse).
@@ -50,7 +49,7 @@ impl Output {
                 log.sender(),
                 out_tx,
                 dropped.clone(),
-                opts.progress.clone(),
+                progress.clone(),
             ));
         }
         if let Some(pipe) = child.stderr.take() {
@@ -60,7 +59,7 @@ impl Output {
                 log.sender(),
                 err_tx,
                 dropped.clone(),
-                opts.progress.clone(),
+                progress.clone(),
             ));
         }
         Ok(Output {
