@@ -230,6 +230,28 @@ fn own_cgroup() -> Option<PathBuf> {
     Some(mount.join(rel.trim_start_matches('/')))
 }
 
+/// Removes the empty run groups of launchers that are gone (killed outright without a watchdog):
+/// `vla-launch-<pid>-...` whose pid no longer runs. A group still holding processes stays.
+fn remove_stale_groups(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vla-launch-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
 /// A cgroup made for one run, so that its processes can be found and ended whatever they do to
 /// their environment, session or parent (issue 25 items 3-4). Removed when dropped, once empty.
 #[derive(Debug)]
@@ -243,6 +265,7 @@ impl RunCgroup {
     /// do not allow it (cgroup v1 only, an unprivileged user outside a delegated subtree).
     pub fn create(marker: &str) -> io::Result<RunCgroup> {
         let parent = own_cgroup().ok_or_else(|| io::Error::other("no cgroup v2 hierarchy"))?;
+        remove_stale_groups(&parent);
         let dir = parent.join(format!("vla-launch-{marker}"));
         fs::create_dir(&dir)?;
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())

@@ -259,7 +259,13 @@ fn watch(spec: &Spec) -> i32 {
         complete_record(record, spec, ended, killed, &text);
     }
     if let Some(dir) = &spec.cgroup {
-        let _ = std::fs::remove_dir(dir);
+        // Killed processes leave the group as the kernel finishes them: a few tries.
+        for _ in 0..100 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     0
 }
