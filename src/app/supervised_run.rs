@@ -41,9 +41,9 @@ pub(super) struct RunResult {
     pub(super) worst_peak: Option<u64>,
 }
 
-/// One launch in three phases, each handing the next a named value, so the order the run
-/// depends on is the order of the types: [`prepare`] (files, begin-record, peer watch, monitor)
-/// -> [`supervise`] (the command line, torchrun, then the peer watch told this node's code)
+/// One launch in phases, each handing the next a named value, so the order the run depends on
+/// is the order of the types: [`claim`] (command, files, begin-record) -> [`prepare`] (options,
+/// peer watch, monitor) -> [`supervise`] (the command line, torchrun, then the peer watch told this node's code)
 /// -> [`finish`] (peaks, diagnosis, the completed record, what the store learns).
 pub(super) fn launch_once(
     ctx: &Planned,
@@ -82,7 +82,8 @@ impl Claimed {
             diagnosis: Some(RecordedDiagnosis {
                 kind: "LaunchRefused".into(),
                 summary: why,
-                hint: "see the message above; torchrun was not started".into(),
+                hint: "the launch stopped before torchrun ran to an end: see the log's last line"
+                    .into(),
                 ..RecordedDiagnosis::default()
             }),
             ..RunOutcome::default()
