@@ -293,9 +293,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Writes `record` (without an outcome) to `path`.
+    /// Writes `record` (without an outcome) into `path`, a file just created for it and empty
+    /// (`app::run_files::claim`): written in place, so the window in which a reader sees it
+    /// empty stays as short as one write; a failure (a full disk) is the caller's to clean up.
     pub fn begin(path: &Path, mode: u32, record: PlanRecord) -> std::io::Result<Recorder> {
-        write_atomic(path, &record.to_json_pretty(), mode)?;
+        write_file(path, &record.to_json_pretty(), mode)?;
+        std::fs::File::open(path)?.sync_all()?;
         Ok(Recorder {
             path: path.to_path_buf(),
             mode,
