@@ -35,7 +35,8 @@ fn real_signals_to_the_launcher_stop_the_whole_run() {
         let o = thread.join().unwrap().unwrap();
         let took = sent.elapsed();
         assert_all_dead(&pids, &format!("{sig}"));
-        assert!(took <= grace + Duration::from_secs(1), "{sig}: {took:?}");
+        // Only a missing SIGKILL matters (the fake sleeps 60 s); a loaded machine needs room.
+        assert!(took <= grace + Duration::from_secs(20), "{sig}: {took:?}");
         assert_eq!(o.interrupted_by, Some(sig as i32), "{sig}");
         assert_eq!(o.force_killed, force, "{sig}");
         let log = String::from_utf8_lossy(&fx.read("run.log")).into_owned();

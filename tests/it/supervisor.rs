@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::supervisor_support::{Fixture, alive, assert_all_dead};
 use nix::sys::signal::Signal;
 use vla_launch::launch::log::{Stream, parse_stream};
-use vla_launch::launch::supervisor::summary_line;
+use vla_launch::launch::supervisor::{KillReason, summary_line};
 
 fn recorded(fx: &Fixture) -> serde_json::Value {
     serde_json::from_slice(&fx.read("record.json")).unwrap()
@@ -287,11 +287,14 @@ fn second_stop_signal_kills_at_once() {
     let second = Instant::now();
     signals.send(Signal::SIGINT);
     let o = thread.join().unwrap().unwrap();
+    // "At once" against a 60 s grace: the kill's reason says which it was; the bound is only
+    // far below the grace (a loaded machine can take seconds to start the kill).
     assert!(
-        second.elapsed() < Duration::from_secs(1),
+        second.elapsed() < Duration::from_secs(30),
         "{:?}",
         second.elapsed()
     );
+    assert_eq!(o.kill_reason, Some(KillReason::SignalAgain(2)), "{o:?}");
     assert_all_dead(&pids, "after the second SIGINT");
     assert!(o.force_killed);
     assert_eq!(o.signal, Some(9));
@@ -369,10 +372,7 @@ fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() 
         // SIGTERM first; SIGKILL only for the ones that ignore it.
         let ignored = child_term == "ignore";
         assert_eq!(o.force_killed, ignored, "{o:?}");
-        assert_eq!(
-            o.kill_reason,
-            ignored.then_some(vla_launch::launch::supervisor::KillReason::Leftovers)
-        );
+        assert_eq!(o.kill_reason, ignored.then_some(KillReason::Leftovers));
         let log = String::from_utf8_lossy(&fx.read("run.log")).into_owned();
         let ended = log
             .find("3 process(es) of the run outlived torchrun")
