@@ -23,6 +23,9 @@ use crate::model::{Component, ModelSpec};
 use crate::plan::{Alternative, Pins};
 use crate::profile::Origin;
 
+mod atomic;
+pub use atomic::write_atomic;
+
 /// The format this build writes, and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -307,6 +310,65 @@ pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     }
     f.write_all(text.as_bytes())
+}
+
+/// Writes a launch's run record: once when it starts ([`Recorder::begin`], no outcome yet) and
+/// once when it ends ([`Recorder::complete`]), each time atomically ([`write_atomic`]), so the
+/// record on disk is always one of the two, whole.
+#[derive(Debug)]
+pub struct Recorder {
+    path: PathBuf,
+    mode: u32,
+    record: PlanRecord,
+}
+
+impl Recorder {
+    /// Writes `record` (without an outcome) into `path`, a file just created for it and empty
+    /// (`app::run_files::claim`): written in place, so the window in which a reader sees it
+    /// empty stays as short as one write; a failure (a full disk) is the caller's to clean up.
+    pub fn begin(path: &Path, mode: u32, record: PlanRecord) -> std::io::Result<Recorder> {
+        write_file(path, &record.to_json_pretty(), mode)?;
+        std::fs::File::open(path)?.sync_all()?;
+        Ok(Recorder {
+            path: path.to_path_buf(),
+            mode,
+            record,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds `outcome` and rewrites the record. When that fails (a full disk) the record written
+    /// by `begin` is still there, whole, and the error says so.
+    pub fn complete(mut self, outcome: RunOutcome) -> (PlanRecord, std::io::Result<()>) {
+        self.record.outcome = Some(outcome);
+        let written =
+            write_atomic(&self.path, &self.record.to_json_pretty(), self.mode).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; the record written at the start is still there, without an outcome"
+                    ),
+                )
+            });
+        (self.record, written)
+    }
+}
+
+/// Gives the record at `path` an outcome if it has none yet, atomically, keeping its mode (the
+/// watchdog's last word on a launcher killed outright). `Ok(false)` when it had one already.
+pub fn complete_if_open(path: &Path, outcome: RunOutcome) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut record = load(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if record.outcome.is_some() {
+        return Ok(false);
+    }
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    record.outcome = Some(outcome);
+    write_atomic(path, &record.to_json_pretty(), mode)?;
+    Ok(true)
 }
 
 /// Creates `dir` and its missing parents with the directory mode matching a record `mode`

@@ -44,6 +44,15 @@ pub(super) struct RunFiles {
     pub(super) record: Option<PathBuf>,
 }
 
+impl RunFiles {
+    /// Removes the claimed files (a launch refused before it began writing them).
+    pub(super) fn remove(&self) {
+        for f in std::iter::once(&self.log).chain(&self.record) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 fn safe(s: &str) -> String {
     let out: String = s
         .chars()

@@ -27,6 +27,10 @@ use crate::units::fmt_gib;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::eprintln_lossy as eprintln;
 
+mod peers_at_start;
+pub(super) use peers_at_start::peer_watch_port;
+use peers_at_start::{exit_status, start_peer_watch};
+
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
     pub(super) outcome: supervisor::Outcome,
@@ -37,6 +41,10 @@ pub(super) struct RunResult {
     pub(super) worst_peak: Option<u64>,
 }
 
+/// One launch in phases, each handing the next a named value, so the order the run depends on
+/// is the order of the types: [`claim`] (command, files, begin-record) -> [`prepare`] (options,
+/// peer watch, monitor) -> [`supervise`] (the command line, torchrun, then the peer watch told this node's code)
+/// -> [`finish`] (peaks, diagnosis, the completed record, what the store learns).
 pub(super) fn launch_once(
     ctx: &Planned,
     args: &LaunchArgs,
@@ -44,11 +52,64 @@ pub(super) fn launch_once(
     attempt: u32,
     source: Source,
 ) -> Result<RunResult> {
+    let claimed = claim(ctx, args, log_dir, attempt)?;
+    let prepared = prepare(claimed, ctx, args, log_dir)?;
+    let supervised = supervise(prepared);
+    finish(supervised, ctx, source)
+}
+
+/// The command, this run's files and its begin-record: a run that exists, not started yet.
+struct Claimed {
+    cmd: command::LaunchCommand,
+    log_path: PathBuf,
+    recorder: record::Recorder,
+}
+
+impl Claimed {
+    /// A launch refused after its record began (the rendezvous port taken, torchrun missing):
+    /// the log says why and the record gets an outcome, so neither is left empty or open.
+    fn refuse(self, err: AppError) -> AppError {
+        let code = err.exit_code().code();
+        let why = err.to_string();
+        append_note(
+            &self.log_path,
+            &format!("launch refused (exit {code}): {why}"),
+        );
+        let path = self.recorder.path().to_path_buf();
+        let (_, written) = self.recorder.complete(RunOutcome {
+            exit_code: code,
+            log: Some(self.log_path.clone()),
+            diagnosis: Some(RecordedDiagnosis {
+                kind: "LaunchRefused".into(),
+                summary: why,
+                hint: "the launch stopped before torchrun ran to an end: see the log's last line"
+                    .into(),
+                ..RecordedDiagnosis::default()
+            }),
+            ..RunOutcome::default()
+        });
+        if let Err(e) = written {
+            warn!("cannot complete the run record {}: {e}", path.display());
+        }
+        err
+    }
+}
+
+/// Builds the command and claims the log and the record, which begins with the plan. A launch
+/// refused here leaves no file behind and `latest.*` where it was.
+fn claim(ctx: &Planned, args: &LaunchArgs, log_dir: &Path, attempt: u32) -> Result<Claimed> {
     let stamp_dir = log_dir.join(format!("torchrun-{attempt}-{}", std::process::id()));
     let ranks = ranks_filter(args, ctx, stamp_dir)?;
     let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
     profile::require_env(&missing, &ctx.loaded.origin)?;
-    record::create_dir(log_dir, args.planning.record_mode).map_err(|e| {
+    let mode = args.planning.record_mode;
+    let no_files = |e: std::io::Error| {
+        AppError::environment(format!(
+            "cannot create this run's log and record in {}: {e}; pass --log-dir DIR with a writable directory",
+            log_dir.display()
+        ))
+    };
+    record::create_dir(log_dir, mode).map_err(|e| {
         AppError::environment(format!(
             "cannot create the log directory {}: {e}; pass --log-dir DIR",
             log_dir.display()
@@ -56,68 +117,69 @@ pub(super) fn launch_once(
     })?;
     let started = unix_seconds();
     let node = node_tag(ctx);
-    let files = run_files::claim(
-        log_dir,
-        "run",
-        &run_files::local_stamp(started as i64),
-        node.as_ref(),
-        attempt,
-        args.planning.record_mode,
-    )
-    .map_err(|e| {
-        AppError::environment(format!(
-            "cannot create this run's log and record in {}: {e}; pass --log-dir DIR with a writable directory",
-            log_dir.display()
-        ))
-    })?;
+    let stamp = run_files::local_stamp(started as i64);
+    let files =
+        run_files::claim(log_dir, "run", &stamp, node.as_ref(), attempt, mode).map_err(no_files)?;
     let log_path = files.log.clone();
     let plan_path = files.record.clone().expect("a launch claims a record");
-    for f in [&log_path, &plan_path] {
-        if let Err(e) = run_files::point_latest(f, node.as_ref()) {
-            warn!("cannot point latest at {}: {e}", f.display());
-        }
-    }
-    let mut record = PlanRecord {
+    let begin = PlanRecord {
         cwd: Some(cmd.cwd.clone()),
         started_unix: Some(started),
         attempt: Some(attempt),
         launcher_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         ..plan_record(ctx, Some(&cmd))
     };
-    record::write_file(
-        &plan_path,
-        &record.to_json_pretty(),
-        args.planning.record_mode,
-    )
-    .map_err(|e| AppError::environment(format!("cannot write {}: {e}", plan_path.display())))?;
+    let recorder = record::Recorder::begin(&plan_path, mode, begin).map_err(|e| {
+        // Not a run: its claimed (empty) files go, and `latest.*` keeps pointing at the last run.
+        files.remove();
+        no_files(e)
+    })?;
+    for f in [&log_path, &plan_path] {
+        if let Err(e) = run_files::point_latest(f, node.as_ref()) {
+            warn!("cannot point latest at {}: {e}", f.display());
+        }
+    }
+    Ok(Claimed {
+        cmd,
+        log_path,
+        recorder,
+    })
+}
+
+/// Everything started around torchrun before it starts: the supervisor's options (the Slurm
+/// grace applied), the peer watch (whose start-up warnings come before the command line), the
+/// VRAM monitor and the progress tracker.
+struct Prepared {
+    claimed: Claimed,
+    opts: SuperviseOptions,
+    peers: Option<PeerWatch>,
+    stopped_by_peer: Arc<Mutex<Option<peers::PeerStop>>>,
+    monitor: Option<Monitor>,
+    uuids: Vec<String>,
+    progress: Arc<status::Tracker>,
+    samples_per_it: f64,
+}
+
+fn prepare(claimed: Claimed, ctx: &Planned, args: &LaunchArgs, log_dir: &Path) -> Result<Prepared> {
     let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
+    let mut opts = SuperviseOptions::new(&claimed.log_path);
+    opts.grace = Duration::from_secs(args.grace);
+    opts.record = Some(claimed.recorder.path().to_path_buf());
+    if env_var("SLURM_JOB_ID").is_some() {
+        slurm_grace(&mut opts);
+    }
+    let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
+    let peers = match start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone()) {
+        Ok(p) => p,
+        Err(e) => return Err(claimed.refuse(e)),
+    };
     let uuids: Vec<String> = ctx
         .gpus
         .iter()
         .filter(|g| chosen.gpu_indices.contains(&g.index) && !g.described)
         .map(|g| g.uuid.clone())
         .collect();
-    let monitor = if uuids.is_empty() {
-        None
-    } else {
-        match NvmlSampler::new(uuids.clone()) {
-            Ok(s) => Some(Monitor::start(
-                Box::new(s),
-                Duration::from_millis(200),
-                (args.hang_minutes > 0).then(|| WatchdogConfig {
-                    log_path: log_path.clone(),
-                    threshold: Duration::from_secs(args.hang_minutes * 60),
-                    idle_percent: 2,
-                }),
-            )),
-            Err(e) => {
-                warn!("VRAM monitor off: {e}");
-                None
-            }
-        }
-    };
-    let mut opts = SuperviseOptions::new(&log_path);
-    opts.grace = Duration::from_secs(args.grace);
+    let monitor = start_monitor(&uuids, args, &claimed.log_path);
     // tqdm counts micro-batches on each rank: one iteration is this many samples.
     let samples_per_it =
         f64::from(chosen.batch_size) * f64::from(chosen.nproc_per_node) * f64::from(chosen.nnodes);
@@ -127,92 +189,129 @@ pub(super) fn launch_once(
         gpu_used_bytes: monitor.as_ref().map(Monitor::current).unwrap_or_default(),
     }));
     opts.progress = Some(progress.clone());
-    if env_var("SLURM_JOB_ID").is_some() {
-        // Slurm signals every process of the step, and srun forwards its SIGTERM as well.
-        opts.repeated_sigterm_escalates = false;
-        let (kill_wait, source) = slurm::kill_wait();
-        let grace = slurm::grace_within(opts.grace, kill_wait);
-        info!(
-            "under Slurm: KillWait {}s ({source}); grace period {}s{}, so the outcome is written before Slurm's SIGKILL",
-            kill_wait.as_secs(),
-            grace.as_secs(),
-            if grace < opts.grace {
-                format!(" (--grace {} shortened)", opts.grace.as_secs())
-            } else {
-                String::new()
-            }
-        );
-        opts.grace = grace;
+    Ok(Prepared {
+        claimed,
+        opts,
+        peers,
+        stopped_by_peer,
+        monitor,
+        uuids,
+        progress,
+        samples_per_it,
+    })
+}
+
+/// Under Slurm: a repeated SIGTERM is Slurm's, not a user's; the grace ends before KillWait's.
+fn slurm_grace(opts: &mut SuperviseOptions) {
+    opts.repeated_sigterm_escalates = false;
+    let (kill_wait, source) = slurm::kill_wait();
+    let grace = slurm::grace_within(opts.grace, kill_wait);
+    info!(
+        "under Slurm: KillWait {}s ({source}); grace period {}s{}, so the outcome is written before Slurm's SIGKILL",
+        kill_wait.as_secs(),
+        grace.as_secs(),
+        if grace < opts.grace {
+            format!(" (--grace {} shortened)", opts.grace.as_secs())
+        } else {
+            String::new()
+        }
+    );
+    opts.grace = grace;
+}
+
+fn start_monitor(uuids: &[String], args: &LaunchArgs, log_path: &Path) -> Option<Monitor> {
+    if uuids.is_empty() {
+        return None;
     }
-    let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
-    let peers = start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone())?;
-    // After the peer watch's start-up warnings (an unresolvable node 0...), which belong first.
-    eprintln!("vla-launch: {}", command::display(&cmd));
-    let result = supervisor::run_blocking(&cmd, &opts);
-    let peaks = monitor.map(Monitor::stop);
-    let stopped_by_peer = stopped_by_peer
+    match NvmlSampler::new(uuids.to_vec()) {
+        Ok(s) => Some(Monitor::start(
+            Box::new(s),
+            Duration::from_millis(200),
+            (args.hang_minutes > 0).then(|| WatchdogConfig {
+                log_path: log_path.to_path_buf(),
+                threshold: Duration::from_secs(args.hang_minutes * 60),
+                idle_percent: 2,
+            }),
+        )),
+        Err(e) => {
+            warn!("VRAM monitor off: {e}");
+            None
+        }
+    }
+}
+
+/// torchrun has run, and the peer watch knows how this node ended.
+struct Supervised {
+    claimed: Claimed,
+    result: std::result::Result<supervisor::Outcome, supervisor::LaunchError>,
+    status: i32,
+    stopped_by_peer: Option<peers::PeerStop>,
+    peaks: Option<crate::monitor::Peaks>,
+    uuids: Vec<String>,
+    progress: Arc<status::Tracker>,
+    samples_per_it: f64,
+}
+
+fn supervise(p: Prepared) -> Supervised {
+    eprintln!("vla-launch: {}", command::display(&p.claimed.cmd));
+    let result = supervisor::run_blocking(&p.claimed.cmd, &p.opts);
+    let peaks = p.monitor.map(Monitor::stop);
+    let stopped_by_peer = p
+        .stopped_by_peer
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(|e| e.into_inner())
         .take();
     let status = result
         .as_ref()
         .map_or(1, |o| exit_status(o, stopped_by_peer.as_ref()));
-    if let Some(watch) = peers {
+    if let Some(watch) = p.peers {
         // Before this launcher exits: under `srun --kill-on-bad-exit` the other nodes get
         // Slurm's SIGTERM as soon as it has, and must know this node's code by then.
         watch.finish(status);
     }
-    let outcome = result?;
-    if let (Some(why), true) = (&stopped_by_peer, status != outcome.process_exit_code()) {
+    Supervised {
+        claimed: p.claimed,
+        result,
+        status,
+        stopped_by_peer,
+        peaks,
+        uuids: p.uuids,
+        progress: p.progress,
+        samples_per_it: p.samples_per_it,
+    }
+}
+
+fn finish(s: Supervised, ctx: &Planned, source: Source) -> Result<RunResult> {
+    let outcome = match s.result {
+        Ok(o) => o,
+        Err(e) => return Err(s.claimed.refuse(e.into())),
+    };
+    let status = s.status;
+    if let (Some(why), true) = (&s.stopped_by_peer, status != outcome.process_exit_code()) {
         warn!("exit {status}: {why} (the job's real failure, not this node's stop)");
     }
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
+    let log_path = &s.claimed.log_path;
     // Without NVML (described GPUs), a script that reports its own peaks (the probe trainer's
     // `VLA_PROBE_RESULT` lines) still tells what each GPU held.
-    let (uuids, peaks) = match peaks {
-        Some(p) => (uuids, Some(p)),
-        None => match reported_peaks(&read_tail(&log_path, 4 << 20)) {
+    let (uuids, peaks) = match s.peaks {
+        Some(p) => (s.uuids, Some(p)),
+        None => match reported_peaks(&read_tail(log_path, 4 << 20)) {
             Some((u, p)) => (u, Some(p)),
-            None => (uuids, None),
+            None => (s.uuids, None),
         },
     };
+    let chosen = ctx.plan.chosen.as_ref().expect("launch only with a plan");
     if let Some(p) = &peaks {
-        for (i, uuid) in uuids.iter().enumerate() {
-            let (Some(Some(used)), Some(Some(held))) = (
-                p.peak_used_bytes.get(i),
-                p.peak_total_minus_free_bytes.get(i),
-            ) else {
-                continue;
-            };
-            eprintln!(
-                "vla-launch: {uuid}: peak {} used as nvidia-smi shows it ({} NVML total - free), predicted {} ({:+.1}%)",
-                fmt_gib(*used),
-                fmt_gib(*held),
-                fmt_gib(chosen.predicted_peak_bytes),
-                (*held as f64 / chosen.predicted_peak_bytes as f64 - 1.0) * 100.0
-            );
-        }
+        print_peaks(&uuids, p, chosen.predicted_peak_bytes);
     }
-    let mut diagnosis =
-        if outcome.exit_code != 0 && outcome.interrupted_by.is_none() && !outcome.force_killed {
-            let tail = read_tail(&log_path, 256 * 1024);
-            diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)
-        } else {
-            None
-        };
-    if let (Some(d), Some(c)) = (diagnosis.as_mut(), ctx.plan.chosen.as_ref()) {
-        diagnosis::fit_oom_hint(d, c.gradient_checkpointing, c.strategy == Strategy::Fsdp);
-    }
-    if let Some(d) = &diagnosis {
-        eprintln!("vla-launch: {}", d.summary);
-        eprintln!("vla-launch: hint: {}", d.hint);
-    }
-    record.outcome = Some(RunOutcome {
+    let diagnosis = diagnose(&outcome, log_path, chosen);
+    let recorded = RunOutcome {
         exit_code: outcome.exit_code,
         signal: outcome.signal,
         interrupted_by: outcome.interrupted_by,
-        stopped_by_peer: stopped_by_peer.as_ref().map(|s| s.to_string()),
-        stopped_by_peer_cause: stopped_by_peer,
+        stopped_by_peer: s.stopped_by_peer.as_ref().map(|p| p.to_string()),
+        stopped_by_peer_cause: s.stopped_by_peer,
         force_killed: outcome.force_killed,
         leftover_processes: outcome.leftover_processes,
         duration_s: Some(outcome.duration.as_secs_f64()),
@@ -223,27 +322,19 @@ pub(super) fn launch_once(
         observed_peak_total_minus_free_bytes: peaks
             .as_ref()
             .map(|p| p.peak_total_minus_free_bytes.clone()),
-        diagnosis: diagnosis.as_ref().map(|d| RecordedDiagnosis {
-            kind: format!("{:?}", d.kind),
-            rank: d.rank,
-            summary: d.summary.clone(),
-            hint: d.hint.clone(),
-            evidence: d.evidence.clone(),
-        }),
+        diagnosis: diagnosis.as_ref().map(recorded),
         log_error: outcome.log_error.clone(),
-        progress: progress.last().map(|p| RecordedProgress {
+        progress: s.progress.last().map(|p| RecordedProgress {
             step: p.step,
             max_steps: p.total,
-            samples_per_s: p.it_per_s.map(|r| r * samples_per_it),
+            samples_per_s: p.it_per_s.map(|r| r * s.samples_per_it),
             elapsed_s: p.elapsed_s,
             eta_s: p.eta_s,
         }),
-    });
-    if let Err(e) = record::write_file(
-        &plan_path,
-        &record.to_json_pretty(),
-        args.planning.record_mode,
-    ) {
+    };
+    let plan_path = s.claimed.recorder.path().to_path_buf();
+    let (record, written) = s.claimed.recorder.complete(recorded);
+    if let Err(e) = written {
         warn!(
             "cannot complete the run record {}: {e}",
             plan_path.display()
@@ -264,6 +355,64 @@ pub(super) fn launch_once(
         diagnosis,
         worst_peak,
     })
+}
+
+/// Each GPU's observed peak beside the prediction.
+fn print_peaks(uuids: &[String], p: &crate::monitor::Peaks, predicted: u64) {
+    for (i, uuid) in uuids.iter().enumerate() {
+        let (Some(Some(used)), Some(Some(held))) = (
+            p.peak_used_bytes.get(i),
+            p.peak_total_minus_free_bytes.get(i),
+        ) else {
+            continue;
+        };
+        eprintln!(
+            "vla-launch: {uuid}: peak {} used as nvidia-smi shows it ({} NVML total - free), predicted {} ({:+.1}%)",
+            fmt_gib(*used),
+            fmt_gib(*held),
+            fmt_gib(predicted),
+            (*held as f64 / predicted as f64 - 1.0) * 100.0
+        );
+    }
+}
+
+/// Why a training that failed on its own failed (none for a stopped or killed run), printed.
+fn diagnose(
+    outcome: &supervisor::Outcome,
+    log_path: &Path,
+    chosen: &crate::plan::Candidate,
+) -> Option<diagnosis::Diagnosis> {
+    if outcome.exit_code == 0 || outcome.interrupted_by.is_some() || outcome.force_killed {
+        return None;
+    }
+    let tail = read_tail(log_path, 256 * 1024);
+    let mut d = diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)?;
+    diagnosis::fit_oom_hint(
+        &mut d,
+        chosen.gradient_checkpointing,
+        chosen.strategy == Strategy::Fsdp,
+    );
+    eprintln!("vla-launch: {}", d.summary);
+    eprintln!("vla-launch: hint: {}", d.hint);
+    Some(d)
+}
+
+fn recorded(d: &diagnosis::Diagnosis) -> RecordedDiagnosis {
+    RecordedDiagnosis {
+        kind: format!("{:?}", d.kind),
+        rank: d.rank,
+        summary: d.summary.clone(),
+        hint: d.hint.clone(),
+        evidence: d.evidence.clone(),
+    }
+}
+
+/// Appends a note to a run log the supervisor never opened (best effort).
+fn append_note(log_path: &Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log_path) {
+        let _ = f.write_all(&crate::launch::log::note_record(text));
+    }
 }
 
 /// A multi-node job's node, for its file names: job id, node rank, host.
@@ -334,84 +483,6 @@ pub(super) fn ranks_filter<'a>(
     Ok(Some(RanksFilter { ranks, log_dir }))
 }
 
-/// `--peer-watch-port`: `Ok(None)` for off, `Ok(Some(None))` for the default port.
-pub(super) fn peer_watch_port(args: &LaunchArgs) -> Result<Option<Option<u16>>> {
-    match args.peer_watch_port.as_deref().map(str::trim) {
-        None => Ok(Some(None)),
-        Some("off") => Ok(None),
-        Some(p) => match p.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(Some(Some(port))),
-            _ => Err(AppError::usage(format!(
-                "--peer-watch-port {}: not a port number (1-65535) or \"off\"",
-                crate::input::shown(p, 20)
-            ))),
-        },
-    }
-}
-
-/// Several nodes: start the peer watch (node 0 listens, the others connect to it) so that one
-/// node's failure stops the whole job. `stopped` receives the reason when it stops this node.
-pub(super) fn start_peer_watch(
-    ctx: &Planned,
-    args: &LaunchArgs,
-    log_dir: &Path,
-    signals: &supervisor::SignalHandle,
-    stopped: Arc<Mutex<Option<peers::PeerStop>>>,
-) -> Result<Option<PeerWatch>> {
-    let asked = peer_watch_port(args)?;
-    let (true, Some(rdzv)) = (ctx.topology.is_multi_node(), &ctx.topology.rendezvous) else {
-        return Ok(None);
-    };
-    let Some((host, rdzv_port)) = rdzv
-        .endpoint
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
-    else {
-        return Ok(None);
-    };
-    let node = ctx.topology.node_rank;
-    if node == 0 {
-        peers::check_rendezvous_port(rdzv_port)
-            .map_err(|e| AppError::Environment(e.to_string()))?;
-    }
-    let Some(asked) = asked else {
-        return Ok(None);
-    };
-    let port = asked.unwrap_or_else(|| peers::watch_port(rdzv_port));
-    let handle = signals.clone();
-    let on_stop: peers::OnStop = Arc::new(move |why: peers::PeerStop| {
-        warn!(
-            "{why}: stopping this node's training too (SIGTERM to torchrun, then the grace period)"
-        );
-        *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-        handle.stop();
-    });
-    // The secret file lives under the run root, which every node shares (--log-dir may not).
-    let secrets_dir = ctx
-        .resolved
-        .run_root_dir()
-        .map(|root| root.join("vla-launch"))
-        .unwrap_or_else(|| log_dir.to_path_buf())
-        .join(".secrets");
-    let w = peers::NodeWatch {
-        job_id: rdzv.id.clone(),
-        nnodes: ctx.topology.nnodes,
-        node_rank: node,
-        host: host.to_string(),
-        port,
-        env_secret: env_var(peers::SECRET_ENV),
-        secrets_dir,
-        secret_wait: peers::SECRET_WAIT,
-        timing: peers::Timing::default(),
-    };
-    let watch =
-        peers::start_node_watch(&w, on_stop).map_err(|e| AppError::Environment(e.to_string()))?;
-    if watch.is_some() {
-        info!("peer watch: node {node} on port {port}");
-    }
-    Ok(watch)
-}
-
 /// Peaks the training script printed itself, one `VLA_PROBE_RESULT {json}` line per rank
 /// (scripts/probe_finetune.py): GPU UUIDs and NVML total - free peaks.
 pub(super) fn reported_peaks(log: &[u8]) -> Option<(Vec<String>, crate::monitor::Peaks)> {
@@ -466,66 +537,4 @@ fn status_on_terminal() -> bool {
     std::io::stdout().is_terminal()
         && std::io::stderr().is_terminal()
         && std::env::var("TERM").map_or(true, |t| t != "dumb")
-}
-
-/// The launcher's exit status for a run (0, 1 or 128+N): a node stopped by another node's
-/// failure exits with that failure's code, so that srun and the job's state show the real
-/// failure and not this node's SIGTERM (docs/cluster.md, contract 5). A peer that was lost or
-/// gone (no code) reads as a failed training, unless this node had been signalled first.
-pub(super) fn exit_status(outcome: &supervisor::Outcome, peer: Option<&peers::PeerStop>) -> i32 {
-    use peers::PeerFailure;
-    match peer.map(|p| &p.failure) {
-        Some(PeerFailure::Failed { exit_code }) if *exit_code != 0 => *exit_code,
-        Some(PeerFailure::Gone | PeerFailure::Lost { .. }) if outcome.stop_requested => 1,
-        _ => outcome.process_exit_code(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::peers::{PeerFailure, PeerStop};
-
-    fn stopped(stop_requested: bool) -> supervisor::Outcome {
-        supervisor::Outcome {
-            exit_code: 143,
-            signal: None,
-            duration: Duration::from_secs(1),
-            log_path: PathBuf::from("x.log"),
-            interrupted_by: Some(15),
-            stop_requested,
-            force_killed: false,
-            kill_reason: None,
-            leftover_processes: 0,
-            terminal_dropped_bytes: 0,
-            log_error: None,
-        }
-    }
-
-    fn peer(failure: PeerFailure) -> PeerStop {
-        PeerStop { node: 1, failure }
-    }
-
-    #[test]
-    fn a_node_stopped_by_a_peer_exits_with_the_peers_code() {
-        let failed = |c| peer(PeerFailure::Failed { exit_code: c });
-        // Stopped by the watch, then (or never) Slurm's SIGTERM: the peer's code.
-        assert_eq!(exit_status(&stopped(true), Some(&failed(1))), 1);
-        // Slurm's SIGTERM (kill-on-bad-exit) raced ahead of the peer's message: still its code.
-        assert_eq!(exit_status(&stopped(false), Some(&failed(1))), 1);
-        assert_eq!(exit_status(&stopped(false), Some(&failed(143))), 143);
-        // A lost or vanished peer: a failure when it stopped us, our signal when one came first.
-        assert_eq!(
-            exit_status(&stopped(true), Some(&peer(PeerFailure::Gone))),
-            1
-        );
-        assert_eq!(
-            exit_status(
-                &stopped(false),
-                Some(&peer(PeerFailure::Lost { silent_s: 31 }))
-            ),
-            143
-        );
-        assert_eq!(exit_status(&stopped(false), None), 143);
-    }
 }

@@ -8,13 +8,20 @@
 //! them, so a killed worker does not linger as a zombie.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
+
+/// The watchdog's hidden subcommand (`watchdog::SUBCOMMAND`; here so that this module, which
+/// the watchdog uses, need not use it back).
+pub const WATCHDOG_SUBCOMMAND: &str = "__vla-launch-watchdog";
 
 /// Environment variable that tags every process of one run.
 pub const MARKER_VAR: &str = "VLA_LAUNCH_RUN";
@@ -86,12 +93,34 @@ fn has_marker(pid: i32, needle: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-/// The run's live processes: descendants of `root` (while it exists) and of every process
-/// carrying `MARKER_VAR=marker`. Never includes the launcher itself.
-pub fn members(root: Option<i32>, marker: &str) -> Vec<ProcInfo> {
+/// Where a run's processes are looked for, besides torchrun's descendants.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// `MARKER_VAR`'s value for this run.
+    pub marker: String,
+    /// The run's cgroup (v2) directory, when the launcher could make one: every process the run
+    /// starts is in it, whatever its environment, session or parent.
+    pub cgroup: Option<PathBuf>,
+    /// Count every other child of this process but the watchdog (orphans re-parented to it, a
+    /// child subreaper) as the run's: right in the launcher, which runs one run at a time; wrong
+    /// in a process running several (tests).
+    pub adopted: bool,
+}
+
+impl Scope {
+    pub fn marker_only(marker: &str) -> Scope {
+        Scope {
+            marker: marker.to_string(),
+            ..Scope::default()
+        }
+    }
+}
+
+/// The run's live processes per `scope` and their descendants, and `root`'s. Never the caller.
+pub fn members_in(root: Option<i32>, scope: &Scope) -> Vec<ProcInfo> {
     let procs = snapshot();
     let me = std::process::id() as i32;
-    let needle = format!("{MARKER_VAR}={marker}").into_bytes();
+    let needle = format!("{MARKER_VAR}={}", scope.marker).into_bytes();
     let mut roots: Vec<i32> = root.into_iter().collect();
     roots.extend(
         procs
@@ -99,6 +128,17 @@ pub fn members(root: Option<i32>, marker: &str) -> Vec<ProcInfo> {
             .filter(|p| p.pid != me && !p.zombie && has_marker(p.pid, &needle))
             .map(|p| p.pid),
     );
+    if let Some(dir) = &scope.cgroup {
+        roots.extend(cgroup_procs(dir));
+    }
+    if scope.adopted {
+        roots.extend(
+            procs
+                .iter()
+                .filter(|p| p.ppid == me && !p.zombie && !is_watchdog(p.pid))
+                .map(|p| p.pid),
+        );
+    }
     let set = with_descendants(&procs, &roots);
     procs
         .into_iter()
@@ -124,6 +164,172 @@ pub fn reap_adopted(procs: &[ProcInfo], skip: Option<i32>) {
     for p in procs {
         if p.ppid == me && p.zombie && Some(p.pid) != skip {
             let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// The live processes whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    snapshot()
+        .into_iter()
+        .filter(|p| !p.zombie && p.pid != std::process::id() as i32)
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{}/stat", p.pid)).is_ok_and(|st| {
+                st[st.rfind(')').map_or(0, |i| i + 1)..]
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|g| g.parse::<i32>().ok())
+                    == Some(pgid)
+            })
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Whether `pid` runs as a watchdog (`vla-launch __vla-launch-watchdog ...`).
+fn is_watchdog(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(WATCHDOG_SUBCOMMAND.as_bytes()))
+}
+
+/// The pids in a cgroup's `cgroup.procs` (none when it is gone).
+pub fn cgroup_procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// SIGKILL to every process in the cgroup: `cgroup.kill` where the kernel has it (5.14+, no
+/// process can fork its way out), else each listed pid, a few rounds.
+pub fn cgroup_kill(dir: &Path) -> usize {
+    let n = cgroup_procs(dir).len();
+    if fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for _ in 0..20 {
+            let pids = cgroup_procs(dir);
+            if pids.is_empty() {
+                break;
+            }
+            signal_all(pids, Signal::SIGKILL);
+        }
+    }
+    n
+}
+
+/// The cgroup (v2) directory of this process, when the unified hierarchy is mounted.
+fn own_cgroup() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // "... mount-point ... - cgroup2 source options"
+    let mount = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right
+            .starts_with("cgroup2 ")
+            .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+    })?;
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+/// Removes the empty run groups of launchers that are gone (killed outright without a watchdog):
+/// `vla-launch-<pid>-...` whose pid no longer runs. A group still holding processes stays.
+fn remove_stale_groups(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vla-launch-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
+/// A cgroup made for one run, so that its processes can be found and ended whatever they do to
+/// their environment, session or parent (issue 25 items 3-4). Removed when dropped, once empty.
+#[derive(Debug)]
+pub struct RunCgroup {
+    dir: PathBuf,
+    procs: CString,
+}
+
+impl RunCgroup {
+    /// A new child of the launcher's own cgroup; an error where the kernel or the permissions
+    /// do not allow it (cgroup v1 only, an unprivileged user outside a delegated subtree).
+    pub fn create(marker: &str) -> io::Result<RunCgroup> {
+        let parent = own_cgroup().ok_or_else(|| io::Error::other("no cgroup v2 hierarchy"))?;
+        remove_stale_groups(&parent);
+        let dir = parent.join(format!("vla-launch-{marker}"));
+        fs::create_dir(&dir)?;
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+            .map_err(io::Error::other)?;
+        // Whether a process can be moved in shows at spawn: the supervisor checks that
+        // torchrun landed in it, and drops it otherwise.
+        Ok(RunCgroup { dir, procs })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What a child needs to move itself in between fork and exec.
+    pub fn enter_fn(&self) -> EnterCgroup {
+        EnterCgroup(self.procs.clone())
+    }
+
+    pub fn contains(&self, pid: i32) -> bool {
+        cgroup_procs(&self.dir).contains(&pid)
+    }
+}
+
+/// A cgroup's `cgroup.procs` path, prepared before fork.
+#[derive(Debug, Clone)]
+pub struct EnterCgroup(CString);
+
+impl EnterCgroup {
+    /// Moves the calling process into the cgroup. Async-signal-safe (open, write, close on a
+    /// path prepared before fork, no allocation): for `pre_exec`.
+    pub fn enter(&self) -> io::Result<()> {
+        // SAFETY: open/write/close with a NUL-terminated path and a stack buffer.
+        unsafe {
+            let fd = libc::open(self.0.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = [0u8; 16];
+            let mut pid = libc::getpid() as u32;
+            let mut i = buf.len();
+            loop {
+                i -= 1;
+                buf[i] = b'0' + (pid % 10) as u8;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            let n = libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if n < 0 { Err(err) } else { Ok(()) }
+        }
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        // Empty by now unless something was left running: then it stays (and says so by name).
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 }

@@ -2,18 +2,21 @@
 //! killer, a scheduler's hard kill) and then ends every process of its run.
 //!
 //! How: before torchrun starts, the launcher re-executes its own binary as
-//! `vla-launch __vla-launch-watchdog MARKER GRACE_MS LOG` in a process group of its own, with
-//! SIGHUP and SIGINT ignored (a closing terminal or a Ctrl-C to the launcher's group never reaches
-//! it) and the read end of a pipe as its stdin. The launcher alone holds the write end
-//! (close-on-exec, so torchrun and its workers never inherit it). When the launcher finishes
-//! normally it writes `d` and closes the pipe: the watchdog exits quietly. When the launcher dies,
-//! the kernel closes the pipe without the `d`: the watchdog sends SIGTERM to every process of
-//! the run (same uid, carrying the run's marker variable, or descending from one that does,
-//! setsid grandchildren included), waits up to the grace period, SIGKILLs what is left, notes
-//! it in the run log and exits. Linux only (/proc).
+//! `vla-launch __vla-launch-watchdog MARKER GRACE_MS LOG RECORD CGROUP` in a process group of its
+//! own, with SIGHUP and SIGINT ignored (a closing terminal or a Ctrl-C to the launcher's group
+//! never reaches it) and the read end of a pipe as its stdin. The launcher alone holds the write
+//! end (close-on-exec, so torchrun and its workers never inherit it); it writes `pgid N` once
+//! torchrun runs. When the launcher finishes normally it writes `done` and closes the pipe: the
+//! watchdog exits quietly. When the launcher dies, the kernel closes the pipe without `done`:
+//! the watchdog sends SIGTERM to every process of the run (same uid; in the run's cgroup, or
+//! carrying the run's marker variable or descending from one that does, or in torchrun's process
+//! group), waits up to the grace period, SIGKILLs what is left, notes it in the run log, gives
+//! the run record an outcome if it has none, and exits. The launcher notices a watchdog that
+//! dies before it (a pidfd) and starts another. Linux only (/proc).
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -26,9 +29,9 @@ use nix::sys::signal::Signal;
 use super::process_tree;
 
 /// The hidden first argument that turns the binary into a watchdog.
-pub const SUBCOMMAND: &str = "__vla-launch-watchdog";
-/// The byte the launcher writes when it finished normally.
-const DONE: u8 = b'd';
+pub const SUBCOMMAND: &str = process_tree::WATCHDOG_SUBCOMMAND;
+/// The line the launcher writes when it finished normally.
+const DONE: &str = "done";
 /// After SIGKILL, how long the watchdog keeps checking for processes that are still there.
 const KILL_ROUNDS: Duration = Duration::from_secs(3);
 
@@ -48,24 +51,54 @@ pub fn default_program() -> Option<PathBuf> {
     PROGRAM.get().cloned()
 }
 
+/// What a watchdog watches.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The run's `VLA_LAUNCH_RUN` marker.
+    pub marker: String,
+    pub grace: Duration,
+    /// The run log, where it notes what it did.
+    pub log: PathBuf,
+    /// The run record, which it completes with an outcome if it has none.
+    pub record: Option<PathBuf>,
+    /// The run's cgroup, whose every process it ends.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Spec {
+    pub fn new(marker: &str, grace: Duration, log: &Path) -> Spec {
+        Spec {
+            marker: marker.to_string(),
+            grace,
+            log: log.to_path_buf(),
+            record: None,
+            cgroup: None,
+        }
+    }
+}
+
 /// The launcher's side: dropping it without `finish` (the launcher dying, or an error path)
-/// closes the pipe without the done byte, which makes the watchdog end the run.
+/// closes the pipe without the done line, which makes the watchdog end the run.
 pub struct Watchdog {
     child: Child,
     pipe: Option<std::fs::File>,
+    gone: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Watchdog {
-    /// Starts `program` as the watchdog of the run tagged `marker`.
-    pub fn start(program: &Path, marker: &str, grace: Duration, log: &Path) -> io::Result<Self> {
+    /// Starts `program` as the watchdog of the run `spec` describes.
+    pub fn start(program: &Path, spec: &Spec) -> io::Result<Self> {
         // Close-on-exec: torchrun and its workers must never hold the write end.
         let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let writer = std::fs::File::from(writer);
+        let opt = |p: &Option<PathBuf>| p.as_ref().map_or_else(OsString::new, |p| p.into());
         let mut cmd = Command::new(program);
         cmd.arg(SUBCOMMAND)
-            .arg(marker)
-            .arg(grace.as_millis().min(u128::from(u64::MAX)).to_string())
-            .arg(log)
+            .arg(&spec.marker)
+            .arg(spec.grace.as_millis().min(u128::from(u64::MAX)).to_string())
+            .arg(&spec.log)
+            .arg(opt(&spec.record))
+            .arg(opt(&spec.cgroup))
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -74,16 +107,42 @@ impl Watchdog {
         let child = cmd.spawn()?;
         // `cmd` (holding the read end) is dropped here: only the watchdog has it now.
         drop(cmd);
+        let gone = exit_notice(child.id() as i32);
         Ok(Watchdog {
             child,
             pipe: Some(writer),
+            gone,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Tells the watchdog torchrun's process group, which it signals too if the launcher dies.
+    pub fn tell_group(&mut self, pgid: i32) {
+        if let Some(pipe) = &mut self.pipe {
+            let _ = pipe.write_all(format!("pgid {pgid}\n").as_bytes());
+        }
+    }
+
+    /// Resolves when the watchdog process has exited (killed, say) before `finish`; never when
+    /// that cannot be watched.
+    pub async fn lost(&mut self) {
+        match self.gone.as_mut() {
+            Some(rx) => {
+                let _ = rx.await;
+                self.gone = None;
+                let _ = self.child.try_wait();
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// The run ended under the launcher's control: tell the watchdog to exit, and reap it.
     pub fn finish(mut self, wait: Duration) {
         if let Some(mut pipe) = self.pipe.take() {
-            let _ = pipe.write_all(&[DONE]);
+            let _ = pipe.write_all(format!("{DONE}\n").as_bytes());
         }
         let until = Instant::now() + wait;
         while Instant::now() < until {
@@ -95,6 +154,35 @@ impl Watchdog {
     }
 }
 
+/// A receiver that gets `()` when process `pid` (our child) exits: a thread blocked in poll on
+/// its pidfd (Linux 5.3+). `None` where pidfds are not available.
+fn exit_notice(pid: i32) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("vla-launch-watchdog-watch".into())
+        .spawn(move || {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for as long as it takes.
+            while unsafe { libc::poll(&mut p, 1, -1) } < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
+            let _ = tx.send(());
+        })
+        .ok()?;
+    Some(rx)
+}
+
 /// In the binary's `main`, before anything else: runs the watchdog and exits when the first
 /// argument asks for it; returns otherwise.
 pub fn main_if_requested() {
@@ -102,29 +190,26 @@ pub fn main_if_requested() {
     if args.get(1).is_none_or(|a| a != SUBCOMMAND) {
         return;
     }
+    let path = |i: usize| args.get(i).filter(|a| !a.is_empty()).map(PathBuf::from);
     let (Some(marker), Some(grace_ms), Some(log)) = (
         args.get(2).and_then(|m| m.to_str()),
         args.get(3)
             .and_then(|g| g.to_str())
             .and_then(|g| g.parse::<u64>().ok()),
-        args.get(4),
+        path(4),
     ) else {
         std::process::exit(2);
     };
-    std::process::exit(watch(
-        marker,
-        Duration::from_millis(grace_ms),
-        Path::new(log),
-    ));
+    let spec = Spec {
+        record: path(5),
+        cgroup: path(6),
+        ..Spec::new(marker, Duration::from_millis(grace_ms), &log)
+    };
+    std::process::exit(watch(&spec));
 }
 
-fn watch(marker: &str, grace: Duration, log: &Path) -> i32 {
-    // SAFETY: setting signal dispositions to "ignore" in a single-threaded process.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
+/// What the launcher said on the pipe before it closed: whether it finished, torchrun's group.
+fn read_pipe() -> (bool, Option<i32>) {
     let mut got = Vec::new();
     let mut buf = [0u8; 64];
     let mut stdin = io::stdin().lock();
@@ -136,11 +221,28 @@ fn watch(marker: &str, grace: Duration, log: &Path) -> i32 {
             Err(_) => break,
         }
     }
-    if got.contains(&DONE) {
+    let text = String::from_utf8_lossy(&got);
+    let done = text.lines().any(|l| l == DONE);
+    let pgid = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("pgid ")?.parse().ok())
+        .next_back();
+    (done, pgid)
+}
+
+fn watch(spec: &Spec) -> i32 {
+    // SAFETY: setting signal dispositions to "ignore" in a single-threaded process.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let (done, pgid) = read_pipe();
+    if done {
         return 0;
     }
     let start = Instant::now();
-    let (ended, killed) = end_run(marker, grace);
+    let (ended, killed) = end_run(spec, pgid);
     let text = format!(
         "watchdog: the launcher is gone (killed outright?): {ended} process(es) of the run ended \
          ({killed} needed SIGKILL) in {:.1}s",
@@ -149,31 +251,79 @@ fn watch(marker: &str, grace: Duration, log: &Path) -> i32 {
     // Nothing to end (the launcher failed before torchrun started): nothing to say either.
     if ended > 0 {
         crate::eprintln_lossy!("vla-launch: {text}");
-        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&spec.log) {
             let _ = f.write_all(&super::log::note_record(&text));
+        }
+    }
+    if let Some(record) = &spec.record {
+        complete_record(record, spec, ended, killed, &text);
+    }
+    if let Some(dir) = &spec.cgroup {
+        // Killed processes leave the group as the kernel finishes them: a few tries.
+        for _ in 0..100 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     0
 }
 
-/// The run's live processes that belong to this user.
-fn live(marker: &str) -> Vec<i32> {
+/// The record of a launcher killed outright would say "no outcome yet" forever: say what is
+/// known (issue 25 item 5). torchrun's own exit code is not (it was not our child).
+fn complete_record(record: &Path, spec: &Spec, ended: usize, killed: usize, text: &str) {
+    let outcome = crate::record::RunOutcome {
+        exit_code: 128 + libc::SIGKILL,
+        force_killed: killed > 0,
+        leftover_processes: ended,
+        log: Some(spec.log.clone()),
+        diagnosis: Some(crate::record::RecordedDiagnosis {
+            kind: "LauncherGone".into(),
+            summary: text.to_string(),
+            hint: "the launcher was killed (SIGKILL, the OOM killer, a hard time limit?); \
+                   torchrun's own exit code is unknown: see the run log"
+                .into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = crate::record::complete_if_open(record, outcome) {
+        crate::eprintln_lossy!(
+            "vla-launch: watchdog: cannot complete the run record {}: {e}",
+            record.display()
+        );
+    }
+}
+
+/// The run's live processes that belong to this user: its cgroup, its marker, torchrun's group.
+fn live(spec: &Spec, pgid: Option<i32>) -> Vec<i32> {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    process_tree::members(None, marker)
+    let scope = process_tree::Scope {
+        cgroup: spec.cgroup.clone(),
+        ..process_tree::Scope::marker_only(&spec.marker)
+    };
+    let mut pids: Vec<i32> = process_tree::members_in(None, &scope)
         .iter()
         .filter(|p| !p.zombie)
-        .filter(|p| std::fs::metadata(format!("/proc/{}", p.pid)).is_ok_and(|m| m.uid() == uid))
         .map(|p| p.pid)
-        .collect()
+        .collect();
+    if let Some(g) = pgid {
+        pids.extend(process_tree::group_members(g));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.retain(|p| std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == uid));
+    pids
 }
 
 /// SIGTERM, up to `grace` for them to end, then SIGKILL. Returns (how many, how many killed).
-fn end_run(marker: &str, grace: Duration) -> (usize, usize) {
+fn end_run(spec: &Spec, pgid: Option<i32>) -> (usize, usize) {
     let mut seen: std::collections::HashSet<i32> = std::collections::HashSet::new();
-    let until = Instant::now() + grace.min(Duration::from_secs(100 * 365 * 24 * 3600));
+    let until = Instant::now() + spec.grace.min(Duration::from_secs(100 * 365 * 24 * 3600));
     loop {
-        let now = live(marker);
+        let now = live(spec, pgid);
         if now.is_empty() {
             return (seen.len(), 0);
         }
@@ -188,12 +338,15 @@ fn end_run(marker: &str, grace: Duration) -> (usize, usize) {
     let mut killed: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let until = Instant::now() + KILL_ROUNDS;
     loop {
-        let now = live(marker);
+        let now = live(spec, pgid);
         if now.is_empty() || Instant::now() >= until {
             break;
         }
         seen.extend(now.iter().copied());
         killed.extend(now.iter().copied());
+        if let Some(dir) = &spec.cgroup {
+            process_tree::cgroup_kill(dir);
+        }
         process_tree::signal_all(now, Signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -32,6 +32,7 @@ mod messages;
 mod node_output;
 mod noloss;
 mod noloss_command;
+mod noloss_processes;
 mod noloss_records;
 mod peer_proto;
 mod peer_watch;

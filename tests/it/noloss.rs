@@ -18,13 +18,13 @@ use crate::supervisor_support::{Fixture, alive, assert_all_dead};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-fn launcher_bin() -> PathBuf {
+pub(crate) fn launcher_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vla-launch"))
 }
 
 /// The real binary launching the fake torchrun (aloha profile, one described H100), with its
 /// log directory in `dir/logs` and the fake's pids in `dir/pids`.
-fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Command {
+pub(crate) fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut c = Command::new(launcher_bin());
     c.args(["--profile", "aloha", "--gpus", "1xh100", "--grace", grace])
@@ -52,7 +52,7 @@ fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Command {
     c
 }
 
-fn wait_ready(dir: &Path, child: &mut Child) -> Vec<i32> {
+pub(crate) fn wait_ready(dir: &Path, child: &mut Child) -> Vec<i32> {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(dir.join("pids")).unwrap_or_default();
@@ -69,7 +69,7 @@ fn wait_ready(dir: &Path, child: &mut Child) -> Vec<i32> {
 
 /// SIGKILLs whatever of a run's pids is still alive when dropped, so a failing test leaves
 /// nothing behind (the failures this file tests for are exactly processes left behind).
-struct Reap(Vec<i32>);
+pub(crate) struct Reap(pub(crate) Vec<i32>);
 
 impl Drop for Reap {
     fn drop(&mut self) {
@@ -81,7 +81,7 @@ impl Drop for Reap {
     }
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let until = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -96,7 +96,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 }
 
 /// Waits up to `within` for every pid to end; returns how long it took.
-fn wait_all_dead(pids: &[i32], within: Duration, context: &str) -> Duration {
+pub(crate) fn wait_all_dead(pids: &[i32], within: Duration, context: &str) -> Duration {
     let start = Instant::now();
     while pids.iter().any(|&p| alive(p)) {
         if start.elapsed() > within {
@@ -111,7 +111,7 @@ fn wait_all_dead(pids: &[i32], within: Duration, context: &str) -> Duration {
     start.elapsed()
 }
 
-fn record_outcome(dir: &Path) -> serde_json::Value {
+pub(crate) fn record_outcome(dir: &Path) -> serde_json::Value {
     let logs = dir.join("logs");
     let rec = std::fs::read_dir(&logs)
         .unwrap()
@@ -127,7 +127,7 @@ fn record_outcome(dir: &Path) -> serde_json::Value {
     v["outcome"].clone()
 }
 
-fn run_log(dir: &Path) -> String {
+pub(crate) fn run_log(dir: &Path) -> String {
     let logs = dir.join("logs");
     let log = std::fs::read_dir(&logs)
         .unwrap()
@@ -385,7 +385,7 @@ fn huge_grace_then_sigint_does_not_panic() {
 }
 
 /// Command lines of the watchdogs watching a run logged under `dir`.
-fn watchdogs_of(dir: &Path) -> Vec<String> {
+pub(crate) fn watchdogs_of(dir: &Path) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
@@ -432,14 +432,18 @@ fn marked_stubborn_process(marker: &str) -> Child {
 
 #[test]
 fn watchdog_ends_the_run_when_its_launcher_side_goes_away() {
-    use vla_launch::launch::watchdog::Watchdog;
+    use vla_launch::launch::watchdog::{Spec, Watchdog};
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("run.log");
     std::fs::write(&log, "").unwrap();
     let marker = format!("watchdog-test-{}", std::process::id());
     let mut victim = marked_stubborn_process(&marker);
     let _reap = Reap(vec![victim.id() as i32]);
-    let dog = Watchdog::start(&launcher_bin(), &marker, Duration::from_millis(300), &log).unwrap();
+    let dog = Watchdog::start(
+        &launcher_bin(),
+        &Spec::new(&marker, Duration::from_millis(300), &log),
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();
     drop(dog); // as when the launcher dies: the pipe closes without the done byte
@@ -468,13 +472,13 @@ fn watchdog_ends_the_run_when_its_launcher_side_goes_away() {
 
 #[test]
 fn finished_watchdog_leaves_the_processes_alone() {
-    use vla_launch::launch::watchdog::Watchdog;
+    use vla_launch::launch::watchdog::{Spec, Watchdog};
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("run.log");
     let marker = format!("watchdog-test-done-{}", std::process::id());
     let mut bystander = marked_stubborn_process(&marker);
     let _reap = Reap(vec![bystander.id() as i32]);
-    let dog = Watchdog::start(&launcher_bin(), &marker, Duration::ZERO, &log).unwrap();
+    let dog = Watchdog::start(&launcher_bin(), &Spec::new(&marker, Duration::ZERO, &log)).unwrap();
     dog.finish(Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(300));
     assert!(

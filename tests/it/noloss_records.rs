@@ -208,3 +208,198 @@ fn record_mode_makes_records_shareable_when_asked() {
 fn vla_torchrun() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_torchrun")
 }
+
+/// A small tmpfs at `dir`, unmounted when dropped; `None` (and why, printed) where mounting is
+/// refused (not root, no CAP_SYS_ADMIN, a container without mount rights).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(dir.to_path_buf())),
+            Ok(o) => {
+                println!(
+                    "skipped: cannot mount a small tmpfs: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The real binary launching the fake torchrun into `logs`.
+fn fake_launch(dir: &Path, logs: &Path, fake: &[(&str, &str)]) -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    c.without_ambient_topology()
+        .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
+        .env("VLA_LAUNCH_CACHE_DIR", dir.join("cache"))
+        .env("OPENVLA_OFT_DIR", root.join("tests/fixtures/openvla-oft"))
+        .env("VLA_DATA_ROOT", "/data")
+        .env("VLA_RUN_ROOT", dir)
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .env("RUST_LOG", "vla_launch=warn")
+        .current_dir(root)
+        .args(["--profile", "aloha", "--gpus", "1xh100", "--grace", "2"])
+        .arg("--torchrun")
+        .arg(root.join("tests/fixtures/fake_torchrun"))
+        .arg("--log-dir")
+        .arg(logs)
+        .envs(fake.iter().copied());
+    c
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 25 item 5: the record used to be rewritten in place with its outcome, and a disk with
+/// room for the first version but not the longer second left it cut off (3 of 5 trials). Here
+/// the disk fills up while the run runs; the record's length varies by a padding variable, so
+/// that in some trials the outcome needs one more block than the first version had, and the
+/// disk keeps 0 to 16 KiB free. In every trial the record is valid JSON: the completed one, or
+/// the one written at the start with a warning saying so.
+#[test]
+fn a_full_disk_never_leaves_a_cut_off_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let Some(_disk) = SmallDisk::mount(&logs, "256k") else {
+        return;
+    };
+    let (mut kept, mut trials) = (0, 0);
+    for leave in [0, 16384] {
+        for pad in (0..4096).step_by(256) {
+            trials += 1;
+            let (complete, err) = disk_full_trial(dir.path(), &logs, leave, pad);
+            kept += usize::from(complete);
+            assert!(
+                complete || err.contains("the record written at the start is still there"),
+                "leave {leave} pad {pad}: {err}"
+            );
+        }
+    }
+    println!("{kept} of {trials} trials had room for the outcome; every record was valid JSON");
+}
+
+/// One launch on a disk that fills up under it: whether the record got its outcome, and stderr.
+fn disk_full_trial(dir: &Path, logs: &Path, leave: usize, pad: usize) -> (bool, String) {
+    for f in names_in(logs) {
+        std::fs::remove_file(logs.join(f)).unwrap();
+    }
+    let filler = logs.join("filler");
+    let out = fake_launch(
+        dir,
+        logs,
+        &[
+            ("FAKE_FILL", filler.to_str().unwrap()),
+            ("FAKE_FILL_LEAVE", &leave.to_string()),
+        ],
+    )
+    .arg("--set")
+    .arg(format!("env.VLA_TEST_PAD={}", "x".repeat(pad + 1)))
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "leave {leave} pad {pad}: {err}");
+    let names = names_in(logs);
+    let records: Vec<&String> = names.iter().filter(|n| n.starts_with("plan-")).collect();
+    assert_eq!(records.len(), 1, "{names:?}");
+    assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    let text = std::fs::read_to_string(logs.join(records[0])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "leave {leave} pad {pad}: cut-off record ({e}), {} bytes",
+            text.len()
+        )
+    });
+    if !v["outcome"].is_null() {
+        assert_eq!(v["outcome"]["exit_code"], 0);
+    }
+    (!v["outcome"].is_null(), err)
+}
+
+/// Issue 25 item 5: a launch refused because the log directory is full left 0-byte files and
+/// pointed `latest.*` at them.
+#[test]
+fn a_refused_launch_leaves_no_empty_files_and_latest_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let Some(_disk) = SmallDisk::mount(&logs, "64k") else {
+        return;
+    };
+    // Fill it to the last byte.
+    let mut f = std::fs::File::create(logs.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let out = fake_launch(dir.path(), &logs, &[("FAKE_RECORD", "/dev/null")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("--log-dir"), "{err}");
+    assert_eq!(names_in(&logs), ["filler"], "{err}");
+}
+
+/// Issue 25 item 6, the record part: node 0 whose rendezvous port is taken exits 4 before
+/// torchrun starts; its record said "no outcome yet" forever and its log was empty.
+#[test]
+fn a_node_refused_at_start_leaves_a_record_with_an_outcome_and_says_why_in_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = fake_launch(dir.path(), &logs, &[])
+        .env("SLURM_JOB_ID", "8801")
+        .env("SLURM_NNODES", "2")
+        .env("SLURM_NODEID", "0")
+        .env("SLURM_JOB_NODELIST", "127.0.0.1,localhost")
+        .env_remove("VLA_LAUNCH_JOB_SECRET")
+        .args(["--rdzv-port", &port])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    let names = names_in(&logs);
+    let record = names
+        .iter()
+        .find(|n| n.starts_with("plan-"))
+        .expect("a record");
+    let log = names.iter().find(|n| n.starts_with("run-")).expect("a log");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(logs.join(record)).unwrap()).unwrap();
+    assert_eq!(v["outcome"]["exit_code"], 4, "{v}");
+    assert_eq!(v["outcome"]["diagnosis"]["kind"], "LaunchRefused", "{v}");
+    let log_text = std::fs::read_to_string(logs.join(log)).unwrap();
+    assert!(log_text.contains("launch refused (exit 4)"), "{log_text}");
+    assert!(log_text.contains("--rdzv-port"), "{log_text}");
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::supervisor_support::{Fixture, alive, assert_all_dead};
 use nix::sys::signal::Signal;
 use vla_launch::launch::log::{Stream, parse_stream};
-use vla_launch::launch::supervisor::summary_line;
+use vla_launch::launch::supervisor::{KillReason, summary_line};
 
 fn recorded(fx: &Fixture) -> serde_json::Value {
     serde_json::from_slice(&fx.read("record.json")).unwrap()
@@ -259,8 +259,10 @@ fn stop_signals_leave_no_process_alive_within_grace_plus_one_second() {
         let took = sent.elapsed();
         let case = format!("{sig} on_stop={on_stop} children={child_term:?}");
         assert_all_dead(&pids, &case);
+        // Only a missing SIGKILL matters here (the fake would sleep 60 s): grace + 1 s was
+        // exceeded by a loaded machine (2.52 s at a load of 20 on 2 cores), so the room is wide.
         assert!(
-            took <= grace + Duration::from_secs(1),
+            took <= grace + Duration::from_secs(20),
             "{case}: took {took:?}"
         );
         assert_eq!(o.interrupted_by, Some(sig as i32), "{case}");
@@ -285,11 +287,14 @@ fn second_stop_signal_kills_at_once() {
     let second = Instant::now();
     signals.send(Signal::SIGINT);
     let o = thread.join().unwrap().unwrap();
+    // "At once" against a 60 s grace: the kill's reason says which it was; the bound is only
+    // far below the grace (a loaded machine can take seconds to start the kill).
     assert!(
-        second.elapsed() < Duration::from_secs(1),
+        second.elapsed() < Duration::from_secs(30),
         "{:?}",
         second.elapsed()
     );
+    assert_eq!(o.kill_reason, Some(KillReason::SignalAgain(2)), "{o:?}");
     assert_all_dead(&pids, "after the second SIGINT");
     assert!(o.force_killed);
     assert_eq!(o.signal, Some(9));
@@ -349,6 +354,8 @@ fn under_slurm_a_second_sigterm_does_not_cut_the_grace_short() {
     assert!(o.force_killed, "{o:?}");
 }
 
+/// Issue 26 item 2: this used to bound the run by 5 s of wall clock, which a loaded machine
+/// broke; it now checks what happened, in order (a launcher held forever hangs the test).
 #[test]
 fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() {
     for child_term in ["", "ignore"] {
@@ -357,18 +364,21 @@ fn processes_left_after_torchrun_exits_are_ended_and_do_not_hold_the_launcher() 
             ("FAKE_WORKERS", "1"),
             ("FAKE_CHILD_TERM", child_term),
         ]);
-        let start = Instant::now();
         let o = fx.run(Duration::from_secs(5));
         let pids = fx.pids();
         assert_all_dead(&pids, child_term);
         assert_eq!(o.exit_code, 0);
         assert_eq!(o.leftover_processes, 3, "{child_term:?}");
-        // orphan grace (0.3 s) + leak timeout (0.5 s) + python start-up, far below forever.
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
-        );
+        // SIGTERM first; SIGKILL only for the ones that ignore it.
+        let ignored = child_term == "ignore";
+        assert_eq!(o.force_killed, ignored, "{o:?}");
+        assert_eq!(o.kill_reason, ignored.then_some(KillReason::Leftovers));
+        let log = String::from_utf8_lossy(&fx.read("run.log")).into_owned();
+        let ended = log
+            .find("3 process(es) of the run outlived torchrun")
+            .expect(&log);
+        let summary = log.find("torchrun exited with code 0").expect(&log);
+        assert!(ended < summary, "{log}");
     }
 }
 
@@ -466,8 +476,10 @@ fn a_stalled_terminal_never_blocks_the_training() {
     let start = Instant::now();
     let o = vla_launch::launch::supervisor::run_blocking(&fx.cmd, &opts).unwrap();
     assert_eq!(o.exit_code, 0);
+    // A blocked relay would never end; the bound only turns a hang into a failure, with room
+    // for a machine whose cores are all busy (30 s was exceeded at a load of 21 on 2 cores).
     assert!(
-        start.elapsed() < Duration::from_secs(30),
+        start.elapsed() < Duration::from_secs(300),
         "{:?}",
         start.elapsed()
     );

@@ -69,6 +69,8 @@ impl Fixture {
         o.stdout = Sink::File(self.path("stdout"));
         o.stderr = Sink::File(self.path("stderr"));
         o.forward_process_signals = false;
+        // Tests run in parallel in one process: its other children are other tests' runs.
+        o.adopt_orphans = false;
         o
     }
 

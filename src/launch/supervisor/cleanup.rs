@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::launch::log::LogSender;
-use crate::launch::process_tree::{self};
+use crate::launch::process_tree::{self, Scope};
 
 /// Deadlines further away than this are treated as "never" (no arithmetic can overflow).
 pub(super) const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -15,15 +15,15 @@ pub(super) fn after<I: std::ops::Add<Duration, Output = I> + Copy>(now: I, d: Du
     now + d.min(FAR_FUTURE)
 }
 
-/// SIGKILL to torchrun's group and to every member of the run, until none is left.
-pub(super) fn kill_run(root: Option<i32>, marker: &str) -> usize {
+/// SIGKILL to torchrun's group, its cgroup and every member of the run, until none is left.
+pub(super) fn kill_run(root: Option<i32>, scope: &Scope) -> usize {
     if let Some(pgid) = root {
         process_tree::signal_group(pgid, Signal::SIGKILL);
     }
-    let mut killed = 0;
+    let mut killed = scope.cgroup.as_deref().map_or(0, process_tree::cgroup_kill);
     // A member may fork while we kill; a few rounds catch the late ones.
     for _ in 0..50 {
-        let live: Vec<i32> = process_tree::members(root, marker)
+        let live: Vec<i32> = process_tree::members_in(root, scope)
             .iter()
             .filter(|p| !p.zombie)
             .map(|p| p.pid)
@@ -34,19 +34,19 @@ pub(super) fn kill_run(root: Option<i32>, marker: &str) -> usize {
         killed += process_tree::signal_all(live, Signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(5));
     }
-    process_tree::reap_adopted(&process_tree::members(None, marker), root);
+    process_tree::reap_adopted(&process_tree::members_in(None, scope), root);
     killed
 }
 
 /// Ends whatever of the run is still alive after torchrun exited: SIGTERM, `grace`, SIGKILL.
 /// Returns how many there were and whether SIGKILL was needed.
 pub(super) async fn end_leftovers(
-    marker: &str,
+    scope: &Scope,
     grace: Duration,
     notes: &LogSender,
 ) -> (usize, bool) {
-    let live = |marker: &str| -> Vec<i32> {
-        let members = process_tree::members(None, marker);
+    let live = |scope: &Scope| -> Vec<i32> {
+        let members = process_tree::members_in(None, scope);
         process_tree::reap_adopted(&members, None);
         members
             .iter()
@@ -54,7 +54,7 @@ pub(super) async fn end_leftovers(
             .map(|p| p.pid)
             .collect()
     };
-    let first = live(marker);
+    let first = live(scope);
     if first.is_empty() {
         return (0, false);
     }
@@ -65,14 +65,14 @@ pub(super) async fn end_leftovers(
     if !grace.is_zero() {
         process_tree::signal_all(first.iter().copied(), Signal::SIGTERM);
         let until = after(Instant::now(), grace);
-        while Instant::now() < until && !live(marker).is_empty() {
+        while Instant::now() < until && !live(scope).is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let needed_kill = kill_run(None, marker) > 0;
+    let needed_kill = kill_run(None, scope) > 0;
     // Give the kernel a moment to turn them into zombies we can reap.
     for _ in 0..20 {
-        if live(marker).is_empty() {
+        if live(scope).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

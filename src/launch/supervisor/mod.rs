@@ -8,7 +8,9 @@
 //!   them. Sending it to the whole group as well would make every worker receive it twice.
 //! - Our grace period (default 40 s) is longer than torchrun's own 30 s, so torchrun normally
 //!   finishes its shutdown; after it, SIGKILL goes to the group and to every member of the run.
-//!   A second stop signal kills at once.
+//!   A second stop signal kills at once, except a repeated SIGTERM under Slurm (Slurm signals
+//!   every process of the step and srun forwards it too). What each signal means is decided by
+//!   a pure state machine (`policy.rs`, table-tested); `run` only carries out its actions.
 //! - SIGUSR1 (Slurm's "preemption soon" warning) goes to the workers, which may checkpoint on it;
 //!   torchrun gets it only if it declares it handles it (`TORCHELASTIC_SIGNALS_TO_HANDLE`),
 //!   since its default action would terminate torchrun without stopping the workers.
@@ -25,7 +27,6 @@
 
 use std::ffi::OsString;
 use std::io::{self};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -33,24 +34,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use tokio::sync::broadcast;
 
 use crate::launch::command::{LaunchCommand, display};
-use crate::launch::log::{LogWriter, Stream};
-use crate::launch::process_tree::{self, MARKER_VAR};
-use crate::launch::watchdog::Watchdog;
+use crate::launch::log::{LogSender, LogWriter};
+use crate::launch::process_tree::{self, MARKER_VAR, RunCgroup, Scope};
+use crate::launch::watchdog;
 
 mod cleanup;
+mod guard;
 mod outcome;
+mod output;
+mod policy;
 mod relay;
 mod signals;
 
 use cleanup::{after, end_leftovers, kill_run};
+use guard::Guard;
 pub use outcome::{KillReason, LaunchError, Outcome, fmt_duration, summary_line};
+use output::Output;
+use policy::{Action, Event, LeftoverGrace, StopConfig, StopPolicy};
 pub use relay::Sink;
-use relay::{PIPE_SIZE, join_within, relay, terminal_writer};
 use signals::Request;
 pub use signals::{SignalHandle, install_signal_forwarding};
+
+/// Set (to anything but 0) to run without a cgroup even where one could be made.
+pub const NO_CGROUP_VAR: &str = "VLA_LAUNCH_NO_CGROUP";
 
 /// Longer than torchrun's own 30 s worker shutdown, so it can finish cleanly.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(40);
@@ -75,6 +84,14 @@ pub struct SuperviseOptions {
     /// The program re-executed as the run's watchdog (`watchdog::Watchdog`), which ends the
     /// run if the launcher is killed outright; `None` for no watchdog.
     pub watchdog: Option<PathBuf>,
+    /// The run record, which the watchdog completes if the launcher is killed outright.
+    pub record: Option<PathBuf>,
+    /// Put the run in a cgroup of its own where the kernel allows it (off with
+    /// `VLA_LAUNCH_NO_CGROUP=1`, to exercise the fallback).
+    pub cgroup: bool,
+    /// Count orphans re-parented to this process as the run's (see `process_tree::Scope`);
+    /// off in a process that supervises several runs at once.
+    pub adopt_orphans: bool,
     /// Whether a SIGTERM while the run is already stopping kills it at once. `false` under
     /// Slurm, which sends SIGTERM to every process of the step and srun forwards it as well:
     /// the second one is not a user asking twice. A second SIGINT/SIGHUP always kills.
@@ -99,6 +116,9 @@ impl SuperviseOptions {
             forward_process_signals: true,
             repeated_sigterm_escalates: true,
             watchdog: super::watchdog::default_program(),
+            record: None,
+            cgroup: std::env::var_os(NO_CGROUP_VAR).is_none_or(|v| v.is_empty() || v == "0"),
+            adopt_orphans: true,
             on_spawn: None,
             progress: None,
         }
@@ -115,11 +135,103 @@ pub fn run_blocking(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outc
     rt.block_on(run(cmd, opts))
 }
 
-/// Spawns torchrun per `cmd` and supervises it to the end (see the module comment).
+/// Spawns torchrun per `cmd` and supervises it to the end (see the module comment): the effect
+/// loop around [`StopPolicy`], which decides what each signal means.
 pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome, LaunchError> {
     let start = Instant::now();
     // Subscribe and install handlers before spawning, so an early Ctrl-C is not lost.
-    let mut signals = opts.signals.0.subscribe();
+    let mut requests = opts.signals.0.subscribe();
+    take_charge(cmd, opts)?;
+    let log = LogWriter::create(&opts.log_path).map_err(|e| log_error(opts, e))?;
+    let notes = log.sender();
+    notes.note(format!("launch: {}", display(cmd)));
+    let marker = run_marker();
+    let (cgroup, mut scope) = run_scope(opts, &marker);
+    // Started before torchrun, so no moment of the run is without it.
+    let mut guard = Guard::start(opts.watchdog.clone(), watchdog_spec(opts, &scope));
+    let (mut child, pid, output) = start_torchrun(cmd, opts, &marker, cgroup.as_ref(), &log)?;
+    if cgroup.as_ref().is_some_and(|c| !c.contains(pid)) {
+        tracing::debug!("torchrun is not in the run's cgroup: finding the run without it");
+        scope.cgroup = None;
+    }
+    guard.tell_group(pid);
+    let mut policy = StopPolicy::new(stop_config(cmd, opts));
+    let effects = Effects {
+        pid,
+        scope: &scope,
+        notes: &notes,
+    };
+    let (status, deadline) = effects
+        .supervise(&mut child, &mut requests, &mut policy, &mut guard)
+        .await?;
+    let leftover_processes = effects.end_leftovers(&mut policy, deadline, opts).await;
+    let (terminal, dropped) = output.drain(opts.leak_timeout, &notes).await;
+    let (exit_code, signal) = exit_of(status);
+    let mut outcome = Outcome {
+        exit_code,
+        signal,
+        duration: start.elapsed(),
+        log_path: opts.log_path.clone(),
+        interrupted_by: policy.interrupted_by(),
+        stop_requested: policy.stop_requested(),
+        force_killed: policy.force_killed(),
+        kill_reason: policy.kill_reason(),
+        leftover_processes,
+        terminal_dropped_bytes: dropped,
+        log_error: None,
+    };
+    notes.note(summary_line(&outcome));
+    drop(notes);
+    terminal.join().await;
+    // A log that could not be written (a full disk) was warned about when it happened; it never
+    // changes how the training ended.
+    outcome.log_error = log.finish().err().map(|e| e.to_string());
+    guard.finish();
+    drop(cgroup);
+    Ok(outcome)
+}
+
+/// torchrun's exit code, or 128+N and N when signal N ended it.
+fn exit_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(sig)) => (128 + sig, Some(sig)),
+        (None, None) => (1, None),
+    }
+}
+
+fn start_torchrun(
+    cmd: &LaunchCommand,
+    opts: &SuperviseOptions,
+    marker: &str,
+    cgroup: Option<&RunCgroup>,
+    log: &LogWriter,
+) -> Result<(tokio::process::Child, i32, Output), LaunchError> {
+    let mut child = spawn(cmd, marker, cgroup).map_err(|source| LaunchError::Spawn {
+        program: cmd.program.clone(),
+        source,
+    })?;
+    let pid = child.id().map_or(0, |p| p as i32);
+    tracing::debug!(pid, "torchrun started");
+    log.sender().note(format!("torchrun pid {pid}"));
+    if let Some(cb) = &opts.on_spawn {
+        cb(pid as u32);
+    }
+    let sinks = [&opts.stdout, &opts.stderr];
+    let output = Output::start(&mut child, log, sinks, opts.progress.clone())
+        .map_err(|e| log_error(opts, e))?;
+    Ok((child, pid, output))
+}
+
+fn log_error(opts: &SuperviseOptions, source: io::Error) -> LaunchError {
+    LaunchError::Log {
+        path: opts.log_path.clone(),
+        source,
+    }
+}
+
+/// Signal handlers, the subreaper flag, a usable working directory: before anything starts.
+fn take_charge(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<(), LaunchError> {
     if opts.forward_process_signals {
         install_signal_forwarding(&opts.signals).map_err(LaunchError::Signals)?;
     }
@@ -128,196 +240,146 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
             "cannot become a child subreaper ({e}): workers in new sessions are found by marker only"
         );
     }
-    if let Err(source) = std::fs::metadata(&cmd.cwd) {
-        return Err(LaunchError::Workdir {
+    match std::fs::metadata(&cmd.cwd) {
+        Ok(_) => Ok(()),
+        Err(source) => Err(LaunchError::Workdir {
             cwd: cmd.cwd.clone(),
             source,
-        });
+        }),
     }
-    let log_err = |source| LaunchError::Log {
-        path: opts.log_path.clone(),
-        source,
+}
+
+fn watchdog_spec(opts: &SuperviseOptions, scope: &Scope) -> watchdog::Spec {
+    watchdog::Spec {
+        record: opts.record.clone(),
+        cgroup: scope.cgroup.clone(),
+        ..watchdog::Spec::new(&scope.marker, opts.grace, &opts.log_path)
+    }
+}
+
+fn stop_config(cmd: &LaunchCommand, opts: &SuperviseOptions) -> StopConfig {
+    StopConfig {
+        grace: opts.grace,
+        repeated_sigterm_escalates: opts.repeated_sigterm_escalates,
+        usr1_to_torchrun: declares_usr1(cmd),
+    }
+}
+
+/// Where the run's processes are looked for: its cgroup, its marker, maybe adoption.
+fn run_scope(opts: &SuperviseOptions, marker: &str) -> (Option<RunCgroup>, Scope) {
+    let cgroup = run_cgroup(opts, marker);
+    let scope = Scope {
+        cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+        adopted: opts.adopt_orphans,
+        ..Scope::marker_only(marker)
     };
-    let log = LogWriter::create(&opts.log_path).map_err(log_err)?;
-    let notes = log.sender();
-    notes.note(format!("launch: {}", display(cmd)));
+    (cgroup, scope)
+}
 
-    let marker = run_marker();
-    // Started before torchrun, so no moment of the run is without it.
-    let watchdog = opts.watchdog.as_deref().and_then(|program| {
-        Watchdog::start(program, &marker, opts.grace, &opts.log_path)
-            .map_err(|e| {
-                tracing::warn!(
-                    "no watchdog ({e}): if the launcher is killed outright, workers in new sessions may survive it"
-                );
-            })
-            .ok()
-    });
-    let mut child = spawn(cmd, &marker).map_err(|source| LaunchError::Spawn {
-        program: cmd.program.clone(),
-        source,
-    })?;
-    let pid = child.id().map_or(0, |p| p as i32);
-    tracing::debug!(pid, "torchrun started");
-    notes.note(format!("torchrun pid {pid}"));
-    if let Some(cb) = &opts.on_spawn {
-        cb(pid as u32);
+/// A cgroup for the run where the kernel and permissions allow one (else the run is found by
+/// marker, descent and adoption).
+fn run_cgroup(opts: &SuperviseOptions, marker: &str) -> Option<RunCgroup> {
+    if !opts.cgroup {
+        return None;
     }
+    RunCgroup::create(marker)
+        .map_err(|e| {
+            tracing::debug!("no cgroup for the run ({e}): finding its processes without one");
+        })
+        .ok()
+}
 
-    let dropped = Arc::new(AtomicU64::new(0));
-    let (out_tx, out_thread) =
-        terminal_writer(&opts.stdout, opts.progress.clone()).map_err(log_err)?;
-    let (err_tx, err_thread) =
-        terminal_writer(&opts.stderr, opts.progress.clone()).map_err(log_err)?;
-    let mut readers = tokio::task::JoinSet::new();
-    // A larger pipe lets a burst of output sit in the kernel instead of blocking the writer,
-    // and lets each read move more bytes (best effort: the kernel may refuse).
-    for fd in [
-        child.stdout.as_ref().map(|p| p.as_raw_fd()),
-        child.stderr.as_ref().map(|p| p.as_raw_fd()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        // SAFETY: fcntl on a pipe fd we own; no memory is passed.
-        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    }
-    if let Some(pipe) = child.stdout.take() {
-        readers.spawn(relay(
-            pipe,
-            Stream::Out,
-            log.sender(),
-            out_tx,
-            dropped.clone(),
-            opts.progress.clone(),
-        ));
-    }
-    if let Some(pipe) = child.stderr.take() {
-        readers.spawn(relay(
-            pipe,
-            Stream::Err,
-            log.sender(),
-            err_tx,
-            dropped.clone(),
-            opts.progress.clone(),
-        ));
-    }
+/// What the stop policy's actions act on: torchrun, the run's members, the run log.
+struct Effects<'a> {
+    pid: i32,
+    scope: &'a Scope,
+    notes: &'a LogSender,
+}
 
-    let usr1_to_torchrun = declares_usr1(cmd);
-    let mut interrupted_by: Option<i32> = None;
-    let mut force_killed = false;
-    let mut kill_reason: Option<KillReason> = None;
-    let mut stop_requested = false;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let status = loop {
-        let grace_over = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            status = child.wait() => break status.map_err(LaunchError::Wait)?,
-            Ok(request) = signals.recv() => match match request {
-                Request::Stop if interrupted_by.is_none() => {
-                    stop_requested = true;
-                    Some(Signal::SIGTERM)
+impl Effects<'_> {
+    /// Turns signals, requests and the deadline into policy events and carries out its actions,
+    /// until torchrun exits. Returns its status and the deadline still armed, if any.
+    async fn supervise(
+        &self,
+        child: &mut tokio::process::Child,
+        requests: &mut broadcast::Receiver<Request>,
+        policy: &mut StopPolicy,
+        guard: &mut Guard,
+    ) -> Result<(std::process::ExitStatus, Option<tokio::time::Instant>), LaunchError> {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let grace_over = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
                 }
-                Request::Signal(sig) => Some(sig),
-                Request::Stop => None,
-            } {
-                None => {}
-                Some(Signal::SIGUSR1) => {
-                    let workers: Vec<i32> = process_tree::members(Some(pid), &marker)
-                        .iter()
-                        .filter(|p| !p.zombie && (p.pid != pid || usr1_to_torchrun))
-                        .map(|p| p.pid)
-                        .collect();
-                    let n = process_tree::signal_all(workers, Signal::SIGUSR1);
-                    notes.note(format!("SIGUSR1 forwarded to {n} process(es)"));
+            };
+            let event = tokio::select! {
+                status = child.wait() => return Ok((status.map_err(LaunchError::Wait)?, deadline)),
+                Ok(request) = requests.recv() => match request {
+                    Request::Signal(sig) => Event::Signal(sig),
+                    Request::Stop => Event::PeerStop,
+                },
+                () = grace_over => Event::GraceOver,
+                () = guard.lost() => {
+                    guard.replace(self.notes);
+                    continue;
                 }
-                Some(sig) if interrupted_by.is_none() => {
-                    interrupted_by = Some(sig as i32);
-                    process_tree::signal_all([pid], sig);
-                    deadline = Some(after(tokio::time::Instant::now(), opts.grace));
-                    notes.note(format!("{sig} received: forwarded to torchrun, SIGKILL in {:?}", opts.grace));
-                    tracing::warn!("{sig}: stopping torchrun (again to kill at once; SIGKILL in {:?})", opts.grace);
-                }
-                Some(Signal::SIGTERM) if !opts.repeated_sigterm_escalates => {
-                    notes.note("SIGTERM received again (Slurm signals every process of the step, and srun forwards it too): the grace period goes on");
-                }
-                Some(sig) => {
-                    notes.note(format!("{sig} received again: killing the run now"));
-                    kill_run(Some(pid), &marker);
-                    force_killed = true;
-                    kill_reason.get_or_insert(KillReason::SignalAgain(sig as i32));
-                    deadline = None;
-                }
-            },
-            () = grace_over => {
-                notes.note("grace period over: SIGKILL to the run");
-                tracing::warn!("torchrun did not stop within {:?}: killing the run", opts.grace);
-                kill_run(Some(pid), &marker);
-                force_killed = true;
-                kill_reason.get_or_insert(KillReason::GraceOver);
-                deadline = None;
+            };
+            for action in policy.handle(event) {
+                self.apply(action, &mut deadline);
             }
         }
-    };
-
-    // New-session grandchildren outlive torchrun; end them. After an interrupt they get only
-    // what is left of the grace period.
-    let orphan_grace = match deadline {
-        Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
-        None if force_killed => Duration::ZERO,
-        None => opts.orphan_grace,
-    };
-    let (leftover_processes, needed_kill) = end_leftovers(&marker, orphan_grace, &notes).await;
-    force_killed |= needed_kill;
-    if needed_kill {
-        kill_reason.get_or_insert(KillReason::Leftovers);
     }
 
-    // Pipes held open by processes we could not find must not keep us waiting forever.
-    let drained = tokio::time::timeout(opts.leak_timeout, async {
-        while readers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        readers.abort_all();
-        notes.note("output pipes still open after torchrun exited: stopped reading them");
+    fn apply(&self, action: Action, deadline: &mut Option<tokio::time::Instant>) {
+        match action {
+            Action::ForwardToTorchrun(sig) => {
+                process_tree::signal_all([self.pid], sig);
+            }
+            Action::SignalWorkers { sig, with_torchrun } => {
+                let workers: Vec<i32> = process_tree::members_in(Some(self.pid), self.scope)
+                    .iter()
+                    .filter(|p| !p.zombie && (p.pid != self.pid || with_torchrun))
+                    .map(|p| p.pid)
+                    .collect();
+                let n = process_tree::signal_all(workers, sig);
+                self.notes
+                    .note(format!("{sig} forwarded to {n} process(es)"));
+            }
+            Action::ArmDeadline(grace) => {
+                *deadline = Some(after(tokio::time::Instant::now(), grace));
+            }
+            Action::KillRun => {
+                kill_run(Some(self.pid), self.scope);
+                *deadline = None;
+            }
+            Action::Note(text) => self.notes.note(text),
+            Action::Warn(text) => tracing::warn!("{text}"),
+        }
     }
-    drop(readers);
-    let (exit_code, signal) = match (status.code(), status.signal()) {
-        (Some(code), _) => (code, None),
-        (None, Some(sig)) => (128 + sig, Some(sig)),
-        (None, None) => (1, None),
-    };
-    let outcome = Outcome {
-        exit_code,
-        signal,
-        duration: start.elapsed(),
-        log_path: opts.log_path.clone(),
-        interrupted_by,
-        stop_requested,
-        force_killed,
-        kill_reason,
-        leftover_processes,
-        terminal_dropped_bytes: dropped.load(Ordering::Relaxed),
-        log_error: None,
-    };
-    notes.note(summary_line(&outcome));
-    drop(notes);
-    // Terminal threads may sit on a stalled terminal: give them the leak timeout, then leave them.
-    join_within([out_thread, err_thread], opts.leak_timeout).await;
-    // A log that could not be written (a full disk) was warned about when it happened; it never
-    // changes how the training ended.
-    let mut outcome = outcome;
-    outcome.log_error = log.finish().err().map(|e| e.to_string());
-    if let Some(w) = watchdog {
-        w.finish(Duration::from_secs(1));
+
+    /// New-session grandchildren outlive torchrun; end them. After an interrupt they get only
+    /// what is left of the grace period. Returns how many there were.
+    async fn end_leftovers(
+        &self,
+        policy: &mut StopPolicy,
+        deadline: Option<tokio::time::Instant>,
+        opts: &SuperviseOptions,
+    ) -> usize {
+        let grace = match (policy.leftover_grace(), deadline) {
+            (LeftoverGrace::RestOfDeadline, Some(d)) => {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            }
+            (LeftoverGrace::Usual, _) => opts.orphan_grace,
+            (LeftoverGrace::None | LeftoverGrace::RestOfDeadline, _) => Duration::ZERO,
+        };
+        let (n, needed_kill) = end_leftovers(self.scope, grace, self.notes).await;
+        if needed_kill {
+            policy.leftovers_killed();
+        }
+        n
     }
-    Ok(outcome)
 }
 
 fn run_marker() -> String {
@@ -332,7 +394,11 @@ fn run_marker() -> String {
     )
 }
 
-fn spawn(cmd: &LaunchCommand, marker: &str) -> io::Result<tokio::process::Child> {
+fn spawn(
+    cmd: &LaunchCommand,
+    marker: &str,
+    cgroup: Option<&RunCgroup>,
+) -> io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(&cmd.program);
     command
         .args(&cmd.args)
@@ -346,9 +412,15 @@ fn spawn(cmd: &LaunchCommand, marker: &str) -> io::Result<tokio::process::Child>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let parent = std::process::id() as i32;
-    // SAFETY: only async-signal-safe syscalls (prctl, getppid) run between fork and exec.
+    let cgroup = cgroup.map(|c| c.enter_fn());
+    // SAFETY: only async-signal-safe syscalls (prctl, getppid, open/write/close) run between
+    // fork and exec.
     unsafe {
         command.pre_exec(move || {
+            // Into the run's cgroup before anything can fork: the caller checks it worked.
+            if let Some(enter) = &cgroup {
+                let _ = enter.enter();
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
