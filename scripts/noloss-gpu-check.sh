@@ -7,9 +7,13 @@
 # Needs only python3, torch (with CUDA), torchrun on PATH and the launcher binary. Each phase
 # launches a tiny random-weight trainer on GPU 0 through the real launcher and real torchrun;
 # rank 0 also starts a `setsid` grandchild and a worker that ignores SIGTERM, both holding GPU
-# memory. Then:
-#   sigkill: SIGKILL to the launcher mid-training (what the OOM killer or a hard scheduler kill does)
-#   pty:     the launcher runs on a pseudo-terminal whose master is closed (an SSH drop)
+# memory, and two that escape (issue 25 items 3-4): one with a wiped environment (`env -i`, so no
+# marker variable) that ignores SIGTERM, and one that double-forks into a session of its own with a
+# wiped environment. Then:
+#   sigkill:  SIGKILL to the launcher mid-training (what the OOM killer or a hard scheduler kill does)
+#   pty:      the launcher runs on a pseudo-terminal whose master is closed (an SSH drop)
+#   sigterm:  SIGTERM to the launcher (expects exit 143)
+#   watchdog: the run's watchdog is SIGKILLed first, then the launcher
 # and it checks that within GRACE_S + 5 s no process of the run is alive (by pid, and by the
 # run's marker variable in /proc/*/environ) and that nvidia-smi lists none of them.
 # Prints one summary line per phase; exit status 0 when every phase passed.
@@ -59,9 +63,16 @@ if rank == 0:
         subprocess.Popen([sys.executable, "-c", HOLD, "ignore", pids_file]),
         subprocess.Popen([sys.executable, "-c", HOLD, "setsid", pids_file], start_new_session=True),
     ]
+    # Escapes: no marker in their environment; they write their own pids.
+    q = pids_file.replace("'", "")
+    subprocess.Popen(["env", "-i", "/bin/bash", "-c",
+                      f"trap '' TERM; echo \"pid $$ env-i-sigterm-ignoring\" >> '{q}'; exec -a NOLOSS_ESCAPE sleep 600"])
+    subprocess.Popen(["setsid", "/bin/bash", "-c",
+                      f"(env -i /bin/bash -c \"trap '' TERM; echo pid \\$\\$ double-forked-env-i >> '{q}'; exec -a NOLOSS_ESCAPE sleep 600\" &)"])
     with open(pids_file, "a") as f:
         f.write(f"pid {kids[0].pid} sigterm-ignoring-worker\npid {kids[1].pid} setsid-grandchild\n")
-    while open(pids_file).read().count("up ") < 2:
+    while open(pids_file).read().count("up ") < 2 or "double-forked" not in open(pids_file).read() \
+            or "env-i-sigterm" not in open(pids_file).read():
         time.sleep(0.05)
 model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10)).to(dev)
 opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -230,6 +241,46 @@ if grep -qx ready "$d/pids" 2>/dev/null; then
   echo "  log's last child line: $(grep -h ' out |step' "$d"/logs/run-*.log | tail -1 | cut -c1-120)"
 else
   echo "pty: FAIL: the trainer never became ready: $result"; FAILED=1
+fi
+
+# Phase 3: SIGTERM to the launcher (a plain `kill`): the grace, then everything ends; exit 143.
+d=$WORK/sigterm
+mkdir -p "$d"
+NOLOSS_PIDS=$d/pids "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" \
+  >"$d/stdout" 2>"$d/stderr" &
+launcher=$!
+if wait_ready "$d/pids" "$launcher"; then
+  echo "pid $launcher launcher" >>"$d/pids"
+  t0=$(date +%s%N)
+  kill -TERM "$launcher"
+  wait "$launcher"; code=$?
+  echo "sigterm: the launcher exited with $code (143 expected)"
+  [[ $code == 143 ]] || FAILED=1
+  report sigterm "$d/pids" "$t0"
+else
+  echo "sigterm: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
+  kill -TERM "$launcher" 2>/dev/null
+fi
+
+# Phase 4: the watchdog is killed first, then the launcher (SIGKILL).
+d=$WORK/watchdog
+mkdir -p "$d"
+NOLOSS_PIDS=$d/pids "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" \
+  >"$d/stdout" 2>"$d/stderr" &
+launcher=$!
+if wait_ready "$d/pids" "$launcher"; then
+  echo "pid $launcher launcher" >>"$d/pids"
+  wd=$(pgrep -P "$launcher" -f "__vla-launch-watchdog" | head -1)
+  [[ -n $wd ]] && kill -KILL "$wd" && echo "watchdog: SIGKILL to the watchdog $wd"
+  sleep 2
+  t0=$(date +%s%N)
+  kill -KILL "$launcher"
+  wait "$launcher" 2>/dev/null
+  report watchdog "$d/pids" "$t0"
+  grep -h "watchdog" "$d"/logs/run-*.log | cut -c1-200 | sed 's/^/  log: /'
+else
+  echo "watchdog: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
+  kill -TERM "$launcher" 2>/dev/null
 fi
 
 echo "work dir: $WORK"
