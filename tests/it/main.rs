@@ -36,6 +36,7 @@ mod peer_proto;
 mod peer_watch;
 mod peers;
 mod planner;
+mod replay_fuzz;
 mod replay_trust;
 mod resume;
 mod retry;

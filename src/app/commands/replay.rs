@@ -250,10 +250,13 @@ fn expected_command(
         .collect();
     let described = chosen.iter().any(|g| g.described);
     let recorded_env = rec.env.clone().unwrap_or_default();
-    // The cap is a number the plan chose (`--vram-cap`); nothing else is taken from `env`.
+    // `--vram-cap` lowered every GPU's memory to the cap: the plan's largest GPU is that cap.
+    // Nothing else is taken from the record's `env`.
+    let largest = chosen.iter().map(|g| g.total_bytes).max();
     let vram_cap_bytes = recorded_env
         .get(command::ENV_VRAM_CAP)
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|cap| Some(*cap) == largest);
     let spec = CommandSpec {
         torchrun: cx
             .torchrun
