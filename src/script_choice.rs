@@ -209,10 +209,10 @@ fn write_cache(path: &Path, entry: CacheEntry) -> std::io::Result<()> {
     let over = file.entries.len().saturating_sub(CACHE_MAX_ENTRIES);
     file.entries.drain(..over);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::calibration::create_private_dir(dir)?;
     }
     let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
+    crate::calibration::write_private(&tmp, &serde_json::to_vec_pretty(&file)?)?;
     std::fs::rename(&tmp, path)
 }
 

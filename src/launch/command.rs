@@ -280,21 +280,6 @@ impl EnvList {
     }
 }
 
-/// Whether a variable (or a `--flag` name) holds a credential that must never be printed or
-/// recorded. Matches by convention, so it errs towards masking.
-pub fn is_secret(name: &str) -> bool {
-    let upper = name
-        .trim_start_matches('-')
-        .to_ascii_uppercase()
-        .replace('-', "_");
-    const SUFFIXES: &[&str] = &["_TOKEN", "_KEY", "_SECRET", "_CREDENTIALS", "_PASS"];
-    const EXACT: &[&str] = &["TOKEN", "SECRET", "API_KEY", "WANDB_API_KEY", "HF_TOKEN"];
-    const INFIXES: &[&str] = &["PASSWORD", "PASSWD", "SECRET", "ACCESS_KEY", "API_KEY"];
-    EXACT.contains(&upper.as_str())
-        || SUFFIXES.iter().any(|s| upper.ends_with(s))
-        || INFIXES.iter().any(|s| upper.contains(s))
-}
-
 pub const MASK: &str = "***";
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: a name every shell and `env` take as a variable name.
@@ -377,7 +362,8 @@ pub fn mask(cmd: &LaunchCommand, secrets: &[String]) -> LaunchCommand {
             let shown = if is_secret(k) {
                 MASK.to_string()
             } else {
-                String::from_utf8_lossy(&mask_bytes(v.as_bytes(), secrets)).into_owned()
+                let v = String::from_utf8_lossy(&mask_bytes(v.as_bytes(), secrets)).into_owned();
+                mask_credentials(&v).into_owned()
             };
             (k.clone(), shown)
         })
@@ -396,7 +382,11 @@ pub fn mask(cmd: &LaunchCommand, secrets: &[String]) -> LaunchCommand {
             }
             _ => {
                 secret_flag = text.starts_with("--") && is_secret(&text);
-                args.push(OsString::from_vec(mask_bytes(arg.as_bytes(), secrets)));
+                let masked = mask_bytes(arg.as_bytes(), secrets);
+                args.push(match std::str::from_utf8(&masked) {
+                    Ok(t) => OsString::from(mask_credentials(t).into_owned()),
+                    Err(_) => OsString::from_vec(masked),
+                });
             }
         }
     }
@@ -441,11 +431,21 @@ fn process_vars() -> BTreeMap<String, String> {
 /// every secret masked by name and by value (see [`mask`]; the values of the launcher's own
 /// secret-named variables included). Never executed.
 ///
-/// Unlike [`render`], it is for pasting: no `cd` when the directory is the current one, and a
-/// `${NAME}` placeholder left unset by the plan is printed double-quoted (`"${NAME}"`) so that the
-/// pasting shell expands it; every other byte is quoted exactly as `render` quotes it.
+/// Unlike [`render`], it is for pasting: no `cd` when the directory is the current one; every
+/// byte is quoted exactly as `render` quotes it, so a pasted `${NAME}` or `$(...)` in a value
+/// stays literal (issue 25 item 15: a `${HF_TOKEN}` would pass the pasting shell's token).
 pub fn display(cmd: &LaunchCommand) -> String {
-    render_with(&masked(cmd), true)
+    render_with(&masked(cmd), true, &|_| false)
+}
+
+/// [`display`] for a plan that left profile placeholders unset (`missing`: (field, variable), as
+/// `Resolved::missing` gives them): a `${NAME}` of one of those variables is printed
+/// double-quoted (`"${NAME}"`) so that the pasting shell expands it; any other `${...}` stays
+/// literal.
+pub fn display_with_unset(cmd: &LaunchCommand, missing: &[(String, String)]) -> String {
+    render_with(&masked(cmd), true, &|name| {
+        missing.iter().any(|(_, var)| var == name)
+    })
 }
 
 /// `cmd` with every secret masked, by name and by value, the launcher's own secret-named
@@ -459,13 +459,14 @@ pub fn masked(cmd: &LaunchCommand) -> LaunchCommand {
 /// hold (env names included), and it holds no control character. Variable names that are not
 /// shell names (only a record can hold them: `build` refuses them) are passed through `env`.
 pub fn render(cmd: &LaunchCommand) -> String {
-    render_with(cmd, false)
+    render_with(cmd, false, &|_| false)
 }
 
-fn render_with(cmd: &LaunchCommand, for_paste: bool) -> String {
+/// `expand`: the variables whose `${NAME}` the pasting shell is to expand.
+fn render_with(cmd: &LaunchCommand, for_paste: bool, expand: &dyn Fn(&str) -> bool) -> String {
     let quote_value = |b: &[u8]| {
         if for_paste {
-            quote_expanding(b)
+            quote_expanding(b, expand)
         } else {
             quote_bytes(b)
         }
@@ -509,8 +510,10 @@ fn render_with(cmd: &LaunchCommand, for_paste: bool) -> String {
 }
 
 mod quote;
+mod redact;
 use quote::{quote_arg, quote_forced};
 pub use quote::{quote_bytes, quote_expanding, shell_quote};
+pub use redact::{RedactingWriter, is_secret, mask_credentials, mask_url_passwords, redact_text};
 
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,7 @@ mod resume;
 mod retry;
 mod run_names;
 mod script_choice;
+mod secrets;
 mod slurm;
 mod speed;
 mod supervisor;

@@ -96,7 +96,7 @@ pub(in crate::app) fn cmd_launch(mut args: LaunchArgs, verbosity: Verbosity) -> 
         let ranks = ranks_filter(&args, &ctx, PathBuf::from("<log-dir>/torchrun"))?;
         let (cmd, missing) = command_for(&ctx, args.torchrun.as_deref(), ranks)?;
         warn_missing(&missing);
-        println!("{}", command::display(&cmd));
+        println!("{}", command::display_with_unset(&cmd, &missing));
         return Ok(ExitCode::Success);
     }
     let log_dir = match &args.log_dir {
