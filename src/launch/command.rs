@@ -198,10 +198,16 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
         push(&rdzv.endpoint);
         push("--rdzv-id");
         push(&rdzv.id);
-        if topo.node_rank == 0 && topo.slurm_job_id.is_some() && rdzv.backend == "c10d" {
-            // Slurm's node 0 hosts the c10d store even where its node name is not its hostname.
+        if topo.slurm_job_id.is_some() && rdzv.backend == "c10d" {
+            // Slurm's node 0 hosts the c10d store even where its node name is not its hostname;
+            // the others never do, even where node 0's name resolves to one of their addresses
+            // (torchrun would otherwise race node 0 for the port: EADDRINUSE).
             push("--rdzv-conf");
-            push("is_host=1");
+            push(if topo.node_rank == 0 {
+                "is_host=1"
+            } else {
+                "is_host=0"
+            });
         }
         push("--max-restarts");
         push(&spec.max_restarts.to_string());

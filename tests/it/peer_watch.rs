@@ -777,7 +777,8 @@ fn the_launcher_exits_4_when_node_0s_ports_are_taken() {
 
 /// Item 4: on Slurm's node 0, torchrun is told to host the rendezvous store itself
 /// (`--rdzv-conf is_host=1`, torchrun 2.x spelling), so node names that are not the host's own
-/// name still work; other nodes are not.
+/// name still work; the other nodes are told not to (issue 25 item 12: where node 0's name
+/// resolves to a local address, another node's torchrun would race node 0 to host it).
 #[test]
 fn slurm_node_0_hosts_the_rendezvous_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -793,7 +794,7 @@ fn slurm_node_0_hosts_the_rendezvous_store() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     assert!(cmd("0").contains("--rdzv-conf is_host=1"), "{}", cmd("0"));
-    assert!(!cmd("1").contains("is_host"));
+    assert!(cmd("1").contains("--rdzv-conf is_host=0"), "{}", cmd("1"));
 }
 
 /// Item 2: `accept` failing (EMFILE: the process is out of file descriptors) does not turn the

@@ -104,6 +104,9 @@ fn multi_node_argv_names_the_rendezvous() {
             "node01:29500",
             "--rdzv-id",
             "slurm-77",
+            // Only Slurm's node 0 hosts the store (issue 25 item 12).
+            "--rdzv-conf",
+            "is_host=0",
             "--max-restarts",
             "2",
             "vla-scripts/finetune.py",
