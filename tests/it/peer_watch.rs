@@ -1021,3 +1021,83 @@ fn one_address_cannot_take_every_handshake_slot() {
     let _ = rx.recv_timeout(Duration::from_secs(5));
     hub.finish(0);
 }
+
+/// Issue 25 item 10: 1,000 hostile handshakes a second from 8 local addresses (127.0.0.2-9),
+/// each holding its connections silent, do not keep node 1 out of the watch: it joins, and a
+/// failure it reports still reaches node 0.
+#[test]
+fn a_handshake_flood_from_eight_addresses_does_not_keep_a_node_out() {
+    let (on_stop, hub_rx) = recorder();
+    // A real job's 10 s to authenticate: the flood's connections hold their slots that long.
+    let mut slow = job("flood8", 2);
+    slow.timing.auth_deadline = Duration::from_secs(10);
+    let hub = PeerWatch::hub(slow.clone(), 0, on_stop).unwrap();
+    let port = hub.port().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flooders: Vec<_> = (2..=9u8)
+        .map(|last| {
+            let (stop, made) = (stop.clone(), made.clone());
+            std::thread::spawn(move || {
+                // A hostile client never closes first: it holds every connection (silent)
+                // until node 0 closes it, and opens another in its place.
+                let mut held: Vec<TcpStream> = Vec::new();
+                let start = Instant::now();
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    // 125 a second from each address: 1,000 a second in all.
+                    let due = start + Duration::from_millis(8) * n;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    n += 1;
+                    held.retain(|s| {
+                        s.set_nonblocking(true).unwrap();
+                        let mut b = [0u8; 128];
+                        match (&mut &*s).read(&mut b) {
+                            Ok(0) => false, // closed by node 0
+                            Ok(_) => true,  // its challenge: stay silent
+                            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                        }
+                    });
+                    if held.len() < 64
+                        && let Ok(s) = connect_from(last, port)
+                    {
+                        made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        held.push(s);
+                    }
+                }
+            })
+        })
+        .collect();
+    // The flood is on before node 1 starts.
+    while made.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (on_stop, _p1_rx) = recorder();
+    let p1 = PeerWatch::peer(slow, 1, "127.0.0.1", port, on_stop).unwrap();
+    let joined = Instant::now();
+    while hub.joined() != [1] || p1.joined() != [0] {
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "node 1 kept out of the watch for 60 s by {} hostile connections",
+            made.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let flood = made.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "node 1 joined {:?} after it started, {flood} hostile connections so far",
+        joined.elapsed()
+    );
+    p1.finish(7);
+    let why = hub_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("node 1's failure reaches node 0 under the flood");
+    assert_eq!(why.exit_code(), Some(7), "{why}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    hub.finish(1);
+}

@@ -29,8 +29,8 @@ pub(super) struct Shared {
     pub(super) conns: Mutex<Vec<Arc<Conn>>>,
     /// Node 0: nodes that have authenticated once.
     pub(super) seen: Mutex<Vec<u32>>,
-    /// Node 0: connections in their handshake, by address.
-    pub(super) pending: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Node 0: connections in their handshake.
+    pub(super) pending: Mutex<super::hub::Pending>,
     /// Node 0: connections refused so far (only the first few are logged).
     pub(super) refusals: AtomicUsize,
 }

@@ -139,9 +139,25 @@ impl PeerWatch {
                 on_stop,
                 conns: Mutex::new(Vec::new()),
                 seen: Mutex::new(Vec::new()),
-                pending: Mutex::new(std::collections::HashMap::new()),
+                pending: Mutex::new(Pending::default()),
                 refusals: AtomicUsize::new(0),
             }),
+        }
+    }
+
+    /// The nodes this watch has authenticated with so far: on node 0 the other nodes (in the
+    /// order they joined), on node n `[0]` once it is connected to node 0.
+    pub fn joined(&self) -> Vec<u32> {
+        if self.shared.node_rank == 0 {
+            self.shared
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        } else if self.shared.conns().is_empty() {
+            Vec::new()
+        } else {
+            vec![0]
         }
     }
 
