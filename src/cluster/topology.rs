@@ -422,7 +422,10 @@ pub fn topology_from_env(
     let port = endpoint_port
         .or(flags.rdzv_port)
         .or(master_port)
-        .or(slurm.as_ref().map(|s| port_for_job(&s.job_id)))
+        .or(slurm.as_ref().map(|s| {
+            // Derived from the job's secret where it has one: not guessable (issue 25 item 11).
+            crate::cluster::peers::job_port(&s.job_id, env.get(crate::cluster::peers::SECRET_ENV))
+        }))
         .unwrap_or(DEFAULT_C10D_PORT);
 
     // Every node must present the same id; the Slurm job id is shared by all of them, and

@@ -923,6 +923,12 @@ fn a_peer_stop_is_recorded_with_its_structured_cause() {
         "node 0 ran on: {e0}"
     );
     assert!(e0.contains("node 1's training ended with exit 134"), "{e0}");
+    // Issue 25 item 14: a job without the secret variable is told what that costs, once.
+    assert_eq!(
+        e0.matches("VLA_LAUNCH_JOB_SECRET is not set").count(),
+        1,
+        "{e0}"
+    );
     let record = std::fs::read_dir(dir.path().join("logs0"))
         .unwrap()
         .flatten()
@@ -1100,4 +1106,63 @@ fn a_handshake_flood_from_eight_addresses_does_not_keep_a_node_out() {
         f.join().unwrap();
     }
     hub.finish(1);
+}
+
+/// Issue 25 item 11: the ports of a job are `20000 + id mod 9000` (rendezvous) and 10000 less
+/// (watch), and a pending job's id is public (squeue): another user who binds both before the job
+/// starts must not fail it. With the job's secret (the shipped sbatch makes one) the ports are
+/// derived from it, which other users cannot read: two real launchers start, join the watch and
+/// finish with 0 while squatters hold the predictable ports.
+#[test]
+fn squatters_on_the_predictable_ports_do_not_fail_a_job_with_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let job_id = "4646";
+    let predictable = 20_000 + 4646 % 9000;
+    let squat: Vec<TcpListener> = [predictable, predictable - 10_000]
+        .iter()
+        .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("the predictable port is free here"))
+        .collect();
+    let secret = "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f";
+    let node = |rank: &str| {
+        let mut c = launcher(dir.path());
+        slurm_node(&mut c, job_id, rank);
+        c.arg("--log-dir")
+            .arg(dir.path().join(format!("logs{rank}")))
+            .env(peers::SECRET_ENV, secret)
+            .env("RUST_LOG", "vla_launch=info")
+            .env("FAKE_SLEEP", "2")
+            .env("FAKE_RECORD", dir.path().join(format!("seen{rank}.json")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let (n0, n1) = (node("0"), node("1"));
+    let (o0, o1) = (
+        n0.wait_with_output().unwrap(),
+        n1.wait_with_output().unwrap(),
+    );
+    let (e0, e1) = (
+        String::from_utf8_lossy(&o0.stderr),
+        String::from_utf8_lossy(&o1.stderr),
+    );
+    assert_eq!(o0.status.code(), Some(0), "node 0: {e0}");
+    assert_eq!(o1.status.code(), Some(0), "node 1: {e1}");
+    assert!(e0.contains("peer watch: node 1 connected"), "{e0}");
+    assert!(e1.contains("connected to node 0"), "{e1}");
+    let endpoint = |rank: &str| {
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("seen{rank}.json"))).unwrap(),
+        )
+        .unwrap();
+        let argv = v["argv"].as_array().unwrap().clone();
+        let i = argv.iter().position(|a| a == "--rdzv-endpoint").unwrap();
+        argv[i + 1].as_str().unwrap().to_string()
+    };
+    assert_eq!(endpoint("0"), endpoint("1"), "the nodes agree");
+    assert!(
+        !endpoint("0").ends_with(&format!(":{predictable}")),
+        "{}",
+        endpoint("0")
+    );
+    drop(squat);
 }

@@ -69,7 +69,8 @@ pub use config::{
     PING_EVERY, SECRET_ENV, SECRET_WAIT, SILENCE_LIMIT, Timing,
 };
 pub use ports::{
-    PortTaken, check_port_free, check_rendezvous_port, rendezvous_host_warning, watch_port,
+    PortTaken, check_port_free, check_rendezvous_port, job_port, rendezvous_host_warning,
+    watch_port,
 };
 pub use secret::{JobSecret, SecretError};
 pub use start::{job_secret, start_node_watch};
@@ -88,6 +89,29 @@ mod tests {
         assert_eq!(watch_port(29_400), 19_400);
         assert_eq!(watch_port(5_000), 15_000);
         assert_eq!(watch_port(65_535), 55_535);
+    }
+
+    /// Issue 25 item 11: with the job's secret the port is not the one its id predicts, every
+    /// node computes the same, and it stays in the derived range.
+    #[test]
+    fn job_ports_come_from_the_secret_when_there_is_one() {
+        let a = Some("a".repeat(40));
+        let b = Some("b".repeat(40));
+        let mut differ = 0;
+        for id in ["1", "4646", "123456", "99999"] {
+            let p = job_port(id, a.clone());
+            assert_eq!(p, job_port(id, a.clone()));
+            assert!((20_000..29_000).contains(&p), "{p}");
+            differ += usize::from(p != crate::cluster::port_for_job(id));
+            differ += usize::from(p != job_port(id, b.clone()));
+            assert_eq!(job_port(id, None), crate::cluster::port_for_job(id));
+            // Too short to be a secret: the id's port, as without one.
+            assert_eq!(
+                job_port(id, Some("short".into())),
+                crate::cluster::port_for_job(id)
+            );
+        }
+        assert!(differ >= 7, "{differ}");
     }
 
     #[test]
