@@ -1117,7 +1117,7 @@ fn a_handshake_flood_from_eight_addresses_does_not_keep_a_node_out() {
 fn squatters_on_the_predictable_ports_do_not_fail_a_job_with_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let job_id = "4646";
-    let predictable = 20_000 + 4646 % 9000;
+    let predictable = vla_launch::cluster::port_for_job(job_id);
     let squat: Vec<TcpListener> = [predictable, predictable - 10_000]
         .iter()
         .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("the predictable port is free here"))
