@@ -1039,45 +1039,9 @@ fn a_handshake_flood_from_eight_addresses_does_not_keep_a_node_out() {
     slow.timing.auth_deadline = Duration::from_secs(10);
     let hub = PeerWatch::hub(slow.clone(), 0, on_stop).unwrap();
     let port = hub.port().unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let flooders: Vec<_> = (2..=9u8)
-        .map(|last| {
-            let (stop, made) = (stop.clone(), made.clone());
-            std::thread::spawn(move || {
-                // A hostile client never closes first: it holds every connection (silent)
-                // until node 0 closes it, and opens another in its place.
-                let mut held: Vec<TcpStream> = Vec::new();
-                let start = Instant::now();
-                let mut n = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    // 125 a second from each address: 1,000 a second in all.
-                    let due = start + Duration::from_millis(8) * n;
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    n += 1;
-                    held.retain(|s| {
-                        s.set_nonblocking(true).unwrap();
-                        let mut b = [0u8; 128];
-                        match (&mut &*s).read(&mut b) {
-                            Ok(0) => false, // closed by node 0
-                            Ok(_) => true,  // its challenge: stay silent
-                            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-                        }
-                    });
-                    if held.len() < 64
-                        && let Ok(s) = connect_from(last, port)
-                    {
-                        made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        held.push(s);
-                    }
-                }
-            })
-        })
-        .collect();
+    let flood = Flood::start(port);
     // The flood is on before node 1 starts.
-    while made.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+    while flood.made() < 200 {
         std::thread::sleep(Duration::from_millis(10));
     }
     let (on_stop, _p1_rx) = recorder();
@@ -1087,24 +1051,21 @@ fn a_handshake_flood_from_eight_addresses_does_not_keep_a_node_out() {
         assert!(
             joined.elapsed() < Duration::from_secs(60),
             "node 1 kept out of the watch for 60 s by {} hostile connections",
-            made.load(std::sync::atomic::Ordering::SeqCst)
+            flood.made()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let flood = made.load(std::sync::atomic::Ordering::SeqCst);
     eprintln!(
-        "node 1 joined {:?} after it started, {flood} hostile connections so far",
-        joined.elapsed()
+        "node 1 joined {:?} after it started, {} hostile connections so far",
+        joined.elapsed(),
+        flood.made()
     );
     p1.finish(7);
     let why = hub_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("node 1's failure reaches node 0 under the flood");
     assert_eq!(why.exit_code(), Some(7), "{why}");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    for f in flooders {
-        f.join().unwrap();
-    }
+    drop(flood);
     hub.finish(1);
 }
 
@@ -1165,4 +1126,72 @@ fn squatters_on_the_predictable_ports_do_not_fail_a_job_with_a_secret() {
         endpoint("0")
     );
     drop(squat);
+}
+
+/// Hostile clients on 127.0.0.2-9: 1,000 connections a second in all to `port` on 127.0.0.1,
+/// each held silent until the other side closes it (never closed first), up to 64 an address.
+/// Connections refused (nothing listens yet) are retried at the same rate. Stops when dropped.
+pub(crate) struct Flood {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    made: Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    pub(crate) fn start(port: u16) -> Flood {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads = (2..=9u8)
+            .map(|last| {
+                let (stop, made) = (stop.clone(), made.clone());
+                std::thread::spawn(move || {
+                    let mut held: Vec<TcpStream> = Vec::new();
+                    let start = Instant::now();
+                    let mut n = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        // 125 a second from each address: 1,000 a second in all.
+                        let due = start + Duration::from_millis(8) * n;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        n += 1;
+                        held.retain(|s| {
+                            s.set_nonblocking(true).unwrap();
+                            let mut b = [0u8; 128];
+                            match (&mut &*s).read(&mut b) {
+                                Ok(0) => false, // closed by node 0
+                                Ok(_) => true,  // its challenge: stay silent
+                                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                            }
+                        });
+                        if held.len() < 64
+                            && let Ok(s) = connect_from(last, port)
+                        {
+                            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            held.push(s);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Flood {
+            stop,
+            made,
+            threads,
+        }
+    }
+
+    /// Connections made so far.
+    pub(crate) fn made(&self) -> usize {
+        self.made.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }

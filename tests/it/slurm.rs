@@ -979,3 +979,57 @@ fn the_shipped_sbatch_does_not_requeue_a_job_signalled_soon_after_its_start() {
     assert_eq!(info["Restarts"], "0", "{}", job.output());
     assert!(job.output().contains("--time"), "{}", job.output());
 }
+
+/// Issue 25 acceptance (items 10, 11): squatters on the job's predictable ports (20000 + id mod
+/// 9000 and 10000 less, bound while the job is held pending) and 1,000 hostile handshakes a second
+/// from 127.0.0.2-9 on its real watch port do not keep a healthy 2-node job from starting,
+/// joining the watch and finishing.
+#[test]
+fn squatters_and_a_handshake_flood_do_not_keep_a_healthy_job_from_finishing() {
+    let Some(s) = slurm("squatters_and_a_handshake_flood_do_not_keep_a_healthy_job_from_finishing")
+    else {
+        return;
+    };
+    let secret = "5a1f0c3e7b9d2f4a6c8e0b2d4f6a8c1e3b5d7f9a0c2e4b6d8f1a3c5e7b9d0f2a";
+    let job = s.submit(
+        "squat-flood",
+        &script(STEP),
+        &["--hold"],
+        &[("FAKE_SLEEP", "5"), ("VLA_LAUNCH_JOB_SECRET", secret)],
+    );
+    // What another user knows: the id, hence the ports it predicts. Bound before the start.
+    let predictable = vla_launch::cluster::port_for_job(&job.id);
+    let squat: Vec<std::net::TcpListener> = [
+        predictable,
+        vla_launch::cluster::peers::watch_port(predictable),
+    ]
+    .iter()
+    .map(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).expect("the predictable port is free"))
+    .collect();
+    // The flood aims at the real watch port (the test knows the secret; an attacker would not).
+    let real = vla_launch::cluster::peers::job_port(&job.id, Some(secret.to_string()));
+    let flood = crate::peer_watch::Flood::start(vla_launch::cluster::peers::watch_port(real));
+    // Nothing listens yet: the flood's connections are refused until node 0 listens.
+    s.run("scontrol", &["release", &job.id]);
+    let info = job.wait_done(Duration::from_secs(120));
+    let out = job.output();
+    let made = flood.made();
+    drop(flood);
+    drop(squat);
+    assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{out}");
+    assert_eq!(info["ExitCode"], "0:0", "{out}");
+    assert!(out.contains("peer watch: node 1 connected"), "{out}");
+    assert!(out.contains("connected to node 0"), "{out}");
+    assert!(
+        out.contains("handshake slots taken"),
+        "the flood never reached node 0's watch ({made} connections):\n{out}"
+    );
+    let ev = job.events();
+    for n in 0..2 {
+        assert!(
+            of(&ev, "exit").any(|e| e["node"] == n && e["code"] == 0),
+            "node {n}'s torchrun did not finish with 0: {ev:#?}\n{out}"
+        );
+    }
+    eprintln!("job {}: finished under {made} hostile connections", job.id);
+}
