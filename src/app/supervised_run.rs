@@ -160,7 +160,13 @@ pub(super) fn launch_once(
     if let Some(watch) = peers {
         // Before this launcher exits: under `srun --kill-on-bad-exit` the other nodes get
         // Slurm's SIGTERM as soon as it has, and must know this node's code by then.
-        watch.finish(status);
+        // torchrun's own code (3), not only the launcher's status (1): the others name it.
+        let torchrun_exit = result
+            .as_ref()
+            .ok()
+            .filter(|o| o.signal.is_none() && o.interrupted_by.is_none())
+            .map_or(status, |o| o.exit_code);
+        watch.finish_reporting(status, torchrun_exit);
     }
     let outcome = result?;
     if let (Some(why), true) = (&stopped_by_peer, status != outcome.process_exit_code()) {
@@ -503,7 +509,11 @@ mod tests {
     }
 
     fn peer(failure: PeerFailure) -> PeerStop {
-        PeerStop { node: 1, failure }
+        PeerStop {
+            node: 1,
+            failure,
+            torchrun_exit: None,
+        }
     }
 
     #[test]

@@ -105,7 +105,8 @@ impl Job {
             why,
             PeerStop {
                 node: 1,
-                failure: PeerFailure::Failed { exit_code: code }
+                failure: PeerFailure::Failed { exit_code: code },
+                torchrun_exit: None,
             }
         );
         for (p, rx) in peers {
@@ -1194,4 +1195,34 @@ impl Drop for Flood {
             let _ = t.join();
         }
     }
+}
+
+/// Issue 25 item 14: a node whose torchrun exited 3 (its launcher exits 1, "training failed")
+/// is named with torchrun's real code on every node, node 2 (told by node 0) included.
+#[test]
+fn a_failed_node_is_named_with_its_torchruns_real_exit_code() {
+    let j = start_job("realcode", 3);
+    let mut peers = j.peers.into_iter();
+    let (p1, _) = peers.next().unwrap();
+    let (p2, rx2) = peers.next().unwrap();
+    while j.hub.joined().len() < 2 || p1.joined().is_empty() || p2.joined().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p1.finish_reporting(1, 3);
+    for why in [
+        j.hub_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        rx2.recv_timeout(Duration::from_secs(10)).unwrap(),
+    ] {
+        assert_eq!(
+            why.exit_code(),
+            Some(1),
+            "the launcher's status decides the job's"
+        );
+        assert_eq!(why.torchrun_exit, Some(3));
+        let said = why.to_string();
+        assert!(said.contains("exited with 3"), "{said}");
+        assert!(!said.contains("ended with exit 1"), "{said}");
+    }
+    p2.finish(143);
+    j.hub.finish(143);
 }

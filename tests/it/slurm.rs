@@ -426,6 +426,9 @@ fn node_1_failing_stops_node_0_within_seconds_and_the_job_fails_with_its_code() 
     };
     assert_eq!(outcome(1)["exit_code"], 3, "{records:#?}");
     outcome(0);
+    // Issue 25 item 14: node 0 names torchrun's real code, not node 1's launcher's 1.
+    assert!(out.contains("its torchrun exited with 3"), "{out}");
+    assert!(!out.contains("training ended with exit 1"), "{out}");
 }
 
 #[test]

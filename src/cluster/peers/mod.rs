@@ -121,11 +121,23 @@ mod tests {
             PeerFailure::Gone,
             PeerFailure::Lost { silent_s: 31 },
         ] {
-            let s = PeerStop { node: 3, failure };
+            let s = PeerStop {
+                node: 3,
+                failure,
+                torchrun_exit: None,
+            };
             let wire = s.wire();
             let words: Vec<&str> = wire.split(' ').collect();
             assert_eq!(PeerStop::parse_wire(&words[1..]), Some(s));
         }
+        let s = PeerStop {
+            node: 2,
+            failure: PeerFailure::Failed { exit_code: 1 },
+            torchrun_exit: Some(3),
+        };
+        let wire = s.wire();
+        let words: Vec<&str> = wire.split(' ').collect();
+        assert_eq!(PeerStop::parse_wire(&words[1..]), Some(s));
     }
 
     #[test]
