@@ -896,6 +896,12 @@ fn scancel_lets_torchrun_use_the_grace() {
             "node {n}'s torchrun was killed before it could stop (5 s) on its own: {ev:#?}\n{out}"
         );
     }
+    // Issue 25 item 14: under Slurm a second SIGTERM does not escalate, and nothing says it would.
+    assert!(!out.contains("again to kill at once"), "{out}");
+    assert!(
+        out.contains("a second SIGTERM does not cut it short"),
+        "{out}"
+    );
 }
 
 /// Issue 13 item 5: on a shared run root, every node keeps its own log and its own record (the

@@ -241,7 +241,13 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
                     process_tree::signal_all([pid], sig);
                     deadline = Some(after(tokio::time::Instant::now(), opts.grace));
                     notes.note(format!("{sig} received: forwarded to torchrun, SIGKILL in {:?}", opts.grace));
-                    tracing::warn!("{sig}: stopping torchrun (again to kill at once; SIGKILL in {:?})", opts.grace);
+                    // Under Slurm a second SIGTERM does not escalate: do not promise it does.
+                    let again = if sig == Signal::SIGTERM && !opts.repeated_sigterm_escalates {
+                        "a second SIGTERM does not cut it short"
+                    } else {
+                        "again to kill at once"
+                    };
+                    tracing::warn!("{sig}: stopping torchrun ({again}; SIGKILL in {:?})", opts.grace);
                 }
                 Some(Signal::SIGTERM) if !opts.repeated_sigterm_escalates => {
                     notes.note("SIGTERM received again (Slurm signals every process of the step, and srun forwards it too): the grace period goes on");
