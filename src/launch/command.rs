@@ -286,8 +286,6 @@ impl EnvList {
     }
 }
 
-pub const MASK: &str = "***";
-
 /// `[A-Za-z_][A-Za-z0-9_]*`: a name every shell and `env` take as a variable name.
 pub fn valid_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -307,10 +305,6 @@ fn excerpt(s: &str) -> String {
         format!("{head:?}... ({} bytes)", s.len())
     }
 }
-
-/// Secrets shorter than this are masked only where they are a whole value: a 3-character
-/// "secret" would otherwise turn every occurrence of, say, "abc" into `***`.
-pub const MIN_MASKED_SUBSTRING: usize = 6;
 
 /// Every value that must not be printed or recorded: those of secret-named variables of the
 /// command and of `inherited` (the user's environment, where `${HF_TOKEN}` in a profile comes
@@ -344,17 +338,6 @@ pub fn secret_values(cmd: &LaunchCommand, inherited: &BTreeMap<String, String>) 
     out.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     out.dedup();
     out
-}
-
-/// Shortest value masked by value (names mask shorter ones where they appear).
-pub const MIN_MASKED_VALUE: usize = 4;
-
-fn maskable_value(v: &str) -> bool {
-    const SWITCHES: &[&str] = &["true", "false", "yes", "no", "on", "off", "none", "null"];
-    v.chars().count() >= MIN_MASKED_VALUE
-        && !SWITCHES.iter().any(|w| v.eq_ignore_ascii_case(w))
-        // Ports, counts and sizes; a long number may well be a key.
-        && !(v.len() < 8 && v.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A copy of `cmd` with secrets masked: secret-named variables and flag values by name, and
@@ -401,29 +384,6 @@ pub fn mask(cmd: &LaunchCommand, secrets: &[String]) -> LaunchCommand {
         args,
         ..cmd.clone()
     }
-}
-
-fn mask_bytes(value: &[u8], secrets: &[String]) -> Vec<u8> {
-    if secrets.iter().any(|s| s.as_bytes() == value) {
-        return MASK.as_bytes().to_vec();
-    }
-    let mut out = value.to_vec();
-    for s in secrets
-        .iter()
-        .filter(|s| s.chars().count() >= MIN_MASKED_SUBSTRING)
-    {
-        let needle = s.as_bytes();
-        let mut masked = Vec::with_capacity(out.len());
-        let mut rest = &out[..];
-        while let Some(at) = memchr::memmem::find(rest, needle) {
-            masked.extend_from_slice(&rest[..at]);
-            masked.extend_from_slice(MASK.as_bytes());
-            rest = &rest[at + needle.len()..];
-        }
-        masked.extend_from_slice(rest);
-        out = masked;
-    }
-    out
 }
 
 /// The launcher's own environment's variables (for [`secret_values`]).
@@ -519,7 +479,11 @@ mod quote;
 mod redact;
 use quote::{quote_arg, quote_forced};
 pub use quote::{quote_bytes, quote_expanding, shell_quote};
-pub use redact::{RedactingWriter, is_secret, mask_credentials, mask_url_passwords, redact_text};
+pub use redact::{
+    MASK, MIN_MASKED_SUBSTRING, MIN_MASKED_VALUE, RedactingWriter, is_secret, mask_credentials,
+    mask_url_passwords, redact_text,
+};
+use redact::{mask_bytes, maskable_value};
 
 #[cfg(test)]
 mod tests;

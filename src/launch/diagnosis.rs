@@ -18,8 +18,6 @@ pub enum DiagnosisKind {
     MissingPath,
     UnknownFlag,
     ImportError,
-    /// torchrun itself was killed by a signal from outside the run (`kill -9`, a job limit).
-    Killed,
 }
 
 /// The best evidence of what the failed run needed on its worst GPU: the NVML peak, or what torch
@@ -59,9 +57,6 @@ pub enum Details {
     CudaOom(OomDetails),
     HostOom {
         exit_code: i32,
-    },
-    Killed {
-        signal: i32,
     },
     Nccl {
         op: Option<String>,
@@ -483,23 +478,13 @@ fn host_oom_from_summary(lines: &[Line], cause: &RootCause) -> Option<Diagnosis>
 }
 
 fn host_oom_from_exit(lines: &[Line], exit_code: i32, signal: Option<i32>) -> Option<Diagnosis> {
+    // Not a signal to torchrun itself (`kill -9`, a job limit): the OOM killer picks the largest
+    // process, a training rank, which torchrun reports as exitcode -9 (issue 25 item 14).
+    let killed = signal.is_none() && (exit_code == 137 || exit_code == -9);
     let traceback = lines
         .iter()
         .any(|l| l.text.contains("Traceback (most recent call last)"));
-    if signal == Some(9) && !traceback {
-        // torchrun itself (the launcher's child) got SIGKILL. The OOM killer picks the largest
-        // process, a training rank (torchrun then reports its exitcode -9), not torchrun's agent.
-        return Some(Diagnosis {
-            kind: DiagnosisKind::Killed,
-            rank: None,
-            summary: "torchrun itself was killed by SIGKILL from outside the run (`kill -9`, a job or cgroup limit, an administrator), not by the training failing.".into(),
-            hint: "Nothing in the training failed: find who sent it (a job time or memory limit in the scheduler's log, a watchdog, a person), then launch again (--resume continues from the newest checkpoint).".into(),
-            details: Details::Killed { signal: 9 },
-            evidence: format!("torchrun ended by signal 9 (exit code {exit_code})"),
-        });
-    }
-    let killed = exit_code == 137 || exit_code == -9;
-    if !killed || traceback || signal.is_some() {
+    if !killed || traceback {
         return None;
     }
     Some(Diagnosis {

@@ -303,16 +303,9 @@ fn sigkill_without_traceback_is_host_oom_but_with_one_is_not() {
     }
     // Issue 25 item 14: torchrun itself killed by SIGKILL (`kill -9`, a job or cgroup limit) is
     // not the OOM killer's work (it picks the largest process: a training rank, whose loss
-    // torchrun reports as exitcode -9): no out-of-memory hint.
+    // torchrun reports as exitcode -9): no out-of-memory hint (the summary line says signal 9).
     for exit in [137, 0] {
-        let d = diagnose(progress, exit, Some(9)).expect("a diagnosis");
-        assert_eq!(d.kind, DiagnosisKind::Killed, "{d:?}");
-        assert!(d.summary.contains("torchrun itself"), "{}", d.summary);
-        assert!(
-            !d.hint.contains("oom") && !d.hint.contains("RAM"),
-            "{}",
-            d.hint
-        );
+        assert_eq!(diagnose(progress, exit, Some(9)), None);
     }
     let with_traceback =
         b"Traceback (most recent call last):\n  File \"x.py\", line 3\nKeyboardInterrupt\n";

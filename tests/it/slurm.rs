@@ -1016,7 +1016,7 @@ fn squatters_and_a_handshake_flood_do_not_keep_a_healthy_job_from_finishing() {
     .map(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).expect("the predictable port is free"))
     .collect();
     // The flood aims at the real watch port (the test knows the secret; an attacker would not).
-    let real = vla_launch::cluster::peers::job_port(&job.id, Some(secret.to_string()));
+    let real = vla_launch::cluster::job_port(&job.id, Some(secret));
     let flood = crate::peer_watch::Flood::start(vla_launch::cluster::peers::watch_port(real));
     // Nothing listens yet: the flood's connections are refused until node 0 listens.
     s.run("scontrol", &["release", &job.id]);

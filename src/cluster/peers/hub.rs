@@ -9,28 +9,6 @@ use std::time::{Duration, Instant};
 
 use super::{config::*, secret::*, shared::*, wire::*};
 
-/// The connections in their handshake on node 0, by arrival. Each holds a clone of its socket,
-/// so that a slot can be taken back (the socket shut down: its thread's read ends at once).
-#[derive(Default)]
-pub(super) struct Pending {
-    entries: Vec<PendingEntry>,
-    next_id: u64,
-    /// Slots taken back from the busiest address so far (said once).
-    evicted: u64,
-}
-
-struct PendingEntry {
-    id: u64,
-    ip: std::net::IpAddr,
-    stream: TcpStream,
-}
-
-impl Pending {
-    fn count(&self, ip: std::net::IpAddr) -> usize {
-        self.entries.iter().filter(|e| e.ip == ip).count()
-    }
-}
-
 /// Holds one handshake slot; frees it when dropped.
 pub(super) struct PendingSlot {
     pub(super) shared: Arc<Shared>,

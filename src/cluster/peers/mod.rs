@@ -69,8 +69,7 @@ pub use config::{
     PING_EVERY, SECRET_ENV, SECRET_WAIT, SILENCE_LIMIT, Timing,
 };
 pub use ports::{
-    PortTaken, check_port_free, check_rendezvous_port, job_port, rendezvous_host_warning,
-    watch_port,
+    PortTaken, check_port_free, check_rendezvous_port, rendezvous_host_warning, watch_port,
 };
 pub use secret::{JobSecret, SecretError};
 pub use start::{job_secret, start_node_watch};
@@ -95,19 +94,20 @@ mod tests {
     /// node computes the same, and it stays in the derived range.
     #[test]
     fn job_ports_come_from_the_secret_when_there_is_one() {
-        let a = Some("a".repeat(40));
-        let b = Some("b".repeat(40));
+        use crate::cluster::job_port;
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let (a, b) = (Some(a.as_str()), Some(b.as_str()));
         let mut differ = 0;
         for id in ["1", "4646", "123456", "99999"] {
-            let p = job_port(id, a.clone());
-            assert_eq!(p, job_port(id, a.clone()));
+            let p = job_port(id, a);
+            assert_eq!(p, job_port(id, a));
             assert!((20_000..29_000).contains(&p), "{p}");
             differ += usize::from(p != crate::cluster::port_for_job(id));
-            differ += usize::from(p != job_port(id, b.clone()));
+            differ += usize::from(p != job_port(id, b));
             assert_eq!(job_port(id, None), crate::cluster::port_for_job(id));
             // Too short to be a secret: the id's port, as without one.
             assert_eq!(
-                job_port(id, Some("short".into())),
+                job_port(id, Some("short")),
                 crate::cluster::port_for_job(id)
             );
         }

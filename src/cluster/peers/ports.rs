@@ -14,27 +14,6 @@ pub fn watch_port(rdzv_port: u16) -> u16 {
     }
 }
 
-/// A Slurm job's rendezvous port (its watch port is [`watch_port`] of it). From the job's secret
-/// (`VLA_LAUNCH_JOB_SECRET`, which every node of the job has and other users cannot read) when
-/// there is one: `20000 + HMAC(secret, "rdzv-port", job id) mod 9000`, so another user who reads
-/// the pending job's id in `squeue` cannot bind the job's ports before it starts (issue 25 item
-/// 11). Without a secret: `20000 + job id mod 9000` ([`crate::cluster::port_for_job`]), which is
-/// predictable, and the launcher says so.
-pub fn job_port(job_id: &str, secret: Option<String>) -> u16 {
-    use crate::cluster::{PORT_BASE, PORT_SPAN};
-    use hmac::Mac;
-    match secret.and_then(|s| super::JobSecret::from_env_value(&s).ok()) {
-        Some(secret) => {
-            let mac = super::secret::mac_of(&secret.0, &["rdzv-port", job_id.trim()])
-                .finalize()
-                .into_bytes();
-            let n = u64::from_be_bytes(mac[..8].try_into().expect("32 bytes"));
-            PORT_BASE + (n % u64::from(PORT_SPAN)) as u16
-        }
-        None => crate::cluster::port_for_job(job_id),
-    }
-}
-
 /// `Err` when something already listens on `port` on this host (all interfaces), e.g. node 0's
 /// rendezvous port before torchrun is started.
 pub fn check_port_free(port: u16) -> io::Result<()> {

@@ -8,7 +8,45 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use super::MASK;
+pub const MASK: &str = "***";
+
+/// Secrets shorter than this are masked only where they are a whole value: a 3-character
+/// "secret" would otherwise turn every occurrence of, say, "abc" into `***`.
+pub const MIN_MASKED_SUBSTRING: usize = 6;
+
+/// Shortest value masked by value (names mask shorter ones where they appear).
+pub const MIN_MASKED_VALUE: usize = 4;
+
+pub(super) fn maskable_value(v: &str) -> bool {
+    const SWITCHES: &[&str] = &["true", "false", "yes", "no", "on", "off", "none", "null"];
+    v.chars().count() >= MIN_MASKED_VALUE
+        && !SWITCHES.iter().any(|w| v.eq_ignore_ascii_case(w))
+        // Ports, counts and sizes; a long number may well be a key.
+        && !(v.len() < 8 && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+pub(super) fn mask_bytes(value: &[u8], secrets: &[String]) -> Vec<u8> {
+    if secrets.iter().any(|s| s.as_bytes() == value) {
+        return MASK.as_bytes().to_vec();
+    }
+    let mut out = value.to_vec();
+    for s in secrets
+        .iter()
+        .filter(|s| s.chars().count() >= MIN_MASKED_SUBSTRING)
+    {
+        let needle = s.as_bytes();
+        let mut masked = Vec::with_capacity(out.len());
+        let mut rest = &out[..];
+        while let Some(at) = memchr::memmem::find(rest, needle) {
+            masked.extend_from_slice(&rest[..at]);
+            masked.extend_from_slice(MASK.as_bytes());
+            rest = &rest[at + needle.len()..];
+        }
+        masked.extend_from_slice(rest);
+        out = masked;
+    }
+    out
+}
 
 /// Words that make a name a secret wherever they stand (`GITHUB_PAT`, `MY_AUTH`, `X_API_KEY`).
 const SECRET_WORDS: &[&str] = &[
@@ -228,7 +266,7 @@ pub fn mask_credentials(value: &str) -> Cow<'_, str> {
 pub fn redact_text(text: &str) -> String {
     let secrets = process_secret_values();
     let masked = mask_credentials(text);
-    let bytes = super::mask_bytes(masked.as_bytes(), &secrets);
+    let bytes = mask_bytes(masked.as_bytes(), &secrets);
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
@@ -236,9 +274,9 @@ pub fn redact_text(text: &str) -> String {
 fn process_secret_values() -> Vec<String> {
     let mut out: Vec<String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, v)| is_secret(k) && v.chars().count() >= super::MIN_MASKED_SUBSTRING)
+        .filter(|(k, v)| is_secret(k) && v.chars().count() >= MIN_MASKED_SUBSTRING)
         .map(|(_, v)| v)
-        .filter(|v| super::maskable_value(v))
+        .filter(|v| maskable_value(v))
         .collect();
     out.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     out.dedup();
