@@ -473,6 +473,29 @@ pub fn load(path: &Path) -> Result<Store, CalibrationError> {
     }
 }
 
+/// Creates the cache directory and its missing parents 0700: it names the user's scripts,
+/// Python and runs (issue 25 item 16). A directory that exists keeps its mode.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes a new cache file 0600 (a temporary file, renamed into place by the caller).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
 /// Writes the store atomically (temporary file + rename), creating its directory.
 pub fn save(store: &Store, path: &Path) -> Result<(), CalibrationError> {
     let err = |source| CalibrationError::Write {
@@ -480,10 +503,10 @@ pub fn save(store: &Store, path: &Path) -> Result<(), CalibrationError> {
         source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        create_private_dir(dir).map_err(err)?;
     }
     let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, store.to_json()).map_err(err)?;
+    write_private(&tmp, store.to_json().as_bytes()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(e)

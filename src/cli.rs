@@ -114,7 +114,8 @@ Examples:
         /// The torchrun the record may run, when the launch used --torchrun (default: the profile's).
         #[arg(long, value_name = "PATH")]
         torchrun: Option<PathBuf>,
-        /// The profile to check the record against (default: the one the record names).
+        /// The profile to check the record against (default: the built-in or installed profile
+        /// of the record's name; never a file the record names).
         #[arg(long, short = 'p')]
         profile: Option<String>,
         /// Run the record's program, variables and directory even where they are not what the

@@ -25,7 +25,10 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| EnvFilter::new(format!("vla_launch={default},warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| vla_launch::launch::term::LossyStderr)
+        // No log line quotes a credential back (a `--set` value that is a token).
+        .with_writer(|| {
+            vla_launch::launch::command::RedactingWriter(vla_launch::launch::term::LossyStderr)
+        })
         .with_ansi(std::io::stderr().is_terminal() && !no_color())
         .with_target(false)
         .without_time()
@@ -64,8 +67,9 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap quotes the offending argument whole: bound what it echoes (help and version
             // output, and ordinary errors, are printed as clap prints them).
-            let plain = e.render().to_string();
-            if plain.lines().all(|l| l.chars().count() <= 300) {
+            let rendered = e.render().to_string();
+            let plain = vla_launch::launch::command::redact_text(&rendered);
+            if plain == rendered && plain.lines().all(|l| l.chars().count() <= 300) {
                 e.exit();
             }
             vla_launch::eprint_lossy!("{}", vla_launch::input::bound_lines(&plain, 300));
@@ -78,7 +82,11 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = err.exit_code();
             // anyhow prints the error with its causes, as one line.
-            vla_launch::eprintln_lossy!("error: {:#}", anyhow::Error::from(err));
+            let message = format!("{:#}", anyhow::Error::from(err));
+            vla_launch::eprintln_lossy!(
+                "error: {}",
+                vla_launch::launch::command::redact_text(&message)
+            );
             code
         }
     };

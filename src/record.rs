@@ -298,12 +298,23 @@ pub enum RecordError {
 pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking open: a FIFO nobody reads fails at once (ENXIO) instead of blocking forever.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
+    if !f.metadata()?.is_file() {
+        // A FIFO with a reader, a terminal: write as a blocking file does.
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor this function owns.
+        unsafe {
+            let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
     // A file that existed keeps its mode through `open`: set it, before the content goes in
     // (regular files only: `-o /dev/stdout` must not chmod the terminal).
     if f.metadata()?.is_file() {
@@ -467,7 +478,9 @@ impl PlanRecord {
     /// it), newline-terminated.
     pub fn to_json_pretty(&self) -> String {
         let value = serde_json::to_value(self).expect("a plan record always serializes");
-        serde_json::to_string_pretty(&value).expect("a JSON value always serializes") + "\n"
+        let text = serde_json::to_string_pretty(&value).expect("a JSON value always serializes");
+        // Warnings and the topology quote values as given (an endpoint with a password).
+        crate::launch::command::redact_text(&text) + "\n"
     }
 
     /// The argv to replay, or the error naming the record.

@@ -13,6 +13,7 @@ mod slurm;
 mod supervised_run;
 mod torchrun;
 
+pub use commands::replay::{Refusal, ReplayCheck, replay_command};
 pub use error::{AppError, ExitCode};
 
 use crate::cli::{Cli, Command};

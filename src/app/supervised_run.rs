@@ -267,7 +267,13 @@ fn supervise(p: Prepared) -> Supervised {
     if let Some(watch) = p.peers {
         // Before this launcher exits: under `srun --kill-on-bad-exit` the other nodes get
         // Slurm's SIGTERM as soon as it has, and must know this node's code by then.
-        watch.finish(status);
+        // torchrun's own code (3), not only the launcher's status (1): the others name it.
+        let torchrun_exit = result
+            .as_ref()
+            .ok()
+            .filter(|o| o.signal.is_none() && o.interrupted_by.is_none())
+            .map_or(status, |o| o.exit_code);
+        watch.finish_reporting(status, torchrun_exit);
     }
     Supervised {
         claimed: p.claimed,

@@ -8,6 +8,6 @@ mod topology;
 pub use error::ClusterError;
 pub use hostlist::{MAX_HOSTS, parse_hostlist};
 pub use topology::{
-    DEFAULT_C10D_PORT, PORT_BASE, PORT_SPAN, Rendezvous, Topology, TopologyFlags, port_for_job,
-    topology_from_env, topology_from_process_env,
+    DEFAULT_C10D_PORT, JOB_SECRET_ENV, JOB_SECRET_MIN_LEN, PORT_BASE, PORT_SPAN, Rendezvous,
+    Topology, TopologyFlags, job_port, port_for_job, topology_from_env, topology_from_process_env,
 };

@@ -59,6 +59,33 @@ pub const PORT_SPAN: u16 = 9_000;
 /// torchrun's default c10d port, used when nothing names or derives one.
 pub const DEFAULT_C10D_PORT: u16 = 29_400;
 
+/// The variable that carries a job's secret (the peer watch's: `cluster::peers`).
+pub const JOB_SECRET_ENV: &str = "VLA_LAUNCH_JOB_SECRET";
+/// Shortest secret taken (characters, surrounding space trimmed).
+pub const JOB_SECRET_MIN_LEN: usize = 32;
+
+/// A Slurm job's rendezvous port (its peer-watch port is 10000 less). From the job's secret
+/// ([`JOB_SECRET_ENV`], which every node of the job has and other users cannot read) when there
+/// is one: `PORT_BASE + HMAC-SHA256(secret, "vla-launch rdzv-port", job id) mod PORT_SPAN`, so
+/// another user who reads the pending job's id in `squeue` cannot bind the job's ports before it
+/// starts (issue 25 item 11). Without a secret: [`port_for_job`], predictable.
+pub fn job_port(job_id: &str, secret: Option<&str>) -> u16 {
+    use hmac::Mac;
+    let Some(key) = secret
+        .map(str::trim)
+        .filter(|s| s.len() >= JOB_SECRET_MIN_LEN)
+    else {
+        return port_for_job(job_id);
+    };
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(b"vla-launch rdzv-port\0");
+    mac.update(job_id.trim().as_bytes());
+    let bytes = mac.finalize().into_bytes();
+    let n = u64::from_be_bytes(bytes[..8].try_into().expect("32 bytes"));
+    PORT_BASE + (n % u64::from(PORT_SPAN)) as u16
+}
+
 /// The command-line side: `--nnodes`, `--node-rank`, `--rdzv-endpoint HOST[:PORT]`, `--rdzv-port`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopologyFlags {
@@ -422,7 +449,10 @@ pub fn topology_from_env(
     let port = endpoint_port
         .or(flags.rdzv_port)
         .or(master_port)
-        .or(slurm.as_ref().map(|s| port_for_job(&s.job_id)))
+        // Derived from the job's secret where it has one: not guessable (issue 25 item 11).
+        .or(slurm
+            .as_ref()
+            .map(|s| job_port(&s.job_id, env.get(JOB_SECRET_ENV).as_deref())))
         .unwrap_or(DEFAULT_C10D_PORT);
 
     // Every node must present the same id; the Slurm job id is shared by all of them, and

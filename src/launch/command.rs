@@ -198,10 +198,16 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
         push(&rdzv.endpoint);
         push("--rdzv-id");
         push(&rdzv.id);
-        if topo.node_rank == 0 && topo.slurm_job_id.is_some() && rdzv.backend == "c10d" {
-            // Slurm's node 0 hosts the c10d store even where its node name is not its hostname.
+        if topo.slurm_job_id.is_some() && rdzv.backend == "c10d" {
+            // Slurm's node 0 hosts the c10d store even where its node name is not its hostname;
+            // the others never do, even where node 0's name resolves to one of their addresses
+            // (torchrun would otherwise race node 0 for the port: EADDRINUSE).
             push("--rdzv-conf");
-            push("is_host=1");
+            push(if topo.node_rank == 0 {
+                "is_host=1"
+            } else {
+                "is_host=0"
+            });
         }
         push("--max-restarts");
         push(&spec.max_restarts.to_string());
@@ -280,23 +286,6 @@ impl EnvList {
     }
 }
 
-/// Whether a variable (or a `--flag` name) holds a credential that must never be printed or
-/// recorded. Matches by convention, so it errs towards masking.
-pub fn is_secret(name: &str) -> bool {
-    let upper = name
-        .trim_start_matches('-')
-        .to_ascii_uppercase()
-        .replace('-', "_");
-    const SUFFIXES: &[&str] = &["_TOKEN", "_KEY", "_SECRET", "_CREDENTIALS", "_PASS"];
-    const EXACT: &[&str] = &["TOKEN", "SECRET", "API_KEY", "WANDB_API_KEY", "HF_TOKEN"];
-    const INFIXES: &[&str] = &["PASSWORD", "PASSWD", "SECRET", "ACCESS_KEY", "API_KEY"];
-    EXACT.contains(&upper.as_str())
-        || SUFFIXES.iter().any(|s| upper.ends_with(s))
-        || INFIXES.iter().any(|s| upper.contains(s))
-}
-
-pub const MASK: &str = "***";
-
 /// `[A-Za-z_][A-Za-z0-9_]*`: a name every shell and `env` take as a variable name.
 pub fn valid_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -316,10 +305,6 @@ fn excerpt(s: &str) -> String {
         format!("{head:?}... ({} bytes)", s.len())
     }
 }
-
-/// Secrets shorter than this are masked only where they are a whole value: a 3-character
-/// "secret" would otherwise turn every occurrence of, say, "abc" into `***`.
-pub const MIN_MASKED_SUBSTRING: usize = 6;
 
 /// Every value that must not be printed or recorded: those of secret-named variables of the
 /// command and of `inherited` (the user's environment, where `${HF_TOKEN}` in a profile comes
@@ -355,17 +340,6 @@ pub fn secret_values(cmd: &LaunchCommand, inherited: &BTreeMap<String, String>) 
     out
 }
 
-/// Shortest value masked by value (names mask shorter ones where they appear).
-pub const MIN_MASKED_VALUE: usize = 4;
-
-fn maskable_value(v: &str) -> bool {
-    const SWITCHES: &[&str] = &["true", "false", "yes", "no", "on", "off", "none", "null"];
-    v.chars().count() >= MIN_MASKED_VALUE
-        && !SWITCHES.iter().any(|w| v.eq_ignore_ascii_case(w))
-        // Ports, counts and sizes; a long number may well be a key.
-        && !(v.len() < 8 && v.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// A copy of `cmd` with secrets masked: secret-named variables and flag values by name, and
 /// every value in `secrets` (from [`secret_values`]) wherever it appears, as a whole value or,
 /// from [`MIN_MASKED_SUBSTRING`] characters on, inside one. Use it before printing or recording.
@@ -377,7 +351,8 @@ pub fn mask(cmd: &LaunchCommand, secrets: &[String]) -> LaunchCommand {
             let shown = if is_secret(k) {
                 MASK.to_string()
             } else {
-                String::from_utf8_lossy(&mask_bytes(v.as_bytes(), secrets)).into_owned()
+                let v = String::from_utf8_lossy(&mask_bytes(v.as_bytes(), secrets)).into_owned();
+                mask_credentials(&v).into_owned()
             };
             (k.clone(), shown)
         })
@@ -396,7 +371,11 @@ pub fn mask(cmd: &LaunchCommand, secrets: &[String]) -> LaunchCommand {
             }
             _ => {
                 secret_flag = text.starts_with("--") && is_secret(&text);
-                args.push(OsString::from_vec(mask_bytes(arg.as_bytes(), secrets)));
+                let masked = mask_bytes(arg.as_bytes(), secrets);
+                args.push(match std::str::from_utf8(&masked) {
+                    Ok(t) => OsString::from(mask_credentials(t).into_owned()),
+                    Err(_) => OsString::from_vec(masked),
+                });
             }
         }
     }
@@ -405,29 +384,6 @@ pub fn mask(cmd: &LaunchCommand, secrets: &[String]) -> LaunchCommand {
         args,
         ..cmd.clone()
     }
-}
-
-fn mask_bytes(value: &[u8], secrets: &[String]) -> Vec<u8> {
-    if secrets.iter().any(|s| s.as_bytes() == value) {
-        return MASK.as_bytes().to_vec();
-    }
-    let mut out = value.to_vec();
-    for s in secrets
-        .iter()
-        .filter(|s| s.chars().count() >= MIN_MASKED_SUBSTRING)
-    {
-        let needle = s.as_bytes();
-        let mut masked = Vec::with_capacity(out.len());
-        let mut rest = &out[..];
-        while let Some(at) = memchr::memmem::find(rest, needle) {
-            masked.extend_from_slice(&rest[..at]);
-            masked.extend_from_slice(MASK.as_bytes());
-            rest = &rest[at + needle.len()..];
-        }
-        masked.extend_from_slice(rest);
-        out = masked;
-    }
-    out
 }
 
 /// The launcher's own environment's variables (for [`secret_values`]).
@@ -441,11 +397,21 @@ fn process_vars() -> BTreeMap<String, String> {
 /// every secret masked by name and by value (see [`mask`]; the values of the launcher's own
 /// secret-named variables included). Never executed.
 ///
-/// Unlike [`render`], it is for pasting: no `cd` when the directory is the current one, and a
-/// `${NAME}` placeholder left unset by the plan is printed double-quoted (`"${NAME}"`) so that the
-/// pasting shell expands it; every other byte is quoted exactly as `render` quotes it.
+/// Unlike [`render`], it is for pasting: no `cd` when the directory is the current one; every
+/// byte is quoted exactly as `render` quotes it, so a pasted `${NAME}` or `$(...)` in a value
+/// stays literal (issue 25 item 15: a `${HF_TOKEN}` would pass the pasting shell's token).
 pub fn display(cmd: &LaunchCommand) -> String {
-    render_with(&masked(cmd), true)
+    render_with(&masked(cmd), true, &|_| false)
+}
+
+/// [`display`] for a plan that left profile placeholders unset (`missing`: (field, variable), as
+/// `Resolved::missing` gives them): a `${NAME}` of one of those variables is printed
+/// double-quoted (`"${NAME}"`) so that the pasting shell expands it; any other `${...}` stays
+/// literal.
+pub fn display_with_unset(cmd: &LaunchCommand, missing: &[(String, String)]) -> String {
+    render_with(&masked(cmd), true, &|name| {
+        missing.iter().any(|(_, var)| var == name)
+    })
 }
 
 /// `cmd` with every secret masked, by name and by value, the launcher's own secret-named
@@ -459,13 +425,14 @@ pub fn masked(cmd: &LaunchCommand) -> LaunchCommand {
 /// hold (env names included), and it holds no control character. Variable names that are not
 /// shell names (only a record can hold them: `build` refuses them) are passed through `env`.
 pub fn render(cmd: &LaunchCommand) -> String {
-    render_with(cmd, false)
+    render_with(cmd, false, &|_| false)
 }
 
-fn render_with(cmd: &LaunchCommand, for_paste: bool) -> String {
+/// `expand`: the variables whose `${NAME}` the pasting shell is to expand.
+fn render_with(cmd: &LaunchCommand, for_paste: bool, expand: &dyn Fn(&str) -> bool) -> String {
     let quote_value = |b: &[u8]| {
         if for_paste {
-            quote_expanding(b)
+            quote_expanding(b, expand)
         } else {
             quote_bytes(b)
         }
@@ -509,8 +476,14 @@ fn render_with(cmd: &LaunchCommand, for_paste: bool) -> String {
 }
 
 mod quote;
+mod redact;
 use quote::{quote_arg, quote_forced};
 pub use quote::{quote_bytes, quote_expanding, shell_quote};
+pub use redact::{
+    MASK, MIN_MASKED_SUBSTRING, MIN_MASKED_VALUE, RedactingWriter, is_secret, mask_credentials,
+    mask_url_passwords, redact_text,
+};
+use redact::{mask_bytes, maskable_value};
 
 #[cfg(test)]
 mod tests;

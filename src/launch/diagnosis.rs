@@ -478,7 +478,9 @@ fn host_oom_from_summary(lines: &[Line], cause: &RootCause) -> Option<Diagnosis>
 }
 
 fn host_oom_from_exit(lines: &[Line], exit_code: i32, signal: Option<i32>) -> Option<Diagnosis> {
-    let killed = signal == Some(9) || exit_code == 137 || exit_code == -9;
+    // Not a signal to torchrun itself (`kill -9`, a job limit): the OOM killer picks the largest
+    // process, a training rank, which torchrun reports as exitcode -9 (issue 25 item 14).
+    let killed = signal.is_none() && (exit_code == 137 || exit_code == -9);
     let traceback = lines
         .iter()
         .any(|l| l.text.contains("Traceback (most recent call last)"));

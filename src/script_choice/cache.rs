@@ -40,12 +40,13 @@ pub(super) fn put<E: Serialize + DeserializeOwned>(
     entries.push(entry);
     let over = entries.len().saturating_sub(max);
     entries.drain(..over);
+    // Private (issue 25 item 16): 0700 directory, 0600 file, like the calibration store.
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::calibration::create_private_dir(dir)?;
     }
     let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
     let file = CacheFile { version, entries };
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
+    crate::calibration::write_private(&tmp, &serde_json::to_vec_pretty(&file)?)?;
     std::fs::rename(&tmp, path)
 }
 

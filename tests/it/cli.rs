@@ -1120,10 +1120,11 @@ fn replay_of_a_record_written_before_format_versions_and_refusal_of_a_newer_one(
     std::fs::write(&path, &old).unwrap();
     let argv_file = dir.path().join("argv.json");
     // The launch used --torchrun; replay is told so (else it refuses a program that is not the
-    // profile's torchrun).
+    // profile's torchrun). Its `-- --run_id_note x` is not the profile's: run as recorded.
     let out = bin()
         .arg("replay")
         .arg(&path)
+        .arg("--trust-record")
         .arg("--torchrun")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_torchrun"))
         .env("FAKE_RECORD", &argv_file)

@@ -297,9 +297,15 @@ fn details_of_nccl_and_flags() {
 fn sigkill_without_traceback_is_host_oom_but_with_one_is_not() {
     let progress =
         b"  3%|3         | 3001/100005 [31:02<16:43:10,  1.61it/s]\r  3%|3         | 3002/100005";
-    for (exit, signal) in [(137, None), (-9, None), (0, Some(9))] {
+    for (exit, signal) in [(137, None), (-9, None)] {
         let d = diagnose(progress, exit, signal).unwrap_or_else(|| panic!("{exit} {signal:?}"));
         assert_eq!((d.kind, d.rank), (DiagnosisKind::HostOom, None));
+    }
+    // Issue 25 item 14: torchrun itself killed by SIGKILL (`kill -9`, a job or cgroup limit) is
+    // not the OOM killer's work (it picks the largest process: a training rank, whose loss
+    // torchrun reports as exitcode -9): no out-of-memory hint (the summary line says signal 9).
+    for exit in [137, 0] {
+        assert_eq!(diagnose(progress, exit, Some(9)), None);
     }
     let with_traceback =
         b"Traceback (most recent call last):\n  File \"x.py\", line 3\nKeyboardInterrupt\n";

@@ -105,7 +105,8 @@ impl Job {
             why,
             PeerStop {
                 node: 1,
-                failure: PeerFailure::Failed { exit_code: code }
+                failure: PeerFailure::Failed { exit_code: code },
+                torchrun_exit: None,
             }
         );
         for (p, rx) in peers {
@@ -777,7 +778,8 @@ fn the_launcher_exits_4_when_node_0s_ports_are_taken() {
 
 /// Item 4: on Slurm's node 0, torchrun is told to host the rendezvous store itself
 /// (`--rdzv-conf is_host=1`, torchrun 2.x spelling), so node names that are not the host's own
-/// name still work; other nodes are not.
+/// name still work; the other nodes are told not to (issue 25 item 12: where node 0's name
+/// resolves to a local address, another node's torchrun would race node 0 to host it).
 #[test]
 fn slurm_node_0_hosts_the_rendezvous_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -793,7 +795,7 @@ fn slurm_node_0_hosts_the_rendezvous_store() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     assert!(cmd("0").contains("--rdzv-conf is_host=1"), "{}", cmd("0"));
-    assert!(!cmd("1").contains("is_host"));
+    assert!(cmd("1").contains("--rdzv-conf is_host=0"), "{}", cmd("1"));
 }
 
 /// Item 2: `accept` failing (EMFILE: the process is out of file descriptors) does not turn the
@@ -922,6 +924,12 @@ fn a_peer_stop_is_recorded_with_its_structured_cause() {
         "node 0 ran on: {e0}"
     );
     assert!(e0.contains("node 1's training ended with exit 134"), "{e0}");
+    // Issue 25 item 14: a job without the secret variable is told what that costs, once.
+    assert_eq!(
+        e0.matches("VLA_LAUNCH_JOB_SECRET is not set").count(),
+        1,
+        "{e0}"
+    );
     let record = std::fs::read_dir(dir.path().join("logs0"))
         .unwrap()
         .flatten()
@@ -1019,4 +1027,202 @@ fn one_address_cannot_take_every_handshake_slot() {
     assert_eq!(welcomed, 1, "node 1 never got a handshake slot");
     let _ = rx.recv_timeout(Duration::from_secs(5));
     hub.finish(0);
+}
+
+/// Issue 25 item 10: 1,000 hostile handshakes a second from 8 local addresses (127.0.0.2-9),
+/// each holding its connections silent, do not keep node 1 out of the watch: it joins, and a
+/// failure it reports still reaches node 0.
+#[test]
+fn a_handshake_flood_from_eight_addresses_does_not_keep_a_node_out() {
+    let (on_stop, hub_rx) = recorder();
+    // A real job's 10 s to authenticate: the flood's connections hold their slots that long.
+    let mut slow = job("flood8", 2);
+    slow.timing.auth_deadline = Duration::from_secs(10);
+    let hub = PeerWatch::hub(slow.clone(), 0, on_stop).unwrap();
+    let port = hub.port().unwrap();
+    let flood = Flood::start(port);
+    // The flood is on before node 1 starts.
+    while flood.made() < 200 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (on_stop, _p1_rx) = recorder();
+    let p1 = PeerWatch::peer(slow, 1, "127.0.0.1", port, on_stop).unwrap();
+    let joined = Instant::now();
+    while hub.joined() != [1] || p1.joined() != [0] {
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "node 1 kept out of the watch for 60 s by {} hostile connections",
+            flood.made()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "node 1 joined {:?} after it started, {} hostile connections so far",
+        joined.elapsed(),
+        flood.made()
+    );
+    p1.finish(7);
+    let why = hub_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("node 1's failure reaches node 0 under the flood");
+    assert_eq!(why.exit_code(), Some(7), "{why}");
+    drop(flood);
+    hub.finish(1);
+}
+
+/// Issue 25 item 11: the ports of a job are `20000 + id mod 9000` (rendezvous) and 10000 less
+/// (watch), and a pending job's id is public (squeue): another user who binds both before the job
+/// starts must not fail it. With the job's secret (the shipped sbatch makes one) the ports are
+/// derived from it, which other users cannot read: two real launchers start, join the watch and
+/// finish with 0 while squatters hold the predictable ports.
+#[test]
+fn squatters_on_the_predictable_ports_do_not_fail_a_job_with_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let job_id = "4646";
+    let predictable = vla_launch::cluster::port_for_job(job_id);
+    let squat: Vec<TcpListener> = [predictable, predictable - 10_000]
+        .iter()
+        .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("the predictable port is free here"))
+        .collect();
+    let secret = "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f";
+    let node = |rank: &str| {
+        let mut c = launcher(dir.path());
+        slurm_node(&mut c, job_id, rank);
+        c.arg("--log-dir")
+            .arg(dir.path().join(format!("logs{rank}")))
+            .env(peers::SECRET_ENV, secret)
+            .env("RUST_LOG", "vla_launch=info")
+            .env("FAKE_SLEEP", "2")
+            .env("FAKE_RECORD", dir.path().join(format!("seen{rank}.json")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let (n0, n1) = (node("0"), node("1"));
+    let (o0, o1) = (
+        n0.wait_with_output().unwrap(),
+        n1.wait_with_output().unwrap(),
+    );
+    let (e0, e1) = (
+        String::from_utf8_lossy(&o0.stderr),
+        String::from_utf8_lossy(&o1.stderr),
+    );
+    assert_eq!(o0.status.code(), Some(0), "node 0: {e0}");
+    assert_eq!(o1.status.code(), Some(0), "node 1: {e1}");
+    assert!(e0.contains("peer watch: node 1 connected"), "{e0}");
+    assert!(e1.contains("connected to node 0"), "{e1}");
+    let endpoint = |rank: &str| {
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("seen{rank}.json"))).unwrap(),
+        )
+        .unwrap();
+        let argv = v["argv"].as_array().unwrap().clone();
+        let i = argv.iter().position(|a| a == "--rdzv-endpoint").unwrap();
+        argv[i + 1].as_str().unwrap().to_string()
+    };
+    assert_eq!(endpoint("0"), endpoint("1"), "the nodes agree");
+    assert!(
+        !endpoint("0").ends_with(&format!(":{predictable}")),
+        "{}",
+        endpoint("0")
+    );
+    drop(squat);
+}
+
+/// Hostile clients on 127.0.0.2-9: 1,000 connections a second in all to `port` on 127.0.0.1,
+/// each held silent until the other side closes it (never closed first), up to 64 an address.
+/// Connections refused (nothing listens yet) are retried at the same rate. Stops when dropped.
+pub(crate) struct Flood {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    made: Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    pub(crate) fn start(port: u16) -> Flood {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads = (2..=9u8)
+            .map(|last| {
+                let (stop, made) = (stop.clone(), made.clone());
+                std::thread::spawn(move || {
+                    let mut held: Vec<TcpStream> = Vec::new();
+                    let start = Instant::now();
+                    let mut n = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        // 125 a second from each address: 1,000 a second in all.
+                        let due = start + Duration::from_millis(8) * n;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        n += 1;
+                        held.retain(|s| {
+                            s.set_nonblocking(true).unwrap();
+                            let mut b = [0u8; 128];
+                            match (&mut &*s).read(&mut b) {
+                                Ok(0) => false, // closed by node 0
+                                Ok(_) => true,  // its challenge: stay silent
+                                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                            }
+                        });
+                        if held.len() < 64
+                            && let Ok(s) = connect_from(last, port)
+                        {
+                            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            held.push(s);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Flood {
+            stop,
+            made,
+            threads,
+        }
+    }
+
+    /// Connections made so far.
+    pub(crate) fn made(&self) -> usize {
+        self.made.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Issue 25 item 14: a node whose torchrun exited 3 (its launcher exits 1, "training failed")
+/// is named with torchrun's real code on every node, node 2 (told by node 0) included.
+#[test]
+fn a_failed_node_is_named_with_its_torchruns_real_exit_code() {
+    let j = start_job("realcode", 3);
+    let mut peers = j.peers.into_iter();
+    let (p1, _) = peers.next().unwrap();
+    let (p2, rx2) = peers.next().unwrap();
+    while j.hub.joined().len() < 2 || p1.joined().is_empty() || p2.joined().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p1.finish_reporting(1, 3);
+    for why in [
+        j.hub_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        rx2.recv_timeout(Duration::from_secs(10)).unwrap(),
+    ] {
+        assert_eq!(
+            why.exit_code(),
+            Some(1),
+            "the launcher's status decides the job's"
+        );
+        assert_eq!(why.torchrun_exit, Some(3));
+        let said = why.to_string();
+        assert!(said.contains("exited with 3"), "{said}");
+        assert!(!said.contains("ended with exit 1"), "{said}");
+    }
+    p2.finish(143);
+    j.hub.finish(143);
 }

@@ -23,6 +23,11 @@ fn bin() -> Command {
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
         .env("OPENVLA_OFT_DIR", root().join("tests/fixtures/openvla-oft"))
         .env("RUST_LOG", "vla_launch=warn")
+        // What the fixture record's launch had: the profile's placeholders resolve the same.
+        .env("VLA_DATA_ROOT", "/data")
+        .env("VLA_RUN_ROOT", "/tmp/vla-fixture-run")
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
         .current_dir(root());
     c
 }
@@ -38,6 +43,11 @@ fn record(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
         &format!("{}/tests/fixtures/", root().display()),
     );
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Its launch passed `-- --run_id_note x`, which the profile does not produce: without it,
+    // the record is exactly what the profile and its plan produce.
+    let argv = v["command"].as_array_mut().unwrap();
+    assert_eq!(argv[argv.len() - 2..], ["--run_id_note", "x"]);
+    argv.truncate(argv.len() - 2);
     edit(&mut v);
     let path = dir.join("plan-1795850263.json");
     std::fs::write(&path, v.to_string()).unwrap();
@@ -87,13 +97,30 @@ fn a_record_whose_program_is_not_torchrun_is_refused_after_showing_it() {
 #[test]
 fn the_profiles_torchrun_given_with_torchrun_replays() {
     let dir = tempfile::tempdir().unwrap();
+    // Script arguments passed after `--` are not the profile's: refused, named.
+    let path = record(dir.path(), |v| {
+        let argv = v["command"].as_array_mut().unwrap();
+        argv.extend(["--run_id_note".into(), "x".into()]);
+    });
+    let out = replay(&path, &["--torchrun", fake().to_str().unwrap()], dir.path());
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("argument 57") && e.contains("--run_id_note"),
+        "{e}"
+    );
+    assert!(!dir.path().join("seen.json").exists());
     let path = record(dir.path(), |_| {});
     let out = replay(&path, &["--torchrun", fake().to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ran = seen(dir.path());
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(
-        seen(dir.path())["argv"].as_array().unwrap().last().unwrap(),
-        "x"
+        ran["argv"].as_array().unwrap()[..],
+        recorded["command"].as_array().unwrap()[1..]
     );
+    assert_eq!(ran["env"]["TOKENIZERS_PARALLELISM"], "false");
 }
 
 #[test]
@@ -137,7 +164,8 @@ fn masked_secret_arguments_come_from_the_environment_or_replay_refuses() {
         argv.push("--wandb-api-key=***".into());
     });
     let fake = fake();
-    let torchrun = ["--torchrun", fake.to_str().unwrap()];
+    // Script arguments the profile does not produce run only as the record has them.
+    let torchrun = ["--torchrun", fake.to_str().unwrap(), "--trust-record"];
     let out = replay(&path, &torchrun, dir.path());
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{e}");
@@ -215,4 +243,111 @@ fn a_plan_file_naming_a_profile_by_path_does_not_run_it_unasked() {
     assert_eq!(out.status.code(), Some(2), "{e}");
     assert!(!pwn.exists(), "the plan file's profile ran its python");
     assert!(e.contains("--profile") && e.contains("evil.yaml"), "{e}");
+}
+
+/// Issue 25 item 1: a record naming its own profile file (by `profile` or `profile_origin`)
+/// is never checked against that file: without `--profile`, only a built-in or installed
+/// profile of that name is used, and a path is refused.
+#[test]
+fn a_record_never_chooses_the_profile_it_is_checked_against() {
+    let dir = tempfile::tempdir().unwrap();
+    let pwn = dir.path().join("PWNED");
+    let evil = dir.path().join("evil.sh");
+    std::fs::write(&evil, format!("#!/bin/sh\ntouch {}\n", pwn.display())).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&evil)
+        .status()
+        .unwrap();
+    let profile = dir.path().join("evil.yaml");
+    let aloha = std::fs::read_to_string(root().join("launch-profiles/aloha.yaml"))
+        .unwrap()
+        .replace(
+            "torchrun: torchrun",
+            &format!("torchrun: {}", evil.display()),
+        )
+        .replace(
+            "workdir: ${OPENVLA_OFT_DIR:-.}",
+            &format!("workdir: {}", dir.path().display()),
+        )
+        .replace(
+            "TOKENIZERS_PARALLELISM: \"false\"",
+            "TOKENIZERS_PARALLELISM: \"false\"\n  BASH_ENV: /dev/null\n  LD_PRELOAD: \"\"",
+        );
+    std::fs::write(&profile, aloha).unwrap();
+    for (name, origin) in [
+        (profile.display().to_string(), serde_json::Value::Null),
+        (
+            "aloha".to_string(),
+            serde_json::json!({"kind": "file", "path": profile}),
+        ),
+        (
+            profile.display().to_string(),
+            serde_json::json!({"kind": "file", "path": profile}),
+        ),
+    ] {
+        let path = record(dir.path(), |v| {
+            v["profile"] = name.clone().into();
+            v["profile_origin"] = origin.clone();
+            v["command"][0] = evil.to_str().unwrap().into();
+            v["env"]["BASH_ENV"] = "/dev/null".into();
+            v["env"]["LD_PRELOAD"] = "".into();
+            v["cwd"] = dir.path().to_str().unwrap().into();
+        });
+        let out = replay(&path, &[], dir.path());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {e}");
+        assert!(
+            !pwn.exists(),
+            "the record's own profile let {name} run evil.sh: {e}"
+        );
+        assert!(e.contains("--trust-record"), "{e}");
+    }
+}
+
+/// Issue 25 item 2: every argument is compared, not only the program: torchrun options the
+/// profile and plan do not produce (`--no-python ./evil.sh`), another script, or another
+/// flag value are refused, naming the first difference; the fake torchrun never runs.
+#[test]
+fn a_record_whose_torchrun_arguments_differ_is_refused_naming_the_first_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake();
+    let torchrun = ["--torchrun", fake.to_str().unwrap()];
+    type Edit = fn(&mut Vec<serde_json::Value>);
+    let cases: [(&str, Edit); 4] = [
+        ("--no-python", |a| {
+            a.insert(1, "--no-python".into());
+            a.insert(2, "./evil.sh".into());
+        }),
+        ("other.py", |a| {
+            let i = a
+                .iter()
+                .position(|x| x == "vla-scripts/finetune.py")
+                .unwrap();
+            a[i] = "other.py".into();
+        }),
+        ("/evil/model", |a| {
+            let i = a.iter().position(|x| x == "--vla_path").unwrap();
+            a[i + 1] = "/evil/model".into();
+        }),
+        ("--resume_step", |a| {
+            a.push("--resume_step".into());
+            a.push("5".into());
+        }),
+    ];
+    for (shown, edit) in cases {
+        let path = record(dir.path(), |v| {
+            edit(v["command"].as_array_mut().unwrap());
+        });
+        let _ = std::fs::remove_file(dir.path().join("seen.json"));
+        let out = replay(&path, &torchrun, dir.path());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{shown}: {e}");
+        assert!(
+            !dir.path().join("seen.json").exists(),
+            "{shown}: torchrun ran"
+        );
+        assert!(e.contains(shown) && e.contains("argument"), "{shown}: {e}");
+        assert!(e.contains("--trust-record"), "{e}");
+    }
 }

@@ -430,6 +430,9 @@ fn node_1_failing_stops_node_0_within_seconds_and_the_job_fails_with_its_code() 
     };
     assert_eq!(outcome(1)["exit_code"], 3, "{records:#?}");
     outcome(0);
+    // Issue 25 item 14: node 0 names torchrun's real code, not node 1's launcher's 1.
+    assert!(out.contains("its torchrun exited with 3"), "{out}");
+    assert!(!out.contains("training ended with exit 1"), "{out}");
 }
 
 #[test]
@@ -813,7 +816,9 @@ fn the_shipped_sbatch_requeues_itself_before_the_time_limit_without_signalling_t
     let job = s.submit(
         "signal",
         &shipped_sbatch(&bin, "--profile aloha"),
-        &["--time=5:20"],
+        // The signal comes 300 s before the limit: 80 s after the start, past the 60 s below
+        // which the trap does not requeue (issue 25 item 13).
+        &["--time=6:20"],
         &[
             ("FAKE_SLEEP", "600"),
             ("FAKE_WORKERS", "2"),
@@ -826,7 +831,7 @@ fn the_shipped_sbatch_requeues_itself_before_the_time_limit_without_signalling_t
         Duration::from_secs(60),
         started_on_both,
     );
-    let until = Instant::now() + Duration::from_secs(90);
+    let until = Instant::now() + Duration::from_secs(180);
     let info = loop {
         let info = job.info();
         if info.get("Restarts").is_some_and(|r| r != "0") {
@@ -834,7 +839,7 @@ fn the_shipped_sbatch_requeues_itself_before_the_time_limit_without_signalling_t
         }
         assert!(
             Instant::now() < until,
-            "the job did not requeue itself within 90 s of torchrun starting (its warning is due 20 s after the start): {info:?}\n{}",
+            "the job did not requeue itself within 180 s of torchrun starting (its warning is due 80 s after the start): {info:?}\n{}",
             job.output()
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -895,6 +900,12 @@ fn scancel_lets_torchrun_use_the_grace() {
             "node {n}'s torchrun was killed before it could stop (5 s) on its own: {ev:#?}\n{out}"
         );
     }
+    // Issue 25 item 14: under Slurm a second SIGTERM does not escalate, and nothing says it would.
+    assert!(!out.contains("again to kill at once"), "{out}");
+    assert!(
+        out.contains("a second SIGTERM does not cut it short"),
+        "{out}"
+    );
 }
 
 /// Issue 13 item 5: on a shared run root, every node keeps its own log and its own record (the
@@ -937,4 +948,101 @@ fn each_node_keeps_its_own_log_and_record_and_the_plan_is_printed_once() {
         1,
         "the plan must be printed once (node 0):\n{out}"
     );
+}
+
+/// Issue 25 item 13: with a `--time` shorter than the signal's 300 s lead, Slurm signals the
+/// batch shell within a minute of every start; requeueing then would repeat forever. The trap
+/// says so and does not requeue.
+#[test]
+fn the_shipped_sbatch_does_not_requeue_a_job_signalled_soon_after_its_start() {
+    let Some(s) = slurm("the_shipped_sbatch_does_not_requeue_a_job_signalled_soon_after_its_start")
+    else {
+        return;
+    };
+    let tools = tempfile::tempdir().unwrap();
+    let bin = bin_dir(tools.path());
+    let job = s.submit(
+        "short-time",
+        &shipped_sbatch(&bin, "--profile aloha"),
+        &["--time=2:00"],
+        &[("FAKE_SLEEP", "600"), ("VLA_LAUNCH_GPUS", "1xh100")],
+    );
+    job.wait_events(
+        "torchrun started on both nodes",
+        Duration::from_secs(60),
+        started_on_both,
+    );
+    let until = Instant::now() + Duration::from_secs(150);
+    while !job.output().contains("not requeueing") {
+        let info = job.info();
+        assert_eq!(
+            info.get("Restarts").map(String::as_str),
+            Some("0"),
+            "the job requeued itself {}",
+            job.output()
+        );
+        assert!(
+            Instant::now() < until,
+            "no SIGUSR1 to the batch shell within 150 s: {info:?}\n{}",
+            job.output()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let info = job.info();
+    assert_eq!(info["Restarts"], "0", "{}", job.output());
+    assert!(job.output().contains("--time"), "{}", job.output());
+}
+
+/// Issue 25 acceptance (items 10, 11): squatters on the job's predictable ports (20000 + id mod
+/// 9000 and 10000 less, bound while the job is held pending) and 1,000 hostile handshakes a second
+/// from 127.0.0.2-9 on its real watch port do not keep a healthy 2-node job from starting,
+/// joining the watch and finishing.
+#[test]
+fn squatters_and_a_handshake_flood_do_not_keep_a_healthy_job_from_finishing() {
+    let Some(s) = slurm("squatters_and_a_handshake_flood_do_not_keep_a_healthy_job_from_finishing")
+    else {
+        return;
+    };
+    let secret = "5a1f0c3e7b9d2f4a6c8e0b2d4f6a8c1e3b5d7f9a0c2e4b6d8f1a3c5e7b9d0f2a";
+    let job = s.submit(
+        "squat-flood",
+        &script(STEP),
+        &["--hold"],
+        &[("FAKE_SLEEP", "5"), ("VLA_LAUNCH_JOB_SECRET", secret)],
+    );
+    // What another user knows: the id, hence the ports it predicts. Bound before the start.
+    let predictable = vla_launch::cluster::port_for_job(&job.id);
+    let squat: Vec<std::net::TcpListener> = [
+        predictable,
+        vla_launch::cluster::peers::watch_port(predictable),
+    ]
+    .iter()
+    .map(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).expect("the predictable port is free"))
+    .collect();
+    // The flood aims at the real watch port (the test knows the secret; an attacker would not).
+    let real = vla_launch::cluster::job_port(&job.id, Some(secret));
+    let flood = crate::peer_watch::Flood::start(vla_launch::cluster::peers::watch_port(real));
+    // Nothing listens yet: the flood's connections are refused until node 0 listens.
+    s.run("scontrol", &["release", &job.id]);
+    let info = job.wait_done(Duration::from_secs(120));
+    let out = job.output();
+    let made = flood.made();
+    drop(flood);
+    drop(squat);
+    assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{out}");
+    assert_eq!(info["ExitCode"], "0:0", "{out}");
+    assert!(out.contains("peer watch: node 1 connected"), "{out}");
+    assert!(out.contains("connected to node 0"), "{out}");
+    assert!(
+        out.contains("handshake slots taken"),
+        "the flood never reached node 0's watch ({made} connections):\n{out}"
+    );
+    let ev = job.events();
+    for n in 0..2 {
+        assert!(
+            of(&ev, "exit").any(|e| e["node"] == n && e["code"] == 0),
+            "node {n}'s torchrun did not finish with 0: {ev:#?}\n{out}"
+        );
+    }
+    eprintln!("job {}: finished under {made} hostile connections", job.id);
 }

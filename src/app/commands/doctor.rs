@@ -6,6 +6,7 @@ use crate::app::error::{ExitCode, Result};
 use crate::app::settings::{choose_script, env_var, fsdp_forced, learn_torch, load_profile};
 use crate::doctor::{self, DoctorContext, Setup, SystemHost};
 use crate::gpu::{self, NvmlSource};
+use crate::launch::command;
 use crate::model;
 use crate::profile::{self, Loaded, Resolved};
 use crate::record::Params;
@@ -84,12 +85,13 @@ pub(in crate::app) fn cmd_doctor(
             "ok": all_ok,
             "checks": checks,
         });
+        // Details quote the profile's values (a model URL with its password): masked.
         println!(
             "{}",
-            serde_json::to_string_pretty(&v).expect("JSON of plain values")
+            command::redact_text(&serde_json::to_string_pretty(&v).expect("JSON of plain values"))
         );
     } else {
-        print!("{}", doctor::render(&checks));
+        print!("{}", command::redact_text(&doctor::render(&checks)));
     }
     Ok(if all_ok {
         ExitCode::Success

@@ -15,10 +15,12 @@ pub(in crate::app) fn cmd_plan(args: PlanArgs) -> Result<ExitCode> {
     for w in &ctx.warnings {
         warn!("{w}");
     }
+    let mut missing = Vec::new();
     let command = match &ctx.plan.chosen {
         Some(_) if ctx.plan.feasible => match command_for(&ctx, None, None) {
-            Ok((cmd, missing)) => {
-                warn_missing(&missing);
+            Ok((cmd, unset)) => {
+                warn_missing(&unset);
+                missing = unset;
                 Some(cmd)
             }
             // A plan for a job that is not running yet (no rendezvous known) has no command.
@@ -33,6 +35,12 @@ pub(in crate::app) fn cmd_plan(args: PlanArgs) -> Result<ExitCode> {
     let record = plan_record(&ctx, command.as_ref()).to_json_pretty();
     if let Some(path) = &args.output {
         record::write_file(path, &record, args.planning.record_mode).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return AppError::usage(format!(
+                    "-o {}: it is a FIFO with no reader; start its reader first, or write to a file",
+                    path.display()
+                ));
+            }
             AppError::usage(format!("-o {}: cannot write the plan: {e}", path.display()))
         })?;
         info!("plan written to {}", path.display());
@@ -42,7 +50,10 @@ pub(in crate::app) fn cmd_plan(args: PlanArgs) -> Result<ExitCode> {
     } else {
         print!("{}", ctx.render(args.explain));
         if let Some(cmd) = &command {
-            println!("\nCommand:\n  {}", command::display(cmd));
+            println!(
+                "\nCommand:\n  {}",
+                command::display_with_unset(cmd, &missing)
+            );
         }
     }
     Ok(if ctx.plan.feasible {

@@ -1,9 +1,12 @@
-//! `vla-launch replay plan-<stamp>.json`: runs the recorded command again, once it has been
-//! shown and checked against the record's profile: the program must be the profile's torchrun
-//! (or `--torchrun`), the variables those the launcher or the profile set, the directory the
-//! profile's workdir. A record is a file in a (often shared) run directory: anything else runs
-//! only with `--trust-record`.
+//! `vla-launch replay plan-<stamp>.json`: runs a recorded launch again. A record is a file in a
+//! (often shared) run directory, so it never chooses what it is checked against: the profile is
+//! `--profile`, else the built-in or installed profile of the record's name (never a path the
+//! record names), and what runs is the command that profile and the recorded plan produce
+//! (`command::build`, the launch's own function). The record's program, every argument, every
+//! variable and the directory must be exactly that command (secrets compared masked); anything
+//! else is refused, naming the first difference, unless `--trust-record` runs the record as it is.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,11 +16,14 @@ use crate::app::error::{AppError, ExitCode, Result};
 use crate::app::run_files;
 use crate::app::settings::{env_var, user_config_dir};
 use crate::app::supervised_run::unix_seconds;
+use crate::budget::Strategy;
+use crate::gpu::{self, Gpu};
 use crate::input::excerpt;
-use crate::launch::command::{self, LaunchCommand};
+use crate::launch::command::{self, CommandSpec, Inherited, LaunchCommand};
 use crate::launch::supervisor::{self, SuperviseOptions};
-use crate::profile::{self, Origin};
+use crate::profile::{self, Loaded, Origin};
 use crate::record::{self, PlanRecord};
+use crate::script_choice;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
 use crate::eprintln_lossy as eprintln;
 
@@ -25,24 +31,353 @@ use crate::eprintln_lossy as eprintln;
 pub(in crate::app) struct ReplayArgs<'a> {
     pub record: &'a Path,
     pub grace: u64,
-    /// The torchrun the record may run (default: the record's profile's).
+    /// The torchrun the record may run (default: the profile's).
     pub torchrun: Option<&'a Path>,
-    /// The profile to check the record against (default: the one it names).
+    /// The profile to check the record against (default: the built-in or installed profile of
+    /// the record's name).
     pub profile: Option<&'a str>,
     /// Run the record as it is, even where it differs from the profile.
     pub trust: bool,
 }
 
-/// Variables the launcher itself sets (`command::build`); a record may hold these and the
-/// profile's own `env:` entries, nothing else (`BASH_ENV`, `LD_PRELOAD`, ... change what runs).
-const LAUNCHER_VARS: &[&str] = &[
-    command::ENV_UNBUFFERED,
-    command::ENV_OMP_THREADS,
-    command::ENV_ALLOC_CONF,
-    command::ENV_DEVICE_ORDER,
-    command::ENV_VISIBLE_DEVICES,
-    command::ENV_VRAM_CAP,
-];
+/// Everything besides the record that decides what a replay runs; all of it the replaying
+/// user's, none of it the record's.
+pub struct ReplayCheck<'a> {
+    /// `--profile` (a name or a path the user gave).
+    pub profile: Option<&'a str>,
+    /// `--torchrun`.
+    pub torchrun: Option<&'a Path>,
+    /// Where installed profiles live (`VLA_LAUNCH_PROFILE_DIR` or `~/.config/vla-launch/profiles`).
+    pub config_dir: Option<&'a Path>,
+    /// The replaying process's environment (the profile's `${VAR}`s).
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub inherited: &'a Inherited,
+    /// The installed FSDP addition, when installed (never a path from the record).
+    pub addition: Option<PathBuf>,
+}
+
+/// The replay's refusal: the first difference between the record and what its profile and
+/// plan produce, as one clause naming the field, the record's value (bounded) and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// Variables whose value the launcher derives from the host it runs on (not from the profile
+/// or the plan): a record from another host may hold another number there.
+const HOST_DERIVED: &[&str] = &[command::ENV_OMP_THREADS];
+
+/// The command a replay of `rec` runs: exactly what the profile and the recorded plan produce,
+/// when the record's command, variables and directory are that command; else the refusal.
+pub fn replay_command(
+    rec: &PlanRecord,
+    cx: &ReplayCheck,
+) -> std::result::Result<LaunchCommand, Refusal> {
+    let loaded = profile_for(rec, cx)?;
+    let (expected, missing) = expected_command(rec, &loaded, cx)?;
+    let shown = command::mask(
+        &expected,
+        &command::secret_values(&expected, &cx.inherited.vars),
+    );
+    let unset = missing.first().map(|(field, var)| {
+        format!(
+            "profile '{}' leaves {field} unset here: export {var}=... and replay again",
+            loaded.name
+        )
+    });
+    match (first_difference(rec, &shown, &loaded.name), unset) {
+        (Some(d), Some(u)) => Err(Refusal(format!("{d} ({u})"))),
+        (Some(d), None) | (None, Some(d)) => Err(Refusal(d)),
+        (None, None) => Ok(expected),
+    }
+}
+
+/// `--profile`, else the record's profile by name: built-in or installed, never a path (a
+/// profile is code: its torchrun, env and workdir run).
+fn profile_for(rec: &PlanRecord, cx: &ReplayCheck) -> std::result::Result<Loaded, Refusal> {
+    if let Some(p) = cx.profile {
+        return profile::load(p, cx.config_dir).map_err(|e| {
+            Refusal(format!(
+                "--profile {} cannot be loaded ({e})",
+                excerpt(p, 80)
+            ))
+        });
+    }
+    let name = rec.profile.as_str();
+    let plain = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with('.')
+        && !name.ends_with(".yaml")
+        && !name.ends_with(".yml");
+    // `profile_origin` is ignored: a record names a profile, it never points at one.
+    if !plain {
+        return Err(Refusal(format!(
+            "it names its profile {}, not a built-in or installed profile's name, and a record cannot choose the file it is checked against; pass --profile NAME (or --profile PATH after reading that file)",
+            excerpt(name, 80)
+        )));
+    }
+    if let Some(dir) = cx.config_dir {
+        let installed = dir.join(format!("{name}.yaml"));
+        if installed.is_file() {
+            let mut l = profile::load(&installed.to_string_lossy(), None).map_err(|e| {
+                Refusal(format!(
+                    "its profile {name} cannot be loaded ({e}); pass --profile NAME"
+                ))
+            })?;
+            l.name = name.to_string();
+            return Ok(l);
+        }
+    }
+    let Some((_, text)) = profile::BUILTIN.iter().find(|(n, _)| *n == name) else {
+        return Err(Refusal(format!(
+            "its profile {} is neither built in nor installed{}; pass --profile NAME",
+            excerpt(name, 80),
+            cx.config_dir
+                .map(|d| format!(" in {}", d.display()))
+                .unwrap_or_default()
+        )));
+    };
+    let profile = profile::parse(text, &format!("<built-in {name}>"))
+        .map_err(|e| Refusal(format!("the built-in profile {name}: {e}")))?;
+    Ok(Loaded {
+        name: name.to_string(),
+        origin: Origin::BuiltIn,
+        profile,
+    })
+}
+
+/// What `loaded` and the recorded plan produce, built as a launch builds it; also the
+/// placeholders it left unset, as (field, variable).
+fn expected_command(
+    rec: &PlanRecord,
+    loaded: &Loaded,
+    cx: &ReplayCheck,
+) -> std::result::Result<(LaunchCommand, Vec<(String, String)>), Refusal> {
+    let field = |f: &str| {
+        Refusal(format!(
+            "its plan has no `{f}`; launch again from the profile"
+        ))
+    };
+    let strategy = rec.strategy.ok_or_else(|| field("strategy"))?;
+    let checkpointing = rec
+        .gradient_checkpointing
+        .ok_or_else(|| field("gradient_checkpointing"))?;
+    let batch = rec.batch_size.ok_or_else(|| field("batch_size"))?;
+    let accum = rec
+        .grad_accumulation_steps
+        .ok_or_else(|| field("grad_accumulation_steps"))?;
+    let nproc = rec.nproc_per_node.ok_or_else(|| field("nproc_per_node"))?;
+    let topology = rec.topology.clone().ok_or_else(|| field("topology"))?;
+    if topology.nnodes != 1 || rec.nnodes != 1 {
+        // Its rendezvous endpoint would be the record's: torchrun trusts what that store says.
+        return Err(Refusal(format!(
+            "it is node {} of a {}-node job, whose rendezvous only the job itself can give; launch again in the job (`vla-launch --plan-file`)",
+            rec.node_rank, rec.nnodes
+        )));
+    }
+    let r = loaded.resolve(cx.env);
+    let missing = r.missing(cx.torchrun.is_none());
+    let mut flags = r.flags.flags.clone();
+    flags.push(("--batch_size".into(), batch.to_string()));
+    flags.push(("--grad_accumulation_steps".into(), accum.to_string()));
+    let accepts = |f: &str| rec.script_accepts.iter().any(|a| a == f);
+    let py_bool = |b: bool| if b { "True" } else { "False" }.to_string();
+    if accepts("use_fsdp") {
+        flags.push(("--use_fsdp".into(), py_bool(strategy == Strategy::Fsdp)));
+    }
+    if accepts("gradient_checkpointing") {
+        flags.push(("--gradient_checkpointing".into(), py_bool(checkpointing)));
+    }
+    // The planner's one extra flag (plan/search.rs), when the plan said it added it.
+    const NO_MERGE: &str = "--merge_lora_during_training False";
+    if rec.reasons.iter().any(|r| r.starts_with(NO_MERGE)) {
+        flags.push(("--merge_lora_during_training".into(), "False".into()));
+    }
+    let wandb_off = matches!(
+        r.env
+            .iter()
+            .find(|(k, _)| k == "WANDB_MODE")
+            .map(|(_, e)| e.value.clone())
+            .or_else(|| (cx.env)("WANDB_MODE"))
+            .map(|m| m.trim().to_ascii_lowercase())
+            .as_deref(),
+        Some("offline" | "disabled" | "dryrun")
+    );
+    let mut missing: Vec<_> = missing;
+    if wandb_off {
+        // As a launch does (app/torchrun.rs): unset W&B placeholders are left out offline.
+        for k in ["wandb_entity", "wandb_project"] {
+            let field = format!("train.{k}");
+            if missing.iter().any(|(f, _)| *f == field) {
+                missing.retain(|(f, _)| *f != field);
+                flags.retain(|(f, _)| f.strip_prefix("--") != Some(k));
+            }
+        }
+    }
+    let mut env: Vec<(String, String)> = r
+        .env
+        .iter()
+        .map(|(k, e)| (k.clone(), e.value.clone()))
+        .collect();
+    let script = match rec.script_run.as_ref().map(|s| s.addition) {
+        Some(true) => {
+            let Some(addition) = cx.addition.clone() else {
+                return Err(Refusal(
+                    "it ran vla-launch's FSDP addition, which is not installed here; reinstall vla-launch or launch again from the profile".into(),
+                ));
+            };
+            let real = PathBuf::from(&r.workdir.value).join(&r.script.value);
+            let real = std::path::absolute(&real).unwrap_or(real);
+            env.retain(|(k, _)| k != script_choice::ENV_FINETUNE_SCRIPT);
+            env.push((
+                script_choice::ENV_FINETUNE_SCRIPT.into(),
+                real.display().to_string(),
+            ));
+            addition
+        }
+        _ => PathBuf::from(&r.script.value),
+    };
+    let indices = rec
+        .gpu_indices
+        .clone()
+        .ok_or_else(|| field("gpu_indices"))?;
+    let chosen: Vec<Gpu> = rec
+        .gpus
+        .iter()
+        .filter(|g| indices.contains(&g.index))
+        .cloned()
+        .collect();
+    let described = chosen.iter().any(|g| g.described);
+    let recorded_env = rec.env.clone().unwrap_or_default();
+    // `--vram-cap` lowered every GPU's memory to the cap: the plan's largest GPU is that cap.
+    // Nothing else is taken from the record's `env`.
+    let largest = chosen.iter().map(|g| g.total_bytes).max();
+    let vram_cap_bytes = recorded_env
+        .get(command::ENV_VRAM_CAP)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|cap| Some(*cap) == largest);
+    let spec = CommandSpec {
+        torchrun: cx
+            .torchrun
+            .map_or_else(|| PathBuf::from(&r.torchrun.value), Path::to_path_buf),
+        script,
+        workdir: PathBuf::from(&r.workdir.value),
+        nproc_per_node: nproc,
+        topology,
+        max_restarts: loaded.profile.script.max_restarts,
+        script_flags: flags,
+        extra_args: Vec::new(),
+        env,
+        cuda_visible_devices: (!described).then(|| gpu::cuda_visible_devices_value(&chosen)),
+        vram_cap_bytes,
+        ranks_filter: None,
+        torchrun_log_dir: None,
+    };
+    let cmd = command::build(&spec, cx.inherited).map_err(|e| {
+        Refusal(format!(
+            "profile '{}' and the plan make no command ({e})",
+            loaded.name
+        ))
+    })?;
+    Ok((cmd, missing))
+}
+
+/// The first way the record's command, variables or directory differ from `expected` (masked
+/// as a record is), or None.
+fn first_difference(rec: &PlanRecord, expected: &LaunchCommand, profile: &str) -> Option<String> {
+    let by = format!("profile '{profile}' and the recorded plan");
+    let argv: &[String] = rec.command.as_deref().unwrap_or_default();
+    let Some((program, args)) = argv.split_first() else {
+        return Some("it has no command".into());
+    };
+    if !same_program(Path::new(program), &expected.program) {
+        return Some(format!(
+            "its program {} is not torchrun as {by} give it ({}); pass --torchrun PATH if the run used another torchrun",
+            excerpt(program, 80),
+            excerpt(&expected.program.to_string_lossy(), 80)
+        ));
+    }
+    let want: Vec<String> = expected
+        .args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    for i in 0..args.len().max(want.len()) {
+        match (args.get(i), want.get(i)) {
+            (Some(a), Some(w)) if a == w => {}
+            (Some(a), Some(w)) => {
+                return Some(format!(
+                    "its argument {} is {} where {by} give {}",
+                    i + 1,
+                    excerpt(a, 60),
+                    excerpt(w, 60)
+                ));
+            }
+            (Some(a), None) => {
+                return Some(format!(
+                    "its argument {} ({}) and those after it are not what {by} give (they end at argument {})",
+                    i + 1,
+                    excerpt(a, 60),
+                    want.len()
+                ));
+            }
+            (None, Some(w)) => {
+                return Some(format!(
+                    "it lacks argument {} ({}) that {by} give",
+                    i + 1,
+                    excerpt(w, 60)
+                ));
+            }
+            (None, None) => unreachable!("i < max(len)"),
+        }
+    }
+    let recorded: BTreeMap<&str, &str> = rec
+        .env
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let wanted: BTreeMap<&str, &str> = expected
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for (k, v) in &recorded {
+        match wanted.get(k) {
+            None => {
+                return Some(format!(
+                    "it sets {} which neither vla-launch nor {by} set",
+                    excerpt(k, 40)
+                ));
+            }
+            Some(w) if w == v => {}
+            Some(w)
+                if HOST_DERIVED.contains(k)
+                    && [v, w].iter().all(|x| x.parse::<u32>().is_ok_and(|n| n > 0)) => {}
+            Some(w) => {
+                return Some(format!(
+                    "its {}={} is not what {by} set ({})",
+                    excerpt(k, 40),
+                    excerpt(v, 60),
+                    excerpt(w, 60)
+                ));
+            }
+        }
+    }
+    if let Some(k) = wanted.keys().find(|k| !recorded.contains_key(*k)) {
+        return Some(format!("it lacks {} which {by} set", excerpt(k, 40)));
+    }
+    let cwd = rec.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+    if !same_dir(&cwd, &expected.cwd) {
+        return Some(format!(
+            "its directory {} is not the workdir {} of {by} (as resolved now)",
+            excerpt(&cwd.to_string_lossy(), 80),
+            excerpt(&expected.cwd.to_string_lossy(), 80)
+        ));
+    }
+    None
+}
 
 pub(in crate::app) fn cmd_replay(a: &ReplayArgs) -> Result<ExitCode> {
     let path = a.record;
@@ -51,7 +386,7 @@ pub(in crate::app) fn cmd_replay(a: &ReplayArgs) -> Result<ExitCode> {
     let (program, rest) = argv
         .split_first()
         .ok_or_else(|| AppError::usage(format!("{}: the record has no command", path.display())))?;
-    let cmd = LaunchCommand {
+    let recorded = LaunchCommand {
         program: PathBuf::from(program),
         args: rest.iter().map(Into::into).collect(),
         // Redacted values stay `***` until the checks have passed.
@@ -70,28 +405,41 @@ pub(in crate::app) fn cmd_replay(a: &ReplayArgs) -> Result<ExitCode> {
     eprintln!(
         "vla-launch: {} asks to run: {}",
         path.display(),
-        command::display(&cmd)
+        command::display(&recorded)
     );
-    let problems = check_against_profile(&rec, &cmd, a);
-    if !problems.is_empty() {
-        if !a.trust {
+    let config_dir = user_config_dir();
+    let inherited = Inherited::from_process();
+    let check = ReplayCheck {
+        profile: a.profile,
+        torchrun: a.torchrun,
+        config_dir: config_dir.as_deref(),
+        env: &env_var,
+        inherited: &inherited,
+        addition: script_choice::installed(
+            &crate::install::vla_launch_dir(),
+            script_choice::ADDITION,
+        ),
+    };
+    let cmd = match replay_command(&rec, &check) {
+        // Built from the profile and the plan, not copied from the record.
+        Ok(cmd) => cmd,
+        Err(Refusal(why)) if !a.trust => {
             return Err(AppError::usage(format!(
-                "not replaying {}: {}; a record is only a file (run directories are often shared): if you wrote it and want exactly that run, pass --trust-record",
-                path.display(),
-                problems.join("; ")
+                "not replaying {}: {why}; a record is only a file (run directories are often shared): if you wrote it and want exactly that run, pass --trust-record",
+                path.display()
             )));
         }
-        for p in &problems {
-            warn!("--trust-record: {p}");
+        Err(Refusal(why)) => {
+            warn!("--trust-record: {why}");
+            let env = rec.replay_env(path, &env_var)?;
+            let args = restore_secret_args(rest, &env_var)
+                .map_err(|e| AppError::usage(format!("not replaying {}: {e}", path.display())))?;
+            LaunchCommand {
+                env,
+                args: args.into_iter().map(Into::into).collect(),
+                ..recorded
+            }
         }
-    }
-    let env = rec.replay_env(path, &env_var)?;
-    let args = restore_secret_args(rest, &env_var)
-        .map_err(|e| AppError::usage(format!("not replaying {}: {e}", path.display())))?;
-    let cmd = LaunchCommand {
-        env,
-        args: args.into_iter().map(Into::into).collect(),
-        ..cmd
     };
     // The log is claimed only once the record passed its checks: a refused replay leaves nothing.
     let log_dir = path.parent().unwrap_or(Path::new("."));
@@ -113,66 +461,6 @@ pub(in crate::app) fn cmd_replay(a: &ReplayArgs) -> Result<ExitCode> {
     let outcome = supervisor::run_blocking(&cmd, &opts)?;
     eprintln!("vla-launch: {}", supervisor::summary_line(&outcome));
     Ok(ExitCode::of_run(outcome.process_exit_code()))
-}
-
-/// Where the record differs from what its profile (resolved now) would launch: each problem as
-/// one clause naming the field, the record's value (bounded) and the fix.
-fn check_against_profile(rec: &PlanRecord, cmd: &LaunchCommand, a: &ReplayArgs) -> Vec<String> {
-    let name = match (a.profile, &rec.profile_origin) {
-        (Some(p), _) => p.to_string(),
-        (None, Some(Origin::File(p))) => p.display().to_string(),
-        (None, _) => rec.profile.clone(),
-    };
-    let loaded = match profile::load(&name, user_config_dir().as_deref()) {
-        Ok(l) => l,
-        Err(e) => {
-            return vec![format!(
-                "its profile {} cannot be loaded to check it against ({e}); pass --profile NAME",
-                excerpt(&name, 80)
-            )];
-        }
-    };
-    let resolved = loaded.resolve(&env_var);
-    let mut problems = Vec::new();
-    let expected = match a.torchrun {
-        Some(t) => t.to_path_buf(),
-        None => PathBuf::from(&resolved.torchrun.value),
-    };
-    if !same_program(&cmd.program, &expected) {
-        problems.push(format!(
-            "its program {} is not torchrun as profile '{}' gives it ({}); pass --torchrun PATH if the run used another torchrun",
-            excerpt(&cmd.program.to_string_lossy(), 80),
-            loaded.name,
-            excerpt(&expected.to_string_lossy(), 80)
-        ));
-    }
-    let foreign: Vec<String> = cmd
-        .env
-        .iter()
-        .map(|(k, _)| k)
-        .filter(|k| {
-            !LAUNCHER_VARS.contains(&k.as_str()) && !resolved.env.iter().any(|(n, _)| n == *k)
-        })
-        .map(|k| excerpt(k, 40))
-        .take(8)
-        .collect();
-    if !foreign.is_empty() {
-        problems.push(format!(
-            "it sets {} which neither vla-launch nor profile '{}' sets",
-            foreign.join(", "),
-            loaded.name
-        ));
-    }
-    let workdir = PathBuf::from(&resolved.workdir.value);
-    if !same_dir(&cmd.cwd, &workdir) {
-        problems.push(format!(
-            "its directory {} is not profile '{}''s workdir {} (as resolved now)",
-            excerpt(&cmd.cwd.to_string_lossy(), 80),
-            loaded.name,
-            excerpt(&workdir.to_string_lossy(), 80)
-        ));
-    }
-    problems
 }
 
 fn same_program(recorded: &Path, expected: &Path) -> bool {

@@ -148,7 +148,7 @@ fn print_dry_run(ctx: &Planned, args: &LaunchArgs) -> Result<ExitCode> {
     let ranks = ranks_filter(args, ctx, PathBuf::from("<log-dir>/torchrun"))?;
     let (cmd, missing) = command_for(ctx, args.torchrun.as_deref(), ranks)?;
     warn_missing(&missing);
-    println!("{}", command::display(&cmd));
+    println!("{}", command::display_with_unset(&cmd, &missing));
     Ok(ExitCode::Success)
 }
 

@@ -130,7 +130,11 @@ mod tests {
     }
 
     fn peer(failure: PeerFailure) -> PeerStop {
-        PeerStop { node: 1, failure }
+        PeerStop {
+            node: 1,
+            failure,
+            torchrun_exit: None,
+        }
     }
 
     #[test]

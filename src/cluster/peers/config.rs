@@ -22,9 +22,9 @@ pub const MAX_PENDING_PER_ADDRESS: usize = 4;
 /// How long a node waits for node 0 to create the job's secret file.
 pub const SECRET_WAIT: Duration = Duration::from_secs(120);
 /// The environment variable that carries the job's secret.
-pub const SECRET_ENV: &str = "VLA_LAUNCH_JOB_SECRET";
+pub const SECRET_ENV: &str = crate::cluster::JOB_SECRET_ENV;
 /// Shortest secret taken (characters of the variable, or of the file).
-pub const MIN_SECRET_LEN: usize = 32;
+pub const MIN_SECRET_LEN: usize = crate::cluster::JOB_SECRET_MIN_LEN;
 
 /// The watch's clocks. [`Timing::default`] is what a job uses; tests shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,43 +9,86 @@ use std::time::{Duration, Instant};
 
 use super::{config::*, secret::*, shared::*, wire::*};
 
-/// Frees one handshake slot when dropped.
+/// Holds one handshake slot; frees it when dropped.
 pub(super) struct PendingSlot {
     pub(super) shared: Arc<Shared>,
-    pub(super) ip: std::net::IpAddr,
+    id: u64,
 }
 
 impl PendingSlot {
-    /// A handshake slot for a connection from `ip`: `None` when [`MAX_PENDING`] are taken, or
-    /// [`MAX_PENDING_PER_ADDRESS`] by that address (one outsider cannot take them all).
-    pub(super) fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<PendingSlot> {
-        let mut by_ip = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = by_ip.values().sum();
-        let mine = by_ip.entry(ip).or_insert(0);
-        if total >= MAX_PENDING || *mine >= MAX_PENDING_PER_ADDRESS {
+    /// A handshake slot for `stream` from `ip`, or `None`. Fair shares, so that no set of
+    /// addresses can keep another address out (issue 25 item 10):
+    /// - one address holds at most [`MAX_PENDING_PER_ADDRESS`]: more from it are closed at once;
+    /// - when all [`MAX_PENDING`] are taken, the newcomer takes the slot of the oldest handshake
+    ///   of the address that holds the most, if that address holds more than the newcomer's
+    ///   would (its socket is shut down, its thread ends at once). A node of the job has one
+    ///   connection, so a flood from other addresses can delay its handshake but never refuse it.
+    pub(super) fn take(
+        shared: &Arc<Shared>,
+        ip: std::net::IpAddr,
+        stream: &TcpStream,
+    ) -> Option<PendingSlot> {
+        let mut p = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = p.count(ip);
+        if mine >= MAX_PENDING_PER_ADDRESS {
             return None;
         }
-        *mine += 1;
+        if p.entries.len() >= MAX_PENDING {
+            let mut counts: std::collections::HashMap<std::net::IpAddr, usize> =
+                std::collections::HashMap::new();
+            for e in &p.entries {
+                *counts.entry(e.ip).or_default() += 1;
+            }
+            let (&busiest, &most) = counts.iter().max_by_key(|(_, n)| **n)?;
+            if most <= mine + 1 {
+                return None;
+            }
+            let at = p.entries.iter().position(|e| e.ip == busiest)?;
+            let old = p.entries.remove(at);
+            let _ = old.stream.shutdown(std::net::Shutdown::Both);
+            p.evicted += 1;
+            if p.evicted == 1 {
+                tracing::warn!(
+                    "peer watch: all {MAX_PENDING} handshake slots taken ({most} by {busiest}): a flood of connections that do not authenticate; the busiest addresses' oldest handshakes are closed to make room, so the job's nodes still get in"
+                );
+            }
+        }
+        let clone = stream.try_clone().ok()?;
+        let id = p.next_id;
+        p.next_id += 1;
+        p.entries.push(PendingEntry {
+            id,
+            ip,
+            stream: clone,
+        });
         Some(PendingSlot {
             shared: shared.clone(),
-            ip,
+            id,
         })
+    }
+
+    /// The handshake is done: the slot is freed for another, and the connection can no longer
+    /// be taken back. False when it was taken back already (the socket is shut down).
+    pub(super) fn release(self) -> bool {
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let before = p.entries.len();
+        p.entries.retain(|e| e.id != self.id);
+        before != p.entries.len()
     }
 }
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        let mut by_ip = self
+        let mut p = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = by_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
+        p.entries.retain(|e| e.id != self.id);
     }
 }
 
@@ -56,7 +99,7 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match listener.accept() {
             Ok((stream, from)) => {
                 backoff = Duration::from_millis(10);
-                let Some(slot) = PendingSlot::take(&shared, from.ip()) else {
+                let Some(slot) = PendingSlot::take(&shared, from.ip(), &stream) else {
                     drop(stream);
                     continue;
                 };
@@ -158,6 +201,10 @@ pub(super) fn serve_peer(
         ));
         return;
     }
+    // Authenticated: from here on the connection is no handshake to take back.
+    if !slot.release() {
+        return;
+    }
     let conn = Arc::new(Conn {
         rank,
         key: session_key(&shared, rank_text, &nonce0, nonce_n),
@@ -197,7 +244,6 @@ pub(super) fn serve_peer(
             seen.push(rank);
         }
     }
-    drop(slot);
     tracing::info!("peer watch: node {rank} connected from {from} (authenticated)");
     let why = read_authenticated(&mut lines, &conn, &shared);
     shared

@@ -90,6 +90,30 @@ mod tests {
         assert_eq!(watch_port(65_535), 55_535);
     }
 
+    /// Issue 25 item 11: with the job's secret the port is not the one its id predicts, every
+    /// node computes the same, and it stays in the derived range.
+    #[test]
+    fn job_ports_come_from_the_secret_when_there_is_one() {
+        use crate::cluster::job_port;
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let (a, b) = (Some(a.as_str()), Some(b.as_str()));
+        let mut differ = 0;
+        for id in ["1", "4646", "123456", "99999"] {
+            let p = job_port(id, a);
+            assert_eq!(p, job_port(id, a));
+            assert!((20_000..29_000).contains(&p), "{p}");
+            differ += usize::from(p != crate::cluster::port_for_job(id));
+            differ += usize::from(p != job_port(id, b));
+            assert_eq!(job_port(id, None), crate::cluster::port_for_job(id));
+            // Too short to be a secret: the id's port, as without one.
+            assert_eq!(
+                job_port(id, Some("short")),
+                crate::cluster::port_for_job(id)
+            );
+        }
+        assert!(differ >= 7, "{differ}");
+    }
+
     #[test]
     fn stop_causes_survive_the_wire() {
         for failure in [
@@ -97,11 +121,23 @@ mod tests {
             PeerFailure::Gone,
             PeerFailure::Lost { silent_s: 31 },
         ] {
-            let s = PeerStop { node: 3, failure };
+            let s = PeerStop {
+                node: 3,
+                failure,
+                torchrun_exit: None,
+            };
             let wire = s.wire();
             let words: Vec<&str> = wire.split(' ').collect();
             assert_eq!(PeerStop::parse_wire(&words[1..]), Some(s));
         }
+        let s = PeerStop {
+            node: 2,
+            failure: PeerFailure::Failed { exit_code: 1 },
+            torchrun_exit: Some(3),
+        };
+        let wire = s.wire();
+        let words: Vec<&str> = wire.split(' ').collect();
+        assert_eq!(PeerStop::parse_wire(&words[1..]), Some(s));
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub(super) struct Shared {
     pub(super) conns: Mutex<Vec<Arc<Conn>>>,
     /// Node 0: nodes that have authenticated once.
     pub(super) seen: Mutex<Vec<u32>>,
-    /// Node 0: connections in their handshake, by address.
-    pub(super) pending: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Node 0: connections in their handshake.
+    pub(super) pending: Mutex<Pending>,
     /// Node 0: connections refused so far (only the first few are logged).
     pub(super) refusals: AtomicUsize,
 }
@@ -118,5 +118,27 @@ impl Conn {
         let (rest, mac) = line.rsplit_once(' ')?;
         let (s, body) = rest.split_once(' ')?;
         (s == seq.to_string() && mac_ok(&self.key, &[self.in_dir, s, body], mac)).then_some(body)
+    }
+}
+
+/// The connections in their handshake on node 0, by arrival. Each holds a clone of its socket,
+/// so that a slot can be taken back (the socket shut down: its thread's read ends at once).
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) entries: Vec<PendingEntry>,
+    pub(super) next_id: u64,
+    /// Slots taken back from the busiest address so far (said once).
+    pub(super) evicted: u64,
+}
+
+pub(super) struct PendingEntry {
+    pub(super) id: u64,
+    pub(super) ip: std::net::IpAddr,
+    pub(super) stream: TcpStream,
+}
+
+impl Pending {
+    pub(super) fn count(&self, ip: std::net::IpAddr) -> usize {
+        self.entries.iter().filter(|e| e.ip == ip).count()
     }
 }

@@ -19,6 +19,12 @@ pub fn start_node_watch(w: &NodeWatch, on_stop: OnStop) -> Result<Option<PeerWat
     if let Some(msg) = rendezvous_host_warning(&w.host, w.port, w.node_rank) {
         tracing::warn!("{msg}");
     }
+    if w.node_rank == 0 && w.env_secret.is_none() {
+        // Once per job (node 0): what the missing variable costs, and the fix.
+        tracing::warn!(
+            "{SECRET_ENV} is not set: the job's ports are derived from its id, which any user sees in squeue, so another user can take them before the job starts (exit 4), and the peer watch falls back to a secret file on the shared run root. Fix: export {SECRET_ENV}=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \\n') in the batch script before srun, as scripts/slurm/finetune.sbatch does"
+        );
+    }
     if w.node_rank > 0 && w.env_secret.is_none() {
         // Node 0 may create the file after this node gets here: wait on the watch's thread.
         let (dir, id, wait) = (w.secrets_dir.clone(), w.job_id.clone(), w.secret_wait);

@@ -21,6 +21,10 @@ pub struct PeerStop {
     pub node: u32,
     #[serde(flatten)]
     pub failure: PeerFailure,
+    /// Its torchrun's own exit code, where its launcher's differs (1 for "training failed"
+    /// when torchrun exited 3): what the message names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torchrun_exit: Option<i32>,
 }
 
 impl PeerStop {
@@ -34,7 +38,10 @@ impl PeerStop {
 
     pub(super) fn wire(&self) -> String {
         match self.failure {
-            PeerFailure::Failed { exit_code } => format!("stop {} failed {exit_code}", self.node),
+            PeerFailure::Failed { exit_code } => match self.torchrun_exit {
+                Some(t) => format!("stop {} failed {exit_code} {t}", self.node),
+                None => format!("stop {} failed {exit_code}", self.node),
+            },
             PeerFailure::Gone => format!("stop {} gone", self.node),
             PeerFailure::Lost { silent_s } => format!("stop {} lost {silent_s}", self.node),
         }
@@ -42,17 +49,28 @@ impl PeerStop {
 
     pub(super) fn parse_wire(words: &[&str]) -> Option<PeerStop> {
         let node = words.first()?.parse().ok()?;
+        let mut torchrun_exit = None;
         let failure = match words[1..] {
             ["failed", code] => PeerFailure::Failed {
                 exit_code: code.parse().ok()?,
             },
+            ["failed", code, torchrun] => {
+                torchrun_exit = Some(torchrun.parse().ok()?);
+                PeerFailure::Failed {
+                    exit_code: code.parse().ok()?,
+                }
+            }
             ["gone"] => PeerFailure::Gone,
             ["lost", s] => PeerFailure::Lost {
                 silent_s: s.parse().ok()?,
             },
             _ => return None,
         };
-        Some(PeerStop { node, failure })
+        Some(PeerStop {
+            node,
+            failure,
+            torchrun_exit,
+        })
     }
 }
 
@@ -60,9 +78,13 @@ impl fmt::Display for PeerStop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.node;
         match self.failure {
-            PeerFailure::Failed { exit_code } => {
-                write!(f, "node {n}'s training ended with exit {exit_code}")
-            }
+            PeerFailure::Failed { exit_code } => match self.torchrun_exit {
+                Some(t) if t != exit_code => write!(
+                    f,
+                    "node {n}'s training failed: its torchrun exited with {t} (its launcher with {exit_code})"
+                ),
+                _ => write!(f, "node {n}'s training ended with exit {exit_code}"),
+            },
             PeerFailure::Gone => write!(f, "node {n}'s launcher is gone without reporting an exit"),
             PeerFailure::Lost { silent_s } => write!(
                 f,

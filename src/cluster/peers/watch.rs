@@ -139,14 +139,42 @@ impl PeerWatch {
                 on_stop,
                 conns: Mutex::new(Vec::new()),
                 seen: Mutex::new(Vec::new()),
-                pending: Mutex::new(std::collections::HashMap::new()),
+                pending: Mutex::new(Pending::default()),
                 refusals: AtomicUsize::new(0),
             }),
         }
     }
 
+    /// The nodes this watch has authenticated with so far: on node 0 the other nodes (in the
+    /// order they joined), on node n `[0]` once it is connected to node 0.
+    pub fn joined(&self) -> Vec<u32> {
+        if self.shared.node_rank == 0 {
+            self.shared
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        } else if self.shared.conns().is_empty() {
+            Vec::new()
+        } else {
+            vec![0]
+        }
+    }
+
     /// This node's torchrun ended with `exit_code`: tell the other side(s) and close.
-    pub fn finish(mut self, exit_code: i32) {
+    pub fn finish(self, exit_code: i32) {
+        self.finish_reporting(exit_code, exit_code);
+    }
+
+    /// [`PeerWatch::finish`] with torchrun's own exit code beside the launcher's status
+    /// (`exit_code`, which decides the other nodes' exits): the others name torchrun's where the
+    /// two differ (issue 25 item 14: "exited with 3", not the launcher's 1).
+    pub fn finish_reporting(mut self, exit_code: i32, torchrun_exit: i32) {
+        let exit_line = if torchrun_exit == exit_code || exit_code == 0 {
+            format!("exit {exit_code}")
+        } else {
+            format!("exit {exit_code} {torchrun_exit}")
+        };
         let shared = &self.shared;
         shared.exit_code.store(exit_code, Ordering::SeqCst);
         shared.finished.store(true, Ordering::SeqCst);
@@ -159,14 +187,14 @@ impl PeerWatch {
                 if let Some(s) = connect(target, Duration::from_secs(2)) {
                     let deadline = Instant::now() + Duration::from_secs(2);
                     if let Ok((conn, _)) = handshake_peer(s, shared, deadline) {
-                        let _ = conn.send(&format!("exit {exit_code}"));
+                        let _ = conn.send(&exit_line);
                         conn.shutdown();
                     }
                 }
             }
         }
         for c in conns {
-            let _ = c.send(&format!("exit {exit_code}"));
+            let _ = c.send(&exit_line);
             c.shutdown();
         }
         if let Some(a) = self.acceptor.take() {

@@ -58,6 +58,7 @@ pub(super) fn heartbeat(shared: Arc<Shared>) {
                     failure: PeerFailure::Lost {
                         silent_s: silent.as_secs(),
                     },
+                    torchrun_exit: None,
                 });
                 c.shutdown();
                 return;
@@ -114,16 +115,21 @@ pub(super) fn read_authenticated(
                 *conn.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 let words: Vec<&str> = body.split(' ').collect();
                 match words[..] {
-                    ["exit", code] => match code.parse::<i32>() {
-                        Ok(0) => conn.clean_exit.store(true, Ordering::SeqCst),
-                        Ok(c) => {
-                            return Some(PeerStop {
-                                node: conn.rank,
-                                failure: PeerFailure::Failed { exit_code: c },
-                            });
+                    // `exit CODE [TORCHRUN]`: the launcher's status, and torchrun's own code
+                    // where it differs.
+                    ["exit", code, ref torchrun @ ..] if torchrun.len() <= 1 => {
+                        match code.parse::<i32>() {
+                            Ok(0) => conn.clean_exit.store(true, Ordering::SeqCst),
+                            Ok(c) => {
+                                return Some(PeerStop {
+                                    node: conn.rank,
+                                    failure: PeerFailure::Failed { exit_code: c },
+                                    torchrun_exit: torchrun.first().and_then(|t| t.parse().ok()),
+                                });
+                            }
+                            Err(_) => {}
                         }
-                        Err(_) => {}
-                    },
+                    }
                     ["stop", ref rest @ ..] if conn.rank == 0 => {
                         if let Some(s) = PeerStop::parse_wire(rest) {
                             return Some(s);
@@ -139,6 +145,7 @@ pub(super) fn read_authenticated(
                 .then_some(PeerStop {
                     node: conn.rank,
                     failure: PeerFailure::Gone,
+                    torchrun_exit: None,
                 });
             }
         }

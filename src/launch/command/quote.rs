@@ -12,10 +12,10 @@ pub(super) fn quote_arg(arg: &[u8], quote_value: &dyn Fn(&[u8]) -> String) -> St
     }
 }
 
-/// Like [`quote_bytes`], except that each `${NAME}` (NAME a shell variable name) becomes
-/// `"${NAME}"`, so the shell expands it; the text around it is quoted by `quote_bytes`, and the
-/// pieces are joined into one word.
-pub fn quote_expanding(b: &[u8]) -> String {
+/// Like [`quote_bytes`], except that each `${NAME}` (NAME a shell variable name for which
+/// `expand` says yes) becomes `"${NAME}"`, so the shell expands it; the text around it is quoted
+/// by `quote_bytes`, and the pieces are joined into one word.
+pub fn quote_expanding(b: &[u8], expand: &dyn Fn(&str) -> bool) -> String {
     let mut out = String::new();
     let mut literal_start = 0;
     let mut i = 0;
@@ -28,7 +28,11 @@ pub fn quote_expanding(b: &[u8]) -> String {
                 .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
                 .count();
             let end = name_start + name_len;
-            if name_len > 0 && !b[name_start].is_ascii_digit() && b.get(end) == Some(&b'}') {
+            if name_len > 0
+                && !b[name_start].is_ascii_digit()
+                && b.get(end) == Some(&b'}')
+                && expand(std::str::from_utf8(&b[name_start..end]).expect("ASCII"))
+            {
                 if literal_start < i {
                     out.push_str(&quote_bytes(&b[literal_start..i]));
                 }

@@ -104,6 +104,9 @@ fn multi_node_argv_names_the_rendezvous() {
             "node01:29500",
             "--rdzv-id",
             "slurm-77",
+            // Only Slurm's node 0 hosts the store (issue 25 item 12).
+            "--rdzv-conf",
+            "is_host=0",
             "--max-restarts",
             "2",
             "vla-scripts/finetune.py",
@@ -307,5 +310,155 @@ fn display_masks_secrets_and_quotes_values() {
          CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=GPU-aaa,GPU-bbb /usr/bin/torchrun \
          --standalone --nnodes 1 --nproc-per-node 2 vla-scripts/finetune.py --batch_size 4 \
          --run_id_note 'a b; $(rm -rf /) '\\''q'\\''' --hf_token '***' --wandb_api_key='***'"
+    );
+}
+
+/// Issue 25 item 8: masking by name is a rule on the name's words, not a list.
+#[test]
+fn secret_names_by_rule() {
+    for name in [
+        "GITHUB_PAT",
+        "OPENAI_APIKEY",
+        "SSH_PASSPHRASE",
+        "MY_AUTH",
+        "AUTHORIZATION",
+        "BEARER",
+        "COOKIE",
+        "CREDENTIAL",
+        "DATABASE_URL",
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "HF_TOKEN",
+        "WANDB_API_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "DB_PASSWORD",
+        "MYSQLPASSWORD",
+        "SENTRY_DSN",
+        "SLACK_WEBHOOK_URL",
+        "--hf_token",
+        "--hf-token",
+        "--wandb-api-key",
+        "hfToken",
+        "privateKey",
+        "REDIS_URL",
+        "GCP_CREDENTIALS",
+    ] {
+        assert!(is_secret(name), "{name}");
+    }
+    for name in [
+        "TOKENIZERS_PARALLELISM",
+        "PWD",
+        "AUTHOR",
+        "KEYBOARD",
+        "MONKEY",
+        "PATH",
+        "PYTHONPATH",
+        "OMP_NUM_THREADS",
+        "CUDA_DEVICE_ORDER",
+        "PYTORCH_CUDA_ALLOC_CONF",
+        "WANDB_MODE",
+        "--lora_rank",
+        "--max_steps",
+        "--vla_path",
+        "--data_root_dir",
+        "--run_id_note",
+        "--use_fsdp",
+        "--num_images_in_input",
+        "VLA_DATA_ROOT",
+        "DATASET_URL",
+        "BYPASS_CACHE",
+    ] {
+        assert!(!is_secret(name), "{name}");
+    }
+}
+
+/// Issue 25 item 7: the password of a URL is masked wherever the URL stands.
+#[test]
+fn url_passwords_are_masked() {
+    for (value, shown) in [
+        ("https://alice:PW@host/x", "https://alice:***@host/x"),
+        (
+            "postgres://bob:p%40ss@db:5432/x",
+            "postgres://bob:***@db:5432/x",
+        ),
+        ("u:PW@h:1", "u:***@h:1"),
+        ("--rdzv-endpoint=u:PW@h:1", "--rdzv-endpoint=u:***@h:1"),
+        (
+            "a https://x:1@h and http://y:2@[::1]:9",
+            "a https://x:***@h and http://y:***@[::1]:9",
+        ),
+        ("https://alice@host/x", "https://alice@host/x"),
+        ("user@example.com", "user@example.com"),
+        ("git@github.com:org/repo", "git@github.com:org/repo"),
+        ("plain", "plain"),
+    ] {
+        assert_eq!(mask_url_passwords(value), shown, "{value}");
+    }
+    let cmd = LaunchCommand {
+        program: "torchrun".into(),
+        args: vec!["--vla_path".into(), "https://alice:PWalice@h/x".into()],
+        env: vec![("DB".into(), "postgres://bob:PWbob@db/x".into())],
+        cwd: ".".into(),
+        alloc_conf: AllocConf {
+            value: String::new(),
+            source: AllocConfSource::Launcher,
+        },
+    };
+    let shown = display(&cmd);
+    assert!(
+        !shown.contains("PWalice") && !shown.contains("PWbob"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("alice:") && shown.contains("bob:"),
+        "{shown}"
+    );
+}
+
+/// Issue 25 item 8: tokens of a known shape are masked in free text (error messages).
+#[test]
+fn token_shapes_are_masked_in_text() {
+    for token in [
+        "ghp_R4nd0mT0k3nV4lu3F0rT3st1ngXyZ12345",
+        "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",
+        "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+        "AKIAIOSFODNN7EXAMPLE",
+    ] {
+        let t = redact_text(&format!("found \"{token}\", expected a number"));
+        assert_eq!(t, "found \"***\", expected a number", "{token}");
+    }
+    for plain in [
+        "aloha1_put_X_into_pot_300_demos",
+        "sk-learn-is-a-library-name-here",
+        "hf_dataset",
+        "openvla/openvla-7b",
+    ] {
+        assert_eq!(redact_text(plain), plain);
+    }
+}
+
+/// Issue 25 item 15: `display` quotes a `${NAME}` literally unless the plan left NAME unset.
+#[test]
+fn display_expands_only_unset_placeholders() {
+    let cmd = LaunchCommand {
+        program: "torchrun".into(),
+        args: vec![
+            "--a".into(),
+            "${HF_TOKEN}".into(),
+            "--b".into(),
+            "${X}".into(),
+        ],
+        env: vec![],
+        cwd: ".".into(),
+        alloc_conf: AllocConf {
+            value: String::new(),
+            source: AllocConfSource::Launcher,
+        },
+    };
+    assert_eq!(display(&cmd), "torchrun --a '${HF_TOKEN}' --b '${X}'");
+    let missing = [("train.b".to_string(), "X".to_string())];
+    assert_eq!(
+        display_with_unset(&cmd, &missing),
+        "torchrun --a '${HF_TOKEN}' --b \"${X}\""
     );
 }

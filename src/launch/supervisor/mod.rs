@@ -403,6 +403,8 @@ fn spawn(
     command
         .args(&cmd.args)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        // The peer watch's job secret is the launcher's alone (issue 25 item 9).
+        .env_remove(crate::cluster::peers::SECRET_ENV)
         .env(MARKER_VAR, marker)
         .current_dir(&cmd.cwd)
         // Own group: the terminal's signals come through us. No stdin: a background group
