@@ -1,0 +1,1 @@
+../../../../../../../scripts/real_probe/padded_runs.sh
