@@ -21,11 +21,6 @@ pub(super) const TERMINAL_QUEUE: usize = 256;
 
 pub(super) const READ_CHUNK: usize = 256 * 1024;
 
-/// A chunk is passed on once it holds this much, or when the stream has been quiet this long.
-pub(super) const COALESCE_UNTIL: usize = 128 * 1024;
-
-pub(super) const COALESCE: Duration = Duration::from_millis(2);
-
 pub(super) const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Where relayed output goes besides the log file.
@@ -104,11 +99,11 @@ pub(super) async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: D
 
 /// Copies one pipe to the log (every byte) and the terminal (if it keeps up) until EOF.
 ///
-/// Reads are coalesced: after a read, more output that follows within [`COALESCE`] joins the
-/// same chunk (up to [`COALESCE_UNTIL`] bytes), so a flood of small writes (8 KiB each from
-/// most writers) costs one hand-off to the terminal and log threads per ~128 KiB instead of one
-/// per write; a lone line or a tqdm update is passed on [`COALESCE`] later at most. The chunk
-/// itself is shared by both threads, never copied here.
+/// One read, up to [`READ_CHUNK`] bytes, is one chunk: its records are written to the log here,
+/// at once, and the chunk itself is handed to the terminal thread (not copied). A script that
+/// prints a line now and then costs one wake-up, one read and one log write per line; in a
+/// flood the pipe (enlarged to [`PIPE_SIZE`]) fills while a chunk is handled, so the reads, the
+/// log writes and the hand-offs grow with it, without waiting on a timer to collect them.
 pub(super) async fn relay(
     mut pipe: impl tokio::io::AsyncRead + Unpin,
     stream: Stream,
@@ -118,53 +113,39 @@ pub(super) async fn relay(
     progress: Option<Arc<Tracker>>,
 ) {
     let mut dropping = false;
-    let mut eof = false;
-    while !eof {
-        let mut buf = Vec::with_capacity(READ_CHUNK);
-        loop {
-            let read = if buf.is_empty() {
-                pipe.read_buf(&mut buf).await
-            } else {
-                match tokio::time::timeout(COALESCE, pipe.read_buf(&mut buf)).await {
-                    Ok(read) => read,
-                    Err(_) => break, // quiet: pass on what we have
-                }
-            };
-            match read {
-                Ok(0) => eof = true,
-                Ok(_) if buf.len() < COALESCE_UNTIL => continue,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log.note(format!("reading torchrun's {stream:?} failed: {e}"));
-                    eof = true;
-                }
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    loop {
+        match pipe.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log.note(format!("reading torchrun's {stream:?} failed: {e}"));
+                break;
             }
-            break;
-        }
-        if buf.is_empty() {
-            continue;
         }
         if let Some(p) = &progress {
             p.feed(stream, &buf);
         }
-        let chunk = Arc::new(buf);
-        log.chunk(stream, chunk.clone());
-        if let Some(tx) = &terminal {
-            let len = chunk.len() as u64;
-            match tx.try_send(chunk) {
-                Ok(()) => dropping = false,
-                Err(mpsc::TrySendError::Full(_)) => {
-                    if !dropping {
-                        log.note(format!(
-                            "terminal not keeping up: {stream:?} output dropped there (kept here)"
-                        ));
-                    }
-                    dropping = true;
-                    dropped.fetch_add(len, Ordering::Relaxed);
+        log.chunk(stream, &buf);
+        let Some(tx) = &terminal else {
+            buf.clear();
+            continue;
+        };
+        let chunk = Arc::new(std::mem::replace(&mut buf, Vec::with_capacity(READ_CHUNK)));
+        let len = chunk.len() as u64;
+        match tx.try_send(chunk) {
+            Ok(()) => dropping = false,
+            Err(mpsc::TrySendError::Full(_)) => {
+                if !dropping {
+                    log.note(format!(
+                        "terminal not keeping up: {stream:?} output dropped there (kept here)"
+                    ));
                 }
-                Err(mpsc::TrySendError::Disconnected(_)) => {}
+                dropping = true;
+                dropped.fetch_add(len, Ordering::Relaxed);
             }
+            Err(mpsc::TrySendError::Disconnected(_)) => {}
         }
     }
 }
