@@ -43,4 +43,5 @@ mod run_names;
 mod script_choice;
 mod slurm;
 mod speed;
+mod status_line;
 mod supervisor;
