@@ -4,7 +4,7 @@
 # measure the same cases) and then on this working tree, which criterion compares with it.
 #
 #   scripts/bench-plan.sh [BASE (default main)] [FILTER (default: every case)]
-#   e.g. scripts/bench-plan.sh 29fb1ee 'xh100$'     (8, 64 and 512 H100s)
+#   e.g. scripts/bench-plan.sh 29fb1ee 'xh100( cpu)?$'   (8, 64 and 512 H100s, wall and CPU time)
 #
 # Both builds share this tree's target directory (dependencies are built once).
 set -euo pipefail

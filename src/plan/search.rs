@@ -54,6 +54,7 @@ fn gpu_sets(gpus: &[Gpu], policy: &Policy, nproc: Option<u32>) -> Vec<GpuSet> {
         // with the least usable memory (the first such, as `min_by_key` picks) carry over.
         let mut slowest = f64::INFINITY;
         let mut limiting: Option<(&Gpu, u64)> = None;
+        let mut indices: Vec<u32> = Vec::with_capacity(group.len());
         for k in 1..=group.len() {
             let added = group[k - 1];
             slowest = slowest.min(tflops(added));
@@ -61,11 +62,13 @@ fn gpu_sets(gpus: &[Gpu], policy: &Policy, nproc: Option<u32>) -> Vec<GpuSet> {
             if limiting.is_none_or(|(_, least)| room < least) {
                 limiting = Some((added, room));
             }
+            // Kept sorted as it grows (sorting each set anew was quadratic in the GPUs too).
+            let at = indices.partition_point(|&i| i < added.index);
+            indices.insert(at, added.index);
             if nproc.is_some_and(|n| n as usize != k) {
                 continue;
             }
-            let mut indices: Vec<u32> = group[..k].iter().map(|g| g.index).collect();
-            indices.sort();
+            let indices = indices.clone();
             if sets.iter().any(|s| s.indices == indices) {
                 continue;
             }
@@ -338,7 +341,8 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
             "no fitting configuration gives exactly {g}; the smallest global batch above it is used"
         ));
     }
-    fitting.sort_by_key(|c| rank_key(c));
+    // Each key once: it sums the GPU indices, and a comparison sort would redo that per comparison.
+    fitting.sort_by_cached_key(|c| rank_key(c));
 
     // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
     // (FSDP2) merges on the saving rank, upstream's save (DDP, a fork's FSDP) on every rank.
