@@ -45,7 +45,7 @@ if shape == "blocks":
     for _ in range(256 * 16):
         write_all(block)
 elif shape == "rank":
-    data = lines(8 * 1024 * 1024 // 80 + 1, b"rank%d" % rank)[: 8 * 1024 * 1024]
+    data = lines(8 * 1024 * 1024 // 80, b"rank%d" % rank)  # whole lines: 8 MiB less 40 bytes
     # Whole lines, at most PIPE_BUF bytes a write: each write stays in one piece in the pipe.
     for i in range(0, len(data), 4080):
         write_all(data[i : i + 4080])

@@ -177,6 +177,21 @@ impl Tracker {
         let mut st = self.lock();
         let mut last = st.last;
         let tail = &mut st.tails[index(stream)];
+        // Most output has no `|` at all: then only the unterminated end is kept (one pass over
+        // the chunk instead of one per line; this runs on every byte of a flood).
+        if memchr::memchr(b'|', chunk).is_none() && memchr::memchr(b'|', tail).is_none() {
+            let end = memchr::memrchr2(b'\r', b'\n', chunk).map_or(0, |i| i + 1);
+            if end > 0 {
+                tail.clear();
+            }
+            let rest = &chunk[end..];
+            if tail.len() + rest.len() > MAX_TAIL {
+                tail.clear();
+            } else {
+                tail.extend_from_slice(rest);
+            }
+            return;
+        }
         let mut rest = chunk;
         while let Some(end) = memchr::memchr2(b'\r', b'\n', rest) {
             let found = if tail.is_empty() {
