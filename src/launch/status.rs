@@ -115,6 +115,9 @@ pub struct Tracker {
     bar: Option<ProgressBar>,
     /// Whether the status line may be on the terminal now (see `StatusTerm`).
     visible: Arc<AtomicBool>,
+    /// Set while the script's output is written: indicatif redraws the line right after it,
+    /// which is left to the next rate-limited redraw instead (see `write_terminal`).
+    quiet: Arc<AtomicBool>,
 }
 
 const MAX_TAIL: usize = 4096;
@@ -135,16 +138,24 @@ fn parse_piece(piece: &[u8]) -> Option<Progress> {
 impl Tracker {
     pub fn new(terminal: Option<StatusConfig>) -> Arc<Tracker> {
         let visible = Arc::new(AtomicBool::new(false));
+        let quiet = Arc::new(AtomicBool::new(false));
         let bar = terminal.as_ref().map(|_| {
             let target = ProgressDrawTarget::term_like_with_hz(
                 Box::new(StatusTerm {
                     visible: visible.clone(),
+                    quiet: quiet.clone(),
+                    on_screen: AtomicBool::new(false),
                     pending: Mutex::new(Vec::new()),
                 }),
                 REDRAWS_PER_S,
             );
-            ProgressBar::with_draw_target(None, target)
-                .with_style(ProgressStyle::with_template("{wide_msg}").expect("a valid template"))
+            let bar = ProgressBar::with_draw_target(None, target)
+                .with_style(ProgressStyle::with_template("{wide_msg}").expect("a valid template"));
+            // Brings the line back after the script's output took it off (at the rate's pace).
+            bar.enable_steady_tick(std::time::Duration::from_millis(
+                1000 / u64::from(REDRAWS_PER_S),
+            ));
+            bar
         });
         let tracker = Arc::new(Tracker {
             state: Mutex::new(State {
@@ -154,6 +165,7 @@ impl Tracker {
             terminal,
             bar,
             visible,
+            quiet,
         });
         if tracker.bar.is_some() {
             // The launcher's own messages during the run go around the status line.
@@ -235,12 +247,17 @@ impl Tracker {
         let shown = without_tqdm(chunk);
         let mut result = Ok(());
         if !shown.is_empty() {
+            // The line is cleared (if it is on the terminal), the output written, and the
+            // redraw indicatif makes at once is dropped: a line a script prints 100 times a
+            // second then costs one write, and the status line is back within a redraw period.
             bar.suspend(|| {
+                self.quiet.store(true, Ordering::Relaxed);
                 result = out.write_all(&shown).and_then(|()| out.flush());
                 let mut st = self.lock();
                 st.at_line_start = shown.ends_with(b"\n");
                 self.set_visible(&st);
             });
+            self.quiet.store(false, Ordering::Relaxed);
         }
         self.update();
         result
@@ -316,19 +333,24 @@ fn status_width(columns: usize) -> usize {
 /// `flush`), and nothing at all while the status line must stay off (`visible` false: the
 /// script's output ends mid-line, or there is no progress yet), so that neither its drawing
 /// nor its clearing touches a line the script has not finished.
+/// It also knows whether the line is on the terminal now, so that clearing a line that is not
+/// there writes nothing.
 #[derive(Debug)]
 struct StatusTerm {
     visible: Arc<AtomicBool>,
+    quiet: Arc<AtomicBool>,
+    on_screen: AtomicBool,
     pending: Mutex<Vec<u8>>,
 }
 
 impl StatusTerm {
     fn push(&self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.visible.load(Ordering::Relaxed) {
+        if self.visible.load(Ordering::Relaxed) && !self.quiet.load(Ordering::Relaxed) {
             self.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend_from_slice(bytes);
+            self.on_screen.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -372,7 +394,13 @@ impl TermLike for StatusTerm {
         self.push(s.as_bytes())
     }
     fn clear_line(&self) -> std::io::Result<()> {
-        self.push(b"\r\x1b[2K")
+        if self.on_screen.swap(false, Ordering::Relaxed) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(b"\r\x1b[2K");
+        }
+        Ok(())
     }
     fn flush(&self) -> std::io::Result<()> {
         let bytes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
