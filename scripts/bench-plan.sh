@@ -26,7 +26,7 @@ cp benches/planner.rs "$WORK/base/benches/planner.rs"
 ARGS=(--warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot)
 echo "== base: $(git -C "$WORK/base" log -1 --format='%h %s' | cut -c1-80)"
 (cd "$WORK/base" && CARGO_TARGET_DIR=$TARGET cargo bench --quiet --features bench --bench planner \
-  -- "${ARGS[@]}" --save-baseline plan-base $FILTER)
+  -- "${ARGS[@]}" --save-baseline plan-base ${FILTER:+"$FILTER"})
 echo "== this tree: $(git log -1 --format='%h' HEAD)$(git diff --quiet HEAD || echo ' + changes')"
 CARGO_TARGET_DIR=$TARGET cargo bench --quiet --features bench --bench planner \
-  -- "${ARGS[@]}" --baseline plan-base $FILTER
+  -- "${ARGS[@]}" --baseline plan-base ${FILTER:+"$FILTER"}

@@ -118,6 +118,8 @@ pub struct Tracker {
     /// Set while the script's output is written: indicatif redraws the line right after it,
     /// which is left to the next rate-limited redraw instead (see `write_terminal`).
     quiet: Arc<AtomicBool>,
+    /// What the status line's terminal holds (shared with `StatusTerm`).
+    screen: Arc<Mutex<Screen>>,
 }
 
 const MAX_TAIL: usize = 4096;
@@ -139,13 +141,13 @@ impl Tracker {
     pub fn new(terminal: Option<StatusConfig>) -> Arc<Tracker> {
         let visible = Arc::new(AtomicBool::new(false));
         let quiet = Arc::new(AtomicBool::new(false));
+        let screen = Arc::new(Mutex::new(Screen::default()));
         let bar = terminal.as_ref().map(|_| {
             let target = ProgressDrawTarget::term_like_with_hz(
                 Box::new(StatusTerm {
                     visible: visible.clone(),
                     quiet: quiet.clone(),
-                    on_screen: AtomicBool::new(false),
-                    pending: Mutex::new(Vec::new()),
+                    screen: screen.clone(),
                 }),
                 REDRAWS_PER_S,
             );
@@ -166,6 +168,7 @@ impl Tracker {
             bar,
             visible,
             quiet,
+            screen,
         });
         if tracker.bar.is_some() {
             // The launcher's own messages during the run go around the status line.
@@ -247,6 +250,20 @@ impl Tracker {
         let shown = without_tqdm(chunk);
         let mut result = Ok(());
         if !shown.is_empty() {
+            // Most lines come while the status line is off the terminal (it is redrawn a few
+            // times a second): they are written at once, without indicatif.
+            let screen = lock_screen(&self.screen);
+            if !screen.on_screen && screen.pending.is_empty() {
+                result = out.write_all(&shown).and_then(|()| out.flush());
+                let mut st = self.lock();
+                st.at_line_start = shown.ends_with(b"\n");
+                self.set_visible(&st);
+                drop(st);
+                drop(screen);
+                self.update();
+                return result;
+            }
+            drop(screen);
             // The line is cleared (if it is on the terminal), the output written, and the
             // redraw indicatif makes at once is dropped: a line a script prints 100 times a
             // second then costs one write, and the status line is back within a redraw period.
@@ -334,23 +351,31 @@ fn status_width(columns: usize) -> usize {
 /// script's output ends mid-line, or there is no progress yet), so that neither its drawing
 /// nor its clearing touches a line the script has not finished.
 /// It also knows whether the line is on the terminal now, so that clearing a line that is not
-/// there writes nothing.
+/// there writes nothing, and so that script output can skip indicatif while it is not.
 #[derive(Debug)]
 struct StatusTerm {
     visible: Arc<AtomicBool>,
     quiet: Arc<AtomicBool>,
-    on_screen: AtomicBool,
-    pending: Mutex<Vec<u8>>,
+    screen: Arc<Mutex<Screen>>,
+}
+
+#[derive(Debug, Default)]
+struct Screen {
+    /// A redraw being assembled (written at `flush`, under the same lock).
+    pending: Vec<u8>,
+    on_screen: bool,
+}
+
+fn lock_screen(screen: &Mutex<Screen>) -> std::sync::MutexGuard<'_, Screen> {
+    screen.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl StatusTerm {
     fn push(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut screen = lock_screen(&self.screen);
         if self.visible.load(Ordering::Relaxed) && !self.quiet.load(Ordering::Relaxed) {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(bytes);
-            self.on_screen.store(true, Ordering::Relaxed);
+            screen.pending.extend_from_slice(bytes);
+            screen.on_screen = true;
         }
         Ok(())
     }
@@ -394,20 +419,21 @@ impl TermLike for StatusTerm {
         self.push(s.as_bytes())
     }
     fn clear_line(&self) -> std::io::Result<()> {
-        if self.on_screen.swap(false, Ordering::Relaxed) {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(b"\r\x1b[2K");
+        let mut screen = lock_screen(&self.screen);
+        if screen.on_screen {
+            screen.on_screen = false;
+            screen.pending.extend_from_slice(b"\r\x1b[2K");
         }
         Ok(())
     }
     fn flush(&self) -> std::io::Result<()> {
-        let bytes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if !bytes.is_empty() {
+        // Written under the lock: script output written meanwhile would come between.
+        let mut screen = lock_screen(&self.screen);
+        if !screen.pending.is_empty() {
             // A closed terminal must not stop anything: the write is dropped.
             let mut err = std::io::stderr().lock();
-            let _ = err.write_all(&bytes).and_then(|()| err.flush());
+            let _ = err.write_all(&screen.pending).and_then(|()| err.flush());
+            screen.pending.clear();
         }
         Ok(())
     }
