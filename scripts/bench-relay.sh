@@ -1,65 +1,137 @@
 #!/usr/bin/env bash
-# Relay throughput of the supervisor vs `cat` for the same stream, and the launcher's own
-# start-to-exec overhead. Uses the `supervise` example (release build), which runs the same
-# library code as `vla-launch` (relay to stdout + timestamped log file).
+# Relay throughput of the supervisor against `cat > file` on the same stream, in the same run,
+# for three shapes of output, and whether every byte arrived (the relayed copy and the log).
 #
-#   scripts/bench-relay.sh [MIB (default 1024)] [RUNS (default 5)]
-#   SUPERVISE=path/to/supervise scripts/bench-relay.sh ...   (prebuilt, e.g. on a host without cargo)
+#   scripts/bench-relay.sh [RUNS (default 5)] [SHAPES (default "blocks ranks longline")]
+#   SUPERVISE=path/to/supervise         a prebuilt `supervise` example (else built here)
+#   BASE_SUPERVISE=path/to/supervise    also time this one (e.g. a build of the base commit)
+#   STARTUP=1                           also time start to exec (50 runs, as before)
 #
-# The producer is `yes <79 chars> | head -c BYTES`: 80-byte lines, so the log writer does its
-# per-line work (one timestamped record per line) as it would for training output.
+# Shapes (one producer process each, the real interpreter, not a pyenv shim):
+#   blocks    256 MiB of 80-byte lines written in 64 KiB blocks
+#   ranks     8 processes at once, 8 MiB of 80-byte lines each, in 4 KiB writes (64 MiB)
+#   longline  one 10 MiB line, one write
+# `cat` copies the producer's stdout to a file; the launcher (the `supervise` example, which runs
+# the library's supervisor as `vla-launch` does, the tqdm tracker included) relays it to a file
+# the same way and writes the timestamped run log as well. Each repetition runs cat and the
+# launcher(s) back to back, so the machine's load is shared alike; the median of RUNS is shown,
+# with the launcher's own CPU time (getrusage, children excluded). After every launcher run the
+# relayed file is compared with the producer's bytes, and after the last one the log is decoded
+# and compared too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MIB=${1:-1024}
-RUNS=${2:-5}
-BYTES=$((MIB * 1024 * 1024))
+RUNS=${1:-5}
+SHAPES=${2:-blocks ranks longline}
 if [[ -z ${SUPERVISE:-} ]]; then
   cargo build --release --quiet --example supervise
 fi
-SUP=${SUPERVISE:-target/release/examples/supervise}
+SUP=$(readlink -f "${SUPERVISE:-target/release/examples/supervise}")
+PY=$(python3 -c 'import sys; print(sys.executable)')
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-LINE=$(printf 'step %074d' 0)
-PRODUCER="yes '$LINE' | head -c $BYTES"
 
-now() { date +%s.%N; }
-rate() { awk -v b="$BYTES" -v t="$1" 'BEGIN { printf "%.0f", b / 1048576 / t }'; }
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+cat > "$WORK/produce.py" << 'PY'
+import os, sys
+shape, rank = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0
+def lines(n, tag):
+    return b"".join(b"%s %08d %s\n" % (tag, i, b"x" * (78 - 9 - len(tag))) for i in range(n))
+def write_all(b):
+    view = memoryview(b)
+    while view:
+        view = view[os.write(1, view):]
+if shape == "blocks":
+    block = lines(819, b"block")[: 64 * 1024]
+    block += b"y" * (64 * 1024 - len(block))
+    for _ in range(256 * 16):
+        write_all(block)
+elif shape == "rank":
+    data = lines(8 * 1024 * 1024 // 80, b"rank%d" % rank)  # whole lines: 8 MiB less 40 bytes
+    # Whole lines, at most PIPE_BUF bytes a write: each write stays in one piece in the pipe.
+    for i in range(0, len(data), 4080):
+        write_all(data[i : i + 4080])
+elif shape == "longline":
+    write_all(b"z" * (10 * 1024 * 1024 - 1) + b"\n")
+PY
+cat > "$WORK/decode.py" << 'PY'
+# The run log's records (src/launch/log.rs) back to the stdout bytes.
+import sys
+out = bytearray()
+for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
+    tag, payload = line[25:30], line[30:]
+    if tag == b"out |":
+        out += payload if payload.endswith(b"\r") else payload + b"\n"
+    elif tag == b"out~|":
+        out += payload
+sys.stdout.buffer.write(out)
+PY
+producer() {
+  case $1 in
+    ranks) echo "for r in 0 1 2 3 4 5 6 7; do '$PY' '$WORK/produce.py' rank \$r & done; wait" ;;
+    *) echo "exec '$PY' '$WORK/produce.py' $1" ;;
+  esac
+}
+median() { sort -g | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f\n", (b - a) * 1000 }'; }
 
-echo "stream: $MIB MiB of 80-byte lines, $RUNS runs each, median"
-for what in producer cat launcher; do
+launchers=(launcher)
+[[ -n ${BASE_SUPERVISE:-} ]] && launchers+=(base)
+echo "host: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); $RUNS runs each, medians"
+for shape in $SHAPES; do
+  bash -c "$(producer "$shape")" > "$WORK/expected"
+  if [[ $shape == ranks ]]; then
+    # Interleaved differently every run: compare each rank's lines, in order.
+    for r in 0 1 2 3 4 5 6 7; do grep -a "^rank$r " "$WORK/expected"; done > "$WORK/expected.sorted"
+  fi
+  bytes=$(stat -c %s "$WORK/expected")
+  : > "$WORK/t.cat"
+  for l in "${launchers[@]}"; do : > "$WORK/t.$l"; : > "$WORK/cpu.$l"; done
   for _ in $(seq "$RUNS"); do
-    rm -f "$WORK/run.log"
-    t0=$(now)
-    case $what in
-      producer) bash -c "$PRODUCER" > /dev/null ;;
-      cat) bash -c "$PRODUCER" | cat > /dev/null ;;
-      launcher) "$SUP" "$WORK/run.log" bash -c "$PRODUCER" > /dev/null 2> "$WORK/summary" ;;
-    esac
-    t1=$(now)
-    awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'
-  done | median > "$WORK/$what.t"
-  echo "$what: $(cat "$WORK/$what.t") s, $(rate "$(cat "$WORK/$what.t")") MiB/s"
-done
-log_mib=$(awk -v s="$(stat -c %s "$WORK/run.log")" 'BEGIN { printf "%.0f", s / 1048576 }')
-echo "launcher log file: $log_mib MiB (timestamp + stream tag per 80-byte line)"
-awk -v c="$(cat "$WORK/cat.t")" -v l="$(cat "$WORK/launcher.t")" \
-  'BEGIN { printf "launcher / cat throughput: %.0f%%\n", 100 * c / l }'
-
-# Start-to-exec: the child prints bash's $EPOCHREALTIME as its first act; the same child run
-# directly gives the baseline, so the difference is the launcher's own start + spawn time.
-N=50
-for what in direct launcher; do
-  for _ in $(seq "$N"); do
     t0=$EPOCHREALTIME
-    case $what in
-      direct) t1=$(bash -c 'echo $EPOCHREALTIME') ;;
-      launcher) t1=$("$SUP" "$WORK/exec.log" bash -c 'echo $EPOCHREALTIME' 2> /dev/null) ;;
-    esac
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) * 1000 }'
-  done | median > "$WORK/$what.exec"
+    bash -c "$(producer "$shape")" | cat > "$WORK/out.cat"
+    ms "$t0" "$EPOCHREALTIME" >> "$WORK/t.cat"
+    for l in "${launchers[@]}"; do
+      bin=$SUP
+      [[ $l == base ]] && bin=$(readlink -f "$BASE_SUPERVISE")
+      rm -f "$WORK/run.log"
+      t0=$EPOCHREALTIME
+      "$bin" "$WORK/run.log" bash -c "$(producer "$shape")" > "$WORK/out.$l" 2> "$WORK/err.$l"
+      ms "$t0" "$EPOCHREALTIME" >> "$WORK/t.$l"
+      awk '/supervise cpu:/ { printf "%.1f\n", ($4 + $7) * 1000 }' "$WORK/err.$l" >> "$WORK/cpu.$l"
+      if [[ $shape == ranks ]]; then
+        for r in 0 1 2 3 4 5 6 7; do grep -a "^rank$r " "$WORK/out.$l"; done > "$WORK/out.sorted"
+        cmp -s "$WORK/out.sorted" "$WORK/expected.sorted" || { echo "$l $shape: relayed bytes differ" >&2; exit 1; }
+      else
+        cmp -s "$WORK/out.$l" "$WORK/expected" || { echo "$l $shape: relayed bytes differ" >&2; exit 1; }
+      fi
+    done
+  done
+  # The log of the last run holds the same stream, byte for byte.
+  "$PY" "$WORK/decode.py" "$WORK/run.log" | cmp -s - "$WORK/out.${launchers[-1]}" \
+    || { echo "$shape: the log's stdout differs from the relayed bytes" >&2; exit 1; }
+  cat_ms=$(median < "$WORK/t.cat")
+  printf '%-9s %4d MiB  cat %8.1f ms' "$shape" $((bytes >> 20)) "$cat_ms"
+  for l in "${launchers[@]}"; do
+    l_ms=$(median < "$WORK/t.$l")
+    printf ' | %s %8.1f ms = %.2fx cat (own CPU %.0f ms)' "$l" "$l_ms" \
+      "$(awk -v a="$l_ms" -v b="$cat_ms" 'BEGIN { print a / b }')" "$(median < "$WORK/cpu.$l")"
+  done
+  echo "  [bytes exact]"
 done
-echo "start to exec, median of $N: direct $(cat "$WORK/direct.exec") ms," \
-  "through the launcher $(cat "$WORK/launcher.exec") ms"
-awk -v d="$(cat "$WORK/direct.exec")" -v l="$(cat "$WORK/launcher.exec")" \
-  'BEGIN { printf "launcher overhead to exec: %.2f ms\n", l - d }'
+
+if [[ -n ${STARTUP:-} ]]; then
+  # Start-to-exec: the child prints bash's $EPOCHREALTIME as its first act; the same child run
+  # directly gives the baseline, so the difference is the launcher's own start + spawn time.
+  N=50
+  for what in direct launcher; do
+    for _ in $(seq "$N"); do
+      t0=$EPOCHREALTIME
+      case $what in
+        direct) t1=$(bash -c 'echo $EPOCHREALTIME') ;;
+        launcher) t1=$("$SUP" "$WORK/exec.log" bash -c 'echo $EPOCHREALTIME' 2> /dev/null) ;;
+      esac
+      ms "$t0" "$t1"
+    done | median > "$WORK/$what.exec"
+  done
+  echo "start to exec, median of $N: direct $(cat "$WORK/direct.exec") ms," \
+    "through the launcher $(cat "$WORK/launcher.exec") ms"
+fi

@@ -12,20 +12,12 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest piece kept waiting for a terminator before it is written as a cut record.
 const MAX_PENDING: usize = 64 * 1024;
 const PREFIX_LEN: usize = 24 + 1 + 4 + 1;
-/// The writer thread writes what it has once this much is assembled, or whenever no more
-/// chunks are waiting (so the file is current whenever the relay is keeping up).
-const BATCH: usize = 4 << 20;
-/// Chunks (of up to a few hundred KiB) queued for the writer thread; a relay that gets further
-/// ahead waits: the log keeps every byte, so it may slow the reading down, never drop.
-const QUEUE: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -44,34 +36,81 @@ impl Stream {
     }
 }
 
-enum Msg {
-    Chunk(Stream, Arc<Vec<u8>>),
-    Note(String),
-    Finish,
-}
-
-/// The log file, written by a thread of its own. The relay tasks hand it the chunks they read
-/// (shared with the terminal copy, not copied) and the supervisor its notes, in the order they
-/// happen; the thread splits them into timestamped records and writes them in batches. All the
-/// per-line work and the write of a file larger than the stream run beside the relay, not in
-/// it: on a many-core host the relay then keeps up with `cat`.
+/// The log file. The relay tasks hand it each chunk they read and the supervisor its notes, in
+/// the order they happen; each is split into timestamped records and written at once, by the
+/// caller, with one `write` per chunk. A chunk is one read of the pipe: one line when the
+/// script prints a line now and then, up to the relay's read size in a flood, so the writes
+/// are as large as the reads and no other thread has to be woken per line (a log thread cost
+/// two futex calls and a context switch per line, the larger part of the launcher's own CPU
+/// time during a run).
 pub struct LogWriter {
-    tx: SyncSender<Msg>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    shared: Arc<Mutex<Shared>>,
 }
 
 #[derive(Clone)]
-pub struct LogSender(SyncSender<Msg>);
+pub struct LogSender(Arc<Mutex<Shared>>);
+
+struct Shared {
+    records: Records,
+    file: File,
+    shown: String,
+    /// The first write error (a full disk): writing stops, with one warning; see `write_out`.
+    result: io::Result<()>,
+    /// After `finish`, later output (an aborted relay) is dropped.
+    finished: bool,
+}
+
+impl Shared {
+    /// Writes the assembled records. The first write error stops writing, once, with a warning
+    /// on stderr: the terminal keeps getting the output, and the error is returned at the end,
+    /// for the outcome; it never fails the run.
+    fn write_out(&mut self) {
+        if self.result.is_ok() && !self.records.batch.is_empty() {
+            self.result = self.file.write_all(&self.records.batch);
+            if let Err(e) = &self.result {
+                tracing::warn!(
+                    "cannot write the run log {}: {e}; the training goes on and its output \
+                     still reaches the terminal, but the log is incomplete from here (free space \
+                     there, or choose another --log-dir next time)",
+                    self.shown
+                );
+            }
+        }
+        self.records.batch.clear();
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        self.records.cut(Stream::Out);
+        self.records.cut(Stream::Err);
+        self.write_out();
+        std::mem::replace(&mut self.result, Ok(())).and_then(|()| self.file.flush())
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl LogSender {
     /// A chunk of the child's output, in arrival order.
-    pub fn chunk(&self, stream: Stream, bytes: Arc<Vec<u8>>) {
-        // After finish() the thread is gone: later output (an aborted relay) is dropped.
-        let _ = self.0.send(Msg::Chunk(stream, bytes));
+    pub fn chunk(&self, stream: Stream, bytes: &[u8]) {
+        let mut shared = lock(&self.0);
+        if !shared.finished {
+            shared.records.chunk(stream, bytes);
+            shared.write_out();
+        }
     }
     /// The launcher's own note.
     pub fn note(&self, text: impl AsRef<str>) {
-        let _ = self.0.send(Msg::Note(text.as_ref().to_string()));
+        let mut shared = lock(&self.0);
+        if !shared.finished {
+            shared.records.note(text.as_ref());
+            shared.write_out();
+        }
     }
 }
 
@@ -80,89 +119,35 @@ impl LogWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        // Unbuffered: every write is a whole batch already.
+        // Unbuffered: every write is a whole chunk's records already.
         let file = File::create(path)?;
-        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
-        let shown = path.display().to_string();
-        let thread = std::thread::Builder::new()
-            .name("vla-launch-log".into())
-            .spawn(move || write_loop(file, rx, &shown))?;
         Ok(LogWriter {
-            tx,
-            thread: Some(thread),
+            shared: Arc::new(Mutex::new(Shared {
+                records: Records::new(),
+                file,
+                shown: path.display().to_string(),
+                result: Ok(()),
+                finished: false,
+            })),
         })
     }
 
     pub fn sender(&self) -> LogSender {
-        LogSender(self.tx.clone())
+        LogSender(self.shared.clone())
     }
 
-    /// Writes everything sent before it (cut records included), ends the writer thread and
-    /// reports the first write error. Senders still alive (an aborted relay task) can no longer
-    /// reach the file afterwards.
-    pub fn finish(mut self) -> io::Result<()> {
-        let _ = self.tx.send(Msg::Finish);
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the log writer thread panicked")),
-            None => Ok(()),
-        }
+    /// Writes the pieces still waiting for a terminator (as cut records) and reports the first
+    /// write error. Senders still alive (an aborted relay task) can no longer reach the file
+    /// afterwards.
+    pub fn finish(self) -> io::Result<()> {
+        lock(&self.shared).finish()
     }
 }
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        // Not finished (an error path): let the thread write what it has and end on its own.
-        if self.thread.is_some() {
-            let _ = self.tx.send(Msg::Finish);
-        }
-    }
-}
-
-fn write_loop(mut file: File, rx: Receiver<Msg>, shown: &str) -> io::Result<()> {
-    let mut records = Records::new();
-    // The first write error (a full disk) stops writing, once, with a warning on stderr: the
-    // queue is still drained, so no relay waits on a full queue and the terminal keeps getting
-    // the output. It is returned at the end, for the outcome; it never fails the run.
-    let mut result: io::Result<()> = Ok(());
-    loop {
-        // Wait for something, then take whatever else is already queued, up to a batch.
-        // (recv fails only once every sender is gone, which Finish always precedes.)
-        let mut next = rx.recv().ok();
-        let mut done = next.is_none();
-        while let Some(msg) = next {
-            match msg {
-                Msg::Chunk(stream, bytes) => records.chunk(stream, &bytes),
-                Msg::Note(text) => records.note(&text),
-                Msg::Finish => {
-                    done = true;
-                    break;
-                }
-            }
-            next = if records.batch.len() < BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if done {
-            records.cut(Stream::Out);
-            records.cut(Stream::Err);
-        }
-        if result.is_ok() && !records.batch.is_empty() {
-            result = file.write_all(&records.batch);
-            if let Err(e) = &result {
-                tracing::warn!(
-                    "cannot write the run log {shown}: {e}; the training goes on and its output \
-                     still reaches the terminal, but the log is incomplete from here (free space \
-                     there, or choose another --log-dir next time)"
-                );
-            }
-        }
-        records.batch.clear();
-        if done {
-            return result.and_then(|()| file.flush());
-        }
+        // Not finished (an error path): write what there is.
+        let _ = lock(&self.shared).finish();
     }
 }
 
@@ -183,7 +168,7 @@ impl Records {
         Records {
             clock: Clock::default(),
             pending: [None, None],
-            batch: Vec::with_capacity(BATCH + BATCH / 4),
+            batch: Vec::new(),
         }
     }
 

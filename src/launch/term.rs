@@ -4,7 +4,7 @@
 //! and the record still get everything.
 
 use std::io::{self, Write};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// On a node other than node 0 of a multi-node job: `[node N] `, put before every line the
 /// launcher writes to stderr (its own lines and its logs, not the training's relayed output), so
@@ -18,8 +18,33 @@ pub fn set_line_prefix(prefix: String) {
     let _ = LINE_PREFIX.set(prefix);
 }
 
+/// What every write of the launcher's own to stderr goes through while a status line is on the
+/// terminal (`status::Tracker`): it is called with whether the text ends a line and the write
+/// itself, and takes the status line off around it.
+pub type Interlude = dyn Fn(bool, &mut dyn FnMut()) + Send + Sync;
+
+static INTERLUDE: Mutex<Option<Arc<Interlude>>> = Mutex::new(None);
+
+/// Sets (or, with `None`, removes) the interlude around the launcher's stderr writes.
+pub fn set_interlude(interlude: Option<Arc<Interlude>>) {
+    *INTERLUDE.lock().unwrap_or_else(|p| p.into_inner()) = interlude;
+}
+
+/// Runs `write` (of `text`) inside the interlude, if one is set.
+fn around(text: &[u8], mut write: impl FnMut()) {
+    let interlude = INTERLUDE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match interlude {
+        Some(f) if !text.is_empty() => f(text.ends_with(b"\n"), &mut write),
+        _ => write(),
+    }
+}
+
 /// Writes `text` to stderr with the line prefix (if any) before each line; errors are ignored.
 fn write_prefixed(text: &[u8]) {
+    around(text, || write_prefixed_now(text));
+}
+
+fn write_prefixed_now(text: &[u8]) {
     let mut err = io::stderr().lock();
     let Some(prefix) = LINE_PREFIX.get() else {
         let _ = err.write_all(text);
@@ -37,7 +62,11 @@ fn write_prefixed(text: &[u8]) {
 
 /// Writes `args` to stderr; errors (EIO, EPIPE, ...) are ignored.
 pub fn stderr_fmt(args: std::fmt::Arguments<'_>) {
-    if LINE_PREFIX.get().is_none() {
+    let no_interlude = INTERLUDE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_none();
+    if LINE_PREFIX.get().is_none() && no_interlude {
         let _ = io::stderr().lock().write_fmt(args);
         return;
     }

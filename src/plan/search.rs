@@ -23,8 +23,8 @@ struct GpuSet {
     limiting_name: String,
 }
 
-fn tflops_of(gpu: &Gpu) -> f64 {
-    crate::gpu::known::lookup_by_name(&gpu.name)
+fn tflops_of(name: &str) -> f64 {
+    crate::gpu::known::lookup_by_name(name)
         .and_then(|k| k.bf16_dense_tflops)
         .unwrap_or(speed::REFERENCE_TFLOPS / 4.0)
 }
@@ -42,34 +42,44 @@ fn gpu_sets(gpus: &[Gpu], policy: &Policy, nproc: Option<u32>) -> Vec<GpuSet> {
     let mut names: Vec<&str> = gpus.iter().map(|g| g.name.as_str()).collect();
     names.sort();
     names.dedup();
+    // Each model's identity is resolved once (the name lookup tokenises and allocates): per
+    // GPU of every candidate set it made planning quadratic in the GPU count.
+    let model_tflops: Vec<f64> = names.iter().map(|n| tflops_of(n)).collect();
+    let tflops = |g: &Gpu| model_tflops[names.binary_search(&g.name.as_str()).expect("listed")];
     if names.len() > 1 {
-        for name in names {
-            groups.push(order.iter().copied().filter(|g| g.name == name).collect());
+        for name in &names {
+            groups.push(order.iter().copied().filter(|g| g.name == *name).collect());
         }
     }
     let mut sets: Vec<GpuSet> = Vec::new();
     for group in groups {
+        // The first k GPUs of the group, grown one at a time: the slowest model and the GPU
+        // with the least usable memory (the first such, as `min_by_key` picks) carry over.
+        let mut slowest = f64::INFINITY;
+        let mut limiting: Option<(&Gpu, u64)> = None;
+        let mut indices: Vec<u32> = Vec::with_capacity(group.len());
         for k in 1..=group.len() {
+            let added = group[k - 1];
+            slowest = slowest.min(tflops(added));
+            let room = usable(added, policy);
+            if limiting.is_none_or(|(_, least)| room < least) {
+                limiting = Some((added, room));
+            }
+            // Kept sorted as it grows (sorting each set anew was quadratic in the GPUs too).
+            let at = indices.partition_point(|&i| i < added.index);
+            indices.insert(at, added.index);
             if nproc.is_some_and(|n| n as usize != k) {
                 continue;
             }
-            let chosen = &group[..k];
-            let mut indices: Vec<u32> = chosen.iter().map(|g| g.index).collect();
-            indices.sort();
+            let indices = indices.clone();
             if sets.iter().any(|s| s.indices == indices) {
                 continue;
             }
-            let limiting = chosen
-                .iter()
-                .min_by_key(|g| usable(g, policy))
-                .expect("k >= 1");
+            let (limiting, usable_bytes) = limiting.expect("k >= 1");
             sets.push(GpuSet {
                 indices,
-                usable_bytes: usable(limiting, policy),
-                tflops: chosen
-                    .iter()
-                    .map(|g| tflops_of(g))
-                    .fold(f64::INFINITY, f64::min),
+                usable_bytes,
+                tflops: slowest,
                 limiting_name: limiting.name.clone(),
             });
         }
@@ -354,7 +364,8 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
             "no fitting configuration gives exactly {g}; the smallest global batch above it is used"
         ));
     }
-    fitting.sort_by_key(|c| rank_key(c));
+    // Each key once: it sums the GPU indices, and a comparison sort would redo that per comparison.
+    fitting.sort_by_cached_key(|c| rank_key(c));
     // Rule 4b: a configuration with room beats a slightly faster one without.
     let preferred_over = prefer_room(&mut fitting);
 

@@ -50,5 +50,6 @@ mod secrets;
 mod slurm;
 mod slurm_skips;
 mod speed;
+mod status_line;
 mod supervisor;
 mod torch_aware;

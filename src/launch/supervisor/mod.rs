@@ -20,10 +20,12 @@
 //! - The launcher becomes a child subreaper, so workers started in new sessions are re-parented
 //!   to it and can be found, killed and reaped (`process_tree`).
 //!
-//! Output: both pipes are read concurrently as bytes; the reader writes each chunk to the log
-//! (every byte, timestamped per line there) and hands it to a terminal thread through a bounded queue. When the
-//! terminal does not keep up (paused, or piped into a stalled reader) chunks are dropped from the
-//! terminal only, so a full pipe never blocks training.
+//! Output (`output.rs`, `relay.rs`): both pipes are read concurrently as bytes, one read one
+//! chunk; the reader itself writes the chunk's log records (every byte, timestamped per line
+//! there) and, where the launcher's stdout/stderr is a regular file, that copy too. A terminal,
+//! pipe or FIFO gets the chunk through a bounded queue to a thread of its own: when it does not
+//! keep up (paused, or piped into a stalled reader) chunks are dropped there only, so a full pipe
+//! never blocks training.
 
 use std::ffi::OsString;
 use std::io::{self};
