@@ -35,23 +35,10 @@ fn launcher(run_root: &Path, logs: &Path) -> Command {
 /// `YYYYmmdd-HHMMSS` in UTC (src/app/run_files.rs names files by the local time; the launches
 /// here run with TZ=UTC0).
 fn utc_stamp(unix: u64) -> String {
-    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
-    // Days since 1970-01-01 to a civil date (March-based years, 400-year eras).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    jiff::Timestamp::from_second(unix as i64)
+        .expect("a time of this century")
+        .strftime("%Y%m%d-%H%M%S")
+        .to_string()
 }
 
 /// How many seconds ahead `take_names` claims: far more than two launches take on a loaded machine.

@@ -90,23 +90,13 @@ fn find_runs(dirs: &[PathBuf]) -> Vec<Run> {
 
 /// `2026-11-28 08:21Z` for unix seconds (UTC, proleptic Gregorian calendar).
 pub(in crate::app) fn utc(unix: u64) -> String {
-    let days = (unix / 86400) as i64;
-    let secs = unix % 86400;
-    // Days since 1970-01-01 to a civil date (March-based years, 400-year eras of 146097 days).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60
-    )
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(
+            || format!("{unix} s after 1970"),
+            |t| t.strftime("%Y-%m-%d %H:%MZ").to_string(),
+        )
 }
 
 fn plan_text(r: &PlanRecord) -> String {
