@@ -3,8 +3,9 @@
 //!
 //! How: before torchrun starts, the launcher re-executes its own binary as
 //! `vla-launch __vla-launch-watchdog MARKER GRACE_MS LOG RECORD CGROUP` in a process group of its
-//! own, with SIGHUP and SIGINT ignored (a closing terminal or a Ctrl-C to the launcher's group
-//! never reaches it) and the read end of a pipe as its stdin. The launcher alone holds the write
+//! own, with SIGHUP, SIGINT and SIGTERM ignored (a closing terminal, a Ctrl-C to the launcher's
+//! group, and Slurm's scancel, which sends SIGTERM to every process of the step, never end it;
+//! only the pipe does) and the read end of a pipe as its stdin. The launcher alone holds the write
 //! end (close-on-exec, so torchrun and its workers never inherit it); it writes `pgid N` once
 //! torchrun runs. When the launcher finishes normally it writes `done` and closes the pipe: the
 //! watchdog exits quietly. When the launcher dies, the kernel closes the pipe without `done`:
@@ -235,6 +236,7 @@ fn watch(spec: &Spec) -> i32 {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     let (done, pgid) = read_pipe();

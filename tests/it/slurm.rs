@@ -902,6 +902,9 @@ fn scancel_lets_torchrun_use_the_grace() {
     }
     // Issue 25 item 14: under Slurm a second SIGTERM does not escalate, and nothing says it would.
     assert!(!out.contains("again to kill at once"), "{out}");
+    // scancel's SIGTERM reaches every process of the step, the watchdogs too: they must stay (a
+    // watchdog that died of it was replaced with a false "killed?" warning on every scancel).
+    assert!(!out.contains("is gone (killed?)"), "{out}");
     assert!(
         out.contains("a second SIGTERM does not cut it short"),
         "{out}"

@@ -150,7 +150,7 @@ impl StopPolicy {
         if !self.stop_requested {
             // Only say "again to kill at once" where a second one does (issue 25 item 14).
             let again = if sig == Signal::SIGTERM && !self.config.repeated_sigterm_escalates {
-                ""
+                "a second SIGTERM does not cut it short; "
             } else {
                 "again to kill at once; "
             };
