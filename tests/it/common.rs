@@ -285,3 +285,25 @@ fn harness_feeds_stdin_and_returns_code_and_output() {
         .stdout_has(&["out"])
         .stderr_has(&["err"]);
 }
+
+/// Keeps the harness the one way in: no other test file names the binary cargo built (a file that
+/// needs its path, e.g. to put it on a script's PATH, takes `BIN`).
+#[test]
+fn only_the_harness_names_the_built_binary() {
+    let needle = concat!("CARGO_BIN", "_EXE_");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && path.file_name().is_some_and(|n| n != "common.rs")
+            && std::fs::read_to_string(&path).unwrap().contains(needle)
+        {
+            offenders.push(path.display().to_string());
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "run the CLI through common::Vla (or take common::BIN): {offenders:?}"
+    );
+}
