@@ -1,63 +1,12 @@
 //! End-to-end tests of the real binary: profiles, plan output, exit codes, the launch form with a
 //! fake torchrun. Runs on machines without a GPU or NVML (CI).
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
-fn bin() -> StdCommand {
-    std_bin()
-}
-
-/// `cmd.assert()`: runs it, then `.code(2)`, `.success()`, `.stdout(&[needles])`,
-/// `.stderr(&[needles])` check the result, each naming what it saw when it fails.
-trait Run {
-    fn assert(&mut self) -> Ran;
-}
-
-impl Run for StdCommand {
-    fn assert(&mut self) -> Ran {
-        Ran(self.output().unwrap())
-    }
-}
-
-struct Ran(std::process::Output);
-
-impl Ran {
-    fn code(self, want: i32) -> Self {
-        assert_eq!(
-            self.0.status.code(),
-            Some(want),
-            "stderr: {}",
-            String::from_utf8_lossy(&self.0.stderr)
-        );
-        self
-    }
-
-    fn success(self) -> Self {
-        self.code(0)
-    }
-
-    fn stdout(self, needles: &[&str]) -> Self {
-        let text = String::from_utf8_lossy(&self.0.stdout);
-        for n in needles {
-            assert!(text.contains(n), "{n:?} not in stdout:\n{text}");
-        }
-        self
-    }
-
-    fn stderr(self, needles: &[&str]) -> Self {
-        let text = String::from_utf8_lossy(&self.0.stderr);
-        for n in needles {
-            assert!(text.contains(n), "{n:?} not in stderr:\n{text}");
-        }
-        self
-    }
-}
-
-/// `bin()` as a plain std Command (for runs that must be spawned and signalled).
-fn std_bin() -> StdCommand {
-    let mut c = StdCommand::new(env!("CARGO_BIN_EXE_vla-launch"));
+fn bin() -> Vla {
+    let mut c = Vla::new();
     // A clean, predictable environment: no user profiles, no inherited planning variables.
     c.without_ambient_topology()
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
@@ -167,9 +116,9 @@ fn broken_profiles_exit_2_naming_the_place() {
 fn unknown_profile_lists_where_it_looked() {
     bin()
         .args(["plan", "--gpus", "1xh100", "--profile", "alhoa"])
-        .assert()
+        .run()
         .code(2)
-        .stderr(&["profile 'alhoa' not found", "aloha"]);
+        .stderr_has(&["profile 'alhoa' not found", "aloha"]);
 }
 
 #[test]
@@ -182,10 +131,10 @@ fn missing_env_placeholder_warns_in_plan_and_refuses_a_launch() {
             "--profile",
             &fixture("missing-env.yaml"),
         ])
-        .assert()
+        .run()
         .code(0)
-        .stdout(&["${VLA_TEST_SURELY_UNSET_ROOT}"])
-        .stderr(&["VLA_TEST_SURELY_UNSET_ROOT"]);
+        .stdout_has(&["${VLA_TEST_SURELY_UNSET_ROOT}"])
+        .stderr_has(&["VLA_TEST_SURELY_UNSET_ROOT"]);
     bin()
         .args([
             "--gpus",
@@ -195,9 +144,9 @@ fn missing_env_placeholder_warns_in_plan_and_refuses_a_launch() {
             "--profile",
             &fixture("missing-env.yaml"),
         ])
-        .assert()
+        .run()
         .code(2)
-        .stderr(&["VLA_TEST_SURELY_UNSET_ROOT", "train.data_root_dir"]);
+        .stderr_has(&["VLA_TEST_SURELY_UNSET_ROOT", "train.data_root_dir"]);
 }
 
 #[test]
@@ -212,9 +161,9 @@ fn bad_override_exits_2() {
             "--set",
             "train.lora_rank=-3",
         ])
-        .assert()
+        .run()
         .code(2)
-        .stderr(&["lora_rank"]);
+        .stderr_has(&["lora_rank"]);
 }
 
 const DESIGN_KEYS: &[&str] = &[
@@ -417,7 +366,7 @@ fn without_a_driver_nvml_commands_exit_4_with_one_sentence() {
         vec!["plan", "--profile", "aloha"],
         vec!["--profile", "aloha"],
     ] {
-        bin().args(&args).assert().code(4).stderr(&[SENTENCE]);
+        bin().args(&args).run().code(4).stderr_has(&[SENTENCE]);
     }
 }
 
@@ -425,14 +374,14 @@ fn without_a_driver_nvml_commands_exit_4_with_one_sentence() {
 fn malformed_gpus_spec_exits_2_naming_the_bad_part() {
     bin()
         .args(["plan", "--profile", "aloha", "--gpus", "4xrtx4090,2xbanana"])
-        .assert()
+        .run()
         .code(2)
-        .stderr(&["banana"]);
+        .stderr_has(&["banana"]);
 }
 
 #[test]
 fn profiles_lists_built_in_and_local_ones() {
-    bin().arg("profiles").assert().success().stdout(&[
+    bin().arg("profiles").run().success().stdout_has(&[
         "aloha",
         "libero",
         "bridge",
@@ -446,9 +395,9 @@ fn profile_works_from_any_directory() {
     bin()
         .current_dir(dir.path())
         .args(["plan", "--profile", "aloha", "--gpus", "1xh100"])
-        .assert()
+        .run()
         .success()
-        .stdout(&["Plan for profile 'aloha'"]);
+        .stdout_has(&["Plan for profile 'aloha'"]);
 }
 
 #[test]
@@ -459,7 +408,7 @@ fn help_of_every_command_reads_well_and_has_an_example() {
         vec!["gpus", "--help"],
         vec!["doctor", "--help"],
     ] {
-        bin().args(&args).assert().success().stdout(&["Example"]);
+        bin().args(&args).run().success().stdout_has(&["Example"]);
     }
 }
 
@@ -467,9 +416,9 @@ fn help_of_every_command_reads_well_and_has_an_example() {
 fn completions_are_generated() {
     bin()
         .args(["completions", "bash"])
-        .assert()
+        .run()
         .success()
-        .stdout(&["vla-launch"]);
+        .stdout_has(&["vla-launch"]);
 }
 
 use crate::common::fake_torchrun;
@@ -631,7 +580,7 @@ fn plan_file_gives_every_node_the_same_flags_and_is_checked_against_its_gpus() {
             "-o",
         ])
         .arg(&plan)
-        .assert()
+        .run()
         .success();
     let node = |rank: &str, gpus: &str| {
         bin()
@@ -693,7 +642,8 @@ fn killing_one_nodes_launcher_stops_the_other_node() {
         .unwrap()
         .port();
     let node = |rank: &str| {
-        let mut c = std_bin();
+        let mut v = bin();
+        let c = v.command();
         c.args([
             "--profile",
             "aloha",
@@ -1004,9 +954,9 @@ fn launch_without_the_training_script_is_an_environment_error() {
         ])
         .env("OPENVLA_OFT_DIR", "/nonexistent-openvla-oft")
         .envs(placeholders("/r"))
-        .assert()
+        .run()
         .code(4)
-        .stderr(&[]);
+        .stderr_has(&[]);
 }
 
 /// `--ranks 0` asks torchrun to show only local rank 0 and keep every rank's output in its logs.
@@ -1178,6 +1128,7 @@ fn a_closed_stdout_is_not_a_panic() {
         drop(reader);
         let out = bin()
             .args(args)
+            .command()
             .stdout(writer)
             .stderr(std::process::Stdio::piped())
             .output()

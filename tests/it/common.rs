@@ -86,3 +86,224 @@ impl WithoutAmbient for std::process::Command {
         self
     }
 }
+
+/// The vla-launch binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_vla-launch");
+
+/// The one way the integration tests run the CLI: state the arguments, environment, working
+/// directory and stdin, then `run()` it for its code, stdout and stderr (checked with `Ran`'s
+/// expectations or read directly), `output()` for the raw bytes, or `command()` for a run that
+/// must be spawned and signalled. The environment is inherited unless a test changes it; each
+/// test file states its own (`without_ambient_topology`, profile and cache directories, ...).
+pub struct Vla {
+    cmd: std::process::Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Default for Vla {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Vla {
+    /// The binary cargo built for these tests.
+    pub fn new() -> Self {
+        Self::at(BIN)
+    }
+
+    /// A copy or link of the binary at another path (e.g. an installed layout).
+    pub fn at(exe: impl AsRef<std::ffi::OsStr>) -> Self {
+        Self {
+            cmd: std::process::Command::new(exe),
+            stdin: None,
+        }
+    }
+
+    pub fn arg(&mut self, arg: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(
+        &mut self,
+        key: impl AsRef<std::ffi::OsStr>,
+        val: impl AsRef<std::ffi::OsStr>,
+    ) -> &mut Self {
+        self.cmd.env(key, val);
+        self
+    }
+
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.envs(vars);
+        self
+    }
+
+    pub fn env_remove(&mut self, key: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    /// Bytes written to the child's stdin (closed after them); without this stdin is empty.
+    pub fn stdin(&mut self, bytes: impl Into<Vec<u8>>) -> &mut Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// The configured command, for runs spawned in the background and signalled.
+    pub fn command(&mut self) -> &mut std::process::Command {
+        &mut self.cmd
+    }
+
+    /// The configured command, owned (for helpers that hand out a command to spawn).
+    pub fn into_command(self) -> std::process::Command {
+        self.cmd
+    }
+
+    /// Runs it to the end and returns its exit status and the bytes it wrote (as
+    /// `Command::output`, so that a test may look at the error of a start that failed).
+    pub fn output(&mut self) -> std::io::Result<std::process::Output> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let Some(input) = &self.stdin else {
+            return self.cmd.output();
+        };
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.clone();
+        // Written from a thread so that a child that writes before it reads cannot deadlock.
+        let writer = std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+        let out = child.wait_with_output();
+        writer.join().unwrap();
+        out
+    }
+
+    /// Runs it to the end; stdout and stderr as (lossy) text.
+    pub fn run(&mut self) -> Ran {
+        Ran::from(self.output().expect("vla-launch runs"))
+    }
+}
+
+impl WithoutAmbient for Vla {
+    fn without_ambient_topology(&mut self) -> &mut Self {
+        self.cmd.without_ambient_topology();
+        self
+    }
+}
+
+/// What a run of the CLI left: exit code, stdout and stderr as text (`output()` has the bytes).
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Ran {
+    fn from(output: std::process::Output) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ran {
+    /// Expects exit code `want`, naming stderr when it differs.
+    pub fn code(self, want: i32) -> Self {
+        assert_eq!(self.code, Some(want), "stderr: {}", self.stderr);
+        self
+    }
+
+    pub fn success(self) -> Self {
+        self.code(0)
+    }
+
+    /// Expects every needle in stdout, naming stdout when one is missing.
+    pub fn stdout_has(self, needles: &[&str]) -> Self {
+        for n in needles {
+            assert!(
+                self.stdout.contains(n),
+                "{n:?} not in stdout:\n{}",
+                self.stdout
+            );
+        }
+        self
+    }
+
+    /// Expects every needle in stderr, naming stderr when one is missing.
+    pub fn stderr_has(self, needles: &[&str]) -> Self {
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "{n:?} not in stderr:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+/// The harness itself: stdin reaches the child whole and is closed after it (no test of the CLI
+/// feeds stdin yet, so `cat` stands in), and the code and output come back.
+#[test]
+fn harness_feeds_stdin_and_returns_code_and_output() {
+    let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let out = Vla::at("cat").stdin(input.clone()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, input);
+    Vla::at("sh")
+        .args(["-c", "echo out; echo err >&2; exit 3"])
+        .run()
+        .code(3)
+        .stdout_has(&["out"])
+        .stderr_has(&["err"]);
+}
+
+/// Keeps the harness the one way in: no other test file names the binary cargo built (a file that
+/// needs its path, e.g. to put it on a script's PATH, takes `BIN`).
+#[test]
+fn only_the_harness_names_the_built_binary() {
+    let needle = concat!("CARGO_BIN", "_EXE_");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && path.file_name().is_some_and(|n| n != "common.rs")
+            && std::fs::read_to_string(&path).unwrap().contains(needle)
+        {
+            offenders.push(path.display().to_string());
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "run the CLI through common::Vla (or take common::BIN): {offenders:?}"
+    );
+}

@@ -1,16 +1,16 @@
 //! Issue 17 items 3-7, 9-10 and `--profile` did-you-mean, through the real binary: each test
 //! names the item it covers and failed on the code before the change it checks.
 
-use crate::common::WithoutAmbient;
+use crate::common::{Ran, Vla, WithoutAmbient};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+fn bin() -> Vla {
+    let mut c = Vla::new();
     c.without_ambient_topology()
         .env_remove("PYTORCH_CUDA_ALLOC_CONF")
         .env_remove("VLA_DATA_ROOT")
@@ -27,22 +27,8 @@ fn bin() -> Command {
     c
 }
 
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn ran(out: Output) -> Ran {
-    Ran {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 fn run(args: &[&str]) -> Ran {
-    ran(bin().args(args).output().unwrap())
+    bin().args(args).run()
 }
 
 fn plan_4090() -> Ran {
@@ -276,7 +262,7 @@ fn wandb_offline_does_not_need_entity_or_project() {
         if let Some(m) = mode {
             c.env("WANDB_MODE", m);
         }
-        ran(c.output().unwrap())
+        c.run()
     };
     let refused = base(None);
     assert_eq!(refused.code, Some(2), "{}", refused.stderr);
@@ -326,7 +312,7 @@ fn plan_help_is_not_wrapped_mid_command_on_a_wide_terminal() {
         .arg("-qec")
         .arg(format!(
             "stty rows 50 cols 100; '{}' plan --help",
-            env!("CARGO_BIN_EXE_vla-launch")
+            crate::common::BIN
         ))
         .arg("/dev/null")
         .env("NO_COLOR", "1")
@@ -401,12 +387,11 @@ fn doctor_json_is_one_object_with_the_checks() {
 
 #[test]
 fn doctor_torchrun_hint_names_openvla_oft_dir() {
-    let r = ran(bin()
+    let r = bin()
         .args(["doctor", "--profile", "aloha"])
         .env("PATH", "/nonexistent")
         .env("OPENVLA_OFT_DIR", "/nonexistent-oft")
-        .output()
-        .unwrap());
+        .run();
     let all = format!("{}{}", r.stdout, r.stderr);
     assert!(all.contains("OPENVLA_OFT_DIR"), "{all}");
 }
@@ -511,12 +496,12 @@ fn no_color_turns_off_the_log_colours_on_a_terminal() {
         c.arg("-qec")
             .arg(format!(
                 "'{}' plan --profile aloha --gpus 1xh100",
-                env!("CARGO_BIN_EXE_vla-launch")
+                crate::common::BIN
             ))
             .arg("/dev/null");
         let mut c2 = Command::new("script");
-        c2.args(c.get_args());
-        for (k, v) in c.get_envs() {
+        c2.args(c.command().get_args());
+        for (k, v) in c.command().get_envs() {
             match v {
                 Some(v) => c2.env(k, v),
                 None => c2.env_remove(k),
@@ -545,7 +530,7 @@ fn oom_hint_does_not_suggest_what_is_already_on() {
     let dir = temp_dir("oomhint");
     let oom = "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.12 GiB memory in use. Of the allocated memory 75.80 GiB is allocated by PyTorch, and 0.21 GiB is reserved by PyTorch but unallocated.\n";
     let hint = |strategy: &str, ckpt: &str| {
-        let r = ran(bin()
+        let r = bin()
             .args([
                 "--profile",
                 "aloha",
@@ -565,8 +550,7 @@ fn oom_hint_does_not_suggest_what_is_already_on() {
             .env("WANDB_MODE", "offline")
             .env("FAKE_STDERR", oom)
             .env("FAKE_EXIT", "1")
-            .output()
-            .unwrap());
+            .run();
         assert_eq!(r.code, Some(1), "{}", r.stderr);
         r.stderr
             .lines()
@@ -600,7 +584,7 @@ fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
     let cache = dir.join("cache");
     std::fs::create_dir_all(&cache).unwrap();
     let launch = |args: &[&str]| {
-        ran(bin()
+        bin()
             .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
             .arg(dir.join("logs"))
             .arg("--torchrun")
@@ -611,8 +595,7 @@ fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
             .env("WANDB_MODE", "offline")
             .env("VLA_LAUNCH_CACHE_DIR", &cache)
             .env("FAKE_RECORD", &record)
-            .output()
-            .unwrap())
+            .run()
     };
     let r = launch(&["--set", "train.max_step=1000"]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
@@ -640,7 +623,7 @@ fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
     // plan warns and plans: with the flags the launch cached, and with a cache of its own.
     let fresh = dir.join("fresh-cache");
     for cache_dir in [&cache, &fresh] {
-        let plan = ran(bin()
+        let plan = bin()
             .args([
                 "plan",
                 "--profile",
@@ -651,8 +634,7 @@ fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
                 "train.max_step=5",
             ])
             .env("VLA_LAUNCH_CACHE_DIR", cache_dir)
-            .output()
-            .unwrap());
+            .run();
         assert_eq!(plan.code, Some(0), "{}", plan.stderr);
         assert!(
             plan.stderr.contains("did you mean --max_steps?"),
@@ -670,7 +652,7 @@ fn unknown_script_flags_are_refused_before_launch_and_warned_in_plan() {
 #[test]
 fn unterminated_script_stderr_is_ended_before_the_exit_line() {
     let dir = temp_dir("unterminated");
-    let r = ran(bin()
+    let r = bin()
         .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
         .arg(dir.join("logs"))
         .arg("--torchrun")
@@ -679,8 +661,7 @@ fn unterminated_script_stderr_is_ended_before_the_exit_line() {
         .env("VLA_RUN_ROOT", &dir)
         .env("WANDB_MODE", "offline")
         .env("FAKE_STDERR", "warn-from-script")
-        .output()
-        .unwrap());
+        .run();
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(
         r.stderr
@@ -698,7 +679,7 @@ fn runs_lists_past_launches_and_logs_prints_them() {
     let dir = temp_dir("runs");
     let logs = dir.join("logs");
     let launch = |text: &str, exit: &str| {
-        let r = ran(bin()
+        let r = bin()
             .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
             .arg(&logs)
             .arg("--torchrun")
@@ -708,8 +689,7 @@ fn runs_lists_past_launches_and_logs_prints_them() {
             .env("WANDB_MODE", "offline")
             .env("FAKE_STDERR", text)
             .env("FAKE_EXIT", exit)
-            .output()
-            .unwrap());
+            .run();
         assert_eq!(r.code, Some(exit.parse().unwrap()), "{}", r.stderr);
     };
     let empty = run(&["runs", "--log-dir", dir.join("none").to_str().unwrap()]);
@@ -770,7 +750,7 @@ fn runs_lists_past_launches_and_logs_prints_them() {
 fn status_line_on_a_terminal_and_none_in_a_file() {
     let dir = temp_dir("status");
     let logs = dir.join("logs");
-    let launch_args = |c: &mut Command| {
+    let launch_args = |c: &mut Vla| {
         c.env("VLA_DATA_ROOT", "/data")
             .env("VLA_RUN_ROOT", &dir)
             .env("WANDB_MODE", "offline")
@@ -780,7 +760,7 @@ fn status_line_on_a_terminal_and_none_in_a_file() {
     };
     let cmd = format!(
         "'{}' --profile aloha --gpus 1xh100 --torchrun '{}' --log-dir '{}'",
-        env!("CARGO_BIN_EXE_vla-launch"),
+        crate::common::BIN,
         root().join("tests/fixtures/fake_torchrun").display(),
         logs.display()
     );
@@ -788,7 +768,7 @@ fn status_line_on_a_terminal_and_none_in_a_file() {
     launch_args(&mut pty);
     let mut script = Command::new("script");
     script.args(["-qec", &cmd, "/dev/null"]).current_dir(root());
-    for (k, v) in pty.get_envs() {
+    for (k, v) in pty.command().get_envs() {
         match v {
             Some(v) => script.env(k, v),
             None => script.env_remove(k),
@@ -815,13 +795,12 @@ fn status_line_on_a_terminal_and_none_in_a_file() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut file = bin();
     launch_args(&mut file);
-    let r = ran(file
+    let r = file
         .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
         .arg(&logs)
         .arg("--torchrun")
         .arg(root().join("tests/fixtures/fake_torchrun"))
-        .output()
-        .unwrap());
+        .run();
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!r.stderr.contains("vla-launch: step"), "{}", r.stderr);
     assert!(r.stderr.contains("| 10/20 ["), "{}", r.stderr);
@@ -859,6 +838,7 @@ fn logs_follow_a_running_launch_to_its_end() {
         .env("WANDB_MODE", "offline")
         .env("FAKE_SLEEP", "2")
         .env("FAKE_STDERR", "a-line\n")
+        .command()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

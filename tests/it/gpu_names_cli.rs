@@ -1,9 +1,9 @@
 //! `--gpus` with GPU names as people say them, through the real binary (issue 17, item 2).
 
-use std::process::{Command, Output};
+use crate::common::Vla;
 
 fn plan(gpus: &str) -> (Option<i32>, String, String) {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_vla-launch"))
+    let r = Vla::new()
         .args(["plan", "--profile", "aloha", "--gpus", gpus])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("VLA_LAUNCH_GPUS")
@@ -14,13 +14,8 @@ fn plan(gpus: &str) -> (Option<i32>, String, String) {
             concat!(env!("CARGO_TARGET_TMPDIR"), "/it-vla-launch-cache"),
         )
         .env("RUST_LOG", "vla_launch=warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .run();
+    (r.code, r.stdout, r.stderr)
 }
 
 /// A marketed size is planned with what NVML shows for such a card, and the plan says so.
@@ -102,7 +97,7 @@ fn names_a_new_user_typed_get_the_right_answer() {
 /// a description stands for (instead of being refused), with the notes on how it was read.
 #[test]
 fn gpus_takes_a_description_too() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vla-launch"))
+    let out = Vla::new()
         .args(["gpus", "--gpus", "2xh100,1x24GB"])
         .env("RUST_LOG", "vla_launch=warn")
         .output()

@@ -4,6 +4,7 @@
 //! The real wheel, built, audited and installed without Rust, is scripts/build-wheel.sh and
 //! scripts/wheel-check.sh (CI).
 
+use crate::common::Vla;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,7 +22,7 @@ fn install_binary(prefix: &Path) -> PathBuf {
     let bin = prefix.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("vla-launch");
-    std::fs::hard_link(env!("CARGO_BIN_EXE_vla-launch"), &exe).unwrap();
+    std::fs::hard_link(crate::common::BIN, &exe).unwrap();
     exe
 }
 
@@ -42,7 +43,7 @@ fn install_data(prefix: &Path) -> PathBuf {
 
 /// Runs the installed binary from an unrelated directory with a clean environment.
 fn run(exe: &Path, cwd: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(exe)
+    Vla::at(exe)
         .args(args)
         .current_dir(cwd)
         .env_remove("VLA_LAUNCH_DIR")
@@ -113,7 +114,7 @@ fn vla_launch_dir_overrides_the_installed_files() {
     install_data(&prefix);
     let other = tmp.path().join("checkout");
     install_data(&other);
-    let out = Command::new(&exe)
+    let out = Vla::at(&exe)
         .args(["--profile", "aloha-probe", "--dry-run", "--gpus", "1xh100"])
         .current_dir(tmp.path())
         .env("VLA_LAUNCH_DIR", other.join(SHARE))
@@ -167,10 +168,7 @@ fn cargo_install_layout_says_where_it_looked_and_how_to_fix_it() {
 
 #[test]
 fn version_names_the_commit() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vla-launch"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = Vla::new().arg("--version").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     let head = Command::new("git")

@@ -2,9 +2,11 @@
 //! dependencies are linked once for all of them (16 binaries took most of `cargo test`'s time).
 //!
 //! A new test file: put it in tests/it/, add `mod its_name;` below, and take shared helpers from
-//! `crate::common` (model specs, policies, the fake torchrun, the CLI binary) rather than copying
-//! them. Only tests that must own their process (e.g. tests/signals.rs, which signals the test
-//! process itself) get a binary of their own in tests/.
+//! `crate::common` (model specs, policies, the fake torchrun) rather than copying them, and run the
+//! CLI through `crate::common::Vla` (args, env, cwd, stdin; then `run()` for code/stdout/stderr,
+//! or `command()` for a run spawned and signalled), never a `Command` of its own. Only tests that
+//! must own their process (e.g. tests/signals.rs, which signals the test process itself) get a
+//! binary of their own in tests/.
 
 mod common;
 mod supervisor_support;

@@ -1,8 +1,9 @@
 //! Issue 14 item 11: messages name the real source (plan-file field, profile field, flag), numbers
 //! are range-checked where they are parsed, and no error echoes unbounded input.
 
+use crate::common::Vla;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use vla_launch::profile;
 
@@ -10,8 +11,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn bin(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+fn bin(dir: &Path) -> Vla {
+    let mut c = Vla::new();
     c.env_remove("VLA_LAUNCH_GPUS")
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env_remove("SLURM_JOB_ID")
@@ -474,7 +475,7 @@ fn the_multi_node_warning_names_the_missing_piece() {
 #[test]
 fn unset_placeholders_are_one_warning_and_the_error_starts_with_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let unset = |c: &mut Command| {
+    let unset = |c: &mut Vla| {
         for v in [
             "VLA_DATA_ROOT",
             "VLA_RUN_ROOT",

@@ -1,19 +1,18 @@
 //! Issue 13 item 5: a multi-node job's one output file stays readable. The plan is printed once
 //! (node 0); every other node's launcher lines carry its rank.
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 use std::path::Path;
-use std::process::Command;
 
-fn node(rank: u32) -> Command {
+fn node(rank: u32) -> Vla {
     let mut c = launcher(rank, "127.0.0.1:23456");
     c.arg("--dry-run");
     c
 }
 
-fn launcher(rank: u32, endpoint: &str) -> Command {
+fn launcher(rank: u32, endpoint: &str) -> Vla {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    let mut c = Vla::new();
     c.args(["--profile", "aloha", "--gpus", "1xh100"])
         .args(["--nnodes", "2", "--node-rank", &rank.to_string()])
         .args(["--rdzv-endpoint", endpoint])

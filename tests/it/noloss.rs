@@ -2,7 +2,7 @@
 //! a vanished stderr, a full log disk, an absurd --grace), the run's processes end, nothing
 //! panics, and the exit code is the training's.
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -19,14 +19,14 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 pub(crate) fn launcher_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vla-launch"))
+    PathBuf::from(crate::common::BIN)
 }
 
 /// The real binary launching the fake torchrun (aloha profile, one described H100), with its
 /// log directory in `dir/logs` and the fake's pids in `dir/pids`.
 pub(crate) fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut c = Command::new(launcher_bin());
+    let mut c = Vla::new();
     c.args(["--profile", "aloha", "--gpus", "1xh100", "--grace", grace])
         .arg("--torchrun")
         .arg(root.join("tests/fixtures/fake_torchrun"))
@@ -49,7 +49,7 @@ pub(crate) fn launcher(dir: &Path, grace: &str, fake_env: &[(&str, &str)]) -> Co
     for (k, v) in fake_env {
         c.env(k, v);
     }
-    c
+    c.into_command()
 }
 
 pub(crate) fn wait_ready(dir: &Path, child: &mut Child) -> Vec<i32> {

@@ -2,7 +2,7 @@
 //! launcher writes (the run record, `plan --json`, `plan -o`), records 0600 in 0700 directories
 //! unless `--record-mode` says otherwise.
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,10 +34,10 @@ fn checkout_with_secret_flags(dir: &Path) -> PathBuf {
     checkout
 }
 
-fn bin(dir: &Path) -> Command {
+fn bin(dir: &Path) -> Vla {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let checkout = checkout_with_secret_flags(dir);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    let mut c = Vla::new();
     c.without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
@@ -53,7 +53,7 @@ fn bin(dir: &Path) -> Command {
 }
 
 /// Profile env that carries a token under a harmless name, a secret `--set`, secret flags.
-fn secret_args(c: &mut Command) -> &mut Command {
+fn secret_args(c: &mut Vla) -> &mut Vla {
     c.args(["--profile", "aloha", "--gpus", "1xh100"])
         .arg("--set")
         .arg("env.MY_HF_AUTH=${HF_TOKEN}")
@@ -61,7 +61,7 @@ fn secret_args(c: &mut Command) -> &mut Command {
         .arg(format!("train.hf_token={}", SECRETS[1]))
 }
 
-fn secret_extra(c: &mut Command) -> &mut Command {
+fn secret_extra(c: &mut Vla) -> &mut Vla {
     c.args(["--", "--wandb_api_key", SECRETS[2]])
         .arg(format!("--hf-token={}", SECRETS[3]))
         .args(["--api_token", SECRETS[4]])
@@ -250,9 +250,9 @@ impl Drop for SmallDisk {
 }
 
 /// The real binary launching the fake torchrun into `logs`.
-fn fake_launch(dir: &Path, logs: &Path, fake: &[(&str, &str)]) -> Command {
+fn fake_launch(dir: &Path, logs: &Path, fake: &[(&str, &str)]) -> Vla {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    let mut c = Vla::new();
     c.without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", dir.join("cache"))

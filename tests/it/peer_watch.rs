@@ -2,6 +2,7 @@
 //! secret can stop, flood or squat it, node 0 refuses taken ports, and node names that do not
 //! resolve are said loudly. Real TCP on 127.0.0.1, with the watch's intervals shortened.
 
+use crate::common::Vla;
 use crate::peer_proto;
 
 use std::io::{Read, Write};
@@ -710,7 +711,7 @@ fn unresolvable_or_foreign_node_names_are_warned_about() {
 
 fn launcher(dir: &std::path::Path) -> std::process::Command {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    let mut c = Vla::new();
     for v in [
         "VLA_LAUNCH_GPUS",
         "CUDA_VISIBLE_DEVICES",
@@ -733,7 +734,7 @@ fn launcher(dir: &std::path::Path) -> std::process::Command {
         .args(["--profile", "aloha", "--gpus", "1xh100", "--grace", "2"])
         .arg("--torchrun")
         .arg(root.join("tests/fixtures/fake_torchrun"));
-    c
+    c.into_command()
 }
 
 fn slurm_node(c: &mut std::process::Command, job: &str, rank: &str) {

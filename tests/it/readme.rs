@@ -236,8 +236,7 @@ impl Scratch {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vla-launch"), bin.join("vla-launch"))
-            .unwrap();
+        std::os::unix::fs::symlink(crate::common::BIN, bin.join("vla-launch")).unwrap();
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         for d in ["scripts", "launch-profiles"] {

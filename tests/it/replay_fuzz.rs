@@ -6,9 +6,9 @@
 //!
 //! The seed differs per run and is printed on failure (`VLA_REPLAY_FUZZ_SEED=N` repeats one).
 
+use crate::common::Vla;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{Value, json};
 use vla_launch::app::{ReplayCheck, replay_command};
@@ -282,8 +282,8 @@ fn check<'a>(
     }
 }
 
-fn bin(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+fn bin(dir: &Path) -> Vla {
+    let mut c = Vla::new();
     c.env_remove("VLA_LAUNCH_GPUS")
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env_remove("SLURM_JOB_ID")

@@ -1,6 +1,7 @@
 //! Issue 14 item 8: `replay` shows what it will run and does not run a record's program,
 //! environment or directory blindly; `--plan-file` does not run a profile it names by path.
 
+use crate::common::Vla;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,8 +13,8 @@ fn fake() -> PathBuf {
     root().join("tests/fixtures/fake_torchrun")
 }
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+fn bin() -> Vla {
+    let mut c = Vla::new();
     c.env_remove("VLA_LAUNCH_GPUS")
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env_remove("SLURM_JOB_ID")

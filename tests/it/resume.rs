@@ -2,13 +2,13 @@
 //! from the newest checkpoint upstream finetune.py wrote (`<run_root_dir>/<run id>--<step>_chkpt`);
 //! `--resume off` never resumes; without a checkpoint it starts from scratch and says so.
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn dry_run(run_root: &Path, resume: &[&str]) -> Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    Command::new(env!("CARGO_BIN_EXE_vla-launch"))
+    Vla::new()
         .args(["--profile", "aloha", "--gpus", "1xh100", "--dry-run"])
         .args(resume)
         .arg("--torchrun")

@@ -2,15 +2,15 @@
 //! in one directory in the same second each get their own files, created exclusively, and
 //! `latest.log` / `latest.json` point at the newest.
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn launcher(run_root: &Path, logs: &Path) -> Command {
+fn launcher(run_root: &Path, logs: &Path) -> Vla {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    let mut c = Vla::new();
     c.args(["--profile", "aloha", "--gpus", "1xh100", "--grace", "5"])
         .arg("--torchrun")
         .arg(crate::common::fake_torchrun())
@@ -90,9 +90,9 @@ fn files(dir: &Path, prefix: &str, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-fn both(mut a: Command, mut b: Command) -> (Output, Output) {
-    let ca = a.spawn().unwrap();
-    let cb = b.spawn().unwrap();
+fn both(mut a: Vla, mut b: Vla) -> (Output, Output) {
+    let ca = a.command().spawn().unwrap();
+    let cb = b.command().spawn().unwrap();
     (
         ca.wait_with_output().unwrap(),
         cb.wait_with_output().unwrap(),
@@ -171,8 +171,9 @@ fn two_replays_in_one_second_keep_two_logs() {
     let record = files(&logs, "plan-", ".json").remove(0);
     // `replay` takes no launch flags: the same environment, the record as its argument.
     let replay = || {
-        let env = launcher(dir.path(), &logs);
-        let mut r = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+        let mut env = launcher(dir.path(), &logs);
+        let env = env.command();
+        let mut r = Vla::new();
         // The record's program is the fake torchrun: replay runs it only when told so.
         r.arg("replay")
             .arg(&record)

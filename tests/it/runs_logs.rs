@@ -3,16 +3,16 @@
 //! update) and `--tail N`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+fn bin() -> Vla {
+    let mut c = Vla::new();
     c.without_ambient_topology()
         .env("VLA_LAUNCH_PROFILE_DIR", "/nonexistent-vla-launch-profiles")
         .env("VLA_LAUNCH_CACHE_DIR", "/nonexistent-vla-launch-cache")
@@ -39,6 +39,7 @@ fn launch(dir: &Path, env: &[(&str, &str)]) -> Child {
         .arg(root().join("tests/fixtures/fake_torchrun"))
         .env("VLA_RUN_ROOT", dir)
         .envs(env.iter().copied())
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

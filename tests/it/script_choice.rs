@@ -3,9 +3,9 @@
 //! when it lacks `--use_fsdp` / `--gradient_checkpointing` and the addition is installed, and never
 //! print a command with a flag the script lacks.
 
+use crate::common::Vla;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::common::fake_torchrun;
 
@@ -19,8 +19,8 @@ pub(crate) fn checkout(name: &str) -> PathBuf {
 
 /// The binary with a clean environment, a private cache dir, the given checkout and
 /// VLA_LAUNCH_DIR (where the addition is looked for), and torch 2.11 on PYTHONPATH.
-pub(crate) fn bin(cache: &Path, checkout: &Path, launch_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+pub(crate) fn bin(cache: &Path, checkout: &Path, launch_dir: &Path) -> Vla {
+    let mut c = Vla::new();
     for v in [
         "VLA_LAUNCH_GPUS",
         "CUDA_VISIBLE_DEVICES",
@@ -58,19 +58,11 @@ pub(crate) fn stand_in_torch(version: &str) -> PathBuf {
         .join(version)
 }
 
-pub(crate) struct Out {
-    pub(crate) code: Option<i32>,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-}
+/// The harness's result (torch_aware.rs names it `Out`).
+pub(crate) type Out = crate::common::Ran;
 
-pub(crate) fn run(c: &mut Command) -> Out {
-    let o = c.output().unwrap();
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+pub(crate) fn run(c: &mut Vla) -> Out {
+    c.run()
 }
 
 /// A VLA_LAUNCH_DIR holding the FSDP addition (its content does not matter to the planner).

@@ -3,6 +3,7 @@
 //! peer-watch secret does not reach torchrun, a pasted command expands nothing, `plan -o FIFO`
 //! does not block, and the cache is private.
 
+use crate::common::Vla;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,8 +16,8 @@ fn fake() -> PathBuf {
     root().join("tests/fixtures/fake_torchrun")
 }
 
-fn bin(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+fn bin(dir: &Path) -> Vla {
+    let mut c = Vla::new();
     c.env_remove("VLA_LAUNCH_GPUS")
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env_remove("SLURM_JOB_ID")
@@ -322,6 +323,7 @@ fn plan_o_to_a_fifo_without_a_reader_does_not_block() {
     let mut child = bin(dir.path())
         .args(["plan", "--gpus", "1xh100", "--profile", "aloha", "-o"])
         .arg(&fifo)
+        .command()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vla-launch");
+use crate::common::BIN;
 /// Every process of a test job carries `MARK_VAR=<unique>` (from sbatch's environment).
 const MARK_VAR: &str = "VLA_SLURM_TEST_MARK";
 const TERMINAL: &[&str] = &[

@@ -7,11 +7,11 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::WithoutAmbient;
+use crate::common::{Vla, WithoutAmbient};
 
 /// What a terminal of `width` columns shows after `bytes`, and whether any printed character
 /// had to wrap to the next line. Knows what the launcher writes: text, `\r`, `\n`, backspace,
@@ -124,7 +124,7 @@ fn launch_on_pty(width: u16, dir: &Path) -> Vec<u8> {
     }
     let slave: OwnedFd = pty.slave;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vla-launch"));
+    let mut cmd = Vla::new();
     cmd.without_ambient_topology()
         .args(["--profile", "aloha", "--gpus", "1xh100", "--log-dir"])
         .arg(dir.join("logs"))
@@ -145,10 +145,11 @@ fn launch_on_pty(width: u16, dir: &Path) -> Vec<u8> {
         .env("FAKE_TQDM", "1000000")
         .env("FAKE_TQDM_DELAY", "0.02")
         .env("FAKE_ON_STOP_PRINT", "the script stops")
+        .command()
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.command().spawn().unwrap();
     drop(cmd);
     // Drain the terminal as an emulator would; the channel says when the status line is up.
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
