@@ -678,7 +678,6 @@ const LONG_FUNCTIONS_TO_SPLIT: &[&str] = &[
     "src/cluster/peers/hub.rs serve_peer",
     "src/cluster/topology.rs topology_from_env",
     "src/gpu/mod.rs discover",
-    "src/launch/command.rs build",
     "src/plan/explain.rs render_plan",
     "src/plan/retry.rs replan_after_oom",
     "src/plan/search.rs plan_impl",
