@@ -675,7 +675,6 @@ fn the_function_scan_counts_bodies_and_skips_test_items_literals_and_comments() 
 /// shrink, and a listed function that is no longer long fails the test until it is removed.
 const LONG_FUNCTIONS_TO_SPLIT: &[&str] = &[
     "src/app/commands/replay.rs expected_command",
-    "src/cluster/peers/hub.rs serve_peer",
     "src/cluster/topology.rs topology_from_env",
     "src/gpu/mod.rs discover",
     "src/plan/explain.rs render_plan",
