@@ -676,7 +676,6 @@ fn the_function_scan_counts_bodies_and_skips_test_items_literals_and_comments() 
 const LONG_FUNCTIONS_TO_SPLIT: &[&str] = &[
     "src/app/commands/replay.rs expected_command",
     "src/cluster/topology.rs topology_from_env",
-    "src/gpu/mod.rs discover",
     "src/plan/explain.rs render_plan",
     "src/plan/retry.rs replan_after_oom",
     "src/plan/search.rs plan_impl",
