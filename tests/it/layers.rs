@@ -671,19 +671,12 @@ fn the_function_scan_counts_bodies_and_skips_test_items_literals_and_comments() 
     );
 }
 
-/// Functions over the limit when the check came in (issue 28), being split; this list may only
-/// shrink, and a listed function that is no longer long fails the test until it is removed.
-const LONG_FUNCTIONS_TO_SPLIT: &[&str] = &[
-    "src/plan/search.rs plan_impl",
-];
-
 /// One job per function: no function in src/ (methods and nested functions included, test
 /// modules excluded) over 100 lines from its `fn` line to its closing brace.
 #[test]
 fn no_function_is_over_100_lines() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut long = Vec::new();
-    let mut still_long = BTreeSet::new();
     for file in modules(&src).values() {
         let code = code_only(&std::fs::read_to_string(file).unwrap());
         let rel = file
@@ -692,22 +685,10 @@ fn no_function_is_over_100_lines() {
             .to_string_lossy()
             .into_owned();
         for (name, line, lines) in function_lengths(&code) {
-            let key = format!("src/{rel} {name}");
-            let listed = LONG_FUNCTIONS_TO_SPLIT.contains(&key.as_str());
-            if lines > 100 && !listed {
+            if lines > 100 {
                 long.push(format!("src/{rel}:{line} {name}: {lines} lines"));
-            } else if lines > 100 {
-                still_long.insert(key);
             }
         }
     }
-    let done: Vec<_> = LONG_FUNCTIONS_TO_SPLIT
-        .iter()
-        .filter(|k| !still_long.contains(**k))
-        .collect();
     assert!(long.is_empty(), "split these:\n  {}", long.join("\n  "));
-    assert!(
-        done.is_empty(),
-        "no longer over 100 lines, remove from LONG_FUNCTIONS_TO_SPLIT: {done:?}"
-    );
 }
