@@ -3,7 +3,10 @@
 //!    is src/plan/retry.rs); an edge is any `use` of, or `crate::`/`super::` path into, another
 //!    module, and a module using its own submodule counts like any other edge;
 //! 2. the pure core (model, budget, plan) imports nothing of the process, launch, CLI or
-//!    NVML layers and does no I/O.
+//!    NVML layers and does no I/O;
+//! 3. one job per file and per function: no file over 600 lines of code, no function over 100;
+//! 4. no `println!`/`print!`/`eprintln!`/`eprint!` that panics on a closed terminal (the
+//!    launch/term.rs ones shadow them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -622,20 +625,27 @@ fn body_open(code: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// The byte ranges of the `#[cfg(test)]` items (a test module, a test-only function).
+fn test_items(code: &str) -> Vec<std::ops::Range<usize>> {
+    let b = code.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = code[from..].find("#[cfg(test)]") {
+        let at = from + i;
+        if let Some(open) = body_open(b, at + "#[cfg(test)]".len()) {
+            out.push(at..matching_brace(b, open));
+        }
+        from = at + 1;
+    }
+    out
+}
+
 /// Each function in `code` (comments and strings blanked) outside `#[cfg(test)]` items, as
 /// (name, first line, lines from the `fn` line to its closing brace), nested ones included.
 fn function_lengths(code: &str) -> Vec<(String, usize, usize)> {
     let b = code.as_bytes();
     let line_of = |at: usize| code[..at].matches('\n').count() + 1;
-    let mut test_only = Vec::new();
-    let mut from = 0;
-    while let Some(i) = code[from..].find("#[cfg(test)]") {
-        let at = from + i;
-        if let Some(open) = body_open(b, at + "#[cfg(test)]".len()) {
-            test_only.push(at..matching_brace(b, open));
-        }
-        from = at + 1;
-    }
+    let test_only = test_items(code);
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(i) = find_word(&code[from..], "fn ") {
@@ -691,4 +701,80 @@ fn no_function_is_over_100_lines() {
         }
     }
     assert!(long.is_empty(), "split these:\n  {}", long.join("\n  "));
+}
+
+/// The printing macros that panic on a closed stdout or stderr (EIO after the terminal closed,
+/// EPIPE after `| tee` died), each with its replacement in launch/term.rs.
+const PANICKING_PRINTS: &[&str] = &["println", "print", "eprintln", "eprint"];
+
+/// The printing macros `code` (comments and strings blanked, test items left out) uses bare in a
+/// module that does not shadow them with the never-panicking ones (`use
+/// crate::eprintln_lossy as eprintln;`), as "module: name!"; `std::println!` and the like count
+/// as bare everywhere.
+fn panicking_prints(code: &str) -> Vec<String> {
+    let mut no_tests = code.to_string();
+    for r in test_items(code).into_iter().rev() {
+        no_tests.replace_range(r, "");
+    }
+    let mut out = Vec::new();
+    for (module, body) in inline_modules(&no_tests) {
+        let module = module.unwrap_or_else(|| "(file)".into());
+        for name in PANICKING_PRINTS {
+            let shadowed = body.contains(&format!("{name}_lossy as {name}"));
+            let call = format!("{name}!");
+            let mut from = 0;
+            while let Some(i) = find_word(&body[from..], &call) {
+                let at = from + i;
+                from = at + call.len();
+                if !shadowed || body[..at].ends_with("::") {
+                    out.push(format!("{module}: {call}"));
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_print_scan_finds_unshadowed_prints_and_skips_tests_and_literals() {
+    let code = code_only(
+        "use crate::{eprintln_lossy as eprintln};\nfn a() { eprintln!(\"x\"); crate::println_lossy!(\"y\"); }\n// println!(\"in a comment\")\nfn b() { let s = \"print!\"; std::eprintln!(\"z\"); }\nmod inner {\n    fn c() { eprint!(\"w\"); }\n}\n#[cfg(test)]\nmod tests {\n    fn t() { println!(\"fine in tests\"); }\n}\n",
+    );
+    assert_eq!(
+        panicking_prints(&code),
+        vec!["(file): eprintln!", "inner: eprint!"]
+    );
+    assert!(
+        panicking_prints(&code_only(
+            "use crate::print_lossy as print;\nfn f() { print!(\"a\"); }\n"
+        ))
+        .is_empty()
+    );
+}
+
+/// Never panic on a closed stdout or stderr: every `println!`, `print!`, `eprintln!` and
+/// `eprint!` in src/ outside tests is the launch/term.rs one, brought in by shadowing the name
+/// (`use crate::{eprintln_lossy as eprintln, println_lossy as println};`) or called by its own
+/// name (`crate::eprintln_lossy!`).
+#[test]
+fn every_print_in_src_survives_a_closed_terminal() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut bare = Vec::new();
+    for file in modules(&src).values() {
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for found in panicking_prints(&code) {
+            bare.push(format!("src/{rel} {found}"));
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "these panic when the terminal is gone; add `use crate::{{eprintln_lossy as eprintln, println_lossy as println}};` (or print_lossy/eprint_lossy) to the module:\n  {}",
+        bare.join("\n  ")
+    );
 }
