@@ -363,51 +363,15 @@ pub fn topology_from_env(
         .clone()
         .or(torch_rank.clone())
         .or(slurm.as_ref().and_then(|s| s.node_id.clone()));
-    let node_rank = match node_rank {
-        Some(r) => r,
-        None if nnodes.value == 1 => sourced(0, "default"),
-        None => {
-            return Err(ClusterError::MissingNodeRank {
-                nnodes: nnodes.value,
-            });
-        }
-    };
-    if node_rank.value >= nnodes.value {
-        return Err(ClusterError::RankOutOfRange {
-            node_rank: node_rank.value,
-            rank_source: node_rank.from,
-            nnodes: nnodes.value,
-            nnodes_source: nnodes.from,
-        });
-    }
-    // Slurm's node count and its node list must agree when the count is Slurm's own.
-    if let Some(s) = &slurm
-        && let Some((var, list, hosts)) = &s.nodelist
-        && slurm_nnodes.as_ref().is_some_and(|n| n.from == nnodes.from)
-        && hosts.len() != nnodes.value as usize
-    {
-        return Err(ClusterError::NodeListMismatch {
-            nnodes: nnodes.value,
-            nnodes_source: nnodes.from.clone(),
-            var: var.clone(),
-            listed: hosts.len(),
-            list: list.clone(),
-        });
-    }
+    let node_rank = checked_node_rank(node_rank, &nnodes)?;
+    check_node_list(slurm.as_ref(), slurm_nnodes.as_ref(), &nnodes)?;
 
-    // An sbatch script that only exports MASTER_ADDR is still a Slurm topology.
-    let source = if flag_nnodes.is_some() || flag_rank.is_some() || flag_endpoint.is_some() {
-        "flags".to_string()
-    } else if torch_nnodes.is_some()
-        || torch_rank.is_some()
-        || (master_addr.is_some() && slurm.is_none())
-    {
-        "torchrun env".to_string()
-    } else if let Some(s) = &slurm {
-        format!("slurm job {}", s.job_id)
-    } else {
-        "single node".to_string()
-    };
+    let source = source_label(
+        flag_nnodes.is_some() || flag_rank.is_some() || flag_endpoint.is_some(),
+        torch_nnodes.is_some() || torch_rank.is_some(),
+        master_addr.is_some(),
+        slurm.as_ref(),
+    );
 
     let mut topology = Topology {
         nnodes: nnodes.value,
@@ -423,20 +387,105 @@ pub fn topology_from_env(
         return Ok(topology);
     }
 
+    topology.rendezvous = Some(rendezvous(
+        &env,
+        flags,
+        slurm.as_ref(),
+        flag_endpoint.as_ref(),
+        master_addr,
+        master_port,
+        nnodes.value,
+    )?);
+    Ok(topology)
+}
+
+/// The node rank given (or 0 on a single node), checked against the node count.
+fn checked_node_rank(
+    candidate: Option<Sourced<u32>>,
+    nnodes: &Sourced<u32>,
+) -> Result<Sourced<u32>, ClusterError> {
+    let node_rank = match candidate {
+        Some(r) => r,
+        None if nnodes.value == 1 => sourced(0, "default"),
+        None => {
+            return Err(ClusterError::MissingNodeRank {
+                nnodes: nnodes.value,
+            });
+        }
+    };
+    if node_rank.value >= nnodes.value {
+        return Err(ClusterError::RankOutOfRange {
+            node_rank: node_rank.value,
+            rank_source: node_rank.from,
+            nnodes: nnodes.value,
+            nnodes_source: nnodes.from.clone(),
+        });
+    }
+    Ok(node_rank)
+}
+
+/// Slurm's node count and its node list must agree when the count is Slurm's own.
+fn check_node_list(
+    slurm: Option<&SlurmEnv>,
+    slurm_nnodes: Option<&Sourced<u32>>,
+    nnodes: &Sourced<u32>,
+) -> Result<(), ClusterError> {
+    if let Some(s) = slurm
+        && let Some((var, list, hosts)) = &s.nodelist
+        && slurm_nnodes.is_some_and(|n| n.from == nnodes.from)
+        && hosts.len() != nnodes.value as usize
+    {
+        return Err(ClusterError::NodeListMismatch {
+            nnodes: nnodes.value,
+            nnodes_source: nnodes.from.clone(),
+            var: var.clone(),
+            listed: hosts.len(),
+            list: list.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Where the topology came from. An sbatch script that only exports MASTER_ADDR is still a
+/// Slurm topology.
+fn source_label(
+    flags_given: bool,
+    torch_given: bool,
+    master_addr_set: bool,
+    slurm: Option<&SlurmEnv>,
+) -> String {
+    if flags_given {
+        "flags".to_string()
+    } else if torch_given || (master_addr_set && slurm.is_none()) {
+        "torchrun env".to_string()
+    } else if let Some(s) = slurm {
+        format!("slurm job {}", s.job_id)
+    } else {
+        "single node".to_string()
+    }
+}
+
+/// The rendezvous every node agrees on: the host from `--rdzv-endpoint`, `MASTER_ADDR` or
+/// Slurm's first node; the port from the flags, `MASTER_PORT` or the job; the id from the job.
+fn rendezvous(
+    env: &Env,
+    flags: &TopologyFlags,
+    slurm: Option<&SlurmEnv>,
+    flag_endpoint: Option<&(String, Option<u16>)>,
+    master_addr: Option<Sourced<String>>,
+    master_port: Option<u16>,
+    nnodes: u32,
+) -> Result<Rendezvous, ClusterError> {
     let slurm_first_host = slurm
-        .as_ref()
         .and_then(|s| s.nodelist.as_ref())
         .and_then(|(_, _, hosts)| hosts.first().cloned());
     let host = flag_endpoint
-        .as_ref()
         .map(|(h, _)| h.clone())
         .or(master_addr.map(|a| a.value))
         .or(slurm_first_host)
-        .ok_or(ClusterError::MissingEndpoint {
-            nnodes: nnodes.value,
-        })?;
+        .ok_or(ClusterError::MissingEndpoint { nnodes })?;
 
-    let endpoint_port = flag_endpoint.as_ref().and_then(|(_, p)| *p);
+    let endpoint_port = flag_endpoint.and_then(|(_, p)| *p);
     if let (Some(in_endpoint), Some(flag_port)) = (endpoint_port, flags.rdzv_port)
         && in_endpoint != flag_port
     {
@@ -450,24 +499,21 @@ pub fn topology_from_env(
         .or(flags.rdzv_port)
         .or(master_port)
         // Derived from the job's secret where it has one: not guessable (issue 25 item 11).
-        .or(slurm
-            .as_ref()
-            .map(|s| job_port(&s.job_id, env.get(JOB_SECRET_ENV).as_deref())))
+        .or(slurm.map(|s| job_port(&s.job_id, env.get(JOB_SECRET_ENV).as_deref())))
         .unwrap_or(DEFAULT_C10D_PORT);
 
     // Every node must present the same id; the Slurm job id is shared by all of them, and
     // elsewhere the agreed endpoint is.
-    let id = match &slurm {
+    let id = match slurm {
         Some(s) => s.job_id.clone(),
         None => format!(
             "vla-launch-{}-{port}",
             host.trim_matches(['[', ']']).replace(':', "-")
         ),
     };
-    topology.rendezvous = Some(Rendezvous {
+    Ok(Rendezvous {
         backend: "c10d".into(),
         endpoint: format!("{host}:{port}"),
         id,
-    });
-    Ok(topology)
+    })
 }

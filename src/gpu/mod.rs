@@ -77,7 +77,44 @@ pub fn discover(
         .collect();
     let mut warnings = Vec::new();
 
-    let chosen_positions: Vec<usize> = match cuda_visible_devices {
+    let chosen_positions = visible_positions(
+        &physical,
+        &migs,
+        &candidates,
+        cuda_visible_devices,
+        &mut warnings,
+    )?;
+
+    if chosen_positions.len() > 1 && chosen_positions.iter().any(|&p| p >= physical.len()) {
+        warnings.push(
+            "MIG instances are visible: CUDA gives one process a single MIG instance, so a multi-GPU torchrun cannot use them; name one with CUDA_VISIBLE_DEVICES=MIG-..."
+                .into(),
+        );
+    }
+
+    let gpus = bf16_gpus(chosen_positions, &candidates, &mut warnings)?;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::debug!(elapsed_ms, gpus = gpus.len(), "GPU discovery done");
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(Discovery {
+        gpus,
+        warnings,
+        elapsed_ms,
+    })
+}
+
+/// The candidates' positions CUDA will show, in its order: every GPU (its MIG instances for one
+/// in MIG mode) when `CUDA_VISIBLE_DEVICES` is unset, else what the value names.
+fn visible_positions(
+    physical: &[RawDevice],
+    migs: &[(usize, &RawDevice)],
+    candidates: &[&RawDevice],
+    cuda_visible_devices: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<usize>, GpuError> {
+    Ok(match cuda_visible_devices {
         None => (0..physical.len())
             .flat_map(|p| {
                 let mine: Vec<usize> = migs
@@ -125,15 +162,16 @@ pub fn discover(
                 })
                 .collect()
         }
-    };
+    })
+}
 
-    if chosen_positions.len() > 1 && chosen_positions.iter().any(|&p| p >= physical.len()) {
-        warnings.push(
-            "MIG instances are visible: CUDA gives one process a single MIG instance, so a multi-GPU torchrun cannot use them; name one with CUDA_VISIBLE_DEVICES=MIG-..."
-                .into(),
-        );
-    }
-
+/// The chosen devices that can train in bf16 (compute capability 8.0 or newer), numbered in
+/// order; the others are left out with a warning.
+fn bf16_gpus(
+    chosen_positions: Vec<usize>,
+    candidates: &[&RawDevice],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Gpu>, GpuError> {
     let mut gpus = Vec::new();
     let mut refused = Vec::new();
     for pos in chosen_positions {
@@ -167,16 +205,7 @@ pub fn discover(
             gpus: refused.join(", "),
         });
     }
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::debug!(elapsed_ms, gpus = gpus.len(), "GPU discovery done");
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(Discovery {
-        gpus,
-        warnings,
-        elapsed_ms,
-    })
+    Ok(gpus)
 }
 
 /// Environment variable names the launcher sets for torchrun.

@@ -169,6 +169,41 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
             nnodes: topo.nnodes,
         });
     }
+    let mut args = torchrun_topology_args(spec)?;
+    if let Some(ranks) = &spec.ranks_filter {
+        args.push("--tee".into());
+        args.push("3".into());
+        args.push("--local-ranks-filter".into());
+        args.push(ranks.into());
+        if let Some(dir) = &spec.torchrun_log_dir {
+            args.push("--log-dir".into());
+            args.push(dir.clone().into_os_string());
+        }
+    }
+    args.push(spec.script.clone().into_os_string());
+    for (name, value) in &spec.script_flags {
+        if !name.starts_with("--") {
+            return Err(CommandError::BadFlagName { name: name.clone() });
+        }
+        args.push(name.into());
+        args.push(value.into());
+    }
+    args.extend(spec.extra_args.iter().map(OsString::from));
+
+    let alloc_conf = effective_alloc_conf(&spec.env, inherited);
+    let env = child_env(spec, inherited, &alloc_conf)?;
+    Ok(LaunchCommand {
+        program: spec.torchrun.clone(),
+        args,
+        env,
+        cwd: spec.workdir.clone(),
+        alloc_conf,
+    })
+}
+
+/// torchrun's own flags for the topology: `--standalone` on one node, the rendezvous on several.
+fn torchrun_topology_args(spec: &CommandSpec) -> Result<Vec<OsString>, CommandError> {
+    let topo = &spec.topology;
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |s: &str| args.push(s.into());
     if topo.nnodes == 1 {
@@ -212,30 +247,19 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
         push("--max-restarts");
         push(&spec.max_restarts.to_string());
     }
-    if let Some(ranks) = &spec.ranks_filter {
-        args.push("--tee".into());
-        args.push("3".into());
-        args.push("--local-ranks-filter".into());
-        args.push(ranks.into());
-        if let Some(dir) = &spec.torchrun_log_dir {
-            args.push("--log-dir".into());
-            args.push(dir.clone().into_os_string());
-        }
-    }
-    args.push(spec.script.clone().into_os_string());
-    for (name, value) in &spec.script_flags {
-        if !name.starts_with("--") {
-            return Err(CommandError::BadFlagName { name: name.clone() });
-        }
-        args.push(name.into());
-        args.push(value.into());
-    }
-    args.extend(spec.extra_args.iter().map(OsString::from));
+    Ok(args)
+}
 
+/// The children's environment: the launcher's defaults, then the profile's `env:`, then the
+/// plan's device choice.
+fn child_env(
+    spec: &CommandSpec,
+    inherited: &Inherited,
+    conf: &AllocConf,
+) -> Result<Vec<(String, String)>, CommandError> {
     if let Some((name, _)) = spec.env.iter().find(|(k, _)| !valid_env_name(k)) {
         return Err(CommandError::BadEnvName { name: name.clone() });
     }
-    let alloc_conf = effective_alloc_conf(&spec.env, inherited);
     let mut env = EnvList::default();
     env.set(ENV_UNBUFFERED, "1");
     if !inherited.vars.contains_key(ENV_OMP_THREADS) {
@@ -243,8 +267,8 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
         let per_rank = (inherited.cpus / spec.nproc_per_node).max(1);
         env.set(ENV_OMP_THREADS, &per_rank.to_string());
     }
-    if alloc_conf.source == AllocConfSource::Launcher {
-        env.set(ENV_ALLOC_CONF, &alloc_conf.value);
+    if conf.source == AllocConfSource::Launcher {
+        env.set(ENV_ALLOC_CONF, &conf.value);
     }
     for (k, v) in &spec.env {
         env.set(k, v);
@@ -257,13 +281,7 @@ pub fn build(spec: &CommandSpec, inherited: &Inherited) -> Result<LaunchCommand,
     if let Some(cap) = spec.vram_cap_bytes {
         env.set(ENV_VRAM_CAP, &cap.to_string());
     }
-    Ok(LaunchCommand {
-        program: spec.torchrun.clone(),
-        args,
-        env: env.0,
-        cwd: spec.workdir.clone(),
-        alloc_conf,
-    })
+    Ok(env.0)
 }
 
 /// Ordered variables where setting a name again replaces its value in place (indexed: a

@@ -44,18 +44,46 @@ pub fn render_plan(
         c.grad_accumulation_steps,
         min_global
     );
+    let chosen = chosen_gpus(c, gpus);
     // What must fit leads; the nvidia-smi peak (which may exceed the card) comes after, explained.
-    let card = c
-        .gpu_indices
+    let card = chosen.iter().map(|g| g.total_bytes).min();
+    write_memory(&mut out, c, &chosen, card);
+    let _ = writeln!(
+        out,
+        "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",
+        c.step_time_s, c.samples_per_s
+    );
+    if let Some(steps) = max_steps {
+        write_run_time(&mut out, c, steps);
+    }
+    let names: Vec<String> = chosen
+        .iter()
+        .map(|g| format!("{} {}", g.index, g.name))
+        .collect();
+    let _ = writeln!(out, "  GPUs           {}", names.join(", "));
+    if explain {
+        write_explanation(&mut out, plan, c, &chosen, card);
+    }
+    write_alternatives(&mut out, plan, max_steps);
+    write_reasons(&mut out, plan);
+    write_levers(&mut out, plan);
+    out
+}
+
+/// The plan's GPUs, in its order.
+fn chosen_gpus<'a>(c: &Candidate, gpus: &'a [Gpu]) -> Vec<&'a Gpu> {
+    c.gpu_indices
         .iter()
         .filter_map(|i| gpus.iter().find(|g| g.index == *i))
-        .map(|g| g.total_bytes)
-        .min();
+        .collect()
+}
+
+/// The memory line (what the run needs of what is usable, and where usable comes from), what
+/// nvidia-smi may show beyond it, and the calibration's correction.
+fn write_memory(out: &mut String, c: &Candidate, chosen: &[&Gpu], card: Option<u64>) {
     // Usable is the limiting GPU's free memory less the safety margin: say the margin.
-    let limiting = c
-        .gpu_indices
+    let limiting = chosen
         .iter()
-        .filter_map(|i| gpus.iter().find(|g| g.index == *i))
         .min_by_key(|g| g.free_bytes.saturating_sub(c.usable_bytes));
     let usable_from = match (card, limiting) {
         (Some(total), Some(g)) => {
@@ -102,92 +130,89 @@ pub fn render_plan(
             fmt_gib(c.model_peak_bytes)
         );
     }
+}
+
+/// The total run time of `steps` optimizer steps, with how sure the estimate is.
+fn write_run_time(out: &mut String, c: &Candidate, steps: u64) {
+    let total = c.step_time_s * steps as f64;
+    let sure = match super::speed::relative_error(c.strategy, c.world_size(), c.nnodes) {
+        Some(e) => format!(
+            "estimate, \u{b1}{:.0}%: {} to {}",
+            e * 100.0,
+            fmt_duration(total * (1.0 - e)),
+            fmt_duration(total * (1.0 + e))
+        ),
+        None => "estimate; the speed between nodes is not measured: it may be far off".into(),
+    };
     let _ = writeln!(
         out,
-        "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",
-        c.step_time_s, c.samples_per_s
+        "  run time       about {} for {steps} steps ({sure})",
+        fmt_duration(total)
     );
-    if let Some(steps) = max_steps {
-        let total = c.step_time_s * steps as f64;
-        let sure = match super::speed::relative_error(c.strategy, c.world_size(), c.nnodes) {
-            Some(e) => format!(
-                "estimate, \u{b1}{:.0}%: {} to {}",
-                e * 100.0,
-                fmt_duration(total * (1.0 - e)),
-                fmt_duration(total * (1.0 + e))
-            ),
-            None => "estimate; the speed between nodes is not measured: it may be far off".into(),
-        };
-        let _ = writeln!(
-            out,
-            "  run time       about {} for {steps} steps ({sure})",
-            fmt_duration(total)
-        );
-    }
-    let names: Vec<String> = c
-        .gpu_indices
-        .iter()
-        .filter_map(|i| gpus.iter().find(|g| g.index == *i))
-        .map(|g| format!("{} {}", g.index, g.name))
-        .collect();
-    let _ = writeln!(out, "  GPUs           {}", names.join(", "));
-    if explain {
-        let _ = writeln!(out, "\nMemory budget per GPU ({}):", mode(c));
-        // What the run needs is the total; the cache the allocator gives back comes after it.
-        let reclaimable = c.predicted_peak_bytes.saturating_sub(c.required_bytes);
-        out.push_str(&render::table(&c.budget, reclaimable, card));
-        let _ = writeln!(out);
-        // One bar per distinct GPU (model, capacity): the budget is the same on every rank.
-        let chosen: Vec<&Gpu> = c
-            .gpu_indices
+}
+
+/// `--explain`: the budget table, one bar per distinct GPU, the step time's parts, host RAM.
+fn write_explanation(
+    out: &mut String,
+    plan: &Plan,
+    c: &Candidate,
+    chosen: &[&Gpu],
+    card: Option<u64>,
+) {
+    let _ = writeln!(out, "\nMemory budget per GPU ({}):", mode(c));
+    // What the run needs is the total; the cache the allocator gives back comes after it.
+    let reclaimable = c.predicted_peak_bytes.saturating_sub(c.required_bytes);
+    out.push_str(&render::table(&c.budget, reclaimable, card));
+    let _ = writeln!(out);
+    // One bar per distinct GPU (model, capacity): the budget is the same on every rank.
+    let mut shown: Vec<(&str, u64)> = Vec::new();
+    for g in chosen {
+        if shown.contains(&(g.name.as_str(), g.total_bytes)) {
+            continue;
+        }
+        shown.push((g.name.as_str(), g.total_bytes));
+        let same: Vec<String> = chosen
             .iter()
-            .filter_map(|i| gpus.iter().find(|g| g.index == *i))
+            .filter(|o| o.name == g.name && o.total_bytes == g.total_bytes)
+            .map(|o| o.index.to_string())
             .collect();
-        let mut shown: Vec<(&str, u64)> = Vec::new();
-        for g in &chosen {
-            if shown.contains(&(g.name.as_str(), g.total_bytes)) {
-                continue;
-            }
-            shown.push((g.name.as_str(), g.total_bytes));
-            let same: Vec<String> = chosen
-                .iter()
-                .filter(|o| o.name == g.name && o.total_bytes == g.total_bytes)
-                .map(|o| o.index.to_string())
-                .collect();
-            let _ = writeln!(
-                out,
-                "GPU{} {} {} ({} total{}):",
-                if same.len() == 1 { "" } else { "s" },
-                same.join(","),
-                g.name,
-                fmt_gib(g.total_bytes),
-                if same.len() == 1 { "" } else { " each" }
-            );
-            out.push_str(&render::bar(
-                &c.budget,
-                c.required_bytes,
-                reclaimable,
-                c.usable_bytes,
-                g.total_bytes,
-                60,
-            ));
-            let _ = writeln!(out);
-        }
-        let t = &c.step_time;
         let _ = writeln!(
             out,
-            "Step time: compute {:.2} s + fixed per micro-batch {:.2} s + communication {:.2} s + optimizer {:.2} s",
-            t.compute_s, t.fixed_s, t.communication_s, t.optimizer_s
+            "GPU{} {} {} ({} total{}):",
+            if same.len() == 1 { "" } else { "s" },
+            same.join(","),
+            g.name,
+            fmt_gib(g.total_bytes),
+            if same.len() == 1 { "" } else { " each" }
         );
-        if let Some(h) = &plan.host_ram {
-            let _ = writeln!(
-                out,
-                "Host RAM per node: {} steady, {} at checkpoint time",
-                fmt_gib(h.steady_bytes),
-                fmt_gib(h.checkpoint_peak_bytes)
-            );
-        }
+        out.push_str(&render::bar(
+            &c.budget,
+            c.required_bytes,
+            reclaimable,
+            c.usable_bytes,
+            g.total_bytes,
+            60,
+        ));
+        let _ = writeln!(out);
     }
+    let t = &c.step_time;
+    let _ = writeln!(
+        out,
+        "Step time: compute {:.2} s + fixed per micro-batch {:.2} s + communication {:.2} s + optimizer {:.2} s",
+        t.compute_s, t.fixed_s, t.communication_s, t.optimizer_s
+    );
+    if let Some(h) = &plan.host_ram {
+        let _ = writeln!(
+            out,
+            "Host RAM per node: {} steady, {} at checkpoint time",
+            fmt_gib(h.steady_bytes),
+            fmt_gib(h.checkpoint_peak_bytes)
+        );
+    }
+}
+
+/// The next best candidates, each with why it was not chosen.
+fn write_alternatives(out: &mut String, plan: &Plan, max_steps: Option<u64>) {
     if !plan.alternatives.is_empty() {
         let _ = writeln!(out, "\nNext best:");
         for a in &plan.alternatives {
@@ -206,9 +231,6 @@ pub fn render_plan(
             );
         }
     }
-    write_reasons(&mut out, plan);
-    write_levers(&mut out, plan);
-    out
 }
 
 fn mode(c: &Candidate) -> String {

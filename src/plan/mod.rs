@@ -21,6 +21,7 @@
 //!    steps, fewer GPUs.
 
 pub mod explain;
+mod merge;
 pub mod probe;
 mod reasons;
 pub mod retry;

@@ -1,17 +1,18 @@
 //! The exhaustive search (the rules in plan/mod.rs): GPU subsets x strategy x checkpointing x
 //! batch, each configuration's budget and step time, and the pinned-configuration path.
 
-use crate::budget::{self, Allocator, Budget, Config, FsdpVersion, Strategy};
+use crate::budget::{self, Allocator, Budget, Config, Strategy};
 use crate::gpu::Gpu;
 use crate::model::{self, ModelSpec};
 use crate::units::fmt_gib;
 
+use super::merge::host_ram_and_merge;
 use super::reasons::{
     alternatives, best_per_mode, levers, tight_note, why_chosen, why_nothing_fits,
 };
 use super::room::{STEP_TIME_TOLERANCE, tight};
 use super::speed::{self, SpeedInput};
-use super::types::{Calibration, Candidate, Plan, PlanError, PlanInput, Policy, usable};
+use super::types::{Calibration, Candidate, Pins, Plan, PlanError, PlanInput, Policy, usable};
 
 /// A set of GPUs the search may use, with what limits it.
 #[derive(Debug, Clone)]
@@ -279,78 +280,14 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     let sets = gpu_sets(input.gpus, policy, nproc);
     let g = policy.min_global_batch;
 
-    let mut strategies: Vec<Strategy> = match pins.strategy {
-        Some(s) => vec![s],
-        None => policy.strategies.clone(),
-    };
-    strategies.sort();
-    strategies.dedup();
-    let ckpt_options: Vec<bool> = match pins.checkpointing {
-        Some(c) => vec![c],
-        None if policy.script_accepts_checkpointing => vec![false, true],
-        None => {
-            reasons.push(
-                "gradient checkpointing not considered: the script does not take --gradient_checkpointing"
-                    .into(),
-            );
-            vec![false]
-        }
-    };
-    if pins.strategy.is_none()
-        && !policy.script_accepts_fsdp
-        && strategies.contains(&Strategy::Fsdp)
-    {
-        strategies.retain(|s| *s != Strategy::Fsdp);
-        reasons.push(
-            policy.fsdp_unavailable.clone().unwrap_or_else(|| {
-                "FSDP not considered: the script does not take --use_fsdp".into()
-            }),
-        );
-    }
+    let (strategies, ckpt_options) = search_axes(policy, pins, &mut reasons);
 
     // With every axis pinned, evaluate exactly that configuration and say whether it fits.
     if pins.all_pinned() {
         return Ok(pinned_plan(input, &mut ev, &sets, reasons, with_levers));
     }
 
-    let mut all: Vec<Candidate> = Vec::new();
-    for set in &sets {
-        let world = set.indices.len() as u32 * input.nnodes;
-        for &strategy in &strategies {
-            if strategy == Strategy::Fsdp && world == 1 {
-                continue;
-            }
-            for &ckpt in &ckpt_options {
-                let per_rank = ceil_div(g, world);
-                let batches: Vec<u32> = match pins.batch_size {
-                    Some(b) => vec![b],
-                    None => (1..=policy.max_batch_size).collect(),
-                };
-                for b in batches {
-                    let accum = match pins.grad_accum {
-                        Some(a) => a,
-                        None => {
-                            // Least overshoot for this world: batch x accumulation = ceil(G / world).
-                            if pins.batch_size.is_none() && per_rank % b != 0 {
-                                if b > per_rank {
-                                    break;
-                                }
-                                continue;
-                            }
-                            ceil_div(per_rank, b)
-                        }
-                    };
-                    let c = ev.evaluate(set, strategy, ckpt, b, accum)?;
-                    let fits = c.fits;
-                    all.push(c);
-                    // Memory grows with the batch: nothing larger fits either.
-                    if !fits {
-                        break;
-                    }
-                }
-            }
-        }
-    }
+    let all = enumerate(input, &mut ev, &sets, &strategies, &ckpt_options)?;
 
     let evaluated = ev.evaluated;
     let mut fitting: Vec<&Candidate> = all
@@ -369,40 +306,7 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
     // Rule 4b: a configuration with room beats a slightly faster one without.
     let preferred_over = prefer_room(&mut fitting);
 
-    // Who merges LoRA at a checkpoint depends on the chosen configuration: the FSDP addition
-    // (FSDP2, or FSDP1 on an older torch) merges on the saving rank, upstream's save (DDP, a
-    // fork's FSDP) on every rank.
-    let best = fitting.first().copied();
-    let merge_on = match best {
-        _ if !input.merge_lora_during_training => budget::MergeOn::Nowhere,
-        Some(c)
-            if c.strategy == Strategy::Fsdp
-                && (policy.fsdp == FsdpVersion::Fsdp2 || policy.fsdp_by_addition) =>
-        {
-            budget::MergeOn::RankZero
-        }
-        _ => budget::MergeOn::EveryRank,
-    };
-    let host_ram = input.host_ram_bytes.map(|_| {
-        let nproc = best.map(|c| c.nproc_per_node).unwrap_or(1);
-        budget::host_ram(input.spec, nproc, merge_on)
-    });
-    let merging_ranks = match merge_on {
-        budget::MergeOn::RankZero => "on the saving rank",
-        _ => "on every rank",
-    };
-    let mut extra_flags = Vec::new();
-    if let (Some(ram), Some(h)) = (input.host_ram_bytes, &host_ram)
-        && input.merge_lora_during_training
-        && h.checkpoint_peak_bytes > ram
-    {
-        extra_flags.push(("--merge_lora_during_training".into(), "False".into()));
-        reasons.push(format!(
-            "--merge_lora_during_training False: merging LoRA at each checkpoint loads a full bf16 base model {merging_ranks}, {} of host RAM at save time, more than this node's {}; merge offline after training with OpenVLA-OFT's vla-scripts/merge_lora_weights_and_save.py",
-            fmt_gib(h.checkpoint_peak_bytes),
-            fmt_gib(ram)
-        ));
-    }
+    let (host_ram, extra_flags) = host_ram_and_merge(input, fitting.first().copied(), &mut reasons);
 
     let Some(best) = fitting.first().copied().cloned() else {
         let mut plan = Plan {
@@ -444,6 +348,95 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         host_ram,
         evaluated,
     })
+}
+
+/// The strategies and checkpointing choices to search: the pinned one, or what the policy and
+/// the script allow (each left out with a reason).
+fn search_axes(
+    policy: &Policy,
+    pins: &Pins,
+    reasons: &mut Vec<String>,
+) -> (Vec<Strategy>, Vec<bool>) {
+    let mut strategies: Vec<Strategy> = match pins.strategy {
+        Some(s) => vec![s],
+        None => policy.strategies.clone(),
+    };
+    strategies.sort();
+    strategies.dedup();
+    let ckpt_options: Vec<bool> = match pins.checkpointing {
+        Some(c) => vec![c],
+        None if policy.script_accepts_checkpointing => vec![false, true],
+        None => {
+            reasons.push(
+                "gradient checkpointing not considered: the script does not take --gradient_checkpointing"
+                    .into(),
+            );
+            vec![false]
+        }
+    };
+    if pins.strategy.is_none()
+        && !policy.script_accepts_fsdp
+        && strategies.contains(&Strategy::Fsdp)
+    {
+        strategies.retain(|s| *s != Strategy::Fsdp);
+        reasons.push(
+            policy.fsdp_unavailable.clone().unwrap_or_else(|| {
+                "FSDP not considered: the script does not take --use_fsdp".into()
+            }),
+        );
+    }
+    (strategies, ckpt_options)
+}
+
+/// Every configuration on every GPU set, batch by batch until one does not fit (memory grows
+/// with the batch); the accumulation is the least that reaches the global batch.
+fn enumerate(
+    input: &PlanInput,
+    ev: &mut Evaluator,
+    sets: &[GpuSet],
+    strategies: &[Strategy],
+    ckpt_options: &[bool],
+) -> Result<Vec<Candidate>, PlanError> {
+    let (policy, pins, g) = (&input.policy, &input.pins, input.policy.min_global_batch);
+    let mut all: Vec<Candidate> = Vec::new();
+    for set in sets {
+        let world = set.indices.len() as u32 * input.nnodes;
+        for &strategy in strategies {
+            if strategy == Strategy::Fsdp && world == 1 {
+                continue;
+            }
+            for &ckpt in ckpt_options {
+                let per_rank = ceil_div(g, world);
+                let batches: Vec<u32> = match pins.batch_size {
+                    Some(b) => vec![b],
+                    None => (1..=policy.max_batch_size).collect(),
+                };
+                for b in batches {
+                    let accum = match pins.grad_accum {
+                        Some(a) => a,
+                        None => {
+                            // Least overshoot for this world: batch x accumulation = ceil(G / world).
+                            if pins.batch_size.is_none() && per_rank % b != 0 {
+                                if b > per_rank {
+                                    break;
+                                }
+                                continue;
+                            }
+                            ceil_div(per_rank, b)
+                        }
+                    };
+                    let c = ev.evaluate(set, strategy, ckpt, b, accum)?;
+                    let fits = c.fits;
+                    all.push(c);
+                    // Memory grows with the batch: nothing larger fits either.
+                    if !fits {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// A multi-node plan that one node of the same GPUs beats at the same global batch: says so,

@@ -3,7 +3,10 @@
 //!    is src/plan/retry.rs); an edge is any `use` of, or `crate::`/`super::` path into, another
 //!    module, and a module using its own submodule counts like any other edge;
 //! 2. the pure core (model, budget, plan) imports nothing of the process, launch, CLI or
-//!    NVML layers and does no I/O.
+//!    NVML layers and does no I/O;
+//! 3. one job per file and per function: no file over 600 lines of code, no function over 100;
+//! 4. no `println!`/`print!`/`eprintln!`/`eprint!` that panics on a closed terminal (the
+//!    launch/term.rs ones shadow them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -64,7 +67,8 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
     out
 }
 
-/// The text with comments and string literals blanked, so only code is scanned.
+/// The text with comments and string literals blanked, so only code is scanned; line breaks
+/// inside them are kept, so line numbers stay those of the file.
 fn code_only(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let b = text.as_bytes();
@@ -75,18 +79,22 @@ fn code_only(text: &str) -> String {
                 i += 1;
             }
         } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            let from = i;
             i += 2;
             while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
                 i += 1;
             }
             i += 2;
+            push_breaks(&mut out, &b[from..i.min(b.len())]);
         } else if b[i] == b'"' {
+            let from = i;
             i += 1;
             while i < b.len() && b[i] != b'"' {
                 i += if b[i] == b'\\' { 2 } else { 1 };
             }
             i += 1;
             out.push_str("\"\"");
+            push_breaks(&mut out, &b[from..i.min(b.len())]);
         } else if b[i] == b'r' && (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#')) {
             // Raw strings: r"..." or r#"..."#.
             let mut j = i + 1;
@@ -107,6 +115,7 @@ fn code_only(text: &str) -> String {
             while j < b.len() && !b[j..].starts_with(&close) {
                 j += 1;
             }
+            push_breaks(&mut out, &b[i..j.min(b.len())]);
             i = j + close.len();
             out.push_str("\"\"");
         } else if b[i] == b'\'' && b.get(i + 2) == Some(&b'\'') {
@@ -127,6 +136,11 @@ fn code_only(text: &str) -> String {
         }
     }
     out
+}
+
+/// One line break in `out` per line break in the blanked `skipped` text.
+fn push_breaks(out: &mut String, skipped: &[u8]) {
+    out.extend(skipped.iter().filter(|&&c| c == b'\n').map(|_| '\n'));
 }
 
 /// Every path a `use` item names, its `{...}` groups expanded ("crate::plan::{a, b::c}" gives
@@ -575,4 +589,192 @@ fn no_source_file_is_over_600_lines_of_code() {
         }
     }
     assert!(long.is_empty(), "split these:\n  {}", long.join("\n  "));
+}
+
+/// The byte offset just past the brace that closes the one at `open`.
+fn matching_brace(code: &[u8], open: usize) -> usize {
+    let mut depth = 0usize;
+    for (i, &c) in code.iter().enumerate().skip(open) {
+        match c {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+/// The offset of the `{` that opens the item starting at `from`, or `None` where a `;` ends it
+/// first (a trait method without a body); `;` inside `[u8; 4]` or `(..)` does not count.
+fn body_open(code: &[u8], from: usize) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, &c) in code.iter().enumerate().skip(from) {
+        match c {
+            b'(' | b'[' => depth += 1,
+            b')' | b']' => depth -= 1,
+            b'{' if depth == 0 => return Some(i),
+            b';' if depth == 0 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The byte ranges of the `#[cfg(test)]` items (a test module, a test-only function).
+fn test_items(code: &str) -> Vec<std::ops::Range<usize>> {
+    let b = code.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = code[from..].find("#[cfg(test)]") {
+        let at = from + i;
+        if let Some(open) = body_open(b, at + "#[cfg(test)]".len()) {
+            out.push(at..matching_brace(b, open));
+        }
+        from = at + 1;
+    }
+    out
+}
+
+/// Each function in `code` (comments and strings blanked) outside `#[cfg(test)]` items, as
+/// (name, first line, lines from the `fn` line to its closing brace), nested ones included.
+fn function_lengths(code: &str) -> Vec<(String, usize, usize)> {
+    let b = code.as_bytes();
+    let line_of = |at: usize| code[..at].matches('\n').count() + 1;
+    let test_only = test_items(code);
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = find_word(&code[from..], "fn ") {
+        let at = from + i;
+        from = at + 3;
+        let name: String = code[at + 3..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if name.is_empty() || test_only.iter().any(|r| r.contains(&at)) {
+            continue;
+        }
+        if let Some(open) = body_open(b, at) {
+            let close = matching_brace(b, open);
+            out.push((name, line_of(at), line_of(close) - line_of(at) + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_function_scan_counts_bodies_and_skips_test_items_literals_and_comments() {
+    let code = code_only(
+        "trait T {\n    fn decl(&self, a: [u8; 4]);\n}\nfn a() {\n    let s = \"}\n}\";\n    // }\n    /* {\n */\n    let c = '}';\n}\n#[cfg(test)]\nmod tests {\n    fn t() {\n    }\n}\nimpl X {\n    pub fn m<'a>(x: &'a str)\n    where\n        X: Y,\n    {\n        fn inner() {}\n    }\n}\n",
+    );
+    assert_eq!(
+        function_lengths(&code),
+        vec![
+            ("a".to_string(), 4, 8),
+            ("m".to_string(), 18, 6),
+            ("inner".to_string(), 22, 1),
+        ]
+    );
+}
+
+/// One job per function: no function in src/ (methods and nested functions included, test
+/// modules excluded) over 100 lines from its `fn` line to its closing brace.
+#[test]
+fn no_function_is_over_100_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut long = Vec::new();
+    for file in modules(&src).values() {
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for (name, line, lines) in function_lengths(&code) {
+            if lines > 100 {
+                long.push(format!("src/{rel}:{line} {name}: {lines} lines"));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these:\n  {}", long.join("\n  "));
+}
+
+/// The printing macros that panic on a closed stdout or stderr (EIO after the terminal closed,
+/// EPIPE after `| tee` died), each with its replacement in launch/term.rs.
+const PANICKING_PRINTS: &[&str] = &["println", "print", "eprintln", "eprint"];
+
+/// The printing macros `code` (comments and strings blanked, test items left out) uses bare in a
+/// module that does not shadow them with the never-panicking ones (`use
+/// crate::eprintln_lossy as eprintln;`), as "module: name!"; `std::println!` and the like count
+/// as bare everywhere.
+fn panicking_prints(code: &str) -> Vec<String> {
+    let mut no_tests = code.to_string();
+    for r in test_items(code).into_iter().rev() {
+        no_tests.replace_range(r, "");
+    }
+    let mut out = Vec::new();
+    for (module, body) in inline_modules(&no_tests) {
+        let module = module.unwrap_or_else(|| "(file)".into());
+        for name in PANICKING_PRINTS {
+            let shadowed = body.contains(&format!("{name}_lossy as {name}"));
+            let call = format!("{name}!");
+            let mut from = 0;
+            while let Some(i) = find_word(&body[from..], &call) {
+                let at = from + i;
+                from = at + call.len();
+                if !shadowed || body[..at].ends_with("::") {
+                    out.push(format!("{module}: {call}"));
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_print_scan_finds_unshadowed_prints_and_skips_tests_and_literals() {
+    let code = code_only(
+        "use crate::{eprintln_lossy as eprintln};\nfn a() { eprintln!(\"x\"); crate::println_lossy!(\"y\"); }\n// println!(\"in a comment\")\nfn b() { let s = \"print!\"; std::eprintln!(\"z\"); }\nmod inner {\n    fn c() { eprint!(\"w\"); }\n}\n#[cfg(test)]\nmod tests {\n    fn t() { println!(\"fine in tests\"); }\n}\n",
+    );
+    assert_eq!(
+        panicking_prints(&code),
+        vec!["(file): eprintln!", "inner: eprint!"]
+    );
+    assert!(
+        panicking_prints(&code_only(
+            "use crate::print_lossy as print;\nfn f() { print!(\"a\"); }\n"
+        ))
+        .is_empty()
+    );
+}
+
+/// Never panic on a closed stdout or stderr: every `println!`, `print!`, `eprintln!` and
+/// `eprint!` in src/ outside tests is the launch/term.rs one, brought in by shadowing the name
+/// (`use crate::{eprintln_lossy as eprintln, println_lossy as println};`) or called by its own
+/// name (`crate::eprintln_lossy!`).
+#[test]
+fn every_print_in_src_survives_a_closed_terminal() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut bare = Vec::new();
+    for file in modules(&src).values() {
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for found in panicking_prints(&code) {
+            bare.push(format!("src/{rel} {found}"));
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "these panic when the terminal is gone; add `use crate::{{eprintln_lossy as eprintln, println_lossy as println}};` (or print_lossy/eprint_lossy) to the module:\n  {}",
+        bare.join("\n  ")
+    );
 }

@@ -18,7 +18,7 @@ use crate::script_choice;
 use crate::units::fmt_gib;
 use serde_yaml::Value;
 // On the run path a dead terminal or a vanished `| tee` must never panic the launcher.
-use crate::{eprintln_lossy as eprintln, println_lossy as println};
+use crate::{eprintln_lossy as eprintln, print_lossy as print, println_lossy as println};
 
 /// `vla-launch calibrate`: probe runs at two batch sizes per mode, observed peaks into the store.
 pub(in crate::app) fn cmd_calibrate(args: CalibrateArgs) -> Result<ExitCode> {

@@ -177,7 +177,7 @@ fn expected_command(
         )));
     }
     let r = loaded.resolve(cx.env);
-    let missing = r.missing(cx.torchrun.is_none());
+    let mut missing = r.missing(cx.torchrun.is_none());
     let mut flags = r.flags.flags.clone();
     flags.push(("--batch_size".into(), batch.to_string()));
     flags.push(("--grad_accumulation_steps".into(), accum.to_string()));
@@ -194,50 +194,13 @@ fn expected_command(
     if rec.reasons.iter().any(|r| r.starts_with(NO_MERGE)) {
         flags.push(("--merge_lora_during_training".into(), "False".into()));
     }
-    let wandb_off = matches!(
-        r.env
-            .iter()
-            .find(|(k, _)| k == "WANDB_MODE")
-            .map(|(_, e)| e.value.clone())
-            .or_else(|| (cx.env)("WANDB_MODE"))
-            .map(|m| m.trim().to_ascii_lowercase())
-            .as_deref(),
-        Some("offline" | "disabled" | "dryrun")
-    );
-    let mut missing: Vec<_> = missing;
-    if wandb_off {
-        // As a launch does (app/torchrun.rs): unset W&B placeholders are left out offline.
-        for k in ["wandb_entity", "wandb_project"] {
-            let field = format!("train.{k}");
-            if missing.iter().any(|(f, _)| *f == field) {
-                missing.retain(|(f, _)| *f != field);
-                flags.retain(|(f, _)| f.strip_prefix("--") != Some(k));
-            }
-        }
-    }
+    leave_out_offline_wandb(&r, cx, &mut missing, &mut flags);
     let mut env: Vec<(String, String)> = r
         .env
         .iter()
         .map(|(k, e)| (k.clone(), e.value.clone()))
         .collect();
-    let script = match rec.script_run.as_ref().map(|s| s.addition) {
-        Some(true) => {
-            let Some(addition) = cx.addition.clone() else {
-                return Err(Refusal(
-                    "it ran vla-launch's FSDP addition, which is not installed here; reinstall vla-launch or launch again from the profile".into(),
-                ));
-            };
-            let real = PathBuf::from(&r.workdir.value).join(&r.script.value);
-            let real = std::path::absolute(&real).unwrap_or(real);
-            env.retain(|(k, _)| k != script_choice::ENV_FINETUNE_SCRIPT);
-            env.push((
-                script_choice::ENV_FINETUNE_SCRIPT.into(),
-                real.display().to_string(),
-            ));
-            addition
-        }
-        _ => PathBuf::from(&r.script.value),
-    };
+    let script = replay_script(rec, &r, cx, &mut env)?;
     let indices = rec
         .gpu_indices
         .clone()
@@ -249,14 +212,7 @@ fn expected_command(
         .cloned()
         .collect();
     let described = chosen.iter().any(|g| g.described);
-    let recorded_env = rec.env.clone().unwrap_or_default();
-    // `--vram-cap` lowered every GPU's memory to the cap: the plan's largest GPU is that cap.
-    // Nothing else is taken from the record's `env`.
-    let largest = chosen.iter().map(|g| g.total_bytes).max();
-    let vram_cap_bytes = recorded_env
-        .get(command::ENV_VRAM_CAP)
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|cap| Some(*cap) == largest);
+    let vram_cap_bytes = recorded_vram_cap(rec, &chosen);
     let spec = CommandSpec {
         torchrun: cx
             .torchrun
@@ -281,6 +237,74 @@ fn expected_command(
         ))
     })?;
     Ok((cmd, missing))
+}
+
+/// As a launch does (app/torchrun.rs): with W&B offline, unset W&B placeholders are left out,
+/// both from what is missing and from the flags.
+fn leave_out_offline_wandb(
+    r: &profile::Resolved,
+    cx: &ReplayCheck,
+    missing: &mut Vec<(String, String)>,
+    flags: &mut Vec<(String, String)>,
+) {
+    let wandb_off = matches!(
+        r.env
+            .iter()
+            .find(|(k, _)| k == "WANDB_MODE")
+            .map(|(_, e)| e.value.clone())
+            .or_else(|| (cx.env)("WANDB_MODE"))
+            .map(|m| m.trim().to_ascii_lowercase())
+            .as_deref(),
+        Some("offline" | "disabled" | "dryrun")
+    );
+    if wandb_off {
+        for k in ["wandb_entity", "wandb_project"] {
+            let field = format!("train.{k}");
+            if missing.iter().any(|(f, _)| *f == field) {
+                missing.retain(|(f, _)| *f != field);
+                flags.retain(|(f, _)| f.strip_prefix("--") != Some(k));
+            }
+        }
+    }
+}
+
+/// The script the run started: the installed FSDP addition (pointed at the profile's script
+/// through the environment) where the record says the addition ran, else the profile's script.
+fn replay_script(
+    rec: &PlanRecord,
+    r: &profile::Resolved,
+    cx: &ReplayCheck,
+    env: &mut Vec<(String, String)>,
+) -> std::result::Result<PathBuf, Refusal> {
+    Ok(match rec.script_run.as_ref().map(|s| s.addition) {
+        Some(true) => {
+            let Some(addition) = cx.addition.clone() else {
+                return Err(Refusal(
+                    "it ran vla-launch's FSDP addition, which is not installed here; reinstall vla-launch or launch again from the profile".into(),
+                ));
+            };
+            let real = PathBuf::from(&r.workdir.value).join(&r.script.value);
+            let real = std::path::absolute(&real).unwrap_or(real);
+            env.retain(|(k, _)| k != script_choice::ENV_FINETUNE_SCRIPT);
+            env.push((
+                script_choice::ENV_FINETUNE_SCRIPT.into(),
+                real.display().to_string(),
+            ));
+            addition
+        }
+        _ => PathBuf::from(&r.script.value),
+    })
+}
+
+/// `--vram-cap` lowered every GPU's memory to the cap: the plan's largest GPU is that cap.
+/// Nothing else is taken from the record's `env`.
+fn recorded_vram_cap(rec: &PlanRecord, chosen: &[Gpu]) -> Option<u64> {
+    let recorded_env = rec.env.clone().unwrap_or_default();
+    let largest = chosen.iter().map(|g| g.total_bytes).max();
+    recorded_env
+        .get(command::ENV_VRAM_CAP)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|cap| Some(*cap) == largest)
 }
 
 /// The first way the record's command, variables or directory differ from `expected` (masked

@@ -165,42 +165,10 @@ pub(super) fn serve_peer(
     let Some(hello) = lines.line_before(deadline) else {
         return;
     };
-    let words: Vec<&str> = hello.split(' ').collect();
-    let ["hello", job, rank_text, nonce_n, mac] = words[..] else {
-        tracing::debug!("peer watch: {from} sent no hello: closed");
+    let Some((rank, rank_text, nonce_n)) = authenticate_hello(&hello, from, &shared, &nonce0)
+    else {
         return;
     };
-    if job != shared.job {
-        tracing::debug!(
-            "peer watch: {from} says it belongs to job {}, not {}: closed",
-            printable(job.as_bytes(), 40),
-            shared.job
-        );
-        return;
-    }
-    let rank = match rank_text.parse::<u32>() {
-        Ok(r) if r > 0 && r < shared.nnodes && rank_text == r.to_string() => r,
-        _ => {
-            shared.refused(format!(
-                "peer watch: {from} claimed node rank {} of this {}-node job: closed",
-                printable(rank_text.as_bytes(), 20),
-                shared.nnodes
-            ));
-            return;
-        }
-    };
-    if unhex(nonce_n).is_none_or(|n| n.len() != 16)
-        || !mac_ok(
-            shared.key(),
-            &["hello", &shared.job, rank_text, &nonce0, nonce_n],
-            mac,
-        )
-    {
-        shared.refused(format!(
-            "peer watch: {from} failed authentication as node {rank} (not this job's secret): closed"
-        ));
-        return;
-    }
     // Authenticated: from here on the connection is no handshake to take back.
     if !slot.release() {
         return;
@@ -254,4 +222,51 @@ pub(super) fn serve_peer(
     if let Some(why) = why {
         shared.failed(why);
     }
+}
+
+/// Checks a node's `hello` line against this job, its node count and the job's secret: the
+/// rank it proved, with its rank text and nonce as sent; `None` (logged) to close the connection.
+fn authenticate_hello<'a>(
+    hello: &'a str,
+    from: SocketAddr,
+    shared: &Shared,
+    nonce0: &str,
+) -> Option<(u32, &'a str, &'a str)> {
+    let words: Vec<&str> = hello.split(' ').collect();
+    let ["hello", job, rank_text, nonce_n, mac] = words[..] else {
+        tracing::debug!("peer watch: {from} sent no hello: closed");
+        return None;
+    };
+    if job != shared.job {
+        tracing::debug!(
+            "peer watch: {from} says it belongs to job {}, not {}: closed",
+            printable(job.as_bytes(), 40),
+            shared.job
+        );
+        return None;
+    }
+    let rank = match rank_text.parse::<u32>() {
+        Ok(r) if r > 0 && r < shared.nnodes && rank_text == r.to_string() => r,
+        _ => {
+            shared.refused(format!(
+                "peer watch: {from} claimed node rank {} of this {}-node job: closed",
+                printable(rank_text.as_bytes(), 20),
+                shared.nnodes
+            ));
+            return None;
+        }
+    };
+    if unhex(nonce_n).is_none_or(|n| n.len() != 16)
+        || !mac_ok(
+            shared.key(),
+            &["hello", &shared.job, rank_text, nonce0, nonce_n],
+            mac,
+        )
+    {
+        shared.refused(format!(
+            "peer watch: {from} failed authentication as node {rank} (not this job's secret): closed"
+        ));
+        return None;
+    }
+    Some((rank, rank_text, nonce_n))
 }
