@@ -160,6 +160,14 @@ fn outcome_text(run: &Run) -> String {
         return no_outcome_text(run);
     };
     let mut s = match (o.signal, o.interrupted_by) {
+        // Its own launcher stopped it because another node failed (issue 25 item 6).
+        _ if o.stopped_by_peer_cause.is_some() || o.stopped_by_peer.is_some() => {
+            let why = o.stopped_by_peer_cause.as_ref().map(ToString::to_string);
+            format!(
+                "stopped: {}",
+                why.or(o.stopped_by_peer.clone()).unwrap_or_default()
+            )
+        }
         (_, Some(sig)) => format!("interrupted (signal {sig})"),
         (Some(sig), None) => format!("killed by signal {sig}"),
         (None, None) if o.exit_code == 0 => "ok".into(),
@@ -500,8 +508,33 @@ pub(in crate::app) fn cmd_logs(
 
 #[cfg(test)]
 mod tests {
-    use super::{Run, utc};
+    use super::{Run, outcome_text, utc};
     use std::path::PathBuf;
+
+    /// Issue 25 item 6: a node its peer stopped (SIGTERM from its own launcher after another
+    /// node failed) is not "interrupted (signal 15)" as if someone had stopped it.
+    #[test]
+    fn a_node_stopped_by_its_peer_says_which_node_failed() {
+        let run = |outcome: serde_json::Value| Run {
+            path: PathBuf::from("/nonexistent/plan-x.json"),
+            record: serde_json::from_value(
+                serde_json::json!({"started_unix": 1, "outcome": outcome}),
+            )
+            .unwrap(),
+        };
+        let stopped = run(serde_json::json!({
+            "exit_code": 143, "interrupted_by": 15,
+            "stopped_by_peer": "node 1's training ended with exit 1",
+            "stopped_by_peer_cause": {"node": 1, "kind": "failed", "exit_code": 1},
+        }));
+        let text = outcome_text(&stopped);
+        assert_eq!(
+            text, "stopped: node 1's training ended with exit 1",
+            "{text}"
+        );
+        let interrupted = run(serde_json::json!({"exit_code": 130, "interrupted_by": 2}));
+        assert_eq!(outcome_text(&interrupted), "interrupted (signal 2)");
+    }
 
     fn running(path: PathBuf) -> Run {
         Run {
