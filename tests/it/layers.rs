@@ -568,22 +568,27 @@ fn the_checker_finds_use_trees_inline_paths_and_child_modules() {
     assert_eq!(cycles(&edges), vec![vec!["a", "e", "g"]]);
 }
 
+/// Every source file of src/: its path below src/ and its text.
+fn source_files() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    modules(&src)
+        .values()
+        .map(|file| {
+            let rel = file.strip_prefix(&src).unwrap().to_string_lossy();
+            (rel.into_owned(), std::fs::read_to_string(file).unwrap())
+        })
+        .collect()
+}
+
 /// One job per file: no source file over 600 lines before its unit tests.
 #[test]
 fn no_source_file_is_over_600_lines_of_code() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut long = Vec::new();
-    for file in modules(&src).values() {
-        let text = std::fs::read_to_string(file).unwrap();
+    for (rel, text) in source_files() {
         let code = text
             .lines()
             .take_while(|l| !l.starts_with("#[cfg(test)]"))
             .count();
-        let rel = file
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
         if code > 600 {
             long.push(format!("src/{rel}: {code} lines"));
         }
@@ -685,15 +690,9 @@ fn the_function_scan_counts_bodies_and_skips_test_items_literals_and_comments() 
 /// modules excluded) over 100 lines from its `fn` line to its closing brace.
 #[test]
 fn no_function_is_over_100_lines() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut long = Vec::new();
-    for file in modules(&src).values() {
-        let code = code_only(&std::fs::read_to_string(file).unwrap());
-        let rel = file
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+    for (rel, text) in source_files() {
+        let code = code_only(&text);
         for (name, line, lines) in function_lengths(&code) {
             if lines > 100 {
                 long.push(format!("src/{rel}:{line} {name}: {lines} lines"));
@@ -759,15 +758,9 @@ fn the_print_scan_finds_unshadowed_prints_and_skips_tests_and_literals() {
 /// name (`crate::eprintln_lossy!`).
 #[test]
 fn every_print_in_src_survives_a_closed_terminal() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut bare = Vec::new();
-    for file in modules(&src).values() {
-        let code = code_only(&std::fs::read_to_string(file).unwrap());
-        let rel = file
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+    for (rel, text) in source_files() {
+        let code = code_only(&text);
         for found in panicking_prints(&code) {
             bare.push(format!("src/{rel} {found}"));
         }
