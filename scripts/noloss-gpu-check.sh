@@ -9,13 +9,21 @@
 # rank 0 also starts a `setsid` grandchild and a worker that ignores SIGTERM, both holding GPU
 # memory, and two that escape (issue 25 items 3-4): one with a wiped environment (`env -i`, so no
 # marker variable) that ignores SIGTERM, and one that double-forks into a session of its own with a
-# wiped environment. Then:
-#   sigkill:  SIGKILL to the launcher mid-training (what the OOM killer or a hard scheduler kill does)
-#   pty:      the launcher runs on a pseudo-terminal whose master is closed (an SSH drop)
-#   sigterm:  SIGTERM to the launcher (expects exit 143)
-#   watchdog: the run's watchdog is SIGKILLed first, then the launcher
+# wiped environment. Then the process-death matrix of issue 25, one phase each:
+#   normal:        the trainer ends by itself (exit 0) while its escaped processes live on
+#   sigterm:       SIGTERM to the launcher (a plain `kill`; expects exit 143)
+#   sighup:        SIGHUP to the launcher (expects exit 129)
+#   pty:           the launcher runs on a pseudo-terminal whose master is closed (an SSH drop)
+#   kill-early:    SIGKILL to the launcher as soon as torchrun's rank 0 has started
+#   kill-ready:    SIGKILL mid-training (what the OOM killer or a hard scheduler kill does)
+#   kill-stopping: SIGTERM, then SIGKILL while the stop's grace runs
+#   stop-kill:     SIGSTOP, then SIGKILL
+#   watchdog:      the run's watchdog is SIGKILLed first (a new one must take over), then SIGKILL
 # and it checks that within GRACE_S + 5 s no process of the run is alive (by pid, and by the
-# run's marker variable in /proc/*/environ) and that nvidia-smi lists none of them.
+# run's marker variable in /proc/*/environ), that nvidia-smi lists none of them, and that the run's
+# record has an outcome. PHASES=... (space-separated names) runs a subset; VLA_LAUNCH_NO_CGROUP=1
+# in the environment runs the matrix without the per-run cgroup; NOLOSS_DEVICE=cpu tries the script
+# itself on a machine without a GPU.
 # Prints one summary line per phase; exit status 0 when every phase passed.
 set -uo pipefail
 
@@ -39,18 +47,18 @@ grad_accumulation_steps use_fsdp gradient_checkpointing use_lora lora_dropout"""
 parser = argparse.ArgumentParser()
 for f in FLAGS:
     parser.add_argument(f"--{f}")
-parser.parse_known_args()  # --help lists every flag and exits here
+args, _ = parser.parse_known_args()  # --help lists every flag and exits here
 
 import torch  # noqa: E402
 
 rank = int(os.environ.get("LOCAL_RANK", "0"))
-dev = torch.device(f"cuda:{rank}")
+dev = torch.device(f"cuda:{rank}" if os.environ.get("NOLOSS_DEVICE") != "cpu" else "cpu")
 pids_file = os.environ["NOLOSS_PIDS"]
 HOLD = """
 import os, signal, sys, time, torch
 if sys.argv[1] == "ignore":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-x = torch.ones(64 << 20, device="cuda:0")  # 256 MiB
+x = torch.ones(64 << 20, device="cpu" if os.environ.get("NOLOSS_DEVICE") == "cpu" else "cuda:0")  # 256 MiB
 open(sys.argv[2], "a").write(f"up {os.getpid()}\\n")
 while True:
     time.sleep(0.1)
@@ -84,8 +92,12 @@ while True:
     loss.backward()
     opt.step()
     step += 1
+    if args.max_steps and step >= int(args.max_steps):
+        print(f"done after {step} steps", flush=True)
+        break
     if step % 50 == 0:
-        torch.cuda.synchronize()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         print(f"step {step} loss {loss.item():.4f}", flush=True)
         if step == 100 and rank == 0:
             open(pids_file, "a").write("ready\n")
@@ -206,82 +218,80 @@ report() {
 
 echo "noloss-gpu-check: $("$BIN" --version 2>&1), torch $(python3 -c 'import torch; print(torch.__version__)' 2>&1), GPU $(nvidia-smi --query-gpu=name --format=csv,noheader -i 0), grace ${GRACE} s"
 
-# Phase 1: SIGKILL to the launcher mid-training.
-d=$WORK/sigkill
-mkdir -p "$d"
-NOLOSS_PIDS=$d/pids "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" \
-  >"$d/stdout" 2>"$d/stderr" &
-launcher=$!
-if wait_ready "$d/pids" "$launcher"; then
-  echo "pid $launcher launcher" >>"$d/pids"
-  t0=$(date +%s%N)
-  kill -KILL "$launcher"
-  wait "$launcher" 2>/dev/null
-  report sigkill "$d/pids" "$t0"
-  grep -h "watchdog" "$d"/logs/run-*.log | sed 's/^/  log: /'
-else
-  echo "sigkill: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
-  kill -TERM "$launcher" 2>/dev/null
-fi
+# The record's outcome (its diagnosis kind, or "none").
+record_outcome() {
+  python3 - "$1" <<'PYREC'
+import glob, json, sys
+recs = sorted(glob.glob(sys.argv[1] + "/plan-*.json"))
+try:
+    o = json.load(open(recs[-1])).get("outcome") if recs else None
+except (OSError, ValueError) as e:
+    o = {"error": str(e)}
+print("none" if not o else (o.get("diagnosis") or {}).get("kind") or o.get("exit_code", "?"))
+PYREC
+}
 
-# Phase 2: the terminal closes.
-d=$WORK/pty
-mkdir -p "$d"
-t0=$(date +%s%N)
-result=$(NOLOSS_PIDS=$d/pids python3 "$WORK/pty_run.py" "$d/pids" "$BIN" --profile "$WORK/profile.yaml" \
-  --log-dir "$d/logs" --grace "$GRACE")
-if grep -qx ready "$d/pids" 2>/dev/null; then
-  read -r code secs <<<"$result"
-  echo "pty: the launcher exited with $code ${secs} s after its terminal closed (129 = 128 + SIGHUP expected)"
-  [[ $code == 129 ]] || FAILED=1
-  # The clock of the check starts when the terminal closed, i.e. secs before now.
-  t0=$(($(date +%s%N) - ${secs/./} * 10000000))
-  report pty "$d/pids" "$t0"
-  grep -h "SIGHUP\|SIGKILL\|leftover\|outlived" "$d"/logs/run-*.log | cut -c1-200 | sed 's/^/  log: /'
-  echo "  log's last child line: $(grep -h ' out |step' "$d"/logs/run-*.log | tail -1 | cut -c1-120)"
-else
-  echo "pty: FAIL: the trainer never became ready: $result"; FAILED=1
-fi
-
-# Phase 3: SIGTERM to the launcher (a plain `kill`): the grace, then everything ends; exit 143.
-d=$WORK/sigterm
-mkdir -p "$d"
-NOLOSS_PIDS=$d/pids "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" \
-  >"$d/stdout" 2>"$d/stderr" &
-launcher=$!
-if wait_ready "$d/pids" "$launcher"; then
+# phase NAME: starts a run, ends it the phase's way, reports.
+phase() {
+  local name=$1 d=$WORK/$1 launcher code expect="" t0 wd extra=()
+  mkdir -p "$d"
+  [[ $name == normal ]] && extra=(--set train.max_steps=300)
+  [[ ${NOLOSS_DEVICE:-} == cpu ]] && extra+=(--gpus 1xh100)
+  if [[ $name == pty ]]; then
+    t0=$(date +%s%N)
+    result=$(NOLOSS_PIDS=$d/pids python3 "$WORK/pty_run.py" "$d/pids" "$BIN" --profile "$WORK/profile.yaml" \
+      --log-dir "$d/logs" --grace "$GRACE" "${extra[@]}")
+    if ! grep -qx ready "$d/pids" 2>/dev/null; then echo "pty: FAIL: the trainer never became ready: $result"; FAILED=1; return; fi
+    read -r code secs <<<"$result"
+    echo "pty: the launcher exited with $code ${secs} s after its terminal closed (129 = 128 + SIGHUP expected)"
+    [[ $code == 129 ]] || FAILED=1
+    t0=$(($(date +%s%N) - ${secs/./} * 10000000)) # the terminal closed secs before now
+    report pty "$d/pids" "$t0"
+    echo "  record's outcome: $(record_outcome "$d/logs")"
+    return
+  fi
+  NOLOSS_PIDS=$d/pids "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" "${extra[@]}" \
+    >"$d/stdout" 2>"$d/stderr" &
+  launcher=$!
+  if [[ $name == kill-early ]]; then
+    for _ in $(seq 1 3000); do grep -q rank0 "$d/pids" 2>/dev/null && break; sleep 0.02; done
+    grep -q rank0 "$d/pids" 2>/dev/null || { echo "$name: FAIL: rank 0 never started; see $d/stderr"; FAILED=1; kill -TERM "$launcher" 2>/dev/null; return; }
+  elif ! wait_ready "$d/pids" "$launcher"; then
+    if [[ $name == normal ]] && ! kill -0 "$launcher" 2>/dev/null; then :; else
+      echo "$name: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
+      kill -TERM "$launcher" 2>/dev/null; return
+    fi
+  fi
   echo "pid $launcher launcher" >>"$d/pids"
+  case $name in
+    normal) expect=0 ;;
+    sigterm) kill -TERM "$launcher"; expect=143 ;;
+    sighup) kill -HUP "$launcher"; expect=129 ;;
+    kill-early | kill-ready) kill -KILL "$launcher" ;;
+    kill-stopping) kill -TERM "$launcher"; sleep 0.5; kill -KILL "$launcher" ;;
+    stop-kill) kill -STOP "$launcher"; sleep 0.5; kill -KILL "$launcher" ;;
+    watchdog)
+      wd=$(pgrep -P "$launcher" -f "__vla-launch-watchdog" | head -1)
+      [[ -n $wd ]] && kill -KILL "$wd" && echo "watchdog: SIGKILL to the watchdog $wd"
+      for _ in $(seq 1 200); do # a new watchdog takes over
+        pgrep -P "$launcher" -f "__vla-launch-watchdog" | grep -vqx "$wd" && break; sleep 0.05
+      done
+      kill -KILL "$launcher" ;;
+  esac
   t0=$(date +%s%N)
-  kill -TERM "$launcher"
   wait "$launcher"; code=$?
-  echo "sigterm: the launcher exited with $code (143 expected)"
-  [[ $code == 143 ]] || FAILED=1
-  report sigterm "$d/pids" "$t0"
-else
-  echo "sigterm: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
-  kill -TERM "$launcher" 2>/dev/null
-fi
+  if [[ -n $expect ]]; then
+    echo "$name: the launcher exited with $code ($expect expected)"
+    [[ $code == "$expect" ]] || FAILED=1
+  fi
+  report "$name" "$d/pids" "$t0"
+  echo "  record's outcome: $(record_outcome "$d/logs")"
+  grep -h "watchdog\|leftover" "$d"/logs/run-*.log 2>/dev/null | cut -c1-200 | sed 's/^/  log: /'
+}
 
-# Phase 4: the watchdog is killed first, then the launcher (SIGKILL).
-d=$WORK/watchdog
-mkdir -p "$d"
-NOLOSS_PIDS=$d/pids "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" \
-  >"$d/stdout" 2>"$d/stderr" &
-launcher=$!
-if wait_ready "$d/pids" "$launcher"; then
-  echo "pid $launcher launcher" >>"$d/pids"
-  wd=$(pgrep -P "$launcher" -f "__vla-launch-watchdog" | head -1)
-  [[ -n $wd ]] && kill -KILL "$wd" && echo "watchdog: SIGKILL to the watchdog $wd"
-  sleep 2
-  t0=$(date +%s%N)
-  kill -KILL "$launcher"
-  wait "$launcher" 2>/dev/null
-  report watchdog "$d/pids" "$t0"
-  grep -h "watchdog" "$d"/logs/run-*.log | cut -c1-200 | sed 's/^/  log: /'
-else
-  echo "watchdog: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
-  kill -TERM "$launcher" 2>/dev/null
-fi
+for p in ${PHASES:-normal sigterm sighup pty kill-early kill-ready kill-stopping stop-kill watchdog}; do
+  phase "$p"
+done
 
 echo "work dir: $WORK"
 exit $FAILED
