@@ -4,8 +4,10 @@
 use super::types::Candidate;
 
 /// How much slower than the fastest a configuration may be and still count as just as fast: the
-/// step-time model's mean error (plan/speed.rs: mean 6%, worst 13%).
-pub const STEP_TIME_TOLERANCE: f64 = 0.06;
+/// step-time model's worst error on the real code (plan/speed.rs: worst 7.1%, mean 3.4%; the runs'
+/// own step-to-step spread is 3-5%), so that a difference the model cannot tell apart never costs
+/// the room a plan needs against the memory model's error.
+pub const STEP_TIME_TOLERANCE: f64 = 0.07;
 
 /// The room a plan should leave beyond what it is predicted to need, as a fraction of that need:
 /// the budget model's bound (within 5% of the measured peaks, issue 15).

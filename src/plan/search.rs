@@ -177,7 +177,12 @@ impl<'a> Evaluator<'a> {
                 world_size: world,
                 nnodes: self.nnodes,
                 gpu_tflops: set.tflops,
-                flops_per_sample: self.flops[checkpointing as usize],
+                flops_per_sample: self.flops[0],
+                recompute_flops_per_sample: if checkpointing {
+                    self.flops[1] - self.flops[0]
+                } else {
+                    0.0
+                },
                 gradient_bytes: self.gradient_bytes,
                 weight_bytes: self.weight_bytes,
                 fsdp: self.policy.fsdp,

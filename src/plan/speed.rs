@@ -1,18 +1,22 @@
 //! Step-time estimate per candidate. Pure.
 //!
 //! Fitted to the REAL OpenVLA-OFT code (upstream's finetune.py through the launcher with random
-//! weights, `scripts/real-steptime.sh`, docs/performance.md "Step time"): 11 DDP configurations on
+//! weights, `scripts/real-steptime.sh`, docs/performance.md "Step time"): 12 DDP configurations on
 //! one H100 80GB HBM3 (ALOHA, LIBERO and BRIDGE shapes, batch 1-16, with and without checkpointing,
-//! 20 steps each; tests/it/speed.rs), minimising worst + mean relative error over a grid of the
-//! constants below: worst 6.5%, mean 4.6%. (The earlier constants came from the stand-in probe and
-//! were 11-19% low for ALOHA's large micro-batches and up to 41% high for BRIDGE on the real code.)
-//! What the numbers say: a micro-batch has a fixed cost of ~0.2 s per input image (every image runs
-//! both ViTs, 51 LoRA'd blocks, launch-bound at these sizes), so small micro-batches are inefficient;
-//! the per-sample work reaches ~49% of the GPU's dense bf16 peak, plus an attention cost growing with
-//! the square of the Llama's sequence (ALOHA's 1144 tokens: 0.021 s a sample, LIBERO's 594: 0.006 s);
-//! checkpointing re-runs the Llama forward (its FLOPs x1.5, the fixed part x1.1). DDP's exposed
-//! gradient synchronisation is ~0.15 s per micro-batch on 2 GPUs, FSDP1's communication and
-//! bookkeeping ~1.4 s (all-gathers and reduce-scatters of every unit, forward, recompute and backward).
+//! 20 steps each, the LIBERO plan's near tie run three times; tests/it/speed.rs), minimising worst +
+//! mean relative error over a grid of the constants below while the measured order of each 1-GPU
+//! plan's top three holds: worst 7.1%, mean 3.4%. (The constants of the stand-in probe were 11-19%
+//! low for ALOHA's large micro-batches and up to 41% high for BRIDGE on the real code; the first
+//! real-code fit ranked LIBERO's b16 with checkpointing 4% ahead of b8 x2 without, which measured 7%
+//! faster.) What the numbers say: a micro-batch has a fixed cost of ~0.2 s per input image (every
+//! image runs both ViTs, 51 LoRA'd blocks, launch-bound at these sizes), so small micro-batches are
+//! inefficient; the per-sample work reaches ~64% of the GPU's dense bf16 peak, plus an attention
+//! cost growing with the square of the Llama's sequence (ALOHA's 1144 tokens: 0.037 s a sample,
+//! LIBERO's 594: 0.010 s); checkpointing's recomputed Llama forward takes twice the time its FLOPs
+//! would at that rate (the recompute runs the memory-bound parts too: norms, rotary embeddings,
+//! LoRA's dropout and casts). DDP's exposed gradient synchronisation is ~0.15 s per micro-batch on
+//! 2 GPUs, FSDP1's communication and bookkeeping ~1.4 s (all-gathers and reduce-scatters of every
+//! unit, forward, recompute and backward).
 
 use crate::budget::{FsdpVersion, Strategy};
 use crate::model::ModelSpec;
@@ -26,19 +30,16 @@ const MICRO_FIXED_BASE_S: f64 = 0.0;
 const MICRO_FIXED_PER_IMAGE_S: f64 = 0.20;
 
 /// The fraction of the GPU's dense bf16 peak that the per-sample work reaches: one ALOHA sample
-/// (1144 tokens, 3.35e13 training FLOPs) costs 0.069 s of it on the reference GPU.
-const EFFECTIVE_FRACTION_OF_PEAK: f64 = 0.489;
+/// (1144 tokens, 3.35e13 training FLOPs) costs 0.053 s of it on the reference GPU.
+const EFFECTIVE_FRACTION_OF_PEAK: f64 = 0.64;
 
 /// Attention beyond its FLOP count, per sample, on the reference GPU: this many seconds times the
-/// square of the Llama's sequence length (ALOHA 1144 tokens: 0.021 s; LIBERO 594: 0.006 s).
-const ATTENTION_S_PER_TOKEN_SQUARED: f64 = 1.6e-8;
+/// square of the Llama's sequence length (ALOHA 1144 tokens: 0.037 s; LIBERO 594: 0.010 s).
+const ATTENTION_S_PER_TOKEN_SQUARED: f64 = 2.8e-8;
 
-/// Recompute factor of checkpointing on the fixed (launch-bound) part of a micro-batch.
-const CHECKPOINT_FIXED_FACTOR: f64 = 1.1;
-
-/// Recompute factor of checkpointing on the attention term (the Llama forward runs twice; as
-/// [`crate::model::train_flops_per_sample`] counts the Llama's FLOPs).
-const CHECKPOINT_ATTENTION_FACTOR: f64 = 1.5;
+/// Checkpointing's recomputed forward takes this many times the time its FLOPs take at
+/// [`EFFECTIVE_FRACTION_OF_PEAK`] (LIBERO b8 x2: 1.70 s with checkpointing against 1.39 s without).
+const RECOMPUTE_TIME_FACTOR: f64 = 2.0;
 
 /// Exposed DDP gradient synchronisation per micro-batch on 2 GPUs of one node, for the ALOHA
 /// gradients (2.65 GB); scaled by gradient bytes and by the ring factor 2(w-1)/w.
@@ -77,8 +78,10 @@ pub struct SpeedInput {
     pub nnodes: u32,
     /// Dense bf16 TFLOP/s of the slowest chosen GPU.
     pub gpu_tflops: f64,
-    /// Training FLOPs of one sample (with the recompute when checkpointing).
+    /// Training FLOPs of one sample, forward and backward, without checkpointing's recompute.
     pub flops_per_sample: f64,
+    /// The FLOPs checkpointing recomputes per sample (0 without checkpointing).
+    pub recompute_flops_per_sample: f64,
     pub gradient_bytes: u64,
     pub weight_bytes: u64,
     /// Which FSDP runs (ignored under DDP).
@@ -103,19 +106,16 @@ impl StepTime {
 pub fn step_time(spec: &ModelSpec, s: &SpeedInput) -> StepTime {
     let speed = s.gpu_tflops.max(1.0) / REFERENCE_TFLOPS;
     // The fixed part is partly launch-bound (CPU), so it shrinks less than linearly on faster GPUs.
-    let mut fixed =
+    let fixed =
         (MICRO_FIXED_BASE_S + MICRO_FIXED_PER_IMAGE_S * spec.num_images as f64) / speed.sqrt();
-    if s.checkpointing {
-        fixed *= CHECKPOINT_FIXED_FACTOR;
-    }
     let tokens = f64::from(crate::model::sequence_tokens(spec));
-    let attention = ATTENTION_S_PER_TOKEN_SQUARED * tokens * tokens / speed
-        * if s.checkpointing {
-            CHECKPOINT_ATTENTION_FACTOR
-        } else {
-            1.0
-        };
-    let per_sample = s.flops_per_sample
+    let attention = ATTENTION_S_PER_TOKEN_SQUARED * tokens * tokens / speed;
+    let recompute = if s.checkpointing {
+        RECOMPUTE_TIME_FACTOR * s.recompute_flops_per_sample
+    } else {
+        0.0
+    };
+    let per_sample = (s.flops_per_sample + recompute)
         / (s.gpu_tflops.max(1.0) * 1e12 * EFFECTIVE_FRACTION_OF_PEAK)
         + attention;
     let ring = if s.world_size > 1 {
@@ -153,7 +153,7 @@ pub fn step_time(spec: &ModelSpec, s: &SpeedInput) -> StepTime {
 
 /// How far the estimate may be off, as a fraction of it, where the model has been measured
 /// against the real code; `None` where it has not (nodes over a network).
-/// - DDP on one GPU: within 6.5% of 11 real-code configurations on an H100, whose own
+/// - DDP on one GPU: within 7.1% of 12 real-code configurations on an H100, whose own
 ///   step-to-step spread is 3-5% (standard deviation): 10%.
 /// - FSDP2 on one node: within 13.2% of the launcher's 10 runs on 2 and 4 H200s: 15%.
 /// - DDP on several GPUs of one node: its gradient synchronisation term was measured with the

@@ -450,8 +450,8 @@ fn merge_host_ram_counts_the_merging_ranks() {
 /// 1x A6000 picked DDP b2 x a8 without checkpointing with 0.68 GiB left over b4 x a4 with
 /// checkpointing, "0% slower" with 8 GiB left (since the real-code step-time refit, b4 x a4 with
 /// checkpointing is the fastest there outright); a 68 GiB card has the same kind of near tie
-/// (b4 x a4 without checkpointing, 5% faster with 1.40 GiB left, against b8 x a2 with it, 17 GiB
-/// left). Where nothing with room
+/// (b4 x a4 without checkpointing, 6% faster by the estimate with 1.40 GiB left, against b8 x a2
+/// with it, 17 GiB left; on an H100 the real code ran b8 x a2 the faster). Where nothing with room
 /// is that fast (A100 40GB left 0.85 GiB, RTX 5090 0.62 GiB), the plan says how little room it
 /// leaves and what has more.
 #[test]
@@ -470,7 +470,8 @@ fn within_the_step_time_error_the_configuration_with_room_wins() {
     let faster = &p.alternatives[0];
     assert!(
         faster.candidate.step_time_s < c.step_time_s
-            && faster.candidate.step_time_s >= c.step_time_s * 0.94,
+            && faster.candidate.step_time_s
+                >= c.step_time_s * (1.0 - vla_launch::plan::room::STEP_TIME_TOLERANCE),
         "{faster:?}"
     );
     assert!(faster.why_not.contains("leaves only"), "{}", faster.why_not);
