@@ -169,6 +169,18 @@ pub fn llama_layer_bytes_per_token(arch: &Arch, lora_rank: u64) -> u64 {
     22 * h + 8 * i + 14 * lora_rank
 }
 
+/// Bytes per token per Llama decoder layer that a padded micro-batch keeps beyond an unpadded one:
+/// three bf16 tensors of the hidden size, the size of q, k and v (with a padding mask the fork's
+/// LlamaSdpaAttention makes contiguous copies of q, k and v before SDPA, transformers 4.40's
+/// workaround for torch 2.1's memory-efficient kernel: the likely source, not traced). Measured on
+/// the real code (1x H100, docs/validation.md section 19), padded minus fixed-instruction batches,
+/// allocated peak: 3.34 GiB at ALOHA batch 4 (this term: 3.33 GiB) and 4.15 GiB at LIBERO batch 8
+/// (3.48 GiB, plus the longer padded instructions' own activations). With checkpointing only the
+/// recomputed layer holds it.
+pub fn masked_attention_bytes_per_token(arch: &Arch) -> u64 {
+    3 * 2 * arch.llm.hidden
+}
+
 /// Bytes per token per Llama decoder layer of the K and V that the model returns and DDP clones,
 /// when checkpointing is off. PrismaticForConditionalGeneration passes `use_cache and not
 /// self.training` (= None) to the fork's LlamaModel, so `config.use_cache` (True) applies unless
@@ -206,7 +218,12 @@ pub fn activations_per_sample(
     let s = u64::from(model::sequence_tokens(spec));
     let images = u64::from(spec.num_images);
     let (h, v) = (arch.llm.hidden, arch.llm.vocab);
-    let layer = llama_layer_bytes_per_token(arch, r) * s;
+    let masked = if spec.padded_batches {
+        masked_attention_bytes_per_token(arch)
+    } else {
+        0
+    };
+    let layer = (llama_layer_bytes_per_token(arch, r) + masked) * s;
     let kv_clones = if ddp_output_clones {
         kv_clone_bytes_per_token(arch) * s
     } else {

@@ -45,6 +45,12 @@ pub struct ModelSpec {
     pub lora_dtype: Dtype,
     /// Tokens of the text prompt ("In: What action should the robot take to ...?\nOut:").
     pub prompt_tokens: u32,
+    /// Whether micro-batches mix instructions of different lengths (padded, with an attention mask),
+    /// as every dataset with more than one instruction length does; see
+    /// [`crate::budget::masked_attention_bytes_per_token`]. Records written before it existed read
+    /// as false: their plans were made without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub padded_batches: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,6 +48,7 @@ pub fn render_plan(
     // What must fit leads; the nvidia-smi peak (which may exceed the card) comes after, explained.
     let card = chosen.iter().map(|g| g.total_bytes).min();
     write_memory(&mut out, c, &chosen, card);
+    write_memory_assumptions(&mut out, plan);
     let _ = writeln!(
         out,
         "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",
@@ -130,6 +131,20 @@ fn write_memory(out: &mut String, c: &Candidate, chosen: &[&Gpu], card: Option<u
             fmt_gib(c.model_peak_bytes)
         );
     }
+}
+
+/// What the memory figures assume that the launcher cannot see: the batches' padding and the
+/// attention kernel (docs/budget-model.md, "Padded batches and the attention kernel").
+fn write_memory_assumptions(out: &mut String, plan: &Plan) {
+    let batches = if plan.padded_batches {
+        "padded batches"
+    } else {
+        "unpadded batches (model.padded_batches: false)"
+    };
+    let _ = writeln!(
+        out,
+        "                 assumes {batches} and a fused attention kernel (flash or cuDNN SDPA)"
+    );
 }
 
 /// The total run time of `steps` optimizer steps, with how sure the estimate is.

@@ -77,6 +77,7 @@ pub fn model_spec(p: &Profile, extra_args: &ScriptArgs) -> ModelSpec {
         lora_rank: flag_u32(t, "lora_rank").unwrap_or(32),
         lora_dtype: p.model.lora_dtype,
         prompt_tokens: p.model.prompt_tokens,
+        padded_batches: p.model.padded_batches,
     }
 }
 

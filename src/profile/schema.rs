@@ -100,6 +100,11 @@ pub struct ModelSection {
     /// Text prompt tokens ("In: What action should the robot take to ...?\nOut:").
     #[serde(default = "default_prompt_tokens")]
     pub prompt_tokens: u32,
+    /// Whether a micro-batch mixes instructions of different token lengths (so it is padded and the
+    /// Llama runs attention with a mask, which keeps more per layer). True unless every instruction
+    /// of the dataset tokenizes to the same length (one task, one wording).
+    #[serde(default = "default_padded_batches")]
+    pub padded_batches: bool,
     /// Platform whose constants the script will use; derived from the flags when absent.
     #[serde(default)]
     pub platform: Option<Platform>,
@@ -111,6 +116,7 @@ impl Default for ModelSection {
             preset: default_preset(),
             lora_dtype: default_lora_dtype(),
             prompt_tokens: default_prompt_tokens(),
+            padded_batches: default_padded_batches(),
             platform: None,
         }
     }
@@ -121,6 +127,9 @@ fn default_preset() -> String {
 }
 fn default_lora_dtype() -> Dtype {
     Dtype::Bf16
+}
+fn default_padded_batches() -> bool {
+    true
 }
 fn default_prompt_tokens() -> u32 {
     // 23 gives the measured sequence lengths exactly: ALOHA 1144 tokens, LIBERO 594.

@@ -56,7 +56,7 @@ fn memory_line_leads_with_what_must_fit() {
         .find(|l| l.trim_start().starts_with("memory"))
         .expect("a memory line");
     assert!(
-        line.contains("memory         needs 20.86 GiB of 22.32 GiB usable per GPU"),
+        line.contains("memory         needs 20.91 GiB of 22.32 GiB usable per GPU"),
         "{line}"
     );
     assert!(line.contains("fits"), "{line}");
@@ -711,7 +711,7 @@ fn runs_lists_past_launches_and_logs_prints_them() {
         lines[1]
     );
     assert!(
-        lines[2].contains("exit 1") && lines[2].contains("69.07 GiB"),
+        lines[2].contains("exit 1") && lines[2].contains("69.50 GiB"),
         "{}",
         lines[2]
     );
@@ -785,7 +785,7 @@ fn status_line_on_a_terminal_and_none_in_a_file() {
     // batch 16 x 1 GPU per tqdm iteration at 10 it/s.
     assert!(screen.contains("160.0 samples/s"), "{screen:?}");
     assert!(screen.contains("ETA "), "{screen:?}");
-    assert!(screen.contains("GPU 69.1 GiB predicted"), "{screen:?}");
+    assert!(screen.contains("GPU 69.5 GiB predicted"), "{screen:?}");
     assert!(
         !screen.contains("| 10/20 ["),
         "tqdm's own updates are left to the log: {screen:?}"
@@ -884,4 +884,56 @@ fn plan_v_adds_the_memory_budget_as_the_launch_does() {
     assert!(r.stdout.contains("Memory budget per GPU"), "{}", r.stdout);
     let r = run(&["plan", "--profile", "aloha", "--gpus", "1xh100"]);
     assert!(!r.stdout.contains("Memory budget per GPU"), "{}", r.stdout);
+}
+
+// ---- issue 24: what the memory figures assume
+
+/// The plan says what its memory figures assume that the launcher cannot see (padded batches, a
+/// fused attention kernel), and a profile whose instructions all have one length can say so: the
+/// plan then needs less and says unpadded.
+#[test]
+fn plan_says_it_assumes_padded_batches_and_a_fused_kernel() {
+    let needs = |r: &Ran| -> f64 {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.contains("memory         needs"))
+            .unwrap();
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let padded = run(&["plan", "--profile", "libero", "--gpus", "1xh100"]);
+    assert!(
+        padded
+            .stdout
+            .contains("assumes padded batches and a fused attention kernel (flash or cuDNN SDPA)"),
+        "{}",
+        padded.stdout
+    );
+    let v: serde_json::Value = serde_json::from_str(
+        &run(&["plan", "--profile", "libero", "--gpus", "1xh100", "--json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(v["model"]["padded_batches"], true, "{v}");
+    let unpadded = run(&[
+        "plan",
+        "--profile",
+        "libero",
+        "--gpus",
+        "1xh100",
+        "--set",
+        "model.padded_batches=false",
+    ]);
+    assert!(
+        unpadded
+            .stdout
+            .contains("assumes unpadded batches (model.padded_batches: false)"),
+        "{}",
+        unpadded.stdout
+    );
+    assert!(
+        needs(&unpadded) < needs(&padded),
+        "{}\n{}",
+        padded.stdout,
+        unpadded.stdout
+    );
 }
