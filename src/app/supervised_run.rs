@@ -29,7 +29,9 @@ use crate::eprintln_lossy as eprintln;
 
 mod peers_at_start;
 pub(super) use peers_at_start::peer_watch_port;
-use peers_at_start::{exit_status, start_peer_watch};
+use peers_at_start::{
+    caused_by_peer, exit_status, leave_start_failure, peer_start_failure, start_peer_watch,
+};
 
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
@@ -54,7 +56,7 @@ pub(super) fn launch_once(
 ) -> Result<RunResult> {
     let claimed = claim(ctx, args, log_dir, attempt)?;
     let prepared = prepare(claimed, ctx, args, log_dir)?;
-    let supervised = supervise(prepared);
+    let supervised = supervise(prepared, ctx, log_dir);
     finish(supervised, ctx, source)
 }
 
@@ -171,7 +173,10 @@ fn prepare(claimed: Claimed, ctx: &Planned, args: &LaunchArgs, log_dir: &Path) -
     let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
     let peers = match start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone()) {
         Ok(p) => p,
-        Err(e) => return Err(claimed.refuse(e)),
+        Err(e) => {
+            leave_start_failure(ctx, log_dir, &e);
+            return Err(claimed.refuse(e));
+        }
     };
     let uuids: Vec<String> = ctx
         .gpus
@@ -252,15 +257,22 @@ struct Supervised {
     samples_per_it: f64,
 }
 
-fn supervise(p: Prepared) -> Supervised {
+fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
     eprintln!("vla-launch: {}", command::display(&p.claimed.cmd));
     let result = supervisor::run_blocking(&p.claimed.cmd, &p.opts);
     let peaks = p.monitor.map(Monitor::stop);
+    let signalled = result.as_ref().is_ok_and(|o| o.interrupted_by.is_some());
     let stopped_by_peer = p
         .stopped_by_peer
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .take();
+        .take()
+        .filter(|peer| caused_by_peer(result.as_ref().ok(), peer))
+        .or_else(|| {
+            signalled
+                .then(|| peer_start_failure(ctx, log_dir))
+                .flatten()
+        });
     let status = result
         .as_ref()
         .map_or(1, |o| exit_status(o, stopped_by_peer.as_ref()));

@@ -105,6 +105,18 @@ impl Watchdog {
             .stderr(Stdio::inherit())
             // Its own group: a terminal's Ctrl-C or hangup to our group does not reach it.
             .process_group(0);
+        // Ignored from the start, not only once it runs `watch`: scancel's SIGTERM to every
+        // process of the step can come between the fork and that (a node stopped as it starts),
+        // and then killed the new watchdog. Ignored dispositions survive exec.
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn()?;
         // `cmd` (holding the read end) is dropped here: only the watchdog has it now.
         drop(cmd);
