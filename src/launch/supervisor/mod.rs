@@ -255,6 +255,8 @@ fn watchdog_spec(opts: &SuperviseOptions, scope: &Scope) -> watchdog::Spec {
     watchdog::Spec {
         record: opts.record.clone(),
         cgroup: scope.cgroup.clone(),
+        // Everything below a launcher that runs one run is that run's (adoption's premise).
+        launcher: scope.adopted.then(|| std::process::id() as i32),
         ..watchdog::Spec::new(&scope.marker, opts.grace, &opts.log_path)
     }
 }
