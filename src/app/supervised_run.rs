@@ -255,11 +255,17 @@ struct Supervised {
     uuids: Vec<String>,
     progress: Arc<status::Tracker>,
     samples_per_it: f64,
+    /// Processes the kernel's OOM killer killed on this host while torchrun ran, if known.
+    oom_kills: Option<u64>,
 }
 
 fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
     eprintln!("vla-launch: {}", command::display(&p.claimed.cmd));
+    let oom_before = crate::launch::process_tree::oom_kill_count();
     let result = supervisor::run_blocking(&p.claimed.cmd, &p.opts);
+    let oom_kills = crate::launch::process_tree::oom_kill_count()
+        .zip(oom_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let peaks = p.monitor.map(Monitor::stop);
     let signalled = result.as_ref().is_ok_and(|o| o.interrupted_by.is_some());
     let stopped_by_peer = p
@@ -296,6 +302,7 @@ fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
         uuids: p.uuids,
         progress: p.progress,
         samples_per_it: p.samples_per_it,
+        oom_kills,
     }
 }
 
@@ -323,7 +330,7 @@ fn finish(s: Supervised, ctx: &Planned, source: Source) -> Result<RunResult> {
     if let Some(p) = &peaks {
         print_peaks(&uuids, p, chosen.predicted_peak_bytes);
     }
-    let diagnosis = diagnose(&outcome, log_path, chosen);
+    let diagnosis = diagnose(&outcome, log_path, chosen, s.oom_kills);
     let recorded = RunOutcome {
         exit_code: outcome.exit_code,
         signal: outcome.signal,
@@ -399,12 +406,13 @@ fn diagnose(
     outcome: &supervisor::Outcome,
     log_path: &Path,
     chosen: &crate::plan::Candidate,
+    oom_kills: Option<u64>,
 ) -> Option<diagnosis::Diagnosis> {
     if outcome.exit_code == 0 || outcome.interrupted_by.is_some() || outcome.force_killed {
         return None;
     }
     let tail = read_tail(log_path, 256 * 1024);
-    let mut d = diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)?;
+    let mut d = diagnosis::diagnose_run(&tail, outcome.exit_code, outcome.signal, oom_kills)?;
     diagnosis::fit_oom_hint(
         &mut d,
         chosen.gradient_checkpointing,

@@ -239,6 +239,15 @@ pub fn members_in_roots(roots: &[i32], scope: &Scope) -> Vec<ProcInfo> {
         .collect()
 }
 
+/// The kernel's count of processes its OOM killer has killed since boot (`oom_kill` in
+/// `/proc/vmstat`), when it can be read. The caller reads it before and after a run.
+pub fn oom_kill_count() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Sends `sig` to each pid; returns how many were signalled (gone ones are skipped).
 pub fn signal_all(pids: impl IntoIterator<Item = i32>, sig: Signal) -> usize {
     pids.into_iter()
@@ -470,6 +479,14 @@ mod tests {
         let _ = child.wait();
         assert!(found.contains(&(child.id() as i32)), "{found:?}");
         assert!(found.contains(&grandchild), "{found:?}");
+    }
+
+    #[test]
+    fn the_hosts_oom_kill_count_is_read_where_the_kernel_has_it() {
+        // Linux 4.13+ has it; the test machines do.
+        if fs::read_to_string("/proc/vmstat").is_ok_and(|t| t.contains("\noom_kill ")) {
+            assert!(oom_kill_count().is_some());
+        }
     }
 
     #[test]
