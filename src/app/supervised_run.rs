@@ -262,12 +262,20 @@ struct Supervised {
 fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
     eprintln!("vla-launch: {}", command::display(&p.claimed.cmd));
     let oom_before = crate::launch::process_tree::oom_kill_count();
-    let result = supervisor::run_blocking(&p.claimed.cmd, &p.opts);
+    // A stop signal held while this launcher started (under Slurm): torchrun is not started.
+    let result = match super::slurm::release_stop_signals() {
+        Some(sig) => Ok(supervisor::Outcome::not_started(sig, &p.claimed.log_path)),
+        None => supervisor::run_blocking(&p.claimed.cmd, &p.opts),
+    };
     let oom_kills = crate::launch::process_tree::oom_kill_count()
         .zip(oom_before)
         .map(|(after, before)| after.saturating_sub(before));
     let peaks = p.monitor.map(Monitor::stop);
-    let signalled = result.as_ref().is_ok_and(|o| o.interrupted_by.is_some());
+    // Stopped by a signal: the launcher's, or torchrun's own (Slurm signals every process of
+    // the step, and torchrun may end of it before the launcher has handled its own).
+    let signalled = result
+        .as_ref()
+        .is_ok_and(|o| o.interrupted_by.is_some() || o.signal.is_some());
     let stopped_by_peer = p
         .stopped_by_peer
         .lock()
@@ -279,6 +287,22 @@ fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
                 .then(|| peer_start_failure(ctx, log_dir))
                 .flatten()
         });
+    if let Some(sig) = result
+        .as_ref()
+        .ok()
+        .filter(|o| o.not_started)
+        .and_then(|o| o.interrupted_by)
+    {
+        let name =
+            nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.to_string());
+        let why = stopped_by_peer
+            .as_ref()
+            .map_or(String::new(), |p| format!(": {p}"));
+        append_note(
+            &p.claimed.log_path,
+            &format!("stopped before torchrun started ({name} came first){why}"),
+        );
+    }
     let status = result
         .as_ref()
         .map_or(1, |o| exit_status(o, stopped_by_peer.as_ref()));

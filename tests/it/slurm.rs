@@ -367,6 +367,12 @@ fn a_healthy_two_node_job_completes_with_exit_0() {
     let out = job.output();
     assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{out}");
     assert_eq!(info["ExitCode"], "0:0", "{out}");
+    // Issue 25 item 14: a job without VLA_LAUNCH_JOB_SECRET is warned, once (node 0), with the fix.
+    assert_eq!(
+        out.matches("VLA_LAUNCH_JOB_SECRET is not set").count(),
+        1,
+        "{out}"
+    );
     let ev = job.events();
     for n in 0..2 {
         assert!(
@@ -1070,12 +1076,25 @@ fn node_0_failing_at_start_names_itself_and_its_cause_in_the_job_and_both_record
     else {
         return;
     };
-    let job = s.submit(
-        "node0-port",
-        &script(STEP),
-        &["--hold"],
-        &[("FAKE_SLEEP", "300")],
-    );
+    node_0_port_taken(&s, "node0-port", &script(STEP));
+}
+
+/// The same, with node 1 still starting when srun's SIGTERM comes (its `scontrol show config`
+/// takes 2 s, as on a busy controller): it died of the signal at once, its record begun and
+/// without an outcome forever, and the job read 143:0 (srun: `task 1: Terminated`).
+#[test]
+fn a_node_still_starting_when_node_0_fails_names_node_0_too() {
+    let Some(s) = slurm("a_node_still_starting_when_node_0_fails_names_node_0_too") else {
+        return;
+    };
+    let slow = "mkdir -p bin\nprintf '#!/bin/bash\\n[ \"$SLURM_NODEID\" = 1 ] && sleep 2\\nexec /usr/bin/scontrol \"$@\"\\n' > bin/scontrol\nchmod +x bin/scontrol\nexport PATH=$PWD/bin:$PATH";
+    node_0_port_taken(&s, "node0-port-slow1", &script(&format!("{slow}\n{STEP}")));
+}
+
+/// Node 0's rendezvous port held by the test before the job starts: the job, both records, node
+/// 0's log and `runs` must name node 0 and the port.
+fn node_0_port_taken(s: &Slurm, name: &str, script: &str) {
+    let job = s.submit(name, script, &["--hold"], &[("FAKE_SLEEP", "300")]);
     // Without a job secret the rendezvous port is the id's: take it before the job starts.
     let port = vla_launch::cluster::port_for_job(&job.id);
     let _squat = std::net::TcpListener::bind(("0.0.0.0", port)).expect("the job's port is free");

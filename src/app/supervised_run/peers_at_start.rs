@@ -143,7 +143,10 @@ pub(in crate::app) fn caused_by_peer(
     outcome: Option<&supervisor::Outcome>,
     peer: &peers::PeerStop,
 ) -> bool {
-    let own_signal = outcome.is_some_and(|o| o.interrupted_by.is_some() && !o.stop_requested);
+    // The launcher's own signal, or torchrun's (Slurm signals every process of the step; torchrun
+    // may end of it before the launcher has handled its own), not a stop the watch asked for.
+    let own_signal = outcome
+        .is_some_and(|o| (o.interrupted_by.is_some() || o.signal.is_some()) && !o.stop_requested);
     !(own_signal && peer.exit_code().is_some_and(|c| c > 128))
 }
 
@@ -187,6 +190,7 @@ mod tests {
             leftover_processes: 0,
             terminal_dropped_bytes: 0,
             log_error: None,
+            not_started: false,
         }
     }
 
@@ -235,5 +239,12 @@ mod tests {
             &peer(PeerFailure::Gone)
         ));
         assert!(caused_by_peer(None, &failed(143)));
+        // torchrun itself ended by Slurm's SIGTERM before the launcher handled its own.
+        let torchrun_signalled = supervisor::Outcome {
+            interrupted_by: None,
+            signal: Some(15),
+            ..stopped(false)
+        };
+        assert!(!caused_by_peer(Some(&torchrun_signalled), &failed(143)));
     }
 }

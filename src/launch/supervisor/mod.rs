@@ -181,6 +181,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         leftover_processes,
         terminal_dropped_bytes: dropped,
         log_error: None,
+        not_started: false,
     };
     notes.note(summary_line(&outcome));
     drop(notes);
