@@ -14,6 +14,8 @@
 #   pty:      the launcher runs on a pseudo-terminal whose master is closed (an SSH drop)
 #   sigterm:  SIGTERM to the launcher (expects exit 143)
 #   watchdog: the run's watchdog is SIGKILLed first, then the launcher
+#   nocgroup: no cgroup for the run (VLA_LAUNCH_NO_CGROUP=1); SIGKILL to the launcher once its
+#             watchdog's process set holds every process of the run
 # and it checks that within GRACE_S + 5 s no process of the run is alive (by pid, and by the
 # run's marker variable in /proc/*/environ) and that nvidia-smi lists none of them.
 # Prints one summary line per phase; exit status 0 when every phase passed.
@@ -280,6 +282,35 @@ if wait_ready "$d/pids" "$launcher"; then
   grep -h "watchdog" "$d"/logs/run-*.log | cut -c1-200 | sed 's/^/  log: /'
 else
   echo "watchdog: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
+  kill -TERM "$launcher" 2>/dev/null
+fi
+
+# Phase 5: no cgroup (VLA_LAUNCH_NO_CGROUP=1, as for a user who may not make one): SIGKILL to the
+# launcher once its watchdog has seen every process of the run (its set file lists them; it
+# looks once a second), so the double-forked `env -i` process must be ended from that set.
+d=$WORK/nocgroup
+mkdir -p "$d"
+VLA_LAUNCH_NO_CGROUP=1 VLA_LAUNCH_WATCHDOG_SET_FILE=$d/tracked NOLOSS_PIDS=$d/pids "$BIN" \
+  --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" >"$d/stdout" 2>"$d/stderr" &
+launcher=$!
+if wait_ready "$d/pids" "$launcher"; then
+  for _ in $(seq 1 100); do
+    missing=0
+    for p in $(awk '$1 == "pid" {print $2}' "$d/pids"); do
+      grep -qx "$p" "$d/tracked" 2>/dev/null || missing=1
+    done
+    [[ $missing == 0 ]] && break
+    sleep 0.1
+  done
+  [[ $missing == 0 ]] || echo "nocgroup: the watchdog had not seen every process of the run after 10 s"
+  echo "pid $launcher launcher" >>"$d/pids"
+  t0=$(date +%s%N)
+  kill -KILL "$launcher"
+  wait "$launcher" 2>/dev/null
+  report nocgroup "$d/pids" "$t0"
+  grep -h "watchdog" "$d"/logs/run-*.log | cut -c1-200 | sed 's/^/  log: /'
+else
+  echo "nocgroup: FAIL: the trainer never became ready; see $d/stderr"; FAILED=1
   kill -TERM "$launcher" 2>/dev/null
 fi
 
