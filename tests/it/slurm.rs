@@ -1127,6 +1127,11 @@ fn node_0_port_taken(s: &Slurm, name: &str, script: &str) {
         log0.contains(&format!("port {port}")) && log0.contains("already in use"),
         "node 0's log must say why it did not start: {log0:?}"
     );
+    // Node 1's launcher was not killed by srun's SIGTERM: it ended as a failed run.
+    assert!(
+        out.contains("task 1: Exited with exit code 1"),
+        "node 1's launcher must exit 1 (stopped by node 0's failure)\n{out}"
+    );
     // Node 1's record: its torchrun's own end (SIGTERM), and the cause, node 0's failure.
     let r1 = record(1);
     let cause = &r1["outcome"]["stopped_by_peer_cause"];

@@ -160,11 +160,10 @@ pub(in crate::app) fn exit_status(
 ) -> i32 {
     use peers::PeerFailure;
     match peer.map(|p| &p.failure) {
-        Some(PeerFailure::Failed { exit_code } | PeerFailure::Refused { exit_code, .. })
-            if *exit_code != 0 =>
-        {
-            *exit_code
-        }
+        Some(PeerFailure::Failed { exit_code }) if *exit_code != 0 => *exit_code,
+        // The failing node exits with its own code (4, a port taken): the job reads it, srun
+        // taking the highest; this node's is a failed run's (the statuses are 0, 1 or 128+N).
+        Some(PeerFailure::Refused { exit_code, .. }) if *exit_code != 0 => 1,
         Some(PeerFailure::Gone | PeerFailure::Lost { .. }) if outcome.stop_requested => 1,
         _ => outcome.process_exit_code(),
     }
@@ -223,6 +222,12 @@ mod tests {
             143
         );
         assert_eq!(exit_status(&stopped(false), None), 143);
+        // A peer that could not start (exit 4): this node's run failed (1), never 143.
+        let refused = peer(PeerFailure::Refused {
+            exit_code: 4,
+            why: "port taken".into(),
+        });
+        assert_eq!(exit_status(&stopped(false), Some(&refused)), 1);
     }
 
     #[test]
