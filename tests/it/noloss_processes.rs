@@ -2,7 +2,8 @@
 //! their environment (`env -i`, so no marker), double-fork into a session of their own and ignore
 //! SIGTERM must leave nothing behind however it ends (exit 0, SIGTERM, SIGHUP, SIGKILL of the
 //! launcher at several moments, SIGSTOP then SIGKILL, the watchdog killed first). The launcher
-//! finds them through the run's cgroup where it may make one, else as orphans re-parented to it.
+//! finds them through the run's cgroup where it may make one, else as orphans re-parented to it,
+//! and its watchdog, after a SIGKILL of the launcher, from the process set it keeps.
 //! Every trial waits on events (the launcher's exit, the watchdog's exit), never on a clock
 //! except the generous bound of `wait_all_dead`.
 
@@ -321,8 +322,8 @@ fn escaped_processes_are_ended_however_the_run_ends() {
 
 /// Without a cgroup the launcher, a child subreaper, counts every orphan re-parented to it as
 /// the run's: while it lives, nothing escapes either. Once it is killed outright, the watchdog
-/// still ends an `env -i` process left in torchrun's process group (a double-forked one is
-/// beyond its reach without a cgroup: docs/noloss.md).
+/// still ends an `env -i` process left in torchrun's process group (a double-forked one: the
+/// next test).
 #[test]
 fn without_a_cgroup_orphans_reparented_to_the_launcher_are_ended() {
     for end in [End::Normal, End::Term, End::Hup] {
