@@ -29,9 +29,7 @@ use crate::eprintln_lossy as eprintln;
 
 mod peers_at_start;
 pub(super) use peers_at_start::peer_watch_port;
-use peers_at_start::{
-    caused_by_peer, exit_status, leave_start_failure, peer_start_failure, start_peer_watch,
-};
+use peers_at_start::{exit_status, leave_start_failure, peer_cause, start_peer_watch};
 
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
@@ -271,37 +269,14 @@ fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
         .zip(oom_before)
         .map(|(after, before)| after.saturating_sub(before));
     let peaks = p.monitor.map(Monitor::stop);
-    // Stopped by a signal: the launcher's, or torchrun's own (Slurm signals every process of
-    // the step, and torchrun may end of it before the launcher has handled its own).
-    let signalled = result
-        .as_ref()
-        .is_ok_and(|o| o.interrupted_by.is_some() || o.signal.is_some());
-    let stopped_by_peer = p
+    let from_watch = p
         .stopped_by_peer
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .filter(|peer| caused_by_peer(result.as_ref().ok(), peer))
-        .or_else(|| {
-            signalled
-                .then(|| peer_start_failure(ctx, log_dir))
-                .flatten()
-        });
-    if let Some(sig) = result
-        .as_ref()
-        .ok()
-        .filter(|o| o.not_started)
-        .and_then(|o| o.interrupted_by)
-    {
-        let name =
-            nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.to_string());
-        let why = stopped_by_peer
-            .as_ref()
-            .map_or(String::new(), |p| format!(": {p}"));
-        append_note(
-            &p.claimed.log_path,
-            &format!("stopped before torchrun started ({name} came first){why}"),
-        );
+        .take();
+    let stopped_by_peer = peer_cause(ctx, log_dir, result.as_ref().ok(), from_watch);
+    if let Some(o) = result.as_ref().ok().filter(|o| o.not_started) {
+        note_not_started(o, stopped_by_peer.as_ref());
     }
     let status = result
         .as_ref()
@@ -328,6 +303,17 @@ fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
         samples_per_it: p.samples_per_it,
         oom_kills,
     }
+}
+
+/// The log of a run stopped before torchrun started says so, and why when another node said.
+fn note_not_started(o: &supervisor::Outcome, peer: Option<&peers::PeerStop>) {
+    let sig = o.interrupted_by.unwrap_or(libc::SIGTERM);
+    let name = nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.to_string());
+    let why = peer.map_or(String::new(), |p| format!(": {p}"));
+    append_note(
+        &o.log_path,
+        &format!("stopped before torchrun started ({name} came first){why}"),
+    );
 }
 
 fn finish(s: Supervised, ctx: &Planned, source: Source) -> Result<RunResult> {

@@ -120,9 +120,27 @@ pub(in crate::app) fn leave_start_failure(ctx: &Planned, log_dir: &Path, err: &A
     }
 }
 
-/// A node stopped by a signal, with no cause from the peer watch: another node's start failure,
-/// when one left a note (srun's SIGTERM after that node exited).
-pub(in crate::app) fn peer_start_failure(ctx: &Planned, log_dir: &Path) -> Option<peers::PeerStop> {
+/// Why another node stopped this one, if it did: the watch's cause unless both were signalled
+/// ([`caused_by_peer`]); else, for a node stopped by a signal (its own, or torchrun's: Slurm
+/// signals every process of the step), another node's start failure, when one left a note
+/// (srun's SIGTERM after that node exited).
+pub(in crate::app) fn peer_cause(
+    ctx: &Planned,
+    log_dir: &Path,
+    outcome: Option<&supervisor::Outcome>,
+    from_watch: Option<peers::PeerStop>,
+) -> Option<peers::PeerStop> {
+    let signalled = outcome.is_some_and(|o| o.interrupted_by.is_some() || o.signal.is_some());
+    from_watch
+        .filter(|peer| caused_by_peer(outcome, peer))
+        .or_else(|| {
+            signalled
+                .then(|| peer_start_failure(ctx, log_dir))
+                .flatten()
+        })
+}
+
+fn peer_start_failure(ctx: &Planned, log_dir: &Path) -> Option<peers::PeerStop> {
     let (job, restart) = job_start(ctx)?;
     let dir = secrets_dir(ctx, log_dir);
     peers::read_start_failure(
@@ -139,10 +157,7 @@ pub(in crate::app) fn peer_start_failure(ctx: &Planned, log_dir: &Path) -> Optio
 /// limit), and one node's record said "stopped: node 0's training ended with exit 143" after
 /// every scancel (issue 25 item 6). A peer that failed with its own code still counts when
 /// Slurm's SIGTERM (`--kill-on-bad-exit`) raced ahead of its message.
-pub(in crate::app) fn caused_by_peer(
-    outcome: Option<&supervisor::Outcome>,
-    peer: &peers::PeerStop,
-) -> bool {
+fn caused_by_peer(outcome: Option<&supervisor::Outcome>, peer: &peers::PeerStop) -> bool {
     // The launcher's own signal, or torchrun's (Slurm signals every process of the step; torchrun
     // may end of it before the launcher has handled its own), not a stop the watch asked for.
     let own_signal = outcome
