@@ -19,6 +19,9 @@
 #   kill-stopping: SIGTERM, then SIGKILL while the stop's grace runs
 #   stop-kill:     SIGSTOP, then SIGKILL
 #   watchdog:      the run's watchdog is SIGKILLed first (a new one must take over), then SIGKILL
+#   nocgroup:      no cgroup for the run (VLA_LAUNCH_NO_CGROUP=1, as for a user who may not make
+#                  one): SIGKILL once the watchdog's process set (it looks once a second) holds
+#                  every process of the run, so the double-forked `env -i` one is ended from it
 # and it checks that within GRACE_S + 5 s no process of the run is alive (by pid, and by the
 # run's marker variable in /proc/*/environ), that nvidia-smi lists none of them, and that the run's
 # record has an outcome. PHASES=... (space-separated names) runs a subset; VLA_LAUNCH_NO_CGROUP=1
@@ -250,7 +253,9 @@ phase() {
     echo "  record's outcome: $(record_outcome "$d/logs")"
     return
   fi
-  NOLOSS_PIDS=$d/pids "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" "${extra[@]}" \
+  local envs=(NOLOSS_PIDS="$d/pids")
+  [[ $name == nocgroup ]] && envs+=(VLA_LAUNCH_NO_CGROUP=1 VLA_LAUNCH_WATCHDOG_SET_FILE="$d/tracked")
+  env "${envs[@]}" "$BIN" --profile "$WORK/profile.yaml" --log-dir "$d/logs" --grace "$GRACE" "${extra[@]}" \
     >"$d/stdout" 2>"$d/stderr" &
   launcher=$!
   if [[ $name == kill-early ]]; then
@@ -268,6 +273,18 @@ phase() {
     sigterm) kill -TERM "$launcher"; expect=143 ;;
     sighup) kill -HUP "$launcher"; expect=129 ;;
     kill-early | kill-ready) kill -KILL "$launcher" ;;
+    nocgroup)
+      local missing=1 p
+      for _ in $(seq 1 100); do
+        missing=0
+        for p in $(awk '$1 == "pid" && $3 != "launcher" {print $2}' "$d/pids"); do
+          grep -qx "$p" "$d/tracked" 2>/dev/null || missing=1
+        done
+        [[ $missing == 0 ]] && break
+        sleep 0.1
+      done
+      [[ $missing == 0 ]] || echo "nocgroup: the watchdog had not seen every process of the run after 10 s"
+      kill -KILL "$launcher" ;;
     kill-stopping) kill -TERM "$launcher"; sleep 0.5; kill -KILL "$launcher" ;;
     stop-kill) kill -STOP "$launcher"; sleep 0.5; kill -KILL "$launcher" ;;
     watchdog)
@@ -289,7 +306,7 @@ phase() {
   grep -h "watchdog\|leftover" "$d"/logs/run-*.log 2>/dev/null | cut -c1-200 | sed 's/^/  log: /'
 }
 
-for p in ${PHASES:-normal sigterm sighup pty kill-early kill-ready kill-stopping stop-kill watchdog}; do
+for p in ${PHASES:-normal sigterm sighup pty kill-early kill-ready kill-stopping stop-kill watchdog nocgroup}; do
   phase "$p"
 done
 

@@ -81,13 +81,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             crate::print_lossy!("{}", String::from_utf8_lossy(&script));
             Ok(ExitCode::Success)
         }
-        None => train::cmd_launch(
-            cli.launch,
-            train::Verbosity {
-                quiet: cli.quiet,
-                verbose: cli.verbose,
-            },
-        ),
+        None => {
+            if settings::env_var("SLURM_JOB_ID").is_some() {
+                slurm::hold_stop_signals();
+            }
+            train::cmd_launch(
+                cli.launch,
+                train::Verbosity {
+                    quiet: cli.quiet,
+                    verbose: cli.verbose,
+                },
+            )
+        }
     }
 }
 

@@ -1,9 +1,60 @@
 //! Running as a Slurm job step: how long Slurm waits between its SIGTERM and its SIGKILL
-//! (KillWait), and the grace period that fits inside it (docs/cluster.md, contract 3).
+//! (KillWait), the grace period that fits inside it (docs/cluster.md, contract 3), and stop
+//! signals held while the launcher starts.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
+
+/// Whether the stop signals are held (see [`hold_stop_signals`]).
+static HELD: AtomicBool = AtomicBool::new(false);
+/// The first stop signal that came while they were held (0: none).
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+extern "C" fn latch(sig: libc::c_int) {
+    // Async-signal-safe: one atomic operation.
+    let _ = CAUGHT.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Under Slurm, from the start of a launch until the supervisor installs its handlers: a stop
+/// signal is noted instead of killing the launcher outright. srun SIGTERMs every node as soon as
+/// one exits non-zero (`--kill-on-bad-exit`): a node still planning died of it with its record
+/// begun and no outcome, and the job read 143:0 instead of the failing node's code (issue 25
+/// item 6). Children started meanwhile (`scontrol`) get the default action back at exec.
+pub(super) fn hold_stop_signals() {
+    for sig in STOP_SIGNALS {
+        // SAFETY: a zeroed sigaction with a handler that only does an atomic store.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = latch as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+    HELD.store(true, Ordering::SeqCst);
+}
+
+/// Ends the hold (once; later calls return `None` and touch nothing): the default action again,
+/// then the first stop signal that came while held. Nothing is lost between the two: one that
+/// comes after the reset kills the launcher as it would have without the hold.
+pub(super) fn release_stop_signals() -> Option<i32> {
+    if !HELD.swap(false, Ordering::SeqCst) {
+        return None;
+    }
+    for sig in STOP_SIGNALS {
+        // SAFETY: restoring the default disposition.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    match CAUGHT.swap(0, Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
 
 /// Slurm's default KillWait, assumed when `scontrol` does not say.
 pub(super) const DEFAULT_KILL_WAIT: Duration = Duration::from_secs(30);
@@ -90,6 +141,20 @@ mod tests {
         assert_eq!(parse_kill_wait(text), Some(Duration::from_secs(45)));
         assert_eq!(parse_kill_wait("KillOnBadExit = 0\n"), None);
         assert_eq!(parse_kill_wait("KillWait = soon\n"), None);
+    }
+
+    #[test]
+    fn a_stop_signal_while_held_is_kept_for_the_release() {
+        // SIGHUP, so that a failure here cannot take the test process down with SIGTERM's
+        // meaning; the hold covers all three alike.
+        assert_eq!(release_stop_signals(), None, "nothing held yet");
+        hold_stop_signals();
+        // SAFETY: raising a signal at this process, whose handler is `latch`.
+        unsafe {
+            libc::raise(libc::SIGHUP);
+        }
+        assert_eq!(release_stop_signals(), Some(libc::SIGHUP));
+        assert_eq!(release_stop_signals(), None, "released once");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::eprintln_lossy as eprintln;
 
 mod peers_at_start;
 pub(super) use peers_at_start::peer_watch_port;
-use peers_at_start::{exit_status, start_peer_watch};
+use peers_at_start::{exit_status, leave_start_failure, peer_cause, start_peer_watch};
 
 /// What one launch of torchrun left behind.
 pub(super) struct RunResult {
@@ -54,7 +54,7 @@ pub(super) fn launch_once(
 ) -> Result<RunResult> {
     let claimed = claim(ctx, args, log_dir, attempt)?;
     let prepared = prepare(claimed, ctx, args, log_dir)?;
-    let supervised = supervise(prepared);
+    let supervised = supervise(prepared, ctx, log_dir);
     finish(supervised, ctx, source)
 }
 
@@ -171,7 +171,10 @@ fn prepare(claimed: Claimed, ctx: &Planned, args: &LaunchArgs, log_dir: &Path) -
     let stopped_by_peer = Arc::new(Mutex::new(None::<peers::PeerStop>));
     let peers = match start_peer_watch(ctx, args, log_dir, &opts.signals, stopped_by_peer.clone()) {
         Ok(p) => p,
-        Err(e) => return Err(claimed.refuse(e)),
+        Err(e) => {
+            leave_start_failure(ctx, log_dir, &e);
+            return Err(claimed.refuse(e));
+        }
     };
     let uuids: Vec<String> = ctx
         .gpus
@@ -250,17 +253,31 @@ struct Supervised {
     uuids: Vec<String>,
     progress: Arc<status::Tracker>,
     samples_per_it: f64,
+    /// Processes the kernel's OOM killer killed on this host while torchrun ran, if known.
+    oom_kills: Option<u64>,
 }
 
-fn supervise(p: Prepared) -> Supervised {
+fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
     eprintln!("vla-launch: {}", command::display(&p.claimed.cmd));
-    let result = supervisor::run_blocking(&p.claimed.cmd, &p.opts);
+    let oom_before = crate::launch::process_tree::oom_kill_count();
+    // A stop signal held while this launcher started (under Slurm): torchrun is not started.
+    let result = match super::slurm::release_stop_signals() {
+        Some(sig) => Ok(supervisor::Outcome::not_started(sig, &p.claimed.log_path)),
+        None => supervisor::run_blocking(&p.claimed.cmd, &p.opts),
+    };
+    let oom_kills = crate::launch::process_tree::oom_kill_count()
+        .zip(oom_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let peaks = p.monitor.map(Monitor::stop);
-    let stopped_by_peer = p
+    let from_watch = p
         .stopped_by_peer
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
+    let stopped_by_peer = peer_cause(ctx, log_dir, result.as_ref().ok(), from_watch);
+    if let Some(o) = result.as_ref().ok().filter(|o| o.not_started) {
+        note_not_started(o, stopped_by_peer.as_ref());
+    }
     let status = result
         .as_ref()
         .map_or(1, |o| exit_status(o, stopped_by_peer.as_ref()));
@@ -284,7 +301,19 @@ fn supervise(p: Prepared) -> Supervised {
         uuids: p.uuids,
         progress: p.progress,
         samples_per_it: p.samples_per_it,
+        oom_kills,
     }
+}
+
+/// The log of a run stopped before torchrun started says so, and why when another node said.
+fn note_not_started(o: &supervisor::Outcome, peer: Option<&peers::PeerStop>) {
+    let sig = o.interrupted_by.unwrap_or(libc::SIGTERM);
+    let name = nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.to_string());
+    let why = peer.map_or(String::new(), |p| format!(": {p}"));
+    append_note(
+        &o.log_path,
+        &format!("stopped before torchrun started ({name} came first){why}"),
+    );
 }
 
 fn finish(s: Supervised, ctx: &Planned, source: Source) -> Result<RunResult> {
@@ -311,7 +340,7 @@ fn finish(s: Supervised, ctx: &Planned, source: Source) -> Result<RunResult> {
     if let Some(p) = &peaks {
         print_peaks(&uuids, p, chosen.predicted_peak_bytes);
     }
-    let diagnosis = diagnose(&outcome, log_path, chosen);
+    let diagnosis = diagnose(&outcome, log_path, chosen, s.oom_kills);
     let recorded = RunOutcome {
         exit_code: outcome.exit_code,
         signal: outcome.signal,
@@ -387,12 +416,13 @@ fn diagnose(
     outcome: &supervisor::Outcome,
     log_path: &Path,
     chosen: &crate::plan::Candidate,
+    oom_kills: Option<u64>,
 ) -> Option<diagnosis::Diagnosis> {
     if outcome.exit_code == 0 || outcome.interrupted_by.is_some() || outcome.force_killed {
         return None;
     }
     let tail = read_tail(log_path, 256 * 1024);
-    let mut d = diagnosis::diagnose(&tail, outcome.exit_code, outcome.signal)?;
+    let mut d = diagnosis::diagnose_run(&tail, outcome.exit_code, outcome.signal, oom_kills)?;
     diagnosis::fit_oom_hint(
         &mut d,
         chosen.gradient_checkpointing,

@@ -31,6 +31,9 @@ pub struct ProcInfo {
     pub pid: i32,
     pub ppid: i32,
     pub zombie: bool,
+    /// When it started (clock ticks since boot; 0 where the line has no such field): with the
+    /// pid, names the process so that a reused pid is never taken for it.
+    pub start: u64,
 }
 
 /// Orphans of our descendants are re-parented to us instead of init.
@@ -51,11 +54,95 @@ pub fn parse_stat(stat: &str) -> Option<ProcInfo> {
     let mut fields = after_comm.split_whitespace();
     let state = fields.next()?;
     let ppid = fields.next()?.parse().ok()?;
+    // Field 22 of proc(5), the 20th after comm (state is the first).
+    let start = fields.nth(17).and_then(|f| f.parse().ok()).unwrap_or(0);
     Some(ProcInfo {
         pid,
         ppid,
         zombie: state == "Z" || state == "X",
+        start,
     })
+}
+
+/// One process, safe against pid reuse: its pid and its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcId {
+    pub pid: i32,
+    pub start: u64,
+}
+
+/// The live descendants of `root`, with their start times, never `skip` (the caller) nor a
+/// watchdog. Read down from `root` through `/proc/PID/task/TID/children` (every thread's), so
+/// the cost is the run's own tree, not every process of the machine; one walk of all /proc
+/// where the kernel lacks those files (CONFIG_PROC_CHILDREN).
+pub fn descendants_of(root: i32, skip: i32) -> Vec<ProcId> {
+    let pids = match tree_below(root) {
+        Some(pids) => pids,
+        None => {
+            let procs = snapshot();
+            let set = with_descendants(&procs, &[root]);
+            procs
+                .iter()
+                .filter(|p| p.pid != root && set.contains(&p.pid))
+                .map(|p| p.pid)
+                .collect()
+        }
+    };
+    pids.into_iter()
+        .filter(|&pid| pid != skip && !is_watchdog(pid))
+        .filter_map(|pid| {
+            let p = parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+            (!p.zombie).then_some(ProcId {
+                pid,
+                start: p.start,
+            })
+        })
+        .collect()
+}
+
+/// Every descendant of `root` from the kernel's per-thread children lists; `None` when `root`'s
+/// own list cannot be read (no CONFIG_PROC_CHILDREN, or `root` is gone).
+fn tree_below(root: i32) -> Option<Vec<i32>> {
+    let mut found: Vec<i32> = Vec::new();
+    let mut seen: HashSet<i32> = HashSet::new();
+    let mut stack = vec![root];
+    let mut first = true;
+    let mut buf = String::new();
+    while let Some(pid) = stack.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            if first {
+                return None;
+            }
+            continue;
+        };
+        for t in tasks.flatten() {
+            buf.clear();
+            let path = t.path().join("children");
+            match fs::File::open(&path).and_then(|mut f| io::Read::read_to_string(&mut f, &mut buf))
+            {
+                Ok(_) => {}
+                Err(_) if first => return None,
+                Err(_) => continue,
+            }
+            first = false;
+            for child in buf.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                if seen.insert(child) {
+                    found.push(child);
+                    stack.push(child);
+                }
+            }
+        }
+        first = false;
+    }
+    Some(found)
+}
+
+/// Whether `id` still runs: the same pid with the same start time, not a zombie.
+pub fn still_running(id: ProcId) -> bool {
+    fs::read_to_string(format!("/proc/{}/stat", id.pid))
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .is_some_and(|p| !p.zombie && p.start == id.start)
 }
 
 /// Every process visible in /proc (they come and go while we read: missing ones are skipped).
@@ -118,10 +205,16 @@ impl Scope {
 
 /// The run's live processes per `scope` and their descendants, and `root`'s. Never the caller.
 pub fn members_in(root: Option<i32>, scope: &Scope) -> Vec<ProcInfo> {
+    let roots: Vec<i32> = root.into_iter().collect();
+    members_in_roots(&roots, scope)
+}
+
+/// [`members_in`] with several roots.
+pub fn members_in_roots(roots: &[i32], scope: &Scope) -> Vec<ProcInfo> {
     let procs = snapshot();
     let me = std::process::id() as i32;
     let needle = format!("{MARKER_VAR}={}", scope.marker).into_bytes();
-    let mut roots: Vec<i32> = root.into_iter().collect();
+    let mut roots: Vec<i32> = roots.to_vec();
     roots.extend(
         procs
             .iter()
@@ -144,6 +237,15 @@ pub fn members_in(root: Option<i32>, scope: &Scope) -> Vec<ProcInfo> {
         .into_iter()
         .filter(|p| p.pid != me && set.contains(&p.pid))
         .collect()
+}
+
+/// The kernel's count of processes its OOM killer has killed since boot (`oom_kill` in
+/// `/proc/vmstat`), when it can be read. The caller reads it before and after a run.
+pub fn oom_kill_count() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Sends `sig` to each pid; returns how many were signalled (gone ones are skipped).
@@ -350,6 +452,57 @@ mod tests {
             let got = parse_stat(line).map(|p| (p.pid, p.ppid, p.zombie));
             assert_eq!(got, want, "{line}");
         }
+        let full = "7 (a) S 1 7 7 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 1 2";
+        assert_eq!(parse_stat(full).map(|p| p.start), Some(123456));
+    }
+
+    #[test]
+    fn descendants_are_found_below_every_thread() {
+        let me = std::process::id() as i32;
+        // A child of another thread of this process (each test runs on its own thread), and
+        // its own child.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let found: Vec<i32> = descendants_of(me, me).iter().map(|p| p.pid).collect();
+        let _ = kill(Pid::from_raw(grandchild), Signal::SIGKILL);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&(child.id() as i32)), "{found:?}");
+        assert!(found.contains(&grandchild), "{found:?}");
+    }
+
+    #[test]
+    fn the_hosts_oom_kill_count_is_read_where_the_kernel_has_it() {
+        // Linux 4.13+ has it; the test machines do.
+        if fs::read_to_string("/proc/vmstat").is_ok_and(|t| t.contains("\noom_kill ")) {
+            assert!(oom_kill_count().is_some());
+        }
+    }
+
+    #[test]
+    fn a_process_is_known_by_its_start_time_too() {
+        let me = std::process::id() as i32;
+        let mine = parse_stat(&fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        assert!(mine.start > 0);
+        assert!(still_running(ProcId {
+            pid: me,
+            start: mine.start
+        }));
+        // The same pid with another start time is another process (a reused pid).
+        assert!(!still_running(ProcId {
+            pid: me,
+            start: mine.start + 1
+        }));
     }
 
     #[test]
@@ -358,6 +511,7 @@ mod tests {
             pid,
             ppid,
             zombie: false,
+            start: 0,
         };
         let procs = [p(1, 0), p(10, 1), p(11, 10), p(12, 11), p(20, 1), p(21, 20)];
         let cases: [(&[i32], &[i32]); 3] = [

@@ -35,6 +35,8 @@ pub const SUBCOMMAND: &str = process_tree::WATCHDOG_SUBCOMMAND;
 const DONE: &str = "done";
 /// After SIGKILL, how long the watchdog keeps checking for processes that are still there.
 const KILL_ROUNDS: Duration = Duration::from_secs(3);
+/// Without a cgroup, how often the watchdog refreshes the run's process set (one /proc walk).
+const TRACK_EVERY: Duration = Duration::from_secs(1);
 
 static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
 
@@ -64,6 +66,9 @@ pub struct Spec {
     pub record: Option<PathBuf>,
     /// The run's cgroup, whose every process it ends.
     pub cgroup: Option<PathBuf>,
+    /// The launcher: without a cgroup, the watchdog keeps the set of its descendants (every
+    /// process of the run, the launcher being a subreaper) while it lives.
+    pub launcher: Option<i32>,
 }
 
 impl Spec {
@@ -74,6 +79,7 @@ impl Spec {
             log: log.to_path_buf(),
             record: None,
             cgroup: None,
+            launcher: None,
         }
     }
 }
@@ -100,11 +106,24 @@ impl Watchdog {
             .arg(&spec.log)
             .arg(opt(&spec.record))
             .arg(opt(&spec.cgroup))
+            .arg(spec.launcher.map_or_else(String::new, |p| p.to_string()))
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             // Its own group: a terminal's Ctrl-C or hangup to our group does not reach it.
             .process_group(0);
+        // Ignored from the start, not only once it runs `watch`: scancel's SIGTERM to every
+        // process of the step can come between the fork and that (a node stopped as it starts),
+        // and then killed the new watchdog. Ignored dispositions survive exec.
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn()?;
         // `cmd` (holding the read end) is dropped here: only the watchdog has it now.
         drop(cmd);
@@ -204,17 +223,26 @@ pub fn main_if_requested() {
     let spec = Spec {
         record: path(5),
         cgroup: path(6),
+        launcher: args
+            .get(7)
+            .and_then(|p| p.to_str()?.parse().ok())
+            .filter(|&p| p > 1),
         ..Spec::new(marker, Duration::from_millis(grace_ms), &log)
     };
     std::process::exit(watch(&spec));
 }
 
 /// What the launcher said on the pipe before it closed: whether it finished, torchrun's group.
-fn read_pipe() -> (bool, Option<i32>) {
+/// Meanwhile, without a cgroup, the run's processes as last seen (see [`Tracked`]).
+fn read_pipe(tracked: &mut Tracked) -> (bool, Option<i32>) {
     let mut got = Vec::new();
     let mut buf = [0u8; 64];
     let mut stdin = io::stdin().lock();
     loop {
+        if tracked.enabled() && !readable(TRACK_EVERY) {
+            tracked.refresh();
+            continue;
+        }
         match stdin.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -231,6 +259,91 @@ fn read_pipe() -> (bool, Option<i32>) {
     (done, pgid)
 }
 
+/// Whether stdin (the pipe) has data or its end within `wait`.
+fn readable(wait: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd; a timeout in milliseconds.
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    // An error (EINTR) reads as readable: the caller's read sorts it out.
+    rc != 0
+}
+
+/// Without a cgroup, the run's processes as last seen: every live descendant of the launcher
+/// (a child subreaper, so orphans of the run, however they left torchrun's session or cleared
+/// its environment, stay below it), with its start time, refreshed every [`TRACK_EVERY`] while
+/// the launcher lives. When the launcher is killed outright they are re-parented to init and
+/// nothing else finds them: the watchdog ends those of the set that still run (same pid, same
+/// start time: never a reused pid), and their descendants.
+struct Tracked {
+    launcher: Option<i32>,
+    me: i32,
+    known: std::collections::HashMap<i32, u64>,
+    /// [`SET_FILE_VAR`]: where the set is written when it changes (tests, debugging).
+    show: Option<PathBuf>,
+}
+
+/// When set (to a path), the watchdog writes `watchdog PID` and the pids of the run it tracks
+/// there, one a line, whenever the set changes: what tests wait on before they kill a launcher.
+pub const SET_FILE_VAR: &str = "VLA_LAUNCH_WATCHDOG_SET_FILE";
+
+impl Tracked {
+    fn new(spec: &Spec) -> Tracked {
+        // With a cgroup the kernel keeps the set: no walk, no cost.
+        let launcher = spec.launcher.filter(|_| spec.cgroup.is_none());
+        let mut t = Tracked {
+            launcher,
+            me: std::process::id() as i32,
+            known: Default::default(),
+            show: std::env::var_os(SET_FILE_VAR).map(PathBuf::from),
+        };
+        t.refresh();
+        t
+    }
+
+    fn enabled(&self) -> bool {
+        self.launcher.is_some()
+    }
+
+    /// One /proc walk: the launcher's descendants now, plus those seen before that still run.
+    fn refresh(&mut self) {
+        let Some(launcher) = self.launcher else {
+            return;
+        };
+        let before = self.known.len();
+        self.known.retain(|&pid, &mut start| {
+            process_tree::still_running(process_tree::ProcId { pid, start })
+        });
+        let mut changed = self.known.len() != before;
+        for p in process_tree::descendants_of(launcher, self.me) {
+            changed |= self.known.insert(p.pid, p.start) != Some(p.start);
+        }
+        if let (true, Some(path)) = (changed, &self.show) {
+            let mut pids: Vec<i32> = self.known.keys().copied().collect();
+            pids.sort_unstable();
+            let text: String = std::iter::once(format!("watchdog {}\n", self.me))
+                .chain(pids.iter().map(|p| format!("{p}\n")))
+                .collect();
+            let tmp = path.with_extension("tmp");
+            let _ = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        }
+    }
+
+    /// Those of the set that still run, by pid.
+    fn live(&self) -> Vec<i32> {
+        self.known
+            .iter()
+            .map(|(&pid, &start)| process_tree::ProcId { pid, start })
+            .filter(|&id| process_tree::still_running(id))
+            .map(|id| id.pid)
+            .collect()
+    }
+}
+
 fn watch(spec: &Spec) -> i32 {
     // SAFETY: setting signal dispositions to "ignore" in a single-threaded process.
     unsafe {
@@ -239,12 +352,13 @@ fn watch(spec: &Spec) -> i32 {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let (done, pgid) = read_pipe();
+    let mut tracked = Tracked::new(spec);
+    let (done, pgid) = read_pipe(&mut tracked);
     if done {
         return 0;
     }
     let start = Instant::now();
-    let (ended, killed) = end_run(spec, pgid);
+    let (ended, killed) = end_run(spec, pgid, &tracked);
     let text = format!(
         "watchdog: the launcher is gone (killed outright?): {ended} process(es) of the run ended \
          ({killed} needed SIGKILL) in {:.1}s",
@@ -298,15 +412,17 @@ fn complete_record(record: &Path, spec: &Spec, ended: usize, killed: usize, text
     }
 }
 
-/// The run's live processes that belong to this user: its cgroup, its marker, torchrun's group.
-fn live(spec: &Spec, pgid: Option<i32>) -> Vec<i32> {
+/// The run's live processes that belong to this user: its cgroup, its marker, torchrun's group,
+/// the launcher's descendants last seen and theirs.
+fn live(spec: &Spec, pgid: Option<i32>, tracked: &Tracked) -> Vec<i32> {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let scope = process_tree::Scope {
         cgroup: spec.cgroup.clone(),
         ..process_tree::Scope::marker_only(&spec.marker)
     };
-    let mut pids: Vec<i32> = process_tree::members_in(None, &scope)
+    let roots = tracked.live();
+    let mut pids: Vec<i32> = process_tree::members_in_roots(&roots, &scope)
         .iter()
         .filter(|p| !p.zombie)
         .map(|p| p.pid)
@@ -321,11 +437,11 @@ fn live(spec: &Spec, pgid: Option<i32>) -> Vec<i32> {
 }
 
 /// SIGTERM, up to `grace` for them to end, then SIGKILL. Returns (how many, how many killed).
-fn end_run(spec: &Spec, pgid: Option<i32>) -> (usize, usize) {
+fn end_run(spec: &Spec, pgid: Option<i32>, tracked: &Tracked) -> (usize, usize) {
     let mut seen: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let until = Instant::now() + spec.grace.min(Duration::from_secs(100 * 365 * 24 * 3600));
     loop {
-        let now = live(spec, pgid);
+        let now = live(spec, pgid, tracked);
         if now.is_empty() {
             return (seen.len(), 0);
         }
@@ -340,7 +456,7 @@ fn end_run(spec: &Spec, pgid: Option<i32>) -> (usize, usize) {
     let mut killed: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let until = Instant::now() + KILL_ROUNDS;
     loop {
-        let now = live(spec, pgid);
+        let now = live(spec, pgid, tracked);
         if now.is_empty() || Instant::now() >= until {
             break;
         }

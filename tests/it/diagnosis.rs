@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use vla_launch::launch::diagnosis::{Details, DiagnosisKind, OomDetails, diagnose};
+use vla_launch::launch::diagnosis::{Details, DiagnosisKind, OomDetails, diagnose, diagnose_run};
 use vla_launch::launch::hang::HangWatchdog;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -302,14 +302,117 @@ fn sigkill_without_traceback_is_host_oom_but_with_one_is_not() {
         assert_eq!((d.kind, d.rank), (DiagnosisKind::HostOom, None));
     }
     // Issue 25 item 14: torchrun itself killed by SIGKILL (`kill -9`, a job or cgroup limit) is
-    // not the OOM killer's work (it picks the largest process: a training rank, whose loss
-    // torchrun reports as exitcode -9): no out-of-memory hint (the summary line says signal 9).
+    // not surely the OOM killer's work (it picks the largest process: a training rank, whose
+    // loss torchrun reports as exitcode -9): no out-of-memory diagnosis from the log alone
+    // (`diagnose_run` names it, see torchrun_killed_by_sigkill_gets_its_own_diagnosis).
     for exit in [137, 0] {
         assert_eq!(diagnose(progress, exit, Some(9)), None);
     }
     let with_traceback =
         b"Traceback (most recent call last):\n  File \"x.py\", line 3\nKeyboardInterrupt\n";
     assert_eq!(diagnose(with_traceback, 137, Some(9)), None);
+}
+
+/// Issue 25 item 14: a `kill -9` of torchrun got the out-of-memory hint. torchrun killed by
+/// SIGKILL gets its own diagnosis, which says what is known: whether the kernel's OOM killer
+/// killed anything on this host during the run (its `oom_kill` count, /proc/vmstat), and
+/// otherwise that it was the OOM killer or someone else; never a CUDA out-of-memory.
+#[test]
+fn torchrun_killed_by_sigkill_gets_its_own_diagnosis() {
+    let progress = b"  3%|3         | 3001/100005 [31:02<16:43:10,  1.61it/s]\r";
+    let cases: [(Option<u64>, &[&str], &[&str]); 3] = [
+        (
+            None,
+            &[
+                "torchrun was killed by SIGKILL",
+                "OOM killer",
+                "someone or something else",
+            ],
+            &["dmesg"],
+        ),
+        (
+            Some(2),
+            &[
+                "torchrun was killed by SIGKILL",
+                "OOM killer killed 2 process",
+            ],
+            &["dmesg", "Host RAM"],
+        ),
+        (
+            Some(0),
+            &[
+                "torchrun was killed by SIGKILL",
+                "not by the kernel's OOM killer",
+            ],
+            &["scheduler"],
+        ),
+    ];
+    for (kills, summary, hint) in cases {
+        let d = diagnose_run(progress, 137, Some(9), kills).expect("a diagnosis");
+        assert_eq!(d.kind, DiagnosisKind::Killed, "{kills:?}");
+        assert_eq!(d.rank, None);
+        for w in summary {
+            assert!(
+                d.summary.contains(w),
+                "{kills:?}: {w:?} not in {}",
+                d.summary
+            );
+        }
+        for w in hint {
+            assert!(d.hint.contains(w), "{kills:?}: {w:?} not in {}", d.hint);
+        }
+        assert!(
+            !d.summary.contains("GPU memory") && !d.hint.contains("batch_size"),
+            "{d:?}"
+        );
+    }
+    // What the log shows still wins: a rank's CUDA OOM, then torchrun killed, is the CUDA OOM.
+    let oom = fixture("cuda_oom_torch24.log");
+    let d = diagnose_run(&oom, 137, Some(9), Some(0)).unwrap();
+    assert_eq!(d.kind, DiagnosisKind::CudaOom);
+    // Any other signal, or a plain exit: nothing new.
+    assert_eq!(diagnose_run(progress, 143, Some(15), Some(0)), None);
+    assert_eq!(diagnose_run(b"", 1, None, Some(1)), None);
+}
+
+/// The real launcher: `kill -9` of its torchrun is said and recorded as such.
+#[test]
+fn a_kill_9_of_torchrun_is_reported_as_sigkill_not_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = crate::noloss::launcher(dir.path(), "5", &[("FAKE_SLEEP", "120")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pids = crate::noloss::wait_ready(dir.path(), &mut child);
+    let torchrun = pids[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(torchrun),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert!(err.contains("torchrun was killed by SIGKILL"), "{err}");
+    assert!(!err.contains("out of GPU memory"), "{err}");
+    let record = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("plan-")
+        })
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    assert_eq!(
+        v["outcome"]["diagnosis"]["kind"], "Killed",
+        "{}",
+        v["outcome"]
+    );
 }
 
 #[test]

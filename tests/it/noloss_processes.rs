@@ -2,7 +2,8 @@
 //! their environment (`env -i`, so no marker), double-fork into a session of their own and ignore
 //! SIGTERM must leave nothing behind however it ends (exit 0, SIGTERM, SIGHUP, SIGKILL of the
 //! launcher at several moments, SIGSTOP then SIGKILL, the watchdog killed first). The launcher
-//! finds them through the run's cgroup where it may make one, else as orphans re-parented to it.
+//! finds them through the run's cgroup where it may make one, else as orphans re-parented to it,
+//! and its watchdog, after a SIGKILL of the launcher, from the process set it keeps.
 //! Every trial waits on events (the launcher's exit, the watchdog's exit), never on a clock
 //! except the generous bound of `wait_all_dead`.
 
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use vla_launch::launch::watchdog::SET_FILE_VAR;
 
 use crate::noloss::{Reap, launcher, wait_all_dead, wait_exit, wait_ready, watchdogs_of};
 
@@ -31,6 +34,7 @@ fn start(dir: &Path, sleep: &str, cgroup: bool, escapes: &str) -> Child {
     if !cgroup {
         c.env("VLA_LAUNCH_NO_CGROUP", "1");
     }
+    c.env(SET_FILE_VAR, dir.join("tracked"));
     c.stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -104,6 +108,9 @@ fn trial(end: End, cgroup: bool, escapes: &str) {
         wait_ready(dir.path(), &mut child);
     }
     let _reap = Reap(read_pids(dir.path()));
+    if !cgroup && killed_outright(end) && !matches!(end, End::WatchdogFirst) {
+        wait_tracked(dir.path(), &case, None);
+    }
     let killed = match end {
         End::Normal => false,
         End::Term => {
@@ -130,7 +137,10 @@ fn trial(end: End, cgroup: bool, escapes: &str) {
             true
         }
         End::WatchdogFirst => {
-            kill_watchdog_and_wait_for_another(dir.path(), &case);
+            let now = kill_watchdog_and_wait_for_another(dir.path(), &case);
+            if !cgroup {
+                wait_tracked(dir.path(), &case, Some(now));
+            }
             signal(child.id(), Signal::SIGKILL);
             true
         }
@@ -161,6 +171,42 @@ fn trial(end: End, cgroup: bool, escapes: &str) {
     }
 }
 
+fn killed_outright(end: End) -> bool {
+    matches!(
+        end,
+        End::KillEarly
+            | End::KillReady
+            | End::KillStopping
+            | End::StopThenKill
+            | End::WatchdogFirst
+    )
+}
+
+/// Without a cgroup the watchdog knows the run's processes from its last look (every second):
+/// wait until it has seen every process of the fake, so the SIGKILL that follows tests the set
+/// and not the second before (docs/noloss.md). `by`: the watchdog that must have written it (a
+/// replacement, which tracks anew).
+fn wait_tracked(dir: &Path, case: &str, by: Option<i32>) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let want = read_pids(dir);
+        let text = std::fs::read_to_string(dir.join("tracked")).unwrap_or_default();
+        let writer: Option<i32> = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("watchdog ")?.parse().ok());
+        let seen: Vec<i32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        if by.is_none_or(|w| writer == Some(w)) && want.iter().all(|p| seen.contains(p)) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{case}: the watchdog never tracked {want:?} (it has {seen:?})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn read_pids(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("pids"))
         .unwrap_or_default()
@@ -169,27 +215,29 @@ fn read_pids(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-fn kill_watchdog_and_wait_for_another(dir: &Path, case: &str) {
+/// Returns the new watchdog's pid.
+fn kill_watchdog_and_wait_for_another(dir: &Path, case: &str) -> i32 {
     let first = watchdog_pids(dir);
     assert_eq!(first.len(), 1, "{case}: {first:?}");
     kill(Pid::from_raw(first[0]), Signal::SIGKILL).unwrap();
     let until = Instant::now() + Duration::from_secs(30);
-    loop {
+    let new = loop {
         let now = watchdog_pids(dir);
         if now.len() == 1 && now != first {
-            break;
+            break now[0];
         }
         assert!(
             Instant::now() < until,
             "{case}: no new watchdog after the first was killed"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     let log = crate::noloss::run_log(dir);
     assert!(
         log.contains("the watchdog (pid"),
         "{case}: the loss is not in the log: {log}"
     );
+    new
 }
 
 fn watchdog_pids(dir: &Path) -> Vec<i32> {
@@ -274,12 +322,30 @@ fn escaped_processes_are_ended_however_the_run_ends() {
 
 /// Without a cgroup the launcher, a child subreaper, counts every orphan re-parented to it as
 /// the run's: while it lives, nothing escapes either. Once it is killed outright, the watchdog
-/// still ends an `env -i` process left in torchrun's process group (a double-forked one is
-/// beyond its reach without a cgroup: docs/noloss.md).
+/// still ends an `env -i` process left in torchrun's process group (a double-forked one: the
+/// next test).
 #[test]
 fn without_a_cgroup_orphans_reparented_to_the_launcher_are_ended() {
     for end in [End::Normal, End::Term, End::Hup] {
         trial(end, false, "envi,daemon");
     }
     trial(End::KillReady, false, "envi");
+}
+
+/// Issue 25 items 3-4 without a cgroup (not root, no delegation): a process that double-forks
+/// into a session of its own with a wiped environment (`env -i`: no marker) is the launcher's
+/// (a subreaper) while it lives, and re-parented to init once it is killed outright. The watchdog
+/// keeps the run's process set (pid and start time) from the launcher's descendants, so it still
+/// ends that process after every SIGKILL of the launcher, the watchdog's replacement included.
+/// (On main it survived every one of these.)
+#[test]
+fn without_a_cgroup_a_double_forked_envi_process_dies_with_a_killed_launcher() {
+    for end in [
+        End::KillReady,
+        End::KillStopping,
+        End::StopThenKill,
+        End::WatchdogFirst,
+    ] {
+        trial(end, false, "envi,daemon");
+    }
 }

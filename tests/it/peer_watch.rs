@@ -1079,12 +1079,20 @@ fn a_handshake_flood_from_eight_addresses_does_not_keep_a_node_out() {
 #[test]
 fn squatters_on_the_predictable_ports_do_not_fail_a_job_with_a_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let job_id = "4646";
+    // A job id whose two predictable ports this test can hold (another suite on the same machine
+    // may hold those of a fixed id).
+    let (job_id, squat) = (4646..4646 + 500)
+        .find_map(|id| {
+            let predictable = vla_launch::cluster::port_for_job(&id.to_string());
+            let squat: Vec<TcpListener> = [predictable, predictable - 10_000]
+                .iter()
+                .filter_map(|p| TcpListener::bind(("0.0.0.0", *p)).ok())
+                .collect();
+            (squat.len() == 2).then(|| (id.to_string(), squat))
+        })
+        .expect("a job id with both predictable ports free");
+    let job_id = job_id.as_str();
     let predictable = vla_launch::cluster::port_for_job(job_id);
-    let squat: Vec<TcpListener> = [predictable, predictable - 10_000]
-        .iter()
-        .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("the predictable port is free here"))
-        .collect();
     let secret = "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f";
     let node = |rank: &str| {
         let mut c = launcher(dir.path());

@@ -367,6 +367,12 @@ fn a_healthy_two_node_job_completes_with_exit_0() {
     let out = job.output();
     assert_eq!(info["JobState"], "COMPLETED", "{info:?}\n{out}");
     assert_eq!(info["ExitCode"], "0:0", "{out}");
+    // Issue 25 item 14: a job without VLA_LAUNCH_JOB_SECRET is warned, once (node 0), with the fix.
+    assert_eq!(
+        out.matches("VLA_LAUNCH_JOB_SECRET is not set").count(),
+        1,
+        "{out}"
+    );
     let ev = job.events();
     for n in 0..2 {
         assert!(
@@ -909,6 +915,15 @@ fn scancel_lets_torchrun_use_the_grace() {
         out.contains("a second SIGTERM does not cut it short"),
         "{out}"
     );
+    // Issue 25 item 6: both nodes were cancelled; neither was stopped by the other (one record
+    // said "stopped by its peer with exit 143" after every scancel).
+    for (n, r) in job.records() {
+        assert!(
+            r["outcome"]["stopped_by_peer"].is_null(),
+            "node {n}: {}\n{out}",
+            r["outcome"]
+        );
+    }
 }
 
 /// Issue 13 item 5: on a shared run root, every node keeps its own log and its own record (the
@@ -1048,4 +1063,100 @@ fn squatters_and_a_handshake_flood_do_not_keep_a_healthy_job_from_finishing() {
         );
     }
     eprintln!("job {}: finished under {made} hostile connections", job.id);
+}
+
+/// Issue 25 item 6: node 0 cannot start (its rendezvous port is taken: exit 4). srun then
+/// kills node 1 (`--kill-on-bad-exit`); the job, node 1's record and `runs` on either node must
+/// still say which node failed and why (the job read 143:0, node 1 "stopped by its peer with exit
+/// 143"), and node 0's log and record say why it refused to start.
+#[test]
+fn node_0_failing_at_start_names_itself_and_its_cause_in_the_job_and_both_records() {
+    let Some(s) =
+        slurm("node_0_failing_at_start_names_itself_and_its_cause_in_the_job_and_both_records")
+    else {
+        return;
+    };
+    node_0_port_taken(&s, "node0-port", &script(STEP));
+}
+
+/// The same, with node 1 still starting when srun's SIGTERM comes (its `scontrol show config`
+/// takes 2 s, as on a busy controller): it died of the signal at once, its record begun and
+/// without an outcome forever, and the job read 143:0 (srun: `task 1: Terminated`).
+#[test]
+fn a_node_still_starting_when_node_0_fails_names_node_0_too() {
+    let Some(s) = slurm("a_node_still_starting_when_node_0_fails_names_node_0_too") else {
+        return;
+    };
+    let slow = "mkdir -p bin\nprintf '#!/bin/bash\\n[ \"$SLURM_NODEID\" = 1 ] && sleep 2\\nexec /usr/bin/scontrol \"$@\"\\n' > bin/scontrol\nchmod +x bin/scontrol\nexport PATH=$PWD/bin:$PATH";
+    node_0_port_taken(&s, "node0-port-slow1", &script(&format!("{slow}\n{STEP}")));
+}
+
+/// Node 0's rendezvous port held by the test before the job starts: the job, both records, node
+/// 0's log and `runs` must name node 0 and the port.
+fn node_0_port_taken(s: &Slurm, name: &str, script: &str) {
+    let job = s.submit(name, script, &["--hold"], &[("FAKE_SLEEP", "300")]);
+    // Without a job secret the rendezvous port is the id's: take it before the job starts.
+    let port = vla_launch::cluster::port_for_job(&job.id);
+    let _squat = std::net::TcpListener::bind(("0.0.0.0", port)).expect("the job's port is free");
+    s.run("scontrol", &["release", &job.id]);
+    let info = job.wait_done(Duration::from_secs(120));
+    let out = job.output();
+    let records = job.records();
+    // Each node's outcome, for the failure messages (a whole record is 200 lines).
+    let outcomes: Vec<String> = records
+        .iter()
+        .map(|(n, v)| format!("node {n}: {}", v["outcome"]))
+        .collect();
+    let out = format!("{out}\n{outcomes:#?}");
+    assert_eq!(info["JobState"], "FAILED", "{info:?}\n{out}");
+    assert_eq!(
+        info["ExitCode"], "4:0",
+        "the job must read node 0's exit code (4), not node 1's SIGTERM\n{out}"
+    );
+    let record = |n: u32| {
+        records
+            .iter()
+            .find(|(r, _)| *r == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no record for node {n}\n{out}"))
+    };
+    let r0 = record(0);
+    assert_eq!(r0["outcome"]["exit_code"], 4, "{out}");
+    let log0 = std::fs::read_to_string(r0["outcome"]["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log0.contains(&format!("port {port}")) && log0.contains("already in use"),
+        "node 0's log must say why it did not start: {log0:?}"
+    );
+    // Node 1's launcher was not killed by srun's SIGTERM: it ended as a failed run.
+    assert!(
+        out.contains("task 1: Exited with exit code 1"),
+        "node 1's launcher must exit 1 (stopped by node 0's failure)\n{out}"
+    );
+    // Node 1's record: its torchrun's own end (SIGTERM), and the cause, node 0's failure.
+    let r1 = record(1);
+    let cause = &r1["outcome"]["stopped_by_peer_cause"];
+    assert_eq!(cause["node"], 0, "{out}");
+    assert_eq!(cause["exit_code"], 4, "{out}");
+    assert!(
+        r1["outcome"]["stopped_by_peer"]
+            .as_str()
+            .is_some_and(|s| s.contains("node 0 could not start") && s.contains("already in use")),
+        "{out}"
+    );
+    // scancel's SIGTERM to every process of the step must not end a watchdog just started.
+    assert!(!out.contains("is gone (killed?)"), "{out}");
+    // `runs` on the shared run root: node 0 refused (port), node 1 stopped because of node 0.
+    let runs = Command::new(BIN)
+        .args(["runs", "--log-dir"])
+        .arg(job.dir().join("runs/vla-launch"))
+        .env("VLA_LAUNCH_CACHE_DIR", job.dir().join("cache"))
+        .output()
+        .unwrap();
+    let shown =
+        String::from_utf8_lossy(&runs.stdout).to_string() + &String::from_utf8_lossy(&runs.stderr);
+    assert!(!shown.contains("no outcome yet"), "{shown}");
+    assert!(!shown.contains("exit 143"), "{shown}");
+    assert!(shown.contains("node 0"), "{shown}");
+    assert!(shown.contains("already in use"), "{shown}");
+    eprintln!("{shown}");
 }

@@ -175,6 +175,10 @@ fn outcome_text(run: &Run) -> String {
     };
     if let Some(d) = &o.diagnosis {
         s += &format!(", {}", d.kind);
+        // A launch refused at its start (node 0's port taken): its one reason, there is no other.
+        if d.kind == "LaunchRefused" && !d.summary.is_empty() {
+            s += &format!(": {}", crate::input::shown(&d.summary, 100));
+        }
     }
     s
 }
@@ -534,6 +538,15 @@ mod tests {
         );
         let interrupted = run(serde_json::json!({"exit_code": 130, "interrupted_by": 2}));
         assert_eq!(outcome_text(&interrupted), "interrupted (signal 2)");
+        // The node that failed at its start says why (the other node's line says "node 0").
+        let refused = run(serde_json::json!({"exit_code": 4, "diagnosis": {
+            "kind": "LaunchRefused", "summary": "port 20183 (--rdzv-port) is already in use on node 0",
+            "hint": "h", "evidence": "", "rank": null}}));
+        let text = outcome_text(&refused);
+        assert!(
+            text.starts_with("exit 4, LaunchRefused: port 20183 (--rdzv-port) is already in use"),
+            "{text}"
+        );
     }
 
     fn running(path: PathBuf) -> Run {

@@ -64,13 +64,7 @@ pub(in crate::app) fn start_peer_watch(
         *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         handle.stop();
     });
-    // The secret file lives under the run root, which every node shares (--log-dir may not).
-    let secrets_dir = ctx
-        .resolved
-        .run_root_dir()
-        .map(|root| root.join("vla-launch"))
-        .unwrap_or_else(|| log_dir.to_path_buf())
-        .join(".secrets");
+    let secrets_dir = secrets_dir(ctx, log_dir);
     let w = peers::NodeWatch {
         job_id: rdzv.id.clone(),
         nnodes: ctx.topology.nnodes,
@@ -90,6 +84,87 @@ pub(in crate::app) fn start_peer_watch(
     Ok(watch)
 }
 
+/// The job's private directory: the secret file and the start-failure notes live under the run
+/// root, which every node shares (--log-dir may not).
+fn secrets_dir(ctx: &Planned, log_dir: &Path) -> std::path::PathBuf {
+    ctx.resolved
+        .run_root_dir()
+        .map(|root| root.join("vla-launch"))
+        .unwrap_or_else(|| log_dir.to_path_buf())
+        .join(".secrets")
+}
+
+/// (job id, Slurm restart) of a multi-node launch: what names its start-failure notes.
+fn job_start(ctx: &Planned) -> Option<(String, u32)> {
+    let rdzv = ctx.topology.rendezvous.as_ref()?;
+    let restart = env_var("SLURM_RESTART_COUNT").and_then(|r| r.trim().parse().ok());
+    ctx.topology
+        .is_multi_node()
+        .then(|| (rdzv.id.clone(), restart.unwrap_or(0)))
+}
+
+/// A multi-node launch refused before torchrun (its port taken): leave the code and why for the
+/// other nodes, which srun stops with a bare SIGTERM once this launcher exits (issue 25 item 6).
+pub(in crate::app) fn leave_start_failure(ctx: &Planned, log_dir: &Path, err: &AppError) {
+    let Some((job, restart)) = job_start(ctx) else {
+        return;
+    };
+    let dir = secrets_dir(ctx, log_dir);
+    let code = err.exit_code().code();
+    let node = ctx.topology.node_rank;
+    if let Err(e) = peers::write_start_failure(&dir, &job, restart, node, code, &err.to_string()) {
+        warn!(
+            "cannot leave this node's start failure for the other nodes in {}: {e}",
+            dir.display()
+        );
+    }
+}
+
+/// Why another node stopped this one, if it did: the watch's cause unless both were signalled
+/// ([`caused_by_peer`]); else, for a node stopped by a signal (its own, or torchrun's: Slurm
+/// signals every process of the step), another node's start failure, when one left a note
+/// (srun's SIGTERM after that node exited).
+pub(in crate::app) fn peer_cause(
+    ctx: &Planned,
+    log_dir: &Path,
+    outcome: Option<&supervisor::Outcome>,
+    from_watch: Option<peers::PeerStop>,
+) -> Option<peers::PeerStop> {
+    let signalled = outcome.is_some_and(|o| o.interrupted_by.is_some() || o.signal.is_some());
+    from_watch
+        .filter(|peer| caused_by_peer(outcome, peer))
+        .or_else(|| {
+            signalled
+                .then(|| peer_start_failure(ctx, log_dir))
+                .flatten()
+        })
+}
+
+fn peer_start_failure(ctx: &Planned, log_dir: &Path) -> Option<peers::PeerStop> {
+    let (job, restart) = job_start(ctx)?;
+    let dir = secrets_dir(ctx, log_dir);
+    peers::read_start_failure(
+        &dir,
+        &job,
+        restart,
+        ctx.topology.nnodes,
+        ctx.topology.node_rank,
+    )
+}
+
+/// Whether `peer` caused this node's stop. Not when this node stopped on a signal of its own
+/// and the peer ended on a signal too (exit > 128): both were signalled (scancel, the time
+/// limit), and one node's record said "stopped: node 0's training ended with exit 143" after
+/// every scancel (issue 25 item 6). A peer that failed with its own code still counts when
+/// Slurm's SIGTERM (`--kill-on-bad-exit`) raced ahead of its message.
+fn caused_by_peer(outcome: Option<&supervisor::Outcome>, peer: &peers::PeerStop) -> bool {
+    // The launcher's own signal, or torchrun's (Slurm signals every process of the step; torchrun
+    // may end of it before the launcher has handled its own), not a stop the watch asked for.
+    let own_signal = outcome
+        .is_some_and(|o| (o.interrupted_by.is_some() || o.signal.is_some()) && !o.stop_requested);
+    !(own_signal && peer.exit_code().is_some_and(|c| c > 128))
+}
+
 /// The launcher's exit status for a run (0, 1 or 128+N): a node stopped by another node's
 /// failure exits with that failure's code, so that srun and the job's state show the real
 /// failure and not this node's SIGTERM (docs/cluster.md, contract 5). A peer that was lost or
@@ -101,6 +176,9 @@ pub(in crate::app) fn exit_status(
     use peers::PeerFailure;
     match peer.map(|p| &p.failure) {
         Some(PeerFailure::Failed { exit_code }) if *exit_code != 0 => *exit_code,
+        // The failing node exits with its own code (4, a port taken): the job reads it, srun
+        // taking the highest; this node's is a failed run's (the statuses are 0, 1 or 128+N).
+        Some(PeerFailure::Refused { exit_code, .. }) if *exit_code != 0 => 1,
         Some(PeerFailure::Gone | PeerFailure::Lost { .. }) if outcome.stop_requested => 1,
         _ => outcome.process_exit_code(),
     }
@@ -126,6 +204,7 @@ mod tests {
             leftover_processes: 0,
             terminal_dropped_bytes: 0,
             log_error: None,
+            not_started: false,
         }
     }
 
@@ -158,5 +237,34 @@ mod tests {
             143
         );
         assert_eq!(exit_status(&stopped(false), None), 143);
+        // A peer that could not start (exit 4): this node's run failed (1), never 143.
+        let refused = peer(PeerFailure::Refused {
+            exit_code: 4,
+            why: "port taken".into(),
+        });
+        assert_eq!(exit_status(&stopped(false), Some(&refused)), 1);
+    }
+
+    #[test]
+    fn a_peer_signalled_like_this_node_did_not_stop_it() {
+        let failed = |c| peer(PeerFailure::Failed { exit_code: c });
+        // scancel: both nodes got SIGTERM; the other's 143 is not why this one stopped.
+        assert!(!caused_by_peer(Some(&stopped(false)), &failed(143)));
+        // Stopped by the watch: the peer's signal exit is the cause.
+        assert!(caused_by_peer(Some(&stopped(true)), &failed(143)));
+        // A real failure that srun's SIGTERM raced ahead of: still the cause.
+        assert!(caused_by_peer(Some(&stopped(false)), &failed(1)));
+        assert!(caused_by_peer(
+            Some(&stopped(false)),
+            &peer(PeerFailure::Gone)
+        ));
+        assert!(caused_by_peer(None, &failed(143)));
+        // torchrun itself ended by Slurm's SIGTERM before the launcher handled its own.
+        let torchrun_signalled = supervisor::Outcome {
+            interrupted_by: None,
+            signal: Some(15),
+            ..stopped(false)
+        };
+        assert!(!caused_by_peer(Some(&torchrun_signalled), &failed(143)));
     }
 }

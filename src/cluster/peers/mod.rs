@@ -56,6 +56,7 @@
 mod config;
 mod hub;
 mod node;
+mod notes;
 mod ports;
 mod secret;
 mod shared;
@@ -68,6 +69,7 @@ pub use config::{
     AUTH_DEADLINE, MAX_LINE, MAX_PENDING, MAX_PENDING_PER_ADDRESS, MIN_SECRET_LEN, NodeWatch,
     PING_EVERY, SECRET_ENV, SECRET_WAIT, SILENCE_LIMIT, Timing,
 };
+pub use notes::{note_path, read_start_failure, write_start_failure};
 pub use ports::{
     PortTaken, check_port_free, check_rendezvous_port, rendezvous_host_warning, watch_port,
 };

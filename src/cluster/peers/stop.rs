@@ -13,6 +13,9 @@ pub enum PeerFailure {
     Gone,
     /// Nothing heard from it for this many seconds.
     Lost { silent_s: u64 },
+    /// It failed before training started (its port taken...), with this exit code and reason;
+    /// learnt from its start-failure note (`notes`), not from the wire.
+    Refused { exit_code: i32, why: String },
 }
 
 /// A stop caused by a peer: which node, and how it failed.
@@ -31,13 +34,19 @@ impl PeerStop {
     /// The failing node's exit code, when it reported one.
     pub fn exit_code(&self) -> Option<i32> {
         match self.failure {
-            PeerFailure::Failed { exit_code } => Some(exit_code),
+            PeerFailure::Failed { exit_code } | PeerFailure::Refused { exit_code, .. } => {
+                Some(exit_code)
+            }
             _ => None,
         }
     }
 
     pub(super) fn wire(&self) -> String {
         match self.failure {
+            // The reason stays in the note: the wire carries causes as data only.
+            PeerFailure::Refused { exit_code, .. } => {
+                format!("stop {} failed {exit_code}", self.node)
+            }
             PeerFailure::Failed { exit_code } => match self.torchrun_exit {
                 Some(t) => format!("stop {} failed {exit_code} {t}", self.node),
                 None => format!("stop {} failed {exit_code}", self.node),
@@ -77,8 +86,11 @@ impl PeerStop {
 impl fmt::Display for PeerStop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.node;
-        match self.failure {
-            PeerFailure::Failed { exit_code } => match self.torchrun_exit {
+        match &self.failure {
+            PeerFailure::Refused { exit_code, why } => {
+                write!(f, "node {n} could not start (exit {exit_code}): {why}")
+            }
+            &PeerFailure::Failed { exit_code } => match self.torchrun_exit {
                 Some(t) if t != exit_code => write!(
                     f,
                     "node {n}'s training failed: its torchrun exited with {t} (its launcher with {exit_code})"

@@ -181,6 +181,7 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
         leftover_processes,
         terminal_dropped_bytes: dropped,
         log_error: None,
+        not_started: false,
     };
     notes.note(summary_line(&outcome));
     drop(notes);
@@ -255,6 +256,8 @@ fn watchdog_spec(opts: &SuperviseOptions, scope: &Scope) -> watchdog::Spec {
     watchdog::Spec {
         record: opts.record.clone(),
         cgroup: scope.cgroup.clone(),
+        // Everything below a launcher that runs one run is that run's (adoption's premise).
+        launcher: scope.adopted.then(|| std::process::id() as i32),
         ..watchdog::Spec::new(&scope.marker, opts.grace, &opts.log_path)
     }
 }

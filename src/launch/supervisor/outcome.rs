@@ -29,6 +29,8 @@ pub struct Outcome {
     pub terminal_dropped_bytes: u64,
     /// The first error writing the run log (the log is incomplete from there on).
     pub log_error: Option<String>,
+    /// torchrun was never started: a stop signal (`interrupted_by`) came first.
+    pub not_started: bool,
 }
 
 /// Why the launcher sent SIGKILL.
@@ -43,6 +45,25 @@ pub enum KillReason {
 }
 
 impl Outcome {
+    /// A run stopped by `sig` before torchrun was started (the launcher held the signal while
+    /// it started: `exit_code` is 128 + `sig`, as the launcher's own).
+    pub fn not_started(sig: i32, log_path: &std::path::Path) -> Outcome {
+        Outcome {
+            exit_code: 128 + sig,
+            signal: None,
+            duration: Duration::ZERO,
+            log_path: log_path.to_path_buf(),
+            interrupted_by: Some(sig),
+            stop_requested: false,
+            force_killed: false,
+            kill_reason: None,
+            leftover_processes: 0,
+            terminal_dropped_bytes: 0,
+            log_error: None,
+            not_started: true,
+        }
+    }
+
     /// The launcher's exit status per design.md: 0 success, 1 training failed, 128+N signal.
     pub fn process_exit_code(&self) -> i32 {
         match (self.interrupted_by, self.signal, self.exit_code) {
@@ -82,6 +103,13 @@ pub enum LaunchError {
 
 /// One line for the end of a run: exit, duration, how it ended, where the log is.
 pub fn summary_line(o: &Outcome) -> String {
+    if let (true, Some(sig)) = (o.not_started, o.interrupted_by) {
+        return format!(
+            "torchrun not started: {} came first; log: {}",
+            signal_name(sig),
+            o.log_path.display()
+        );
+    }
     let how = match o.signal {
         Some(sig) => format!("torchrun killed by {}", signal_name(sig)),
         None => format!("torchrun exited with code {}", o.exit_code),
