@@ -131,6 +131,10 @@ pub struct Observation {
     pub allocator: Allocator,
     pub timestamp_unix: u64,
     pub source: Source,
+    /// The [`crate::budget::MODEL_REVISION`] that predicted it (0 in stores written before
+    /// revisions existed). Only observations of the current revision correct a plan.
+    #[serde(default)]
+    pub model_revision: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,9 +361,16 @@ impl Store {
         }
     }
 
-    /// The fitted correction of a key, if it has observations.
+    /// The fitted correction of a key, if it has observations made under the current budget
+    /// model (older ones stay in the store, for `calibrate --show`, but correct nothing).
     pub fn fit(&self, key: &Key) -> Option<Fit> {
-        fit(self.observations(key))
+        let current: Vec<Observation> = self
+            .observations(key)
+            .iter()
+            .filter(|o| o.model_revision == crate::budget::MODEL_REVISION)
+            .cloned()
+            .collect();
+        fit(&current)
     }
 
     /// The prediction the planner should use, and how it was corrected (None: no observations).

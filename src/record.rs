@@ -79,6 +79,10 @@ pub struct PlanRecord {
     pub predicted_run_time_s: Option<f64>,
     /// The uncorrected budget model's terms.
     pub budget: Option<Budget>,
+    /// [`crate::budget::MODEL_REVISION`] of the model that made `model_peak_bytes` (absent: 0,
+    /// records written before revisions existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub budget_model_revision: u32,
     /// Which FSDP the budget and step time describe, written `fsdp_impl` (`fsdp1`: a fork's own
     /// --use_fsdp, the addition on torch 2.0 to 2.4, or assumed; `fsdp2`: the addition on torch
     /// 2.5 and later); absent for DDP plans and older records (which wrote it `fsdp`).
@@ -135,6 +139,10 @@ pub struct PlanRecord {
     /// What happened; written once torchrun has exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<RunOutcome>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn one() -> u32 {
@@ -585,6 +593,7 @@ pub fn observations(record: &PlanRecord, path: &Path, source: Source) -> Vec<(Ke
             allocator: record.allocator.unwrap_or(Allocator::Default),
             timestamp_unix: record.started_unix(path).unwrap_or(0),
             source,
+            model_revision: record.budget_model_revision,
         },
     )]
 }

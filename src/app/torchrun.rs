@@ -211,6 +211,7 @@ pub(super) fn plan_record(ctx: &Planned, command: Option<&LaunchCommand>) -> Pla
             .zip(ctx.max_steps())
             .map(|(c, n)| c.step_time_s * n as f64),
         budget: c.map(|c| c.budget.clone()),
+        budget_model_revision: crate::budget::MODEL_REVISION,
         fsdp: c
             .filter(|c| c.strategy == Strategy::Fsdp)
             .map(|_| ctx.policy.fsdp),

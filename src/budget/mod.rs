@@ -326,6 +326,11 @@ pub fn fsdp_working(spec: &ModelSpec, arch: &Arch, components: &[Component], cfg
     }
 }
 
+/// The budget model's revision: raised whenever a change moves its predictions, so that a calibration
+/// (observed against predicted peaks) corrects only the model it was measured against. 0: before
+/// revisions existed; 1: padded batches' masked attention (issue 24).
+pub const MODEL_REVISION: u32 = 1;
+
 /// Fitted allocator constants (see docs/budget-model.md for the fit).
 pub mod fitted {
     use crate::units::MIB;

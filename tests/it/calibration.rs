@@ -21,6 +21,7 @@ fn obs(batch: u32, predicted: u64, observed: u64, t: u64) -> Observation {
         allocator: Allocator::ExpandableSegments,
         timestamp_unix: t,
         source: Source::Calibrate,
+        model_revision: vla_launch::budget::MODEL_REVISION,
     }
 }
 
@@ -282,6 +283,7 @@ pub fn record_json(batch: u32, predicted: u64, observed: u64, exit_code: i32) ->
         "global_batch": 32,
         "gpu_indices": [0, 1],
         "predicted_peak_bytes": predicted,
+        "budget_model_revision": vla_launch::budget::MODEL_REVISION,
         "allocator": "expandable_segments",
         "gpus": [
             {"index": 0, "name": H100, "uuid": "GPU-a", "total_bytes": 80 * GIB,
@@ -623,4 +625,25 @@ fn a_record_keys_its_observation_by_the_fsdp_that_ran() {
         assert_eq!(obs[0].0.fsdp, want, "{field:?}");
         assert_eq!(obs[0].0.strategy, Strategy::Fsdp);
     }
+}
+
+/// A calibration corrects the model it was measured against: observations made before the budget
+/// model changed (issue 24's padding term moved every padded prediction up ~5%) would apply their
+/// old observed/predicted ratio on top of the new model. A store written before model revisions
+/// existed (no `model_revision`) corrects nothing until `calibrate` runs again; its observations
+/// stay in the file.
+#[test]
+fn observations_made_under_an_older_budget_model_do_not_correct_plans() {
+    let current = linear_store(1.2, 0.0, &[2, 8]);
+    let mut v: serde_json::Value = serde_json::from_str(&current.to_json()).unwrap();
+    for e in v["entries"].as_array_mut().unwrap() {
+        for o in e["observations"].as_array_mut().unwrap() {
+            o.as_object_mut().unwrap().remove("model_revision");
+        }
+    }
+    let old = Store::from_json(&v.to_string(), Path::new("calibration.json")).unwrap();
+    assert_eq!(old.corrected_peak(&key(), 10 * GIB), (10 * GIB, None));
+    assert_eq!(old.observations(&key()).len(), 2, "kept in the file");
+    let (corrected, info) = current.corrected_peak(&key(), 10 * GIB);
+    assert!(corrected > 11 * GIB && info.is_some(), "{corrected}");
 }
