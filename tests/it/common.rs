@@ -92,6 +92,52 @@ impl WithoutAmbient for std::process::Command {
 /// The vla-launch binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_vla-launch");
 
+/// The test process's PATH with the directory of the interpreter that `python3` runs put first,
+/// when the `python3` found on PATH is not that interpreter but a dispatcher such as pyenv's shim
+/// (a bash script that starts some 18 processes to pick a version: about 90 ms of CPU per start,
+/// against about 10 ms for the interpreter itself, for the same Python). The suite starts Python
+/// a few hundred times (the fake torchrun, the scripts' `--help`, the torch stand-ins), so the
+/// shim was a third of its CPU time. Elsewhere (CI, a venv) PATH is returned unchanged. Every
+/// run through [`Vla`] gets this PATH unless the test sets its own; a test that builds a PATH
+/// for a child should start from this one.
+pub fn path() -> &'static std::ffi::OsStr {
+    static PATH: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let inherited = std::env::var_os("PATH").unwrap_or_default();
+        match interpreter_dir_behind_a_dispatcher(&inherited) {
+            Some(dir) => {
+                let mut dirs = vec![dir];
+                dirs.extend(std::env::split_paths(&inherited));
+                std::env::join_paths(dirs).unwrap_or(inherited)
+            }
+            None => inherited,
+        }
+    })
+}
+
+/// The directory of the interpreter `python3` runs, when the first `python3` on `path` is
+/// elsewhere (a shim); None when it is the interpreter itself or when there is no Python.
+fn interpreter_dir_behind_a_dispatcher(path: &std::ffi::OsStr) -> Option<PathBuf> {
+    let found = std::env::split_paths(path)
+        .map(|dir| dir.join("python3"))
+        .find(|candidate| candidate.is_file())?;
+    let out = std::process::Command::new(&found)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let executable = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim_end());
+    let dir = executable.parent()?.to_path_buf();
+    let real = |p: &Path| std::fs::canonicalize(p).ok();
+    let interpreter = real(&executable)?;
+    let direct = out.status.success()
+        && real(&dir.join("python3")).as_ref() == Some(&interpreter)
+        && real(&found).as_ref() != Some(&interpreter);
+    direct.then_some(dir)
+}
+
 /// The one way the integration tests run the CLI: state the arguments, environment, working
 /// directory and stdin, then `run()` it for its code, stdout and stderr (checked with `Ran`'s
 /// expectations or read directly), `output()` for the raw bytes, or `command()` for a run that
@@ -116,10 +162,9 @@ impl Vla {
 
     /// A copy or link of the binary at another path (e.g. an installed layout).
     pub fn at(exe: impl AsRef<std::ffi::OsStr>) -> Self {
-        Self {
-            cmd: std::process::Command::new(exe),
-            stdin: None,
-        }
+        let mut cmd = std::process::Command::new(exe);
+        cmd.env("PATH", path());
+        Self { cmd, stdin: None }
     }
 
     pub fn arg(&mut self, arg: impl AsRef<std::ffi::OsStr>) -> &mut Self {
@@ -308,4 +353,26 @@ fn only_the_harness_names_the_built_binary() {
         offenders.is_empty(),
         "run the CLI through common::Vla (or take common::BIN): {offenders:?}"
     );
+}
+
+/// The harness's PATH skips only a dispatcher: `python3` through it is the very interpreter that
+/// `python3` through the test process's own PATH runs (same executable, same version).
+#[test]
+fn the_harness_path_runs_the_same_python() {
+    let which = |path: &std::ffi::OsStr| {
+        let out = std::process::Command::new("python3")
+            .env("PATH", path)
+            .args([
+                "-c",
+                "import sys; print(sys.executable); print(sys.version)",
+            ])
+            .output();
+        out.ok().filter(|o| o.status.success()).map(|o| {
+            let text = String::from_utf8(o.stdout).unwrap();
+            let (exe, version) = text.split_once('\n').unwrap();
+            (std::fs::canonicalize(exe).unwrap(), version.to_string())
+        })
+    };
+    let own = std::env::var_os("PATH").unwrap_or_default();
+    assert_eq!(which(path()), which(&own));
 }

@@ -10,6 +10,7 @@ fn summarize(events: &str) -> serde_json::Value {
          print(json.dumps(memtrace.summarize(json.loads(sys.stdin.read()))))"
     );
     let mut child = Command::new("python3")
+        .env("PATH", crate::common::path())
         .args(["-c", &code])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -252,11 +252,9 @@ impl Scratch {
 
     /// Runs `script` with bash; (exit code, stdout, stderr).
     fn run(&self, script: &str) -> (Option<i32>, String, String) {
-        let path = format!(
-            "{}:{}",
-            self.dir.path().join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let mut path = self.dir.path().join("bin").into_os_string();
+        path.push(":");
+        path.push(crate::common::path());
         let mut cmd = Command::new("bash");
         cmd.arg("-c")
             .arg(script)

@@ -293,6 +293,7 @@ fn a_pasted_command_expands_no_variable() {
     let pasted = Command::new("bash")
         .arg("-c")
         .arg(&line)
+        .env("PATH", crate::common::path())
         .env("HF_TOKEN", "hf_pasted_leak")
         .env("FAKE_RECORD", &seen)
         .current_dir(root())
