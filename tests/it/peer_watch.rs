@@ -688,7 +688,20 @@ fn node_0_refuses_taken_ports_naming_the_flag() {
     let e = peers::check_rendezvous_port(port).unwrap_err();
     assert!(e.to_string().contains("--rdzv-port"), "{e}");
     drop(taken);
-    assert!(peers::check_rendezvous_port(port).is_ok());
+    // A free port passes. Another test may take the port just freed (tests run in parallel), so
+    // try fresh ones: a check that refused free ports would fail every time.
+    let passed = (0..20).any(|_| {
+        let p = TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        peers::check_rendezvous_port(p).is_ok()
+    });
+    assert!(
+        passed,
+        "check_rendezvous_port refused 20 ports that were just free"
+    );
 }
 
 /// Item 4: a node name that does not resolve, or that resolves elsewhere than node 0 itself,
@@ -828,9 +841,37 @@ fn accept_errors_are_retried_and_the_watch_stays_on() {
     );
 }
 
+/// The child's log, kept to wait on (and copied to stderr for the parent's checks).
+#[derive(Clone, Default)]
+struct SharedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl SharedLog {
+    /// Waits until the log holds `needle` (the bound only catches a hang).
+    fn wait_for(&self, needle: &str) {
+        let until = Instant::now() + Duration::from_secs(120);
+        while !String::from_utf8_lossy(&self.0.lock().unwrap()).contains(needle) {
+            assert!(Instant::now() < until, "the log never said {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn emfile_child() {
+    let log = SharedLog::default();
+    let writer = log.clone();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
         .with_env_filter("vla_launch=debug")
         .init();
     let lim = libc::rlimit {
@@ -866,13 +907,17 @@ fn emfile_child() {
     // still be made: free one descriptor for the client side only.
     hog.pop();
     let _queued = TcpStream::connect(("127.0.0.1", port));
-    std::thread::sleep(Duration::from_millis(1500));
+    // The event, not a clock: node 0's accept has failed and it says it retries.
+    log.wait_for("accepting a connection failed");
     println!("EMFILE seen: {} descriptors held", hog.len());
     drop(hog);
-    std::thread::sleep(Duration::from_millis(1200));
     let (on_stop, _rx1) = recorder();
     let p1 = PeerWatch::peer(job("emfile", 2), 1, "127.0.0.1", port, on_stop).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let until = Instant::now() + Duration::from_secs(120);
+    while hub.joined() != [1] || p1.joined() != [0] {
+        assert!(Instant::now() < until, "node 1 never joined after EMFILE");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p1.finish(23);
     let why = rx
         .recv_timeout(Duration::from_secs(5))
