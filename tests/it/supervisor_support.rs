@@ -50,11 +50,6 @@ impl Fixture {
         let pids = dir.path().join("pids");
         cmd.env
             .push(("FAKE_PIDS".into(), pids.to_string_lossy().into()));
-        // The interpreter itself, not a dispatcher in front of it (common::path).
-        cmd.env.push((
-            "PATH".into(),
-            crate::common::path().to_string_lossy().into(),
-        ));
         for (k, v) in fake_env {
             cmd.env.push((k.to_string(), v.to_string()));
         }
