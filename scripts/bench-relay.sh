@@ -53,11 +53,15 @@ elif shape == "longline":
     write_all(b"z" * (10 * 1024 * 1024 - 1) + b"\n")
 PY
 cat > "$WORK/decode.py" << 'PY'
-# The run log's records (src/launch/log.rs) back to the stdout bytes.
+# The run log's records (src/launch/log.rs, format 2) back to the stdout bytes.
 import sys
 out = bytearray()
+tag = b""
 for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
-    tag, payload = line[25:30], line[30:]
+    if line.startswith(b"+|"):  # a continuation: the stream of the record above
+        payload = line[2:]
+    else:
+        tag, payload = line[25:30], line[30:]
     if tag == b"out |":
         out += payload if payload.endswith(b"\r") else payload + b"\n"
     elif tag == b"out~|":
