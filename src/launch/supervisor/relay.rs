@@ -145,14 +145,20 @@ impl Handoff {
 pub(super) struct Feeder(Arc<Handoff>);
 
 impl Feeder {
-    /// Hands `chunk` on; `false` when the terminal is that far behind and it is dropped there.
-    fn offer(&self, chunk: &[u8]) -> bool {
+    /// Hands `chunk` on (taken whole when nothing waits, else copied: `chunk` may come back
+    /// emptied); `false` when the terminal is that far behind and it is dropped there.
+    fn offer(&self, chunk: &mut Vec<u8>) -> bool {
         let mut w = self.0.lock();
         if !w.bytes.is_empty() && w.bytes.len() + chunk.len() > TERMINAL_BACKLOG {
             return false;
         }
-        w.bytes.extend_from_slice(chunk);
-        w.last = chunk.last().copied().unwrap_or(w.last);
+        if w.bytes.is_empty() {
+            // A flood's chunk moves without a copy: the thread took all there was.
+            std::mem::swap(&mut w.bytes, chunk);
+        } else {
+            w.bytes.extend_from_slice(chunk);
+        }
+        w.last = w.bytes.last().copied().unwrap_or(w.last);
         let wake = match w.thread {
             ThreadState::Idle => true,
             ThreadState::Lingering => w.bytes.len() >= LINGER_BYTES,
@@ -185,7 +191,7 @@ pub(super) struct InlineSink {
 }
 
 impl InlineSink {
-    fn write(&mut self, chunk: &[u8]) {
+    fn write(&mut self, chunk: &mut Vec<u8>) {
         let h = &self.handoff.0;
         let mut w = h.lock();
         if w.thread == ThreadState::Idle && w.bytes.is_empty() && chunk.len() < FILE_HAND_OFF {
@@ -193,7 +199,7 @@ impl InlineSink {
             w.last = chunk.last().copied().unwrap_or(w.last);
             let broken = w.broken;
             drop(w);
-            if !broken && (&*self.file).write_all(chunk).is_err() {
+            if !broken && (&*self.file).write_all(chunk.as_slice()).is_err() {
                 h.lock().broken = true;
             }
             return;
@@ -364,7 +370,9 @@ pub(super) async fn relay(
     let mut dropping = false;
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
+        // A chunk handed on whole leaves another buffer here (the thread's last, emptied).
         buf.clear();
+        buf.reserve(READ_CHUNK);
         match pipe.read_buf(&mut buf).await {
             Ok(0) => break,
             Ok(_) => {}
@@ -380,7 +388,8 @@ pub(super) async fn relay(
         log.chunk(stream, &buf);
         match &mut terminal {
             Some(TerminalQueue::Thread(feeder)) => {
-                if feeder.offer(&buf) {
+                let len = buf.len() as u64;
+                if feeder.offer(&mut buf) {
                     dropping = false;
                 } else {
                     if !dropping {
@@ -389,10 +398,10 @@ pub(super) async fn relay(
                         ));
                     }
                     dropping = true;
-                    dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    dropped.fetch_add(len, Ordering::Relaxed);
                 }
             }
-            Some(TerminalQueue::Inline(sink)) => sink.write(&buf),
+            Some(TerminalQueue::Inline(sink)) => sink.write(&mut buf),
             None => {}
         }
     }
@@ -414,7 +423,7 @@ mod tests {
         let (feeder, h) = handoff();
         h.lock().thread = ThreadState::Lingering;
         for i in 0..100 {
-            assert!(feeder.offer(format!("line {i}\n").as_bytes()));
+            assert!(feeder.offer(&mut format!("line {i}\n").into_bytes()));
             assert!(
                 h.lock().thread == ThreadState::Lingering,
                 "woken at line {i}"
@@ -426,10 +435,10 @@ mod tests {
         assert!(batch.starts_with(b"line 0\n") && batch.ends_with(b"line 99\n"));
         // Waiting for output, it is woken by the next chunk; lingering, by a flood's.
         h.lock().thread = ThreadState::Idle;
-        assert!(feeder.offer(b"x\n"));
+        assert!(feeder.offer(&mut b"x\n".to_vec()));
         assert!(h.lock().thread == ThreadState::Busy);
         h.lock().thread = ThreadState::Lingering;
-        assert!(feeder.offer(&vec![b'y'; LINGER_BYTES]));
+        assert!(feeder.offer(&mut vec![b'y'; LINGER_BYTES]));
         assert!(h.lock().thread == ThreadState::Busy);
     }
 
@@ -439,13 +448,15 @@ mod tests {
     fn a_stalled_terminal_drops_chunks_beyond_the_backlog() {
         let (feeder, h) = handoff();
         let chunk = vec![b'z'; READ_CHUNK];
-        let taken = (0..100).filter(|_| feeder.offer(&chunk)).count();
+        let taken = (0..100)
+            .filter(|_| feeder.offer(&mut chunk.clone()))
+            .count();
         assert_eq!(taken, TERMINAL_BACKLOG / READ_CHUNK);
         assert!(h.lock().bytes.len() <= TERMINAL_BACKLOG);
         // Once the thread took them, the next chunks go through again.
         let mut batch = Vec::new();
         assert!(h.take(&mut batch));
-        assert!(feeder.offer(&chunk));
+        assert!(feeder.offer(&mut chunk.clone()));
         // The relay done, the thread writes what is left, then ends.
         drop(feeder);
         batch.clear();
@@ -473,8 +484,8 @@ mod tests {
                 1 + i as usize % 90
             };
             let chunk: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
-            sink.write(&chunk);
             want.extend_from_slice(&chunk);
+            sink.write(&mut chunk.clone());
         }
         drop(sink);
         thread.unwrap().join().unwrap();
