@@ -9,7 +9,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use std::os::fd::OwnedFd;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::launch::log::{LogSender, Stream};
 use crate::launch::status::Tracker;
@@ -31,6 +34,21 @@ const LINGER_BYTES: usize = 64 * 1024;
 pub(super) const READ_CHUNK: usize = 256 * 1024;
 
 pub(super) const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// After a small read, how long the next waits: the lines a script prints meanwhile stay in
+/// the pipe and come with one read, one log write and one hand-off (100 lines a second cost
+/// 20 wake-ups instead of 100). A lone line is still relayed as it comes; a flood's reads are
+/// large and do not wait, so the pipe never fills for it.
+const READ_PAUSE: Duration = Duration::from_millis(50);
+
+/// Reads smaller than this that end a line are followed by [`READ_PAUSE`], while the stream
+/// is slow.
+const SMALL_READ: usize = 16 * 1024;
+
+/// At most this much may come, at the stream's rate so far, during a pause: the pipe must not
+/// fill while the relay waits (8 writers of 4 KiB lines would block on it), and a flood's reads
+/// catch up with its writers without waiting.
+const PAUSE_BYTES: usize = 64 * 1024;
 
 /// Where relayed output goes besides the log file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,12 +373,14 @@ pub(super) async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: D
 ///
 /// One read, up to [`READ_CHUNK`] bytes, is one chunk: its records are written to the log here,
 /// at once, and the chunk itself is appended to what waits for the terminal thread, or written
-/// here too when the launcher's output is a regular file. A script that prints a line now and
-/// then costs one wake-up, one read and one log write per line; in a flood the pipe (enlarged to
-/// [`PIPE_SIZE`]) fills while a chunk is handled, so the reads, the log writes and the hand-offs
-/// grow with it, without waiting on a timer to collect them.
+/// here too when the launcher's output is a regular file. A line that comes alone is relayed at
+/// once; after a small read of a slow stream the next waits [`READ_PAUSE`], so that a script
+/// printing many lines a second costs one wake-up, read and log write per pause, not per line
+/// (their log records share the time of that read). In a flood the pipe
+/// (enlarged to [`PIPE_SIZE`]) fills while a chunk is handled, so the reads, the log writes and
+/// the hand-offs grow with it, and large reads do not wait.
 pub(super) async fn relay(
-    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    pipe: OwnedFd,
     stream: Stream,
     log: LogSender,
     mut terminal: Option<TerminalQueue>,
@@ -369,19 +389,35 @@ pub(super) async fn relay(
 ) {
     let mut dropping = false;
     let mut buf = Vec::with_capacity(READ_CHUNK);
+    // Registered with the runtime only while it is read: during a pause the lines the script
+    // writes must not wake the launcher (edge-triggered readiness would, once per line).
+    let mut registered = match nonblocking(&pipe).and_then(|()| register(pipe)) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log.note(format!("reading torchrun's {stream:?} failed: {e}"));
+            return;
+        }
+    };
+    // When the last read returned: its bytes over the time since tell the stream's rate.
+    let mut last_read: Option<Instant> = None;
     loop {
         // A chunk handed on whole leaves another buffer here (the thread's last, emptied).
         buf.clear();
         buf.reserve(READ_CHUNK);
-        match pipe.read_buf(&mut buf).await {
+        let read = registered
+            .async_io(Interest::READABLE, |fd| read_some(fd, &mut buf))
+            .await;
+        let len_read = match read {
             Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => n,
             Err(e) => {
                 log.note(format!("reading torchrun's {stream:?} failed: {e}"));
                 break;
             }
-        }
+        };
+        // A read that ends mid-line caught a writer in the middle of a write: more comes now.
+        // (Asked before the hand-off, which may take the buffer.)
+        let line_ended = matches!(buf.last(), Some(b'\n' | b'\r'));
         if let Some(p) = &progress {
             p.feed(stream, &buf);
         }
@@ -403,6 +439,62 @@ pub(super) async fn relay(
             }
             Some(TerminalQueue::Inline(sink)) => sink.write(&mut buf),
             None => {}
+        }
+        let now = Instant::now();
+        let slow = last_read.is_some_and(|t| {
+            // bytes * pause / time since the last read: what a pause would gather.
+            let gap = now.duration_since(t).as_secs_f64();
+            len_read as f64 * READ_PAUSE.as_secs_f64() < PAUSE_BYTES as f64 * gap
+        });
+        last_read = Some(now);
+        if len_read < SMALL_READ && line_ended && slow {
+            let fd = registered.into_inner();
+            tokio::time::sleep(READ_PAUSE).await;
+            registered = match register(fd) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log.note(format!("reading torchrun's {stream:?} failed: {e}"));
+                    break;
+                }
+            };
+        }
+    }
+}
+
+/// Sets `fd` non-blocking (tokio hands a child's pipe over blocking).
+fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a pipe fd we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fd` (non-blocking) registered with the runtime for reading.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd stays open, and its as_raw_fd the same, until the AsyncFd gives it back
+    // (`into_inner`) or is dropped with it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into())
+}
+
+/// One `read` into the spare capacity of `buf` (EINTR retried).
+fn read_some(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: read writes at most `spare.len()` bytes into the spare capacity, and the length
+        // grows by what it wrote.
+        let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        if n >= 0 {
+            let n = n as usize;
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
