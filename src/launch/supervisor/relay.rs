@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal as _, Write};
-use std::os::fd::{AsFd as _, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -67,9 +67,8 @@ pub(super) enum TerminalQueue {
     /// A terminal or a pipe, which may stall (Ctrl-S, a pager not reading): a thread writes,
     /// and chunks beyond its backlog are dropped there, so that training never waits on it.
     Thread(Feeder),
-    /// A regular file, which does not stall (batch jobs' output, Slurm's `--output` file): the
-    /// reader writes a line now and then itself, one write per read, with no thread to wake; a
-    /// flood's large reads go to a thread, which writes them while the reader writes the log.
+    /// A regular file, which does not stall: the reader writes it itself, one write per read,
+    /// with no thread to wake (batch jobs' output, Slurm's `--output` file).
     Inline(InlineSink),
 }
 
@@ -79,8 +78,6 @@ pub(super) enum TerminalQueue {
 struct Handoff {
     waiting: Mutex<Waiting>,
     wake: Condvar,
-    /// A relay waiting for room in a regular file's backlog (never a terminal's).
-    room: Condvar,
 }
 
 #[derive(Default)]
@@ -89,12 +86,6 @@ struct Waiting {
     thread: ThreadState,
     /// The relay is done: the thread writes what is left and ends.
     closed: bool,
-    /// A relay waits on `room`.
-    wants_room: bool,
-    /// The last byte handed on or written by the relay itself (the stream's last, at the end).
-    last: u8,
-    /// A write failed (EPIPE, a full disk): nothing more is written there.
-    broken: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +102,8 @@ enum ThreadState {
 impl Handoff {
     fn new() -> Arc<Handoff> {
         Arc::new(Handoff {
-            waiting: Mutex::new(Waiting {
-                last: b'\n',
-                ..Waiting::default()
-            }),
+            waiting: Mutex::new(Waiting::default()),
             wake: Condvar::new(),
-            room: Condvar::new(),
         })
     }
 
@@ -136,9 +123,6 @@ impl Handoff {
         }
         w.thread = ThreadState::Busy;
         std::mem::swap(&mut w.bytes, batch);
-        if std::mem::take(&mut w.wants_room) {
-            self.room.notify_one();
-        }
         true
     }
 
@@ -176,7 +160,6 @@ impl Feeder {
         } else {
             w.bytes.extend_from_slice(chunk);
         }
-        w.last = w.bytes.last().copied().unwrap_or(w.last);
         let wake = match w.thread {
             ThreadState::Idle => true,
             ThreadState::Lingering => w.bytes.len() >= LINGER_BYTES,
@@ -193,48 +176,41 @@ impl Feeder {
     }
 }
 
-/// Chunks at least this large go to a regular file's writer thread, so that in a flood the
-/// relayed copy is written while the relay reads and writes the log (two cores, two files);
-/// smaller ones are written by the relay itself while that thread has nothing to do.
-const FILE_HAND_OFF: usize = 64 * 1024;
-
-/// Bytes waiting for a regular file's writer thread before the relay waits for it.
-const FILE_BACKLOG: usize = 4 << 20;
-
-/// A relay's writer to a regular file, which does not stall: small chunks are written at once,
-/// one write each, with no thread to wake; large ones (a flood) by a thread of its own.
-pub(super) struct InlineSink {
-    file: Arc<File>,
-    handoff: Feeder,
-}
-
-impl InlineSink {
-    fn write(&mut self, chunk: &mut Vec<u8>) {
-        let h = &self.handoff.0;
-        let mut w = h.lock();
-        if w.thread == ThreadState::Idle && w.bytes.is_empty() && chunk.len() < FILE_HAND_OFF {
-            // The thread waits for output, so it writes nothing until handed some: in order.
-            w.last = chunk.last().copied().unwrap_or(w.last);
-            let broken = w.broken;
-            drop(w);
-            if !broken && (&*self.file).write_all(chunk.as_slice()).is_err() {
-                h.lock().broken = true;
-            }
-            return;
-        }
-        while !w.bytes.is_empty() && w.bytes.len() + chunk.len() > FILE_BACKLOG {
-            w.wants_room = true;
-            w = h.room.wait(w).unwrap_or_else(|p| p.into_inner());
-        }
-        drop(w);
-        self.handoff.offer(chunk);
-    }
-}
-
 impl Drop for Feeder {
     fn drop(&mut self) {
         self.0.lock().closed = true;
         self.0.wake.notify_one();
+    }
+}
+
+/// A relay's own writer to a regular file. (A writer thread for a flood's large reads, so
+/// that the copy and the log are written at once on two cores, cost more CPU time than it saved
+/// wall time on the shared 2-core VM: own CPU 288 against 231 ms for the block shape.)
+pub(super) struct InlineSink {
+    out: Box<dyn Write + Send>,
+    end_last_line: bool,
+    last: u8,
+    broken: bool,
+}
+
+impl InlineSink {
+    fn write(&mut self, chunk: &[u8]) {
+        if !self.broken {
+            self.broken = self
+                .out
+                .write_all(chunk)
+                .and_then(|()| self.out.flush())
+                .is_err();
+        }
+        self.last = chunk.last().copied().unwrap_or(self.last);
+    }
+}
+
+impl Drop for InlineSink {
+    fn drop(&mut self) {
+        if self.end_last_line && !self.broken && self.last != b'\n' {
+            let _ = self.out.write_all(b"\n").and_then(|()| self.out.flush());
+        }
     }
 }
 
@@ -245,8 +221,8 @@ fn is_regular_file(fd: libc::c_int) -> bool {
     unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG }
 }
 
-/// The writer of `sink`: mostly inline for a regular file, else a thread with its queue; `None`
-/// when the sink discards.
+/// The writer of `sink`: inline for a regular file, else a thread with its queue; `None` when
+/// the sink discards.
 pub(super) fn terminal_writer(
     sink: &Sink,
     progress: Option<Arc<Tracker>>,
@@ -255,22 +231,16 @@ pub(super) fn terminal_writer(
     let status =
         progress.filter(|t| t.shows_status() && matches!(sink, Sink::Stdout | Sink::Stderr));
     let mut file_is_regular = false;
-    let mut file = None;
     let mut out: Box<dyn Write + Send> = match sink {
         Sink::Discard => return Ok((None, None)),
         // Flushed after every chunk: a `\r` progress update must appear now, not at the next `\n`.
         Sink::Stdout => Box::new(io::stdout()),
         Sink::Stderr => Box::new(io::stderr()),
         Sink::File(path) => {
-            let created = File::create(path)?;
+            let file = File::create(path)?;
             // A FIFO (a stalled reader, in the tests) is no regular file.
-            file_is_regular = is_regular_file(created.as_raw_fd());
-            if file_is_regular {
-                file = Some(created);
-                Box::new(io::sink())
-            } else {
-                Box::new(created)
-            }
+            file_is_regular = is_regular_file(file.as_raw_fd());
+            Box::new(file)
         }
     };
     // The launcher's own lines follow on stderr (and, on a terminal, after stdout's): a last
@@ -287,7 +257,15 @@ pub(super) fn terminal_writer(
         Sink::Discard => false,
     };
     if regular && status.is_none() {
-        return file_writer(sink, file, end_last_line);
+        return Ok((
+            Some(TerminalQueue::Inline(InlineSink {
+                out,
+                end_last_line,
+                last: b'\n',
+                broken: false,
+            })),
+            None,
+        ));
     }
     let handoff = Handoff::new();
     let theirs = handoff.clone();
@@ -317,44 +295,6 @@ pub(super) fn terminal_writer(
             }
         })?;
     Ok((Some(TerminalQueue::Thread(Feeder(handoff))), Some(thread)))
-}
-
-/// The writer of a sink that is a regular file: [`InlineSink`] and its thread.
-fn file_writer(
-    sink: &Sink,
-    file: Option<File>,
-    end_last_line: bool,
-) -> io::Result<(Option<TerminalQueue>, Option<JoinHandle<()>>)> {
-    let file = Arc::new(match (sink, file) {
-        (_, Some(file)) => file,
-        // Our own stdout or stderr, shared with the launcher's other writes (same offset).
-        (Sink::Stderr, None) => File::from(io::stderr().as_fd().try_clone_to_owned()?),
-        (_, None) => File::from(io::stdout().as_fd().try_clone_to_owned()?),
-    });
-    let handoff = Handoff::new();
-    let theirs = handoff.clone();
-    let out = file.clone();
-    let thread = std::thread::Builder::new()
-        .name("vla-launch-relay".into())
-        .spawn(move || {
-            let mut batch = Vec::new();
-            while theirs.take(&mut batch) {
-                let broken = theirs.lock().broken;
-                if !broken && (&*out).write_all(&batch).is_err() {
-                    theirs.lock().broken = true;
-                }
-                batch.clear();
-            }
-            let w = theirs.lock();
-            if end_last_line && !w.broken && w.last != b'\n' {
-                let _ = (&*out).write_all(b"\n");
-            }
-        })?;
-    let sink = InlineSink {
-        file,
-        handoff: Feeder(handoff),
-    };
-    Ok((Some(TerminalQueue::Inline(sink)), Some(thread)))
 }
 
 pub(super) async fn join_within(threads: [Option<JoinHandle<()>>; 2], timeout: Duration) {
@@ -437,7 +377,7 @@ pub(super) async fn relay(
                     dropped.fetch_add(len, Ordering::Relaxed);
                 }
             }
-            Some(TerminalQueue::Inline(sink)) => sink.write(&mut buf),
+            Some(TerminalQueue::Inline(sink)) => sink.write(&buf),
             None => {}
         }
         let now = Instant::now();
@@ -555,33 +495,5 @@ mod tests {
         assert!(h.take(&mut batch));
         assert_eq!(batch.len(), READ_CHUNK);
         assert!(!h.take(&mut batch));
-    }
-
-    /// Small chunks written by the relay itself and large ones by the file's thread arrive in
-    /// the order they were read, every byte.
-    #[test]
-    fn a_regular_file_gets_small_and_large_chunks_in_order() {
-        let dir = std::env::temp_dir().join(format!("vla-relay-file-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("copy");
-        let (queue, thread) = terminal_writer(&Sink::File(path.clone()), None).unwrap();
-        let Some(TerminalQueue::Inline(mut sink)) = queue else {
-            panic!("a regular file is written by the relay itself")
-        };
-        let mut want = Vec::new();
-        for i in 0..200u32 {
-            let len = if i % 7 == 3 {
-                FILE_HAND_OFF + i as usize
-            } else {
-                1 + i as usize % 90
-            };
-            let chunk: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
-            want.extend_from_slice(&chunk);
-            sink.write(&mut chunk.clone());
-        }
-        drop(sink);
-        thread.unwrap().join().unwrap();
-        assert!(std::fs::read(&path).unwrap() == want, "the copy differs");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
