@@ -1,5 +1,5 @@
 //! The run's log file: every byte of torchrun's stdout and stderr, one record per line with a
-//! UTC timestamp and the stream.
+//! UTC timestamp and the stream (stated once per read: its later lines continue the first).
 //!
 //! Record format (one file line each; format 2, since issue 27):
 //! `2026-11-27T08:50:01.123Z out |payload`  payload ends with `\n`, or with `\r` (a `\n` is
