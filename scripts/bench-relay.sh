@@ -14,12 +14,15 @@
 # `cat` copies the producer's stdout to a file; the launcher (the `supervise` example, which runs
 # the library's supervisor as `vla-launch` does, the tqdm tracker included) relays it to a file
 # the same way and writes the timestamped run log as well. Each repetition runs cat and the
-# launcher(s) back to back, so the machine's load is shared alike; the median of RUNS is shown,
-# with the launcher's own CPU time (getrusage, children excluded). After every launcher run the
-# relayed file is compared with the producer's bytes, and after the last one the log is decoded
-# and compared too.
+# launcher(s) back to back (each repetition starting with the next of them), so the machine's
+# load is shared alike; the median of RUNS is shown, wall time and the CPU time of the whole run
+# (producer included, which does not depend on the machine's other load), and the launcher's own
+# CPU time (getrusage, children excluded). After every launcher run the
+# relayed file is compared with the producer's bytes, and the log of each launcher's last run is
+# decoded and compared too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TIMEFORMAT='%3R %3U %3S' # bash's `time`: wall, then the CPU time of all it started
 RUNS=${1:-5}
 SHAPES=${2:-blocks ranks longline}
 if [[ -z ${SUPERVISE:-} ]]; then
@@ -53,11 +56,15 @@ elif shape == "longline":
     write_all(b"z" * (10 * 1024 * 1024 - 1) + b"\n")
 PY
 cat > "$WORK/decode.py" << 'PY'
-# The run log's records (src/launch/log.rs) back to the stdout bytes.
+# The run log's records (src/launch/log.rs, format 2) back to the stdout bytes.
 import sys
 out = bytearray()
+tag = b""
 for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
-    tag, payload = line[25:30], line[30:]
+    if line.startswith(b"+|"):  # a continuation: the stream of the record above
+        payload = line[2:]
+    else:
+        tag, payload = line[25:30], line[30:]
     if tag == b"out |":
         out += payload if payload.endswith(b"\r") else payload + b"\n"
     elif tag == b"out~|":
@@ -83,19 +90,22 @@ for shape in $SHAPES; do
     for r in 0 1 2 3 4 5 6 7; do grep -a "^rank$r " "$WORK/expected"; done > "$WORK/expected.sorted"
   fi
   bytes=$(stat -c %s "$WORK/expected")
-  : > "$WORK/t.cat"
-  for l in "${launchers[@]}"; do : > "$WORK/t.$l"; : > "$WORK/cpu.$l"; done
-  for _ in $(seq "$RUNS"); do
-    t0=$EPOCHREALTIME
-    bash -c "$(producer "$shape")" | cat > "$WORK/out.cat"
-    ms "$t0" "$EPOCHREALTIME" >> "$WORK/t.cat"
-    for l in "${launchers[@]}"; do
+  : > "$WORK/time.cat"
+  for l in "${launchers[@]}"; do : > "$WORK/time.$l"; : > "$WORK/cpu.$l"; done
+  for run in $(seq "$RUNS"); do
+    # Each repetition starts with the next one of them (cat, launcher, base, cat, ...), so that
+    # none always runs right after another's writes (their writeback, a truncated file).
+    order=(cat "${launchers[@]}")
+    k=$(((run - 1) % ${#order[@]}))
+    for l in "${order[@]:k}" "${order[@]:0:k}"; do
+      if [[ $l == cat ]]; then
+        { time bash -c "$(producer "$shape")" | cat > "$WORK/out.cat"; } 2>> "$WORK/time.cat"
+        continue
+      fi
       bin=$SUP
       [[ $l == base ]] && bin=$(readlink -f "$BASE_SUPERVISE")
       rm -f "$WORK/run.log"
-      t0=$EPOCHREALTIME
-      "$bin" "$WORK/run.log" bash -c "$(producer "$shape")" > "$WORK/out.$l" 2> "$WORK/err.$l"
-      ms "$t0" "$EPOCHREALTIME" >> "$WORK/t.$l"
+      { time "$bin" "$WORK/run.log" bash -c "$(producer "$shape")" > "$WORK/out.$l" 2> "$WORK/err.$l"; } 2>> "$WORK/time.$l"
       awk '/supervise cpu:/ { printf "%.1f\n", ($4 + $7) * 1000 }' "$WORK/err.$l" >> "$WORK/cpu.$l"
       if [[ $shape == ranks ]]; then
         for r in 0 1 2 3 4 5 6 7; do grep -a "^rank$r " "$WORK/out.$l"; done > "$WORK/out.sorted"
@@ -103,17 +113,27 @@ for shape in $SHAPES; do
       else
         cmp -s "$WORK/out.$l" "$WORK/expected" || { echo "$l $shape: relayed bytes differ" >&2; exit 1; }
       fi
+      cp "$WORK/run.log" "$WORK/last.$l.log"
     done
   done
   # The log of the last run holds the same stream, byte for byte.
-  "$PY" "$WORK/decode.py" "$WORK/run.log" | cmp -s - "$WORK/out.${launchers[-1]}" \
-    || { echo "$shape: the log's stdout differs from the relayed bytes" >&2; exit 1; }
-  cat_ms=$(median < "$WORK/t.cat")
-  printf '%-9s %4d MiB  cat %8.1f ms' "$shape" $((bytes >> 20)) "$cat_ms"
   for l in "${launchers[@]}"; do
-    l_ms=$(median < "$WORK/t.$l")
-    printf ' | %s %8.1f ms = %.2fx cat (own CPU %.0f ms)' "$l" "$l_ms" \
-      "$(awk -v a="$l_ms" -v b="$cat_ms" 'BEGIN { print a / b }')" "$(median < "$WORK/cpu.$l")"
+    "$PY" "$WORK/decode.py" "$WORK/last.$l.log" | cmp -s - "$WORK/out.$l" \
+      || { echo "$l $shape: the log's stdout differs from the relayed bytes" >&2; exit 1; }
+  done
+  # Wall time, and the CPU time of everything the run started (producer included): the second
+  # does not depend on what else the machine runs.
+  wall() { awk '{ printf "%.1f\n", $1 * 1000 }' "$WORK/time.$1" | median; }
+  cpu() { awk '{ printf "%.1f\n", ($2 + $3) * 1000 }' "$WORK/time.$1" | median; }
+  cat_ms=$(wall cat)
+  cat_cpu=$(cpu cat)
+  printf '%-9s %4d MiB  cat %6.1f ms (all CPU %4.0f ms)' "$shape" $((bytes >> 20)) "$cat_ms" "$cat_cpu"
+  for l in "${launchers[@]}"; do
+    l_ms=$(wall "$l")
+    l_cpu=$(cpu "$l")
+    printf ' | %s %6.1f ms = %.2fx cat (all CPU %4.0f ms = %.2fx, own %3.0f ms)' "$l" "$l_ms" \
+      "$(awk -v a="$l_ms" -v b="$cat_ms" 'BEGIN { print a / b }')" "$l_cpu" \
+      "$(awk -v a="$l_cpu" -v b="$cat_cpu" 'BEGIN { print a / b }')" "$(median < "$WORK/cpu.$l")"
   done
   echo "  [bytes exact]"
 done

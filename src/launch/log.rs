@@ -1,13 +1,24 @@
 //! The run's log file: every byte of torchrun's stdout and stderr, one record per line with a
-//! UTC timestamp and the stream.
+//! UTC timestamp and the stream (stated once per read: its later lines continue the first).
 //!
-//! Record format (one file line each):
+//! Record format (one file line each; format 2, since issue 27):
 //! `2026-11-27T08:50:01.123Z out |payload`  payload ends with `\n`, or with `\r` (a `\n` is
 //!                                          added after it so the file stays line-oriented)
+//! `+|payload`                              a continuation: the next line of the same read as
+//!                                          the record above, so the same time and stream
+//!                                          (written for the second and later lines of a read)
 //! `2026-11-27T08:50:01.123Z out~|payload`  a piece cut without terminator (long line or end of
 //!                                          stream); the `\n` after it is not part of the stream
 //! `2026-11-27T08:50:01.123Z --- |message`  the launcher's own notes (signals sent, exit)
 //! Concatenating the payloads of one stream gives back its bytes exactly (`parse_stream`).
+//!
+//! Format 1 (before issue 27) is format 2 without continuations: every line had the full
+//! prefix. A record always starts with its timestamp's digit, so `+|` cannot be mistaken for
+//! one, and readers of format 2 (`parse_stream`, [`Expand`], `vla-launch logs`) read format 1
+//! logs unchanged. The continuation keeps a flood's log near the size of the stream (30 bytes
+//! of prefix on every 80-byte line made it 37% larger, and writing it the larger part of the
+//! launcher's cost); a script that prints a line now and then gets one read, so one full
+//! record, per line, as before.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -18,6 +29,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Longest piece kept waiting for a terminator before it is written as a cut record.
 const MAX_PENDING: usize = 64 * 1024;
 const PREFIX_LEN: usize = 24 + 1 + 4 + 1;
+/// The start of a continuation record (format 2): same time and stream as the record above.
+pub const CONTINUATION: &[u8] = b"+|";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -174,8 +187,10 @@ impl Records {
 
     fn chunk(&mut self, stream: Stream, mut bytes: &[u8]) {
         let slot = stream as usize;
-        // Every line of one chunk arrived with the same read: one clock reading serves them all.
+        // Every line of one chunk arrived with the same read: one clock reading serves them all,
+        // written once; the chunk's later lines are continuations.
         let stamp = self.clock.now();
+        let mut stamped = false;
         while let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) {
             let (line, rest) = bytes.split_at(end + 1);
             bytes = rest;
@@ -184,7 +199,11 @@ impl Records {
                     p.bytes.extend_from_slice(line);
                     push_record(&mut self.batch, &p.stamp, stream.tag(false), &p.bytes);
                 }
-                None => push_record(&mut self.batch, &stamp, stream.tag(false), line),
+                None if stamped => push_continuation(&mut self.batch, line),
+                None => {
+                    push_record(&mut self.batch, &stamp, stream.tag(false), line);
+                    stamped = true;
+                }
             }
         }
         if !bytes.is_empty() {
@@ -226,6 +245,15 @@ fn push_record(buf: &mut Vec<u8>, stamp: &[u8; 24], tag: &str, payload: &[u8]) {
     buf.extend_from_slice(stamp);
     buf.push(b' ');
     buf.extend_from_slice(tag.as_bytes());
+    push_payload(buf, payload);
+}
+
+fn push_continuation(buf: &mut Vec<u8>, payload: &[u8]) {
+    buf.extend_from_slice(CONTINUATION);
+    push_payload(buf, payload);
+}
+
+fn push_payload(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
     if payload.last() != Some(&b'\n') {
         buf.push(b'\n');
@@ -265,28 +293,72 @@ fn format_utc_millis(ms: u128) -> [u8; 24] {
     out
 }
 
-/// Rebuilds the exact bytes of one stream from a log file's contents (for tests and tools).
+/// Rebuilds the exact bytes of one stream from a log file's contents (format 1 or 2; for tests
+/// and tools).
 pub fn parse_stream(log: &[u8], stream: Stream) -> Vec<u8> {
     let (whole, cut) = (stream.tag(false).as_bytes(), stream.tag(true).as_bytes());
     let mut out = Vec::new();
+    // Whether the record above belongs to `stream` (a continuation's stream is its).
+    let mut ours = false;
     for line in log.split_inclusive(|&b| b == b'\n') {
-        if line.len() < PREFIX_LEN {
+        let payload = if let Some(payload) = line.strip_prefix(CONTINUATION) {
+            if !ours {
+                continue;
+            }
+            payload
+        } else if line.len() < PREFIX_LEN {
+            ours = false;
             continue;
-        }
-        let (tag, payload) = line[25..].split_at(5);
-        if tag == whole {
-            // A `\r` record carries an added `\n`; a `\n` record's `\n` is its own.
-            let own_cr = payload.len() >= 2 && payload[payload.len() - 2] == b'\r';
-            out.extend_from_slice(if own_cr {
-                &payload[..payload.len() - 1]
-            } else {
-                payload
-            });
-        } else if tag == cut {
-            out.extend_from_slice(&payload[..payload.len() - 1]);
-        }
+        } else {
+            let (tag, payload) = line[25..].split_at(5);
+            ours = tag == whole;
+            if tag == cut {
+                out.extend_from_slice(&payload[..payload.len() - 1]);
+            }
+            if !ours {
+                continue;
+            }
+            payload
+        };
+        // A `\r` record carries an added `\n`; a `\n` record's `\n` is its own.
+        let own_cr = payload.len() >= 2 && payload[payload.len() - 2] == b'\r';
+        out.extend_from_slice(if own_cr {
+            &payload[..payload.len() - 1]
+        } else {
+            payload
+        });
     }
     out
+}
+
+/// Gives every continuation line of a log (format 2) the prefix of the record it continues,
+/// line by line, so that it reads as format 1 (`vla-launch logs` shows records this way).
+#[derive(Debug, Default)]
+pub struct Expand {
+    prefix: Vec<u8>,
+}
+
+impl Expand {
+    /// One line of the log (its `\n` included, or the unterminated end), with its full prefix.
+    pub fn line(&mut self, line: Vec<u8>) -> Vec<u8> {
+        match line.strip_prefix(CONTINUATION) {
+            Some(payload) if !self.prefix.is_empty() => {
+                let mut full = Vec::with_capacity(self.prefix.len() + payload.len());
+                full.extend_from_slice(&self.prefix);
+                full.extend_from_slice(payload);
+                full
+            }
+            Some(_) => line,
+            None => {
+                self.prefix.clear();
+                // A record of the stream (whole): a continuation may follow it.
+                if line.len() >= PREFIX_LEN && line[23] == b'Z' && line[29] == b'|' {
+                    self.prefix.extend_from_slice(&line[..PREFIX_LEN]);
+                }
+                line
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -335,7 +407,8 @@ mod tests {
             }
             for line in log.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 assert!(
-                    line.len() >= PREFIX_LEN && line[23] == b'Z',
+                    line.starts_with(CONTINUATION)
+                        || (line.len() >= PREFIX_LEN && line[23] == b'Z'),
                     "case {i}: {line:?}"
                 );
             }
@@ -343,20 +416,88 @@ mod tests {
     }
 
     #[test]
-    fn every_terminator_starts_a_record() {
-        let log = render_bytes(&[(Stream::Out, b" 1%\r 2%\r 3%\n")]);
+    fn every_terminator_starts_a_record_and_a_reads_later_ones_continue_its_first() {
+        let log = render_bytes(&[(Stream::Out, b" 1%\r 2%\r 3%\n"), (Stream::Err, b"warn\n")]);
         let text = String::from_utf8(log).unwrap();
-        let records: Vec<&str> = text.split_terminator('\n').map(|l| &l[25..]).collect();
+        let records: Vec<&str> = text
+            .split_terminator('\n')
+            .map(|l| if l.starts_with("+|") { l } else { &l[25..] })
+            .collect();
         assert_eq!(
             records,
             [
                 "out | 1%\r",
-                "out | 2%\r",
-                "out | 3%",
+                "+| 2%\r",
+                "+| 3%",
+                "err |warn",
                 "--- |a note",
                 "--- |over two lines"
             ]
         );
+    }
+
+    /// Issue 27: 30 bytes of prefix on every 80-byte line of a flood made the log 37% larger
+    /// than the stream, and writing it the larger part of the relay's cost.
+    #[test]
+    fn a_flood_of_short_lines_costs_little_more_than_its_bytes() {
+        let chunk: Vec<u8> = (0..3276)
+            .flat_map(|i| format!("{i:08} {}\n", "x".repeat(70)).into_bytes())
+            .collect();
+        let mut r = Records::new();
+        for _ in 0..4 {
+            r.chunk(Stream::Out, &chunk);
+        }
+        let log = std::mem::take(&mut r.batch);
+        assert!(
+            log.len() * 100 <= 4 * chunk.len() * 103,
+            "log {} bytes for {} bytes of stream",
+            log.len(),
+            4 * chunk.len()
+        );
+        assert_eq!(parse_stream(&log, Stream::Out), chunk.repeat(4));
+    }
+
+    /// A log written before continuations (format 1) reads as it always did.
+    #[test]
+    fn format_1_logs_read_the_same() {
+        let v1 = b"2026-11-27T08:50:01.123Z out | 1%\r\n2026-11-27T08:50:01.123Z out | 2%\n\
+2026-11-27T08:50:01.124Z err |e\n2026-11-27T08:50:01.125Z --- |note\n\
+2026-11-27T08:50:01.126Z out~|cut\n";
+        assert_eq!(parse_stream(v1, Stream::Out), b" 1%\r 2%\ncut");
+        assert_eq!(parse_stream(v1, Stream::Err), b"e\n");
+        let mut e = Expand::default();
+        for line in v1.split_inclusive(|&b| b == b'\n') {
+            assert_eq!(e.line(line.to_vec()), line);
+        }
+    }
+
+    #[test]
+    fn expand_gives_a_continuation_the_prefix_of_its_record() {
+        let log = render_bytes(&[(Stream::Out, b"a\nb\rc\n"), (Stream::Err, b"d\ne\n")]);
+        let mut e = Expand::default();
+        let lines: Vec<Vec<u8>> = log
+            .split_inclusive(|&b| b == b'\n')
+            .map(|l| e.line(l.to_vec()))
+            .collect();
+        let tails: Vec<&[u8]> = lines.iter().map(|l| &l[25..]).collect();
+        assert_eq!(
+            tails,
+            [
+                &b"out |a\n"[..],
+                b"out |b\r\n",
+                b"out |c\n",
+                b"err |d\n",
+                b"err |e\n",
+                b"--- |a note\n",
+                b"--- |over two lines\n"
+            ]
+        );
+        assert!(lines.iter().all(|l| l[23] == b'Z'));
+        // What the expanded lines hold is format 1: the streams read the same from them.
+        let v1 = lines.concat();
+        for s in [Stream::Out, Stream::Err] {
+            assert_eq!(parse_stream(&v1, s), parse_stream(&log, s));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::supervisor_support::{Fixture, alive, assert_all_dead};
 use nix::sys::signal::Signal;
-use vla_launch::launch::log::{Stream, parse_stream};
+use vla_launch::launch::log::{Expand, Stream, parse_stream};
 use vla_launch::launch::supervisor::{KillReason, summary_line};
 
 fn recorded(fx: &Fixture) -> serde_json::Value {
@@ -164,9 +164,12 @@ fn carriage_returns_arrive_unchanged_and_stderr_is_kept_apart() {
     let log = fx.read("run.log");
     assert_eq!(parse_stream(&log, Stream::Out), want);
     assert_eq!(parse_stream(&log, Stream::Err), b"warn: x\r\nno newline");
-    // One timestamped record per `\r`-terminated update.
+    // One record per `\r`-terminated update (a read's later ones are continuations, shown
+    // with the full prefix by `Expand`).
+    let mut expand = Expand::default();
     let records = log
-        .split(|&b| b == b'\n')
+        .split_inclusive(|&b| b == b'\n')
+        .map(|l| expand.line(l.to_vec()))
         .filter(|l| l.len() > 25 && &l[25..30] == b"out |")
         .count();
     assert_eq!(records, 101);

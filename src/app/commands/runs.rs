@@ -323,6 +323,7 @@ fn is_update(line: &[u8]) -> bool {
 struct Collapse {
     partial: Vec<u8>,
     pending: Option<Vec<u8>>,
+    expand: crate::launch::log::Expand,
 }
 
 impl Collapse {
@@ -335,6 +336,8 @@ impl Collapse {
     }
 
     fn line(&mut self, line: Vec<u8>, emit: &mut dyn FnMut(Vec<u8>)) {
+        // A continuation (log format 2) is shown with its record's time and stream.
+        let line = self.expand.line(line);
         if let Some(p) = self.pending.take()
             && stream_of(&p) != stream_of(&line)
         {
@@ -353,7 +356,7 @@ impl Collapse {
             emit(without_cr(p));
         }
         if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
+            let rest = self.expand.line(std::mem::take(&mut self.partial));
             if is_update(&rest) {
                 emit(without_cr(rest));
             } else {
@@ -458,6 +461,7 @@ pub(in crate::app) fn cmd_logs(
     let mut quiet_polls = 0u32;
     let mut collapse = Collapse::default();
     let mut raw_partial: Vec<u8> = Vec::new();
+    let mut expand = crate::launch::log::Expand::default();
     loop {
         let n = file.read(&mut buf).unwrap_or(0);
         if n > 0 {
@@ -467,7 +471,7 @@ pub(in crate::app) fn cmd_logs(
                 raw_partial.extend_from_slice(&buf[..n]);
                 while let Some(nl) = raw_partial.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = raw_partial.drain(..=nl).collect();
-                    sink.emit(line);
+                    sink.emit(expand.line(line));
                 }
             } else {
                 collapse.push(&buf[..n], &mut |l| sink.emit(l));
@@ -486,7 +490,7 @@ pub(in crate::app) fn cmd_logs(
                     .is_some_and(|r| r.outcome.is_some()));
         if over {
             if !raw_partial.is_empty() {
-                sink.emit(std::mem::take(&mut raw_partial));
+                sink.emit(expand.line(std::mem::take(&mut raw_partial)));
             }
             collapse.flush(&mut |l| sink.emit(l));
             return Ok(ExitCode::Success);
@@ -613,6 +617,26 @@ mod tests {
                 "T7 err | 5%\n"
             ]
         );
+    }
+
+    /// A continuation (log format 2) collapses with its record's stream and shows its prefix.
+    #[test]
+    fn continuations_show_and_collapse_as_their_records() {
+        let z = "2026-11-27T08:50:01.123Z";
+        let log = format!("{z} err | 1%\r\n+| 2%\r\n{z} out |a\n+|b\n{z} err | 3%\r\n+| 4%\r\n");
+        let mut c = super::Collapse::default();
+        let mut out = Vec::new();
+        c.push(log.as_bytes(), &mut |l| {
+            out.push(String::from_utf8(l).unwrap())
+        });
+        c.flush(&mut |l| out.push(String::from_utf8(l).unwrap()));
+        let want = [
+            format!("{z} err | 2%\n"),
+            format!("{z} out |a\n"),
+            format!("{z} out |b\n"),
+            format!("{z} err | 4%\n"),
+        ];
+        assert_eq!(out, want);
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Output {
         }
         if let Some(pipe) = child.stdout.take() {
             readers.spawn(relay(
-                pipe,
+                pipe.into_owned_fd()?,
                 Stream::Out,
                 log.sender(),
                 out_tx,
@@ -54,7 +54,7 @@ impl Output {
         }
         if let Some(pipe) = child.stderr.take() {
             readers.spawn(relay(
-                pipe,
+                pipe.into_owned_fd()?,
                 Stream::Err,
                 log.sender(),
                 err_tx,
