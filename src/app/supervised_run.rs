@@ -421,7 +421,8 @@ fn diagnose(
     if outcome.exit_code == 0 || outcome.interrupted_by.is_some() || outcome.force_killed {
         return None;
     }
-    let tail = read_tail(log_path, 256 * 1024);
+    // What the training printed: the log's own prefixes would hide torchrun's `[rankN]:` ones.
+    let tail = crate::launch::log::training_output(&read_tail(log_path, 256 * 1024));
     let mut d = diagnosis::diagnose_run(&tail, outcome.exit_code, outcome.signal, oom_kills)?;
     diagnosis::fit_oom_hint(
         &mut d,

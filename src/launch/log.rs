@@ -331,6 +331,32 @@ pub fn parse_stream(log: &[u8], stream: Stream) -> Vec<u8> {
     out
 }
 
+/// The training's output in a log (format 1 or 2), both streams in the order they were logged, each
+/// line without the log's own prefix (timestamp and stream, or the continuation mark), the
+/// launcher's notes left out: what the training printed, as the diagnosis reads it (torchrun's
+/// `[rankN]:` prefixes and "Root Cause" summary start its lines). `log` may start mid-record (a
+/// tail): a first line that is not a record is skipped.
+pub fn training_output(log: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(log.len());
+    // Whether the record above is the training's (a continuation belongs to it).
+    let mut training = false;
+    for line in log.split_inclusive(|&b| b == b'\n') {
+        if let Some(payload) = line.strip_prefix(CONTINUATION) {
+            if training {
+                out.extend_from_slice(payload);
+            }
+        } else if line.len() >= PREFIX_LEN && line[23] == b'Z' && line[29] == b'|' {
+            training = &line[25..28] != b"---";
+            if training {
+                out.extend_from_slice(&line[PREFIX_LEN..]);
+            }
+        } else {
+            training = false;
+        }
+    }
+    out
+}
+
 /// Gives every continuation line of a log (format 2) the prefix of the record it continues,
 /// line by line, so that it reads as format 1 (`vla-launch logs` shows records this way).
 #[derive(Debug, Default)]
@@ -511,5 +537,22 @@ mod tests {
         for (ms, want) in cases {
             assert_eq!(std::str::from_utf8(&format_utc_millis(ms)).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn training_output_takes_off_the_logs_prefixes_and_leaves_out_its_notes() {
+        let log = concat!(
+            "ial line of a tail\n",
+            "2026-11-27T08:50:01.123Z err |[rank1]: Traceback\n",
+            "+|[rank1]:   File x\n",
+            "2026-11-27T08:50:01.200Z --- |torchrun exited with code 1\n",
+            "+|a note's next line\n",
+            "2026-11-27T08:50:01.300Z out | 40%|####  | 4/10\r\n",
+            "2026-11-27T08:50:01.400Z out~|cut",
+        );
+        assert_eq!(
+            String::from_utf8(training_output(log.as_bytes())).unwrap(),
+            "[rank1]: Traceback\n[rank1]:   File x\n 40%|####  | 4/10\r\ncut"
+        );
     }
 }

@@ -486,3 +486,39 @@ fn hang_watchdog_one_busy_gpu_or_no_samples_is_not_a_hang() {
     assert_eq!(w.check(at(9)), None);
     assert!(w.check(at(10)).is_some());
 }
+
+/// Through the real launcher: the diagnosis reads the run's log, whose lines carry the log's own
+/// prefix (a timestamp and the stream, or `+|` for a read's later lines), so torchrun's
+/// `[rankN]:` prefixes and its "Root Cause" summary only count once that prefix is taken off. The
+/// CUDA OOM of rank 1 is named as rank 1's, in the message and the record.
+#[test]
+fn a_logged_oom_is_attributed_to_its_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = String::from_utf8(fixture("cuda_oom_torch24.log")).unwrap();
+    let out = crate::noloss::launcher(
+        dir.path(),
+        "5",
+        &[("FAKE_STDERR", log.as_str()), ("FAKE_EXIT", "1")],
+    )
+    .args(["--oom-retries", "0"])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let record = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("plan-")
+        })
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    let d = &v["outcome"]["diagnosis"];
+    assert_eq!(d["kind"], "CudaOom", "{d}");
+    assert_eq!(d["rank"], 1, "{d}");
+    assert!(err.contains("Rank 1"), "{err}");
+}
