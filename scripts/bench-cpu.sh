@@ -66,7 +66,17 @@ others() {
   for k in $kids; do s=$((s + $(ticks "$k" 2> /dev/null || echo 0))); done
   echo "$s"
 }
-wait_for() { while [[ ! -e $1 ]]; do sleep 0.05; done; }
+# Waits for a mark file; a launcher that exits without starting the stand-in ends the script.
+wait_for() {
+  while [[ ! -e $1 ]]; do
+    if [[ -n ${2:-} ]] && ! kill -0 "$2" 2> /dev/null; then
+      echo "the run ended before $1 appeared:" >&2
+      cat "$WORK"/out.* "$WORK"/screen.* 2> /dev/null | tail -5 >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+}
 
 measure() { # what mode
   local what=$1 mode=$2 mark="$WORK/mark.$1.$2" cmd
@@ -86,7 +96,7 @@ measure() { # what mode
     bash -c "$cmd" > "$WORK/out.$what" 2>&1 &
   fi
   local runner=$!
-  wait_for "$mark/start"
+  wait_for "$mark/start" "$runner"
   wait_for "$mark/pid"
   local pid gen
   pid=$(cat "$mark/pid")
