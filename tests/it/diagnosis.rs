@@ -396,23 +396,8 @@ fn a_kill_9_of_torchrun_is_reported_as_sigkill_not_out_of_memory() {
     assert_eq!(out.status.code(), Some(137), "{err}");
     assert!(err.contains("torchrun was killed by SIGKILL"), "{err}");
     assert!(!err.contains("out of GPU memory"), "{err}");
-    let record = std::fs::read_dir(dir.path().join("logs"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("plan-")
-        })
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
-    assert_eq!(
-        v["outcome"]["diagnosis"]["kind"], "Killed",
-        "{}",
-        v["outcome"]
-    );
+    let outcome = crate::noloss::record_outcome(dir.path());
+    assert_eq!(outcome["diagnosis"]["kind"], "Killed", "{outcome}");
 }
 
 #[test]
@@ -505,19 +490,8 @@ fn a_logged_oom_is_attributed_to_its_rank() {
     .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let record = std::fs::read_dir(dir.path().join("logs"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("plan-")
-        })
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
-    let d = &v["outcome"]["diagnosis"];
+    let outcome = crate::noloss::record_outcome(dir.path());
+    let d = &outcome["diagnosis"];
     assert_eq!(d["kind"], "CudaOom", "{d}");
     assert_eq!(d["rank"], 1, "{d}");
     assert!(err.contains("Rank 1"), "{err}");
