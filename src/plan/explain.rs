@@ -10,7 +10,8 @@ use crate::units::{fmt_duration, fmt_gib};
 
 /// Text for a terminal: the choice, the global batch equation, the budget, the next alternatives.
 /// `explain` adds the budget table and one bar per chosen GPU; `max_steps` (the profile's, when
-/// known) gives the total run time of the choice and of each alternative.
+/// known) gives the total run time of the choice and of each alternative; `padded_batches` (the
+/// profile's `model.padded_batches`) is what the memory figures assumed of the batches.
 pub fn render_plan(
     profile: &str,
     plan: &Plan,
@@ -18,6 +19,7 @@ pub fn render_plan(
     min_global: u32,
     max_steps: Option<u64>,
     explain: bool,
+    padded_batches: bool,
 ) -> String {
     let mut out = String::new();
     let Some(c) = &plan.chosen else {
@@ -48,7 +50,7 @@ pub fn render_plan(
     // What must fit leads; the nvidia-smi peak (which may exceed the card) comes after, explained.
     let card = chosen.iter().map(|g| g.total_bytes).min();
     write_memory(&mut out, c, &chosen, card);
-    write_memory_assumptions(&mut out, plan);
+    write_memory_assumptions(&mut out, padded_batches);
     let _ = writeln!(
         out,
         "  speed          {:.2} s per optimizer step, {:.1} samples/s (estimate)",
@@ -135,8 +137,8 @@ fn write_memory(out: &mut String, c: &Candidate, chosen: &[&Gpu], card: Option<u
 
 /// What the memory figures assume that the launcher cannot see: the batches' padding and the
 /// attention kernel (docs/budget-model.md, "Padded batches and the attention kernel").
-fn write_memory_assumptions(out: &mut String, plan: &Plan) {
-    let batches = if plan.padded_batches {
+fn write_memory_assumptions(out: &mut String, padded_batches: bool) {
+    let batches = if padded_batches {
         "padded batches"
     } else {
         "unpadded batches (model.padded_batches: false)"

@@ -323,7 +323,6 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
             extra_flags,
             host_ram,
             evaluated,
-            padded_batches: input.spec.padded_batches,
         };
         plan.reasons.push(why_nothing_fits(&all, input));
         if with_levers {
@@ -353,7 +352,6 @@ fn plan_impl(input: &PlanInput, with_levers: bool) -> Result<Plan, PlanError> {
         extra_flags,
         host_ram,
         evaluated,
-        padded_batches: input.spec.padded_batches,
     })
 }
 
@@ -524,7 +522,6 @@ fn pinned_plan(
                 extra_flags: Vec::new(),
                 host_ram: None,
                 evaluated: ev.evaluated,
-                padded_batches: input.spec.padded_batches,
             };
         }
     };
@@ -580,6 +577,5 @@ fn pinned_plan(
         extra_flags: Vec::new(),
         host_ram: None,
         evaluated: ev.evaluated,
-        padded_batches: input.spec.padded_batches,
     }
 }

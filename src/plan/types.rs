@@ -156,10 +156,6 @@ pub struct Plan {
     pub host_ram: Option<budget::HostRam>,
     /// Number of configurations evaluated.
     pub evaluated: usize,
-    /// The memory figures assume padded micro-batches (the profile's `model.padded_batches`); the
-    /// record carries it in `model`.
-    #[serde(skip)]
-    pub padded_batches: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

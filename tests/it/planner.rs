@@ -494,7 +494,7 @@ fn within_the_step_time_error_the_configuration_with_room_wins() {
 fn the_plan_says_the_safety_margin_in_usable() {
     let gpus = parse_gpus_spec("1xa6000").unwrap();
     let p = run("aloha", &gpus, policy(true, true), Pins::default());
-    let text = vla_launch::plan::explain::render_plan("aloha", &p, &gpus, 16, None, false);
+    let text = vla_launch::plan::explain::render_plan("aloha", &p, &gpus, 16, None, false, true);
     let line = text.lines().find(|l| l.contains("usable per GPU")).unwrap();
     assert!(
         line.contains("47.52 GiB free of the 47.99 GiB card, less a 2.40 GiB safety margin"),

@@ -177,6 +177,7 @@ impl Planned {
             self.policy.min_global_batch,
             self.max_steps(),
             explain,
+            self.spec.padded_batches,
         );
         text.push_str(&format!("Script: {}\n", self.script_for_plan().why));
         if self.script_choice.addition_gives_fsdp() {
