@@ -123,7 +123,8 @@ pub(crate) fn record_outcome(dir: &Path) -> serde_json::Value {
                 .starts_with("plan-")
         })
         .expect("a run record");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(rec).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", rec.display()));
     v["outcome"].clone()
 }
 

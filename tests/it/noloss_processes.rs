@@ -16,7 +16,9 @@ use nix::unistd::Pid;
 
 use vla_launch::launch::watchdog::SET_FILE_VAR;
 
-use crate::noloss::{Reap, launcher, wait_all_dead, wait_exit, wait_ready, watchdogs_of};
+use crate::noloss::{
+    Reap, launcher, record_outcome, wait_all_dead, wait_exit, wait_ready, watchdogs_of,
+};
 
 /// The escaping kinds, beside a worker and a setsid orphan that ignore SIGTERM too.
 fn start(dir: &Path, sleep: &str, cgroup: bool, escapes: &str) -> Child {
@@ -52,25 +54,6 @@ fn wait_watchdogs_gone(dir: &Path) {
         assert!(Instant::now() < until, "the watchdog never finished");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The run record's outcome, once it has one (the watchdog writes it after a SIGKILL).
-fn outcome(dir: &Path) -> serde_json::Value {
-    let logs = dir.join("logs");
-    let rec = std::fs::read_dir(&logs)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("plan-")
-        })
-        .expect("a run record");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).unwrap())
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", rec.display()));
-    v["outcome"].clone()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +144,8 @@ fn trial(end: End, cgroup: bool, escapes: &str) {
         "{case}: {pids:?}"
     );
     wait_all_dead(&pids, Duration::from_secs(10), &case);
-    let o = outcome(dir.path());
+    // The watchdog writes it after a SIGKILL.
+    let o = record_outcome(dir.path());
     assert!(
         o.is_object(),
         "{case}: the record has no outcome: {status:?}"
