@@ -376,3 +376,44 @@ fn the_harness_path_runs_the_same_python() {
     let own = std::env::var_os("PATH").unwrap_or_default();
     assert_eq!(which(path()), which(&own));
 }
+
+/// xorshift64*: small, seeded and deterministic, so a failing generated case names its seed (the
+/// fuzz and injection tests' one generator).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// 0..n.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// An index 0..n.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.index(xs.len())]
+    }
+}
+
+/// main's launch record (tests/fixtures/records/main-f32ef0c-run-plan-1795850263.json, written in
+/// another checkout) moved to this one: its paths into tests/fixtures point here.
+pub fn main_launch_record() -> serde_json::Value {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let text =
+        std::fs::read_to_string(fixtures.join("records/main-f32ef0c-run-plan-1795850263.json"))
+            .unwrap()
+            .replace(
+                "/work/wt/structure/tests/fixtures/",
+                &format!("{}/", fixtures.display()),
+            );
+    serde_json::from_str(&text).unwrap()
+}

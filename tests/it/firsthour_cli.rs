@@ -413,13 +413,8 @@ fn displayed_command_expands_placeholders_and_keeps_every_other_byte() {
     )
     .unwrap();
     std::fs::set_permissions(&dumper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = move |n: u64| {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    };
+    let mut rng = crate::common::Rng(0x2545_F491_4F6C_DD1D);
+    let mut next = move |n: u64| rng.below(n);
     const NASTY: &[u8] = b"'\"\\$`!;&|<>(){}[]*?~#= \t\n\x1b%-_/:{}";
     for case in 0..200 {
         let mut args = Vec::new();

@@ -7,24 +7,16 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::Rng;
+
 use vla_launch::cluster::Topology;
 use vla_launch::launch::command::{
     AllocConf, AllocConfSource, CommandError, CommandSpec, Inherited, LaunchCommand, MASK, build,
     display, mask, render, secret_values,
 };
 
-/// xorshift64*: deterministic, so a failure names its seed.
-struct Rng(u64);
+/// The harness's generator, with the shapes this test draws.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
     /// Bytes 1..=255, biased towards the ones a shell cares about.
     fn bytes(&mut self, max_len: u64) -> Vec<u8> {
         const NASTY: &[u8] = b"'\"\\$`!;&|<>(){}[]*?~#= \t\n\r\x1b\x7f%^,.-_/:@+";

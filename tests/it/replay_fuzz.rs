@@ -6,7 +6,7 @@
 //!
 //! The seed differs per run and is printed on failure (`VLA_REPLAY_FUZZ_SEED=N` repeats one).
 
-use crate::common::Vla;
+use crate::common::{Rng, Vla, main_launch_record};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -47,36 +47,10 @@ fn launch_env() -> BTreeMap<&'static str, String> {
 /// main's launch record, moved to this checkout, without the `-- --run_id_note x` its launch
 /// added: exactly what profile aloha and its plan produce.
 fn base_record() -> Value {
-    let text = std::fs::read_to_string(
-        root().join("tests/fixtures/records/main-f32ef0c-run-plan-1795850263.json"),
-    )
-    .unwrap()
-    .replace(
-        "/work/wt/structure/tests/fixtures/",
-        &format!("{}/tests/fixtures/", root().display()),
-    );
-    let mut v: Value = serde_json::from_str(&text).unwrap();
+    let mut v = main_launch_record();
     let argv = v["command"].as_array_mut().unwrap();
     argv.truncate(argv.len() - 2);
     v
-}
-
-/// xorshift64*: small, seeded, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
 }
 
 const HOSTILE: &[&str] = &[
@@ -108,7 +82,7 @@ const HOSTILE: &[&str] = &[
 /// One mutation of `v`, described; None when it happened to change nothing.
 fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
     let argv_len = v["command"].as_array().unwrap().len();
-    match rng.below(9) {
+    match rng.index(9) {
         0 => {
             let p = rng
                 .pick(&[
@@ -121,7 +95,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
                     "",
                 ])
                 .to_string();
-            let p = if rng.below(3) == 0 {
+            let p = if rng.index(3) == 0 {
                 format!("{}{}", fake().display(), rng.pick(&["x", " ", "/", ".py"]))
             } else {
                 p
@@ -131,10 +105,10 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
         }
         1 | 2 => {
             // Every argument position is reached: the index is uniform over the argv.
-            let i = 1 + rng.below(argv_len - 1);
+            let i = 1 + rng.index(argv_len - 1);
             let argv = v["command"].as_array_mut().unwrap();
             let old = argv[i].as_str().unwrap().to_string();
-            let new = match rng.below(5) {
+            let new = match rng.index(5) {
                 0 => rng.pick(HOSTILE).to_string(),
                 1 => format!("{old}{}", rng.pick(&["x", " ", "0", "/", "=1"])),
                 2 => old.to_uppercase(),
@@ -145,9 +119,9 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
             format!("argument {i}: {old:?} -> {new:?}")
         }
         3 => {
-            let i = 1 + rng.below(argv_len - 1);
+            let i = 1 + rng.index(argv_len - 1);
             let argv = v["command"].as_array_mut().unwrap();
-            match rng.below(3) {
+            match rng.index(3) {
                 0 => {
                     let old = argv.remove(i);
                     format!("argument {i} ({old}) removed")
@@ -158,7 +132,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
                     format!("{new:?} inserted at {i}")
                 }
                 _ => {
-                    let j = 1 + rng.below(argv_len - 1);
+                    let j = 1 + rng.index(argv_len - 1);
                     argv.swap(i, j);
                     format!("arguments {i} and {j} swapped")
                 }
@@ -166,7 +140,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
         }
         4 => {
             let argv = v["command"].as_array_mut().unwrap();
-            let n = 1 + rng.below(3);
+            let n = 1 + rng.index(3);
             let added: Vec<String> = (0..n).map(|_| rng.pick(HOSTILE).to_string()).collect();
             argv.extend(added.iter().map(|a| Value::from(a.as_str())));
             format!("appended {added:?}")
@@ -174,7 +148,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
         5 => {
             let env = v["env"].as_object_mut().unwrap();
             let keys: Vec<String> = env.keys().cloned().collect();
-            match rng.below(4) {
+            match rng.index(4) {
                 0 => {
                     let k = *rng.pick(&[
                         "BASH_ENV",
@@ -215,7 +189,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
         }
         6 => {
             let workdir = root().join("tests/fixtures/openvla-oft");
-            let cwd = match rng.below(5) {
+            let cwd = match rng.index(5) {
                 0 => "/tmp".to_string(),
                 1 => root().join("tests/fixtures").display().to_string(),
                 2 => ".".to_string(),
@@ -227,7 +201,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
         }
         7 => {
             let evil = evil_yaml.display().to_string();
-            match rng.below(6) {
+            match rng.index(6) {
                 0 => v["profile"] = evil.clone().into(),
                 1 => v["profile"] = "aloha.yaml".into(),
                 2 => v["profile"] = "../launch-profiles/aloha".into(),
@@ -235,7 +209,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
                 4 => v["profile"] = "".into(),
                 _ => v["profile"] = "launch-profiles/aloha.yaml".into(),
             }
-            if rng.below(2) == 0 {
+            if rng.index(2) == 0 {
                 v["profile_origin"] = json!({"kind": "file", "path": evil});
             }
             format!(
@@ -244,7 +218,7 @@ fn tamper(v: &mut Value, rng: &mut Rng, evil_yaml: &Path) -> String {
             )
         }
         _ => {
-            let (field, value) = match rng.below(9) {
+            let (field, value) = match rng.index(9) {
                 0 => ("batch_size", json!(16)),
                 1 => ("grad_accumulation_steps", json!(2)),
                 2 => ("nproc_per_node", json!(1)),
@@ -400,7 +374,7 @@ fn a_thousand_tampered_records_run_nothing_the_profile_and_plan_do_not_produce()
                     r.0
                 );
                 refused += 1;
-                if refused_sample.len() < REFUSED_THROUGH_BINARY && rng.below(20) == 0 {
+                if refused_sample.len() < REFUSED_THROUGH_BINARY && rng.index(20) == 0 {
                     refused_sample.push((what, v));
                 }
             }

@@ -35,15 +35,7 @@ fn bin() -> Vla {
 
 /// main's launch record, moved to this checkout, edited by `edit`, written to `dir`.
 fn record(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let text = std::fs::read_to_string(
-        root().join("tests/fixtures/records/main-f32ef0c-run-plan-1795850263.json"),
-    )
-    .unwrap()
-    .replace(
-        "/work/wt/structure/tests/fixtures/",
-        &format!("{}/tests/fixtures/", root().display()),
-    );
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut v = crate::common::main_launch_record();
     // Its launch passed `-- --run_id_note x`, which the profile does not produce: without it,
     // the record is exactly what the profile and its plan produce.
     let argv = v["command"].as_array_mut().unwrap();
