@@ -390,7 +390,8 @@ fn a_thousand_tampered_records_run_nothing_the_profile_and_plan_do_not_produce()
 
     let path = dir.path().join("plan-1.json");
     let torchrun_arg = ["--torchrun", torchrun.to_str().unwrap()];
-    for (what, v) in &refused_sample {
+    // The binary's replay of record `v`: its exit code and stderr (`seen.json` cleared first).
+    let replay = |v: &Value| {
         std::fs::write(&path, v.to_string()).unwrap();
         let _ = std::fs::remove_file(dir.path().join("seen.json"));
         let out = bin(dir.path())
@@ -399,8 +400,14 @@ fn a_thousand_tampered_records_run_nothing_the_profile_and_plan_do_not_produce()
             .args(torchrun_arg)
             .output()
             .unwrap();
-        let e = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "seed {seed}: {what}: {e}");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (what, v) in &refused_sample {
+        let (code, e) = replay(v);
+        assert_eq!(code, Some(2), "seed {seed}: {what}: {e}");
         assert!(
             seen(dir.path()).is_none(),
             "seed {seed}: {what}: refused in-process, but the binary ran it"
@@ -408,16 +415,8 @@ fn a_thousand_tampered_records_run_nothing_the_profile_and_plan_do_not_produce()
         assert!(e.contains("--trust-record"), "{e}");
     }
     for (what, v) in accepted.iter().chain([&("untampered".to_string(), base)]) {
-        std::fs::write(&path, v.to_string()).unwrap();
-        let _ = std::fs::remove_file(dir.path().join("seen.json"));
-        let out = bin(dir.path())
-            .arg("replay")
-            .arg(&path)
-            .args(torchrun_arg)
-            .output()
-            .unwrap();
-        let e = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "seed {seed}: {what}: {e}");
+        let (code, e) = replay(v);
+        assert_eq!(code, Some(0), "seed {seed}: {what}: {e}");
         assert_ran_expected(dir.path(), &expected, &format!("seed {seed}: {what}"));
     }
     eprintln!(
