@@ -442,3 +442,62 @@ fn ports_are_derived_from_the_job_id_within_range() {
     }
     assert_eq!(port_for_job("job_7"), port_for_job("job_7"));
 }
+
+/// The shipped sbatch survives Slurm's SIGUSR1 arriving at once (a --time under the signal's
+/// lead: the signal can come in the job's first second), while the script still works out its
+/// time limit (squeue), before its requeue trap exists: it used to die of the signal (exit 138,
+/// seen in CI's Slurm suite). Stand-ins for squeue, scontrol and srun; the test sends the signal
+/// while squeue runs (the stand-in says so, then waits for the test's go).
+#[test]
+fn the_shipped_sbatch_holds_an_early_sigusr1() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let (asked, go) = (dir.path().join("asked"), dir.path().join("go"));
+    let stub = |name: &str, body: String| {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    stub(
+        "squeue",
+        format!(
+            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done; echo 2:00",
+            asked.display(),
+            go.display()
+        ),
+    );
+    stub("scontrol", "echo \"scontrol $*\" >&2".into());
+    stub("srun", "echo srun ran".into());
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut child = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/slurm/finetune.sbatch"
+        ))
+        .env("PATH", path)
+        .env("SLURM_JOB_ID", "7")
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !asked.exists() {
+        assert!(std::time::Instant::now() < until, "squeue never ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("not requeueing job 7"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("srun ran"));
+}
