@@ -471,7 +471,7 @@ fn the_shipped_sbatch_holds_an_early_sigusr1() {
     stub("scontrol", "echo \"scontrol $*\" >&2".into());
     stub("srun", "echo srun ran".into());
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let mut child = std::process::Command::new("bash")
+    let child = std::process::Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/slurm/finetune.sbatch"
