@@ -130,11 +130,15 @@ pub(in crate::app) fn peer_cause(
     outcome: Option<&supervisor::Outcome>,
     from_watch: Option<peers::PeerStop>,
 ) -> Option<peers::PeerStop> {
-    let signalled = outcome.is_some_and(|o| o.interrupted_by.is_some() || o.signal.is_some());
+    // Stopped by a signal, or torchrun ended badly before the launcher handled its own signal
+    // (srun signals every process of the step: torchrun may exit 143 first): a peer that could
+    // not start is then the cause.
+    let ended_badly = outcome
+        .is_some_and(|o| o.interrupted_by.is_some() || o.signal.is_some() || o.exit_code != 0);
     from_watch
         .filter(|peer| caused_by_peer(outcome, peer))
         .or_else(|| {
-            signalled
+            ended_badly
                 .then(|| peer_start_failure(ctx, log_dir))
                 .flatten()
         })
