@@ -255,6 +255,24 @@ pub fn signal_all(pids: impl IntoIterator<Item = i32>, sig: Signal) -> usize {
         .count()
 }
 
+/// Whether `pid` has a handler for `sig` (its bit in `SigCgt` of `/proc/PID/status`): such a
+/// process survives the signal; one without would take the default action (for SIGUSR1: die).
+/// False when the process is gone or the line cannot be read.
+pub fn catches(pid: i32, sig: Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    sig_caught(&status, sig)
+}
+
+fn sig_caught(status: &str, sig: Signal) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (sig as i32 - 1)) != 0)
+}
+
 /// Signals a whole process group; false when the group no longer exists.
 pub fn signal_group(pgid: i32, sig: Signal) -> bool {
     kill(Pid::from_raw(-pgid), sig) != Err(Errno::ESRCH)
@@ -439,6 +457,18 @@ impl Drop for RunCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caught_signals_are_read_from_sigcgt() {
+        // Bit n-1 is signal n: 0x4a02 = SIGINT (0x2), SIGUSR1 (0x200), SIGUSR2 (0x800), SIGTERM.
+        let status = "Name:\tpython\nSigIgn:\t0000000001001000\nSigCgt:\t0000000180004a02\n";
+        assert!(sig_caught(status, Signal::SIGUSR1));
+        assert!(sig_caught(status, Signal::SIGINT));
+        assert!(!sig_caught(status, Signal::SIGHUP));
+        assert!(!sig_caught("SigCgt:\t0000000000000000\n", Signal::SIGUSR1));
+        assert!(!sig_caught("Name:\tx\n", Signal::SIGUSR1));
+        assert!(!catches(i32::MAX, Signal::SIGUSR1));
+    }
 
     #[test]
     fn stat_lines() {

@@ -412,6 +412,27 @@ fn sigusr1_reaches_the_workers_not_torchrun() {
     assert_all_dead(&pids, "after exit");
 }
 
+/// A SIGUSR1 is a warning, never a stop: a worker that does not handle it (upstream finetune.py
+/// does not; its default action is to die) must not get it. The launcher reads which processes
+/// catch it. Here the workers do not: they must still be running when torchrun ends.
+#[test]
+fn sigusr1_spares_workers_that_do_not_handle_it() {
+    let fx = Fixture::new(&[("FAKE_WORKERS", "2"), ("FAKE_SLEEP", "1.5")]);
+    let (signals, thread) = fx.start(fx.options(Duration::from_secs(5)));
+    let pids = fx.wait_ready();
+    signals.send(Signal::SIGUSR1);
+    let o = thread.join().unwrap().unwrap();
+    assert_eq!((o.exit_code, o.interrupted_by), (0, None));
+    let log = String::from_utf8_lossy(&fx.read("run.log")).into_owned();
+    assert!(
+        log.contains("SIGUSR1 not forwarded to 2 process(es) that do not handle it"),
+        "{log}"
+    );
+    // Both workers outlived torchrun (they were alive at its end, then ended as leftovers).
+    assert_eq!(o.leftover_processes, 2, "{o:?}\n{log}");
+    assert_all_dead(&pids, "after exit");
+}
+
 /// Not a test on its own: when `torchrun_gets_sigterm_when_the_launcher_is_killed` re-runs this
 /// binary with VLA_TEST_LAUNCHER_LOG set, this plays the launcher process (then gets killed).
 #[test]

@@ -11,9 +11,11 @@
 //!   A second stop signal kills at once, except a repeated SIGTERM under Slurm (Slurm signals
 //!   every process of the step and srun forwards it too). What each signal means is decided by
 //!   a pure state machine (`policy.rs`, table-tested); `run` only carries out its actions.
-//! - SIGUSR1 (Slurm's "preemption soon" warning) goes to the workers, which may checkpoint on it;
-//!   torchrun gets it only if it declares it handles it (`TORCHELASTIC_SIGNALS_TO_HANDLE`),
-//!   since its default action would terminate torchrun without stopping the workers.
+//! - SIGUSR1 (Slurm's "preemption soon" warning) goes to the workers that handle it (`SigCgt` in
+//!   /proc), which may checkpoint on it; the others (upstream finetune.py) would die of it, so they
+//!   do not get it. torchrun gets it only if it declares it handles it
+//!   (`TORCHELASTIC_SIGNALS_TO_HANDLE`), since its default action would terminate torchrun without
+//!   stopping the workers.
 //! - torchrun gets PR_SET_PDEATHSIG=SIGTERM: if the launcher is killed outright, torchrun still
 //!   shuts its workers down. The kernel sends it when the *thread* that spawned torchrun exits,
 //!   so call `run` from a thread that lives as long as the run (`run_blocking` does).
@@ -343,14 +345,24 @@ impl Effects<'_> {
                 process_tree::signal_all([self.pid], sig);
             }
             Action::SignalWorkers { sig, with_torchrun } => {
-                let workers: Vec<i32> = process_tree::members_in(Some(self.pid), self.scope)
-                    .iter()
-                    .filter(|p| !p.zombie && (p.pid != self.pid || with_torchrun))
-                    .map(|p| p.pid)
-                    .collect();
-                let n = process_tree::signal_all(workers, sig);
+                // Only to processes that handle it: for one that does not, the default action
+                // (for SIGUSR1: terminate) would end training on a mere warning.
+                let (catching, not): (Vec<i32>, Vec<i32>) =
+                    process_tree::members_in(Some(self.pid), self.scope)
+                        .iter()
+                        .filter(|p| !p.zombie && (p.pid != self.pid || with_torchrun))
+                        .map(|p| p.pid)
+                        .partition(|&pid| process_tree::catches(pid, sig));
+                let n = process_tree::signal_all(catching, sig);
                 self.notes
                     .note(format!("{sig} forwarded to {n} process(es)"));
+                if !not.is_empty() {
+                    self.notes.note(format!(
+                        "{sig} not forwarded to {} process(es) that do not handle it (it would \
+                         end them): pids {not:?}",
+                        not.len()
+                    ));
+                }
             }
             Action::ArmDeadline(grace) => {
                 *deadline = Some(after(tokio::time::Instant::now(), grace));

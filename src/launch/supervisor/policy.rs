@@ -7,7 +7,8 @@
 //!   period; when the grace is over, SIGKILL to the run.
 //! - A second stop signal kills at once, except a repeated SIGTERM under Slurm (Slurm signals
 //!   every process of the step and srun forwards it as well: that is not a user asking twice).
-//! - SIGUSR1 goes to the workers (to torchrun too only if it declares it handles it), never stops.
+//! - SIGUSR1 goes to the workers that handle it (to torchrun too only if it declares it handles
+//!   it), never stops.
 //! - Another node's failure stops the run like SIGTERM, but never escalates a stop under way.
 
 use std::time::Duration;
