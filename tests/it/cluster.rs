@@ -501,3 +501,98 @@ fn the_shipped_sbatch_holds_an_early_sigusr1() {
     assert!(err.contains("not requeueing job 7"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("srun ran"));
 }
+
+/// Runs the shipped sbatch with stand-ins: `squeue` says `time_limit`, `scontrol` exits with
+/// `scontrol_rc`, and `srun` (started in the background) says that it runs, waits for the test's
+/// go, then exits 3. The test sends SIGUSR1 to the batch shell while it waits for srun, and
+/// gives srun its go once the shell has printed `trap_said` (or has ended). Returns the shell's
+/// exit code and what it printed.
+fn sbatch_signalled_while_srun_runs(
+    time_limit: &str,
+    scontrol_rc: i32,
+    trap_said: &str,
+) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let (running, go) = (dir.path().join("running"), dir.path().join("go"));
+    let stub = |name: &str, body: String| {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    stub("squeue", format!("echo {time_limit}"));
+    stub(
+        "scontrol",
+        format!("echo \"scontrol $*\" >&2; exit {scontrol_rc}"),
+    );
+    stub(
+        "srun",
+        format!(
+            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done; echo srun ends; exit 3",
+            running.display(),
+            go.display()
+        ),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let log = dir.path().join("log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/slurm/finetune.sbatch"
+        ))
+        .env("PATH", path)
+        .env("SLURM_JOB_ID", "7")
+        .env("WANDB_ENTITY", "e")
+        .env("WANDB_PROJECT", "p")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !running.exists() {
+        assert!(std::time::Instant::now() < until, "srun never ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let shell = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(shell, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::fs::read_to_string(&log).unwrap().contains(trap_said) {
+            break None;
+        }
+        assert!(std::time::Instant::now() < until, "the trap never ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    std::fs::write(&go, "").unwrap();
+    let status = status.unwrap_or_else(|| child.wait().unwrap());
+    (status.code(), std::fs::read_to_string(&log).unwrap())
+}
+
+/// A SIGUSR1 while the batch shell waits for srun must leave the job running until srun ends
+/// (the job's end is srun's): with a --time under the lead the trap says `not requeueing` and
+/// returns; bash 5.2 under `set -e` made a bare `return` in a trap handler return the
+/// interrupted `wait`'s 138, and the shell died of errexit at once (the job FAILED 138:0 within a
+/// second of the signal, ending training that the message said would run to its time limit).
+#[test]
+fn the_shipped_sbatch_keeps_waiting_for_srun_after_a_sigusr1_it_does_not_requeue_for() {
+    let (code, text) = sbatch_signalled_while_srun_runs("2:00", 0, "not requeueing");
+    assert!(text.contains("not requeueing job 7"), "{text}");
+    assert!(text.contains("srun ends"), "{text}");
+    assert_eq!(code, Some(3), "the shell's exit must be srun's: {text}");
+}
+
+/// The same when the requeue itself fails (`scontrol requeue` exits 1): the job runs on to its
+/// time limit, as the message says.
+#[test]
+fn the_shipped_sbatch_keeps_waiting_for_srun_when_scontrol_requeue_fails() {
+    let (code, text) = sbatch_signalled_while_srun_runs("1-00:00:00", 1, "scontrol requeue failed");
+    assert!(text.contains("scontrol requeue 7"), "{text}");
+    assert!(text.contains("scontrol requeue failed"), "{text}");
+    assert!(text.contains("srun ends"), "{text}");
+    assert_eq!(code, Some(3), "the shell's exit must be srun's: {text}");
+}

@@ -1009,6 +1009,33 @@ fn the_shipped_sbatch_does_not_requeue_a_job_signalled_soon_after_its_start() {
     let info = job.info();
     assert_eq!(info["Restarts"], "0", "{}", job.output());
     assert!(job.output().contains("--time"), "{}", job.output());
+    // "It ends at its time limit": the batch shell lives on and the training with it. A second
+    // batch-only SIGUSR1 gets a second answer (a shell that died of the first cannot give one;
+    // bash 5.2's errexit after a bare `return` in the trap killed it, and the job, at once).
+    let out = Command::new("scancel")
+        .env("SLURM_CONF", &job.conf)
+        .args(["--batch", "--signal=USR1", &job.id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", job.output());
+    let until = Instant::now() + Duration::from_secs(60);
+    while job.output().matches("not requeueing").count() < 2 {
+        assert!(
+            Instant::now() < until,
+            "no answer to a second SIGUSR1: the batch shell died of the first? {:?}\n{}",
+            job.info(),
+            job.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info = job.info();
+    assert_eq!(info["JobState"], "RUNNING", "{info:?}\n{}", job.output());
+    let ev = job.events();
+    assert!(
+        !ev.iter()
+            .any(|e| e["event"] == "exit" || e["event"] == "signal"),
+        "the training must run on: {ev:#?}"
+    );
 }
 
 /// Issue 25 acceptance (items 10, 11): squatters on the job's predictable ports (20000 + id mod
