@@ -150,12 +150,25 @@ pub fn snapshot() -> Vec<ProcInfo> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
+    // One buffer for every stat file, read without asking its size first (a stat file has none).
+    let mut buf = String::with_capacity(1024);
     dir.filter_map(|e| {
         let name = e.ok()?.file_name();
         let pid: i32 = name.to_str()?.parse().ok()?;
-        parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+        buf.clear();
+        let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        io::Read::read_to_string(&mut f, &mut buf).ok()?;
+        parse_stat(&buf)
     })
     .collect()
+}
+
+/// When this process started (clock ticks since boot, as in `/proc/PID/stat`); 0 if unknown.
+pub fn own_start() -> u64 {
+    fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .map_or(0, |p| p.start)
 }
 
 /// `roots` and all their descendants in `procs` (pure).
@@ -192,6 +205,11 @@ pub struct Scope {
     /// child subreaper) as the run's: right in the launcher, which runs one run at a time; wrong
     /// in a process running several (tests).
     pub adopted: bool,
+    /// Start time (clock ticks since boot) of the process that made the marker: no process
+    /// started before it can carry the marker, so only younger ones have their environment
+    /// read (a machine's hundreds of others cost a stat read each, not an environment read).
+    /// 0 reads every process's environment.
+    pub born_after: u64,
 }
 
 impl Scope {
@@ -218,7 +236,12 @@ pub fn members_in_roots(roots: &[i32], scope: &Scope) -> Vec<ProcInfo> {
     roots.extend(
         procs
             .iter()
-            .filter(|p| p.pid != me && !p.zombie && has_marker(p.pid, &needle))
+            .filter(|p| {
+                p.pid != me
+                    && !p.zombie
+                    && p.start >= scope.born_after
+                    && has_marker(p.pid, &needle)
+            })
             .map(|p| p.pid),
     );
     if let Some(dir) = &scope.cgroup {
@@ -457,6 +480,31 @@ impl Drop for RunCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_processes_born_after_the_marker_are_read_for_it() {
+        let marker = format!("born-after-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env(MARKER_VAR, &marker)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let found = |born_after| {
+            let scope = Scope {
+                born_after,
+                ..Scope::marker_only(&marker)
+            };
+            members_in_roots(&[], &scope).iter().any(|p| p.pid == pid)
+        };
+        let (younger, none) = (found(own_start()), found(u64::MAX));
+        let everyone = found(0);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(own_start() > 0);
+        assert!(younger && everyone, "the marked child must be found");
+        assert!(!none, "a cutoff after its start must leave it unread");
+    }
 
     #[test]
     fn caught_signals_are_read_from_sigcgt() {

@@ -278,6 +278,8 @@ fn run_scope(opts: &SuperviseOptions, marker: &str) -> (Option<RunCgroup>, Scope
     let scope = Scope {
         cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
         adopted: opts.adopt_orphans,
+        // The marker was made just now, in this process.
+        born_after: process_tree::own_start(),
         ..Scope::marker_only(marker)
     };
     (cgroup, scope)
