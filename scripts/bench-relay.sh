@@ -6,6 +6,10 @@
 #   SUPERVISE=path/to/supervise         a prebuilt `supervise` example (else built here)
 #   BASE_SUPERVISE=path/to/supervise    also time this one (e.g. a build of the base commit)
 #   STARTUP=1                           also time start to exec (50 runs, as before)
+#   TWICE=1                             also time `twice` (examples/relay_floor.rs): reads of up
+#                                       to 256 KiB (the launcher's size), each written to the copy
+#                                       and to a second file (as the launcher's log), with no other
+#                                       work: the floor of any relay that keeps a log beside the copy
 #
 # Shapes (one producer process each, the real interpreter, not a pyenv shim):
 #   blocks    256 MiB of 80-byte lines written in 64 KiB blocks
@@ -28,6 +32,10 @@ SHAPES=${2:-blocks ranks longline}
 if [[ -z ${SUPERVISE:-} ]]; then
   cargo build --release --quiet --example supervise
 fi
+if [[ -n ${TWICE:-} ]]; then
+  cargo build --release --quiet --example relay_floor
+fi
+FLOOR=$(readlink -f target/release/examples/relay_floor)
 SUP=$(readlink -f "${SUPERVISE:-target/release/examples/supervise}")
 PY=$(python3 -c 'import sys; print(sys.executable)')
 WORK=$(mktemp -d)
@@ -91,15 +99,22 @@ for shape in $SHAPES; do
   fi
   bytes=$(stat -c %s "$WORK/expected")
   : > "$WORK/time.cat"
+  : > "$WORK/time.twice"
   for l in "${launchers[@]}"; do : > "$WORK/time.$l"; : > "$WORK/cpu.$l"; done
   for run in $(seq "$RUNS"); do
     # Each repetition starts with the next one of them (cat, launcher, base, cat, ...), so that
     # none always runs right after another's writes (their writeback, a truncated file).
     order=(cat "${launchers[@]}")
+    [[ -n ${TWICE:-} ]] && order+=(twice)
     k=$(((run - 1) % ${#order[@]}))
     for l in "${order[@]:k}" "${order[@]:0:k}"; do
       if [[ $l == cat ]]; then
         { time bash -c "$(producer "$shape")" | cat > "$WORK/out.cat"; } 2>> "$WORK/time.cat"
+        continue
+      fi
+      if [[ $l == twice ]]; then
+        { time bash -c "$(producer "$shape")" | "$FLOOR" "$WORK/second.twice" > "$WORK/out.twice"; } 2>> "$WORK/time.twice"
+        cmp -s "$WORK/second.twice" "$WORK/out.twice" || { echo "twice: copies differ" >&2; exit 1; }
         continue
       fi
       bin=$SUP
@@ -128,6 +143,10 @@ for shape in $SHAPES; do
   cat_ms=$(wall cat)
   cat_cpu=$(cpu cat)
   printf '%-9s %4d MiB  cat %6.1f ms (all CPU %4.0f ms)' "$shape" $((bytes >> 20)) "$cat_ms" "$cat_cpu"
+  if [[ -n ${TWICE:-} ]]; then
+    printf ' | twice %6.1f ms = %.2fx cat (all CPU %4.0f ms)' "$(wall twice)" \
+      "$(awk -v a="$(wall twice)" -v b="$cat_ms" 'BEGIN { print a / b }')" "$(cpu twice)"
+  fi
   for l in "${launchers[@]}"; do
     l_ms=$(wall "$l")
     l_cpu=$(cpu "$l")
