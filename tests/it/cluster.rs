@@ -527,11 +527,13 @@ fn sbatch_signalled_while_srun_runs(
         "scontrol",
         format!("echo \"scontrol $*\" >&2; exit {scontrol_rc}"),
     );
+    // It also ends when the test's directory is gone (a test that failed early), never lingers.
     stub(
         "srun",
         format!(
-            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done; echo srun ends; exit 3",
+            "touch '{}'; while [ -d '{}' ] && [ ! -e '{}' ]; do sleep 0.02; done; echo srun ends; exit 3",
             running.display(),
+            dir.path().display(),
             go.display()
         ),
     );
