@@ -443,6 +443,90 @@ fn ports_are_derived_from_the_job_id_within_range() {
     assert_eq!(port_for_job("job_7"), port_for_job("job_7"));
 }
 
+/// A scratch directory with stand-ins for Slurm's commands on PATH, to run the shipped sbatch
+/// without Slurm.
+struct StandIns {
+    dir: tempfile::TempDir,
+}
+
+impl StandIns {
+    fn new() -> StandIns {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        StandIns { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The stand-in `name`, a bash script running `body`.
+    fn stub(&self, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path("bin").join(name);
+        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Shell lines for a stand-in: create `mark`, then wait for the test's `go` (or for the
+    /// test's directory to be gone: a test that failed early never leaves a stand-in behind).
+    fn mark_then_wait(&self, mark: &str, go: &str) -> String {
+        format!(
+            "touch '{}'; while [ -d '{}' ] && [ ! -e '{}' ]; do sleep 0.02; done",
+            self.path(mark).display(),
+            self.dir.path().display(),
+            self.path(go).display()
+        )
+    }
+
+    /// Until the stand-in has created `mark`.
+    fn wait_mark(&self, mark: &str, what: &str) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.path(mark).exists() {
+            assert!(std::time::Instant::now() < until, "{what} never ran");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn go(&self, go: &str) {
+        std::fs::write(self.path(go), "").unwrap();
+    }
+
+    /// The shipped sbatch as job 7, the stand-ins first on PATH.
+    fn sbatch(
+        &self,
+        out: impl Into<std::process::Stdio>,
+        err: impl Into<std::process::Stdio>,
+    ) -> std::process::Child {
+        let path = format!(
+            "{}:{}",
+            self.path("bin").display(),
+            std::env::var("PATH").unwrap()
+        );
+        std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/slurm/finetune.sbatch"
+            ))
+            .env("PATH", path)
+            .env("SLURM_JOB_ID", "7")
+            .env("WANDB_ENTITY", "e")
+            .env("WANDB_PROJECT", "p")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    }
+}
+
+fn sigusr1(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+}
+
 /// The shipped sbatch survives Slurm's SIGUSR1 arriving at once (a --time under the signal's
 /// lead: the signal can come in the job's first second), while the script still works out its
 /// time limit (squeue), before its requeue trap exists: it used to die of the signal (exit 138,
@@ -450,51 +534,17 @@ fn ports_are_derived_from_the_job_id_within_range() {
 /// while squeue runs (the stand-in says so, then waits for the test's go).
 #[test]
 fn the_shipped_sbatch_holds_an_early_sigusr1() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let (asked, go) = (dir.path().join("asked"), dir.path().join("go"));
-    let stub = |name: &str, body: String| {
-        let p = bin.join(name);
-        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
-    stub(
+    let s = StandIns::new();
+    s.stub(
         "squeue",
-        format!(
-            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done; echo 2:00",
-            asked.display(),
-            go.display()
-        ),
+        &format!("{}; echo 2:00", s.mark_then_wait("asked", "go")),
     );
-    stub("scontrol", "echo \"scontrol $*\" >&2".into());
-    stub("srun", "echo srun ran".into());
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let child = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/slurm/finetune.sbatch"
-        ))
-        .env("PATH", path)
-        .env("SLURM_JOB_ID", "7")
-        .env("WANDB_ENTITY", "e")
-        .env("WANDB_PROJECT", "p")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !asked.exists() {
-        assert!(std::time::Instant::now() < until, "squeue never ran");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .unwrap();
-    std::fs::write(&go, "").unwrap();
+    s.stub("scontrol", "echo \"scontrol $*\" >&2");
+    s.stub("srun", "echo srun ran");
+    let child = s.sbatch(std::process::Stdio::piped(), std::process::Stdio::piped());
+    s.wait_mark("asked", "squeue");
+    sigusr1(&child);
+    s.go("go");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -512,54 +562,25 @@ fn sbatch_signalled_while_srun_runs(
     scontrol_rc: i32,
     trap_said: &str,
 ) -> (Option<i32>, String) {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let (running, go) = (dir.path().join("running"), dir.path().join("go"));
-    let stub = |name: &str, body: String| {
-        let p = bin.join(name);
-        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
-    stub("squeue", format!("echo {time_limit}"));
-    stub(
+    let s = StandIns::new();
+    s.stub("squeue", &format!("echo {time_limit}"));
+    s.stub(
         "scontrol",
-        format!("echo \"scontrol $*\" >&2; exit {scontrol_rc}"),
+        &format!("echo \"scontrol $*\" >&2; exit {scontrol_rc}"),
     );
-    // It also ends when the test's directory is gone (a test that failed early), never lingers.
-    stub(
+    s.stub(
         "srun",
-        format!(
-            "touch '{}'; while [ -d '{}' ] && [ ! -e '{}' ]; do sleep 0.02; done; echo srun ends; exit 3",
-            running.display(),
-            dir.path().display(),
-            go.display()
+        &format!(
+            "{}; echo srun ends; exit 3",
+            s.mark_then_wait("running", "go")
         ),
     );
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let log = dir.path().join("log");
+    let log = s.path("log");
     let file = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/slurm/finetune.sbatch"
-        ))
-        .env("PATH", path)
-        .env("SLURM_JOB_ID", "7")
-        .env("WANDB_ENTITY", "e")
-        .env("WANDB_PROJECT", "p")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let mut child = s.sbatch(file.try_clone().unwrap(), file);
+    s.wait_mark("running", "srun");
+    sigusr1(&child);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !running.exists() {
-        assert!(std::time::Instant::now() < until, "srun never ran");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let shell = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(shell, nix::sys::signal::Signal::SIGUSR1).unwrap();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
@@ -570,7 +591,7 @@ fn sbatch_signalled_while_srun_runs(
         assert!(std::time::Instant::now() < until, "the trap never ran");
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    std::fs::write(&go, "").unwrap();
+    s.go("go");
     let status = status.unwrap_or_else(|| child.wait().unwrap());
     (status.code(), std::fs::read_to_string(&log).unwrap())
 }
