@@ -31,6 +31,8 @@ pub struct ProcInfo {
     pub pid: i32,
     pub ppid: i32,
     pub zombie: bool,
+    /// Its process group (0 where the line has no such field).
+    pub pgrp: i32,
     /// When it started (clock ticks since boot; 0 where the line has no such field): with the
     /// pid, names the process so that a reused pid is never taken for it.
     pub start: u64,
@@ -54,14 +56,29 @@ pub fn parse_stat(stat: &str) -> Option<ProcInfo> {
     let mut fields = after_comm.split_whitespace();
     let state = fields.next()?;
     let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
     // Field 22 of proc(5), the 20th after comm (state is the first).
-    let start = fields.nth(17).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let start = fields.nth(16).and_then(|f| f.parse().ok()).unwrap_or(0);
     Some(ProcInfo {
         pid,
         ppid,
         zombie: state == "Z" || state == "X",
+        pgrp,
         start,
     })
+}
+
+/// `path` (a /proc stat file) read into `buf` and parsed; `None` when it cannot be read.
+fn read_stat(path: &str, buf: &mut String) -> Option<ProcInfo> {
+    buf.clear();
+    let mut f = fs::File::open(path).ok()?;
+    io::Read::read_to_string(&mut f, buf).ok()?;
+    parse_stat(buf)
+}
+
+/// `/proc/PID/stat` parsed; `None` when the process is gone.
+fn stat_of(pid: i32) -> Option<ProcInfo> {
+    read_stat(&format!("/proc/{pid}/stat"), &mut String::new())
 }
 
 /// One process, safe against pid reuse: its pid and its start time.
@@ -91,7 +108,7 @@ pub fn descendants_of(root: i32, skip: i32) -> Vec<ProcId> {
     pids.into_iter()
         .filter(|&pid| pid != skip && !is_watchdog(pid))
         .filter_map(|pid| {
-            let p = parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+            let p = stat_of(pid)?;
             (!p.zombie).then_some(ProcId {
                 pid,
                 start: p.start,
@@ -139,10 +156,7 @@ fn tree_below(root: i32) -> Option<Vec<i32>> {
 
 /// Whether `id` still runs: the same pid with the same start time, not a zombie.
 pub fn still_running(id: ProcId) -> bool {
-    fs::read_to_string(format!("/proc/{}/stat", id.pid))
-        .ok()
-        .and_then(|s| parse_stat(&s))
-        .is_some_and(|p| !p.zombie && p.start == id.start)
+    stat_of(id.pid).is_some_and(|p| !p.zombie && p.start == id.start)
 }
 
 /// Every process visible in /proc (they come and go while we read: missing ones are skipped).
@@ -155,20 +169,14 @@ pub fn snapshot() -> Vec<ProcInfo> {
     dir.filter_map(|e| {
         let name = e.ok()?.file_name();
         let pid: i32 = name.to_str()?.parse().ok()?;
-        buf.clear();
-        let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-        io::Read::read_to_string(&mut f, &mut buf).ok()?;
-        parse_stat(&buf)
+        read_stat(&format!("/proc/{pid}/stat"), &mut buf)
     })
     .collect()
 }
 
 /// When this process started (clock ticks since boot, as in `/proc/PID/stat`); 0 if unknown.
 pub fn own_start() -> u64 {
-    fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_stat(&s))
-        .map_or(0, |p| p.start)
+    read_stat("/proc/self/stat", &mut String::new()).map_or(0, |p| p.start)
 }
 
 /// `roots` and all their descendants in `procs` (pure).
@@ -315,16 +323,7 @@ pub fn reap_adopted(procs: &[ProcInfo], skip: Option<i32>) {
 pub fn group_members(pgid: i32) -> Vec<i32> {
     snapshot()
         .into_iter()
-        .filter(|p| !p.zombie && p.pid != std::process::id() as i32)
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{}/stat", p.pid)).is_ok_and(|st| {
-                st[st.rfind(')').map_or(0, |i| i + 1)..]
-                    .split_whitespace()
-                    .nth(2)
-                    .and_then(|g| g.parse::<i32>().ok())
-                    == Some(pgid)
-            })
-        })
+        .filter(|p| !p.zombie && p.pid != std::process::id() as i32 && p.pgrp == pgid)
         .map(|p| p.pid)
         .collect()
 }
@@ -507,6 +506,22 @@ mod tests {
     }
 
     #[test]
+    fn a_groups_members_are_read_from_their_stat() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (own, other) = (group_members(pid), group_members(i32::MAX));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(own, [pid]);
+        assert!(other.is_empty());
+    }
+
+    #[test]
     fn caught_signals_are_read_from_sigcgt() {
         // Bit n-1 is signal n: 0x4a02 = SIGINT (0x2), SIGUSR1 (0x200), SIGUSR2 (0x800), SIGTERM.
         let status = "Name:\tpython\nSigIgn:\t0000000001001000\nSigCgt:\t0000000180004a02\n";
@@ -531,7 +546,10 @@ mod tests {
             assert_eq!(got, want, "{line}");
         }
         let full = "7 (a) S 1 7 7 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 1 2";
-        assert_eq!(parse_stat(full).map(|p| p.start), Some(123456));
+        assert_eq!(
+            parse_stat(full).map(|p| (p.pgrp, p.start)),
+            Some((7, 123456))
+        );
     }
 
     #[test]
@@ -589,6 +607,7 @@ mod tests {
             pid,
             ppid,
             zombie: false,
+            pgrp: 0,
             start: 0,
         };
         let procs = [p(1, 0), p(10, 1), p(11, 10), p(12, 11), p(20, 1), p(21, 20)];
