@@ -9,7 +9,7 @@
 //! notes. It is read only from a private directory and a private file owned by this user, so no
 //! other user can make a node take a code; its text is shown escaped and bounded.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::secret::{JobSecret, check_private};
@@ -38,7 +38,7 @@ pub fn write_start_failure(
     exit_code: i32,
     why: &str,
 ) -> io::Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -46,23 +46,9 @@ pub fn write_start_failure(
     check_private(dir, true)
         .map_err(|why| io::Error::other(format!("{}: {why}", dir.display())))?;
     let path = note_path(dir, job, restart, node);
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let text = format!("{exit_code}\n{}\n", printable(why.as_bytes(), MAX_WHY));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map(|()| path)
+    crate::record::write_atomic(&path, &text, 0o600)?;
+    Ok(path)
 }
 
 /// The first start failure another node (of `nnodes`, not `me`) left for this start of the job,
