@@ -8,6 +8,7 @@
 //! `script_caps` serve only the commands and stay private.
 
 pub mod app;
+mod atomic_file;
 pub mod budget;
 pub mod calibration;
 pub mod cli;

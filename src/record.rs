@@ -23,9 +23,8 @@ use crate::model::{Component, ModelSpec};
 use crate::plan::{Alternative, Pins};
 use crate::profile::Origin;
 
-mod atomic;
 mod write;
-pub use atomic::write_atomic;
+pub use crate::atomic_file::write_atomic;
 pub use write::{create_dir, dir_mode, write_file};
 
 /// The format this build writes, and the newest it reads.

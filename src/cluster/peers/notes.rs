@@ -47,7 +47,7 @@ pub fn write_start_failure(
         .map_err(|why| io::Error::other(format!("{}: {why}", dir.display())))?;
     let path = note_path(dir, job, restart, node);
     let text = format!("{exit_code}\n{}\n", printable(why.as_bytes(), MAX_WHY));
-    crate::record::write_atomic(&path, &text, 0o600)?;
+    crate::atomic_file::write_atomic(&path, &text, 0o600)?;
     Ok(path)
 }
 
