@@ -345,7 +345,7 @@ pub fn training_output(log: &[u8]) -> Vec<u8> {
             if training {
                 out.extend_from_slice(payload);
             }
-        } else if line.len() >= PREFIX_LEN && line[23] == b'Z' && line[29] == b'|' {
+        } else if is_record(line) {
             training = &line[25..28] != b"---";
             if training {
                 out.extend_from_slice(&line[PREFIX_LEN..]);
@@ -355,6 +355,11 @@ pub fn training_output(log: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Whether `line` starts with a record's full prefix (timestamp, stream, `|`).
+fn is_record(line: &[u8]) -> bool {
+    line.len() >= PREFIX_LEN && line[23] == b'Z' && line[29] == b'|'
 }
 
 /// Gives every continuation line of a log (format 2) the prefix of the record it continues,
@@ -378,7 +383,7 @@ impl Expand {
             None => {
                 self.prefix.clear();
                 // A record of the stream (whole): a continuation may follow it.
-                if line.len() >= PREFIX_LEN && line[23] == b'Z' && line[29] == b'|' {
+                if is_record(&line) {
                     self.prefix.extend_from_slice(&line[..PREFIX_LEN]);
                 }
                 line
