@@ -308,7 +308,7 @@ fn supervise(p: Prepared, ctx: &Planned, log_dir: &Path) -> Supervised {
 /// The log of a run stopped before torchrun started says so, and why when another node said.
 fn note_not_started(o: &supervisor::Outcome, peer: Option<&peers::PeerStop>) {
     let sig = o.interrupted_by.unwrap_or(libc::SIGTERM);
-    let name = nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.to_string());
+    let name = supervisor::signal_name(sig);
     let why = peer.map_or(String::new(), |p| format!(": {p}"));
     append_note(
         &o.log_path,

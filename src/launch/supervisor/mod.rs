@@ -55,7 +55,7 @@ mod signals;
 
 use cleanup::{after, end_leftovers, kill_run};
 use guard::Guard;
-pub use outcome::{KillReason, LaunchError, Outcome, fmt_duration, summary_line};
+pub use outcome::{KillReason, LaunchError, Outcome, fmt_duration, signal_name, summary_line};
 use output::Output;
 use policy::{Action, Event, LeftoverGrace, StopConfig, StopPolicy};
 pub use relay::Sink;

@@ -157,7 +157,8 @@ pub fn summary_line(o: &Outcome) -> String {
     )
 }
 
-pub(super) fn signal_name(sig: i32) -> String {
+/// `SIGTERM` for 15; `signal N` for a number that names no signal.
+pub fn signal_name(sig: i32) -> String {
     Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }
 
