@@ -9,7 +9,9 @@
 #   TWICE=1                             also time `twice` (examples/relay_floor.rs): reads of up
 #                                       to 256 KiB (the launcher's size), each written to the copy
 #                                       and to a second file (as the launcher's log), with no other
-#                                       work: the floor of any relay that keeps a log beside the copy
+#                                       work: the floor of any relay that keeps a log beside the copy;
+#                                       and `splice` (the same with `--splice`): tee(2) and splice(2)
+#                                       move the bytes into both files without a copy in user space
 #
 # Shapes (one producer process each, the real interpreter, not a pyenv shim):
 #   blocks    256 MiB of 80-byte lines written in 64 KiB blocks
@@ -100,21 +102,24 @@ for shape in $SHAPES; do
   bytes=$(stat -c %s "$WORK/expected")
   : > "$WORK/time.cat"
   : > "$WORK/time.twice"
+  : > "$WORK/time.splice"
   for l in "${launchers[@]}"; do : > "$WORK/time.$l"; : > "$WORK/cpu.$l"; done
   for run in $(seq "$RUNS"); do
     # Each repetition starts with the next one of them (cat, launcher, base, cat, ...), so that
     # none always runs right after another's writes (their writeback, a truncated file).
     order=(cat "${launchers[@]}")
-    [[ -n ${TWICE:-} ]] && order+=(twice)
+    [[ -n ${TWICE:-} ]] && order+=(twice splice)
     k=$(((run - 1) % ${#order[@]}))
     for l in "${order[@]:k}" "${order[@]:0:k}"; do
       if [[ $l == cat ]]; then
         { time bash -c "$(producer "$shape")" | cat > "$WORK/out.cat"; } 2>> "$WORK/time.cat"
         continue
       fi
-      if [[ $l == twice ]]; then
-        { time bash -c "$(producer "$shape")" | "$FLOOR" "$WORK/second.twice" > "$WORK/out.twice"; } 2>> "$WORK/time.twice"
-        cmp -s "$WORK/second.twice" "$WORK/out.twice" || { echo "twice: copies differ" >&2; exit 1; }
+      if [[ $l == twice || $l == splice ]]; then
+        flag=()
+        [[ $l == splice ]] && flag=(--splice)
+        { time bash -c "$(producer "$shape")" | "$FLOOR" "${flag[@]}" "$WORK/second.$l" > "$WORK/out.$l"; } 2>> "$WORK/time.$l"
+        cmp -s "$WORK/second.$l" "$WORK/out.$l" || { echo "$l: copies differ" >&2; exit 1; }
         continue
       fi
       bin=$SUP
@@ -144,8 +149,10 @@ for shape in $SHAPES; do
   cat_cpu=$(cpu cat)
   printf '%-9s %4d MiB  cat %6.1f ms (all CPU %4.0f ms)' "$shape" $((bytes >> 20)) "$cat_ms" "$cat_cpu"
   if [[ -n ${TWICE:-} ]]; then
-    printf ' | twice %6.1f ms = %.2fx cat (all CPU %4.0f ms)' "$(wall twice)" \
-      "$(awk -v a="$(wall twice)" -v b="$cat_ms" 'BEGIN { print a / b }')" "$(cpu twice)"
+    for l in twice splice; do
+      printf ' | %s %6.1f ms = %.2fx cat (all CPU %4.0f ms)' "$l" "$(wall $l)" \
+        "$(awk -v a="$(wall $l)" -v b="$cat_ms" 'BEGIN { print a / b }')" "$(cpu $l)"
+    done
   fi
   for l in "${launchers[@]}"; do
     l_ms=$(wall "$l")
