@@ -5,7 +5,10 @@
 #   scripts/bench-relay.sh [RUNS (default 5)] [SHAPES (default "blocks ranks longline")]
 #   SUPERVISE=path/to/supervise         a prebuilt `supervise` example (else built here)
 #   BASE_SUPERVISE=path/to/supervise    also time this one (e.g. a build of the base commit)
-#   STARTUP=1                           also time start to exec (50 runs, as before)
+#   STARTUP=1                           also time start to exec (50 runs, as before, each after a
+#                                       pause of PAUSE seconds, default 0.2: a launcher is started
+#                                       once, and runs back to back would find the kernel's cgroup
+#                                       lock still fast from the run before, hiding a cold start)
 #   TWICE=1                             also time `twice` (examples/relay_floor.rs): reads of up
 #                                       to 256 KiB (the launcher's size), each written to the copy
 #                                       and to a second file (as the launcher's log), with no other
@@ -170,6 +173,7 @@ if [[ -n ${STARTUP:-} ]]; then
   N=50
   for what in direct launcher; do
     for _ in $(seq "$N"); do
+      sleep "${PAUSE:-0.2}"
       t0=$EPOCHREALTIME
       case $what in
         direct) t1=$(bash -c 'echo $EPOCHREALTIME') ;;

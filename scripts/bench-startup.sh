@@ -7,6 +7,8 @@
 #     process spawns included, without Python's start-up);
 #   - "python3": the real interpreter runs the stand-in (what a user sees, less the real
 #     finetune.py's imports of torch and transformers, seconds, which no launcher can avoid).
+# Each run comes after a pause of PAUSE seconds (default 0.2): a launcher is started once, and
+# runs back to back would find the kernel's cgroup lock still fast from the run before.
 #   scripts/bench-startup.sh [BIN] [N] [--gpus SPEC | nvml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,7 @@ export VLA_DATA_ROOT=/data VLA_RUN_ROOT="$WORK/runs" WANDB_ENTITY=e WANDB_PROJEC
 for python in "$WORK/python" python3; do
   : >"$WORK/stamps"
   for _ in $(seq 1 "$N"); do
+    sleep "${PAUSE:-0.2}"
     t0=$EPOCHREALTIME
     "$BIN" -q --profile aloha "${gpus[@]}" --set script.python="$python" --torchrun "$WORK/torchrun" \
       --log-dir "$WORK/logs" >/dev/null 2>"$WORK/err" || true
