@@ -7,6 +7,7 @@ pub mod diagnosis;
 pub mod hang;
 pub mod log;
 pub(crate) mod process_tree;
+pub(crate) mod spawn;
 pub mod status;
 pub mod supervisor;
 pub mod term;

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -419,6 +420,11 @@ impl RunCgroup {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The cgroup's directory, opened: what `clone3(CLONE_INTO_CGROUP)` is given.
+    pub fn open(&self) -> io::Result<OwnedFd> {
+        Ok(fs::File::open(&self.dir)?.into())
     }
 
     /// What a child needs to move itself in between fork and exec.

@@ -33,7 +33,6 @@ use std::ffi::OsString;
 use std::io::{self};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -42,9 +41,10 @@ use tokio::sync::broadcast;
 
 use crate::launch::command::{LaunchCommand, display};
 use crate::launch::log::{LogSender, LogWriter};
-use crate::launch::process_tree::{self, MARKER_VAR, RunCgroup, Scope};
+use crate::launch::process_tree::{self, RunCgroup, Scope};
 use crate::launch::watchdog;
 
+mod child;
 mod cleanup;
 mod guard;
 mod outcome;
@@ -53,6 +53,7 @@ mod policy;
 mod relay;
 mod signals;
 
+use child::Torchrun;
 use cleanup::{after, end_leftovers, kill_run};
 use guard::Guard;
 pub use outcome::{KillReason, LaunchError, Outcome, fmt_duration, signal_name, summary_line};
@@ -211,19 +212,19 @@ fn start_torchrun(
     marker: &str,
     cgroup: Option<&RunCgroup>,
     log: &LogWriter,
-) -> Result<(tokio::process::Child, i32, Output), LaunchError> {
-    let mut child = spawn(cmd, marker, cgroup).map_err(|source| LaunchError::Spawn {
+) -> Result<(Torchrun, i32, Output), LaunchError> {
+    let mut child = child::spawn(cmd, marker, cgroup).map_err(|source| LaunchError::Spawn {
         program: cmd.program.clone(),
         source,
     })?;
-    let pid = child.id().map_or(0, |p| p as i32);
+    let pid = child.pid;
     tracing::debug!(pid, "torchrun started");
     log.sender().note(format!("torchrun pid {pid}"));
     if let Some(cb) = &opts.on_spawn {
         cb(pid as u32);
     }
     let sinks = [&opts.stdout, &opts.stderr];
-    let output = Output::start(&mut child, log, sinks, opts.progress.clone())
+    let output = Output::start(&mut child.pipes, log, sinks, opts.progress.clone())
         .map_err(|e| log_error(opts, e))?;
     Ok((child, pid, output))
 }
@@ -310,7 +311,7 @@ impl Effects<'_> {
     /// until torchrun exits. Returns its status and the deadline still armed, if any.
     async fn supervise(
         &self,
-        child: &mut tokio::process::Child,
+        child: &mut Torchrun,
         requests: &mut broadcast::Receiver<Request>,
         policy: &mut StopPolicy,
         guard: &mut Guard,
@@ -411,48 +412,6 @@ fn run_marker() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn spawn(
-    cmd: &LaunchCommand,
-    marker: &str,
-    cgroup: Option<&RunCgroup>,
-) -> io::Result<tokio::process::Child> {
-    let mut command = tokio::process::Command::new(&cmd.program);
-    command
-        .args(&cmd.args)
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        // The peer watch's job secret is the launcher's alone (issue 25 item 9).
-        .env_remove(crate::cluster::peers::SECRET_ENV)
-        .env(MARKER_VAR, marker)
-        .current_dir(&cmd.cwd)
-        // Own group: the terminal's signals come through us. No stdin: a background group
-        // reading the terminal would be stopped by SIGTTIN.
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let parent = std::process::id() as i32;
-    let cgroup = cgroup.map(|c| c.enter_fn());
-    // SAFETY: only async-signal-safe syscalls (prctl, getppid, open/write/close) run between
-    // fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            // Into the run's cgroup before anything can fork: the caller checks it worked.
-            if let Some(enter) = &cgroup {
-                let _ = enter.enter();
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The launcher may have died before prctl took effect.
-            if libc::getppid() != parent {
-                return Err(io::Error::other("launcher exited during spawn"));
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
 }
 
 /// Whether torchrun will handle SIGUSR1 itself (torch >= 2.6 reads this variable).

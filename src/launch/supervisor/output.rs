@@ -1,7 +1,7 @@
 //! Wiring torchrun's two output pipes to the relay (`relay.rs`): started after spawn, drained
 //! after torchrun exits without waiting forever for pipes that leftover grandchildren hold.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -21,7 +21,7 @@ pub(super) struct Output {
 
 impl Output {
     pub(super) fn start(
-        child: &mut tokio::process::Child,
+        pipes: &mut [Option<OwnedFd>; 2],
         log: &LogWriter,
         [stdout, stderr]: [&Sink; 2],
         progress: Option<Arc<Tracker>>,
@@ -30,34 +30,21 @@ impl Output {
         let (out_tx, out_thread) = terminal_writer(stdout, progress.clone())?;
         let (err_tx, err_thread) = terminal_writer(stderr, progress.clone())?;
         let mut readers = tokio::task::JoinSet::new();
-        // A larger pipe lets a burst of output sit in the kernel instead of blocking the writer,
-        // and lets each read move more bytes (best effort: the kernel may refuse).
-        for fd in [
-            child.stdout.as_ref().map(|p| p.as_raw_fd()),
-            child.stderr.as_ref().map(|p| p.as_raw_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let [out_pipe, err_pipe] = pipes;
+        for (pipe, stream, terminal) in [
+            (out_pipe.take(), Stream::Out, out_tx),
+            (err_pipe.take(), Stream::Err, err_tx),
+        ] {
+            let Some(pipe) = pipe else { continue };
+            // A larger pipe lets a burst of output sit in the kernel instead of blocking the
+            // writer, and lets each read move more bytes (best effort: the kernel may refuse).
             // SAFETY: fcntl on a pipe fd we own; no memory is passed.
-            unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        }
-        if let Some(pipe) = child.stdout.take() {
+            unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
             readers.spawn(relay(
-                pipe.into_owned_fd()?,
-                Stream::Out,
+                pipe,
+                stream,
                 log.sender(),
-                out_tx,
-                dropped.clone(),
-                progress.clone(),
-            ));
-        }
-        if let Some(pipe) = child.stderr.take() {
-            readers.spawn(relay(
-                pipe.into_owned_fd()?,
-                Stream::Err,
-                log.sender(),
-                err_tx,
+                terminal,
                 dropped.clone(),
                 progress.clone(),
             ));
