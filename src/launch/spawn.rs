@@ -222,30 +222,24 @@ pub(crate) fn into_cgroup(req: &Request) -> Result<Started, SpawnError> {
         let _ = reap(pidfd.as_fd(), 0);
         return Err(SpawnError::Failed(io::Error::from_raw_os_error(errno)));
     }
-    let exit = match PidfdChild::new(pidfd.try_clone().map_err(fail)?) {
-        Ok(exit) => exit,
+    let pid = pid as i32;
+    match PidfdChild::new(pidfd) {
+        Ok(exit) => Ok(Started {
+            pid,
+            exit,
+            stdout: out_read,
+            stderr: err_read,
+        }),
         Err(e) => {
             // Running, but nothing could wait for it: it must not run unsupervised.
-            // SAFETY: a signal to our own child's pidfd, then waiting for it.
+            // SAFETY: our own child, not yet reaped, so the pid is still its.
             unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    0,
-                    0,
-                )
-            };
-            let _ = reap(pidfd.as_fd(), 0);
-            return Err(SpawnError::Failed(e));
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            Err(SpawnError::Failed(e))
         }
-    };
-    Ok(Started {
-        pid: pid as i32,
-        exit,
-        stdout: out_read,
-        stderr: err_read,
-    })
+    }
 }
 
 #[derive(Clone, Copy)]
