@@ -279,13 +279,11 @@ unsafe fn exec_child(
             libc::sigemptyset(&mut none);
             if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0
                 || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
-                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0
             {
                 break 'fail errno();
             }
-            // The launcher may have died before prctl took effect.
-            if libc::getppid() != parent {
-                break 'fail libc::ESRCH;
+            if let Err(e) = tie_to_parent(parent) {
+                break 'fail e;
             }
             // As execvp: a path that is not there moves on to the next; EACCES is kept, so that
             // it is reported if nothing else runs; any other error stops the search.
@@ -311,6 +309,22 @@ unsafe fn exec_child(
         libc::write(fds.report, bytes.as_ptr().cast(), bytes.len());
         libc::_exit(127)
     }
+}
+
+/// PR_SET_PDEATHSIG=SIGTERM for the calling child, and ESRCH if its parent is no longer
+/// `parent` (the launcher died before prctl took effect). Async-signal-safe, for between fork
+/// and exec.
+pub(crate) fn tie_to_parent(parent: i32) -> Result<(), i32> {
+    // SAFETY: prctl with integer arguments, getppid.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+            return Err(errno());
+        }
+        if libc::getppid() != parent {
+            return Err(libc::ESRCH);
+        }
+    }
+    Ok(())
 }
 
 fn errno() -> i32 {

@@ -98,22 +98,15 @@ fn fork_then_move(
         command.env_remove(name);
     }
     let cgroup = cgroup.map(|c| c.enter_fn());
-    // SAFETY: only async-signal-safe syscalls (prctl, getppid, open/write/close) run between
-    // fork and exec.
+    // SAFETY: only async-signal-safe syscalls (open/write/close, prctl, getppid) run between
+    // fork and exec, and no allocation (errors are raw errnos).
     unsafe {
         command.pre_exec(move || {
             // Into the run's cgroup before anything can fork: the caller checks it worked.
             if let Some(enter) = &cgroup {
                 let _ = enter.enter();
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The launcher may have died before prctl took effect.
-            if libc::getppid() != parent {
-                return Err(io::Error::other("launcher exited during spawn"));
-            }
-            Ok(())
+            spawn::tie_to_parent(parent).map_err(io::Error::from_raw_os_error)
         });
     }
     let mut child = command.spawn()?;
