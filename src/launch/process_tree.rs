@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -358,6 +359,43 @@ pub fn cgroup_kill(dir: &Path) -> usize {
     n
 }
 
+/// Removes a run's cgroup once the kernel has finished its processes (killed ones leave it as
+/// they exit, which on a busy machine can take a while): waits on `cgroup.events`, which the
+/// kernel marks changed when the group empties, for at most `limit`. `false` if it still holds a
+/// process then (it stays, and says so by name).
+pub fn remove_group(dir: &Path, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    let mut events = fs::File::open(dir.join("cgroup.events")).ok();
+    loop {
+        // Reading the file also re-arms its change notification for the poll below.
+        if let Some(f) = &mut events {
+            let mut text = String::new();
+            let _ = io::Seek::rewind(f).and_then(|_| io::Read::read_to_string(f, &mut text));
+        }
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Woken by the change; the cap only bounds a change missed between the read and now.
+        let step = left.min(Duration::from_millis(100));
+        match &events {
+            Some(f) => {
+                let mut fd = [libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(f),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                }];
+                // SAFETY: poll on one pollfd of an open file.
+                unsafe { libc::poll(fd.as_mut_ptr(), 1, step.as_millis() as libc::c_int) };
+            }
+            None => std::thread::sleep(step.min(Duration::from_millis(10))),
+        }
+    }
+}
+
 /// The cgroup (v2) directory of this process, when the unified hierarchy is mounted.
 fn own_cgroup() -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -473,12 +511,7 @@ impl EnterCgroup {
 impl Drop for RunCgroup {
     fn drop(&mut self) {
         // Empty by now unless something was left running: then it stays (and says so by name).
-        for _ in 0..50 {
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        remove_group(&self.dir, Duration::from_secs(2));
     }
 }
 
@@ -627,5 +660,32 @@ mod tests {
             got.sort();
             assert_eq!(got, want, "{roots:?}");
         }
+    }
+
+    #[test]
+    fn a_cgroup_is_removed_once_its_last_process_has_gone() {
+        let Ok(cg) = RunCgroup::create(&format!("remove-test-{}", std::process::id())) else {
+            return eprintln!("skipped: no run cgroup here");
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        fs::write(cg.dir().join("cgroup.procs"), child.id().to_string()).unwrap();
+        let dir = cg.dir().to_path_buf();
+        // A process in it: it stays.
+        assert!(!remove_group(&dir, Duration::ZERO));
+        assert!(dir.exists());
+        // Killed while the removal waits: removed as soon as the kernel has finished it (the
+        // limit is far beyond any machine's delay; the wait ends on the group's change).
+        let remover = std::thread::spawn({
+            let dir = dir.clone();
+            move || remove_group(&dir, Duration::from_secs(600))
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(remover.join().unwrap());
+        assert!(!dir.exists());
+        drop(cg);
     }
 }

@@ -35,6 +35,9 @@ pub const SUBCOMMAND: &str = process_tree::WATCHDOG_SUBCOMMAND;
 const DONE: &str = "done";
 /// After SIGKILL, how long the watchdog keeps checking for processes that are still there.
 const KILL_ROUNDS: Duration = Duration::from_secs(3);
+/// How long the watchdog waits for the run's killed processes to leave its cgroup, to remove it.
+const CGROUP_DRAIN: Duration = Duration::from_secs(10);
+
 /// Without a cgroup, how often the watchdog refreshes the run's process set (one /proc walk).
 const TRACK_EVERY: Duration = Duration::from_secs(1);
 
@@ -375,13 +378,8 @@ fn watch(spec: &Spec) -> i32 {
         complete_record(record, spec, ended, killed, &text);
     }
     if let Some(dir) = &spec.cgroup {
-        // Killed processes leave the group as the kernel finishes them: a few tries.
-        for _ in 0..100 {
-            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Killed processes leave the group as the kernel finishes them: slowly on a busy machine.
+        process_tree::remove_group(dir, CGROUP_DRAIN);
     }
     0
 }

@@ -131,10 +131,12 @@ fn trial(end: End, cgroup: bool, escapes: &str) {
     let launcher_pid = child.id();
     let status = wait_exit(&mut child, Duration::from_secs(60));
     wait_watchdogs_gone(dir.path());
+    let left = groups_of(launcher_pid);
     assert_eq!(
-        groups_of(launcher_pid),
+        left,
         Vec::<String>::new(),
-        "{case}: cgroup left"
+        "{case}: cgroup left, holding {:?}",
+        left.iter().map(|g| holding(g)).collect::<Vec<_>>()
     );
     // The escapes may have started after the SIGKILL (KillEarly): read the pids again.
     let pids = read_pids(dir.path());
@@ -269,6 +271,24 @@ fn groups_of(pid: u32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// What a leftover run cgroup still holds: each pid with its command line.
+fn holding(group: &str) -> Vec<String> {
+    let Some(dir) = own_cgroup() else {
+        return Vec::new();
+    };
+    let procs = std::fs::read_to_string(dir.join(group).join("cgroup.procs")).unwrap_or_default();
+    procs
+        .lines()
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            )
+        })
+        .collect()
 }
 
 /// Whether this machine lets the launcher make a cgroup (cgroup v2, permission to create one).
