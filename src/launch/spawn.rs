@@ -93,11 +93,12 @@ struct Prepared {
 
 impl Prepared {
     fn new(req: &Request) -> io::Result<Prepared> {
-        let c = |s: &OsStr| {
+        // The error names where the NUL is, never the value (it may be a secret).
+        let c = |s: &OsStr, place: &dyn Fn() -> String| {
             CString::new(s.as_bytes()).map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("a NUL byte in {:?}", s.to_string_lossy()),
+                    format!("a NUL byte in {}", place()),
                 )
             })
         };
@@ -109,11 +110,11 @@ impl Prepared {
             .map(|(_, v)| v.as_os_str());
         let candidates = candidates(req.program, path)
             .iter()
-            .map(|p| c(p.as_os_str()))
+            .map(|p| c(p.as_os_str(), &|| "the program's path".into()))
             .collect::<io::Result<_>>()?;
-        let mut argv = vec![c(req.program.as_os_str())?];
-        for a in req.args {
-            argv.push(c(a)?);
+        let mut argv = vec![c(req.program.as_os_str(), &|| "the program's path".into())?];
+        for (i, a) in req.args.iter().enumerate() {
+            argv.push(c(a, &|| format!("argument {}", i + 1))?);
         }
         let envp = req
             .env
@@ -122,14 +123,16 @@ impl Prepared {
                 let mut kv = k.clone();
                 kv.push("=");
                 kv.push(v);
-                c(&kv)
+                c(&kv, &|| {
+                    format!("the environment variable {}", k.to_string_lossy())
+                })
             })
             .collect::<io::Result<_>>()?;
         Ok(Prepared {
             candidates,
             argv,
             envp,
-            cwd: c(req.cwd.as_os_str())?,
+            cwd: c(req.cwd.as_os_str(), &|| "the working directory".into())?,
         })
     }
 }
@@ -613,6 +616,36 @@ mod tests {
             "{out}"
         );
         assert_eq!(pid.trim_start_matches("pid="), started.pid.to_string());
+    }
+
+    #[test]
+    fn a_nul_byte_is_named_by_where_it_is_never_by_its_value() {
+        let dir = std::fs::File::open("/").unwrap();
+        let args = [OsString::from("ok"), OsString::from("hunter2\0secret")];
+        let request = Request {
+            program: Path::new("true"),
+            args: &args,
+            env: vec![("TOKEN".into(), "abc\0def".into())],
+            cwd: Path::new("/"),
+            cgroup: dir.as_fd(),
+            parent: std::process::id() as i32,
+        };
+        let Err(SpawnError::Failed(e)) = into_cgroup(&request) else {
+            panic!("started")
+        };
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "a NUL byte in argument 2");
+        let request = Request {
+            args: &[],
+            ..request
+        };
+        let Err(SpawnError::Failed(e)) = into_cgroup(&request) else {
+            panic!("started")
+        };
+        assert_eq!(
+            e.to_string(),
+            "a NUL byte in the environment variable TOKEN"
+        );
     }
 
     #[tokio::test]
