@@ -34,24 +34,17 @@ impl PendingSlot {
             return None;
         }
         if p.entries.len() >= MAX_PENDING {
-            let mut counts: std::collections::HashMap<std::net::IpAddr, usize> =
-                std::collections::HashMap::new();
-            for e in &p.entries {
-                *counts.entry(e.ip).or_default() += 1;
-            }
-            let (&busiest, &most) = counts.iter().max_by_key(|(_, n)| **n)?;
-            if most <= mine + 1 {
-                return None;
-            }
-            let at = p.entries.iter().position(|e| e.ip == busiest)?;
-            let old = p.entries.remove(at);
-            let _ = old.stream.shutdown(std::net::Shutdown::Both);
-            p.evicted += 1;
-            if p.evicted == 1 {
+            let (decision, say) = p.when_full(ip);
+            if let Some((busiest, most)) = say {
                 tracing::warn!(
                     "peer watch: all {MAX_PENDING} handshake slots taken ({most} by {busiest}): a flood of connections that do not authenticate; the busiest addresses' oldest handshakes are closed to make room, so the job's nodes still get in"
                 );
             }
+            let WhenFull::Evict(at) = decision else {
+                return None;
+            };
+            let old = p.entries.remove(at);
+            let _ = old.stream.shutdown(std::net::Shutdown::Both);
         }
         let clone = stream.try_clone().ok()?;
         let id = p.next_id;

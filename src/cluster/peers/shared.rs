@@ -127,8 +127,8 @@ impl Conn {
 pub(super) struct Pending {
     pub(super) entries: Vec<PendingEntry>,
     pub(super) next_id: u64,
-    /// Slots taken back from the busiest address so far (said once).
-    pub(super) evicted: u64,
+    /// All slots were found taken once already (a flood; said once).
+    pub(super) full_said: bool,
 }
 
 pub(super) struct PendingEntry {
@@ -137,8 +137,98 @@ pub(super) struct PendingEntry {
     pub(super) stream: TcpStream,
 }
 
+/// What a newcomer to full handshake slots gets.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum WhenFull {
+    /// The slot of the entry at this index (the busiest address's oldest).
+    Evict(usize),
+    /// Nothing: no address holds more than the newcomer's would.
+    Refuse,
+}
+
 impl Pending {
     pub(super) fn count(&self, ip: std::net::IpAddr) -> usize {
         self.entries.iter().filter(|e| e.ip == ip).count()
+    }
+
+    /// For a newcomer from `ip` when every slot is taken: the oldest handshake of the address
+    /// that holds the most, if it holds more than the newcomer's would. Also, the first time,
+    /// the busiest address and its count, to warn of the flood (whether or not this newcomer
+    /// gets a slot: a flood spread evenly over addresses takes every slot without evicting).
+    pub(super) fn when_full(
+        &mut self,
+        ip: std::net::IpAddr,
+    ) -> (WhenFull, Option<(std::net::IpAddr, usize)>) {
+        let mut counts: std::collections::HashMap<std::net::IpAddr, usize> =
+            std::collections::HashMap::new();
+        for e in &self.entries {
+            *counts.entry(e.ip).or_default() += 1;
+        }
+        let Some((&busiest, &most)) = counts.iter().max_by_key(|(_, n)| **n) else {
+            return (WhenFull::Refuse, None);
+        };
+        let say = (!std::mem::replace(&mut self.full_said, true)).then_some((busiest, most));
+        let decision = match self.entries.iter().position(|e| e.ip == busiest) {
+            Some(at) if most > self.count(ip) + 1 => WhenFull::Evict(at),
+            _ => WhenFull::Refuse,
+        };
+        (decision, say)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, TcpListener};
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    /// Every slot taken: 16 handshakes, `per` from each address from 127.0.0.2 on.
+    fn full(per: usize) -> Pending {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut p = Pending::default();
+        for id in 0..16u64 {
+            p.entries.push(PendingEntry {
+                id,
+                ip: ip(2 + (id as usize / per) as u8),
+                stream: TcpStream::connect(addr).unwrap(),
+            });
+        }
+        p
+    }
+
+    /// CI saw a flood from eight addresses take every slot without one warning: the slots were
+    /// shared evenly, so no newcomer evicted anything, and the warning came only with an eviction.
+    #[test]
+    fn a_flood_spread_evenly_is_said_once_though_it_evicts_nothing() {
+        let mut p = full(2);
+        let (decision, said) = p.when_full(ip(2));
+        assert_eq!(decision, WhenFull::Refuse);
+        assert_eq!(
+            said.map(|(_, most)| most),
+            Some(2),
+            "said: the busiest holds 2"
+        );
+        assert_eq!(p.when_full(ip(3)), (WhenFull::Refuse, None), "said once");
+        // A newcomer with no handshake of its own takes the oldest slot of a busiest address.
+        let (decision, said) = p.when_full(ip(200));
+        let WhenFull::Evict(at) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(p.entries[at].id % 2, 0, "the oldest of its address");
+        assert_eq!(said, None);
+    }
+
+    #[test]
+    fn the_address_holding_the_most_gives_up_its_oldest_handshake() {
+        let mut p = full(4); // 127.0.0.2-5, four each
+        p.entries.truncate(14); // 127.0.0.5 holds two
+        p.entries.extend(full(8).entries.drain(..2)); // two more from 127.0.0.2: six
+        let (decision, said) = p.when_full(ip(5));
+        assert_eq!(decision, WhenFull::Evict(0));
+        assert_eq!(said, Some((ip(2), 6)));
     }
 }
