@@ -4,6 +4,10 @@
 //! (no records, no timestamps, no progress, no runtime). Its stdin pipe is enlarged to 1 MiB as
 //! the launcher enlarges torchrun's pipes.
 //!
+//! `relay_floor --threads SECOND_FILE < stream > copy` reads and writes the second file as above
+//! while a thread writes the copy (a bounded queue: the reader waits when the writer lags, nothing
+//! is dropped), so the two page-cache writes can run on two cores.
+//!
 //! `relay_floor --splice SECOND_FILE < stream > copy` moves the bytes without ever copying them
 //! into this process: `tee(2)` duplicates what waits in the stdin pipe into a second pipe (page
 //! references, no copy), and `splice(2)` moves each pipe into its file. What is left is the
@@ -20,11 +24,12 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 fn main() {
     let mut args: Vec<_> = std::env::args_os().skip(1).collect();
     let zero_copy = args.first().is_some_and(|a| a == "--splice");
-    if zero_copy {
+    let threads = args.first().is_some_and(|a| a == "--threads");
+    if zero_copy || threads {
         args.remove(0);
     }
     let [second] = args.as_slice() else {
-        eprintln!("usage: relay_floor [--splice] SECOND_FILE < stream > copy");
+        eprintln!("usage: relay_floor [--splice | --threads] SECOND_FILE < stream > copy");
         std::process::exit(2);
     };
     let second = File::create(second).expect("the second file");
@@ -33,6 +38,8 @@ fn main() {
     if zero_copy {
         splice_both(&second)
             .expect("tee/splice (stdin a pipe, stdout a file not opened to append)");
+    } else if threads {
+        two_threads(second);
     } else {
         read_and_write(second);
     }
@@ -52,6 +59,36 @@ fn read_and_write(mut second: File) {
         out.write_all(&buf[..n]).expect("the copy");
         second.write_all(&buf[..n]).expect("the second file");
     }
+}
+
+/// Reads and writes the second file here; a thread writes the copy (a bounded queue: the reader
+/// waits when the writer lags, nothing is dropped).
+fn two_threads(mut second: File) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let writer = std::thread::spawn(move || {
+        let mut out = io::stdout().lock();
+        for buf in rx {
+            out.write_all(&buf).expect("the copy");
+            let _ = back_tx.send(buf);
+        }
+    });
+    let mut input = io::stdin().lock();
+    loop {
+        let mut buf = back_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+        buf.resize(CHUNK, 0);
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read: {e}"),
+        };
+        buf.truncate(n);
+        second.write_all(&buf).expect("the second file");
+        tx.send(buf).expect("the writer");
+    }
+    drop(tx);
+    writer.join().expect("the writer");
 }
 
 fn splice_both(second: &File) -> io::Result<()> {

@@ -13,8 +13,10 @@
 #                                       to 256 KiB (the launcher's size), each written to the copy
 #                                       and to a second file (as the launcher's log), with no other
 #                                       work: the floor of any relay that keeps a log beside the copy;
-#                                       and `splice` (the same with `--splice`): tee(2) and splice(2)
-#                                       move the bytes into both files without a copy in user space
+#                                       `splice` (the same with `--splice`): tee(2) and splice(2)
+#                                       move the bytes into both files without a copy in user space;
+#                                       and `threads` (`--threads`): the copy written by a second
+#                                       thread, so that the two writes can use both cores
 #
 # Shapes (one producer process each, the real interpreter, not a pyenv shim):
 #   blocks    256 MiB of 80-byte lines written in 64 KiB blocks
@@ -106,21 +108,22 @@ for shape in $SHAPES; do
   : > "$WORK/time.cat"
   : > "$WORK/time.twice"
   : > "$WORK/time.splice"
+  : > "$WORK/time.threads"
   for l in "${launchers[@]}"; do : > "$WORK/time.$l"; : > "$WORK/cpu.$l"; done
   for run in $(seq "$RUNS"); do
     # Each repetition starts with the next one of them (cat, launcher, base, cat, ...), so that
     # none always runs right after another's writes (their writeback, a truncated file).
     order=(cat "${launchers[@]}")
-    [[ -n ${TWICE:-} ]] && order+=(twice splice)
+    [[ -n ${TWICE:-} ]] && order+=(twice splice threads)
     k=$(((run - 1) % ${#order[@]}))
     for l in "${order[@]:k}" "${order[@]:0:k}"; do
       if [[ $l == cat ]]; then
         { time bash -c "$(producer "$shape")" | cat > "$WORK/out.cat"; } 2>> "$WORK/time.cat"
         continue
       fi
-      if [[ $l == twice || $l == splice ]]; then
+      if [[ $l == twice || $l == splice || $l == threads ]]; then
         flag=()
-        [[ $l == splice ]] && flag=(--splice)
+        [[ $l != twice ]] && flag=("--$l")
         { time bash -c "$(producer "$shape")" | "$FLOOR" "${flag[@]}" "$WORK/second.$l" > "$WORK/out.$l"; } 2>> "$WORK/time.$l"
         cmp -s "$WORK/second.$l" "$WORK/out.$l" || { echo "$l: copies differ" >&2; exit 1; }
         continue
@@ -152,7 +155,7 @@ for shape in $SHAPES; do
   cat_cpu=$(cpu cat)
   printf '%-9s %4d MiB  cat %6.1f ms (all CPU %4.0f ms)' "$shape" $((bytes >> 20)) "$cat_ms" "$cat_cpu"
   if [[ -n ${TWICE:-} ]]; then
-    for l in twice splice; do
+    for l in twice splice threads; do
       printf ' | %s %6.1f ms = %.2fx cat (all CPU %4.0f ms)' "$l" "$(wall $l)" \
         "$(awk -v a="$(wall $l)" -v b="$cat_ms" 'BEGIN { print a / b }')" "$(cpu $l)"
     done
