@@ -5,6 +5,7 @@
 #   scripts/bench-relay.sh [RUNS (default 5)] [SHAPES (default "blocks ranks longline")]
 #   SUPERVISE=path/to/supervise         a prebuilt `supervise` example (else built here)
 #   BASE_SUPERVISE=path/to/supervise    also time this one (e.g. a build of the base commit)
+#   FLOOR=path/to/relay_floor           a prebuilt `relay_floor` example for TWICE=1 (else built here)
 #   STARTUP=1                           also time start to exec (50 runs, as before, each after a
 #                                       pause of PAUSE seconds, default 0.2: a launcher is started
 #                                       once, and runs back to back would find the kernel's cgroup
@@ -39,10 +40,10 @@ SHAPES=${2:-blocks ranks longline}
 if [[ -z ${SUPERVISE:-} ]]; then
   cargo build --release --quiet --example supervise
 fi
-if [[ -n ${TWICE:-} ]]; then
+if [[ -n ${TWICE:-} && -z ${FLOOR:-} ]]; then
   cargo build --release --quiet --example relay_floor
 fi
-FLOOR=$(readlink -f target/release/examples/relay_floor)
+FLOOR=$(readlink -f "${FLOOR:-target/release/examples/relay_floor}")
 SUP=$(readlink -f "${SUPERVISE:-target/release/examples/supervise}")
 PY=$(python3 -c 'import sys; print(sys.executable)')
 WORK=$(mktemp -d)
