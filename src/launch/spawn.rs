@@ -12,9 +12,9 @@
 //! directory, its own process group, stdin from /dev/null, stdout and stderr to two new pipes,
 //! an empty signal mask and SIGPIPE at its default, PR_SET_PDEATHSIG=SIGTERM (and no start if
 //! the launcher is already gone). The program is looked up in the child's PATH, and a file the
-//! kernel cannot execute (a script without `#!`) handed to /bin/sh, as `execvp` does. Where the kernel, a seccomp filter or the
-//! cgroup's permissions refuse the clone, [`SpawnError::Unsupported`] tells the caller to start
-//! it the usual way.
+//! kernel cannot execute (a script without `#!`) handed to /bin/sh, as `execvp` does. Where the
+//! kernel, a seccomp filter or the cgroup's permissions refuse the clone,
+//! [`SpawnError::Unsupported`] tells the caller to start it the usual way.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -24,6 +24,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
+use nix::sys::stat::Mode;
+use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -175,7 +179,7 @@ pub(crate) fn into_cgroup(req: &Request) -> Result<Started, SpawnError> {
     let prep = Prepared::new(req).map_err(SpawnError::Failed)?;
     let fail = SpawnError::Failed;
     // All above 2, so that no dup2 below lands on a descriptor another one still needs.
-    let null = open_high(c"/dev/null", libc::O_RDONLY).map_err(fail)?;
+    let null = null_high().map_err(fail)?;
     let (out_read, out_write) = pipe_high().map_err(fail)?;
     let (err_read, err_write) = pipe_high().map_err(fail)?;
     let (report_read, report_write) = pipe_high().map_err(fail)?;
@@ -220,7 +224,7 @@ pub(crate) fn into_cgroup(req: &Request) -> Result<Started, SpawnError> {
     // SAFETY: the kernel wrote a new pidfd for the child into `pidfd`; it is ours alone.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop((null, out_write, err_write, report_write));
-    if let Some(errno) = read_report(&report_read) {
+    if let Some(errno) = read_report(report_read) {
         // It exits at once: reaped here, so that no zombie is left.
         let _ = reap(pidfd.as_fd(), 0);
         return Err(SpawnError::Failed(io::Error::from_raw_os_error(errno)));
@@ -331,54 +335,31 @@ pub(crate) fn tie_to_parent(parent: i32) -> Result<(), i32> {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    Errno::last_raw()
 }
 
-/// The errno the child reported, or `None` once its exec closed the pipe.
-fn read_report(fd: &OwnedFd) -> Option<i32> {
+/// The errno the child reported, or `None` once its exec closed the pipe (end of file first).
+fn read_report(fd: OwnedFd) -> Option<i32> {
     let mut buf = [0u8; 4];
-    let mut got = 0;
-    while got < buf.len() {
-        // SAFETY: reading into the rest of a stack buffer.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-            )
-        };
-        match n {
-            0 => break,
-            n if n > 0 => got += n as usize,
-            _ if errno() == libc::EINTR => {}
-            _ => return Some(errno()),
-        }
+    match io::Read::read_exact(&mut std::fs::File::from(fd), &mut buf) {
+        Ok(()) => Some(i32::from_ne_bytes(buf)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+        Err(e) => Some(e.raw_os_error().unwrap_or(libc::EIO)),
     }
-    (got == buf.len()).then(|| i32::from_ne_bytes(buf))
 }
 
-/// `open` with close-on-exec, moved to a descriptor above 2.
-fn open_high(path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: a NUL-terminated path; the fd returned is ours alone.
-    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: just opened, owned here.
-    high(unsafe { OwnedFd::from_raw_fd(fd) })
+/// `/dev/null` for reading, close-on-exec, on a descriptor above 2.
+fn null_high() -> io::Result<OwnedFd> {
+    high(open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// A close-on-exec pipe (read end, write end), both above 2.
 fn pipe_high() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both were just made and are owned here alone.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
     Ok((high(r)?, high(w)?))
 }
 
@@ -388,12 +369,8 @@ fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
-    // SAFETY: F_DUPFD_CLOEXEC makes a new fd >= 3 that is ours alone.
-    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
+    let new = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC made a new fd that is ours alone.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
