@@ -143,7 +143,7 @@ impl Prepared {
 
 /// Where `execvp` would look for `program`, in order: itself when it names a path (has a `/`),
 /// else each PATH entry joined with it (an empty entry is the working directory).
-pub(crate) fn candidates(program: &Path, path: Option<&OsStr>) -> Vec<PathBuf> {
+fn candidates(program: &Path, path: Option<&OsStr>) -> Vec<PathBuf> {
     if program.as_os_str().as_bytes().contains(&b'/') {
         return vec![program.to_path_buf()];
     }
@@ -433,7 +433,7 @@ fn reap(pidfd: BorrowedFd, options: libc::c_int) -> io::Result<Option<ExitStatus
 }
 
 /// The `ExitStatus` of a waitid result: `si_code` says how it ended, `si_status` with what.
-pub(crate) fn wait_status(code: libc::c_int, status: libc::c_int) -> ExitStatus {
+fn wait_status(code: libc::c_int, status: libc::c_int) -> ExitStatus {
     let raw = match code {
         libc::CLD_EXITED => (status & 0xff) << 8,
         libc::CLD_DUMPED => (status & 0x7f) | 0x80,

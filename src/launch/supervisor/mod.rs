@@ -154,7 +154,8 @@ pub async fn run(cmd: &LaunchCommand, opts: &SuperviseOptions) -> Result<Outcome
     let (cgroup, mut scope) = run_scope(opts, &marker);
     // Started before torchrun, so no moment of the run is without it.
     let mut guard = Guard::start(opts.watchdog.clone(), watchdog_spec(opts, &scope));
-    let (mut child, pid, output) = start_torchrun(cmd, opts, &marker, cgroup.as_ref(), &log)?;
+    let (mut child, output) = start_torchrun(cmd, opts, &marker, cgroup.as_ref(), &log)?;
+    let pid = child.pid;
     if cgroup.as_ref().is_some_and(|c| !c.contains(pid)) {
         tracing::debug!("torchrun is not in the run's cgroup: finding the run without it");
         scope.cgroup = None;
@@ -212,7 +213,7 @@ fn start_torchrun(
     marker: &str,
     cgroup: Option<&RunCgroup>,
     log: &LogWriter,
-) -> Result<(Torchrun, i32, Output), LaunchError> {
+) -> Result<(Torchrun, Output), LaunchError> {
     let mut child = child::spawn(cmd, marker, cgroup).map_err(|source| LaunchError::Spawn {
         program: cmd.program.clone(),
         source,
@@ -226,7 +227,7 @@ fn start_torchrun(
     let sinks = [&opts.stdout, &opts.stderr];
     let output = Output::start(&mut child.pipes, log, sinks, opts.progress.clone())
         .map_err(|e| log_error(opts, e))?;
-    Ok((child, pid, output))
+    Ok((child, output))
 }
 
 fn log_error(opts: &SuperviseOptions, source: io::Error) -> LaunchError {
