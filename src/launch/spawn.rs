@@ -509,7 +509,8 @@ mod tests {
     /// A run cgroup, where this machine lets us make one (cgroup v2, root or a delegated
     /// subtree); the tests that need one say so and pass without it.
     fn cgroup(name: &str) -> Option<RunCgroup> {
-        let made = RunCgroup::create(&format!("spawn-test-{name}-{}", std::process::id()));
+        // Led by our pid: a group a failed test leaves is removed by the next launcher.
+        let made = RunCgroup::create(&format!("{}-spawn-test-{name}", std::process::id()));
         if let Err(e) = &made {
             eprintln!("skipped: no run cgroup here ({e})");
         }

@@ -155,7 +155,9 @@ mod tests {
     /// the command's environment and the run's marker.
     #[tokio::test]
     async fn either_way_torchrun_starts_in_the_run_cgroup_with_its_environment() {
-        let marker = format!("child-test-{}", std::process::id());
+        // Led by our pid, as the launcher's markers are: a group a failed test leaves behind is
+        // removed by the next launcher once this process is gone.
+        let marker = format!("{}-child-test", std::process::id());
         let Ok(cg) = RunCgroup::create(&marker) else {
             eprintln!("skipped: no run cgroup here");
             return;
